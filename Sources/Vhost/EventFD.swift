@@ -1,0 +1,43 @@
+import CVhost
+import Glibc
+import SystemPackage
+
+/// An eventfd: the kick (driver → kernel) and call (kernel → driver) doorbells.
+/// Non-blocking; `wait` polls with a timeout. Closed in `deinit`.
+public struct EventFD: ~Copyable {
+    public let fd: Int32
+
+    public init() throws(VhostError) {
+        let rc = cvhost_eventfd(0, 1)
+        guard rc >= 0 else { throw .system(call: "eventfd", detail: "", errno: Errno(rawValue: -rc)) }
+        fd = rc
+    }
+
+    deinit { close(fd) }
+
+    /// Adds 1 to the counter, waking the reader.
+    public func signal() {
+        var one: UInt64 = 1
+        let n = write(fd, &one, 8)
+        // An eventfd write fails only when the counter would overflow (never with +1 per kick)
+        // or on a bad fd, which would be our bug.
+        precondition(n == 8 || Glibc.errno == EAGAIN, "eventfd write failed: errno \(Glibc.errno)")
+    }
+
+    /// Reads and clears the counter; nil when it was 0.
+    public func consume() -> UInt64? {
+        var value: UInt64 = 0
+        let n = read(fd, &value, 8)
+        return n == 8 ? value : nil
+    }
+
+    /// Waits until the counter is non-zero or `milliseconds` pass; clears it.
+    /// Returns the count, or nil on timeout.
+    public func wait(milliseconds: Int32) -> UInt64? {
+        if let value = consume() { return value }
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let rc = poll(&entry, 1, milliseconds)
+        guard rc > 0 else { return nil }
+        return consume()
+    }
+}

@@ -1,0 +1,115 @@
+import SystemPackage
+
+/// Every way the kernel-facing layer fails, each with a message that says what to do.
+public enum VhostError: Error, Equatable, CustomStringConvertible {
+    /// An ioctl returned an error. EFAULT and EBADF never arrive here: they are our bugs and trap.
+    case ioctl(IoctlFailure)
+    /// `/dev/vhost-net` does not exist (module not loaded, or not built).
+    case deviceMissing(path: String)
+    /// Opening the device was refused (not root, or no access to the node).
+    case permissionDenied(path: String, errno: Errno)
+    /// Any other failure of a system call, named.
+    case system(call: String, detail: String, errno: Errno)
+    /// Something we refused before asking the kernel, with the rule it breaks.
+    case invalidArgument(String)
+    /// A tap could not be created or attached.
+    case tap(name: String, reason: String)
+    /// The kernel does not offer a requested feature.
+    case featureUnavailable(requested: String, offered: String)
+    /// The kernel did not complete work in time (a stalled or detached vring).
+    case timeout(String)
+
+    public var description: String {
+        switch self {
+        case .ioctl(let failure):
+            return failure.description
+        case .deviceMissing(let path):
+            return "vhost-net is not available: \(path) does not exist; load it with `modprobe vhost_net`"
+        case .permissionDenied(let path, let errno):
+            return "cannot open \(path): \(errno.name) (\(errno)); needs root or access to \(path)"
+        case .system(let call, let detail, let errno):
+            return "\(call)\(detail.isEmpty ? "" : " " + detail) failed: \(errno.name) (\(errno))"
+        case .invalidArgument(let message):
+            return message
+        case .tap(let name, let reason):
+            return "tap \(name): \(reason)"
+        case .featureUnavailable(let requested, let offered):
+            return "the kernel does not offer \(requested); it offers \(offered)"
+        case .timeout(let what):
+            return "timed out: \(what)"
+        }
+    }
+}
+
+/// A failed ioctl: its name, its decoded arguments and the errno.
+public struct IoctlFailure: Error, Equatable, CustomStringConvertible {
+    public var name: String
+    public var arguments: String
+    public var errno: Errno
+
+    public var description: String {
+        var text = "\(name)(\(arguments)) failed: \(errno.name) (\(errno))"
+        if let hint = IoctlFailure.hint(name: name, errno: errno) { text += "; " + hint }
+        return text
+    }
+
+    /// What the kernel's rule behind this errno is, where we know it.
+    static func hint(name: String, errno: Errno) -> String? {
+        switch (name, errno) {
+        case ("VHOST_SET_VRING_NUM", .invalidArgument):
+            return "vhost.c vhost_vring_set_num: num must be a power of 2 in 1...32768"
+        case ("VHOST_SET_VRING_NUM", .resourceBusy), ("VHOST_SET_VRING_BASE", .resourceBusy):
+            return "the vring has a backend attached; detach it with VHOST_NET_SET_BACKEND(-1) first"
+        case ("VHOST_SET_MEM_TABLE", .argListTooLong):
+            return "more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)"
+        case ("VHOST_SET_MEM_TABLE", .notSupported):
+            return "the memory table's padding must be 0"
+        case ("VHOST_SET_FEATURES", .notSupported):
+            return "a requested feature bit is not offered by VHOST_GET_FEATURES"
+        case ("VHOST_SET_OWNER", .resourceBusy):
+            return "this vhost fd already has an owner"
+        case (_, .permissionDenied) where name.hasPrefix("VHOST_"), (_, .notPermitted) where name.hasPrefix("VHOST_"):
+            return "the caller is not the vhost owner; call VHOST_SET_OWNER first from this process"
+        case ("VHOST_NET_SET_BACKEND", .noBufferSpace):
+            return "vhost-net has two vrings: 0 (RX) and 1 (TX)"
+        case ("VHOST_NET_SET_BACKEND", .notSocket):
+            return "the fd is not a tap, macvtap or packet socket"
+        case ("VHOST_SET_VRING_ADDR", .invalidArgument):
+            return "vhost.c vhost_vring_set_addr: avail must be 2-aligned, used and log 4-aligned"
+        default:
+            return nil
+        }
+    }
+}
+
+extension Errno {
+    /// The symbolic name (`EINVAL`), for messages that name the errno the way the kernel does.
+    public var name: String {
+        switch self {
+        case .notPermitted: return "EPERM"
+        case .noSuchFileOrDirectory: return "ENOENT"
+        case .interrupted: return "EINTR"
+        case .ioError: return "EIO"
+        case .badFileDescriptor: return "EBADF"
+        case .resourceTemporarilyUnavailable: return "EAGAIN"
+        case .noMemory: return "ENOMEM"
+        case .permissionDenied: return "EACCES"
+        case .badAddress: return "EFAULT"
+        case .resourceBusy: return "EBUSY"
+        case .fileExists: return "EEXIST"
+        case .operationNotSupportedByDevice: return "ENODEV"
+        case .invalidArgument: return "EINVAL"
+        case .noSpace: return "ENOSPC"
+        case .argListTooLong: return "E2BIG"
+        case .notSupported: return "EOPNOTSUPP"
+        case .noBufferSpace: return "ENOBUFS"
+        case .notSocket: return "ENOTSOCK"
+        case .inappropriateIOCTLForDevice: return "ENOTTY"
+        case .networkDown: return "ENETDOWN"
+        case .noSuchAddressOrDevice: return "ENXIO"
+        case .timedOut: return "ETIMEDOUT"
+        case .messageTooLong: return "EMSGSIZE"
+        default: return "errno \(rawValue)"
+        }
+    }
+}

@@ -1,0 +1,183 @@
+import Synchronization
+
+/// The three parts of a split virtqueue (virtio 1.x §2.7) in memory shared with the device.
+///
+/// Layout, little-endian, `n` = queue size:
+/// - descriptor table: `n` × { addr u64, len u32, flags u16, next u16 } (16 bytes each), 16-aligned
+/// - avail ring: flags u16, idx u16, ring[n] u16, used_event u16 (with EVENT_IDX), 2-aligned
+/// - used ring:  flags u16, idx u16, ring[n] { id u32, len u32 }, avail_event u16, 4-aligned
+///
+/// `avail->idx` and `used->idx` are the indices the two sides publish to each other;
+/// they are accessed as `Atomic<UInt16>` in the shared memory, as swift-system's IORing
+/// does for its kernel-shared head and tail.
+public struct SplitRing: @unchecked Sendable {
+    public let queueSize: UInt16
+    public let descriptors: UnsafeMutableRawPointer
+    public let avail: UnsafeMutableRawPointer
+    public let used: UnsafeMutableRawPointer
+
+    public init(queueSize: UInt16, descriptors: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer, used: UnsafeMutableRawPointer) {
+        precondition(SplitRingLayout.isValidQueueSize(Int(queueSize)), "queue size \(queueSize) is not a power of 2 in 1...32768")
+        self.queueSize = queueSize
+        self.descriptors = descriptors
+        self.avail = avail
+        self.used = used
+    }
+
+    @inline(__always) var mask: UInt16 { queueSize &- 1 }
+
+    // MARK: descriptor table
+
+    @inline(__always) public func descriptor(_ index: UInt16) -> Descriptor {
+        let base = descriptors + Int(index) * SplitRingLayout.descriptorSize
+        return Descriptor(
+            address: UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)),
+            length: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+            flags: DescriptorFlags(rawValue: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt16.self))),
+            next: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
+    }
+
+    @inline(__always) public func setDescriptor(_ index: UInt16, _ d: Descriptor) {
+        let base = descriptors + Int(index) * SplitRingLayout.descriptorSize
+        base.storeBytes(of: d.address.littleEndian, as: UInt64.self)
+        base.storeBytes(of: d.length.littleEndian, toByteOffset: 8, as: UInt32.self)
+        base.storeBytes(of: d.flags.rawValue.littleEndian, toByteOffset: 12, as: UInt16.self)
+        base.storeBytes(of: d.next.littleEndian, toByteOffset: 14, as: UInt16.self)
+    }
+
+    // MARK: avail ring
+
+    @inline(__always) var availFlagsPointer: UnsafeMutablePointer<UInt16> { avail.assumingMemoryBound(to: UInt16.self) }
+    /// `avail->idx`: written by the driver with a release store, read by the device with an acquire load.
+    @inline(__always) public var availIndex: UnsafePointer<Atomic<UInt16>> {
+        UnsafePointer((avail + 2).assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
+    @inline(__always) func availSlot(_ slot: UInt16) -> UnsafeMutablePointer<UInt16> {
+        (avail + 4 + 2 * Int(slot & mask)).assumingMemoryBound(to: UInt16.self)
+    }
+    /// `used_event` (EVENT_IDX): the used index at which the driver wants the next interrupt.
+    @inline(__always) public var usedEvent: UnsafePointer<Atomic<UInt16>> {
+        UnsafePointer((avail + 4 + 2 * Int(queueSize)).assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
+
+    public var availFlags: AvailFlags {
+        get { AvailFlags(rawValue: UInt16(littleEndian: availFlagsPointer.pointee)) }
+        nonmutating set { availFlagsPointer.pointee = newValue.rawValue.littleEndian }
+    }
+
+    public func availEntry(_ index: UInt16) -> UInt16 { UInt16(littleEndian: availSlot(index).pointee) }
+    public func setAvailEntry(_ index: UInt16, head: UInt16) { availSlot(index).pointee = head.littleEndian }
+
+    // MARK: used ring
+
+    @inline(__always) var usedFlagsPointer: UnsafeMutablePointer<UInt16> { used.assumingMemoryBound(to: UInt16.self) }
+    /// `used->idx`: written by the device with a release store, read by the driver with an acquire load.
+    @inline(__always) public var usedIndex: UnsafePointer<Atomic<UInt16>> {
+        UnsafePointer((used + 2).assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
+    /// `avail_event` (EVENT_IDX): the avail index at which the device wants the next kick.
+    @inline(__always) public var availEvent: UnsafePointer<Atomic<UInt16>> {
+        UnsafePointer((used + 4 + 8 * Int(queueSize)).assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
+
+    public var usedFlags: UsedFlags {
+        get { UsedFlags(rawValue: UInt16(littleEndian: usedFlagsPointer.pointee)) }
+        nonmutating set { usedFlagsPointer.pointee = newValue.rawValue.littleEndian }
+    }
+
+    public func usedEntry(_ index: UInt16) -> UsedElement {
+        let base = used + 4 + 8 * Int(index & mask)
+        return UsedElement(
+            id: UInt32(littleEndian: base.loadUnaligned(as: UInt32.self)),
+            length: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+    }
+
+    public func setUsedEntry(_ index: UInt16, _ element: UsedElement) {
+        let base = used + 4 + 8 * Int(index & mask)
+        base.storeBytes(of: element.id.littleEndian, as: UInt32.self)
+        base.storeBytes(of: element.length.littleEndian, toByteOffset: 4, as: UInt32.self)
+    }
+
+    /// Zeroes all three parts (flags, indices, entries), as a fresh ring must be before
+    /// `VHOST_NET_SET_BACKEND`: the kernel reads `used->idx` at attach time (vhost.c vhost_vq_init_access).
+    public func reset() {
+        descriptors.initializeMemory(as: UInt8.self, repeating: 0, count: SplitRingLayout.descriptorTableSize(queueSize: Int(queueSize)))
+        avail.initializeMemory(as: UInt8.self, repeating: 0, count: SplitRingLayout.availRingSize(queueSize: Int(queueSize)))
+        used.initializeMemory(as: UInt8.self, repeating: 0, count: SplitRingLayout.usedRingSize(queueSize: Int(queueSize)))
+    }
+}
+
+public struct Descriptor: Equatable, Sendable {
+    public var address: UInt64
+    public var length: UInt32
+    public var flags: DescriptorFlags
+    public var next: UInt16
+    public init(address: UInt64, length: UInt32, flags: DescriptorFlags, next: UInt16) {
+        self.address = address; self.length = length; self.flags = flags; self.next = next
+    }
+}
+
+public struct DescriptorFlags: OptionSet, Sendable, Hashable {
+    public var rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    /// `VRING_DESC_F_NEXT`
+    public static let next = Self(rawValue: 1)
+    /// `VRING_DESC_F_WRITE`: device-writable.
+    public static let write = Self(rawValue: 2)
+    /// `VRING_DESC_F_INDIRECT`: the buffer is a table of descriptors.
+    public static let indirect = Self(rawValue: 4)
+}
+
+public struct AvailFlags: OptionSet, Sendable {
+    public var rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    /// `VRING_AVAIL_F_NO_INTERRUPT`
+    public static let noInterrupt = Self(rawValue: 1)
+}
+
+public struct UsedFlags: OptionSet, Sendable {
+    public var rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    /// `VRING_USED_F_NO_NOTIFY`
+    public static let noNotify = Self(rawValue: 1)
+}
+
+public struct UsedElement: Equatable, Sendable {
+    public var id: UInt32
+    public var length: UInt32
+    public init(id: UInt32, length: UInt32) { self.id = id; self.length = length }
+}
+
+/// Sizes and alignments of the split ring parts (virtio 1.x §2.7, and vhost.c vq_access_ok).
+public enum SplitRingLayout {
+    public static let descriptorSize = 16
+    public static let usedElementSize = 8
+    public static let descriptorAlignment = 16
+    public static let availAlignment = 2
+    public static let usedAlignment = 4
+    /// vhost.c vhost_vring_set_num: num must be a power of 2 and at most 0xffff, so 32768.
+    public static let maximumQueueSize = 32768
+
+    public static func isValidQueueSize(_ n: Int) -> Bool { n >= 1 && n <= maximumQueueSize && n & (n - 1) == 0 }
+
+    public static func descriptorTableSize(queueSize n: Int) -> Int { 16 * n }
+    /// flags + idx + ring[n] + used_event (always reserved, used with EVENT_IDX).
+    public static func availRingSize(queueSize n: Int) -> Int { 4 + 2 * n + 2 }
+    /// flags + idx + ring[n] + avail_event (always reserved, used with EVENT_IDX).
+    public static func usedRingSize(queueSize n: Int) -> Int { 4 + 8 * n + 2 }
+
+    /// Offsets of the three parts when laid out in one block: descriptors at 0, avail right
+    /// after, used at the next 4-byte boundary.
+    public static func offsets(queueSize n: Int) -> (descriptors: Int, avail: Int, used: Int, total: Int) {
+        let avail = descriptorTableSize(queueSize: n)
+        let usedStart = (avail + availRingSize(queueSize: n) + usedAlignment - 1) & ~(usedAlignment - 1)
+        return (0, avail, usedStart, usedStart + usedRingSize(queueSize: n))
+    }
+}
+
+/// virtio 1.x §2.7.10 / linux virtio_ring.h vring_need_event: whether an index moving from
+/// `old` to `new` crossed the other side's `event` index.
+@inline(__always)
+public func vringNeedEvent(event: UInt16, new: UInt16, old: UInt16) -> Bool {
+    (new &- event &- 1) < (new &- old)
+}

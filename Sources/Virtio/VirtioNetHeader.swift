@@ -1,0 +1,73 @@
+/// `struct virtio_net_hdr` (10 bytes) and `virtio_net_hdr_mrg_rxbuf` (12 bytes, with
+/// `num_buffers`), little-endian (linux/virtio_net.h). Which length is on the wire follows
+/// the negotiated features: see `VirtioFeatures.netHeaderLength`.
+public struct VirtioNetHeader: Equatable, Sendable {
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public var rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: checksum from csum_start, stored at csum_start+csum_offset.
+        public static let needsChecksum = Self(rawValue: 1)
+        /// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already validated.
+        public static let dataValid = Self(rawValue: 2)
+        /// `VIRTIO_NET_HDR_F_RSC_INFO`
+        public static let rscInfo = Self(rawValue: 4)
+    }
+
+    public enum GSOType: UInt8, Sendable {
+        case none = 0, tcpV4 = 1, udp = 3, tcpV6 = 4, udpL4 = 5
+    }
+    /// `VIRTIO_NET_HDR_GSO_ECN`, or'ed into gso_type.
+    public static let gsoECN: UInt8 = 0x80
+
+    public var flags: Flags = []
+    public var gsoType: UInt8 = 0
+    public var headerLength: UInt16 = 0
+    public var gsoSize: UInt16 = 0
+    public var checksumStart: UInt16 = 0
+    public var checksumOffset: UInt16 = 0
+    /// Only on the 12-byte header: how many RX buffers this frame spans (MRG_RXBUF).
+    public var numBuffers: UInt16 = 0
+
+    public init(flags: Flags = [], gsoType: UInt8 = 0, headerLength: UInt16 = 0, gsoSize: UInt16 = 0,
+                checksumStart: UInt16 = 0, checksumOffset: UInt16 = 0, numBuffers: UInt16 = 0) {
+        self.flags = flags; self.gsoType = gsoType; self.headerLength = headerLength; self.gsoSize = gsoSize
+        self.checksumStart = checksumStart; self.checksumOffset = checksumOffset; self.numBuffers = numBuffers
+    }
+
+    public static let baseLength = 10
+    public static let mergeableLength = 12
+
+    /// Writes the header in `length` (10 or 12) bytes at `pointer`.
+    public func write(to pointer: UnsafeMutableRawPointer, length: Int) {
+        precondition(length == 10 || length == 12, "virtio-net header is 10 or 12 bytes")
+        pointer.storeBytes(of: flags.rawValue, as: UInt8.self)
+        pointer.storeBytes(of: gsoType, toByteOffset: 1, as: UInt8.self)
+        pointer.storeBytes(of: headerLength.littleEndian, toByteOffset: 2, as: UInt16.self)
+        pointer.storeBytes(of: gsoSize.littleEndian, toByteOffset: 4, as: UInt16.self)
+        pointer.storeBytes(of: checksumStart.littleEndian, toByteOffset: 6, as: UInt16.self)
+        pointer.storeBytes(of: checksumOffset.littleEndian, toByteOffset: 8, as: UInt16.self)
+        if length == 12 { pointer.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self) }
+    }
+
+    public init(reading pointer: UnsafeRawPointer, length: Int) {
+        precondition(length == 10 || length == 12, "virtio-net header is 10 or 12 bytes")
+        flags = Flags(rawValue: pointer.load(as: UInt8.self))
+        gsoType = pointer.load(fromByteOffset: 1, as: UInt8.self)
+        headerLength = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+        gsoSize = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 4, as: UInt16.self))
+        checksumStart = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
+        checksumOffset = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 8, as: UInt16.self))
+        numBuffers = length == 12 ? UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 10, as: UInt16.self)) : 0
+    }
+
+    public func bytes(length: Int) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
+            write(to: UnsafeMutableRawPointer(buffer.baseAddress!), length: length)
+            count = length
+        }
+    }
+
+    public init(bytes: [UInt8]) {
+        self = bytes.withUnsafeBytes { VirtioNetHeader(reading: $0.baseAddress!, length: bytes.count) }
+    }
+}
