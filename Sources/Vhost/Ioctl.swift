@@ -30,8 +30,10 @@ func performIoctl(_ name: String, _ arguments: @autoclosure () -> String, observ
     observer?(IoctlEvent(name: name, arguments: arguments(), result: result))
     guard rc < 0 else { return rc }
     let errno = Errno(rawValue: -rc)
-    precondition(errno != .badAddress && errno != .badFileDescriptor,
-                 "\(name)(\(arguments())) returned \(errno.name): a bad pointer or a closed fd is a bug in swift-vhost")
+    if errno == .badAddress || errno == .badFileDescriptor {
+        // fatalError (unlike precondition) keeps its message in release builds.
+        fatalError("\(name)(\(arguments())) returned \(errno.name): a bad pointer, an unset ring or a closed fd is a bug in swift-vhost")
+    }
     throw .ioctl(IoctlFailure(name: name, arguments: arguments(), errno: errno))
 }
 

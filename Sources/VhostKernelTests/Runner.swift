@@ -25,6 +25,9 @@ enum KernelTestRunner {
             for test in tests { print(test.name) }
             exit(0)
         }
+        var info = utsname()
+        uname(&info)
+        say("  kernel release: " + withUnsafeBytes(of: info.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
         var passed = 0, failed = 0
         var failures: [String] = []
         for test in tests where filter == nil || test.name.contains(filter!) {

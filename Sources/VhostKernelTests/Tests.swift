@@ -1,1 +1,227 @@
-let allKernelTests: [KernelTest] = []
+import Glibc
+import SystemPackage
+import Vhost
+import VhostNet
+import Virtio
+
+let allKernelTests: [KernelTest] = deviceTests + datapathTests
+
+// MARK: helpers
+
+/// Runs `body` and expects it to throw `VhostError.ioctl` for `name` with `errno`; returns the failure.
+@discardableResult
+func expectIoctlFailure(_ name: String, _ errno: Errno, file: StaticString = #fileID, line: UInt = #line,
+                        _ body: () throws(VhostError) -> Void) throws -> IoctlFailure {
+    do {
+        try body()
+    } catch .ioctl(let failure) {
+        try expect(failure.name == name && failure.errno == errno,
+                   "expected \(name) to fail with \(errno.name), got: \(failure)", file: file, line: line)
+        try expect(failure.description.contains(name) && failure.description.contains(errno.name),
+                   "the error does not name the ioctl and errno: \(failure)", file: file, line: line)
+        return failure
+    } catch {
+        throw KernelTestFailure("expected \(name) to fail with \(errno.name), got: \(error)", file: file, line: line)
+    }
+    throw KernelTestFailure("expected \(name) to fail with \(errno.name), but it succeeded", file: file, line: line)
+}
+
+func ownedDevice() throws -> VhostNetDevice {
+    let device = try VhostNetDevice()
+    try device.setOwner()
+    return device
+}
+
+func statistic(_ tap: String, _ counter: String) throws -> UInt64 {
+    guard let value = KernelInfo.interfaceStatistic(tap, counter) else {
+        throw KernelTestFailure("cannot read /sys/class/net/\(tap)/statistics/\(counter)")
+    }
+    return value
+}
+
+/// Test frames: broadcast, experimental EtherType, a 4-byte big-endian sequence number, then
+/// bytes that depend on the sequence number; the length varies from 60 to 1514.
+enum TestFrame {
+    static let source = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
+
+    static func length(_ sequence: Int) -> Int { 60 + (sequence * 97) % (1514 - 60 + 1) }
+
+    static func write(_ sequence: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let length = length(sequence)
+        let header = EthernetFrame.build(destination: .broadcast, source: source, etherType: EthernetFrame.experimentalType, payload: [UInt8]())
+        for (i, byte) in header.enumerated() { buffer[i] = byte }
+        let seq = UInt32(truncatingIfNeeded: sequence)
+        buffer[14] = UInt8(seq >> 24); buffer[15] = UInt8((seq >> 16) & 0xff)
+        buffer[16] = UInt8((seq >> 8) & 0xff); buffer[17] = UInt8(seq & 0xff)
+        for i in 18..<length { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ sequence) }
+        return length
+    }
+
+    static func bytes(_ sequence: Int) -> [UInt8] {
+        var frame = [UInt8](repeating: 0, count: 1514)
+        let n = frame.withUnsafeMutableBytes { write(sequence, into: $0) }
+        return Array(frame.prefix(n))
+    }
+}
+
+// MARK: device rules (drivers/vhost/vhost.c, net.c)
+
+let deviceTests: [KernelTest] = [
+    KernelTest(name: "device: GET_FEATURES offers VERSION_1, MRG_RXBUF and EVENT_IDX, decoded") {
+        let device = try VhostNetDevice()
+        let features = try device.features()
+        say("  offered: \(features)")
+        try expect(features.isSuperset(of: [.version1, .netMergeableRxBuffers, .eventIndex, .indirectDescriptors]),
+                   "unexpected feature set \(features)")
+        try expect(!features.contains(.ringPacked), "vhost-net should not offer the packed ring")
+    },
+    KernelTest(name: "device: second SET_OWNER is EBUSY") {
+        let device = try ownedDevice()
+        try expectIoctlFailure("VHOST_SET_OWNER", .resourceBusy) { () throws(VhostError) in try device.setOwner() }
+    },
+    KernelTest(name: "device: vring ioctl before SET_OWNER is EPERM") {
+        let device = try VhostNetDevice()
+        try expectIoctlFailure("VHOST_SET_VRING_NUM", .notPermitted) { () throws(VhostError) in try device.setVringNum(index: 0, num: 256) }
+    },
+    KernelTest(name: "vring: SET_VRING_NUM 3 is EINVAL, named as such") {
+        let device = try ownedDevice()
+        let failure = try expectIoctlFailure("VHOST_SET_VRING_NUM", .invalidArgument) { () throws(VhostError) in
+            try device.setVringNum(index: 0, num: 3)
+        }
+        say("  error: \(failure)")
+        try expect(failure.arguments.contains("num: 3"), "the error does not carry the arguments: \(failure)")
+        try device.setVringNum(index: 0, num: 32768)
+        try expectIoctlFailure("VHOST_SET_VRING_NUM", .invalidArgument) { () throws(VhostError) in try device.setVringNum(index: 0, num: 65536) }
+    },
+    KernelTest(name: "features: SET_FEATURES with RING_PACKED is EOPNOTSUPP") {
+        let device = try ownedDevice()
+        try expectIoctlFailure("VHOST_SET_FEATURES", .notSupported) { () throws(VhostError) in
+            try device.setFeatures([.version1, .ringPacked])
+        }
+    },
+    KernelTest(name: "backend: NET_SET_BACKEND index 2 is ENOBUFS") {
+        let device = try ownedDevice()
+        try expectIoctlFailure("VHOST_NET_SET_BACKEND", .noBufferSpace) { () throws(VhostError) in try device.setBackend(index: 2, fd: -1) }
+    },
+    KernelTest(name: "backend: an eventfd as backend is ENOTSOCK") {
+        // net.c vhost_net_set_backend checks the ring (EFAULT) before the fd, so use a set-up pair.
+        var config = VhostNetQueuePair.Configuration(tapName: "vht-sock")
+        config.queueSize = 64
+        let pair = try VhostNetQueuePair(config)
+        try pair.stop()
+        let notASocket = try EventFD()
+        try expectIoctlFailure("VHOST_NET_SET_BACKEND", .notSocket) { () throws(VhostError) in try pair.device.setBackend(index: 0, fd: notASocket.fd) }
+    },
+    KernelTest(name: "memory: a table above max_mem_regions is E2BIG and names the parameter") {
+        let device = try ownedDevice()
+        let limit = KernelInfo.maxMemoryRegions() ?? 64
+        let regions = (0...limit).map { i in
+            MemoryTable.Region(guestAddress: UInt64(i) << 21, size: 1 << 21, userspaceAddress: 0x7000_0000_0000 + (UInt64(i) << 21))
+        }
+        let failure = try expectIoctlFailure("VHOST_SET_MEM_TABLE", .argListTooLong) { () throws(VhostError) in
+            try device.setMemoryTable(MemoryTable(regions: regions))
+        }
+        try expect(failure.description.contains("max_mem_regions"), "E2BIG does not name max_mem_regions: \(failure)")
+    },
+    KernelTest(name: "vring: SET_VRING_NUM while a backend is attached is EBUSY") {
+        var config = VhostNetQueuePair.Configuration(tapName: "vht-busy")
+        config.queueSize = 64
+        let pair = try VhostNetQueuePair(config)
+        try expectIoctlFailure("VHOST_SET_VRING_NUM", .resourceBusy) { () throws(VhostError) in try pair.device.setVringNum(index: 1, num: 64) }
+        try pair.stop()
+        try pair.device.setVringNum(index: 1, num: 64)
+    },
+]
+
+// MARK: the datapath through the kernel worker and a tap
+
+let datapathTests: [KernelTest] = [
+    KernelTest(name: "tx: 100,000 frames, each counted on the tap") {
+        var config = VhostNetQueuePair.Configuration(tapName: "vht-tx")
+        config.features = [.version1, .eventIndex]
+        let pair = try VhostNetQueuePair(config)
+        let before = try statistic(pair.tap.name, "rx_packets")
+        let total = 100_000
+        let start = KernelTestRunner.monotonicSeconds()
+        try pair.transmit(count: total) { i, buffer in TestFrame.write(i, into: buffer) }
+        let elapsed = KernelTestRunner.monotonicSeconds() - start
+        let after = try statistic(pair.tap.name, "rx_packets")
+        let counters = pair.transmitCounters
+        say("  \(total) frames in \(KernelTestRunner.formatted(elapsed)) s; kicks \(counters.kicks), suppressed \(counters.suppressedKicks), calls \(counters.calls)")
+        try expect(after - before == UInt64(total), "the tap counted \(after - before) frames, not \(total)")
+        try expect(counters.frames == UInt64(total), "the driver counted \(counters.frames) frames")
+        try expect(counters.kicks < UInt64(total), "EVENT_IDX should kick fewer times than frames (\(counters.kicks))")
+        let bases = try pair.stop()
+        try expect(bases.transmitBase == UInt32(UInt16(truncatingIfNeeded: total)),
+                   "GET_VRING_BASE(TX) = \(bases.transmitBase), expected \(UInt16(truncatingIfNeeded: total))")
+    },
+    KernelTest(name: "tx: 2,000 frames arrive byte for byte on a packet socket") {
+        var config = VhostNetQueuePair.Configuration(tapName: "vht-txcmp")
+        config.queueSize = 128
+        let pair = try VhostNetQueuePair(config)
+        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex(), etherType: EthernetFrame.experimentalType)
+        socket.setBuffers(bytes: 8 << 20)
+        let total = 2_000
+        var next = 0
+        while next < total {
+            let batch = min(100, total - next)
+            let first = next
+            try pair.transmit(count: batch) { i, buffer in TestFrame.write(first + i, into: buffer) }
+            for sequence in first..<(first + batch) {
+                guard let frame = socket.receive(milliseconds: 5000) else {
+                    throw KernelTestFailure("frame \(sequence) never reached the packet socket")
+                }
+                try expect(frame == TestFrame.bytes(sequence), "frame \(sequence) differs (\(frame.count) bytes, expected \(TestFrame.length(sequence)))")
+            }
+            next += batch
+        }
+    },
+    KernelTest(name: "rx: 1,024 frames sent by the host stack, payloads compared") {
+        var config = VhostNetQueuePair.Configuration(tapName: "vht-rx")
+        config.features = [.version1, .eventIndex]
+        let pair = try VhostNetQueuePair(config)
+        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
+        let total = 1_024, batch = 32
+        var received = 0, other = 0
+        var sequence = 0
+        while sequence < total {
+            for s in sequence..<(sequence + batch) { try socket.send(TestFrame.bytes(s)) }
+            var expected = sequence
+            let deadline = KernelTestRunner.monotonicSeconds() + 10
+            var mismatch: String? = nil
+            while expected < sequence + batch && KernelTestRunner.monotonicSeconds() < deadline {
+                pair.receive(milliseconds: 1000) { frame in
+                    let bytes = [UInt8](frame.frame)
+                    guard EthernetFrame.etherType(of: bytes) == EthernetFrame.experimentalType else { other += 1; return }
+                    if mismatch == nil && bytes != TestFrame.bytes(expected) {
+                        mismatch = "frame \(expected) differs: \(bytes.count) bytes, expected \(TestFrame.length(expected))"
+                    }
+                    try? expect(frame.header.gsoType == 0, "unexpected GSO header")
+                    expected += 1
+                    received += 1
+                }
+            }
+            if let mismatch { throw KernelTestFailure(mismatch) }
+            try expect(expected == sequence + batch, "only \(expected - sequence) of frames \(sequence)..<\(sequence + batch) arrived in the ring")
+            sequence += batch
+        }
+        say("  \(received) test frames received and compared, \(other) other frames (host stack traffic) ignored")
+        try expect(received == total, "received \(received) of \(total)")
+        try expect(pair.receiveCounters.ringErrors == 0, "the kernel signalled \(pair.receiveCounters.ringErrors) vring errors")
+    },
+    KernelTest(name: "ring: an 8-entry ring wraps its indices past 65535 over 70,000 frames") {
+        var config = VhostNetQueuePair.Configuration(tapName: "vht-wrap")
+        config.queueSize = 8
+        let pair = try VhostNetQueuePair(config)
+        let before = try statistic(pair.tap.name, "rx_packets")
+        let total = 70_000
+        try pair.transmit(count: total) { i, buffer in TestFrame.write(i, into: buffer) }
+        let after = try statistic(pair.tap.name, "rx_packets")
+        try expect(after - before == UInt64(total), "the tap counted \(after - before) frames, not \(total)")
+        let wrapped = UInt16(truncatingIfNeeded: total)
+        try expect(pair.transmitQueue.driver.availIndexShadow == wrapped && pair.transmitQueue.driver.lastUsedIndex == wrapped,
+                   "driver indices \(pair.transmitQueue.driver.availIndexShadow)/\(pair.transmitQueue.driver.lastUsedIndex), expected \(wrapped)")
+        let bases = try pair.stop()
+        try expect(bases.transmitBase == UInt32(wrapped), "kernel last_avail_idx \(bases.transmitBase), expected \(wrapped)")
+    },
+]

@@ -1,0 +1,77 @@
+import CVhost
+import SystemPackage
+import Testing
+@testable import Vhost
+@testable import VhostNet
+import Virtio
+
+@Suite("Vhost layer without a kernel")
+struct VhostUnitTests {
+    @Test("the Swift side mirrors the C layouts the shim asserts")
+    func layoutsMatchC() {
+        #expect(CVHOST_SIZEOF_VRING_DESC == SplitRingLayout.descriptorSize)
+        #expect(CVHOST_SIZEOF_VRING_USED_ELEM == SplitRingLayout.usedElementSize)
+        #expect(CVHOST_SIZEOF_VHOST_MEMORY == 8 && CVHOST_SIZEOF_VHOST_MEMORY_REGION == 32)
+        #expect(CVHOST_SIZEOF_VIRTIO_NET_HDR == VirtioNetHeader.baseLength)
+        #expect(CVHOST_SIZEOF_VIRTIO_NET_HDR_MRG_RXBUF == VirtioNetHeader.mergeableLength)
+        #expect(CVHOST_VHOST_SET_OWNER == 0xAF01)
+        #expect(CVHOST_VHOST_SET_VRING_NUM == 0x4008_AF10)
+        #expect(CVHOST_VHOST_NET_SET_BACKEND == 0x4008_AF30)
+        #expect(CVHOST_TUNSETIFF == 0x4004_54CA)
+    }
+
+    @Test("VHOST_SET_MEM_TABLE payload: annotated bytes")
+    func memoryTableBytes() {
+        let table = MemoryTable(regions: [MemoryTable.Region(guestAddress: 0x4000_0000, size: 0x20_0000, userspaceAddress: 0x7f00_1234_5000)])
+        #expect(table.encoded() == [
+            0x01, 0x00, 0x00, 0x00,                         // nregions 1
+            0x00, 0x00, 0x00, 0x00,                         // padding (must be 0: EOPNOTSUPP otherwise)
+            0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, // guest_phys_addr 0x40000000
+            0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, // memory_size 2 MiB
+            0x00, 0x50, 0x34, 0x12, 0x00, 0x7f, 0x00, 0x00, // userspace_addr 0x7f0012345000
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // flags_padding
+        ])
+    }
+
+    @Test("guest memory: GPA differs from HVA, translation both ways, holes are not mapped")
+    func guestMemory() throws {
+        var memory = try GuestMemory(layout: [
+            .init(guestAddress: 0, size: 1 << 20),
+            .init(guestAddress: 0x1_0000_0000, size: 1 << 20),
+        ])
+        let low = try memory.allocate(4096, region: 0)
+        let high = try memory.allocate(4096, region: 1)
+        #expect(high.guestAddress == 0x1_0000_0000)
+        #expect(UInt64(UInt(bitPattern: high.host)) != high.guestAddress)
+        #expect(memory.map.host(guest: high.guestAddress + 10, length: 100) == high.host + 10)
+        #expect(memory.map.guest(host: low.host + 5) == low.guestAddress + 5)
+        #expect(memory.map.host(guest: 0x8000_0000, length: 1) == nil, "the hole is not mapped")
+        #expect(memory.map.host(guest: (1 << 20) - 10, length: 20) == nil, "a range may not run off a region")
+        #expect(memory.map.memoryTable.regions.count == 2)
+        #expect(throws: VhostError.self) { _ = try memory.allocate(2 << 20, region: 0) }
+        #expect(throws: VhostError.self) {
+            _ = try GuestMemory(layout: [.init(guestAddress: 0, size: 8192), .init(guestAddress: 4096, size: 8192)])
+        }
+    }
+
+    @Test("configuration is validated before any ioctl, naming the rule")
+    func configurationValidation() {
+        var config = VhostNetQueuePair.Configuration(tapName: "vh0")
+        config.queueSize = 3
+        #expect(throws: VhostError.self) { try config.validate() }
+        do { try config.validate() } catch { #expect("\(error)".contains("power of 2")) }
+        config.queueSize = 256
+        config.tapName = "a-name-that-is-too-long"
+        do { try config.validate(); Issue.record("accepted a long tap name") } catch { #expect("\(error)".contains("15 characters")) }
+        config.tapName = "ok0"
+        config.features = [.version1, .logAll]
+        do { try config.validate(); Issue.record("accepted LOG_ALL") } catch { #expect("\(error)".contains("LOG")) }
+    }
+
+    @Test("errors name the ioctl, arguments, errno and the kernel rule")
+    func ioctlErrorText() {
+        let failure = IoctlFailure(name: "VHOST_SET_MEM_TABLE", arguments: "nregions: 65", errno: .argListTooLong)
+        #expect("\(failure)" == "VHOST_SET_MEM_TABLE(nregions: 65) failed: E2BIG (Argument list too long); more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)")
+        #expect(VhostError.deviceMissing(path: "/dev/vhost-net").description.contains("modprobe vhost_net"))
+    }
+}
