@@ -13,6 +13,9 @@
 #include <arpa/inet.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
 
 // ---- ioctl numbers ----
 const unsigned long CVHOST_VHOST_GET_FEATURES = VHOST_GET_FEATURES;
@@ -185,4 +188,58 @@ int cvhost_set_socket_buffer(int fd, int receive, int bytes) {
     int rc = setsockopt(fd, SOL_SOCKET, receive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &bytes, sizeof bytes);
     if (rc < 0) rc = setsockopt(fd, SOL_SOCKET, receive ? SO_RCVBUF : SO_SNDBUF, &bytes, sizeof bytes);
     return rc < 0 ? -errno : 0;
+}
+
+int cvhost_if_set_ipv4(const char *name, uint32_t address, uint32_t netmask) {
+    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(address);
+    int rc = with_ifreq(name, SIOCSIFADDR, &ifr);
+    if (rc < 0) return rc;
+    memset(&ifr, 0, sizeof ifr);
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(netmask);
+    return with_ifreq(name, SIOCSIFNETMASK, &ifr);
+}
+
+int cvhost_inet_socket(int type, int protocol) {
+    int fd = socket(AF_INET, type | SOCK_CLOEXEC, protocol);
+    return fd < 0 ? -errno : fd;
+}
+int cvhost_udp_socket(void) { return cvhost_inet_socket(SOCK_DGRAM, 0); }
+int cvhost_icmp_socket(void) { return cvhost_inet_socket(SOCK_RAW, IPPROTO_ICMP); }
+
+long cvhost_sendto_ipv4(int fd, uint32_t address, uint16_t port, const void *buffer, size_t length) {
+    struct sockaddr_in to; memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(address);
+    ssize_t n = sendto(fd, buffer, length, 0, (struct sockaddr *)&to, sizeof to);
+    return n < 0 ? -errno : n;
+}
+
+long cvhost_recv_timeout(int fd, void *buffer, size_t length, int timeout_ms, uint32_t *from_address) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int rc = poll(&p, 1, timeout_ms);
+    if (rc < 0) return -errno;
+    if (rc == 0) return 0;
+    struct sockaddr_in from; socklen_t fromlen = sizeof from;
+    ssize_t n = recvfrom(fd, buffer, length, MSG_DONTWAIT, (struct sockaddr *)&from, &fromlen);
+    if (n < 0) return errno == EAGAIN ? 0 : -errno;
+    if (from_address) *from_address = ntohl(from.sin_addr.s_addr);
+    return n;
+}
+
+// CAP_NET_ADMIN (12) in the effective set, from /proc/self/status.
+int cvhost_net_admin_capable(void) {
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long caps = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "CapEff: %llx", &caps) == 1) break;
+    }
+    fclose(f);
+    return (caps >> 12) & 1;
 }

@@ -58,19 +58,19 @@ public struct Tap: ~Copyable {
             let errno = Errno(rawValue: -rc)
             if failedStep == 1 {
                 if errno == .noSuchFileOrDirectory || errno == .operationNotSupportedByDevice {
-                    throw .tap(name: name, reason: "/dev/net/tun does not exist; load it with `modprobe tun`")
+                    throw .tap(name: name, problem: .driverMissing, reason: "/dev/net/tun does not exist; load it with `modprobe tun`")
                 }
-                throw .tap(name: name, reason: "cannot open /dev/net/tun: \(errno.name); needs root or CAP_NET_ADMIN")
+                throw .tap(name: name, problem: .permission, reason: "cannot open /dev/net/tun: \(errno.name); needs root or CAP_NET_ADMIN")
             }
             switch errno {
             case .notPermitted, .permissionDenied:
-                throw .tap(name: name, reason: "TUNSETIFF refused (\(errno.name)): creating or attaching a tap needs CAP_NET_ADMIN (run as root), or the tap belongs to another user")
+                throw .tap(name: name, problem: .permission, reason: "TUNSETIFF refused (\(errno.name)): creating or attaching a tap needs CAP_NET_ADMIN (run as root), or the tap belongs to another user")
             case .resourceBusy:
-                throw .tap(name: name, reason: "busy (EBUSY): another process has it open; close it or choose another name")
+                throw .tap(name: name, problem: .busy, reason: "busy (EBUSY): another process has it open; close it or choose another name")
             case .invalidArgument:
-                throw .tap(name: name, reason: "the name is taken by an interface that is not a tap of these flags (EINVAL); choose another name")
+                throw .tap(name: name, problem: .nameTaken, reason: "the name is taken by an interface that is not a tap of these flags (EINVAL); choose another name")
             default:
-                throw .tap(name: name, reason: "TUNSETIFF failed: \(errno.name) (\(errno))")
+                throw .tap(name: name, problem: .other, reason: "TUNSETIFF failed: \(errno.name) (\(errno))")
             }
         }
         fd = rc
@@ -79,6 +79,34 @@ public struct Tap: ~Copyable {
     }
 
     deinit { close(fd) }
+
+    /// The IFF_* flags the tun driver supports, without creating a tap (TUNGETFEATURES on a
+    /// fresh /dev/net/tun fd).
+    public static func driverFeatures() throws(VhostError) -> UInt32 {
+        let fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else {
+            let errno = Errno(rawValue: Glibc.errno)
+            throw .tap(name: "/dev/net/tun", problem: errno == .noSuchFileOrDirectory ? .driverMissing : .permission,
+                       reason: "cannot open: \(errno.name) (\(errno))\(errno == .noSuchFileOrDirectory ? "; load it with `modprobe tun`" : "")")
+        }
+        defer { close(fd) }
+        var value: UInt32 = 0
+        try performIoctl("TUNGETFEATURES", "", observer: nil) { cvhost_ioctl_ptr(fd, CVHOST_TUNGETFEATURES, &value) }
+        return value
+    }
+
+    /// Names of TUNSETIFF flags (linux/if_tun.h).
+    public static func flagNames(_ flags: UInt32) -> [String] {
+        let names: [(UInt32, String)] = [(0x0001, "IFF_TUN"), (0x0002, "IFF_TAP"), (0x0010, "IFF_NAPI"), (0x0020, "IFF_NAPI_FRAGS"),
+                                          (0x0040, "IFF_NO_CARRIER"), (0x0100, "IFF_MULTI_QUEUE"), (0x0200, "IFF_ATTACH_QUEUE"),
+                                          (0x0400, "IFF_DETACH_QUEUE"), (0x0800, "IFF_PERSIST"), (0x1000, "IFF_NO_PI"),
+                                          (0x2000, "IFF_ONE_QUEUE"), (0x4000, "IFF_VNET_HDR"), (0x8000, "IFF_TUN_EXCL")]
+        var rest = flags
+        var result: [String] = []
+        for (bit, name) in names where flags & bit != 0 { result.append(name); rest &= ~bit }
+        if rest != 0 { result.append(hex(rest)) }
+        return result
+    }
 
     /// Whether an interface of this name exists (any kind).
     public static func exists(name: String) -> Bool { cvhost_if_index(name) > 0 }

@@ -13,7 +13,7 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
     /// Something we refused before asking the kernel, with the rule it breaks.
     case invalidArgument(String)
     /// A tap could not be created or attached.
-    case tap(name: String, reason: String)
+    case tap(name: String, problem: TapProblem, reason: String)
     /// The kernel does not offer a requested feature.
     case featureUnavailable(requested: String, offered: String)
     /// The kernel did not complete work in time (a stalled or detached vring).
@@ -31,7 +31,7 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
             return "\(call)\(detail.isEmpty ? "" : " " + detail) failed: \(errno.name) (\(errno))"
         case .invalidArgument(let message):
             return message
-        case .tap(let name, let reason):
+        case .tap(let name, _, let reason):
             return "tap \(name): \(reason)"
         case .featureUnavailable(let requested, let offered):
             return "the kernel does not offer \(requested); it offers \(offered)"
@@ -39,6 +39,23 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
             return "timed out: \(what)"
         }
     }
+}
+
+/// Why a tap could not be had.
+public enum TapProblem: Sendable, Equatable {
+    /// /dev/net/tun is missing (the tun module is not loaded).
+    case driverMissing
+    /// Not root, no CAP_NET_ADMIN, or the tap belongs to another user.
+    case permission
+    /// Another process has the (single-queue) tap open.
+    case busy
+    /// The name belongs to an interface that is not a tap of these flags, or is invalid.
+    case nameTaken
+    /// Asked to attach to a tap that does not exist.
+    case missing
+    /// Asked to create a tap that already exists.
+    case exists
+    case other
 }
 
 /// A failed ioctl: its name, its decoded arguments and the errno.

@@ -26,6 +26,7 @@ public final class VhostNetQueuePair {
         /// Tap flags beyond IFF_TAP|IFF_NO_PI (IFF_VNET_HDR is added unless the kernel adds the header).
         public var multiQueueTap: Bool = false
         public var bringLinkUp: Bool = true
+        public var devicePath: String = VhostNetDevice.defaultPath
         public var observer: IoctlObserver? = nil
 
         public init(tapName: String) { self.tapName = tapName }
@@ -88,7 +89,7 @@ public final class VhostNetQueuePair {
                                      bufferSize: configuration.bufferSize, eventIndex: eventIndex, memory: &memory)
 
         // ---- vhost_dev_init: open, SET_OWNER, GET_FEATURES, per vring CALL then ERR ----
-        device = try VhostNetDevice(observer: configuration.observer)
+        device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
         try device.setOwner()
         offeredFeatures = try device.features()
         let missing = features.subtracting(offeredFeatures)
@@ -228,6 +229,18 @@ public final class VhostNetQueuePair {
             _ = receiveQueue.driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress, length: UInt32(buffer.length), deviceWritable: true)))
         }
         receiveQueue.publishAndKick()
+    }
+
+    /// Prepares to sleep until RX work arrives: re-enables RX interrupts and re-checks the used
+    /// ring (race-free). Returns the call eventfd to wait on, or nil when work is already pending.
+    public func armReceiveNotification() -> Int32? {
+        receiveQueue.driver.enableInterrupts() ? nil : receiveQueue.call.fd
+    }
+
+    /// Clears the RX call eventfd after a wake-up, counting the call.
+    public func acknowledgeReceiveNotification() {
+        if receiveQueue.call.consume() != nil { receiveQueue.counters.calls += 1 }
+        receiveQueue.collectRingErrors()
     }
 
     /// A received frame: the virtio-net header and the frame bytes (valid only during the callback).

@@ -1,10 +1,113 @@
 import ArgumentParser
+import Glibc
+import Logging
+import Vhost
 
 @main
 struct VhostCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhostctl",
         abstract: "Drive the Linux kernel's vhost-net from userspace: be the virtio-net driver for a tap.",
-        subcommands: [Info.self]
+        discussion: """
+        Exit codes: 0 success; 1 a runtime failure (a kernel error while running, a demo check \
+        that failed); 64 bad input (malformed IP, MAC, tap name, pcap file, option); 69 vhost-net \
+        or a requested feature is unavailable; 75 the tap is busy; 77 not permitted (needs root \
+        or CAP_NET_ADMIN).
+        """,
+        subcommands: [Info.self, Attach.self, Demo.self]
     )
+}
+
+/// Options every command shares.
+struct CommonOptions: ParsableArguments {
+    @Flag(name: .shortAndLong, help: "Log what is being set up.")
+    var verbose = false
+
+    @Flag(help: "Print every ioctl with its decoded arguments and result, to standard error.")
+    var trace = false
+
+    @Option(help: "The vhost-net device node.")
+    var device = VhostNetDevice.defaultPath
+
+    func makeLogger() -> Logger {
+        var logger = Logger(label: "vhostctl") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = verbose ? .debug : .info
+        return logger
+    }
+
+    var observer: IoctlObserver? {
+        guard trace else { return nil }
+        return { event in
+            var line = "trace: \(event)\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        }
+    }
+}
+
+/// The documented exit codes.
+enum ExitStatus {
+    static let failure: Int32 = 1
+    static let usage: Int32 = 64
+    static let unavailable: Int32 = 69
+    static let busy: Int32 = 75
+    static let notPermitted: Int32 = 77
+}
+
+/// Prints `vhostctl: error: …` and returns the exit code that fits the error.
+func report(_ error: Error) -> ExitCode {
+    let message: String
+    let status: Int32
+    switch error {
+    case let error as VhostError:
+        message = error.description
+        switch error {
+        case .deviceMissing, .featureUnavailable: status = ExitStatus.unavailable
+        case .permissionDenied: status = ExitStatus.notPermitted
+        case .invalidArgument: status = ExitStatus.usage
+        case .tap(_, let problem, _):
+            switch problem {
+            case .driverMissing: status = ExitStatus.unavailable
+            case .permission: status = ExitStatus.notPermitted
+            case .busy: status = ExitStatus.busy
+            case .nameTaken, .missing, .exists: status = ExitStatus.usage
+            case .other: status = ExitStatus.failure
+            }
+        case .ioctl(let failure) where failure.errno == .notPermitted || failure.errno == .permissionDenied:
+            status = ExitStatus.notPermitted
+        default: status = ExitStatus.failure
+        }
+    case let error as CLIError:
+        message = error.message
+        status = error.status
+    default:
+        message = "\(error)"
+        status = ExitStatus.failure
+    }
+    var line = "vhostctl: error: \(message)\n"
+    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    return ExitCode(status)
+}
+
+struct CLIError: Error {
+    var message: String
+    var status: Int32
+}
+
+/// Runs a command body, turning every error into one clear line and its exit code.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let exit as ExitCode {
+        throw exit
+    } catch {
+        throw report(error)
+    }
+}
+
+/// Refuses early, with one line, when the process cannot administer the network.
+func requireNetworkAdministration(_ what: String) throws {
+    guard HostNetwork.canAdministerNetwork else {
+        throw CLIError(message: "\(what) needs root or CAP_NET_ADMIN (it creates or attaches a tap and opens /dev/vhost-net): run it as root, e.g. with sudo",
+                       status: ExitStatus.notPermitted)
+    }
 }

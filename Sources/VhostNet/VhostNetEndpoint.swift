@@ -1,0 +1,135 @@
+import Glibc
+import Logging
+import Vhost
+import Virtio
+
+/// A NIC endpoint on a tap: one or more queue pairs (each its own /dev/vhost-net fd and its own
+/// queue of the tap), an identity (MAC, IPv4), and a responder that answers ARP, ICMP echo and
+/// UDP echo. `service` runs one turn of its event loop.
+public final class VhostNetEndpoint {
+    public struct Configuration: Sendable {
+        public var tapName: String
+        /// Queue pairs; more than one uses an IFF_MULTI_QUEUE tap, one queue per pair.
+        public var queues: Int = 1
+        public var queueSize: UInt16 = 256
+        public var features: VirtioFeatures = [.version1, .eventIndex]
+        public var mac: MACAddress = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
+        public var ipv4: IPv4Interface? = nil
+        public var udpEchoPort: UInt16? = nil
+        public var notificationMode: NotificationMode = .interrupt
+        public var memoryBacking: GuestMemoryBacking = .anonymous
+        public var devicePath: String = VhostNetDevice.defaultPath
+        public var observer: IoctlObserver? = nil
+
+        public init(tapName: String) { self.tapName = tapName }
+
+        func pairConfiguration() -> VhostNetQueuePair.Configuration {
+            var config = VhostNetQueuePair.Configuration(tapName: tapName)
+            config.queueSize = queueSize
+            config.features = features
+            config.notificationMode = notificationMode
+            config.memoryBacking = memoryBacking
+            config.multiQueueTap = queues > 1
+            config.observer = observer
+            config.devicePath = devicePath
+            return config
+        }
+    }
+
+    public enum Direction: Sendable { case received, transmitted }
+
+    public let configuration: Configuration
+    public let pairs: [VhostNetQueuePair]
+    public var responder: NetworkResponder
+    /// Sees every frame received from and transmitted to the tap (for pcap).
+    public var frameObserver: ((Direction, [UInt8]) -> Void)?
+    let logger: Logger
+
+    public init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+        guard (1...256).contains(configuration.queues) else {
+            throw .invalidArgument("--queues \(configuration.queues): use 1 to 256 queue pairs (tun.c MAX_TAP_QUEUES)")
+        }
+        self.configuration = configuration
+        self.logger = logger
+        var pairs: [VhostNetQueuePair] = []
+        for index in 0..<configuration.queues {
+            logger.debug("setting up queue pair \(index) on \(configuration.tapName)")
+            pairs.append(try VhostNetQueuePair(configuration.pairConfiguration(), logger: logger))
+        }
+        self.pairs = pairs
+        responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, udpEchoPort: configuration.udpEchoPort)
+    }
+
+    public var tapName: String { pairs[0].tap.name }
+
+    /// Runs one turn: receives on every queue, answers what the responder answers, and when
+    /// nothing arrived sleeps up to `milliseconds` on the RX call eventfds (plus `extraFDs`).
+    /// Returns the number of frames received.
+    @discardableResult
+    public func service(milliseconds: Int32, extraFDs: [Int32] = []) throws(VhostError) -> Int {
+        var received = 0
+        for (index, pair) in pairs.enumerated() {
+            var frames: [[UInt8]] = []
+            received += pair.receive(limit: 256, milliseconds: 0) { frame in frames.append([UInt8](frame.frame)) }
+            for frame in frames {
+                frameObserver?(.received, frame)
+                if let reply = responder.respond(to: frame) {
+                    try send(reply, queue: index)
+                }
+            }
+        }
+        guard received == 0, milliseconds != 0 else { return received }
+        var fds: [pollfd] = []
+        for pair in pairs {
+            guard let fd = pair.armReceiveNotification() else { return received }
+            fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+        }
+        for fd in extraFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&fds, nfds_t(fds.count), milliseconds)
+        for pair in pairs { pair.acknowledgeReceiveNotification() }
+        return received
+    }
+
+    /// Transmits one frame on a queue.
+    public func send(_ frame: [UInt8], queue: Int = 0) throws(VhostError) {
+        try pairs[queue % pairs.count].transmit(frame: frame)
+        frameObserver?(.transmitted, frame)
+    }
+
+    /// Transmits frames round-robin over the queues, keeping each ring full.
+    public func send(frames: [[UInt8]]) throws(VhostError) {
+        for (index, pair) in pairs.enumerated() {
+            let mine = stride(from: index, to: frames.count, by: pairs.count).map { frames[$0] }
+            guard !mine.isEmpty else { continue }
+            try pair.transmit(count: mine.count) { i, buffer in
+                let frame = mine[i]
+                let n = min(frame.count, buffer.count)
+                buffer.copyBytes(from: frame.prefix(n))
+                return n
+            }
+            for frame in mine { frameObserver?(.transmitted, frame) }
+        }
+    }
+
+    /// Detaches every backend (NET_SET_BACKEND -1) and reads back the vring bases.
+    public func stop() throws(VhostError) {
+        for pair in pairs { try pair.stop() }
+    }
+
+    public var receiveCounters: QueueCounters { pairs.map(\.receiveCounters).reduce(QueueCounters(), +) }
+    public var transmitCounters: QueueCounters { pairs.map(\.transmitCounters).reduce(QueueCounters(), +) }
+}
+
+extension QueueCounters {
+    public static func + (a: QueueCounters, b: QueueCounters) -> QueueCounters {
+        var c = QueueCounters()
+        c.frames = a.frames + b.frames
+        c.bytes = a.bytes + b.bytes
+        c.kicks = a.kicks + b.kicks
+        c.suppressedKicks = a.suppressedKicks + b.suppressedKicks
+        c.calls = a.calls + b.calls
+        c.drops = a.drops + b.drops
+        c.ringErrors = a.ringErrors + b.ringErrors
+        return c
+    }
+}

@@ -1,0 +1,169 @@
+import ArgumentParser
+import Glibc
+import Logging
+import Vhost
+import VhostNet
+import Virtio
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach to a tap as the guest's NIC, through the kernel's vhost-net, until stopped.",
+        discussion: """
+        Answers ARP and ICMP echo for --ip, echoes UDP on --udp-echo, records frames with --pcap \
+        and sends the frames of --replay. Prints counters every --stats seconds. SIGINT or \
+        SIGTERM stops it cleanly: the backends are detached and a tap it created is removed \
+        (unless --keep). Needs root or CAP_NET_ADMIN; --user drops to another user after setup.
+        """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "The tap interface to attach to.")
+    var tap: String
+
+    @Flag(help: "Create the tap (it must not exist yet). Without it, the tap must exist.")
+    var create = false
+
+    @Flag(help: "With --create: keep the tap when stopping (TUNSETPERSIST).")
+    var keep = false
+
+    @Option(help: "The endpoint's MAC address.")
+    var mac = "52:54:00:12:34:56"
+
+    @Option(help: "The endpoint's IPv4 address with prefix, e.g. 10.0.0.2/24. Without it nothing is answered.")
+    var ip: String?
+
+    @Option(name: .customLong("udp-echo"), help: "Echo UDP datagrams sent to this port.")
+    var udpEcho: UInt16?
+
+    @Option(help: "Queue pairs (more than 1 uses an IFF_MULTI_QUEUE tap).")
+    var queues = 1
+
+    @Option(name: .customLong("queue-size"), help: "Descriptors per ring: a power of 2 from 2 to 32768.")
+    var queueSize = 256
+
+    @Option(help: "Write every received and transmitted frame to this pcap file.")
+    var pcap: String?
+
+    @Option(help: "Transmit the frames of this pcap file once attached.")
+    var replay: String?
+
+    @Option(help: "After setup, drop root and run as this user (name, or uid[:gid]); a created tap is owned by it.")
+    var user: String?
+
+    @Option(help: "Seconds between counter lines (0: only at the end).")
+    var stats = 5.0
+
+    @Option(help: "Stop after this many seconds (0: run until SIGINT/SIGTERM).")
+    var duration = 0.0
+
+    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX).")
+    var features: [String] = []
+
+    func validate() throws {
+        guard MACAddress(parsing: mac) != nil else {
+            throw ValidationError("--mac \(mac) is not a MAC address: write six hex pairs, e.g. 52:54:00:12:34:56")
+        }
+        if let mac = MACAddress(parsing: mac), mac.isMulticast {
+            throw ValidationError("--mac \(mac) is a multicast address: the first byte must be even")
+        }
+        if let ip, IPv4Interface(parsing: ip) == nil {
+            throw ValidationError("--ip \(ip) is not an IPv4 address with prefix: write e.g. 10.0.0.2/24")
+        }
+        do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
+        guard (1...256).contains(queues) else { throw ValidationError("--queues \(queues): use 1 to 256") }
+        guard queueSize >= 2, queueSize <= 32768, queueSize & (queueSize - 1) == 0 else {
+            throw ValidationError("--queue-size \(queueSize): it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
+        }
+        if keep && !create { throw ValidationError("--keep only applies with --create") }
+        if let user, UserSpec(parsing: user) == nil {
+            throw ValidationError("--user \(user): no such user in /etc/passwd; give a name or uid[:gid]")
+        }
+        for name in features where VirtioFeatures.parse(name) == nil {
+            throw ValidationError("--features: unknown feature \(name); known: \(VirtioFeatures.names.values.sorted().joined(separator: ", "))")
+        }
+        guard stats >= 0, duration >= 0 else { throw ValidationError("--stats and --duration take seconds ≥ 0") }
+    }
+
+    var negotiatedFeatures: VirtioFeatures {
+        features.isEmpty ? [.version1, .eventIndex] : features.reduce(into: VirtioFeatures()) { $0.formUnion(VirtioFeatures.parse($1)!) }
+    }
+
+    func run() throws {
+        try runReportingErrors { try attach() }
+    }
+
+    func attach() throws {
+        let logger = common.makeLogger()
+        try requireNetworkAdministration("vhostctl attach")
+        let exists = Tap.exists(name: tap)
+        if create && exists {
+            throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; drop --create to attach to it, or choose another name")
+        }
+        if !create && !exists {
+            throw VhostError.tap(name: tap, problem: .missing, reason: "does not exist; add --create to create it")
+        }
+        // Read and open files before any setup, so that a bad file leaves nothing half set up.
+        let replayFrames = try replay.map { path throws(VhostError) in try readPcapFrames(path: path) } ?? []
+        let writer = try pcap.map { path throws(VhostError) in try PcapWriter(path: path) }
+        let dropTo = user.flatMap(UserSpec.init(parsing:))
+
+        var config = VhostNetEndpoint.Configuration(tapName: tap)
+        config.queues = queues
+        config.queueSize = UInt16(queueSize)
+        config.features = negotiatedFeatures
+        config.mac = MACAddress(parsing: mac)!
+        config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
+        config.udpEchoPort = udpEcho
+        config.observer = common.observer
+        config.devicePath = common.device
+        let endpoint = try VhostNetEndpoint(config, logger: logger)
+        if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
+        if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
+        installStopHandlers()
+        if let dropTo { try dropTo.drop() }
+
+        let pair = endpoint.pairs[0]
+        print("attached to \(endpoint.tapName): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(queueSize)")
+        print("negotiated: \(pair.negotiatedFeatures)")
+        if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
+        if let writer {
+            endpoint.frameObserver = { _, frame in writer.write(frame) }
+        }
+        if !replayFrames.isEmpty {
+            try endpoint.send(frames: replayFrames)
+            print("replayed \(replayFrames.count) frames from \(replay!)")
+        }
+
+        let start = monotonicSeconds()
+        var nextStats = start + (stats > 0 ? stats : .infinity)
+        while !stopRequested {
+            try endpoint.service(milliseconds: 200)
+            let now = monotonicSeconds()
+            if now >= nextStats {
+                print(counterLine(endpoint))
+                try writer?.flush()
+                nextStats = now + stats
+            }
+            if duration > 0 && now - start >= duration { break }
+        }
+        endpoint.frameObserver = nil
+        try writer?.flush()
+        try endpoint.stop()
+        let signal = stopSignal.load(ordering: .relaxed)
+        print(counterLine(endpoint))
+        print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached\(create && !keep ? "; tap \(tap) removed" : "")")
+        if let writer { print("wrote \(writer.frames) frames to \(writer.path)") }
+        // The endpoint, its taps and fds go away here: a created, non-persistent tap disappears.
+    }
+
+    func counterLine(_ endpoint: VhostNetEndpoint) -> String {
+        let rx = endpoint.receiveCounters, tx = endpoint.transmitCounters, r = endpoint.responder.counters
+        return "rx \(rx.frames) frames \(rx.bytes) bytes drops \(rx.drops) | tx \(tx.frames) frames \(tx.bytes) bytes drops \(tx.drops) | kicks \(rx.kicks + tx.kicks) calls \(rx.calls + tx.calls) | arp \(r.arpReplies) icmp \(r.icmpEchoReplies) udp \(r.udpEchoes)"
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

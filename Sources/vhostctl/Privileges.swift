@@ -1,0 +1,52 @@
+import Glibc
+
+/// A user to drop to after setup: a name from /etc/passwd, or a numeric uid[:gid].
+/// /etc/passwd is read directly so that a static binary needs no NSS libraries.
+struct UserSpec {
+    var uid: UInt32
+    var gid: UInt32
+    var name: String
+
+    init?(parsing text: String) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        if let uid = UInt32(parts[0]) {
+            guard parts.count <= 2 else { return nil }
+            let gid = parts.count == 2 ? UInt32(parts[1]) : uid
+            guard let gid else { return nil }
+            self.uid = uid; self.gid = gid; self.name = text
+            return
+        }
+        guard parts.count == 1, let passwd = readText("/etc/passwd") else { return nil }
+        for line in passwd.split(separator: "\n") {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count >= 4, fields[0] == parts[0], let uid = UInt32(fields[2]), let gid = UInt32(fields[3]) {
+                self.uid = uid; self.gid = gid; self.name = String(fields[0])
+                return
+            }
+        }
+        return nil
+    }
+
+    /// setgroups, setgid, setuid — and checks that root cannot be regained.
+    func drop() throws {
+        guard setgroups(0, nil) == 0, setgid(gid) == 0, setuid(uid) == 0 else {
+            throw CLIError(message: "cannot drop privileges to \(name) (uid \(uid), gid \(gid)): errno \(errno)", status: ExitStatus.failure)
+        }
+        if uid != 0 && setuid(0) == 0 {
+            throw CLIError(message: "dropped to uid \(uid) but could regain root; refusing to continue", status: ExitStatus.failure)
+        }
+    }
+}
+
+func readText(_ path: String) -> String? {
+    guard let file = fopen(path, "r") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&buffer, 1, buffer.count, file)
+        if n <= 0 { break }
+        bytes += buffer.prefix(n)
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
