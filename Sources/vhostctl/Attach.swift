@@ -141,6 +141,7 @@ struct Attach: ParsableCommand {
             let now = monotonicSeconds()
             if now >= nextStats {
                 print(counterLine(endpoint))
+                fflush(nil)
                 try writer?.flush()
                 nextStats = now + stats
             }

@@ -16,6 +16,26 @@ struct VhostCtl: ParsableCommand {
         """,
         subcommands: [Info.self, Attach.self, Demo.self]
     )
+
+    /// ArgumentParser's own main, except that a bad argument prints one line
+    /// (`vhostctl: error: …`) instead of the error plus the usage text.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let exit as ExitCode {
+            // Already reported by runReportingErrors (or a plain status, as from info).
+            Glibc.exit(exit.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                var line = "vhostctl: error: \(message(for: error)) (see vhostctl --help)\n"
+                line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+                Glibc.exit(code.rawValue)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options every command shares.

@@ -1,0 +1,138 @@
+#!/bin/sh
+# Kernel-tier checks of `vhostctl attach`, run as root inside Scripts/vm --host-root: the
+# endpoint runs on the real kernel's vhost-net, and real clients check it from the host side —
+# busybox ping, bash's /dev/udp, and the host's tshark (through chroot /host).
+# Prints PASS/FAIL per check and "attach tier: N passed, M failed".
+PATH=/opt/bin:$PATH
+passed=0; failed=0
+pass() { passed=$((passed + 1)); echo "PASS $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL $1${2:+: $2}"; }
+# `host CMD` runs the host's own CMD (a script, so that `timeout` can run it too).
+mkdir -p /tmp/bin
+printf '#!/bin/sh\nexec chroot /host /usr/bin/env HOME=/tmp PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"\n' >/tmp/bin/host
+chmod +x /tmp/bin/host
+PATH=/tmp/bin:$PATH
+# The host's own tools for what busybox lacks (ip tuntap, tshark, bash's /dev/udp).
+hostip() { host ip "$@"; }
+wait_for_tap() { i=0; while [ $i -lt 100 ]; do ip link show "$1" >/dev/null 2>&1 && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
+wait_for_exit() { i=0; while [ $i -lt 100 ]; do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; i=$((i + 1)); done; kill -9 "$1"; return 1; }
+
+# expect_error NAME STATUS TEXT COMMAND...: COMMAND fails with STATUS and prints TEXT on stderr.
+expect_error() {
+    name=$1; want=$2; text=$3; shift 3
+    timeout 30 "$@" >/tmp/out.txt 2>/tmp/err.txt; got=$?
+    if [ "$got" = "$want" ] && cat /tmp/out.txt /tmp/err.txt | grep -q -- "$text" && [ "$(wc -l </tmp/err.txt)" -le 1 ]; then
+        pass "$name (exit $got: $(head -c 160 /tmp/err.txt | tr '\n' ' '))"
+    else
+        fail "$name" "exit $got (want $want), stderr: $(head -c 300 /tmp/err.txt | tr '\n' ' ')"
+    fi
+}
+
+echo "attach tests on $(uname -r)"
+
+# ---- a NIC endpoint: ARP, ping, UDP echo, pcap ------------------------------------------------
+vhostctl attach --tap vht0 --create --ip 10.0.0.2/24 --udp-echo 7 --pcap /tmp/attach.pcap --stats 1 >/tmp/attach.log 2>&1 &
+pid=$!
+if wait_for_tap vht0; then pass "attach --create makes the tap"; else fail "attach --create makes the tap" "$(cat /tmp/attach.log)"; fi
+ip addr add 10.0.0.1/24 dev vht0
+ip link set vht0 up
+if ping -c 3 -W 3 10.0.0.2 >/tmp/ping.txt 2>&1; then
+    pass "ping from the host stack gets replies ($(grep -o '[0-9]* packets received' /tmp/ping.txt))"
+else
+    fail "ping from the host stack gets replies" "$(cat /tmp/ping.txt)"
+fi
+if ip neigh show 10.0.0.2 | grep -q "52:54:00:12:34:56"; then pass "ARP resolved the endpoint's MAC"; else fail "ARP resolved the endpoint's MAC" "$(ip neigh)"; fi
+reply=$(host bash -c 'exec 3<>/dev/udp/10.0.0.2/7; printf "hello-vhost-udp" >&3; IFS= read -r -t 5 -N 15 r <&3; printf "%s" "$r"' 2>&1)
+if [ "$reply" = "hello-vhost-udp" ]; then pass "a UDP datagram is echoed (bash /dev/udp)"; else fail "a UDP datagram is echoed" "got '$reply'"; fi
+sleep 1.2
+if grep -q "^rx [0-9]* frames" /tmp/attach.log; then pass "live counters are printed"; else fail "live counters are printed" "$(cat /tmp/attach.log)"; fi
+kill -TERM $pid
+if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
+if [ "$status" = 0 ] && ! ip link show vht0 >/dev/null 2>&1; then
+    pass "SIGTERM stops cleanly and leaves no tap ($(tail -n 2 /tmp/attach.log | head -n 1))"
+else
+    fail "SIGTERM stops cleanly and leaves no tap" "status $status; $(ip link show vht0 2>&1 | head -n1); $(tail -n 3 /tmp/attach.log)"
+fi
+
+# tshark (the host's) reads the pcap and sees the ICMP echo replies, the ARP reply and the UDP echo.
+if host tshark -r /tmp/attach.pcap -T fields -e frame.protocols >/tmp/tshark.txt 2>/tmp/tshark.err; then
+    replies=$(host tshark -r /tmp/attach.pcap -Y 'icmp.type == 0 && ip.src == 10.0.0.2' 2>/dev/null | wc -l)
+    requests=$(host tshark -r /tmp/attach.pcap -Y 'icmp.type == 8 && ip.dst == 10.0.0.2' 2>/dev/null | wc -l)
+    arp=$(host tshark -r /tmp/attach.pcap -Y 'arp.opcode == 2 && arp.src.proto_ipv4 == 10.0.0.2' 2>/dev/null | wc -l)
+    udp=$(host tshark -r /tmp/attach.pcap -Y 'udp.srcport == 7 && ip.src == 10.0.0.2 && frame contains "hello-vhost-udp"' 2>/dev/null | wc -l)
+    if [ "$replies" -ge 3 ] && [ "$requests" -ge 3 ] && [ "$arp" -ge 1 ] && [ "$udp" -ge 1 ]; then
+        pass "tshark reads the pcap: $requests echo requests, $replies replies, $arp ARP replies, $udp UDP echoes"
+    else
+        fail "tshark sees the expected frames" "requests $requests replies $replies arp $arp udp $udp; $(head -n 20 /tmp/tshark.txt | tr '\n' ' ')"
+    fi
+else
+    fail "tshark reads the pcap" "$(cat /tmp/tshark.err)"
+fi
+
+# ---- replay: the frames of a pcap file are transmitted into the tap ----------------------------
+frames=$(host tshark -r /tmp/attach.pcap 2>/dev/null | wc -l)
+hostip tuntap add dev vhrep0 mode tap
+ip link set vhrep0 up
+before=$(cat /sys/class/net/vhrep0/statistics/rx_packets)
+timeout 30 vhostctl attach --tap vhrep0 --replay /tmp/attach.pcap --duration 1 --stats 0 >/tmp/replay.log 2>&1; status=$?
+after=$(cat /sys/class/net/vhrep0/statistics/rx_packets)
+if [ "$status" = 0 ] && [ $((after - before)) -eq "$frames" ] && ip link show vhrep0 >/dev/null 2>&1; then
+    pass "--replay transmits all $frames frames of the pcap, and an existing tap is left in place"
+else
+    fail "--replay transmits the pcap's frames" "status $status, tap counted $((after - before)) of $frames; $(cat /tmp/replay.log)"
+fi
+
+# ---- --user drops root after setup ----------------------------------------------------------
+hostip link del vhrep0
+vhostctl attach --tap vhusr0 --create --ip 10.0.1.2/24 --user 65534:65534 --stats 0 >/tmp/user.log 2>&1 &
+pid=$!
+wait_for_tap vhusr0; ip addr add 10.0.1.1/24 dev vhusr0; ip link set vhusr0 up
+sleep 0.5
+uids=$(grep '^Uid:' /proc/$pid/status | tr -s '\t ' ' ')
+owner=$(cat /sys/class/net/vhusr0/owner 2>/dev/null)
+if echo "$uids" | grep -q "^Uid: 65534 65534 65534 65534" && [ "$owner" = 65534 ] && ping -c 2 -W 3 10.0.1.2 >/dev/null 2>&1; then
+    pass "--user drops to uid 65534 after setup, owns the tap, and still answers ping"
+else
+    fail "--user drops root" "status '$uids', tap owner '$owner', $(cat /tmp/user.log)"
+fi
+kill -INT $pid; if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
+if [ "$status" = 0 ] && ! ip link show vhusr0 >/dev/null 2>&1; then pass "SIGINT after dropping root still detaches and removes the tap"; else fail "SIGINT after dropping root" "status $status"; fi
+
+# ---- --keep leaves the tap -------------------------------------------------------------------
+timeout 30 vhostctl attach --tap vhkeep0 --create --keep --duration 0.5 --stats 0 >/dev/null 2>&1
+if ip link show vhkeep0 >/dev/null 2>&1; then pass "--keep leaves a persistent tap"; hostip link del vhkeep0; else fail "--keep leaves a persistent tap"; fi
+
+# ---- every error case: one clear line, a non-zero documented exit code, nothing left behind ----
+grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
+expect_error "not root" 77 "needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl attach --tap vhe0 --create"
+expect_error "not root: info" 77 "needs root or access to /dev/vhost-net" su -s /bin/sh nobody -c "vhostctl info"
+expect_error "no /dev/vhost-net (--device)" 69 "modprobe vhost_net" vhostctl attach --device /dev/no-vhost-net --tap vhe1 --create
+if ip link show vhe1 >/dev/null 2>&1; then fail "nothing half set up after a failed attach" "tap vhe1 was left"; else pass "nothing half set up after a failed attach"; fi
+rmmod vhost_net && {
+    expect_error "vhost_net unloaded: info says why" 69 "modprobe vhost_net" vhostctl info
+    insmod /modules/vhost_net.ko
+}
+expect_error "tap name invalid" 64 "invalid tap name" vhostctl attach --tap "bad/name" --create
+expect_error "tap name too long" 64 "1 to 15 characters" vhostctl attach --tap "a-very-long-tap-name" --create
+expect_error "tap name taken by a non-tap" 64 "not a tap" vhostctl attach --tap lo
+hostip tuntap add dev vhbusy0 mode tap
+expect_error "--create on an existing tap" 64 "already exists" vhostctl attach --tap vhbusy0 --create
+vhostctl attach --tap vhbusy0 --stats 0 >/dev/null 2>&1 &
+pid=$!; sleep 1
+expect_error "tap busy (another process has it)" 75 "busy" vhostctl attach --tap vhbusy0
+kill -TERM $pid; wait_for_exit $pid
+hostip link del vhbusy0
+expect_error "tap missing without --create" 64 "does not exist; add --create" vhostctl attach --tap vhnone0
+expect_error "malformed IP" 64 "not an IPv4 address" vhostctl attach --tap vhe2 --create --ip 10.0.0.300/24
+expect_error "malformed MAC" 64 "not a MAC address" vhostctl attach --tap vhe2 --create --mac 52:54:zz:00:00:01
+expect_error "pcap missing" 64 "does not exist" vhostctl attach --tap vhe2 --create --replay /tmp/no-such.pcap
+printf 'this is not a pcap file at all' >/tmp/corrupt.pcap
+expect_error "pcap corrupt" 64 "corrupt" vhostctl attach --tap vhe2 --create --replay /tmp/corrupt.pcap
+head -c 100 /tmp/attach.pcap >/tmp/truncated.pcap
+expect_error "pcap truncated" 64 "truncated" vhostctl attach --tap vhe2 --create --replay /tmp/truncated.pcap
+expect_error "feature the kernel lacks" 69 "does not offer F_RING_PACKED" vhostctl attach --tap vhe3 --create --features VERSION_1 RING_PACKED
+if ip link show vhe3 >/dev/null 2>&1; then fail "no tap left after a feature error"; else pass "no tap left after a feature error"; fi
+expect_error "queue size not a power of 2" 64 "power of 2" vhostctl attach --tap vhe4 --create --queue-size 3
+
+echo "attach tier: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
