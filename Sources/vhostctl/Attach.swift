@@ -129,6 +129,7 @@ struct Attach: ParsableCommand {
         if let writer {
             endpoint.frameObserver = { _, frame in writer.write(frame) }
         }
+        fflush(nil)
         if !replayFrames.isEmpty {
             try endpoint.send(frames: replayFrames)
             print("replayed \(replayFrames.count) frames from \(replay!)")

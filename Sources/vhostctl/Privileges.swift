@@ -1,4 +1,5 @@
 import Glibc
+import Vhost
 
 /// A user to drop to after setup: a name from /etc/passwd, or a numeric uid[:gid].
 /// /etc/passwd is read directly so that a static binary needs no NSS libraries.
@@ -16,7 +17,7 @@ struct UserSpec {
             self.uid = uid; self.gid = gid; self.name = text
             return
         }
-        guard parts.count == 1, let passwd = readText("/etc/passwd") else { return nil }
+        guard parts.count == 1, let passwd = KernelInfo.readFile("/etc/passwd") else { return nil }
         for line in passwd.split(separator: "\n") {
             let fields = line.split(separator: ":", omittingEmptySubsequences: false)
             if fields.count >= 4, fields[0] == parts[0], let uid = UInt32(fields[2]), let gid = UInt32(fields[3]) {
@@ -36,17 +37,4 @@ struct UserSpec {
             throw CLIError(message: "dropped to uid \(uid) but could regain root; refusing to continue", status: ExitStatus.failure)
         }
     }
-}
-
-func readText(_ path: String) -> String? {
-    guard let file = fopen(path, "r") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n <= 0 { break }
-        bytes += buffer.prefix(n)
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }
