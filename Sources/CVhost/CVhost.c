@@ -243,3 +243,8 @@ int cvhost_net_admin_capable(void) {
     fclose(f);
     return (caps >> 12) & 1;
 }
+
+int cvhost_packet_vnet_header(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0 ? -errno : 0;
+}

@@ -194,6 +194,13 @@ public struct PacketSocket: ~Copyable {
         _ = cvhost_set_socket_buffer(fd, 0, bytes)
     }
 
+    /// Frames sent from now on start with a 10-byte virtio_net_hdr, so the host stack can send
+    /// GSO frames and checksum-offloaded frames (PACKET_VNET_HDR).
+    public func enableVnetHeader() throws(VhostError) {
+        let rc = cvhost_packet_vnet_header(fd)
+        guard rc == 0 else { throw .system(call: "setsockopt(PACKET_VNET_HDR)", detail: "", errno: Errno(rawValue: -rc)) }
+    }
+
     /// Sends one whole Ethernet frame out of the interface.
     public func send(_ frame: [UInt8]) throws(VhostError) {
         let n = frame.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }

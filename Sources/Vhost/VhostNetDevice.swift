@@ -107,7 +107,7 @@ public struct VhostNetDevice: ~Copyable {
 
     /// Ring addresses are this process's virtual addresses (HVA), not guest-physical.
     public func setVringAddress(index: UInt32, descriptors: UInt64, avail: UInt64, used: UInt64, log: UInt64 = 0, logging: Bool = false) throws(VhostError) {
-        var addr = vhost_vring_addr(index: index, flags: logging ? UInt32(VHOST_VRING_F_LOG) : 0,
+        var addr = vhost_vring_addr(index: index, flags: logging ? UInt32(1) << UInt32(VHOST_VRING_F_LOG) : 0, // VHOST_VRING_F_LOG is a bit number
                                     desc_user_addr: descriptors, used_user_addr: used, avail_user_addr: avail, log_guest_addr: log)
         try performIoctl("VHOST_SET_VRING_ADDR",
                          "index: \(index), desc: \(hex(descriptors)), avail: \(hex(avail)), used: \(hex(used)), log: \(hex(log)), flags: \(logging ? "LOG" : "0")",

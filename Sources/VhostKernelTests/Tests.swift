@@ -4,7 +4,7 @@ import Vhost
 import VhostNet
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests
 
 // MARK: helpers
 
@@ -158,56 +158,12 @@ let datapathTests: [KernelTest] = [
     KernelTest(name: "tx: 2,000 frames arrive byte for byte on a packet socket") {
         var config = VhostNetQueuePair.Configuration(tapName: "vht-txcmp")
         config.queueSize = 128
-        let pair = try VhostNetQueuePair(config)
-        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex(), etherType: EthernetFrame.experimentalType)
-        socket.setBuffers(bytes: 8 << 20)
-        let total = 2_000
-        var next = 0
-        while next < total {
-            let batch = min(100, total - next)
-            let first = next
-            try pair.transmit(count: batch) { i, buffer in TestFrame.write(first + i, into: buffer) }
-            for sequence in first..<(first + batch) {
-                guard let frame = socket.receive(milliseconds: 5000) else {
-                    throw KernelTestFailure("frame \(sequence) never reached the packet socket")
-                }
-                try expect(frame == TestFrame.bytes(sequence), "frame \(sequence) differs (\(frame.count) bytes, expected \(TestFrame.length(sequence)))")
-            }
-            next += batch
-        }
+        try transmitAndCompare(VhostNetQueuePair(config), frames: 2_000)
     },
     KernelTest(name: "rx: 1,024 frames sent by the host stack, payloads compared") {
         var config = VhostNetQueuePair.Configuration(tapName: "vht-rx")
         config.features = [.version1, .eventIndex]
-        let pair = try VhostNetQueuePair(config)
-        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
-        let total = 1_024, batch = 32
-        var received = 0, other = 0
-        var sequence = 0
-        while sequence < total {
-            for s in sequence..<(sequence + batch) { try socket.send(TestFrame.bytes(s)) }
-            var expected = sequence
-            let deadline = KernelTestRunner.monotonicSeconds() + 10
-            var mismatch: String? = nil
-            while expected < sequence + batch && KernelTestRunner.monotonicSeconds() < deadline {
-                pair.receive(milliseconds: 1000) { frame in
-                    let bytes = [UInt8](frame.frame)
-                    guard EthernetFrame.etherType(of: bytes) == EthernetFrame.experimentalType else { other += 1; return }
-                    if mismatch == nil && bytes != TestFrame.bytes(expected) {
-                        mismatch = "frame \(expected) differs: \(bytes.count) bytes, expected \(TestFrame.length(expected))"
-                    }
-                    try? expect(frame.header.gsoType == 0, "unexpected GSO header")
-                    expected += 1
-                    received += 1
-                }
-            }
-            if let mismatch { throw KernelTestFailure(mismatch) }
-            try expect(expected == sequence + batch, "only \(expected - sequence) of frames \(sequence)..<\(sequence + batch) arrived in the ring")
-            sequence += batch
-        }
-        say("  \(received) test frames received and compared, \(other) other frames (host stack traffic) ignored")
-        try expect(received == total, "received \(received) of \(total)")
-        try expect(pair.receiveCounters.ringErrors == 0, "the kernel signalled \(pair.receiveCounters.ringErrors) vring errors")
+        try receiveAndCompare(VhostNetQueuePair(config), frames: 1_024)
     },
     KernelTest(name: "ring: an 8-entry ring wraps its indices past 65535 over 70,000 frames") {
         var config = VhostNetQueuePair.Configuration(tapName: "vht-wrap")

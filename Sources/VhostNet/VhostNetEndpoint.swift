@@ -130,6 +130,7 @@ extension QueueCounters {
         c.calls = a.calls + b.calls
         c.drops = a.drops + b.drops
         c.ringErrors = a.ringErrors + b.ringErrors
+        c.mergedFrames = a.mergedFrames + b.mergedFrames
         return c
     }
 }

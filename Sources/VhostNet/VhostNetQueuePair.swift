@@ -22,6 +22,11 @@ public final class VhostNetQueuePair {
         /// Extra guest memory beyond rings and buffers.
         public var extraMemory: Int = 0
         public var memoryBacking: GuestMemoryBacking = .anonymous
+        public var memoryPlacement: MemoryPlacement = .single
+        public var descriptorLayout: DescriptorLayout = .inline
+        /// What the driver accepts on RX (TUNSETOFFLOAD): checksum offload and GSO/GRO frames.
+        /// TSO needs room for 64 KiB frames: MRG_RXBUF, or buffers of at least 65562 bytes.
+        public var receiveOffloads: Tap.Offloads = []
         public var notificationMode: NotificationMode = .interrupt
         /// Tap flags beyond IFF_TAP|IFF_NO_PI (IFF_VNET_HDR is added unless the kernel adds the header).
         public var multiQueueTap: Bool = false
@@ -40,16 +45,35 @@ public final class VhostNetQueuePair {
                 throw .invalidArgument("buffer size \(bufferSize) must hold at least a \(features.netHeaderLength)-byte virtio-net header and an Ethernet header, and be at most 1 MiB")
             }
             if features.contains(.logAll) {
-                throw .invalidArgument("VHOST_F_LOG_ALL needs a dirty log (VHOST_SET_LOG_BASE) first; without one the kernel fails with EFAULT")
+                throw .invalidArgument("VHOST_F_LOG_ALL needs a dirty log (VHOST_SET_LOG_BASE) first, or the kernel fails with EFAULT: start without it and call enableDirtyLog()")
+            }
+            if descriptorLayout == .indirect && !features.contains(.indirectDescriptors) {
+                throw .invalidArgument("indirect descriptors need VIRTIO_F_INDIRECT_DESC negotiated")
+            }
+            let frameRoom = descriptorLayout == .inline ? bufferSize - features.netHeaderLength : bufferSize
+            if !receiveOffloads.isDisjoint(with: [.tso4, .tso6, .ufo, .uso4, .uso6]) && !features.contains(.netMergeableRxBuffers) && frameRoom < 65536 + 14 {
+                throw .invalidArgument("GSO on RX (TUNSETOFFLOAD TSO/UFO/USO) needs MRG_RXBUF or RX buffers with room for a 64 KiB frame; these hold \(frameRoom) bytes, so the kernel would discard big frames (net.c handle_rx)")
+            }
+            if !features.contains(.netMergeableRxBuffers) && frameRoom < 1514 {
+                throw .invalidArgument("without MRG_RXBUF each RX buffer must hold a whole 1514-byte frame, or the kernel truncates and discards it (net.c handle_rx); these hold \(frameRoom)")
             }
             try Tap.validate(name: tapName)
         }
 
-        var memorySize: Int {
+        var memoryLayout: [GuestMemory.Layout] {
             let rings = 2 * (SplitRingLayout.offsets(queueSize: Int(queueSize)).total + 4096)
-            let buffers = 2 * Int(queueSize) * ((bufferSize + 63) & ~63)
+            let perHead = ((bufferSize + 63) & ~63) + 16 + 32
+            let buffers = 2 * Int(queueSize) * perHead
             let total = rings + buffers + extraMemory + 4096
-            return (total + GuestMemory.hugePageSize - 1) & ~(GuestMemory.hugePageSize - 1)
+            func rounded(_ n: Int) -> Int { (n + GuestMemory.hugePageSize - 1) & ~(GuestMemory.hugePageSize - 1) }
+            switch memoryPlacement {
+            case .single:
+                return [GuestMemory.Layout(guestAddress: GuestMemory.defaultGuestBase, size: rounded(total))]
+            case .belowAndAbove4GiB:
+                // Rings and half the buffers low, half the buffers above the 4 GiB boundary.
+                return [GuestMemory.Layout(guestAddress: 0x20_0000, size: rounded(rings + buffers / 2 + extraMemory + 8192)),
+                        GuestMemory.Layout(guestAddress: 0x1_0000_0000, size: rounded(buffers / 2 + 8192))]
+            }
         }
     }
 
@@ -82,11 +106,14 @@ public final class VhostNetQueuePair {
         if configuration.multiQueueTap { tapFlags.insert(.multiQueue) }
         tap = try Tap(name: configuration.tapName, flags: tapFlags, observer: configuration.observer)
 
-        memory = try GuestMemory(size: configuration.memorySize, backing: configuration.memoryBacking)
+        memory = try GuestMemory(layout: configuration.memoryLayout, backing: configuration.memoryBacking)
+        let inOrder = features.contains(.inOrder)
         receiveQueue = try NetQueue(index: VhostNetDevice.receiveQueueIndex, queueSize: configuration.queueSize,
-                                    bufferSize: configuration.bufferSize, eventIndex: eventIndex, memory: &memory)
+                                    bufferSize: configuration.bufferSize, headerLength: headerLength, layout: configuration.descriptorLayout,
+                                    eventIndex: eventIndex, inOrder: inOrder, memory: &memory)
         transmitQueue = try NetQueue(index: VhostNetDevice.transmitQueueIndex, queueSize: configuration.queueSize,
-                                     bufferSize: configuration.bufferSize, eventIndex: eventIndex, memory: &memory)
+                                     bufferSize: configuration.bufferSize, headerLength: headerLength, layout: configuration.descriptorLayout,
+                                     eventIndex: eventIndex, inOrder: inOrder, memory: &memory)
 
         // ---- vhost_dev_init: open, SET_OWNER, GET_FEATURES, per vring CALL then ERR ----
         device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
@@ -121,6 +148,8 @@ public final class VhostNetQueuePair {
             try tap.setVnetHeaderSize(Int32(headerLength))
         }
         try tap.setSendBuffer(Int32.max)
+        // What we accept on RX; without it the host segments GSO frames before the tap.
+        if !configuration.receiveOffloads.isEmpty { try tap.setOffloads(configuration.receiveOffloads) }
         if configuration.bringLinkUp { try tap.setLinkUp(true) }
 
         // The kernel reads used->idx when a backend is attached (vhost_vq_init_access), so the
@@ -170,27 +199,29 @@ public final class VhostNetQueuePair {
         return count
     }
 
-    /// Transmits `count` frames. `fill(i, buffer)` writes frame `i` into the guest buffer
-    /// (after the virtio-net header, which is zeroed) and returns its length. Keeps the ring
-    /// full, kicks only when the device asks, and waits for completions when it is full.
+    /// Transmits `count` frames. `fill(i, buffer)` writes frame `i` into the guest buffer and
+    /// returns its length; `header` (zeroed by default) goes before it, inline or in its own
+    /// descriptor by layout. Keeps the ring full, kicks only when the device asks, and waits
+    /// for completions when it is full.
     public func transmit(count: Int, header: VirtioNetHeader = VirtioNetHeader(),
                          fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) {
         var sent = 0
         let mode = configuration.notificationMode
+        let capacity = transmitQueue.frameCapacity(headerLength: headerLength)
         while sent < count {
             reapTransmitted()
-            while sent < count, let head = transmitQueue.driver.nextFreeHead {
-                let buffer = transmitQueue.buffers[Int(head)]
-                header.write(to: buffer.host, length: headerLength)
-                let length = fill(sent, UnsafeMutableRawBufferPointer(start: buffer.host + headerLength, count: buffer.length - headerLength))
-                precondition(length >= 0 && length <= buffer.length - headerLength, "fill returned \(length) for a \(buffer.length - headerLength)-byte buffer")
-                _ = transmitQueue.driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress, length: UInt32(headerLength + length), deviceWritable: false)))
+            while sent < count, let head = transmitQueue.driver.nextFreeHead,
+                  transmitQueue.layout != .separateHeader || transmitQueue.driver.freeCount >= 2 {
+                header.write(to: transmitQueue.headerPointer(head), length: headerLength)
+                let length = fill(sent, UnsafeMutableRawBufferPointer(start: transmitQueue.framePointer(head, headerLength: headerLength), count: capacity))
+                precondition(length >= 0 && length <= capacity, "fill returned \(length) for a \(capacity)-byte buffer")
+                _ = transmitQueue.addChain(headerLength: headerLength, frameLength: length, deviceWritable: false)
                 transmitQueue.counters.frames += 1
                 transmitQueue.counters.bytes += UInt64(length)
                 sent += 1
             }
             transmitQueue.publishAndKick()
-            if transmitQueue.driver.freeCount == 0 {
+            if sent < count {
                 guard transmitQueue.waitForUsed(mode: mode, milliseconds: 5000) else {
                     throw .timeout("the kernel completed no TX descriptor in 5 s (\(transmitQueue.driver.inFlight) in flight); is the backend attached?")
                 }
@@ -224,10 +255,8 @@ public final class VhostNetQueuePair {
     /// Fills every free RX descriptor with a device-writable buffer (virtio_net try_fill_recv),
     /// publishes, and kicks when the device asks.
     public func postReceiveBuffers() {
-        while let head = receiveQueue.driver.nextFreeHead {
-            let buffer = receiveQueue.buffers[Int(head)]
-            _ = receiveQueue.driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress, length: UInt32(buffer.length), deviceWritable: true)))
-        }
+        let capacity = receiveQueue.frameCapacity(headerLength: headerLength)
+        while receiveQueue.addChain(headerLength: headerLength, frameLength: capacity, deviceWritable: true) {}
         receiveQueue.publishAndKick()
     }
 
@@ -249,28 +278,86 @@ public final class VhostNetQueuePair {
         public var frame: UnsafeRawBufferPointer
     }
 
-    /// Receives up to `limit` frames, waiting up to `milliseconds` for the first one.
-    /// Buffers are re-posted after `handler` has seen them. Returns the number received.
+    /// Receives up to `limit` frames, waiting up to `milliseconds` for the first one, and
+    /// re-posts the buffers. With MRG_RXBUF a frame may span `num_buffers` buffers; they are
+    /// reassembled before `handler` sees the frame. Returns the number of frames received.
     @discardableResult
     public func receive(limit: Int = Int.max, milliseconds: Int32, handler: (ReceivedFrame) -> Void) -> Int {
         var received = 0
         if !receiveQueue.driver.hasUsed() {
             _ = receiveQueue.waitForUsed(mode: configuration.notificationMode, milliseconds: milliseconds)
         }
+        let mergeable = negotiatedFeatures.contains(.netMergeableRxBuffers)
         while received < limit, let used = receiveQueue.driver.nextUsed() {
-            let buffer = receiveQueue.buffers[Int(used.id)]
+            let head = UInt16(used.id)
             let length = Int(used.length)
-            guard length >= headerLength, length <= buffer.length else {
+            let capacity = receiveQueue.frameCapacity(headerLength: headerLength)
+            guard length >= headerLength, length - headerLength <= capacity else {
                 receiveQueue.counters.drops += 1
                 continue
             }
-            let header = VirtioNetHeader(reading: buffer.host, length: headerLength)
-            handler(ReceivedFrame(header: header, frame: UnsafeRawBufferPointer(start: buffer.host + headerLength, count: length - headerLength)))
+            let header = VirtioNetHeader(reading: receiveQueue.headerPointer(head), length: headerLength)
+            let first = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
+            let buffers = mergeable ? Int(header.numBuffers) : 1
+            if buffers <= 1 {
+                handler(ReceivedFrame(header: header, frame: first))
+                receiveQueue.counters.bytes += UInt64(first.count)
+            } else {
+                // net.c handle_rx: a frame's buffers are added with one vhost_add_used_n, so
+                // they are all visible once the first is.
+                reassembly.removeAll(keepingCapacity: true)
+                reassembly.append(contentsOf: first)
+                var complete = true
+                for _ in 1..<buffers {
+                    guard let more = receiveQueue.driver.nextUsed() else { complete = false; break }
+                    receiveQueue.appendChainBytes(head: UInt16(more.id), length: Int(more.length), headerLength: headerLength, to: &reassembly)
+                }
+                guard complete else { receiveQueue.counters.drops += 1; continue }
+                receiveQueue.counters.mergedFrames += 1
+                reassembly.withUnsafeBytes { handler(ReceivedFrame(header: header, frame: $0)) }
+                receiveQueue.counters.bytes += UInt64(reassembly.count)
+            }
             receiveQueue.counters.frames += 1
-            receiveQueue.counters.bytes += UInt64(length - headerLength)
             received += 1
         }
         postReceiveBuffers()
         return received
     }
+
+    private var reassembly: [UInt8] = []
+
+    // MARK: dirty logging
+
+    /// Starts dirty logging the way QEMU does when migration starts (vhost_dev_set_log):
+    /// `VHOST_SET_LOG_BASE` with a bitmap of one bit per 4 KiB guest page, `SET_FEATURES` with
+    /// VHOST_F_LOG_ALL, and each vring's address again with VHOST_VRING_F_LOG and the used
+    /// ring's guest-physical address. From then on the kernel marks every page it writes.
+    public func enableDirtyLog() throws(VhostError) {
+        guard dirtyLog == nil else { return }
+        guard offeredFeatures.contains(.logAll) else {
+            throw .featureUnavailable(requested: "VHOST_F_LOG_ALL", offered: offeredFeatures.description)
+        }
+        let highest = memory.map.regions.map { $0.guestAddress + UInt64($0.size) }.max() ?? 0
+        let log = try DirtyLog(coveringGuestBytes: highest)
+        try device.setLogBase(UInt64(UInt(bitPattern: log.base)))
+        try device.setFeatures(negotiatedFeatures.union(.logAll))
+        for queue in [receiveQueue.index, transmitQueue.index] {
+            let addresses = queue == 0 ? receiveQueue.ringAddresses : transmitQueue.ringAddresses
+            let usedHost = UnsafeRawPointer(bitPattern: UInt(addresses.used))!
+            guard let usedGuest = memory.map.guest(host: usedHost) else {
+                throw .invalidArgument("the used ring is not in guest memory, so it cannot be logged")
+            }
+            try device.setVringAddress(index: queue, descriptors: addresses.descriptors, avail: addresses.avail, used: addresses.used,
+                                       log: usedGuest, logging: true)
+        }
+        dirtyLog = log
+    }
+
+    /// The dirty log, once enabled.
+    public private(set) var dirtyLog: DirtyLog?
+
+    /// Guest-physical addresses of every RX and TX frame buffer (for checking the dirty log).
+    public var receiveBufferAddresses: [UInt64] { receiveQueue.buffers.map(\.guestAddress) }
+    public var transmitBufferAddresses: [UInt64] { transmitQueue.buffers.map(\.guestAddress) }
+    public var memoryRegions: [GuestMemoryRegion] { memory.map.regions }
 }

@@ -22,6 +22,12 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
     public let ring: SplitRing
     /// `VIRTIO_F_RING_EVENT_IDX` negotiated: use used_event/avail_event instead of the flags.
     public let eventIndex: Bool
+    /// `VIRTIO_F_IN_ORDER` negotiated: the device uses chains in the order they were made
+    /// available and may return a batch with one used entry, the id of its last chain
+    /// (virtio 1.x §2.7.9); every chain up to that id is then done.
+    public let inOrder: Bool
+    private var inOrderHeads: [UInt16] = []
+    private var inOrderStart = 0
 
     private var shadowNext: [UInt16]
     private var chainCount: [UInt16]
@@ -31,6 +37,8 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
     public private(set) var availIndexShadow: UInt16 = 0
     /// Entries added since the last `publish()`.
     public private(set) var addedSincePublish: UInt16 = 0
+    /// Chains completed implicitly by an IN_ORDER batch (no used entry of their own).
+    public private(set) var completedInBatch: UInt64 = 0
     /// The next used index to reap (`last_used_idx`).
     public private(set) var lastUsedIndex: UInt16 = 0
     private var interruptsSuppressed = false
@@ -45,9 +53,10 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
 
     /// Resets the ring memory and threads every descriptor onto the free list.
     /// `startIndex` is the base handed to `VHOST_SET_VRING_BASE` (both indices start there).
-    public init(ring: SplitRing, eventIndex: Bool, startIndex: UInt16 = 0) {
+    public init(ring: SplitRing, eventIndex: Bool, inOrder: Bool = false, startIndex: UInt16 = 0) {
         self.ring = ring
         self.eventIndex = eventIndex
+        self.inOrder = inOrder
         let n = Int(ring.queueSize)
         ring.reset()
         shadowNext = (0..<n).map { UInt16(truncatingIfNeeded: $0 + 1) }
@@ -117,6 +126,7 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
     }
 
     private mutating func exposeHead(_ head: UInt16) {
+        if inOrder { inOrderHeads.append(head) }
         ring.setAvailEntry(availIndexShadow, head: head)
         availIndexShadow &+= 1
         addedSincePublish &+= 1
@@ -151,7 +161,22 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
         lastUsedIndex &+= 1
         let head = UInt16(truncatingIfNeeded: element.id)
         precondition(Int(element.id) < Int(queueSize) && chainCount[Int(head)] > 0, "device returned id \(element.id), which is not in flight")
-        freeChain(head)
+        if inOrder {
+            // Every chain made available before `head` is done too.
+            while inOrderStart < inOrderHeads.count {
+                let done = inOrderHeads[inOrderStart]
+                inOrderStart += 1
+                freeChain(done)
+                completedInBatch &+= done == head ? 0 : 1
+                if done == head { break }
+            }
+            if inOrderStart > 1024 && inOrderStart * 2 > inOrderHeads.count {
+                inOrderHeads.removeFirst(inOrderStart)
+                inOrderStart = 0
+            }
+        } else {
+            freeChain(head)
+        }
         if eventIndex && !interruptsSuppressed {
             // Keep asking for an interrupt at the next entry (virtqueue_get_buf_ctx_split).
             ring.usedEvent.pointee.store(lastUsedIndex, ordering: .releasing)

@@ -97,6 +97,8 @@ int cvhost_memfd(const char *name, int hugetlb);
 // protocol is a host-order EtherType (ETH_P_ALL = 3 for everything). Returns fd or -errno.
 int cvhost_packet_socket(int ifindex, unsigned short protocol);
 int cvhost_set_socket_buffer(int fd, int receive, int bytes);
+// PACKET_VNET_HDR: frames sent (and received) carry a struct virtio_net_hdr first.
+int cvhost_packet_vnet_header(int fd);
 
 // IPv4 helpers for the host side of the demo (addresses in host byte order).
 int cvhost_if_set_ipv4(const char *name, uint32_t address, uint32_t netmask);

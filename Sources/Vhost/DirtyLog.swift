@@ -1,0 +1,39 @@
+import Glibc
+import SystemPackage
+
+/// The dirty log vhost writes when VHOST_F_LOG_ALL is on: one bit per 4 KiB page of
+/// guest-physical memory, in u64 words (vhost.c log_write: bit = gpa / VHOST_PAGE_SIZE).
+/// Host memory, handed over with VHOST_SET_LOG_BASE; unmapped in `deinit`.
+public final class DirtyLog: @unchecked Sendable {
+    public static let pageSize: UInt64 = 4096
+    public let base: UnsafeMutableRawPointer
+    public let size: Int
+
+    public init(coveringGuestBytes bytes: UInt64) throws(VhostError) {
+        let pages = (bytes + DirtyLog.pageSize - 1) / DirtyLog.pageSize
+        let words = Int((pages + 63) / 64)
+        size = max(words * 8, 8)
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              p != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw .system(call: "mmap", detail: "of a \(size)-byte dirty log", errno: Errno(rawValue: Glibc.errno))
+        }
+        base = p
+    }
+
+    deinit { munmap(base, size) }
+
+    /// Whether the page holding `guestAddress` was written since the log was last cleared.
+    public func isDirty(guestAddress: UInt64) -> Bool {
+        let page = guestAddress / DirtyLog.pageSize
+        let word = Int(page / 64)
+        guard word * 8 < size else { return false }
+        let value = (base + word * 8).assumingMemoryBound(to: UInt64.self).pointee
+        return value & (1 << (page % 64)) != 0
+    }
+
+    public var dirtyPages: Int {
+        (0..<(size / 8)).reduce(0) { $0 + (base + $1 * 8).assumingMemoryBound(to: UInt64.self).pointee.nonzeroBitCount }
+    }
+
+    public func clear() { base.initializeMemory(as: UInt8.self, repeating: 0, count: size) }
+}

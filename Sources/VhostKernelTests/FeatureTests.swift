@@ -1,0 +1,295 @@
+import Glibc
+import SystemPackage
+import Vhost
+import VhostNet
+import Virtio
+
+/// A TCP segment (IPv4 or IPv6) of `payload` bytes as the driver hands it to vhost for TSO:
+/// the checksum field holds the pseudo-header sum (NEEDS_CSUM), and the header says where.
+func tcpFrame(ipv6: Bool, payload: Int, seed: Int) -> (frame: [UInt8], header: VirtioNetHeader) {
+    let src = MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56), dst = MACAddress(0x52, 0x54, 0, 0, 0, 1)
+    var tcp = [UInt8](repeating: 0, count: 20)
+    tcp[0] = 0x30; tcp[1] = 0x39; tcp[2] = 0x1f; tcp[3] = 0x90   // ports 12345 → 8080
+    tcp[4] = 0; tcp[5] = 0; tcp[6] = 0x10; tcp[7] = 0             // seq
+    tcp[12] = 5 << 4; tcp[13] = 0x18                               // data offset 5, PSH|ACK
+    tcp[14] = 0xff; tcp[15] = 0xff                                 // window
+    let data = (0..<payload).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ seed) }
+    let tcpLength = 20 + payload
+    var ip: [UInt8]
+    var pseudo: UInt32 = 6 + UInt32(tcpLength)
+    if ipv6 {
+        ip = [0x60, 0, 0, 0, UInt8(tcpLength >> 8), UInt8(tcpLength & 0xff), 6, 64]
+        let s: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], d: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        ip += s + d
+        for i in stride(from: 0, to: 16, by: 2) { pseudo += UInt32(s[i]) << 8 | UInt32(s[i + 1]); pseudo += UInt32(d[i]) << 8 | UInt32(d[i + 1]) }
+    } else {
+        let source = IPv4Address(10, 0, 9, 2), destination = IPv4Address(10, 0, 9, 1)
+        let whole = IPv4Packet.frame(destinationMAC: dst, sourceMAC: src, source: source, destination: destination,
+                                     protocolNumber: IPv4Packet.protocolTCP, payload: [UInt8](repeating: 0, count: tcpLength))
+        ip = Array(whole[14..<34])
+        pseudo += (source.value >> 16) + (source.value & 0xffff) + (destination.value >> 16) + (destination.value & 0xffff)
+    }
+    while pseudo >> 16 != 0 { pseudo = (pseudo & 0xffff) + (pseudo >> 16) }
+    tcp[16] = UInt8(pseudo >> 8); tcp[17] = UInt8(pseudo & 0xff)  // partial: the kernel completes it
+    let frame = EthernetFrame.build(destination: dst, source: src, etherType: ipv6 ? EthernetFrame.ipv6Type : EthernetFrame.ipv4Type,
+                                    payload: ip + tcp + data)
+    let l3 = ipv6 ? 40 : 20
+    let header = VirtioNetHeader(flags: .needsChecksum,
+                                 gsoType: (ipv6 ? VirtioNetHeader.GSOType.tcpV6 : .tcpV4).rawValue,
+                                 headerLength: UInt16(14 + l3 + 20), gsoSize: 1448,
+                                 checksumStart: UInt16(14 + l3), checksumOffset: 16)
+    return (frame, header)
+}
+
+/// An IPv4/UDP frame of one flow (its source port), carrying a sequence number.
+func udpFlowFrame(sequence: Int, sourcePort: UInt16) -> [UInt8] {
+    let payload = (0..<64).map { UInt8(truncatingIfNeeded: $0 == 0 ? sequence >> 8 : $0 == 1 ? sequence : $0 &+ sequence) }
+    let segment = UDPDatagram.build(source: IPv4Address(10, 0, 8, 1), destination: IPv4Address(10, 0, 8, 2),
+                                    sourcePort: sourcePort, destinationPort: 9, payload: payload[...])
+    return IPv4Packet.frame(destinationMAC: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56), sourceMAC: MACAddress(0x52, 0x54, 0, 0, 0, 1),
+                            source: IPv4Address(10, 0, 8, 1), destination: IPv4Address(10, 0, 8, 2),
+                            protocolNumber: IPv4Packet.protocolUDP, payload: segment)
+}
+
+let featureTests: [KernelTest] = [
+    KernelTest(name: "features: each ring feature negotiates where offered, and is named where not") {
+        let offered = try VhostNetDevice().features()
+        let candidates: [VirtioFeatures] = [.eventIndex, .indirectDescriptors, .netMergeableRxBuffers, .notifyOnEmpty,
+                                            .vhostNetVirtioNetHeader, .accessPlatform, .inOrder, .ringReset]
+        var negotiated: [String] = [], missing: [String] = []
+        for feature in candidates {
+            let name = feature.featureNames[0]
+            if offered.contains(feature) {
+                let device = try ownedDevice()
+                try device.setFeatures([.version1, feature])
+                negotiated.append(name)
+            } else {
+                do {
+                    _ = try pair("vht-feat") { $0.features = [.version1, feature] }
+                    throw KernelTestFailure("\(name) is not offered, yet the queue pair started")
+                } catch let error as VhostError {
+                    guard case .featureUnavailable = error, error.description.contains(name) else { throw KernelTestFailure("unexpected error: \(error)") }
+                    try expect(!Tap.exists(name: "vht-feat"), "a failed start left the tap behind")
+                    missing.append(name)
+                }
+            }
+        }
+        say("  negotiated: \(negotiated.joined(separator: " ")); not offered (refused by name): \(missing.joined(separator: " "))")
+    },
+    KernelTest(name: "features: IN_ORDER carries traffic where the kernel offers it") {
+        let offered = try VhostNetDevice().features()
+        guard offered.contains(.inOrder) else {
+            // Asking for it must fail by name instead.
+            do { _ = try pair("vht-ino") { $0.features = [.version1, .inOrder] } } catch let error as VhostError {
+                try expect(error.description.contains("F_IN_ORDER"), "unexpected error: \(error)")
+                say("  not offered by this kernel: requesting it fails with: \(error)")
+                return
+            }
+            throw KernelTestFailure("IN_ORDER is not offered, yet the queue pair started")
+        }
+        let p = try pair("vht-ino") { $0.features = [.version1, .eventIndex, .inOrder]; $0.queueSize = 64 }
+        try transmitAndCompare(p, frames: 500)
+        try receiveAndCompare(p, frames: 256)
+        say("  IN_ORDER negotiated; chains completed by batch: TX \(p.transmitQueue.driver.completedInBatch)")
+    },
+    KernelTest(name: "features: VHOST_NET_F_VIRTIO_NET_HDR — vhost adds the header, the tap has none") {
+        let p = try pair("vht-vnh") { $0.features = [.version1, .vhostNetVirtioNetHeader] }
+        try transmitAndCompare(p, frames: 300)
+        try receiveAndCompare(p, frames: 128)
+    },
+    KernelTest(name: "notifications: EVENT_IDX kicks fewer times than frames; flag mode suppresses with NO_NOTIFY") {
+        var results: [String] = []
+        for eventIndex in [true, false] {
+            let p = try pair(eventIndex ? "vht-evi" : "vht-flg") { $0.features = eventIndex ? [.version1, .eventIndex] : [.version1] }
+            let frames = 20_000
+            try p.transmit(count: frames) { i, buffer in TestFrame.write(i, into: buffer) }
+            let c = p.transmitCounters
+            results.append("\(eventIndex ? "EVENT_IDX" : "flags"): \(c.kicks) kicks, \(c.suppressedKicks) suppressed, \(c.calls) calls for \(frames) frames")
+            try expect(c.kicks < UInt64(frames) / 10, "\(c.kicks) kicks for \(frames) frames")
+            try expect(c.kicks + c.suppressedKicks > 0, "no publish was counted")
+        }
+        say("  " + results.joined(separator: "; "))
+    },
+    KernelTest(name: "notifications: busy-poll mode and VHOST_SET/GET_VRING_BUSYLOOP_TIMEOUT") {
+        let p = try pair("vht-poll") { $0.notificationMode = .poll }
+        for index: UInt32 in [0, 1] {
+            try p.device.setVringBusyloopTimeout(index: index, microseconds: 50)
+            let value = try p.device.vringBusyloopTimeout(index: index)
+            try expect(value == 50, "GET_VRING_BUSYLOOP_TIMEOUT(\(index)) = \(value), expected 50")
+        }
+        try transmitAndCompare(p, frames: 500)
+        try receiveAndCompare(p, frames: 128)
+        try expect(p.transmitCounters.calls == 0, "poll mode should not sleep on the call eventfd")
+    },
+    KernelTest(name: "descriptors: ring sizes 2 and 32768 (the kernel maximum) carry traffic") {
+        for size: UInt16 in [2, 32768] {
+            let p = try pair("vht-size") { $0.queueSize = size }
+            try transmitAndCompare(p, frames: 300)
+            try receiveAndCompare(p, frames: 64, batch: size == 2 ? 2 : 32)
+        }
+    },
+    KernelTest(name: "descriptors: the header in its own descriptor (2-descriptor chains)") {
+        let p = try pair("vht-chain") { $0.descriptorLayout = .separateHeader; $0.queueSize = 64 }
+        try transmitAndCompare(p, frames: 500)
+        try receiveAndCompare(p, frames: 256, batch: 16)
+    },
+    KernelTest(name: "descriptors: indirect tables in guest memory") {
+        let p = try pair("vht-ind") { $0.features = [.version1, .eventIndex, .indirectDescriptors]; $0.descriptorLayout = .indirect }
+        try transmitAndCompare(p, frames: 500)
+        try receiveAndCompare(p, frames: 256)
+    },
+    KernelTest(name: "receive: MRG_RXBUF reassembles frames larger than one buffer") {
+        for layout in [DescriptorLayout.inline, .separateHeader] {
+            let p = try pair("vht-mrg") {
+                $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
+                $0.bufferSize = 512
+                $0.descriptorLayout = layout
+            }
+            try receiveAndCompare(p, frames: 256, batch: 8)
+            let merged = p.receiveCounters.mergedFrames
+            say("  \(layout): \(merged) of \(p.receiveCounters.frames) frames spanned several 512-byte buffers")
+            try expect(merged > 100, "only \(merged) frames were merged")
+        }
+    },
+    KernelTest(name: "receive: buffers too small for a frame without MRG_RXBUF are refused before any ioctl") {
+        do {
+            _ = try pair("vht-small") { $0.bufferSize = 512 }
+            throw KernelTestFailure("512-byte RX buffers without MRG_RXBUF were accepted")
+        } catch let error as VhostError {
+            try expect(error.description.contains("truncates and discards"), "unexpected error: \(error)")
+            try expect(!Tap.exists(name: "vht-small"), "the tap was left behind")
+        }
+    },
+    KernelTest(name: "offloads: 64 KiB TSO frames (TCPv4, TCPv6) arrive whole on the host side") {
+        let p = try pair("vht-tso") { $0.bufferSize = 65536 + 1024; $0.queueSize = 64 }
+        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+        socket.setBuffers(bytes: 16 << 20)
+        for ipv6 in [false, true] {
+            let payload = ipv6 ? 65000 : 64000
+            let (frame, header) = tcpFrame(ipv6: ipv6, payload: payload, seed: ipv6 ? 6 : 4)
+            let bytesBefore = try statistic(p.tap.name, "rx_bytes")
+            try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
+            var seen: [UInt8]? = nil
+            let deadline = KernelTestRunner.monotonicSeconds() + 5
+            while seen == nil && KernelTestRunner.monotonicSeconds() < deadline {
+                if let f = socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 { seen = f }
+            }
+            guard let seen else { throw KernelTestFailure("no \(ipv6 ? "TCPv6" : "TCPv4") frame over 60,000 bytes reached the host side") }
+            try expect(seen.count == frame.count, "the host saw \(seen.count) bytes, sent \(frame.count)")
+            try expect(Array(seen[54...]) == Array(frame[54...]), "the TSO payload differs")
+            let bytesAfter = try statistic(p.tap.name, "rx_bytes")
+            say("  \(ipv6 ? "TCPv6" : "TCPv4"): one \(seen.count)-byte GSO frame (gso_size 1448) on the host side; tap rx_bytes +\(bytesAfter - bytesBefore)")
+        }
+    },
+    KernelTest(name: "offloads: a 64 KiB GSO frame from the host arrives as one frame with its GSO header (MRG_RXBUF, TUNSETOFFLOAD)") {
+        let p = try pair("vht-gro") {
+            $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
+            $0.receiveOffloads = [.checksum, .tso4, .tso6]
+        }
+        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+        try socket.enableVnetHeader()
+        let (frame, header) = tcpFrame(ipv6: false, payload: 60000, seed: 9)
+        try socket.send(header.bytes(length: 10) + frame)
+        var got: (VirtioNetHeader, [UInt8])? = nil
+        let deadline = KernelTestRunner.monotonicSeconds() + 5
+        while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
+            p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
+        }
+        guard let (h, bytes) = got else { throw KernelTestFailure("no frame over 1514 bytes arrived: the host segmented it (tap offloads not applied?)") }
+        say("  one \(bytes.count)-byte frame in \(h.numBuffers) buffers; gso_type \(h.gsoType), gso_size \(h.gsoSize), flags \(h.flags.rawValue)")
+        try expect(bytes.count == frame.count && Array(bytes[54...]) == Array(frame[54...]), "the frame differs (\(bytes.count) vs \(frame.count) bytes)")
+        try expect(h.gsoType == VirtioNetHeader.GSOType.tcpV4.rawValue && h.gsoSize == 1448, "GSO header lost: \(h)")
+        try expect(h.flags.contains(.needsChecksum), "NEEDS_CSUM lost: \(h)")
+        try expect(h.numBuffers > 1, "a 60 KB frame should span several 2 KiB buffers")
+    },
+    KernelTest(name: "multiqueue: traffic on 4 queue pairs at once, with per-queue counts") {
+        var config = VhostNetEndpoint.Configuration(tapName: "vht-mq")
+        config.queues = 4
+        let endpoint = try VhostNetEndpoint(config)
+        let perQueue = 2_000
+        let before = try statistic("vht-mq", "rx_packets")
+        for p in endpoint.pairs { try p.transmit(count: perQueue) { i, buffer in TestFrame.write(i, into: buffer) } }
+        let after = try statistic("vht-mq", "rx_packets")
+        try expect(after - before == UInt64(4 * perQueue), "the tap counted \(after - before) frames, not \(4 * perQueue)")
+        // RX: 64 flows from the host; the tap spreads them over its queues by flow hash.
+        let socket = try PacketSocket(interfaceIndex: try endpoint.pairs[0].tap.interfaceIndex())
+        let total = 512
+        var seen = Set<Int>()
+        var perQueueRX = [Int](repeating: 0, count: 4)
+        var sent = 0
+        while sent < total {
+            for s in sent..<(sent + 64) { try socket.send(udpFlowFrame(sequence: s, sourcePort: UInt16(20000 + s % 64))) }
+            sent += 64
+            let deadline = KernelTestRunner.monotonicSeconds() + 5
+            while seen.count < sent && KernelTestRunner.monotonicSeconds() < deadline {
+                for (q, p) in endpoint.pairs.enumerated() {
+                    p.receive(milliseconds: 0) { f in
+                        let b = [UInt8](f.frame)
+                        guard b.count == 14 + 20 + 8 + 64, b[23] == 17, b[36] == 0, b[37] == 9 else { return }
+                        let sequence = Int(b[42]) << 8 | Int(b[43])
+                        if b == udpFlowFrame(sequence: sequence, sourcePort: UInt16(20000 + sequence % 64)) {
+                            seen.insert(sequence); perQueueRX[q] += 1
+                        }
+                    }
+                }
+            }
+        }
+        var bases: [UInt32] = []
+        for p in endpoint.pairs { bases.append(try p.stop().transmitBase) }
+        say("  TX per queue (kernel last_avail_idx): \(bases); RX per queue: \(perQueueRX)")
+        try expect(bases.allSatisfy { $0 == UInt32(perQueue) }, "per-queue TX bases \(bases)")
+        try expect(seen.count == total, "received \(seen.count) of \(total) frames")
+        try expect(perQueueRX.filter { $0 > 0 }.count >= 2, "all RX landed on one queue: \(perQueueRX)")
+    },
+    KernelTest(name: "memory: regions below and above 4 GiB with a hole, traffic in both (dirty log proves the kernel wrote each)") {
+        let p = try pair("vht-hole") { $0.memoryPlacement = .belowAndAbove4GiB; $0.queueSize = 64 }
+        let regions = p.memoryRegions
+        try expect(regions.count == 2 && regions[1].guestAddress >= 0x1_0000_0000 && regions[0].guestAddress + UInt64(regions[0].size) < regions[1].guestAddress,
+                   "layout \(regions.map { "\(hex($0.guestAddress))+\(hex(UInt64($0.size)))" })")
+        try p.enableDirtyLog()
+        p.dirtyLog!.clear()
+        try transmitAndCompare(p, frames: 300)
+        try receiveAndCompare(p, frames: 128)
+        let log = p.dirtyLog!
+        let dirtyRX = p.receiveBufferAddresses.filter { log.isDirty(guestAddress: $0) }
+        let low = dirtyRX.filter { $0 < 0x1_0000_0000 }.count, high = dirtyRX.count - low
+        say("  regions \(regions.map { hex($0.guestAddress) }); RX buffers written: \(low) below 4 GiB, \(high) above")
+        try expect(low > 0 && high > 0, "RX traffic did not reach both regions (\(low) low, \(high) high)")
+    },
+    KernelTest(name: "memory: VHOST_F_LOG_ALL dirty log marks what the kernel wrote, not what it read") {
+        let p = try pair("vht-log") { $0.queueSize = 64 }
+        try p.enableDirtyLog()
+        let log = p.dirtyLog!
+        log.clear()
+        try p.transmit(count: 256) { i, buffer in TestFrame.write(i, into: buffer) }
+        let dirtyTX = p.transmitBufferAddresses.filter { log.isDirty(guestAddress: $0) }.count
+        try expect(dirtyTX == 0, "\(dirtyTX) TX buffers (only read by the kernel) are marked dirty")
+        try expect(log.dirtyPages > 0, "the TX used ring was written but nothing is marked")
+        log.clear()
+        try receiveAndCompare(p, frames: 64)
+        let dirtyRX = p.receiveBufferAddresses.filter { log.isDirty(guestAddress: $0) }.count
+        say("  after TX: no TX buffer dirty; after RX: \(dirtyRX) RX buffer pages dirty, \(log.dirtyPages) pages in all")
+        try expect(dirtyRX > 0, "no RX buffer page is marked dirty")
+    },
+    KernelTest(name: "memory: hugepage backing (memfd MFD_HUGETLB), and a clear error when none are reserved") {
+        let path = "/proc/sys/vm/nr_hugepages"
+        let original = KernelInfo.readFile(path) ?? "0"
+        defer { KernelInfo.writeFile(path, original) }
+        KernelInfo.writeFile(path, "0")
+        do {
+            _ = try pair("vht-huge0") { $0.memoryBacking = .memfd(hugePages: true); $0.queueSize = 64 }
+            throw KernelTestFailure("huge-page memory was mapped with no huge pages reserved")
+        } catch let error as VhostError {
+            say("  with none reserved: \(error)")
+            try expect(error.description.contains("nr_hugepages") || error.description.contains("hugetlbfs"), "unclear error: \(error)")
+        }
+        KernelInfo.writeFile(path, "16")
+        let reserved = Int((KernelInfo.readFile(path) ?? "0").filter(\.isNumber)) ?? 0
+        try expect(reserved >= 2, "could not reserve huge pages (got \(reserved))")
+        let p = try pair("vht-huge") { $0.memoryBacking = .memfd(hugePages: true); $0.queueSize = 64 }
+        try transmitAndCompare(p, frames: 300)
+        try receiveAndCompare(p, frames: 128)
+    },
+]
+
+func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
