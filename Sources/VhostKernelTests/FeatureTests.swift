@@ -88,9 +88,14 @@ let featureTests: [KernelTest] = [
             throw KernelTestFailure("IN_ORDER is not offered, yet the queue pair started")
         }
         let p = try pair("vht-ino") { $0.features = [.version1, .eventIndex, .inOrder]; $0.queueSize = 64 }
+        try p.transmit(count: 20_000) { i, buffer in TestFrame.write(i, into: buffer) }
         try transmitAndCompare(p, frames: 500)
         try receiveAndCompare(p, frames: 256)
-        say("  IN_ORDER negotiated; chains completed by batch: TX \(p.transmitQueue.driver.completedInBatch)")
+        say("  IN_ORDER: TX chains completed inside batches: \(p.transmitQueue.driver.completedInBatch)")
+        let merged = try pair("vht-ino2") { $0.features = [.version1, .eventIndex, .inOrder, .netMergeableRxBuffers]; $0.bufferSize = 512 }
+        try receiveAndCompare(merged, frames: 256, batch: 8)
+        say("  IN_ORDER + MRG_RXBUF: \(merged.receiveCounters.mergedFrames) frames reassembled from several buffers")
+        try expect(merged.receiveCounters.mergedFrames > 100, "too few merged frames")
     },
     KernelTest(name: "features: VHOST_NET_F_VIRTIO_NET_HDR — vhost adds the header, the tap has none") {
         let p = try pair("vht-vnh") { $0.features = [.version1, .vhostNetVirtioNetHeader] }

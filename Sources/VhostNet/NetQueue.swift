@@ -135,6 +135,8 @@ public struct NetQueue: ~Copyable {
         layout == .inline ? buffers[Int(head)].host + headerLength : buffers[Int(head)].host
     }
     func frameCapacity(headerLength: Int) -> Int { layout == .inline ? buffers[0].length - headerLength : buffers[0].length }
+    /// Bytes one chain holds, header included.
+    func chainCapacity(headerLength: Int) -> Int { layout == .inline ? buffers[0].length : buffers[0].length + headerLength }
 
     /// Appends the first `length` bytes the device wrote into chain `head`, in iovec order. A
     /// continuation buffer of a merged frame has no header of its own (net.c handle_rx copies

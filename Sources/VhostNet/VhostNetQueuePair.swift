@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import Vhost
 import Virtio
@@ -292,19 +293,36 @@ public final class VhostNetQueuePair {
             let head = UInt16(used.id)
             let length = Int(used.length)
             let capacity = receiveQueue.frameCapacity(headerLength: headerLength)
-            guard length >= headerLength, length - headerLength <= capacity else {
+            let inOrderBatch = receiveQueue.driver.inOrder ? receiveQueue.driver.lastBatch : []
+            guard length >= headerLength || inOrderBatch.count > 1 else {
                 receiveQueue.counters.drops += 1
                 continue
             }
-            let header = VirtioNetHeader(reading: receiveQueue.headerPointer(head), length: headerLength)
-            let first = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
+            let header = VirtioNetHeader(reading: receiveQueue.headerPointer(inOrderBatch.first ?? head), length: headerLength)
             let buffers = mergeable ? Int(header.numBuffers) : 1
-            if buffers <= 1 {
+            if inOrderBatch.count > 1 {
+                // IN_ORDER: one used entry for the whole packet (net.c get_rx_bufs: id of the
+                // last buffer, nheads = buffers); the buffers are filled in order, each to
+                // capacity but the last, and the entry's length is what the last one holds.
+                reassembly.removeAll(keepingCapacity: true)
+                let full = receiveQueue.chainCapacity(headerLength: headerLength)
+                for (i, h) in inOrderBatch.enumerated() {
+                    let n = i == inOrderBatch.count - 1 ? length : full
+                    receiveQueue.appendChainBytes(head: h, length: n, headerLength: headerLength, to: &reassembly)
+                    if i == 0 { reassembly.removeFirst(min(headerLength, reassembly.count)) }
+                }
+                receiveQueue.counters.mergedFrames += 1
+                reassembly.withUnsafeBytes { handler(ReceivedFrame(header: header, frame: $0)) }
+                receiveQueue.counters.bytes += UInt64(reassembly.count)
+            } else if buffers <= 1 {
+                guard length - headerLength <= capacity else { receiveQueue.counters.drops += 1; continue }
+                let first = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
                 handler(ReceivedFrame(header: header, frame: first))
                 receiveQueue.counters.bytes += UInt64(first.count)
             } else {
                 // net.c handle_rx: a frame's buffers are added with one vhost_add_used_n, so
                 // they are all visible once the first is.
+                let first = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
                 reassembly.removeAll(keepingCapacity: true)
                 reassembly.append(contentsOf: first)
                 var complete = true

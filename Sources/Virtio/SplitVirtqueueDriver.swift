@@ -51,7 +51,8 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
     /// Chains given to the device and not yet reaped.
     public var inFlight: Int { Int(queueSize) - freeCount }
 
-    /// Resets the ring memory and threads every descriptor onto the free list.
+    /// Resets the ring memory and threads every descriptor onto the free list (LIFO, as
+    /// virtio_ring.c; with IN_ORDER, sequential around the table).
     /// `startIndex` is the base handed to `VHOST_SET_VRING_BASE` (both indices start there).
     public init(ring: SplitRing, eventIndex: Bool, inOrder: Bool = false, startIndex: UInt16 = 0) {
         self.ring = ring
@@ -59,7 +60,9 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
         self.inOrder = inOrder
         let n = Int(ring.queueSize)
         ring.reset()
-        shadowNext = (0..<n).map { UInt16(truncatingIfNeeded: $0 + 1) }
+        // A circle: with IN_ORDER the driver must use descriptors in ring order, from 0 and
+        // wrapping at the end of the table (virtio 1.x §2.7.5), so the free list never changes.
+        shadowNext = (0..<n).map { UInt16(truncatingIfNeeded: ($0 + 1) % n) }
         chainCount = Array(repeating: 0, count: n)
         freeHead = 0
         freeCount = n
@@ -152,29 +155,42 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
         ring.usedIndex.pointee.load(ordering: .acquiring) != lastUsedIndex
     }
 
-    /// Reaps one used entry: returns the chain's head and the length the device wrote,
-    /// and puts the chain's descriptors back on the free list.
+    /// Reaps one used entry: returns the chain's head and the length the device wrote, and
+    /// puts the chain's descriptors back on the free list.
+    ///
+    /// With IN_ORDER one entry may stand for a batch: vhost.c vhost_add_used_in_order writes a
+    /// single element (the id of the batch's last chain) in the batch's first slot and advances
+    /// used->idx by the batch size. Every chain up to that id is then done; `lastBatch` lists
+    /// them in order and the index advances by their count. On RX a batch is one packet and the
+    /// length is the packet's total.
     public mutating func nextUsed() -> UsedElement? {
         let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
         guard deviceIndex != lastUsedIndex else { return nil }
         let element = ring.usedEntry(lastUsedIndex)
-        lastUsedIndex &+= 1
         let head = UInt16(truncatingIfNeeded: element.id)
-        precondition(Int(element.id) < Int(queueSize) && chainCount[Int(head)] > 0, "device returned id \(element.id), which is not in flight")
+        if Int(element.id) >= Int(queueSize) || chainCount[Int(head)] == 0 {
+            fatalError("the device returned used id \(element.id) at used index \(lastUsedIndex), which is not in flight; \(ringState(deviceIndex: deviceIndex))")
+        }
         if inOrder {
-            // Every chain made available before `head` is done too.
-            while inOrderStart < inOrderHeads.count {
+            lastBatch.removeAll(keepingCapacity: true)
+            while true {
+                guard inOrderStart < inOrderHeads.count else {
+                    fatalError("IN_ORDER: used id \(head) is not among the chains in flight")
+                }
                 let done = inOrderHeads[inOrderStart]
                 inOrderStart += 1
+                lastBatch.append(done)
                 freeChain(done)
-                completedInBatch &+= done == head ? 0 : 1
                 if done == head { break }
             }
+            if lastBatch.count > 1 { completedInBatch &+= UInt64(lastBatch.count - 1) }
             if inOrderStart > 1024 && inOrderStart * 2 > inOrderHeads.count {
                 inOrderHeads.removeFirst(inOrderStart)
                 inOrderStart = 0
             }
+            lastUsedIndex &+= UInt16(lastBatch.count)
         } else {
+            lastUsedIndex &+= 1
             freeChain(head)
         }
         if eventIndex && !interruptsSuppressed {
@@ -184,9 +200,29 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
         return element
     }
 
+    /// A one-line dump of both indices, what is in flight and the used entries near the
+    /// driver's position, for the message when the device breaks the protocol.
+    func ringState(deviceIndex: UInt16) -> String {
+        let pending = inOrder ? Array(inOrderHeads[inOrderStart...].prefix(12)) : []
+        let entries = (0..<min(8, Int(queueSize))).map { i -> String in
+            let e = ring.usedEntry(lastUsedIndex &+ UInt16(i))
+            return "\(lastUsedIndex &+ UInt16(i)):\(e.id)/\(e.length)"
+        }
+        return "used->idx \(deviceIndex), avail idx \(availIndexShadow), in flight \(inFlight), next in order \(pending), used entries \(entries)"
+    }
+
+    /// With IN_ORDER: the heads the last `nextUsed` completed, oldest first.
+    public private(set) var lastBatch: [UInt16] = []
+
     private mutating func freeChain(_ head: UInt16) {
         let count = Int(chainCount[Int(head)])
         chainCount[Int(head)] = 0
+        if inOrder {
+            // Chains complete oldest first, so the free part of the circle stays contiguous
+            // behind `freeHead`: nothing to relink.
+            freeCount += count
+            return
+        }
         var tail = head
         for _ in 1..<max(count, 1) { tail = shadowNext[Int(tail)] }
         shadowNext[Int(tail)] = freeHead

@@ -88,6 +88,32 @@ struct SplitVirtqueueTests {
         #expect(driver.availIndexShadow == 65530 &+ 32)
     }
 
+    @Test("IN_ORDER: one used entry completes a batch, and the index advances by the batch (vhost_add_used_in_order)")
+    func inOrderBatch() throws {
+        let memory = TestRingMemory(queueSize: 8)
+        var driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: false, inOrder: true)
+        let segment = BufferSegment(address: memory.bufferAddress(0), length: 10, deviceWritable: false)
+        var heads: [UInt16] = []
+        for _ in 0..<5 { let h = driver.add(CollectionOfOne(segment)); heads.append(try #require(h)) }
+        _ = driver.publish()
+        // The device completes the first three with one element (id of the third) in slot 0,
+        // then the next two with one element in slot 3.
+        memory.ring.setUsedEntry(0, UsedElement(id: UInt32(heads[2]), length: 0))
+        memory.ring.setUsedEntry(3, UsedElement(id: UInt32(heads[4]), length: 0))
+        memory.ring.usedIndex.pointee.store(5, ordering: .releasing)
+        let first = driver.nextUsed()
+        #expect(first?.id == UInt32(heads[2]) && driver.lastBatch == Array(heads[0..<3]) && driver.lastUsedIndex == 3)
+        let second = driver.nextUsed()
+        #expect(second?.id == UInt32(heads[4]) && driver.lastBatch == Array(heads[3..<5]) && driver.lastUsedIndex == 5)
+        let none = driver.nextUsed()
+        #expect(none == nil && driver.freeCount == 8 && driver.completedInBatch == 3)
+        // Descriptors are used in ring order (virtio 1.x §2.7.5), wrapping at the table's end.
+        #expect(heads == [0, 1, 2, 3, 4])
+        var next: [UInt16] = []
+        for _ in 0..<5 { let h = driver.add(CollectionOfOne(segment)); next.append(try #require(h)) }
+        #expect(next == [5, 6, 7, 0, 1])
+    }
+
     @Test("indirect tables are walked by the device and use one ring slot")
     func indirect() throws {
         let memory = TestRingMemory(queueSize: 4)
