@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
     ],
     targets: [
         .target(name: "CVhost"),
@@ -52,7 +53,10 @@ let package = Package(
             dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost"],
             path: "Sources/VhostKernelTests"
         ),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
+        .testTarget(
+            name: "VirtioTests",
+            dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
         .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "Virtio", "CVhost"]),
     ],
     swiftLanguageModes: [.v6]
