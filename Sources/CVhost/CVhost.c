@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <arpa/inet.h>
 #include <linux/if_packet.h>
@@ -247,4 +248,31 @@ int cvhost_net_admin_capable(void) {
 int cvhost_packet_vnet_header(int fd) {
     int one = 1;
     return setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0 ? -errno : 0;
+}
+
+int cvhost_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int cvhost_epoll_add(int epfd, int fd, uint64_t token) {
+    struct epoll_event event = { .events = EPOLLIN, .data.u64 = token };
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) < 0 ? -errno : 0;
+}
+
+int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms) {
+    struct epoll_event events[64];
+    if (maximum > 64) maximum = 64;
+    int n = epoll_wait(epfd, events, maximum, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) tokens[i] = events[i].data.u64;
+    return n;
+}
+
+int cvhost_bind_ipv4(int fd, uint32_t address, uint16_t port) {
+    struct sockaddr_in at; memset(&at, 0, sizeof at);
+    at.sin_family = AF_INET;
+    at.sin_port = htons(port);
+    at.sin_addr.s_addr = htonl(address);
+    return bind(fd, (struct sockaddr *)&at, sizeof at) < 0 ? -errno : 0;
 }

@@ -20,6 +20,11 @@ public struct HostSocket: ~Copyable {
 
     deinit { close(fd) }
 
+    public func bind(_ address: IPv4Address, port: UInt16) throws(VhostError) {
+        let rc = cvhost_bind_ipv4(fd, address.value, port)
+        guard rc == 0 else { throw .system(call: "bind", detail: "\(address):\(port)", errno: Errno(rawValue: -rc)) }
+    }
+
     public func send(_ bytes: [UInt8], to address: IPv4Address, port: UInt16 = 0) throws(VhostError) {
         let rc = bytes.withUnsafeBytes { cvhost_sendto_ipv4(fd, address.value, port, $0.baseAddress, $0.count) }
         guard rc >= 0 else { throw .system(call: "sendto", detail: "\(address):\(port)", errno: Errno(rawValue: Int32(-rc))) }

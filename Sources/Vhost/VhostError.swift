@@ -16,6 +16,8 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
     case tap(name: String, problem: TapProblem, reason: String)
     /// The kernel does not offer a requested feature.
     case featureUnavailable(requested: String, offered: String)
+    /// The running kernel cannot do what was asked (a capability that is not a feature bit).
+    case unsupportedByKernel(String)
     /// The kernel did not complete work in time (a stalled or detached vring).
     case timeout(String)
 
@@ -35,6 +37,8 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
             return "tap \(name): \(reason)"
         case .featureUnavailable(let requested, let offered):
             return "the kernel does not offer \(requested); it offers \(offered)"
+        case .unsupportedByKernel(let message):
+            return "\(message) (running \(KernelInfo.release()))"
         case .timeout(let what):
             return "timed out: \(what)"
         }

@@ -41,6 +41,33 @@ func tcpFrame(ipv6: Bool, payload: Int, seed: Int) -> (frame: [UInt8], header: V
     return (frame, header)
 }
 
+/// A UDP datagram over IPv4 as the driver hands it to vhost for checksum offload or USO: the
+/// checksum field holds the pseudo-header sum (NEEDS_CSUM) unless `fullChecksum` is given.
+func udpOffloadFrame(destinationMAC: MACAddress, source: IPv4Address, destination: IPv4Address, port: UInt16,
+                     payload: [UInt8], gsoSize: UInt16 = 0, fullChecksum: UInt16? = nil) -> (frame: [UInt8], header: VirtioNetHeader) {
+    var udp = [UInt8](repeating: 0, count: 8)
+    udp[0] = 0x9c; udp[1] = 0x40                                 // source port 40000
+    udp[2] = UInt8(port >> 8); udp[3] = UInt8(port & 0xff)
+    let length = 8 + payload.count
+    udp[4] = UInt8((length >> 8) & 0xff); udp[5] = UInt8(length & 0xff)
+    var pseudo = (source.value >> 16) + (source.value & 0xffff) + (destination.value >> 16) + (destination.value & 0xffff) + 17 + UInt32(length)
+    while pseudo >> 16 != 0 { pseudo = (pseudo & 0xffff) + (pseudo >> 16) }
+    let checksum = fullChecksum ?? UInt16(pseudo)
+    udp[6] = UInt8(checksum >> 8); udp[7] = UInt8(checksum & 0xff)
+    let frame = IPv4Packet.frame(destinationMAC: destinationMAC, sourceMAC: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56),
+                                 source: source, destination: destination, protocolNumber: IPv4Packet.protocolUDP, payload: udp + payload)
+    let header = fullChecksum != nil ? VirtioNetHeader() :
+        VirtioNetHeader(flags: .needsChecksum, gsoType: gsoSize > 0 ? VirtioNetHeader.GSOType.udpL4.rawValue : 0,
+                        headerLength: gsoSize > 0 ? 42 : 0, gsoSize: gsoSize, checksumStart: 34, checksumOffset: 6)
+    return (frame, header)
+}
+
+/// The running kernel's version as (major, minor).
+func kernelVersion() -> (Int, Int) {
+    let parts = KernelInfo.release().split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+    return (parts.first ?? 0, parts.count > 1 ? parts[1] : 0)
+}
+
 /// An IPv4/UDP frame of one flow (its source port), carrying a sequence number.
 func udpFlowFrame(sequence: Int, sourcePort: UInt16) -> [UInt8] {
     let payload = (0..<64).map { UInt8(truncatingIfNeeded: $0 == 0 ? sequence >> 8 : $0 == 1 ? sequence : $0 &+ sequence) }
@@ -99,6 +126,14 @@ let featureTests: [KernelTest] = [
     },
     KernelTest(name: "features: VHOST_NET_F_VIRTIO_NET_HDR — vhost adds the header, the tap has none") {
         let p = try pair("vht-vnh") { $0.features = [.version1, .vhostNetVirtioNetHeader] }
+        try transmitAndCompare(p, frames: 300)
+        try receiveAndCompare(p, frames: 128)
+    },
+    KernelTest(name: "features: the legacy 10-byte header (neither VERSION_1 nor MRG_RXBUF), the tap told the same") {
+        let p = try pair("vht-h10") { $0.features = [.eventIndex] }
+        try expect(p.headerLength == 10, "header length \(p.headerLength)")
+        let tapLength = try p.tap.vnetHeaderSize()
+        try expect(tapLength == 10, "TUNGETVNETHDRSZ = \(tapLength), expected 10")
         try transmitAndCompare(p, frames: 300)
         try receiveAndCompare(p, frames: 128)
     },
@@ -206,6 +241,64 @@ let featureTests: [KernelTest] = [
         try expect(h.gsoType == VirtioNetHeader.GSOType.tcpV4.rawValue && h.gsoSize == 1448, "GSO header lost: \(h)")
         try expect(h.flags.contains(.needsChecksum), "NEEDS_CSUM lost: \(h)")
         try expect(h.numBuffers > 1, "a 60 KB frame should span several 2 KiB buffers")
+    },
+    KernelTest(name: "offloads: big RX buffers without MRG_RXBUF take a whole 64 KiB GSO frame in one buffer") {
+        let p = try pair("vht-big") { $0.bufferSize = 65600; $0.queueSize = 16; $0.receiveOffloads = [.checksum, .tso4, .tso6] }
+        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+        try socket.enableVnetHeader()
+        let (frame, header) = tcpFrame(ipv6: true, payload: 65000, seed: 3)
+        try socket.send(header.bytes(length: 10) + frame)
+        var got: (VirtioNetHeader, [UInt8])? = nil
+        let deadline = KernelTestRunner.monotonicSeconds() + 5
+        while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
+            p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
+        }
+        guard let (h, bytes) = got else { throw KernelTestFailure("no big frame arrived") }
+        say("  one \(bytes.count)-byte TCPv6 GSO frame in one buffer; gso_type \(h.gsoType), gso_size \(h.gsoSize)")
+        try expect(bytes == frame, "the frame differs")
+        try expect(h.gsoType == VirtioNetHeader.GSOType.tcpV6.rawValue && p.receiveCounters.mergedFrames == 0, "header \(h)")
+    },
+    KernelTest(name: "offloads: UDP L4 GSO (USO) is carried whole from 6.2 on, and refused with a clear error before") {
+        let p = try pair("vht-uso") { $0.bufferSize = 65536 + 1024; $0.queueSize = 16 }
+        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+        socket.setBuffers(bytes: 16 << 20)
+        let payload = (0..<60000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let (frame, header) = udpOffloadFrame(destinationMAC: MACAddress(0x52, 0x54, 0, 0, 0, 1), source: IPv4Address(10, 0, 6, 2),
+                                              destination: IPv4Address(10, 0, 6, 1), port: 9, payload: payload, gsoSize: 1400)
+        let version = kernelVersion()
+        do {
+            try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
+        } catch let error as VhostError {
+            try expect(version < (6, 2) && error.description.contains("6.2"), "kernel \(version): unexpected error \(error)")
+            try expect(p.transmitCounters.frames == 0, "a refused frame was counted as sent")
+            say("  kernel \(version.0).\(version.1): refused before the ring: \(error)")
+            return
+        }
+        try expect(version >= (6, 2), "kernel \(version): a USO frame was sent into a tap that drops it silently")
+        var seen: [UInt8]? = nil
+        let deadline = KernelTestRunner.monotonicSeconds() + 3
+        while seen == nil && KernelTestRunner.monotonicSeconds() < deadline {
+            if let f = socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 { seen = f }
+        }
+        try expect(seen == frame, "the USO frame did not arrive whole (\(seen?.count ?? 0) bytes)")
+        say("  kernel \(version.0).\(version.1): one \(frame.count)-byte UDP_L4 GSO frame (gso_size 1400) on the host side")
+    },
+    KernelTest(name: "offloads: TX checksum offload (NEEDS_CSUM) is completed: a host UDP socket gets the datagram; a bad full checksum is dropped") {
+        let p = try pair("vht-csum")
+        let host = IPv4Interface(parsing: "10.0.5.1/24")!
+        try HostNetwork.setAddress(host, on: p.tap.name)
+        let tapMAC = MACAddress(try p.tap.macAddress())!
+        let listener = try HostSocket.udp()
+        try listener.bind(host.address, port: 5555)
+        let good = Array("checksum completed by the offload".utf8)
+        let bad = Array("a datagram with a wrong checksum".utf8)
+        let (badFrame, badHeader) = udpOffloadFrame(destinationMAC: tapMAC, source: IPv4Address(10, 0, 5, 2), destination: host.address,
+                                                    port: 5555, payload: bad, fullChecksum: 0x1234)
+        try p.transmit(count: 1, header: badHeader) { _, buffer in buffer.copyBytes(from: badFrame); return badFrame.count }
+        let (frame, header) = udpOffloadFrame(destinationMAC: tapMAC, source: IPv4Address(10, 0, 5, 2), destination: host.address, port: 5555, payload: good)
+        try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
+        guard let got = listener.receive(milliseconds: 3000) else { throw KernelTestFailure("the host UDP socket received nothing") }
+        try expect(got.bytes == good, "the host received \(String(decoding: got.bytes, as: UTF8.self)) first; the datagram with a bad checksum must be dropped")
     },
     KernelTest(name: "multiqueue: traffic on 4 queue pairs at once, with per-queue counts") {
         var config = VhostNetEndpoint.Configuration(tapName: "vht-mq")

@@ -44,6 +44,9 @@ public final class VhostNetEndpoint {
     /// Sees every frame received from and transmitted to the tap (for pcap).
     public var frameObserver: ((Direction, [UInt8]) -> Void)?
     let logger: Logger
+    /// The RX call eventfds of every queue pair (token = pair index), plus extra fds.
+    private let poller: EventPoller
+    private var watchedExtras: Set<Int32> = []
 
     public init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
         guard (1...256).contains(configuration.queues) else {
@@ -57,6 +60,8 @@ public final class VhostNetEndpoint {
             pairs.append(try VhostNetQueuePair(configuration.pairConfiguration(), logger: logger))
         }
         self.pairs = pairs
+        poller = try EventPoller()
+        for (index, pair) in pairs.enumerated() { try poller.add(pair.receiveQueue.call.fd, token: UInt64(index)) }
         responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, udpEchoPort: configuration.udpEchoPort)
     }
 
@@ -79,14 +84,16 @@ public final class VhostNetEndpoint {
             }
         }
         guard received == 0, milliseconds != 0 else { return received }
-        var fds: [pollfd] = []
-        for pair in pairs {
-            guard let fd = pair.armReceiveNotification() else { return received }
-            fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+        // Interrupt mode: re-enable RX interrupts on every queue (returning at once when one
+        // has work already), then sleep in epoll on all call eventfds.
+        for pair in pairs where pair.armReceiveNotification() == nil { return received }
+        for fd in extraFDs where !watchedExtras.contains(fd) {
+            try poller.add(fd, token: UInt64.max)
+            watchedExtras.insert(fd)
         }
-        for fd in extraFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&fds, nfds_t(fds.count), milliseconds)
-        for pair in pairs { pair.acknowledgeReceiveNotification() }
+        for token in poller.wait(milliseconds: milliseconds) where token < UInt64(pairs.count) {
+            pairs[Int(token)].acknowledgeReceiveNotification()
+        }
         return received
     }
 

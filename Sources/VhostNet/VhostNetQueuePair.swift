@@ -107,7 +107,11 @@ public final class VhostNetQueuePair {
         if configuration.multiQueueTap { tapFlags.insert(.multiQueue) }
         tap = try Tap(name: configuration.tapName, flags: tapFlags, observer: configuration.observer)
 
-        memory = try GuestMemory(layout: configuration.memoryLayout, backing: configuration.memoryBacking)
+        let layout = configuration.memoryLayout
+        if let limit = KernelInfo.maxMemoryRegions(), layout.count > limit {
+            throw .invalidArgument("guest memory has \(layout.count) regions but the vhost module allows \(limit) (max_mem_regions in /sys/module/vhost/parameters)")
+        }
+        memory = try GuestMemory(layout: layout, backing: configuration.memoryBacking)
         let inOrder = features.contains(.inOrder)
         receiveQueue = try NetQueue(index: VhostNetDevice.receiveQueueIndex, queueSize: configuration.queueSize,
                                     bufferSize: configuration.bufferSize, headerLength: headerLength, layout: configuration.descriptorLayout,
@@ -206,6 +210,9 @@ public final class VhostNetQueuePair {
     /// for completions when it is full.
     public func transmit(count: Int, header: VirtioNetHeader = VirtioNetHeader(),
                          fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) {
+        if header.gsoType & ~VirtioNetHeader.gsoECN == VirtioNetHeader.GSOType.udpL4.rawValue && !KernelInfo.tapSupportsUDPSegmentation {
+            throw .unsupportedByKernel("UDP_L4 GSO (USO) frames need a tap from Linux 6.2 on; this kernel would drop them without a trace")
+        }
         var sent = 0
         let mode = configuration.notificationMode
         let capacity = transmitQueue.frameCapacity(headerLength: headerLength)

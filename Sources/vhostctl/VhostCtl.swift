@@ -81,7 +81,7 @@ func report(_ error: Error) -> ExitCode {
     case let error as VhostError:
         message = error.description
         switch error {
-        case .deviceMissing, .featureUnavailable: status = ExitStatus.unavailable
+        case .deviceMissing, .featureUnavailable, .unsupportedByKernel: status = ExitStatus.unavailable
         case .permissionDenied: status = ExitStatus.notPermitted
         case .invalidArgument: status = ExitStatus.usage
         case .tap(_, let problem, _):

@@ -105,12 +105,19 @@ int cvhost_if_set_ipv4(const char *name, uint32_t address, uint32_t netmask);
 // A socket of the given type/protocol (SOCK_DGRAM/0 for UDP, SOCK_RAW/IPPROTO_ICMP for ping).
 int cvhost_inet_socket(int type, int protocol);
 int cvhost_udp_socket(void);
+int cvhost_bind_ipv4(int fd, uint32_t address, uint16_t port);
 int cvhost_icmp_socket(void);
 long cvhost_sendto_ipv4(int fd, uint32_t address, uint16_t port, const void *buffer, size_t length);
 // Waits up to timeout_ms for a datagram; returns its length, 0 on timeout, or -errno.
 // `from_address` receives the sender (host byte order) when not NULL.
 long cvhost_recv_timeout(int fd, void *buffer, size_t length, int timeout_ms, uint32_t *from_address);
 int cvhost_net_admin_capable(void);
+
+// epoll (struct epoll_event is packed on x86_64, so Swift sees only tokens).
+int cvhost_epoll_create(void);
+int cvhost_epoll_add(int epfd, int fd, uint64_t token);
+// Fills up to `maximum` tokens of ready fds; returns their count, 0 on timeout, or -errno.
+int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms);
 
 // IFF_* interface flags, for Swift.
 extern const short CVHOST_IFF_UP;
