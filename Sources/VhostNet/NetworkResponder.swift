@@ -19,7 +19,11 @@ public struct NetworkResponder: Sendable {
         self.mac = mac; self.ipv4 = ipv4; self.udpEchoPort = udpEchoPort
     }
 
-    public mutating func respond(to frame: [UInt8]) -> [UInt8]? {
+    /// `header` is the frame's virtio-net header: with NEEDS_CSUM the L4 checksum field holds
+    /// only the pseudo-header sum (the host offloaded it, CHECKSUM_PARTIAL), and with
+    /// DATA_VALID the host already checked it, so neither is verified here.
+    public mutating func respond(to frame: [UInt8], header: VirtioNetHeader = VirtioNetHeader()) -> [UInt8]? {
+        let checksumTrusted = !header.flags.isDisjoint(with: [.needsChecksum, .dataValid])
         guard let me = ipv4?.address else { counters.ignored += 1; return nil }
         if let arp = ARPPacket(frame: frame) {
             guard arp.operation == .request, arp.targetIP == me else { counters.ignored += 1; return nil }
@@ -35,7 +39,7 @@ public struct NetworkResponder: Sendable {
             let icmp = ip.payload
             // Echo request (type 8, code 0) with a valid checksum.
             guard icmp.count >= 8, frame[icmp.lowerBound] == 8, frame[icmp.lowerBound + 1] == 0,
-                  internetChecksum(frame[icmp]) == 0 else { break }
+                  checksumTrusted || internetChecksum(frame[icmp]) == 0 else { break }
             var reply = Array(frame[icmp])
             reply[0] = 0
             reply[2] = 0; reply[3] = 0
@@ -45,7 +49,8 @@ public struct NetworkResponder: Sendable {
             return IPv4Packet.frame(destinationMAC: peerMAC, sourceMAC: mac, source: me, destination: ip.source,
                                     protocolNumber: IPv4Packet.protocolICMP, payload: reply)
         case IPv4Packet.protocolUDP:
-            guard let port = udpEchoPort, let udp = UDPDatagram.parse(frame: frame, ip: ip), udp.destinationPort == port else { break }
+            guard let port = udpEchoPort, let udp = UDPDatagram.parse(frame: frame, ip: ip, verifyChecksum: !checksumTrusted),
+                  udp.destinationPort == port else { break }
             let segment = UDPDatagram.build(source: me, destination: ip.source, sourcePort: port, destinationPort: udp.sourcePort, payload: frame[udp.payload])
             counters.udpEchoes += 1
             return IPv4Packet.frame(destinationMAC: peerMAC, sourceMAC: mac, source: me, destination: ip.source,

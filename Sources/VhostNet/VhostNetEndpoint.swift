@@ -17,6 +17,10 @@ public final class VhostNetEndpoint {
         public var ipv4: IPv4Interface? = nil
         public var udpEchoPort: UInt16? = nil
         public var notificationMode: NotificationMode = .interrupt
+        public var bufferSize = 2048
+        public var descriptorLayout: DescriptorLayout = .inline
+        public var memoryPlacement: MemoryPlacement = .single
+        public var receiveOffloads: Tap.Offloads = []
         public var memoryBacking: GuestMemoryBacking = .anonymous
         public var devicePath: String = VhostNetDevice.defaultPath
         public var observer: IoctlObserver? = nil
@@ -29,6 +33,10 @@ public final class VhostNetEndpoint {
             config.features = features
             config.notificationMode = notificationMode
             config.memoryBacking = memoryBacking
+            config.bufferSize = bufferSize
+            config.descriptorLayout = descriptorLayout
+            config.memoryPlacement = memoryPlacement
+            config.receiveOffloads = receiveOffloads
             config.multiQueueTap = queues > 1
             config.observer = observer
             config.devicePath = devicePath
@@ -74,11 +82,11 @@ public final class VhostNetEndpoint {
     public func service(milliseconds: Int32, extraFDs: [Int32] = []) throws(VhostError) -> Int {
         var received = 0
         for (index, pair) in pairs.enumerated() {
-            var frames: [[UInt8]] = []
-            received += pair.receive(limit: 256, milliseconds: 0) { frame in frames.append([UInt8](frame.frame)) }
-            for frame in frames {
+            var frames: [(VirtioNetHeader, [UInt8])] = []
+            received += pair.receive(limit: 256, milliseconds: 0) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
+            for (header, frame) in frames {
                 frameObserver?(.received, frame)
-                if let reply = responder.respond(to: frame) {
+                if let reply = responder.respond(to: frame, header: header) {
                     try send(reply, queue: index)
                 }
             }

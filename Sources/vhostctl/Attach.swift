@@ -38,8 +38,8 @@ struct Attach: ParsableCommand {
     @Option(help: "Queue pairs (more than 1 uses an IFF_MULTI_QUEUE tap).")
     var queues = 1
 
-    @Option(name: .customLong("queue-size"), help: "Descriptors per ring: a power of 2 from 2 to 32768.")
-    var queueSize = 256
+    @OptionGroup(title: "Datapath")
+    var datapath: DatapathOptions
 
     @Option(help: "Write every received and transmitted frame to this pcap file.")
     var pcap: String?
@@ -56,9 +56,6 @@ struct Attach: ParsableCommand {
     @Option(help: "Stop after this many seconds (0: run until SIGINT/SIGTERM).")
     var duration = 0.0
 
-    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX).")
-    var features: [String] = []
-
     func validate() throws {
         guard MACAddress(parsing: mac) != nil else {
             throw ValidationError("--mac \(mac) is not a MAC address: write six hex pairs, e.g. 52:54:00:12:34:56")
@@ -71,21 +68,11 @@ struct Attach: ParsableCommand {
         }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
         guard (1...256).contains(queues) else { throw ValidationError("--queues \(queues): use 1 to 256") }
-        guard queueSize >= 2, queueSize <= 32768, queueSize & (queueSize - 1) == 0 else {
-            throw ValidationError("--queue-size \(queueSize): it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
-        }
         if keep && !create { throw ValidationError("--keep only applies with --create") }
         if let user, UserSpec(parsing: user) == nil {
             throw ValidationError("--user \(user): no such user in /etc/passwd; give a name or uid[:gid]")
         }
-        for name in features where VirtioFeatures.parse(name) == nil {
-            throw ValidationError("--features: unknown feature \(name); known: \(VirtioFeatures.names.values.sorted().joined(separator: ", "))")
-        }
         guard stats >= 0, duration >= 0 else { throw ValidationError("--stats and --duration take seconds ≥ 0") }
-    }
-
-    var negotiatedFeatures: VirtioFeatures {
-        features.isEmpty ? [.version1, .eventIndex] : features.reduce(into: VirtioFeatures()) { $0.formUnion(VirtioFeatures.parse($1)!) }
     }
 
     func run() throws {
@@ -109,21 +96,21 @@ struct Attach: ParsableCommand {
 
         var config = VhostNetEndpoint.Configuration(tapName: tap)
         config.queues = queues
-        config.queueSize = UInt16(queueSize)
-        config.features = negotiatedFeatures
+        datapath.apply(to: &config)
         config.mac = MACAddress(parsing: mac)!
         config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
         config.udpEchoPort = udpEcho
         config.observer = common.observer
         config.devicePath = common.device
         let endpoint = try VhostNetEndpoint(config, logger: logger)
+        try datapath.finishSetup(endpoint)
         if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
         if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
         installStopHandlers()
         if let dropTo { try dropTo.drop() }
 
         let pair = endpoint.pairs[0]
-        print("attached to \(endpoint.tapName): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(queueSize)")
+        print("attached to \(endpoint.tapName): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
         print("negotiated: \(pair.negotiatedFeatures)")
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
         if let writer {

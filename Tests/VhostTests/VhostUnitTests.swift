@@ -75,3 +75,61 @@ struct VhostUnitTests {
         #expect(VhostError.deviceMissing(path: "/dev/vhost-net").description.contains("modprobe vhost_net"))
     }
 }
+
+@Suite("NetworkResponder")
+struct NetworkResponderTests {
+    let me = IPv4Address(10, 0, 0, 2), peer = IPv4Address(10, 0, 0, 1)
+    let myMAC = MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56), peerMAC = MACAddress(0x02, 0, 0, 0, 0, 1)
+
+    func responder() -> NetworkResponder { NetworkResponder(mac: myMAC, ipv4: IPv4Interface(address: me, prefixLength: 24), udpEchoPort: 7) }
+
+    @Test("ARP request for our address → reply to the asker")
+    func arp() throws {
+        var r = responder()
+        let request = ARPPacket(operation: .request, senderMAC: peerMAC, senderIP: peer, targetMAC: MACAddress(0, 0, 0, 0, 0, 0), targetIP: me).frame()
+        let replyValue = r.respond(to: request)
+        let reply = try #require(replyValue)
+        let arp = try #require(ARPPacket(frame: reply))
+        #expect(arp.operation == .reply && arp.senderMAC == myMAC && arp.senderIP == me && arp.targetIP == peer)
+        #expect(Array(reply[0..<6]) == peerMAC.array)
+        let other = ARPPacket(operation: .request, senderMAC: peerMAC, senderIP: peer, targetMAC: MACAddress(0, 0, 0, 0, 0, 0), targetIP: IPv4Address(10, 0, 0, 9)).frame()
+        let answer24010 = r.respond(to: other)
+        #expect(answer24010 == nil)
+    }
+
+    @Test("ICMP echo → reply with a valid checksum; a corrupt request is ignored")
+    func ping() throws {
+        var r = responder()
+        var icmp: [UInt8] = [8, 0, 0, 0, 0x12, 0x34, 0, 1] + Array("payload".utf8)
+        let sum = internetChecksum(icmp[...]); icmp[2] = UInt8(sum >> 8); icmp[3] = UInt8(sum & 0xff)
+        let request = IPv4Packet.frame(destinationMAC: myMAC, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 1, payload: icmp)
+        let replyValue = r.respond(to: request)
+        let reply = try #require(replyValue)
+        let ip = try #require(IPv4Packet(frame: reply))
+        #expect(ip.source == me && ip.destination == peer && reply[ip.payload.lowerBound] == 0)
+        #expect(internetChecksum(reply[ip.payload]) == 0)
+        var corrupt = request; corrupt[corrupt.count - 1] ^= 0xff
+        let answer63763 = r.respond(to: corrupt)
+        #expect(answer63763 == nil)
+    }
+
+    @Test("UDP echo: a full checksum is verified; NEEDS_CSUM (partial) and DATA_VALID are trusted")
+    func udp() throws {
+        var r = responder()
+        let segment = UDPDatagram.build(source: peer, destination: me, sourcePort: 40000, destinationPort: 7, payload: Array("hi".utf8)[...])
+        let request = IPv4Packet.frame(destinationMAC: myMAC, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 17, payload: segment)
+        let replyValue = r.respond(to: request)
+        let reply = try #require(replyValue)
+        let ip = try #require(IPv4Packet(frame: reply))
+        let parsed = try #require(UDPDatagram.parse(frame: reply, ip: ip))
+        #expect(parsed.sourcePort == 7 && parsed.destinationPort == 40000 && Array(reply[parsed.payload]) == Array("hi".utf8))
+        var partial = request
+        partial[14 + 20 + 6] = 0x12; partial[14 + 20 + 7] = 0x34   // only a pseudo-header sum, as with CHECKSUM_PARTIAL
+        let answer88009 = r.respond(to: partial)
+        #expect(answer88009 == nil, "a wrong full checksum is refused")
+        let answer57286 = r.respond(to: partial, header: VirtioNetHeader(flags: .needsChecksum, checksumStart: 34, checksumOffset: 6))
+        #expect(answer57286 != nil)
+        let answer17657 = r.respond(to: partial, header: VirtioNetHeader(flags: .dataValid))
+        #expect(answer17657 != nil)
+    }
+}

@@ -129,6 +129,32 @@ else
 fi
 kill -TERM $pid; wait_for_exit $pid
 
+# ---- a VM-like datapath from the command line: every datapath option at once -------------------
+echo 16 >/proc/sys/vm/nr_hugepages
+vhostctl attach --tap vhfull0 --create --ip 10.0.3.2/24 --udp-echo 7 --stats 0 \
+    --features VERSION_1 EVENT_IDX MRG_RXBUF INDIRECT_DESC --descriptors indirect --memory belowAndAbove4GiB \
+    --hugepages --notify poll --busyloop-timeout 20 --dirty-log --offloads csum tso4 tso6 --queue-size 512 >/tmp/full.log 2>&1 &
+pid=$!
+i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/full.log; do sleep 0.1; i=$((i + 1)); done
+ip addr add 10.0.3.1/24 dev vhfull0; ip link set vhfull0 up
+reply=$(host bash -c 'exec 3<>/dev/udp/10.0.3.2/7; printf "all-options" >&3; IFS= read -r -t 5 -N 11 r <&3; printf "%s" "$r"' 2>&1)
+if ping -c 2 -W 3 10.0.3.2 >/dev/null 2>&1 && [ "$reply" = "all-options" ]; then
+    pass "attach with indirect descriptors, memory around a hole, hugepages, poll mode, busyloop, dirty log, offloads answers ping and UDP"
+else
+    fail "attach with every datapath option" "udp '$reply'; $(cat /tmp/full.log)"
+fi
+kill -TERM $pid; wait_for_exit $pid
+echo 0 >/proc/sys/vm/nr_hugepages
+
+# ---- bench: configurations side by side, with medians, ratios and a latency histogram -----------
+if timeout 120 vhostctl bench --trials 1 --seconds 0.2 --latency 50 --configs event-idx poll indirect --json >/tmp/bench.json 2>/tmp/bench.err; then
+    ok=$(host python3 -c 'import json,sys; d=json.load(open("/tmp/bench.json")); c=d["configs"]; print(len(c)==3 and all(x["tx_pps_median"]>0 and x["rx_pps_median"]>0 for x in c) and c[0]["tx_ratio"]=="1.000" and d["rtt_ns"]["count"]==50 and 0<d["rtt_ns"]["p50"]<=d["rtt_ns"]["p99"])' 2>&1)
+    if [ "$ok" = True ]; then pass "bench --json: 3 configurations measured with ratios, 50 round trips in the histogram"; else fail "bench --json" "$ok: $(cat /tmp/bench.json)"; fi
+else
+    fail "bench runs" "$(cat /tmp/bench.err)"
+fi
+if ip link show vhbench0 >/dev/null 2>&1; then fail "bench removes its tap"; else pass "bench removes its tap"; fi
+
 # ---- every error case: one clear line, a non-zero documented exit code, nothing left behind ----
 grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
 expect_error "not root" 77 "needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl attach --tap vhe0 --create"
@@ -164,6 +190,9 @@ expect_error "pcap truncated" 64 "truncated" vhostctl attach --tap vhe2 --create
 expect_error "feature the kernel lacks" 69 "does not offer F_RING_PACKED" vhostctl attach --tap vhe3 --create --features VERSION_1 RING_PACKED
 if ip link show vhe3 >/dev/null 2>&1; then fail "no tap left after a feature error"; else pass "no tap left after a feature error"; fi
 expect_error "queue size not a power of 2" 64 "power of 2" vhostctl attach --tap vhe4 --create --queue-size 3
+expect_error "indirect layout without INDIRECT_DESC" 64 "INDIRECT_DESC" vhostctl attach --tap vhe5 --create --descriptors indirect
+expect_error "unknown offload" 64 "unknown offload" vhostctl attach --tap vhe5 --create --offloads tso9
+expect_error "bench: unknown configuration" 64 "unknown configuration" vhostctl bench --configs nonsense
 
 echo "attach tier: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

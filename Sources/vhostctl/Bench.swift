@@ -1,0 +1,235 @@
+import ArgumentParser
+import Glibc
+import Histogram
+import Vhost
+import VhostNet
+import Virtio
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmark the in-kernel datapath: driver configurations side by side in one run, with interleaved trials, medians and ratios; and the round-trip latency through vhost-net and the host stack.",
+        discussion: """
+        Each trial creates a tap, attaches, and measures TX (driver → vhost → tap, counted by the \
+        tap) and RX (host packet socket → tap → vhost → driver) for --seconds. Trials of all \
+        configurations are interleaved, so slow drift hits them alike; report ratios, which stay \
+        valid within one run (absolute numbers under emulation do not carry across runs). \
+        Needs root.
+        """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "Tap to create for the run (it must not exist).")
+    var tap = "vhbench0"
+
+    @Option(parsing: .upToNextOption, help: "Configurations to compare; the first is the baseline. Known: \(Variant.all.map(\.name).joined(separator: " ")).")
+    var configs: [String] = ["event-idx", "flags", "poll", "indirect", "chained"]
+
+    @Option(name: .customLong("frame-size"), help: "Ethernet frame size in bytes (60 to 1514).")
+    var frameSize = 64
+
+    @Option(help: "Seconds per measurement.")
+    var seconds = 1.0
+
+    @Option(help: "Interleaved trials per configuration (the median is reported).")
+    var trials = 5
+
+    @Option(help: "Round trips to time with ICMP echo through the host stack (0: skip).")
+    var latency = 1000
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    struct Variant: Sendable {
+        var name: String
+        var summary: String
+        var apply: @Sendable (inout VhostNetEndpoint.Configuration) -> Void
+
+        static let all: [Variant] = [
+            Variant(name: "event-idx", summary: "EVENT_IDX, interrupts (epoll)") { $0.features = [.version1, .eventIndex] },
+            Variant(name: "flags", summary: "NO_NOTIFY/NO_INTERRUPT flags, no EVENT_IDX") { $0.features = [.version1] },
+            Variant(name: "poll", summary: "EVENT_IDX, busy-polling the used ring") { $0.features = [.version1, .eventIndex]; $0.notificationMode = .poll },
+            Variant(name: "indirect", summary: "indirect tables (header + frame)") {
+                $0.features = [.version1, .eventIndex, .indirectDescriptors]; $0.descriptorLayout = .indirect
+            },
+            Variant(name: "chained", summary: "header in its own descriptor") { $0.features = [.version1, .eventIndex]; $0.descriptorLayout = .separateHeader },
+            Variant(name: "mergeable", summary: "MRG_RXBUF") { $0.features = [.version1, .eventIndex, .netMergeableRxBuffers] },
+            Variant(name: "ring-1024", summary: "1024-entry rings") { $0.features = [.version1, .eventIndex]; $0.queueSize = 1024 },
+            Variant(name: "hugepages", summary: "guest memory on 2 MiB huge pages") { $0.features = [.version1, .eventIndex]; $0.memoryBacking = .memfd(hugePages: true) },
+        ]
+    }
+
+    func validate() throws {
+        guard !configs.isEmpty else { throw ValidationError("--configs needs at least one configuration") }
+        for name in configs where !Variant.all.contains(where: { $0.name == name }) {
+            throw ValidationError("--configs: unknown configuration \(name); known: \(Variant.all.map(\.name).joined(separator: " "))")
+        }
+        guard (60...1514).contains(frameSize) else { throw ValidationError("--frame-size \(frameSize): use 60 to 1514") }
+        guard seconds > 0 && seconds <= 60 else { throw ValidationError("--seconds takes more than 0 and at most 60") }
+        guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
+        guard latency >= 0 && latency <= 1_000_000 else { throw ValidationError("--latency takes 0 to 1000000 round trips") }
+        do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
+    }
+
+    func run() throws {
+        try runReportingErrors { try bench() }
+    }
+
+    func bench() throws {
+        try requireNetworkAdministration("vhostctl bench")
+        guard !Tap.exists(name: tap) else {
+            throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; pass --tap with a free name")
+        }
+        let variants = configs.map { name in Variant.all.first { $0.name == name }! }
+        var tx = [[Double]](repeating: [], count: variants.count)
+        var rx = [[Double]](repeating: [], count: variants.count)
+        if !json { print("vhostctl bench: \(frameSize)-byte frames, \(trials) interleaved trials of \(seconds) s per direction, kernel \(KernelInfo.release())") }
+        for trial in 1...trials {
+            for (i, variant) in variants.enumerated() {
+                let endpoint = try makeEndpoint(variant)
+                tx[i].append(try measureTransmit(endpoint.pairs[0]))
+                rx[i].append(try measureReceive(endpoint.pairs[0]))
+                try endpoint.stop()
+            }
+            if !json { print("  trial \(trial)/\(trials) done"); fflush(nil) }
+        }
+        var rtt: Histogram<UInt64>? = nil
+        if latency > 0 { rtt = try measureLatency(variants[0]) }
+        report(variants: variants, tx: tx, rx: rx, rtt: rtt)
+    }
+
+    func makeEndpoint(_ variant: Variant) throws -> VhostNetEndpoint {
+        var config = VhostNetEndpoint.Configuration(tapName: tap)
+        config.observer = common.observer
+        config.devicePath = common.device
+        variant.apply(&config)
+        return try VhostNetEndpoint(config, logger: common.makeLogger())
+    }
+
+    func testFrame() -> [UInt8] {
+        EthernetFrame.build(destination: .broadcast, source: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56),
+                            etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0x5a, count: frameSize - 14))
+    }
+
+    /// Frames per second the tap counted while the driver kept the TX ring full.
+    func measureTransmit(_ pair: VhostNetQueuePair) throws -> Double {
+        let frame = testFrame()
+        let before = KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0
+        let start = monotonicSeconds()
+        while monotonicSeconds() - start < seconds {
+            try pair.transmit(count: 2048) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
+        }
+        let elapsed = monotonicSeconds() - start
+        return Double((KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0) - before) / elapsed
+    }
+
+    /// Frames per second the driver received while a host packet socket sent bursts into the tap
+    /// (the sender runs in this thread too, so this is the host→driver path end to end).
+    func measureReceive(_ pair: VhostNetQueuePair) throws -> Double {
+        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
+        let frame = testFrame()
+        let burst = min(128, Int(pair.configuration.queueSize))
+        var sent = 0, received = 0
+        let start = monotonicSeconds()
+        while monotonicSeconds() - start < seconds {
+            for _ in 0..<burst { try socket.send(frame) }
+            sent += burst
+            let deadline = monotonicSeconds() + 1
+            while received < sent && monotonicSeconds() < deadline {
+                pair.receive(milliseconds: 50) { f in
+                    if EthernetFrame.etherType(of: f.frame) == EthernetFrame.experimentalType { received += 1 }
+                }
+            }
+            if received < sent { sent = received } // a lost burst is not counted twice
+        }
+        return Double(received) / (monotonicSeconds() - start)
+    }
+
+    /// ICMP echo round trips: driver → vhost → tap → host stack → tap → vhost → driver.
+    func measureLatency(_ variant: Variant) throws -> Histogram<UInt64> {
+        var config = VhostNetEndpoint.Configuration(tapName: tap)
+        variant.apply(&config)
+        let me = IPv4Address(10, 78, 0, 2), host = IPv4Interface(parsing: "10.78.0.1/24")!
+        config.ipv4 = IPv4Interface(address: me, prefixLength: 24)
+        config.devicePath = common.device
+        let endpoint = try VhostNetEndpoint(config, logger: common.makeLogger())
+        try HostNetwork.setAddress(host, on: tap)
+        let hostMAC = MACAddress(try endpoint.pairs[0].tap.macAddress())!
+        var histogram = Histogram<UInt64>(highestTrackableValue: 10_000_000, numberOfSignificantValueDigits: .three)
+        var awaited: UInt16 = 0
+        var replied = false
+        endpoint.frameObserver = { direction, frame in
+            guard direction == .received, let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
+                  ip.source == host.address, frame[ip.payload.lowerBound] == 0,
+                  UInt16(frame[ip.payload.lowerBound + 6]) << 8 | UInt16(frame[ip.payload.lowerBound + 7]) == awaited else { return }
+            replied = true
+        }
+        for sequence in 0..<(latency + 10) {
+            awaited = UInt16(truncatingIfNeeded: sequence)
+            replied = false
+            var icmp: [UInt8] = [8, 0, 0, 0, 0x76, 0x68, UInt8(awaited >> 8), UInt8(awaited & 0xff)] + [UInt8](repeating: 0x42, count: 32)
+            let sum = internetChecksum(icmp[...])
+            icmp[2] = UInt8(sum >> 8); icmp[3] = UInt8(sum & 0xff)
+            let request = IPv4Packet.frame(destinationMAC: hostMAC, sourceMAC: config.mac, source: me, destination: host.address,
+                                           protocolNumber: IPv4Packet.protocolICMP, identification: awaited, payload: icmp)
+            let start = monotonicSeconds()
+            try endpoint.send(request)
+            while !replied && monotonicSeconds() - start < 2 { try endpoint.service(milliseconds: 2) }
+            // The first round trips warm up ARP and caches; they are not recorded.
+            if replied && sequence >= 10 { _ = histogram.record(UInt64((monotonicSeconds() - start) * 1e9)) }
+        }
+        endpoint.frameObserver = nil
+        try endpoint.stop()
+        return histogram
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+
+    func report(variants: [Variant], tx: [[Double]], rx: [[Double]], rtt: Histogram<UInt64>?) {
+        let txMedians = tx.map(Bench.median), rxMedians = rx.map(Bench.median)
+        func ratio(_ value: Double, _ base: Double) -> Double { base > 0 ? value / base : 0 }
+        if json {
+            var fields: [(String, JSON)] = [
+                ("kernel", .string(KernelInfo.release())), ("frame_size", .number(UInt64(frameSize))),
+                ("trials", .number(UInt64(trials))), ("seconds", .string(String(seconds))),
+                ("configs", .array(variants.indices.map { i in
+                    .object([("name", .string(variants[i].name)),
+                             ("tx_pps_median", .number(UInt64(txMedians[i]))), ("tx_pps", .array(tx[i].map { .number(UInt64($0)) })),
+                             ("tx_ratio", .string(String(format3(ratio(txMedians[i], txMedians[0]))))),
+                             ("rx_pps_median", .number(UInt64(rxMedians[i]))), ("rx_pps", .array(rx[i].map { .number(UInt64($0)) })),
+                             ("rx_ratio", .string(String(format3(ratio(rxMedians[i], rxMedians[0])))))])
+                })),
+            ]
+            if let rtt {
+                fields.append(("rtt_ns", .object([("count", .number(rtt.totalCount)), ("p50", .number(rtt.valueAtPercentile(50))),
+                                                   ("p90", .number(rtt.valueAtPercentile(90))), ("p99", .number(rtt.valueAtPercentile(99))),
+                                                   ("max", .number(rtt.maxRecorded))])))
+            }
+            print(JSON.object(fields).text)
+            return
+        }
+        print("")
+        print(pad("config", 11) + pad("TX median pps", 15) + pad("(min–max)", 21) + pad("ratio", 8) + pad("RX median pps", 15) + pad("(min–max)", 21) + "ratio")
+        for i in variants.indices {
+            print(pad(variants[i].name, 11) + pad(String(Int(txMedians[i])), 15) + pad("(\(Int(tx[i].min()!))–\(Int(tx[i].max()!)))", 21)
+                  + pad(format3(ratio(txMedians[i], txMedians[0])), 8)
+                  + pad(String(Int(rxMedians[i])), 15) + pad("(\(Int(rx[i].min()!))–\(Int(rx[i].max()!)))", 21)
+                  + format3(ratio(rxMedians[i], rxMedians[0])))
+        }
+        for variant in variants { print("  \(variant.name): \(variant.summary)") }
+        print("ratios are against \(variants[0].name), measured side by side in this run; absolute numbers do not carry across runs or machines")
+        if let rtt {
+            let us = { (ns: UInt64) in format3(Double(ns) / 1000) }
+            print("round trip (driver → vhost → host ICMP → vhost → driver, \(variants[0].name)), \(rtt.totalCount) samples: p50 \(us(rtt.valueAtPercentile(50))) µs, p90 \(us(rtt.valueAtPercentile(90))) µs, p99 \(us(rtt.valueAtPercentile(99))) µs, max \(us(rtt.maxRecorded)) µs")
+        }
+    }
+
+    func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count) }
+    func format3(_ value: Double) -> String {
+        let thousandths = Int((value * 1000).rounded())
+        let fraction = String(thousandths % 1000)
+        return "\(thousandths / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
+    }
+}

@@ -1,0 +1,85 @@
+import ArgumentParser
+import Vhost
+import VhostNet
+import Virtio
+
+extension DescriptorLayout: ExpressibleByArgument {}
+extension MemoryPlacement: ExpressibleByArgument {}
+extension NotificationMode: ExpressibleByArgument {}
+
+/// How the datapath is configured: the options `attach` and `bench` share, so a run can
+/// reproduce the configuration a real VM uses.
+struct DatapathOptions: ParsableArguments {
+    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX).")
+    var features: [String] = []
+
+    @Option(name: .customLong("queue-size"), help: "Descriptors per ring: a power of 2 from 2 to 32768.")
+    var queueSize = 256
+
+    @Option(name: .customLong("buffer-size"), help: "Bytes per RX/TX buffer (header included).")
+    var bufferSize = 2048
+
+    @Option(help: "Descriptor layout: inline, separateHeader or indirect (needs INDIRECT_DESC).")
+    var descriptors: DescriptorLayout = .inline
+
+    @Option(help: "Guest memory: single, or belowAndAbove4GiB (two regions with a hole).")
+    var memory: MemoryPlacement = .single
+
+    @Flag(help: "Back guest memory with 2 MiB huge pages (memfd MFD_HUGETLB).")
+    var hugepages = false
+
+    @Option(help: "How the driver waits: interrupt (epoll on the call eventfds) or poll.")
+    var notify: NotificationMode = .interrupt
+
+    @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
+    var busyloopTimeout: UInt32?
+
+    @Option(parsing: .upToNextOption, help: "RX offloads the driver accepts (TUNSETOFFLOAD): csum tso4 tso6 ecn ufo uso4 uso6.")
+    var offloads: [String] = []
+
+    @Flag(name: .customLong("dirty-log"), help: "Turn on VHOST_F_LOG_ALL dirty logging after start.")
+    var dirtyLog = false
+
+    static let offloadNames: [String: Tap.Offloads] = [
+        "csum": .checksum, "tso4": .tso4, "tso6": .tso6, "ecn": .tsoECN, "ufo": .ufo, "uso4": .uso4, "uso6": .uso6,
+    ]
+
+    func validate() throws {
+        guard queueSize >= 2, queueSize <= 32768, queueSize & (queueSize - 1) == 0 else {
+            throw ValidationError("--queue-size \(queueSize): it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
+        }
+        for name in features where VirtioFeatures.parse(name) == nil {
+            throw ValidationError("--features: unknown feature \(name); known: \(VirtioFeatures.names.values.sorted().joined(separator: ", "))")
+        }
+        for name in offloads where DatapathOptions.offloadNames[name.lowercased()] == nil {
+            throw ValidationError("--offloads: unknown offload \(name); known: \(DatapathOptions.offloadNames.keys.sorted().joined(separator: " "))")
+        }
+        guard bufferSize >= 64 && bufferSize <= 1 << 20 else { throw ValidationError("--buffer-size \(bufferSize): use 64 to 1048576") }
+    }
+
+    var negotiatedFeatures: VirtioFeatures {
+        features.isEmpty ? [.version1, .eventIndex] : features.reduce(into: VirtioFeatures()) { $0.formUnion(VirtioFeatures.parse($1)!) }
+    }
+
+    func apply(to config: inout VhostNetEndpoint.Configuration) {
+        config.queueSize = UInt16(queueSize)
+        config.features = negotiatedFeatures
+        config.bufferSize = bufferSize
+        config.descriptorLayout = descriptors
+        config.memoryPlacement = memory
+        config.memoryBacking = hugepages ? .memfd(hugePages: true) : .anonymous
+        config.notificationMode = notify
+        config.receiveOffloads = offloads.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()]!) }
+    }
+
+    /// What `apply` cannot set before start: busy-loop timeout and dirty logging.
+    func finishSetup(_ endpoint: VhostNetEndpoint) throws {
+        for pair in endpoint.pairs {
+            if let busyloopTimeout {
+                try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.receiveQueueIndex, microseconds: busyloopTimeout)
+                try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.transmitQueueIndex, microseconds: busyloopTimeout)
+            }
+            if dirtyLog { try pair.enableDirtyLog() }
+        }
+    }
+}
