@@ -93,8 +93,8 @@ struct NetworkResponderTests {
         #expect(arp.operation == .reply && arp.senderMAC == myMAC && arp.senderIP == me && arp.targetIP == peer)
         #expect(Array(reply[0..<6]) == peerMAC.array)
         let other = ARPPacket(operation: .request, senderMAC: peerMAC, senderIP: peer, targetMAC: MACAddress(0, 0, 0, 0, 0, 0), targetIP: IPv4Address(10, 0, 0, 9)).frame()
-        let answer24010 = r.respond(to: other)
-        #expect(answer24010 == nil)
+        let otherTarget = r.respond(to: other)
+        #expect(otherTarget == nil)
     }
 
     @Test("ICMP echo → reply with a valid checksum; a corrupt request is ignored")
@@ -109,8 +109,8 @@ struct NetworkResponderTests {
         #expect(ip.source == me && ip.destination == peer && reply[ip.payload.lowerBound] == 0)
         #expect(internetChecksum(reply[ip.payload]) == 0)
         var corrupt = request; corrupt[corrupt.count - 1] ^= 0xff
-        let answer63763 = r.respond(to: corrupt)
-        #expect(answer63763 == nil)
+        let corruptAnswer = r.respond(to: corrupt)
+        #expect(corruptAnswer == nil)
     }
 
     @Test("UDP echo: a full checksum is verified; NEEDS_CSUM (partial) and DATA_VALID are trusted")
@@ -125,11 +125,11 @@ struct NetworkResponderTests {
         #expect(parsed.sourcePort == 7 && parsed.destinationPort == 40000 && Array(reply[parsed.payload]) == Array("hi".utf8))
         var partial = request
         partial[14 + 20 + 6] = 0x12; partial[14 + 20 + 7] = 0x34   // only a pseudo-header sum, as with CHECKSUM_PARTIAL
-        let answer88009 = r.respond(to: partial)
-        #expect(answer88009 == nil, "a wrong full checksum is refused")
-        let answer57286 = r.respond(to: partial, header: VirtioNetHeader(flags: .needsChecksum, checksumStart: 34, checksumOffset: 6))
-        #expect(answer57286 != nil)
-        let answer17657 = r.respond(to: partial, header: VirtioNetHeader(flags: .dataValid))
-        #expect(answer17657 != nil)
+        let wrongChecksumAnswer = r.respond(to: partial)
+        #expect(wrongChecksumAnswer == nil, "a wrong full checksum is refused")
+        let partialAnswer = r.respond(to: partial, header: VirtioNetHeader(flags: .needsChecksum, checksumStart: 34, checksumOffset: 6))
+        #expect(partialAnswer != nil)
+        let validatedAnswer = r.respond(to: partial, header: VirtioNetHeader(flags: .dataValid))
+        #expect(validatedAnswer != nil)
     }
 }
