@@ -62,6 +62,21 @@ func udpOffloadFrame(destinationMAC: MACAddress, source: IPv4Address, destinatio
     return (frame, header)
 }
 
+/// Sends one GSO frame from the host stack (a PACKET_VNET_HDR socket on the tap) and waits for
+/// a frame over 1514 bytes in the RX ring; returns its header and bytes.
+func receiveGSOFrame(_ p: VhostNetQueuePair, frame: [UInt8], header: VirtioNetHeader) throws -> (VirtioNetHeader, [UInt8]) {
+    let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+    try socket.enableVnetHeader()
+    try socket.send(header.bytes(length: 10) + frame)
+    var got: (VirtioNetHeader, [UInt8])? = nil
+    let deadline = KernelTestRunner.monotonicSeconds() + 5
+    while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
+        p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
+    }
+    guard let got else { throw KernelTestFailure("no frame over 1514 bytes arrived: the host segmented it (tap offloads not applied?)") }
+    return got
+}
+
 /// The running kernel's version as (major, minor).
 func kernelVersion() -> (Int, Int) {
     let parts = KernelInfo.release().split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
@@ -226,16 +241,8 @@ let featureTests: [KernelTest] = [
             $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
             $0.receiveOffloads = [.checksum, .tso4, .tso6]
         }
-        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
-        try socket.enableVnetHeader()
         let (frame, header) = tcpFrame(ipv6: false, payload: 60000, seed: 9)
-        try socket.send(header.bytes(length: 10) + frame)
-        var got: (VirtioNetHeader, [UInt8])? = nil
-        let deadline = KernelTestRunner.monotonicSeconds() + 5
-        while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
-            p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
-        }
-        guard let (h, bytes) = got else { throw KernelTestFailure("no frame over 1514 bytes arrived: the host segmented it (tap offloads not applied?)") }
+        let (h, bytes) = try receiveGSOFrame(p, frame: frame, header: header)
         say("  one \(bytes.count)-byte frame in \(h.numBuffers) buffers; gso_type \(h.gsoType), gso_size \(h.gsoSize), flags \(h.flags.rawValue)")
         try expect(bytes.count == frame.count && Array(bytes[54...]) == Array(frame[54...]), "the frame differs (\(bytes.count) vs \(frame.count) bytes)")
         try expect(h.gsoType == VirtioNetHeader.GSOType.tcpV4.rawValue && h.gsoSize == 1448, "GSO header lost: \(h)")
@@ -244,16 +251,8 @@ let featureTests: [KernelTest] = [
     },
     KernelTest(name: "offloads: big RX buffers without MRG_RXBUF take a whole 64 KiB GSO frame in one buffer") {
         let p = try pair("vht-big") { $0.bufferSize = 65600; $0.queueSize = 16; $0.receiveOffloads = [.checksum, .tso4, .tso6] }
-        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
-        try socket.enableVnetHeader()
         let (frame, header) = tcpFrame(ipv6: true, payload: 65000, seed: 3)
-        try socket.send(header.bytes(length: 10) + frame)
-        var got: (VirtioNetHeader, [UInt8])? = nil
-        let deadline = KernelTestRunner.monotonicSeconds() + 5
-        while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
-            p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
-        }
-        guard let (h, bytes) = got else { throw KernelTestFailure("no big frame arrived") }
+        let (h, bytes) = try receiveGSOFrame(p, frame: frame, header: header)
         say("  one \(bytes.count)-byte TCPv6 GSO frame in one buffer; gso_type \(h.gsoType), gso_size \(h.gsoSize)")
         try expect(bytes == frame, "the frame differs")
         try expect(h.gsoType == VirtioNetHeader.GSOType.tcpV6.rawValue && p.receiveCounters.mergedFrames == 0, "header \(h)")

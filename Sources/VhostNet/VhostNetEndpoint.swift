@@ -8,38 +8,22 @@ import Virtio
 /// UDP echo. `service` runs one turn of its event loop.
 public final class VhostNetEndpoint {
     public struct Configuration: Sendable {
-        public var tapName: String
+        /// The datapath of every queue pair: tap name, features, ring size, layout, memory, …
+        public var datapath: VhostNetQueuePair.Configuration
         /// Queue pairs; more than one uses an IFF_MULTI_QUEUE tap, one queue per pair.
         public var queues: Int = 1
-        public var queueSize: UInt16 = 256
-        public var features: VirtioFeatures = [.version1, .eventIndex]
         public var mac: MACAddress = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
         public var ipv4: IPv4Interface? = nil
         public var udpEchoPort: UInt16? = nil
-        public var notificationMode: NotificationMode = .interrupt
-        public var bufferSize = 2048
-        public var descriptorLayout: DescriptorLayout = .inline
-        public var memoryPlacement: MemoryPlacement = .single
-        public var receiveOffloads: Tap.Offloads = []
-        public var memoryBacking: GuestMemoryBacking = .anonymous
-        public var devicePath: String = VhostNetDevice.defaultPath
-        public var observer: IoctlObserver? = nil
 
-        public init(tapName: String) { self.tapName = tapName }
+        public init(tapName: String) {
+            datapath = VhostNetQueuePair.Configuration(tapName: tapName)
+            datapath.features = [.version1, .eventIndex]
+        }
 
         func pairConfiguration() -> VhostNetQueuePair.Configuration {
-            var config = VhostNetQueuePair.Configuration(tapName: tapName)
-            config.queueSize = queueSize
-            config.features = features
-            config.notificationMode = notificationMode
-            config.memoryBacking = memoryBacking
-            config.bufferSize = bufferSize
-            config.descriptorLayout = descriptorLayout
-            config.memoryPlacement = memoryPlacement
-            config.receiveOffloads = receiveOffloads
+            var config = datapath
             config.multiQueueTap = queues > 1
-            config.observer = observer
-            config.devicePath = devicePath
             return config
         }
     }
@@ -64,7 +48,7 @@ public final class VhostNetEndpoint {
         self.logger = logger
         var pairs: [VhostNetQueuePair] = []
         for index in 0..<configuration.queues {
-            logger.debug("setting up queue pair \(index) on \(configuration.tapName)")
+            logger.debug("setting up queue pair \(index) on \(configuration.datapath.tapName)")
             pairs.append(try VhostNetQueuePair(configuration.pairConfiguration(), logger: logger))
         }
         self.pairs = pairs

@@ -96,12 +96,12 @@ struct Attach: ParsableCommand {
 
         var config = VhostNetEndpoint.Configuration(tapName: tap)
         config.queues = queues
-        datapath.apply(to: &config)
+        datapath.apply(to: &config.datapath)
         config.mac = MACAddress(parsing: mac)!
         config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
         config.udpEchoPort = udpEcho
-        config.observer = common.observer
-        config.devicePath = common.device
+        config.datapath.observer = common.observer
+        config.datapath.devicePath = common.device
         let endpoint = try VhostNetEndpoint(config, logger: logger)
         try datapath.finishSetup(endpoint)
         if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }

@@ -42,7 +42,7 @@ struct Bench: ParsableCommand {
     struct Variant: Sendable {
         var name: String
         var summary: String
-        var apply: @Sendable (inout VhostNetEndpoint.Configuration) -> Void
+        var apply: @Sendable (inout VhostNetQueuePair.Configuration) -> Void
 
         static let all: [Variant] = [
             Variant(name: "event-idx", summary: "EVENT_IDX, interrupts (epoll)") { $0.features = [.version1, .eventIndex] },
@@ -99,9 +99,9 @@ struct Bench: ParsableCommand {
 
     func makeEndpoint(_ variant: Variant) throws -> VhostNetEndpoint {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
-        config.observer = common.observer
-        config.devicePath = common.device
-        variant.apply(&config)
+        config.datapath.observer = common.observer
+        config.datapath.devicePath = common.device
+        variant.apply(&config.datapath)
         return try VhostNetEndpoint(config, logger: common.makeLogger())
     }
 
@@ -147,10 +147,10 @@ struct Bench: ParsableCommand {
     /// ICMP echo round trips: driver → vhost → tap → host stack → tap → vhost → driver.
     func measureLatency(_ variant: Variant) throws -> Histogram<UInt64> {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
-        variant.apply(&config)
+        variant.apply(&config.datapath)
         let me = IPv4Address(10, 78, 0, 2), host = IPv4Interface(parsing: "10.78.0.1/24")!
         config.ipv4 = IPv4Interface(address: me, prefixLength: 24)
-        config.devicePath = common.device
+        config.datapath.devicePath = common.device
         let endpoint = try VhostNetEndpoint(config, logger: common.makeLogger())
         try HostNetwork.setAddress(host, on: tap)
         let hostMAC = MACAddress(try endpoint.pairs[0].tap.macAddress())!

@@ -61,7 +61,7 @@ struct DatapathOptions: ParsableArguments {
         features.isEmpty ? [.version1, .eventIndex] : features.reduce(into: VirtioFeatures()) { $0.formUnion(VirtioFeatures.parse($1)!) }
     }
 
-    func apply(to config: inout VhostNetEndpoint.Configuration) {
+    func apply(to config: inout VhostNetQueuePair.Configuration) {
         config.queueSize = UInt16(queueSize)
         config.features = negotiatedFeatures
         config.bufferSize = bufferSize

@@ -56,11 +56,11 @@ struct Demo: ParsableCommand {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
         config.ipv4 = IPv4Interface(address: me, prefixLength: host.prefixLength)
         config.udpEchoPort = udpPort
-        config.observer = common.observer
-        config.devicePath = common.device
+        config.datapath.observer = common.observer
+        config.datapath.devicePath = common.device
         let endpoint = try VhostNetEndpoint(config, logger: common.makeLogger())
         let pair = endpoint.pairs[0]
-        step("[1/6] created tap \(tap) and attached vhost-net: 1 queue pair of \(config.queueSize) descriptors")
+        step("[1/6] created tap \(tap) and attached vhost-net: 1 queue pair of \(config.datapath.queueSize) descriptors")
         step("      kernel offers \(pair.offeredFeatures.featureNames.joined(separator: " ")); negotiated \(pair.negotiatedFeatures.featureNames.joined(separator: " "))")
 
         try HostNetwork.setAddress(host, on: tap)
