@@ -34,6 +34,24 @@ expect_error() {
 
 echo "attach tests on $(uname -r)"
 
+# ---- info: usable, features and parameters by name, as text and JSON ---------------------------
+if vhostctl info >/tmp/info.txt 2>&1 && grep -q "vhost-net: usable" /tmp/info.txt && grep -q "F_VERSION_1" /tmp/info.txt \
+    && grep -q "IFF_VNET_HDR" /tmp/info.txt && grep -q "vhost.max_mem_regions = " /tmp/info.txt; then
+    pass "info shows vhost-net usable, features, tap features and module parameters by name"
+else
+    fail "info" "$(cat /tmp/info.txt)"
+fi
+vhostctl info --json >/tmp/info.json 2>&1
+ok=$(host python3 -c 'import json; d=json.load(open("/tmp/info.json")); print(d["usable"] and "F_VERSION_1" in d["features"]["names"] and "IFF_MULTI_QUEUE" in d["tap_features"]["names"] and d["module_parameters"]["vhost.max_mem_regions"].isdigit() and d["kernel"] != "")' 2>&1)
+if [ "$ok" = True ]; then pass "info --json parses and carries the same facts"; else fail "info --json" "$ok: $(head -c 400 /tmp/info.json)"; fi
+
+# ---- demo: the main job, end to end ------------------------------------------------------------
+if timeout 120 vhostctl demo --seconds 0.3 >/tmp/demo.txt 2>&1 && grep -q "^summary: all 5 checks passed" /tmp/demo.txt && ! ip link show vhdemo0 >/dev/null 2>&1; then
+    pass "demo: $(grep -c '✓' /tmp/demo.txt) checks marked ✓, summary says all passed, tap removed"
+else
+    fail "demo" "$(cat /tmp/demo.txt)"
+fi
+
 # ---- a NIC endpoint: ARP, ping, UDP echo, pcap ------------------------------------------------
 vhostctl attach --tap vht0 --create --ip 10.0.0.2/24 --udp-echo 7 --pcap /tmp/attach.pcap --stats 1 >/tmp/attach.log 2>&1 &
 pid=$!
