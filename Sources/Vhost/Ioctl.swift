@@ -22,15 +22,17 @@ public typealias IoctlObserver = @Sendable (IoctlEvent) -> Void
 /// The one place where ioctls are issued: runs `body` (a CVhost wrapper returning 0 or -errno),
 /// reports the event to `observer`, traps on EFAULT/EBADF (our bugs: a bad pointer or a closed
 /// fd), and throws every other errno as `VhostError.ioctl` naming the request and its arguments.
+/// `faultsAreBugs: false` is for `vhostctl script`, where a user's sequence may earn an EFAULT
+/// that is then reported like any other errno.
 @discardableResult
 func performIoctl(_ name: String, _ arguments: @autoclosure () -> String, observer: IoctlObserver?,
-                  _ body: () -> Int32) throws(VhostError) -> Int32 {
+                  faultsAreBugs: Bool = true, _ body: () -> Int32) throws(VhostError) -> Int32 {
     let rc = body()
     let result: Result<Int32, Errno> = rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)
     observer?(IoctlEvent(name: name, arguments: arguments(), result: result))
     guard rc < 0 else { return rc }
     let errno = Errno(rawValue: -rc)
-    if errno == .badAddress || errno == .badFileDescriptor {
+    if faultsAreBugs && (errno == .badAddress || errno == .badFileDescriptor) {
         // fatalError (unlike precondition) keeps its message in release builds.
         fatalError("\(name)(\(arguments())) returned \(errno.name): a bad pointer, an unset ring or a closed fd is a bug in swift-vhost")
     }

@@ -93,6 +93,8 @@ public struct IoctlFailure: Error, Equatable, CustomStringConvertible {
             return "the caller is not the vhost owner; call VHOST_SET_OWNER first from this process"
         case ("VHOST_NET_SET_BACKEND", .noBufferSpace):
             return "vhost-net has two vrings: 0 (RX) and 1 (TX)"
+        case ("VHOST_NET_SET_BACKEND", .badAddress):
+            return "the vring is not accessible: set its size and addresses (SET_VRING_NUM, SET_VRING_ADDR) before attaching a backend"
         case ("VHOST_NET_SET_BACKEND", .notSocket):
             return "the fd is not a tap, macvtap or packet socket"
         case ("VHOST_SET_VRING_ADDR", .invalidArgument):

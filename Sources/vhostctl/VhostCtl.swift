@@ -14,7 +14,7 @@ struct VhostCtl: ParsableCommand {
         or a requested feature is unavailable; 75 the tap is busy; 77 not permitted (needs root \
         or CAP_NET_ADMIN).
         """,
-        subcommands: [Info.self, Attach.self, Demo.self, Bench.self]
+        subcommands: [Info.self, Attach.self, Demo.self, Bench.self, Script.self]
     )
 
     /// ArgumentParser's own main, except that a bad argument prints one line

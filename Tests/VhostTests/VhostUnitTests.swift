@@ -133,3 +133,56 @@ struct NetworkResponderTests {
         #expect(validatedAnswer != nil)
     }
 }
+
+@Suite("IoctlScript parsing")
+struct IoctlScriptTests {
+    @Test("the example script parses, with expectations attached to the next command")
+    func example() throws {
+        let text = """
+        open   # comment
+        set-features VERSION_1 EVENT_IDX
+        expect EINVAL
+        set-vring-num 0 3
+
+        set-backend 1 -1
+        """
+        let script = try IoctlScript(parsing: text)
+        #expect(script.commands.map(\.name) == ["open", "set-features", "set-vring-num", "set-backend"])
+        #expect(script.commands[2].expected == .invalidArgument && script.commands[2].line == 4)
+        #expect(script.commands[1].expected == nil && script.commands[3].arguments == ["1", "-1"])
+    }
+
+    @Test("a malformed script lists every problem with its line, and suggests the command meant")
+    func malformed() {
+        let text = """
+        set-vring-nmu 0 256
+        set-vring-num 0
+        set-features VERSION_9
+        expect EWHAT
+        memory lots
+        set-backend 0 socket
+        expect EBUSY
+        """
+        do {
+            _ = try IoctlScript(parsing: text, name: "bad.vhost")
+            Issue.record("a malformed script parsed")
+        } catch {
+            let problems = error.problems
+            #expect(problems.count == 7)
+            #expect(problems[0] == "bad.vhost:1: unknown command 'set-vring-nmu'; did you mean set-vring-num?")
+            #expect(problems[1].hasPrefix("bad.vhost:2: set-vring-num takes 2 argument(s)"))
+            #expect(problems[2].contains("unknown feature VERSION_9"))
+            #expect(problems[3].contains("unknown errno 'EWHAT'"))
+            #expect(problems[4].contains("bad size lots"))
+            #expect(problems[5].contains("tap or -1"))
+            #expect(problems[6] == "bad.vhost:7: expect is not followed by a command")
+        }
+    }
+
+    @Test("errno names round-trip")
+    func errnoNames() {
+        #expect(Errno(named: "EINVAL") == .invalidArgument)
+        #expect(Errno(named: "e2big") == .argListTooLong)
+        #expect(Errno(named: "ENOSUCH") == nil)
+    }
+}

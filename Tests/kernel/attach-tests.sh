@@ -173,6 +173,29 @@ else
 fi
 if ip link show vhbench0 >/dev/null 2>&1; then fail "bench removes its tap"; else pass "bench removes its tap"; fi
 
+# ---- script: QEMU's sequence from a file, each ioctl printed; kernel rules as expectations -------
+if timeout 60 vhostctl script ${EXAMPLES:-/opt/bin}/qemu-vhost-net-start.vhost >/tmp/script.txt 2>&1 \
+    && grep -q "VHOST_NET_SET_BACKEND(index: 1, fd: " /tmp/script.txt && grep -q "= -EBUSY, as expected" /tmp/script.txt \
+    && grep -q "= -EINVAL, as expected" /tmp/script.txt && grep -q "commands ran as expected" /tmp/script.txt \
+    && ! ip link show vhscript0 >/dev/null 2>&1; then
+    pass "script runs QEMU's vhost_net_start sequence from Examples/, EBUSY and EINVAL as expected ($(grep -c '→' /tmp/script.txt) steps)"
+else
+    fail "script: the example" "$(cat /tmp/script.txt)"
+fi
+printf 'open\nset-owner\nset-vring-num 0 256\nset-backend 0 -1\ntap vhscr1\nset-backend 0 tap\n' >/tmp/efault.vhost
+expect_error "script: a backend before ring addresses is EFAULT, reported, not a crash" 1 "EFAULT" vhostctl script /tmp/efault.vhost
+printf 'open\nset-owner\nset-vring-nmu 0 256\nexpect ENOPE\n' >/tmp/bad.vhost
+timeout 30 vhostctl script /tmp/bad.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
+if [ "$got" = 64 ] && grep -q "bad.vhost:3: unknown command 'set-vring-nmu'; did you mean set-vring-num?" /tmp/err.txt \
+    && grep -q "bad.vhost:4: unknown errno 'ENOPE'" /tmp/err.txt && [ "$(wc -l </tmp/err.txt)" = 3 ] && [ ! -s /tmp/out.txt ]; then
+    pass "script: malformed, each problem named by its line, nothing run (exit 64)"
+else
+    fail "script: malformed" "exit $got; $(cat /tmp/err.txt) $(cat /tmp/out.txt)"
+fi
+printf 'open\nset-owner\nexpect EINVAL\nset-vring-num 0 256\n' >/tmp/unmet.vhost
+expect_error "script: an unmet expectation stops with the line" 1 "unmet.vhost:4: expected EINVAL" vhostctl script /tmp/unmet.vhost
+expect_error "script: missing file" 64 "cannot read script" vhostctl script /tmp/no-such.vhost
+
 # ---- every error case: one clear line, a non-zero documented exit code, nothing left behind ----
 grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
 expect_error "not root" 77 "needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl attach --tap vhe0 --create"
