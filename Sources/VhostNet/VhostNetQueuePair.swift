@@ -129,6 +129,7 @@ public final class VhostNetQueuePair {
             throw .featureUnavailable(requested: missing.featureNames.joined(separator: ", "), offered: offeredFeatures.description)
         }
         negotiatedFeatures = features
+        logger.debug("\(configuration.tapName): kernel offers \(offeredFeatures); negotiating \(features)")
         for queue in [receiveQueue.index, transmitQueue.index] {
             try device.setVringCall(index: queue, fd: queue == 0 ? receiveQueue.call.fd : transmitQueue.call.fd)
             try device.setVringErr(index: queue, fd: queue == 0 ? receiveQueue.error.fd : transmitQueue.error.fd)
@@ -162,6 +163,7 @@ public final class VhostNetQueuePair {
         try device.setBackend(index: receiveQueue.index, fd: tap.fd)
         try device.setBackend(index: transmitQueue.index, fd: tap.fd)
         running = true
+        logger.debug("\(tap.name): attached; rings of \(configuration.queueSize) in \(memory.map.regions.count) guest memory region(s), \(headerLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         transmitQueue.driver.disableInterrupts()
         postReceiveBuffers()
     }
