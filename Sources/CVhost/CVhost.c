@@ -152,6 +152,12 @@ int cvhost_if_set_mtu(const char *name, int mtu) {
     return with_ifreq(name, SIOCSIFMTU, &ifr);
 }
 
+int cvhost_if_get_mtu(const char *name) {
+    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+    int rc = with_ifreq(name, SIOCGIFMTU, &ifr);
+    return rc < 0 ? rc : ifr.ifr_mtu;
+}
+
 int cvhost_if_get_hwaddr(const char *name, uint8_t mac_out[6]) {
     struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
     int rc = with_ifreq(name, SIOCGIFHWADDR, &ifr);

@@ -168,6 +168,17 @@ public struct Tap: ~Copyable {
         guard rc == 0 else { throw .system(call: "SIOCSIFFLAGS", detail: "\(name) \(up ? "up" : "down")", errno: Errno(rawValue: -rc)) }
     }
 
+    public func mtu() throws(VhostError) -> Int {
+        let rc = cvhost_if_get_mtu(name)
+        guard rc > 0 else { throw .system(call: "SIOCGIFMTU", detail: name, errno: Errno(rawValue: -rc)) }
+        return Int(rc)
+    }
+
+    public func setMTU(_ mtu: Int) throws(VhostError) {
+        let rc = cvhost_if_set_mtu(name, Int32(mtu))
+        guard rc == 0 else { throw .system(call: "SIOCSIFMTU", detail: "\(name) to \(mtu)", errno: Errno(rawValue: -rc)) }
+    }
+
     public func macAddress() throws(VhostError) -> [UInt8] {
         var mac = [UInt8](repeating: 0, count: 6)
         let rc = cvhost_if_get_hwaddr(name, &mac)

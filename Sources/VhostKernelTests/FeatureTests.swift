@@ -215,6 +215,54 @@ let featureTests: [KernelTest] = [
             try expect(!Tap.exists(name: "vht-small"), "the tap was left behind")
         }
     },
+    KernelTest(name: "receive: frames bigger than the RX buffers (tap MTU) are refused or reported, never silently lost") {
+        let jumbo = EthernetFrame.build(destination: .broadcast, source: MACAddress(0x52, 0x54, 0, 0, 0, 1), etherType: EthernetFrame.experimentalType,
+                                        payload: (0..<9000).map { UInt8(truncatingIfNeeded: $0 &* 11) })
+        do { // a persistent tap with MTU 9000, as a host set up for jumbo frames has
+            let tap = try Tap(name: "vht-mtu")
+            try tap.setPersistent(true)
+            try tap.setMTU(9000)
+        }
+        defer { if let tap = try? Tap(name: "vht-mtu") { try? tap.setPersistent(false) } }
+        do {
+            _ = try pair("vht-mtu")
+            throw KernelTestFailure("2048-byte RX buffers without MRG_RXBUF were accepted on a tap with MTU 9000")
+        } catch let error as VhostError {
+            try expect(error.description.contains("MTU 9000") && error.description.contains("MRG_RXBUF"), "unclear error: \(error)")
+            say("  refused at start: \(error)")
+        }
+        // With MRG_RXBUF the same tap's 9014-byte frames arrive whole.
+        do {
+            let merged = try pair("vht-mtu") { $0.features = [.version1, .eventIndex, .netMergeableRxBuffers] }
+            let socket = try PacketSocket(interfaceIndex: try merged.tap.interfaceIndex())
+            try socket.send(jumbo)
+            var got: [UInt8]? = nil
+            let deadline = KernelTestRunner.monotonicSeconds() + 5
+            while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
+                merged.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = [UInt8](f.frame) } }
+            }
+            try expect(got == jumbo, "the 9014-byte frame did not arrive whole with MRG_RXBUF (\(got?.count ?? 0) bytes)")
+        }
+        // A tap whose MTU is raised after start: the risk is reported, and the kernel does drop
+        // such a frame without any sign in the ring, which is why it must be reported.
+        let p = try pair("vht-mtu2")
+        try expect(p.receiveTruncationRisk() == nil, "a risk reported at MTU 1500")
+        try p.tap.setMTU(9000)
+        let risk = p.receiveTruncationRisk()
+        try expect(risk?.contains("MTU 9000") == true, "no risk reported after raising the MTU")
+        let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+        try socket.send(jumbo)
+        try socket.send(TestFrame.bytes(7))
+        var big = 0, small = 0
+        let deadline = KernelTestRunner.monotonicSeconds() + 2
+        while small == 0 && KernelTestRunner.monotonicSeconds() < deadline {
+            p.receive(milliseconds: 200) { f in
+                if f.frame.count > 1514 { big += 1 } else if [UInt8](f.frame) == TestFrame.bytes(7) { small += 1 }
+            }
+        }
+        try expect(big == 0 && small == 1, "expected the jumbo frame discarded and the next one delivered (big \(big), small \(small))")
+        say("  after raising the MTU: reported (\(risk!.prefix(60))…); the kernel discarded the jumbo frame, the next frame arrived")
+    },
     KernelTest(name: "offloads: 64 KiB TSO frames (TCPv4, TCPv6) arrive whole on the host side") {
         let p = try pair("vht-tso") { $0.bufferSize = 65536 + 1024; $0.queueSize = 64 }
         let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())

@@ -105,6 +105,11 @@ public final class VhostNetQueuePair {
         if !features.contains(.vhostNetVirtioNetHeader) { tapFlags.insert(.vnetHeader) }
         if configuration.multiQueueTap { tapFlags.insert(.multiQueue) }
         tap = try Tap(name: configuration.tapName, flags: tapFlags, observer: configuration.observer)
+        // The tap's MTU says how big the host's frames get; refuse now, before any vhost ioctl,
+        // rather than let the kernel discard the bigger ones without a trace.
+        if let problem = VhostNetQueuePair.truncationRisk(configuration: configuration, tapMTU: try tap.mtu(), tapName: tap.name) {
+            throw .invalidArgument(problem)
+        }
 
         let layout = configuration.memoryLayout
         if let limit = KernelInfo.maxMemoryRegions(), layout.count > limit {
@@ -351,6 +356,33 @@ public final class VhostNetQueuePair {
     }
 
     private var reassembly: [UInt8] = []
+
+    // MARK: frames too big for the RX buffers
+
+    /// The largest Ethernet frame one RX chain takes, or nil when MRG_RXBUF lets a frame span
+    /// buffers (no limit below 64 KiB).
+    static func receiveFrameLimit(_ configuration: Configuration) -> Int? {
+        let features = configuration.features
+        guard !features.contains(.netMergeableRxBuffers) else { return nil }
+        return configuration.descriptorLayout == .inline ? configuration.bufferSize - features.netHeaderLength : configuration.bufferSize
+    }
+
+    static func truncationRisk(configuration: Configuration, tapMTU: Int, tapName: String) -> String? {
+        guard let limit = receiveFrameLimit(configuration), tapMTU + EthernetFrame.headerLength > limit else { return nil }
+        return "tap \(tapName) has MTU \(tapMTU), so the host sends frames of up to \(tapMTU + EthernetFrame.headerLength) bytes, but without MRG_RXBUF an RX buffer holds \(limit): the kernel would discard the bigger frames without a trace (net.c handle_rx); negotiate MRG_RXBUF or use buffers of at least \(tapMTU + EthernetFrame.headerLength + headerLength(configuration)) bytes"
+    }
+
+    static func headerLength(_ configuration: Configuration) -> Int {
+        configuration.descriptorLayout == .inline ? configuration.features.netHeaderLength : 0
+    }
+
+    /// Whether the tap's MTU (which the host may raise at any time) now lets frames through
+    /// that the RX buffers cannot hold; the message says what to do. `vhostctl attach` checks it
+    /// with its counters, since the kernel itself reports such discards nowhere.
+    public func receiveTruncationRisk() -> String? {
+        guard let mtu = try? tap.mtu() else { return nil }
+        return VhostNetQueuePair.truncationRisk(configuration: configuration, tapMTU: mtu, tapName: tap.name)
+    }
 
     // MARK: dirty logging
 

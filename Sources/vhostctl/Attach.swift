@@ -124,10 +124,14 @@ struct Attach: ParsableCommand {
 
         let start = monotonicSeconds()
         var nextStats = start + (stats > 0 ? stats : .infinity)
+        var reportedRisk: String? = nil
         while !stopRequested {
             try endpoint.service(milliseconds: 200)
             let now = monotonicSeconds()
             if now >= nextStats {
+                let risk = endpoint.pairs[0].receiveTruncationRisk()
+                if let risk, risk != reportedRisk { print("warning: \(risk)") }
+                reportedRisk = risk
                 print(counterLine(endpoint))
                 fflush(nil)
                 try writer?.flush()

@@ -120,6 +120,19 @@ fi
 kill -INT $pid; if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
 if [ "$status" = 0 ] && ! ip link show vhusr0 >/dev/null 2>&1; then pass "SIGINT after dropping root still detaches and removes the tap"; else fail "SIGINT after dropping root" "status $status"; fi
 
+# ---- a raised MTU that the RX buffers cannot take is reported ----------------------------------
+vhostctl attach --tap vhmtu0 --create --stats 0.3 >/tmp/mtu.log 2>&1 &
+pid=$!
+i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/mtu.log; do sleep 0.1; i=$((i + 1)); done
+ip link set vhmtu0 mtu 9000
+i=0; while [ $i -lt 50 ] && ! grep -q "^warning: tap vhmtu0 has MTU 9000" /tmp/mtu.log; do sleep 0.1; i=$((i + 1)); done
+if grep -q "^warning: tap vhmtu0 has MTU 9000.*MRG_RXBUF" /tmp/mtu.log; then
+    pass "attach warns when the tap's MTU outgrows the RX buffers"
+else
+    fail "attach warns about a raised MTU" "$(cat /tmp/mtu.log)"
+fi
+kill -TERM $pid; wait_for_exit $pid
+
 # ---- --keep leaves the tap -------------------------------------------------------------------
 timeout 30 vhostctl attach --tap vhkeep0 --create --keep --duration 0.5 --stats 0 >/dev/null 2>&1
 if ip link show vhkeep0 >/dev/null 2>&1; then pass "--keep leaves a persistent tap"; hostip link del vhkeep0; else fail "--keep leaves a persistent tap"; fi

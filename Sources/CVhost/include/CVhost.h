@@ -87,6 +87,7 @@ int cvhost_if_get_flags(const char *name, short *flags_out);
 int cvhost_if_set_flags(const char *name, short flags);
 int cvhost_if_index(const char *name);
 int cvhost_if_set_mtu(const char *name, int mtu);
+int cvhost_if_get_mtu(const char *name);
 int cvhost_if_get_hwaddr(const char *name, uint8_t mac_out[6]);
 
 // eventfd(2) and memfd_create(2) (not all of their headers reach Swift's Glibc module).
