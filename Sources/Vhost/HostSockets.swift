@@ -32,9 +32,12 @@ public struct HostSocket: ~Copyable {
 
     /// Receives one datagram, waiting up to `milliseconds`; nil on timeout.
     public func receive(milliseconds: Int32, capacity: Int = 65536) -> (bytes: [UInt8], from: IPv4Address)? {
+        // Wait first: callers poll with 0 ms in loops, and the buffer is only needed for data.
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, milliseconds) > 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: capacity)
         var from: UInt32 = 0
-        let n = buffer.withUnsafeMutableBytes { cvhost_recv_timeout(fd, $0.baseAddress, $0.count, milliseconds, &from) }
+        let n = buffer.withUnsafeMutableBytes { cvhost_recv_timeout(fd, $0.baseAddress, $0.count, 0, &from) }
         guard n > 0 else { return nil }
         return (Array(buffer.prefix(n)), IPv4Address(from))
     }

@@ -69,8 +69,8 @@ func receiveGSOFrame(_ p: VhostNetQueuePair, frame: [UInt8], header: VirtioNetHe
     try socket.enableVnetHeader()
     try socket.send(header.bytes(length: 10) + frame)
     var got: (VirtioNetHeader, [UInt8])? = nil
-    let deadline = KernelTestRunner.monotonicSeconds() + 5
-    while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
+    let deadline = MonotonicClock.seconds() + 5
+    while got == nil && MonotonicClock.seconds() < deadline {
         p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
     }
     guard let got else { throw KernelTestFailure("no frame over 1514 bytes arrived: the host segmented it (tap offloads not applied?)") }
@@ -237,8 +237,8 @@ let featureTests: [KernelTest] = [
             let socket = try PacketSocket(interfaceIndex: try merged.tap.interfaceIndex())
             try socket.send(jumbo)
             var got: [UInt8]? = nil
-            let deadline = KernelTestRunner.monotonicSeconds() + 5
-            while got == nil && KernelTestRunner.monotonicSeconds() < deadline {
+            let deadline = MonotonicClock.seconds() + 5
+            while got == nil && MonotonicClock.seconds() < deadline {
                 merged.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = [UInt8](f.frame) } }
             }
             try expect(got == jumbo, "the 9014-byte frame did not arrive whole with MRG_RXBUF (\(got?.count ?? 0) bytes)")
@@ -254,8 +254,8 @@ let featureTests: [KernelTest] = [
         try socket.send(jumbo)
         try socket.send(TestFrame.bytes(7))
         var big = 0, small = 0
-        let deadline = KernelTestRunner.monotonicSeconds() + 2
-        while small == 0 && KernelTestRunner.monotonicSeconds() < deadline {
+        let deadline = MonotonicClock.seconds() + 2
+        while small == 0 && MonotonicClock.seconds() < deadline {
             p.receive(milliseconds: 200) { f in
                 if f.frame.count > 1514 { big += 1 } else if [UInt8](f.frame) == TestFrame.bytes(7) { small += 1 }
             }
@@ -273,8 +273,8 @@ let featureTests: [KernelTest] = [
             let bytesBefore = try statistic(p.tap.name, "rx_bytes")
             try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             var seen: [UInt8]? = nil
-            let deadline = KernelTestRunner.monotonicSeconds() + 5
-            while seen == nil && KernelTestRunner.monotonicSeconds() < deadline {
+            let deadline = MonotonicClock.seconds() + 5
+            while seen == nil && MonotonicClock.seconds() < deadline {
                 if let f = socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 { seen = f }
             }
             guard let seen else { throw KernelTestFailure("no \(ipv6 ? "TCPv6" : "TCPv4") frame over 60,000 bytes reached the host side") }
@@ -323,8 +323,8 @@ let featureTests: [KernelTest] = [
         }
         try expect(version >= (6, 2), "kernel \(version): a USO frame was sent into a tap that drops it silently")
         var seen: [UInt8]? = nil
-        let deadline = KernelTestRunner.monotonicSeconds() + 3
-        while seen == nil && KernelTestRunner.monotonicSeconds() < deadline {
+        let deadline = MonotonicClock.seconds() + 3
+        while seen == nil && MonotonicClock.seconds() < deadline {
             if let f = socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 { seen = f }
         }
         try expect(seen == frame, "the USO frame did not arrive whole (\(seen?.count ?? 0) bytes)")
@@ -365,8 +365,8 @@ let featureTests: [KernelTest] = [
         while sent < total {
             for s in sent..<(sent + 64) { try socket.send(udpFlowFrame(sequence: s, sourcePort: UInt16(20000 + s % 64))) }
             sent += 64
-            let deadline = KernelTestRunner.monotonicSeconds() + 5
-            while seen.count < sent && KernelTestRunner.monotonicSeconds() < deadline {
+            let deadline = MonotonicClock.seconds() + 5
+            while seen.count < sent && MonotonicClock.seconds() < deadline {
                 for (q, p) in endpoint.pairs.enumerated() {
                     p.receive(milliseconds: 0) { f in
                         let b = [UInt8](f.frame)

@@ -34,9 +34,9 @@ func receiveAndCompare(_ pair: VhostNetQueuePair, frames total: Int, batch: Int 
         let count = min(batch, total - sequence)
         for s in sequence..<(sequence + count) { try socket.send(TestFrame.bytes(s)) }
         var expected = sequence
-        let deadline = KernelTestRunner.monotonicSeconds() + 10
+        let deadline = MonotonicClock.seconds() + 10
         var mismatch: String? = nil
-        while expected < sequence + count && KernelTestRunner.monotonicSeconds() < deadline {
+        while expected < sequence + count && MonotonicClock.seconds() < deadline {
             pair.receive(milliseconds: 1000) { frame in
                 let bytes = [UInt8](frame.frame)
                 guard EthernetFrame.etherType(of: bytes) == EthernetFrame.experimentalType else { other += 1; return }

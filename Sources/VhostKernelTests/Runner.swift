@@ -1,4 +1,5 @@
 import Glibc
+import Vhost
 
 struct KernelTest: Sendable {
     let name: String
@@ -31,26 +32,20 @@ enum KernelTestRunner {
         var passed = 0, failed = 0
         var failures: [String] = []
         for test in tests where filter == nil || test.name.contains(filter!) {
-            let start = monotonicSeconds()
+            let start = MonotonicClock.seconds()
             do {
                 try test.body()
                 passed += 1
-                say("PASS \(test.name) (\(formatted(monotonicSeconds() - start)) s)")
+                say("PASS \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s)")
             } catch {
                 failed += 1
                 failures.append(test.name)
-                say("FAIL \(test.name) (\(formatted(monotonicSeconds() - start)) s): \(error)")
+                say("FAIL \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s): \(error)")
             }
         }
         if !failures.isEmpty { say("failed: \(failures.joined(separator: ", "))") }
         say("kernel tier: \(passed) passed, \(failed) failed")
         exit(failed == 0 && passed > 0 ? 0 : 1)
-    }
-
-    static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     static func formatted(_ seconds: Double) -> String {

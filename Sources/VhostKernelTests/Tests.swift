@@ -142,9 +142,9 @@ let datapathTests: [KernelTest] = [
         let pair = try VhostNetQueuePair(config)
         let before = try statistic(pair.tap.name, "rx_packets")
         let total = 100_000
-        let start = KernelTestRunner.monotonicSeconds()
+        let start = MonotonicClock.seconds()
         try pair.transmit(count: total) { i, buffer in TestFrame.write(i, into: buffer) }
-        let elapsed = KernelTestRunner.monotonicSeconds() - start
+        let elapsed = MonotonicClock.seconds() - start
         let after = try statistic(pair.tap.name, "rx_packets")
         let counters = pair.transmitCounters
         say("  \(total) frames in \(KernelTestRunner.formatted(elapsed)) s; kicks \(counters.kicks), suppressed \(counters.suppressedKicks), calls \(counters.calls)")

@@ -308,8 +308,7 @@ public final class IoctlScriptRunner {
         case "set-vring-busyloop-timeout": try requireDevice(command).device.setVringBusyloopTimeout(index: index(), microseconds: UInt32(number(a[1])))
         case "get-vring-busyloop-timeout": return "busyloop timeout \(try requireDevice(command).device.vringBusyloopTimeout(index: index())) µs"
         case "tap":
-            var opened = try Tap(name: a[0], observer: record)
-            opened.observer = record
+            let opened = try Tap(name: a[0], observer: record)
             try opened.setLinkUp(true)
             tap = TapBox(opened)
         case "set-vnet-hdr-size":

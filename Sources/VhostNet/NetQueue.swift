@@ -1,4 +1,3 @@
-import Glibc
 import Vhost
 import Virtio
 
@@ -178,9 +177,9 @@ public struct NetQueue: ~Copyable {
             counters.calls += 1
             return true
         case .poll:
-            let deadline = Clock.now(offsetMilliseconds: Int(milliseconds))
+            let deadline = MonotonicClock.milliseconds() + Int(milliseconds)
             while !driver.hasUsed() {
-                if Clock.now(offsetMilliseconds: 0) >= deadline { return false }
+                if MonotonicClock.milliseconds() >= deadline { return false }
             }
             return true
         }
@@ -188,14 +187,5 @@ public struct NetQueue: ~Copyable {
 
     mutating func collectRingErrors() {
         if let n = error.consume() { counters.ringErrors += n }
-    }
-}
-
-enum Clock {
-    /// Monotonic milliseconds, plus an offset.
-    static func now(offsetMilliseconds: Int) -> Int {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000 + offsetMilliseconds
     }
 }

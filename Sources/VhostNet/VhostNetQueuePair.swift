@@ -313,37 +313,33 @@ public final class VhostNetQueuePair {
             }
             let header = VirtioNetHeader(reading: receiveQueue.headerPointer(inOrderBatch.first ?? head), length: headerLength)
             let buffers = mergeable ? Int(header.numBuffers) : 1
-            if inOrderBatch.count > 1 {
-                // IN_ORDER: one used entry for the whole packet (net.c get_rx_bufs: id of the
-                // last buffer, nheads = buffers); the buffers are filled in order, each to
-                // capacity but the last, and the entry's length is what the last one holds.
-                reassembly.removeAll(keepingCapacity: true)
-                let full = receiveQueue.chainCapacity(headerLength: headerLength)
-                for (i, h) in inOrderBatch.enumerated() {
-                    let n = i == inOrderBatch.count - 1 ? length : full
-                    receiveQueue.appendChainBytes(head: h, length: n, headerLength: headerLength, to: &reassembly)
-                    if i == 0 { reassembly.removeFirst(min(headerLength, reassembly.count)) }
-                }
-                receiveQueue.counters.mergedFrames += 1
-                reassembly.withUnsafeBytes { handler(ReceivedFrame(header: header, frame: $0)) }
-                receiveQueue.counters.bytes += UInt64(reassembly.count)
-            } else if buffers <= 1 {
+            if inOrderBatch.count <= 1 && buffers <= 1 {
                 guard length - headerLength <= capacity else { receiveQueue.counters.drops += 1; continue }
-                let first = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
-                handler(ReceivedFrame(header: header, frame: first))
-                receiveQueue.counters.bytes += UInt64(first.count)
+                let frame = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
+                handler(ReceivedFrame(header: header, frame: frame))
+                receiveQueue.counters.bytes += UInt64(frame.count)
             } else {
-                // net.c handle_rx: a frame's buffers are added with one vhost_add_used_n, so
-                // they are all visible once the first is.
-                let first = UnsafeRawBufferPointer(start: receiveQueue.framePointer(head, headerLength: headerLength), count: length - headerLength)
-                reassembly.removeAll(keepingCapacity: true)
-                reassembly.append(contentsOf: first)
-                var complete = true
-                for _ in 1..<buffers {
-                    guard let more = receiveQueue.driver.nextUsed() else { complete = false; break }
-                    receiveQueue.appendChainBytes(head: UInt16(more.id), length: Int(more.length), headerLength: headerLength, to: &reassembly)
+                // A frame in several buffers: (head, bytes written) of each, in order.
+                var pieces: [(UInt16, Int)] = []
+                if inOrderBatch.count > 1 {
+                    // IN_ORDER: one used entry for the whole packet (net.c get_rx_bufs: id of the
+                    // last buffer, nheads = buffers); the buffers are filled in order, each to
+                    // capacity but the last, and the entry's length is what the last one holds.
+                    let full = receiveQueue.chainCapacity(headerLength: headerLength)
+                    pieces = inOrderBatch.enumerated().map { ($1, $0 == inOrderBatch.count - 1 ? length : full) }
+                } else {
+                    // MRG_RXBUF (net.c handle_rx): a frame's buffers are added with one
+                    // vhost_add_used_n, so they are all visible once the first is.
+                    pieces = [(head, length)]
+                    for _ in 1..<buffers {
+                        guard let more = receiveQueue.driver.nextUsed() else { break }
+                        pieces.append((UInt16(more.id), Int(more.length)))
+                    }
+                    guard pieces.count == buffers else { receiveQueue.counters.drops += 1; continue }
                 }
-                guard complete else { receiveQueue.counters.drops += 1; continue }
+                reassembly.removeAll(keepingCapacity: true)
+                for (h, n) in pieces { receiveQueue.appendChainBytes(head: h, length: n, headerLength: headerLength, to: &reassembly) }
+                reassembly.removeFirst(min(headerLength, reassembly.count))
                 receiveQueue.counters.mergedFrames += 1
                 reassembly.withUnsafeBytes { handler(ReceivedFrame(header: header, frame: $0)) }
                 receiveQueue.counters.bytes += UInt64(reassembly.count)

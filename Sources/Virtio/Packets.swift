@@ -157,6 +157,23 @@ public struct IPv4Packet: Sendable {
     }
 }
 
+/// ICMP echo (RFC 792): the request ping sends, and what identifies a reply.
+public enum ICMPEcho {
+    /// An echo request message (type 8, code 0) with its checksum.
+    public static func request(identifier: UInt16, sequence: UInt16, payload: [UInt8]) -> [UInt8] {
+        var message: [UInt8] = [8, 0, 0, 0, UInt8(identifier >> 8), UInt8(identifier & 0xff), UInt8(sequence >> 8), UInt8(sequence & 0xff)] + payload
+        message.putBE16(internetChecksum(message[...]), at: 2)
+        return message
+    }
+
+    /// The identifier and sequence of an echo reply (type 0), or nil for any other message.
+    public static func reply(in message: ArraySlice<UInt8>) -> (identifier: UInt16, sequence: UInt16)? {
+        let s = message.startIndex
+        guard message.count >= 8, message[s] == 0 else { return nil }
+        return (UInt16(message[s + 4]) << 8 | UInt16(message[s + 5]), UInt16(message[s + 6]) << 8 | UInt16(message[s + 7]))
+    }
+}
+
 /// UDP (RFC 768) with the IPv4 pseudo-header checksum.
 public enum UDPDatagram {
     /// Parses the datagram; with `verifyChecksum` a non-zero checksum must be right.

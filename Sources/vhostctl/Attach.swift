@@ -122,12 +122,12 @@ struct Attach: ParsableCommand {
             print("replayed \(replayFrames.count) frames from \(replay!)")
         }
 
-        let start = monotonicSeconds()
+        let start = MonotonicClock.seconds()
         var nextStats = start + (stats > 0 ? stats : .infinity)
         var reportedRisk: String? = nil
         while !stopRequested {
             try endpoint.service(milliseconds: 200)
-            let now = monotonicSeconds()
+            let now = MonotonicClock.seconds()
             if now >= nextStats {
                 let risk = endpoint.pairs[0].receiveTruncationRisk()
                 if let risk, risk != reportedRisk { print("warning: \(risk)") }
@@ -153,10 +153,4 @@ struct Attach: ParsableCommand {
         let rx = endpoint.receiveCounters, tx = endpoint.transmitCounters, r = endpoint.responder.counters
         return "rx \(rx.frames) frames \(rx.bytes) bytes drops \(rx.drops) | tx \(tx.frames) frames \(tx.bytes) bytes drops \(tx.drops) | kicks \(rx.kicks + tx.kicks) calls \(rx.calls + tx.calls) | arp \(r.arpReplies) icmp \(r.icmpEchoReplies) udp \(r.udpEchoes)"
     }
-}
-
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -76,9 +76,7 @@ struct Bench: ParsableCommand {
 
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench")
-        guard !Tap.exists(name: tap) else {
-            throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; pass --tap with a free name")
-        }
+        try requireFreeTapName(tap)
         let variants = configs.map { name in Variant.all.first { $0.name == name }! }
         var tx = [[Double]](repeating: [], count: variants.count)
         var rx = [[Double]](repeating: [], count: variants.count)
@@ -110,38 +108,14 @@ struct Bench: ParsableCommand {
                             etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0x5a, count: frameSize - 14))
     }
 
-    /// Frames per second the tap counted while the driver kept the TX ring full.
+    /// TX: frames per second the tap counted while the driver kept the ring full.
     func measureTransmit(_ pair: VhostNetQueuePair) throws -> Double {
-        let frame = testFrame()
-        let before = KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0
-        let start = monotonicSeconds()
-        while monotonicSeconds() - start < seconds {
-            try pair.transmit(count: 2048) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
-        }
-        let elapsed = monotonicSeconds() - start
-        return Double((KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0) - before) / elapsed
+        try DatapathRate.transmit(pair, frame: testFrame(), seconds: seconds, chunk: 2048).framesPerSecond
     }
 
-    /// Frames per second the driver received while a host packet socket sent bursts into the tap
-    /// (the sender runs in this thread too, so this is the host→driver path end to end).
+    /// RX: frames per second the driver received from a host packet socket's bursts.
     func measureReceive(_ pair: VhostNetQueuePair) throws -> Double {
-        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
-        let frame = testFrame()
-        let burst = min(128, Int(pair.configuration.queueSize))
-        var sent = 0, received = 0
-        let start = monotonicSeconds()
-        while monotonicSeconds() - start < seconds {
-            for _ in 0..<burst { try socket.send(frame) }
-            sent += burst
-            let deadline = monotonicSeconds() + 1
-            while received < sent && monotonicSeconds() < deadline {
-                pair.receive(milliseconds: 50) { f in
-                    if EthernetFrame.etherType(of: f.frame) == EthernetFrame.experimentalType { received += 1 }
-                }
-            }
-            if received < sent { sent = received } // a lost burst is not counted twice
-        }
-        return Double(received) / (monotonicSeconds() - start)
+        try DatapathRate.receive(pair, frame: testFrame(), seconds: seconds, burst: min(128, Int(pair.configuration.queueSize)), burstWait: 1).framesPerSecond
     }
 
     /// ICMP echo round trips: driver → vhost → tap → host stack → tap → vhost → driver.
@@ -159,23 +133,20 @@ struct Bench: ParsableCommand {
         var replied = false
         endpoint.frameObserver = { direction, frame in
             guard direction == .received, let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
-                  ip.source == host.address, frame[ip.payload.lowerBound] == 0,
-                  UInt16(frame[ip.payload.lowerBound + 6]) << 8 | UInt16(frame[ip.payload.lowerBound + 7]) == awaited else { return }
+                  ip.source == host.address, ICMPEcho.reply(in: frame[ip.payload])?.sequence == awaited else { return }
             replied = true
         }
         for sequence in 0..<(latency + 10) {
             awaited = UInt16(truncatingIfNeeded: sequence)
             replied = false
-            var icmp: [UInt8] = [8, 0, 0, 0, 0x76, 0x68, UInt8(awaited >> 8), UInt8(awaited & 0xff)] + [UInt8](repeating: 0x42, count: 32)
-            let sum = internetChecksum(icmp[...])
-            icmp[2] = UInt8(sum >> 8); icmp[3] = UInt8(sum & 0xff)
+            let icmp = ICMPEcho.request(identifier: 0x7668, sequence: awaited, payload: [UInt8](repeating: 0x42, count: 32))
             let request = IPv4Packet.frame(destinationMAC: hostMAC, sourceMAC: config.mac, source: me, destination: host.address,
                                            protocolNumber: IPv4Packet.protocolICMP, identification: awaited, payload: icmp)
-            let start = monotonicSeconds()
+            let start = MonotonicClock.seconds()
             try endpoint.send(request)
-            while !replied && monotonicSeconds() - start < 2 { try endpoint.service(milliseconds: 2) }
+            while !replied && MonotonicClock.seconds() - start < 2 { try endpoint.service(milliseconds: 2) }
             // The first round trips warm up ARP and caches; they are not recorded.
-            if replied && sequence >= 10 { _ = histogram.record(UInt64((monotonicSeconds() - start) * 1e9)) }
+            if replied && sequence >= 10 { _ = histogram.record(UInt64((MonotonicClock.seconds() - start) * 1e9)) }
         }
         endpoint.frameObserver = nil
         try endpoint.stop()
@@ -227,9 +198,5 @@ struct Bench: ParsableCommand {
     }
 
     func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count) }
-    func format3(_ value: Double) -> String {
-        let thousandths = Int((value * 1000).rounded())
-        let fraction = String(thousandths % 1000)
-        return "\(thousandths / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
-    }
+    func format3(_ value: Double) -> String { fixed(value, places: 3) }
 }

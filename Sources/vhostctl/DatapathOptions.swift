@@ -45,7 +45,7 @@ struct DatapathOptions: ParsableArguments {
     ]
 
     func validate() throws {
-        guard queueSize >= 2, queueSize <= 32768, queueSize & (queueSize - 1) == 0 else {
+        guard queueSize >= 2, SplitRingLayout.isValidQueueSize(queueSize) else {
             throw ValidationError("--queue-size \(queueSize): it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
         }
         for name in features where VirtioFeatures.parse(name) == nil {

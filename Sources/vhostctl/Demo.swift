@@ -44,9 +44,7 @@ struct Demo: ParsableCommand {
 
     func demo() throws -> Bool {
         try requireNetworkAdministration("vhostctl demo")
-        guard !Tap.exists(name: tap) else {
-            throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; pass --tap with a free name")
-        }
+        try requireFreeTapName(tap)
         let host = IPv4Interface(parsing: hostIP)!
         let me = IPv4Address(parsing: ip)!
         let udpPort: UInt16 = 7
@@ -73,14 +71,14 @@ struct Demo: ParsableCommand {
         var rtts: [Double] = []
         let pings = 5
         for sequence in 0..<pings {
-            let request = echoRequest(identifier: 0x5648, sequence: UInt16(sequence))
-            let sent = monotonicSeconds()
+            let request = ICMPEcho.request(identifier: 0x5648, sequence: UInt16(sequence), payload: Array("swift-vhost ping".utf8))
+            let sent = MonotonicClock.seconds()
             try icmp.send(request, to: me)
             let deadline = sent + 3
-            while monotonicSeconds() < deadline {
+            while MonotonicClock.seconds() < deadline {
                 try endpoint.service(milliseconds: 5, extraFDs: [icmp.fd])
                 if let reply = icmp.receive(milliseconds: 0), reply.from == me, isEchoReply(reply.bytes, sequence: UInt16(sequence)) {
-                    rtts.append((monotonicSeconds() - sent) * 1000)
+                    rtts.append((MonotonicClock.seconds() - sent) * 1000)
                     break
                 }
             }
@@ -99,8 +97,8 @@ struct Demo: ParsableCommand {
         let message = Array("hello through vhost-net".utf8)
         try udp.send(message, to: me, port: udpPort)
         var echoed: [UInt8]? = nil
-        let udpDeadline = monotonicSeconds() + 3
-        while echoed == nil && monotonicSeconds() < udpDeadline {
+        let udpDeadline = MonotonicClock.seconds() + 3
+        while echoed == nil && MonotonicClock.seconds() < udpDeadline {
             try endpoint.service(milliseconds: 5, extraFDs: [udp.fd])
             if let reply = udp.receive(milliseconds: 0), reply.from == me { echoed = reply.bytes }
         }
@@ -110,12 +108,16 @@ struct Demo: ParsableCommand {
 
         // A short benchmark in both directions, 64-byte frames.
         step("[6/6] benchmark, 64-byte frames, \(seconds) s each (under emulation compare only within one run):")
-        let tx = try benchmarkTransmit(pair)
-        step("      TX (driver → vhost → tap):  \(tx.pps) frames/s; \(tx.frames) frames counted by the tap, \(tx.kicks) kicks")
-        checks.append(("TX counted", tx.frames == tx.sent))
-        let rx = try benchmarkReceive(endpoint)
-        step("      RX (host → tap → vhost → driver): \(rx.pps) frames/s; \(rx.frames) of \(rx.sent) frames received")
-        checks.append(("RX received", rx.frames == rx.sent))
+        let txFrame = EthernetFrame.build(destination: .broadcast, source: config.mac,
+                                          etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0x5a, count: 50))
+        let tx = try DatapathRate.transmit(pair, frame: txFrame, seconds: seconds, chunk: 4096)
+        step("      TX (driver → vhost → tap):  \(Int(tx.framesPerSecond)) frames/s; \(tx.counted) frames counted by the tap, \(tx.kicks) kicks")
+        checks.append(("TX counted", tx.counted == tx.sent))
+        let rxFrame = EthernetFrame.build(destination: config.mac, source: MACAddress(0x52, 0x54, 0, 0, 0, 1),
+                                          etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0xa5, count: 50))
+        let rx = try DatapathRate.receive(pair, frame: rxFrame, seconds: seconds, burst: 128, burstWait: 2)
+        step("      RX (host → tap → vhost → driver): \(Int(rx.framesPerSecond)) frames/s; \(rx.counted) of \(rx.sent) frames received")
+        checks.append(("RX received", rx.counted == rx.sent))
 
         try endpoint.stop()
         let failed = checks.filter { !$0.1 }.map(\.0)
@@ -127,67 +129,11 @@ struct Demo: ParsableCommand {
         return failed.isEmpty
     }
 
-    struct Throughput { var sent: UInt64; var frames: UInt64; var pps: Int; var kicks: UInt64 }
-
-    func benchmarkTransmit(_ pair: VhostNetQueuePair) throws -> Throughput {
-        let before = KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0
-        let kicksBefore = pair.transmitCounters.kicks
-        let frame = EthernetFrame.build(destination: .broadcast, source: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56),
-                                        etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0x5a, count: 50))
-        var sent: UInt64 = 0
-        let start = monotonicSeconds()
-        while monotonicSeconds() - start < seconds {
-            try pair.transmit(count: 4096) { _, buffer in
-                buffer.copyBytes(from: frame)
-                return frame.count
-            }
-            sent += 4096
-        }
-        let elapsed = monotonicSeconds() - start
-        let counted = (KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0) - before
-        return Throughput(sent: sent, frames: counted, pps: Int(Double(counted) / elapsed), kicks: pair.transmitCounters.kicks - kicksBefore)
-    }
-
-    func benchmarkReceive(_ endpoint: VhostNetEndpoint) throws -> Throughput {
-        let pair = endpoint.pairs[0]
-        let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
-        let frame = EthernetFrame.build(destination: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56), source: MACAddress(0x52, 0x54, 0, 0, 0, 1),
-                                        etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0xa5, count: 50))
-        var sent: UInt64 = 0, received: UInt64 = 0
-        let batch = 128
-        let start = monotonicSeconds()
-        while monotonicSeconds() - start < seconds {
-            for _ in 0..<batch { try socket.send(frame) }
-            sent += UInt64(batch)
-            let deadline = monotonicSeconds() + 2
-            while received < sent && monotonicSeconds() < deadline {
-                pair.receive(milliseconds: 100) { f in
-                    if EthernetFrame.etherType(of: f.frame) == EthernetFrame.experimentalType { received += 1 }
-                }
-            }
-        }
-        let elapsed = monotonicSeconds() - start
-        return Throughput(sent: sent, frames: received, pps: Int(Double(received) / elapsed), kicks: 0)
-    }
-
-    func echoRequest(identifier: UInt16, sequence: UInt16) -> [UInt8] {
-        var packet: [UInt8] = [8, 0, 0, 0, UInt8(identifier >> 8), UInt8(identifier & 0xff), UInt8(sequence >> 8), UInt8(sequence & 0xff)]
-        packet += Array("swift-vhost ping".utf8)
-        let sum = internetChecksum(packet[...])
-        packet[2] = UInt8(sum >> 8); packet[3] = UInt8(sum & 0xff)
-        return packet
-    }
-
     /// A raw ICMP socket delivers the IP header too.
     func isEchoReply(_ bytes: [UInt8], sequence: UInt16) -> Bool {
         guard bytes.count >= 28 else { return false }
-        let icmp = Int(bytes[0] & 0x0f) * 4
-        guard bytes.count >= icmp + 8 else { return false }
-        return bytes[icmp] == 0 && UInt16(bytes[icmp + 6]) << 8 | UInt16(bytes[icmp + 7]) == sequence
+        return ICMPEcho.reply(in: bytes[(Int(bytes[0] & 0x0f) * 4)...])?.sequence == sequence
     }
 
-    func ms(_ value: Double) -> String {
-        let hundredths = Int((value * 100).rounded())
-        return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
-    }
+    func ms(_ value: Double) -> String { fixed(value, places: 2) }
 }

@@ -124,6 +124,13 @@ func runReportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
+/// For commands that create their own tap: the name must be free.
+func requireFreeTapName(_ name: String) throws {
+    guard !Tap.exists(name: name) else {
+        throw VhostError.tap(name: name, problem: .exists, reason: "already exists; pass --tap with a free name")
+    }
+}
+
 /// Refuses early, with one line, when the process cannot administer the network.
 func requireNetworkAdministration(_ what: String) throws {
     guard HostNetwork.canAdministerNetwork else {
