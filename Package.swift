@@ -1,12 +1,20 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-// One target per layer; see docs/architecture.md.
-//   CVhost   – the C ABI: UAPI headers, ioctl numbers, layout asserts, tap helper.
-//   Virtio   – pure ring layout, driver logic, header formats, device model. No syscalls.
-//   Vhost    – the kernel device, guest memory, eventfds and the tap.
-//   VhostNet – the NIC: queues, TX/RX, the endpoint.
-//   vhostctl – the CLI.
+// One target per layer, each using only what is below it; see docs/architecture.md.
+//   CVhost          – the C ABI: UAPI headers, ioctl numbers, layout asserts, thin wrappers.
+//   Virtio          – pure split-ring logic: layout, driver, device model, virtio-net header. No syscalls.
+//   NetFormats      – Ethernet, IPv4, ARP, ICMP, UDP and pcap: bytes in, bytes out. No syscalls.
+//   Vhost           – the kernel-facing objects: the backend interface, /dev/vhost-net, guest memory,
+//                     eventfds, taps and interface requests, all ioctls through one traced path.
+//   VhostModel      – the in-process vhost-net device: the Virtio device model serving the rings
+//                     from a thread, with a frame pipe as its backend (for tests and users without a kernel).
+//   HostNetwork     – the host stack's side: packet and UDP/ICMP sockets, addresses, neighbours.
+//   VhostNet        – the NIC: queues, the bring-up session, queue pairs, the endpoint, pcap files.
+//   VhostScript     – scripts of vhost ioctls.
+//   DatapathMeasure – frame rates through a queue pair (demo, bench, kernel tests).
+//   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
+//   vhostctl        – the CLI.
 let package = Package(
     name: "swift-vhost",
     platforms: [.macOS(.v15)],
@@ -14,7 +22,11 @@ let package = Package(
         .executable(name: "vhostctl", targets: ["vhostctl"]),
         .library(name: "VhostNet", targets: ["VhostNet"]),
         .library(name: "Vhost", targets: ["Vhost"]),
+        .library(name: "VhostModel", targets: ["VhostModel"]),
+        .library(name: "VhostScript", targets: ["VhostScript"]),
         .library(name: "Virtio", targets: ["Virtio"]),
+        .library(name: "NetFormats", targets: ["NetFormats"]),
+        .library(name: "HostNetwork", targets: ["HostNetwork"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -26,6 +38,7 @@ let package = Package(
     targets: [
         .target(name: "CVhost"),
         .target(name: "Virtio"),
+        .target(name: "NetFormats"),
         .target(
             name: "Vhost",
             dependencies: [
@@ -33,17 +46,22 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .target(name: "VhostModel", dependencies: ["Vhost", "Virtio", "CVhost", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "HostNetwork", dependencies: ["Vhost", "NetFormats", "CVhost", .product(name: "SystemPackage", package: "swift-system")]),
         .target(
             name: "VhostNet",
             dependencies: [
-                "Vhost", "Virtio",
+                "Vhost", "Virtio", "NetFormats",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats"]),
+        .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "HostNetwork", "NetFormats", "Virtio"]),
         .executableTarget(
             name: "vhostctl",
             dependencies: [
-                "VhostNet", "Vhost", "Virtio",
+                "VhostNet", "Vhost", "Virtio", "NetFormats", "HostNetwork", "VhostScript", "DatapathMeasure",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -52,14 +70,15 @@ let package = Package(
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
-            dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost"],
+            dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure"],
             path: "Sources/VhostKernelTests"
         ),
         .testTarget(
             name: "VirtioTests",
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
-        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "Virtio", "CVhost"]),
+        .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
+        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "DatapathSuite", "Virtio", "NetFormats", "CVhost"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -8,6 +8,7 @@
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
@@ -98,70 +99,54 @@ int cvhost_ioctl_ptr(int fd, unsigned long request, void *argument) { return res
 int cvhost_ioctl_int(int fd, unsigned long request, int argument) { return result(ioctl(fd, request, argument)); }
 int cvhost_ioctl_ulong(int fd, unsigned long request, unsigned long argument) { return result(ioctl(fd, request, argument)); }
 
-// ---- tap ----
-int cvhost_tap_open(const char *name, short flags, char *name_out, int *failed_step) {
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) { *failed_step = 1; return -errno; }
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = flags;
-    if (name) strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-        int saved = errno;
-        close(fd);
-        *failed_step = 2;
-        return -saved;
-    }
-    memcpy(name_out, ifr.ifr_name, IFNAMSIZ);
-    name_out[IFNAMSIZ - 1] = 0;
-    return fd;
+// ---- interface requests ----
+const unsigned long CVHOST_SIOCGIFFLAGS = SIOCGIFFLAGS;
+const unsigned long CVHOST_SIOCSIFFLAGS = SIOCSIFFLAGS;
+const unsigned long CVHOST_SIOCGIFINDEX = SIOCGIFINDEX;
+const unsigned long CVHOST_SIOCGIFMTU = SIOCGIFMTU;
+const unsigned long CVHOST_SIOCSIFMTU = SIOCSIFMTU;
+const unsigned long CVHOST_SIOCGIFHWADDR = SIOCGIFHWADDR;
+const unsigned long CVHOST_SIOCSIFADDR = SIOCSIFADDR;
+const unsigned long CVHOST_SIOCSIFNETMASK = SIOCSIFNETMASK;
+
+static void ifreq_named(struct ifreq *ifr, const char *name) {
+    memset(ifr, 0, sizeof *ifr);
+    if (name) strncpy(ifr->ifr_name, name, IFNAMSIZ - 1);
 }
 
-static int with_ifreq(const char *name, unsigned long request, struct ifreq *ifr) {
-    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (sock < 0) return -errno;
-    strncpy(ifr->ifr_name, name, IFNAMSIZ - 1);
-    int rc = ioctl(sock, request, ifr);
-    int saved = errno;
-    close(sock);
-    return rc < 0 ? -saved : 0;
-}
-
-int cvhost_if_get_flags(const char *name, short *flags_out) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    int rc = with_ifreq(name, SIOCGIFFLAGS, &ifr);
-    if (rc == 0) *flags_out = ifr.ifr_flags;
+int cvhost_ioctl_ifreq_short(int fd, unsigned long request, const char *name, short *value, char *name_out) {
+    struct ifreq ifr; ifreq_named(&ifr, name);
+    ifr.ifr_flags = *value;
+    int rc = result(ioctl(fd, request, &ifr));
+    *value = ifr.ifr_flags;
+    if (name_out) { memcpy(name_out, ifr.ifr_name, IFNAMSIZ); name_out[IFNAMSIZ - 1] = 0; }
     return rc;
 }
 
-int cvhost_if_set_flags(const char *name, short flags) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = flags;
-    return with_ifreq(name, SIOCSIFFLAGS, &ifr);
+int cvhost_ioctl_ifreq_int(int fd, unsigned long request, const char *name, int *value) {
+    struct ifreq ifr; ifreq_named(&ifr, name);
+    ifr.ifr_ifindex = *value; // ifr_ifindex and ifr_mtu share the union's int
+    int rc = result(ioctl(fd, request, &ifr));
+    *value = ifr.ifr_ifindex;
+    return rc;
+}
+_Static_assert(offsetof(struct ifreq, ifr_ifindex) == offsetof(struct ifreq, ifr_mtu), "ifindex and mtu share the union");
+
+int cvhost_ioctl_ifreq_hwaddr(int fd, unsigned long request, const char *name, uint8_t mac[6]) {
+    struct ifreq ifr; ifreq_named(&ifr, name);
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    int rc = result(ioctl(fd, request, &ifr));
+    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+    return rc;
 }
 
-int cvhost_if_index(const char *name) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    int rc = with_ifreq(name, SIOCGIFINDEX, &ifr);
-    return rc < 0 ? rc : ifr.ifr_ifindex;
-}
-
-int cvhost_if_set_mtu(const char *name, int mtu) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_mtu = mtu;
-    return with_ifreq(name, SIOCSIFMTU, &ifr);
-}
-
-int cvhost_if_get_mtu(const char *name) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    int rc = with_ifreq(name, SIOCGIFMTU, &ifr);
-    return rc < 0 ? rc : ifr.ifr_mtu;
-}
-
-int cvhost_if_get_hwaddr(const char *name, uint8_t mac_out[6]) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    int rc = with_ifreq(name, SIOCGIFHWADDR, &ifr);
-    if (rc == 0) memcpy(mac_out, ifr.ifr_hwaddr.sa_data, 6);
+int cvhost_ioctl_ifreq_ipv4(int fd, unsigned long request, const char *name, uint32_t *address) {
+    struct ifreq ifr; ifreq_named(&ifr, name);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(*address);
+    int rc = result(ioctl(fd, request, &ifr));
+    *address = ntohl(sin->sin_addr.s_addr);
     return rc;
 }
 
@@ -175,47 +160,39 @@ int cvhost_memfd(const char *name, int hugetlb) {
     return fd < 0 ? -errno : fd;
 }
 
-int cvhost_packet_socket(int ifindex, unsigned short protocol) {
-    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(protocol));
-    if (fd < 0) return -errno;
+// ---- sockets ----
+const int CVHOST_AF_PACKET = AF_PACKET;
+const int CVHOST_AF_INET = AF_INET;
+const int CVHOST_SOCK_RAW = SOCK_RAW;
+const int CVHOST_SOCK_DGRAM = SOCK_DGRAM;
+const int CVHOST_IPPROTO_ICMP = IPPROTO_ICMP;
+const int CVHOST_SOL_PACKET = SOL_PACKET;
+const int CVHOST_PACKET_VNET_HDR = PACKET_VNET_HDR;
+const int CVHOST_SO_RCVBUF = SO_RCVBUF;
+const int CVHOST_SO_SNDBUF = SO_SNDBUF;
+const int CVHOST_SO_RCVBUFFORCE = SO_RCVBUFFORCE;
+const int CVHOST_SO_SNDBUFFORCE = SO_SNDBUFFORCE;
+
+int cvhost_socket(int domain, int type, int protocol) {
+    return result(socket(domain, type | SOCK_CLOEXEC, protocol));
+}
+
+int cvhost_bind_packet(int fd, int ifindex, unsigned short protocol) {
     struct sockaddr_ll sll;
     memset(&sll, 0, sizeof sll);
     sll.sll_family = AF_PACKET;
     sll.sll_protocol = htons(protocol);
     sll.sll_ifindex = ifindex;
-    if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) {
-        int saved = errno;
-        close(fd);
-        return -saved;
-    }
-    return fd;
+    return result(bind(fd, (struct sockaddr *)&sll, sizeof sll));
 }
 
-int cvhost_set_socket_buffer(int fd, int receive, int bytes) {
-    int rc = setsockopt(fd, SOL_SOCKET, receive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &bytes, sizeof bytes);
-    if (rc < 0) rc = setsockopt(fd, SOL_SOCKET, receive ? SO_RCVBUF : SO_SNDBUF, &bytes, sizeof bytes);
-    return rc < 0 ? -errno : 0;
+int cvhost_bind_ipv4(int fd, uint32_t address, uint16_t port) {
+    struct sockaddr_in at; memset(&at, 0, sizeof at);
+    at.sin_family = AF_INET;
+    at.sin_port = htons(port);
+    at.sin_addr.s_addr = htonl(address);
+    return result(bind(fd, (struct sockaddr *)&at, sizeof at));
 }
-
-int cvhost_if_set_ipv4(const char *name, uint32_t address, uint32_t netmask) {
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
-    sin->sin_family = AF_INET;
-    sin->sin_addr.s_addr = htonl(address);
-    int rc = with_ifreq(name, SIOCSIFADDR, &ifr);
-    if (rc < 0) return rc;
-    memset(&ifr, 0, sizeof ifr);
-    sin->sin_family = AF_INET;
-    sin->sin_addr.s_addr = htonl(netmask);
-    return with_ifreq(name, SIOCSIFNETMASK, &ifr);
-}
-
-int cvhost_inet_socket(int type, int protocol) {
-    int fd = socket(AF_INET, type | SOCK_CLOEXEC, protocol);
-    return fd < 0 ? -errno : fd;
-}
-int cvhost_udp_socket(void) { return cvhost_inet_socket(SOCK_DGRAM, 0); }
-int cvhost_icmp_socket(void) { return cvhost_inet_socket(SOCK_RAW, IPPROTO_ICMP); }
 
 long cvhost_sendto_ipv4(int fd, uint32_t address, uint16_t port, const void *buffer, size_t length) {
     struct sockaddr_in to; memset(&to, 0, sizeof to);
@@ -226,59 +203,38 @@ long cvhost_sendto_ipv4(int fd, uint32_t address, uint16_t port, const void *buf
     return n < 0 ? -errno : n;
 }
 
-long cvhost_recv_timeout(int fd, void *buffer, size_t length, int timeout_ms, uint32_t *from_address) {
-    struct pollfd p = { .fd = fd, .events = POLLIN };
-    int rc = poll(&p, 1, timeout_ms);
-    if (rc < 0) return -errno;
-    if (rc == 0) return 0;
-    struct sockaddr_in from; socklen_t fromlen = sizeof from;
-    ssize_t n = recvfrom(fd, buffer, length, MSG_DONTWAIT, (struct sockaddr *)&from, &fromlen);
-    if (n < 0) return errno == EAGAIN ? 0 : -errno;
+long cvhost_recvfrom_ipv4(int fd, void *buffer, size_t length, int flags, uint32_t *from_address) {
+    struct sockaddr_in from; memset(&from, 0, sizeof from);
+    socklen_t fromlen = sizeof from;
+    ssize_t n = recvfrom(fd, buffer, length, flags, (struct sockaddr *)&from, &fromlen);
+    if (n < 0) return -errno;
     if (from_address) *from_address = ntohl(from.sin_addr.s_addr);
     return n;
 }
 
-// CAP_NET_ADMIN (12) in the effective set, from /proc/self/status.
-int cvhost_net_admin_capable(void) {
-    FILE *f = fopen("/proc/self/status", "re");
-    if (!f) return 0;
-    char line[256];
-    unsigned long long caps = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (sscanf(line, "CapEff: %llx", &caps) == 1) break;
-    }
-    fclose(f);
-    return (caps >> 12) & 1;
+int cvhost_setsockopt_int(int fd, int level, int option, int value) {
+    return result(setsockopt(fd, level, option, &value, sizeof value));
 }
 
-int cvhost_packet_vnet_header(int fd) {
-    int one = 1;
-    return setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0 ? -errno : 0;
+int cvhost_socketpair_seqpacket(int fds[2]) {
+    return result(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds));
 }
 
-int cvhost_epoll_create(void) {
-    int fd = epoll_create1(EPOLL_CLOEXEC);
-    return fd < 0 ? -errno : fd;
-}
+// ---- epoll ----
+int cvhost_epoll_create(void) { return result(epoll_create1(EPOLL_CLOEXEC)); }
 
 int cvhost_epoll_add(int epfd, int fd, uint64_t token) {
     struct epoll_event event = { .events = EPOLLIN, .data.u64 = token };
-    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) < 0 ? -errno : 0;
+    return result(epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event));
 }
+
+int cvhost_epoll_del(int epfd, int fd) { return result(epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL)); }
 
 int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms) {
     struct epoll_event events[64];
     if (maximum > 64) maximum = 64;
     int n = epoll_wait(epfd, events, maximum, timeout_ms);
-    if (n < 0) return errno == EINTR ? 0 : -errno;
+    if (n < 0) return -errno;
     for (int i = 0; i < n; i++) tokens[i] = events[i].data.u64;
     return n;
-}
-
-int cvhost_bind_ipv4(int fd, uint32_t address, uint16_t port) {
-    struct sockaddr_in at; memset(&at, 0, sizeof at);
-    at.sin_family = AF_INET;
-    at.sin_port = htons(port);
-    at.sin_addr.s_addr = htonl(address);
-    return bind(fd, (struct sockaddr *)&at, sizeof at) < 0 ? -errno : 0;
 }

@@ -4,10 +4,18 @@ import SystemPackage
 /// The dirty log vhost writes when VHOST_F_LOG_ALL is on: one bit per 4 KiB page of
 /// guest-physical memory, in u64 words (vhost.c log_write: bit = gpa / VHOST_PAGE_SIZE).
 /// Host memory, handed over with VHOST_SET_LOG_BASE; unmapped in `deinit`.
+///
+/// SAFETY: the kernel sets bits with atomic user-memory ops (vhost.c set_bit_to_user) while the
+/// driver reads them; a racing read sees a word before or after a bit is set, never a torn
+/// value, and a page missed in one pass is seen in the next. The owner keeps the log mapped
+/// until the device is closed (VhostNetSession).
 public final class DirtyLog: @unchecked Sendable {
     public static let pageSize: UInt64 = 4096
     public let base: UnsafeMutableRawPointer
     public let size: Int
+
+    /// The address `VHOST_SET_LOG_BASE` takes.
+    public var hostAddress: HostAddress { HostAddress(base) }
 
     public init(coveringGuestBytes bytes: UInt64) throws(VhostError) {
         let pages = (bytes + DirtyLog.pageSize - 1) / DirtyLog.pageSize
@@ -23,8 +31,8 @@ public final class DirtyLog: @unchecked Sendable {
     deinit { munmap(base, size) }
 
     /// Whether the page holding `guestAddress` was written since the log was last cleared.
-    public func isDirty(guestAddress: UInt64) -> Bool {
-        let page = guestAddress / DirtyLog.pageSize
+    public func isDirty(guestAddress: GuestAddress) -> Bool {
+        let page = guestAddress.rawValue / DirtyLog.pageSize
         let word = Int(page / 64)
         guard word * 8 < size else { return false }
         let value = (base + word * 8).assumingMemoryBound(to: UInt64.self).pointee

@@ -21,10 +21,21 @@ public struct EventPoller: ~Copyable {
         guard rc == 0 else { throw .system(call: "epoll_ctl(ADD)", detail: "fd \(watched)", errno: Errno(rawValue: -rc)) }
     }
 
-    /// Waits up to `milliseconds`; returns the tokens of the ready fds (empty on timeout or a signal).
+    /// Stops watching `watched`.
+    public func remove(_ watched: Int32) throws(VhostError) {
+        let rc = cvhost_epoll_del(fd, watched)
+        guard rc == 0 else { throw .system(call: "epoll_ctl(DEL)", detail: "fd \(watched)", errno: Errno(rawValue: -rc)) }
+    }
+
+    /// Waits up to `milliseconds`; returns the tokens of the ready fds. A signal (EINTR) ends
+    /// the wait early with no tokens, so the caller sees a stop request at once.
     public func wait(milliseconds: Int32) -> [UInt64] {
         var tokens = [UInt64](repeating: 0, count: 64)
         let n = cvhost_epoll_wait(fd, &tokens, 64, milliseconds)
-        return n > 0 ? Array(tokens.prefix(Int(n))) : []
+        if n < 0 {
+            // EINTR is the only errno a valid epoll fd and buffer can give here.
+            return []
+        }
+        return Array(tokens.prefix(Int(n)))
     }
 }

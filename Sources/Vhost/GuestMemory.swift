@@ -4,30 +4,34 @@ import SystemPackage
 
 /// One region of guest memory: a guest-physical range backed by a host mapping.
 public struct GuestMemoryRegion: Sendable, Equatable {
-    public var guestAddress: UInt64
+    public var guestAddress: GuestAddress
     public var size: Int
     /// Host virtual address of the mapping (what `userspace_addr` carries).
-    public var hostAddress: UInt {
-        UInt(bitPattern: host)
-    }
+    public var hostAddress: HostAddress { HostAddress(host) }
+    /// The mapping. Valid while the `GuestMemory` that made this region is alive.
     public nonisolated(unsafe) var host: UnsafeMutableRawPointer
 
-    public func contains(guest address: UInt64, length: Int) -> Bool {
+    public func contains(guest address: GuestAddress, length: Int) -> Bool {
         address >= guestAddress && length >= 0 && address - guestAddress <= UInt64(size) &&
             UInt64(size) - (address - guestAddress) >= UInt64(length)
+    }
+
+    /// Whether `pointer` lies inside the mapping.
+    public func contains(host pointer: UnsafeRawPointer) -> Bool {
+        pointer >= UnsafeRawPointer(host) && pointer < UnsafeRawPointer(host + size)
     }
 }
 
 /// A buffer inside guest memory: both its guest-physical address (for descriptors) and its
 /// host pointer (for us to read and write).
 public struct GuestBuffer: Sendable {
-    public var guestAddress: UInt64
+    public var guestAddress: GuestAddress
     public nonisolated(unsafe) var host: UnsafeMutableRawPointer
     public var length: Int
 
     public func slice(offset: Int, length: Int) -> GuestBuffer {
         precondition(offset >= 0 && length >= 0 && offset + length <= self.length, "slice out of the buffer")
-        return GuestBuffer(guestAddress: guestAddress + UInt64(offset), host: host + offset, length: length)
+        return GuestBuffer(guestAddress: guestAddress + offset, host: host + offset, length: length)
     }
 }
 
@@ -38,7 +42,7 @@ public struct GuestMemoryMap: Sendable {
 
     /// GPA → HVA for `length` bytes, or nil when the range is not wholly inside one region
     /// (what the kernel's translate_desc would answer with EFAULT).
-    public func host(guest address: UInt64, length: Int) -> UnsafeMutableRawPointer? {
+    public func host(guest address: GuestAddress, length: Int) -> UnsafeMutableRawPointer? {
         for region in regions where region.contains(guest: address, length: length) {
             return region.host + Int(address - region.guestAddress)
         }
@@ -46,19 +50,21 @@ public struct GuestMemoryMap: Sendable {
     }
 
     /// HVA → GPA.
-    public func guest(host pointer: UnsafeRawPointer) -> UInt64? {
-        let address = UInt(bitPattern: pointer)
-        for region in regions where address >= region.hostAddress && address < region.hostAddress + UInt(region.size) {
-            return region.guestAddress + UInt64(address - region.hostAddress)
+    public func guest(host pointer: UnsafeRawPointer) -> GuestAddress? {
+        for region in regions where region.contains(host: pointer) {
+            return region.guestAddress + (pointer - UnsafeRawPointer(region.host))
         }
         return nil
     }
 
     public var memoryTable: MemoryTable {
         MemoryTable(regions: regions.map {
-            MemoryTable.Region(guestAddress: $0.guestAddress, size: UInt64($0.size), userspaceAddress: UInt64($0.hostAddress))
+            MemoryTable.Region(guestAddress: $0.guestAddress.rawValue, size: UInt64($0.size), userspaceAddress: $0.hostAddress.rawValue)
         })
     }
+
+    /// The highest guest-physical address any region reaches (exclusive).
+    public var guestEnd: GuestAddress { regions.map { $0.guestAddress + $0.size }.max() ?? 0 }
 }
 
 /// How guest memory is backed.
@@ -72,15 +78,21 @@ public enum GuestMemoryBacking: Sendable, Equatable {
 /// Guest memory the process owns: one mapping per region, each at a guest-physical address
 /// that differs from its host address, as in a real VM. Buffers and rings are carved out of it
 /// with a bump allocator. `deinit` unmaps everything.
+///
+/// SAFETY: a vhost device that was given this memory (in its table, or as ring or log
+/// addresses) reads and writes it from its own thread until it is closed; the kernel checks
+/// nothing when the mapping disappears under it, and a new mapping at the same address would be
+/// written instead. So whoever hands this memory to a device must close the device first:
+/// `VhostNetSession` owns both and releases them in that order.
 public struct GuestMemory: ~Copyable {
     public struct Layout: Sendable, Equatable {
-        public var guestAddress: UInt64
+        public var guestAddress: GuestAddress
         public var size: Int
-        public init(guestAddress: UInt64, size: Int) { self.guestAddress = guestAddress; self.size = size }
+        public init(guestAddress: GuestAddress, size: Int) { self.guestAddress = guestAddress; self.size = size }
     }
 
     /// Where a single-region guest memory starts: 1 GiB, so GPA never equals HVA.
-    public static let defaultGuestBase: UInt64 = 0x4000_0000
+    public static let defaultGuestBase: GuestAddress = 0x4000_0000
 
     public let map: GuestMemoryMap
     public let backing: GuestMemoryBacking
@@ -90,7 +102,7 @@ public struct GuestMemory: ~Copyable {
     public static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     public static let hugePageSize = 2 << 20
 
-    public init(size: Int, guestAddress: UInt64 = GuestMemory.defaultGuestBase, backing: GuestMemoryBacking = .anonymous) throws(VhostError) {
+    public init(size: Int, guestAddress: GuestAddress = GuestMemory.defaultGuestBase, backing: GuestMemoryBacking = .anonymous) throws(VhostError) {
         try self.init(layout: [Layout(guestAddress: guestAddress, size: size)], backing: backing)
     }
 
@@ -99,11 +111,11 @@ public struct GuestMemory: ~Copyable {
         let granule = backing == .memfd(hugePages: true) ? GuestMemory.hugePageSize : GuestMemory.pageSize
         let sorted = layout.sorted { $0.guestAddress < $1.guestAddress }
         for (i, region) in sorted.enumerated() {
-            guard region.size > 0, region.size % granule == 0, region.guestAddress % UInt64(granule) == 0 else {
-                throw .invalidArgument("guest memory region at \(hex(region.guestAddress)) of \(region.size) bytes must be a non-empty multiple of \(granule) bytes, aligned to it")
+            guard region.size > 0, region.size % granule == 0, region.guestAddress.rawValue % UInt64(granule) == 0 else {
+                throw .invalidArgument("guest memory region at \(hex(region.guestAddress.rawValue)) of \(region.size) bytes must be a non-empty multiple of \(granule) bytes, aligned to it")
             }
-            if i > 0, sorted[i - 1].guestAddress + UInt64(sorted[i - 1].size) > region.guestAddress {
-                throw .invalidArgument("guest memory regions at \(hex(sorted[i - 1].guestAddress)) and \(hex(region.guestAddress)) overlap")
+            if i > 0, sorted[i - 1].guestAddress + sorted[i - 1].size > region.guestAddress {
+                throw .invalidArgument("guest memory regions at \(hex(sorted[i - 1].guestAddress.rawValue)) and \(hex(region.guestAddress.rawValue)) overlap")
             }
         }
         var regions: [GuestMemoryRegion] = []
@@ -165,10 +177,10 @@ public struct GuestMemory: ~Copyable {
         let region = map.regions[index]
         let start = (used[index] + alignment - 1) & ~(alignment - 1)
         guard length >= 0, start + length <= region.size else {
-            throw .invalidArgument("guest memory region \(index) (\(region.size) bytes at \(hex(region.guestAddress))) has \(region.size - used[index]) bytes left; \(length) more were asked for: give it more memory")
+            throw .invalidArgument("guest memory region \(index) (\(region.size) bytes at \(hex(region.guestAddress.rawValue))) has \(region.size - used[index]) bytes left; \(length) more were asked for: give it more memory")
         }
         used[index] = start + length
-        return GuestBuffer(guestAddress: region.guestAddress + UInt64(start), host: region.host + start, length: length)
+        return GuestBuffer(guestAddress: region.guestAddress + start, host: region.host + start, length: length)
     }
 
     /// Bytes still free in a region.

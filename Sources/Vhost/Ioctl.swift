@@ -1,12 +1,139 @@
 import CVhost
 import SystemPackage
 
+/// Every ioctl request swift-vhost issues, in one typed table: the kernel's name, the request
+/// number (from the UAPI headers, through CVhost), and the rule behind an errno where we know it.
+/// Call sites name a case, never a string, and every request goes through `performIoctl`, so
+/// `--trace` shows all of them: vhost, tun and the `SIOC*` interface calls alike.
+public enum IoctlRequest: String, CaseIterable, Sendable {
+    // linux/vhost.h
+    case getFeatures = "VHOST_GET_FEATURES"
+    case setFeatures = "VHOST_SET_FEATURES"
+    case setOwner = "VHOST_SET_OWNER"
+    case resetOwner = "VHOST_RESET_OWNER"
+    case setMemoryTable = "VHOST_SET_MEM_TABLE"
+    case setLogBase = "VHOST_SET_LOG_BASE"
+    case setLogFD = "VHOST_SET_LOG_FD"
+    case setVringNum = "VHOST_SET_VRING_NUM"
+    case setVringAddress = "VHOST_SET_VRING_ADDR"
+    case setVringBase = "VHOST_SET_VRING_BASE"
+    case getVringBase = "VHOST_GET_VRING_BASE"
+    case setVringKick = "VHOST_SET_VRING_KICK"
+    case setVringCall = "VHOST_SET_VRING_CALL"
+    case setVringErr = "VHOST_SET_VRING_ERR"
+    case setVringBusyloopTimeout = "VHOST_SET_VRING_BUSYLOOP_TIMEOUT"
+    case getVringBusyloopTimeout = "VHOST_GET_VRING_BUSYLOOP_TIMEOUT"
+    case setBackendFeatures = "VHOST_SET_BACKEND_FEATURES"
+    case getBackendFeatures = "VHOST_GET_BACKEND_FEATURES"
+    case netSetBackend = "VHOST_NET_SET_BACKEND"
+    // linux/if_tun.h
+    case tunSetInterface = "TUNSETIFF"
+    case tunSetPersist = "TUNSETPERSIST"
+    case tunSetOwner = "TUNSETOWNER"
+    case tunGetFeatures = "TUNGETFEATURES"
+    case tunSetOffload = "TUNSETOFFLOAD"
+    case tunSetSendBuffer = "TUNSETSNDBUF"
+    case tunGetVnetHeaderSize = "TUNGETVNETHDRSZ"
+    case tunSetVnetHeaderSize = "TUNSETVNETHDRSZ"
+    // linux/sockios.h, on an AF_INET datagram socket
+    case getInterfaceFlags = "SIOCGIFFLAGS"
+    case setInterfaceFlags = "SIOCSIFFLAGS"
+    case getInterfaceIndex = "SIOCGIFINDEX"
+    case getInterfaceMTU = "SIOCGIFMTU"
+    case setInterfaceMTU = "SIOCSIFMTU"
+    case getInterfaceHardwareAddress = "SIOCGIFHWADDR"
+    case setInterfaceAddress = "SIOCSIFADDR"
+    case setInterfaceNetmask = "SIOCSIFNETMASK"
+
+    /// The kernel's name for the request, as `--trace` and errors print it.
+    public var name: String { rawValue }
+
+    /// The request number.
+    public var number: UInt {
+        switch self {
+        case .getFeatures: CVHOST_VHOST_GET_FEATURES
+        case .setFeatures: CVHOST_VHOST_SET_FEATURES
+        case .setOwner: CVHOST_VHOST_SET_OWNER
+        case .resetOwner: CVHOST_VHOST_RESET_OWNER
+        case .setMemoryTable: CVHOST_VHOST_SET_MEM_TABLE
+        case .setLogBase: CVHOST_VHOST_SET_LOG_BASE
+        case .setLogFD: CVHOST_VHOST_SET_LOG_FD
+        case .setVringNum: CVHOST_VHOST_SET_VRING_NUM
+        case .setVringAddress: CVHOST_VHOST_SET_VRING_ADDR
+        case .setVringBase: CVHOST_VHOST_SET_VRING_BASE
+        case .getVringBase: CVHOST_VHOST_GET_VRING_BASE
+        case .setVringKick: CVHOST_VHOST_SET_VRING_KICK
+        case .setVringCall: CVHOST_VHOST_SET_VRING_CALL
+        case .setVringErr: CVHOST_VHOST_SET_VRING_ERR
+        case .setVringBusyloopTimeout: CVHOST_VHOST_SET_VRING_BUSYLOOP_TIMEOUT
+        case .getVringBusyloopTimeout: CVHOST_VHOST_GET_VRING_BUSYLOOP_TIMEOUT
+        case .setBackendFeatures: CVHOST_VHOST_SET_BACKEND_FEATURES
+        case .getBackendFeatures: CVHOST_VHOST_GET_BACKEND_FEATURES
+        case .netSetBackend: CVHOST_VHOST_NET_SET_BACKEND
+        case .tunSetInterface: CVHOST_TUNSETIFF
+        case .tunSetPersist: CVHOST_TUNSETPERSIST
+        case .tunSetOwner: CVHOST_TUNSETOWNER
+        case .tunGetFeatures: CVHOST_TUNGETFEATURES
+        case .tunSetOffload: CVHOST_TUNSETOFFLOAD
+        case .tunSetSendBuffer: CVHOST_TUNSETSNDBUF
+        case .tunGetVnetHeaderSize: CVHOST_TUNGETVNETHDRSZ
+        case .tunSetVnetHeaderSize: CVHOST_TUNSETVNETHDRSZ
+        case .getInterfaceFlags: CVHOST_SIOCGIFFLAGS
+        case .setInterfaceFlags: CVHOST_SIOCSIFFLAGS
+        case .getInterfaceIndex: CVHOST_SIOCGIFINDEX
+        case .getInterfaceMTU: CVHOST_SIOCGIFMTU
+        case .setInterfaceMTU: CVHOST_SIOCSIFMTU
+        case .getInterfaceHardwareAddress: CVHOST_SIOCGIFHWADDR
+        case .setInterfaceAddress: CVHOST_SIOCSIFADDR
+        case .setInterfaceNetmask: CVHOST_SIOCSIFNETMASK
+        }
+    }
+
+    /// Whether the request goes to a `/dev/vhost-net` fd (owner rules apply).
+    public var isVhost: Bool { rawValue.hasPrefix("VHOST_") }
+
+    /// The kernel's rule behind `errno` for this request, where we know it.
+    public func hint(for errno: Errno) -> String? {
+        switch (self, errno) {
+        case (.setVringNum, .invalidArgument):
+            return "vhost.c vhost_vring_set_num: num must be a power of 2 in 1...32768"
+        case (.setVringNum, .resourceBusy), (.setVringBase, .resourceBusy):
+            return "the vring has a backend attached; detach it with VHOST_NET_SET_BACKEND(-1) first"
+        case (.setMemoryTable, .argListTooLong):
+            return "more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)"
+        case (.setMemoryTable, .notSupported):
+            return "the memory table's padding must be 0"
+        case (.setFeatures, .notSupported):
+            return "a requested feature bit is not offered by VHOST_GET_FEATURES"
+        case (.setOwner, .resourceBusy):
+            return "this vhost fd already has an owner"
+        case (_, .permissionDenied) where isVhost, (_, .notPermitted) where isVhost:
+            return "the caller is not the vhost owner; call VHOST_SET_OWNER first from this process"
+        case (.netSetBackend, .noBufferSpace):
+            return "vhost-net has two vrings: 0 (RX) and 1 (TX)"
+        case (.netSetBackend, .badAddress):
+            return "the vring is not accessible: set its size and addresses (SET_VRING_NUM, SET_VRING_ADDR) before attaching a backend"
+        case (.netSetBackend, .notSocket):
+            return "the fd is not a tap, macvtap or packet socket"
+        case (.setVringAddress, .invalidArgument):
+            return "vhost.c vhost_vring_set_addr: avail must be 2-aligned, used and log 4-aligned"
+        default:
+            return nil
+        }
+    }
+}
+
 /// One ioctl as it happened, for `--trace`: the request's name, its decoded arguments and
 /// the result (the return value, or the errno).
 public struct IoctlEvent: Sendable, CustomStringConvertible {
+    /// The request's name, or a pseudo-event such as `open` or `  → features`.
     public var name: String
     public var arguments: String
     public var result: Result<Int32, Errno>
+
+    public init(name: String, arguments: String, result: Result<Int32, Errno>) {
+        self.name = name; self.arguments = arguments; self.result = result
+    }
 
     public var description: String {
         switch result {
@@ -19,24 +146,23 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
 /// Receives every ioctl the library issues.
 public typealias IoctlObserver = @Sendable (IoctlEvent) -> Void
 
-/// The one place where ioctls are issued: runs `body` (a CVhost wrapper returning 0 or -errno),
-/// reports the event to `observer`, traps on EFAULT/EBADF (our bugs: a bad pointer or a closed
-/// fd), and throws every other errno as `VhostError.ioctl` naming the request and its arguments.
-/// `faultsAreBugs: false` is for `vhostctl script`, where a user's sequence may earn an EFAULT
-/// that is then reported like any other errno.
+/// The one place where ioctls are issued: runs `body` with the request's number (a CVhost
+/// wrapper returning 0 or -errno),
+/// reports the event to `observer`, and throws every errno as `VhostError.ioctl` naming the
+/// request and its arguments.
+///
+/// EFAULT and EBADF are thrown like any other errno: the kernel answers EFAULT legitimately in
+/// some states (vhost-net's `NET_SET_BACKEND` before the ring addresses are set, a script that
+/// orders ioctls wrongly on purpose), so whether one is a bug is the caller's call, made where
+/// it catches the error.
 @discardableResult
-func performIoctl(_ name: String, _ arguments: @autoclosure () -> String, observer: IoctlObserver?,
-                  faultsAreBugs: Bool = true, _ body: () -> Int32) throws(VhostError) -> Int32 {
-    let rc = body()
+func performIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, observer: IoctlObserver?,
+                  _ body: (UInt) -> Int32) throws(VhostError) -> Int32 {
+    let rc = body(request.number)
     let result: Result<Int32, Errno> = rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)
-    observer?(IoctlEvent(name: name, arguments: arguments(), result: result))
+    observer?(IoctlEvent(name: request.name, arguments: arguments(), result: result))
     guard rc < 0 else { return rc }
-    let errno = Errno(rawValue: -rc)
-    if faultsAreBugs && (errno == .badAddress || errno == .badFileDescriptor) {
-        // fatalError (unlike precondition) keeps its message in release builds.
-        fatalError("\(name)(\(arguments())) returned \(errno.name): a bad pointer, an unset ring or a closed fd is a bug in swift-vhost")
-    }
-    throw .ioctl(IoctlFailure(name: name, arguments: arguments(), errno: errno))
+    throw .ioctl(IoctlFailure(request: request, arguments: arguments(), errno: Errno(rawValue: -rc)))
 }
 
 func hex(_ value: some BinaryInteger) -> String { "0x" + String(value, radix: 16) }

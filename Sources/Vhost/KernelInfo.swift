@@ -78,3 +78,17 @@ extension String {
         return s
     }
 }
+
+extension KernelInfo {
+    /// Whether capability number `capability` (linux/capability.h) is in this process's
+    /// effective set, from the `CapEff:` line of /proc/self/status.
+    public static func hasEffectiveCapability(_ capability: Int) -> Bool {
+        guard let status = readFile("/proc/self/status") else { return false }
+        for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
+            let hexDigits = line.dropFirst("CapEff:".count).filter { !$0.isWhitespace }
+            guard let mask = UInt64(hexDigits, radix: 16) else { return false }
+            return capability < 64 && mask >> UInt64(capability) & 1 == 1
+        }
+        return false
+    }
+}

@@ -45,35 +45,43 @@ public struct Tap: ~Copyable {
         }
     }
 
-    /// Creates the tap `name`, or attaches to the existing tap of that name.
+    /// Creates the tap `name`, or attaches to the existing tap of that name: open
+    /// `/dev/net/tun`, then `TUNSETIFF` (traced like every other ioctl).
     /// The default flags are those QEMU uses: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
     public init(name: String, flags: Flags = [.tap, .noPacketInfo, .vnetHeader], observer: IoctlObserver? = nil) throws(VhostError) {
         try Tap.validate(name: name)
-        var kernelName = [CChar](repeating: 0, count: Int(CVHOST_IFNAMSIZ))
-        var failedStep: Int32 = 0
-        let rc = cvhost_tap_open(name, flags.rawValue, &kernelName, &failedStep)
-        observer?(IoctlEvent(name: "TUNSETIFF", arguments: "name: \(name), flags: \(hex(UInt16(bitPattern: flags.rawValue)))",
-                             result: rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)))
-        guard rc >= 0 else {
-            let errno = Errno(rawValue: -rc)
-            if failedStep == 1 {
-                if errno == .noSuchFileOrDirectory || errno == .operationNotSupportedByDevice {
-                    throw .tap(name: name, problem: .driverMissing, reason: "/dev/net/tun does not exist; load it with `modprobe tun`")
-                }
-                throw .tap(name: name, problem: .permission, reason: "cannot open /dev/net/tun: \(errno.name); needs root or CAP_NET_ADMIN")
+        let opened = open("/dev/net/tun", O_RDWR | O_CLOEXEC)
+        guard opened >= 0 else {
+            let errno = Errno(rawValue: Glibc.errno)
+            observer?(IoctlEvent(name: "open", arguments: "/dev/net/tun", result: .failure(errno)))
+            if errno == .noSuchFileOrDirectory || errno == .operationNotSupportedByDevice {
+                throw .tap(name: name, problem: .driverMissing, reason: "/dev/net/tun does not exist; load it with `modprobe tun`")
             }
-            switch errno {
+            throw .tap(name: name, problem: .permission, reason: "cannot open /dev/net/tun: \(errno.name); needs root or CAP_NET_ADMIN")
+        }
+        var kernelName = [CChar](repeating: 0, count: Int(CVHOST_IFNAMSIZ))
+        var value = flags.rawValue
+        do {
+            try performIoctl(.tunSetInterface, "name: \(name), flags: \(hex(UInt16(bitPattern: flags.rawValue)))", observer: observer) { request in
+                cvhost_ioctl_ifreq_short(opened, request, name, &value, &kernelName)
+            }
+        } catch .ioctl(let failure) {
+            close(opened)
+            switch failure.errno {
             case .notPermitted, .permissionDenied:
-                throw .tap(name: name, problem: .permission, reason: "TUNSETIFF refused (\(errno.name)): creating or attaching a tap needs CAP_NET_ADMIN (run as root), or the tap belongs to another user")
+                throw .tap(name: name, problem: .permission, reason: "TUNSETIFF refused (\(failure.errno.name)): creating or attaching a tap needs CAP_NET_ADMIN (run as root), or the tap belongs to another user")
             case .resourceBusy:
                 throw .tap(name: name, problem: .busy, reason: "busy (EBUSY): another process has it open; close it or choose another name")
             case .invalidArgument:
                 throw .tap(name: name, problem: .nameTaken, reason: "the name is taken by an interface that is not a tap of these flags (EINVAL); choose another name")
             default:
-                throw .tap(name: name, problem: .other, reason: "TUNSETIFF failed: \(errno.name) (\(errno))")
+                throw .tap(name: name, problem: .other, reason: "TUNSETIFF failed: \(failure.errno.name) (\(failure.errno))")
             }
+        } catch {
+            close(opened)
+            throw error
         }
-        fd = rc
+        fd = opened
         self.name = String(decoding: kernelName.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         self.observer = observer
     }
@@ -91,7 +99,7 @@ public struct Tap: ~Copyable {
         }
         defer { close(fd) }
         var value: UInt32 = 0
-        try performIoctl("TUNGETFEATURES", "", observer: nil) { cvhost_ioctl_ptr(fd, CVHOST_TUNGETFEATURES, &value) }
+        try performIoctl(.tunGetFeatures, "", observer: nil) { request in cvhost_ioctl_ptr(fd, request, &value) }
         return value
     }
 
@@ -109,24 +117,23 @@ public struct Tap: ~Copyable {
     }
 
     /// Whether an interface of this name exists (any kind).
-    public static func exists(name: String) -> Bool { cvhost_if_index(name) > 0 }
+    public static func exists(name: String) -> Bool { NetworkInterface(name: name).exists }
 
-    public func interfaceIndex() throws(VhostError) -> Int32 {
-        let rc = cvhost_if_index(name)
-        guard rc > 0 else { throw .system(call: "SIOCGIFINDEX", detail: name, errno: Errno(rawValue: -rc)) }
-        return rc
-    }
+    /// The interface's `SIOC*` requests, traced with this tap's observer.
+    public var interface: NetworkInterface { NetworkInterface(name: name, observer: observer) }
+
+    public func interfaceIndex() throws(VhostError) -> Int32 { try interface.index() }
 
     /// Sets the length of the virtio-net header the tap prepends and expects
     /// (vhost-net's sock_hlen: 12 with VERSION_1 or MRG_RXBUF, else 10).
     public func setVnetHeaderSize(_ size: Int32) throws(VhostError) {
         var value = size
-        try performIoctl("TUNSETVNETHDRSZ", "\(size)", observer: observer) { cvhost_ioctl_ptr(fd, CVHOST_TUNSETVNETHDRSZ, &value) }
+        try performIoctl(.tunSetVnetHeaderSize, "\(size)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
     }
 
     public func vnetHeaderSize() throws(VhostError) -> Int32 {
         var value: Int32 = 0
-        try performIoctl("TUNGETVNETHDRSZ", "", observer: observer) { cvhost_ioctl_ptr(fd, CVHOST_TUNGETVNETHDRSZ, &value) }
+        try performIoctl(.tunGetVnetHeaderSize, "", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
         return value
     }
 
@@ -134,97 +141,50 @@ public struct Tap: ~Copyable {
     /// the tap's sndbuf is INT_MAX; QEMU sets it (net/tap-linux.c tap_fd_set_sndbuf).
     public func setSendBuffer(_ bytes: Int32 = Int32.max) throws(VhostError) {
         var value = bytes
-        try performIoctl("TUNSETSNDBUF", "\(bytes)", observer: observer) { cvhost_ioctl_ptr(fd, CVHOST_TUNSETSNDBUF, &value) }
+        try performIoctl(.tunSetSendBuffer, "\(bytes)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
     }
 
     /// The IFF_* flags this kernel's tun driver supports (TUNGETFEATURES).
     public func features() throws(VhostError) -> UInt32 {
         var value: UInt32 = 0
-        try performIoctl("TUNGETFEATURES", "", observer: observer) { cvhost_ioctl_ptr(fd, CVHOST_TUNGETFEATURES, &value) }
+        try performIoctl(.tunGetFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
         return value
     }
 
     public func setOffloads(_ offloads: Offloads) throws(VhostError) {
-        try performIoctl("TUNSETOFFLOAD", hex(offloads.rawValue), observer: observer) { cvhost_ioctl_ulong(fd, CVHOST_TUNSETOFFLOAD, UInt(offloads.rawValue)) }
+        try performIoctl(.tunSetOffload, hex(offloads.rawValue), observer: observer) { request in cvhost_ioctl_ulong(fd, request, UInt(offloads.rawValue)) }
     }
 
     public func setPersistent(_ persistent: Bool) throws(VhostError) {
-        try performIoctl("TUNSETPERSIST", persistent ? "1" : "0", observer: observer) { cvhost_ioctl_ulong(fd, CVHOST_TUNSETPERSIST, persistent ? 1 : 0) }
+        try performIoctl(.tunSetPersist, persistent ? "1" : "0", observer: observer) { request in cvhost_ioctl_ulong(fd, request, persistent ? 1 : 0) }
     }
 
     /// Lets `uid` open the tap later without CAP_NET_ADMIN.
     public func setOwner(uid: UInt32) throws(VhostError) {
-        try performIoctl("TUNSETOWNER", "\(uid)", observer: observer) { cvhost_ioctl_ulong(fd, CVHOST_TUNSETOWNER, UInt(uid)) }
+        try performIoctl(.tunSetOwner, "\(uid)", observer: observer) { request in cvhost_ioctl_ulong(fd, request, UInt(uid)) }
     }
 
-    /// Brings the link up or down (SIOCSIFFLAGS IFF_UP).
-    public func setLinkUp(_ up: Bool) throws(VhostError) {
-        var flags: Int16 = 0
-        var rc = cvhost_if_get_flags(name, &flags)
-        if rc == 0 {
-            flags = up ? flags | CVHOST_IFF_UP : flags & ~CVHOST_IFF_UP
-            rc = cvhost_if_set_flags(name, flags)
-        }
-        guard rc == 0 else { throw .system(call: "SIOCSIFFLAGS", detail: "\(name) \(up ? "up" : "down")", errno: Errno(rawValue: -rc)) }
-    }
+    /// Brings the link up or down (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP).
+    public func setLinkUp(_ up: Bool) throws(VhostError) { try interface.setLinkUp(up) }
 
-    public func mtu() throws(VhostError) -> Int {
-        let rc = cvhost_if_get_mtu(name)
-        guard rc > 0 else { throw .system(call: "SIOCGIFMTU", detail: name, errno: Errno(rawValue: -rc)) }
-        return Int(rc)
-    }
+    public func mtu() throws(VhostError) -> Int { try interface.mtu() }
 
-    public func setMTU(_ mtu: Int) throws(VhostError) {
-        let rc = cvhost_if_set_mtu(name, Int32(mtu))
-        guard rc == 0 else { throw .system(call: "SIOCSIFMTU", detail: "\(name) to \(mtu)", errno: Errno(rawValue: -rc)) }
-    }
+    public func setMTU(_ mtu: Int) throws(VhostError) { try interface.setMTU(mtu) }
 
-    public func macAddress() throws(VhostError) -> [UInt8] {
-        var mac = [UInt8](repeating: 0, count: 6)
-        let rc = cvhost_if_get_hwaddr(name, &mac)
-        guard rc == 0 else { throw .system(call: "SIOCGIFHWADDR", detail: name, errno: Errno(rawValue: -rc)) }
-        return mac
-    }
+    public func macAddress() throws(VhostError) -> [UInt8] { try interface.hardwareAddress() }
 }
 
-/// An AF_PACKET socket bound to one interface: the host network stack's side of a tap, for
-/// tests and the demo. Closed in `deinit`.
-public struct PacketSocket: ~Copyable {
-    public let fd: Int32
-
-    public init(interfaceIndex: Int32, etherType: UInt16 = 3 /* ETH_P_ALL */) throws(VhostError) {
-        let rc = cvhost_packet_socket(interfaceIndex, etherType)
-        guard rc >= 0 else { throw .system(call: "socket(AF_PACKET)", detail: "on ifindex \(interfaceIndex)", errno: Errno(rawValue: -rc)) }
-        fd = rc
+extension Tap: NetworkPort {
+    /// vhost-net's sock_hlen: the tap must prepend and expect the header length the features
+    /// give (net.c vhost_net_set_features), or none when vhost adds it (the tap was then opened
+    /// without IFF_VNET_HDR). TUNSETSNDBUF INT_MAX enables vhost's batched TX path (QEMU's
+    /// tap_fd_set_sndbuf); TUNSETOFFLOAD says what the driver accepts on RX.
+    public func prepare(headerLength: Int?, receiveOffloads: Offloads, linkUp: Bool) throws(VhostError) {
+        if let headerLength { try setVnetHeaderSize(Int32(headerLength)) }
+        try setSendBuffer(Int32.max)
+        if !receiveOffloads.isEmpty { try setOffloads(receiveOffloads) }
+        if linkUp { try setLinkUp(true) }
     }
 
-    deinit { close(fd) }
-
-    public func setBuffers(bytes: Int32) {
-        _ = cvhost_set_socket_buffer(fd, 1, bytes)
-        _ = cvhost_set_socket_buffer(fd, 0, bytes)
-    }
-
-    /// Frames sent from now on start with a 10-byte virtio_net_hdr, so the host stack can send
-    /// GSO frames and checksum-offloaded frames (PACKET_VNET_HDR).
-    public func enableVnetHeader() throws(VhostError) {
-        let rc = cvhost_packet_vnet_header(fd)
-        guard rc == 0 else { throw .system(call: "setsockopt(PACKET_VNET_HDR)", detail: "", errno: Errno(rawValue: -rc)) }
-    }
-
-    /// Sends one whole Ethernet frame out of the interface.
-    public func send(_ frame: [UInt8]) throws(VhostError) {
-        let n = frame.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
-        guard n == frame.count else { throw .system(call: "send", detail: "on packet socket", errno: Errno(rawValue: Glibc.errno)) }
-    }
-
-    /// Receives one frame, waiting up to `milliseconds`; nil on timeout.
-    public func receive(milliseconds: Int32, capacity: Int = 65536) -> [UInt8]? {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&entry, 1, milliseconds) > 0 else { return nil }
-        var buffer = [UInt8](repeating: 0, count: capacity)
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        guard n >= 0 else { return nil }
-        return Array(buffer.prefix(n))
-    }
+    public func maximumTransmissionUnit() throws(VhostError) -> Int? { try mtu() }
 }

@@ -2,7 +2,7 @@ import SystemPackage
 
 /// Every way the kernel-facing layer fails, each with a message that says what to do.
 public enum VhostError: Error, Equatable, CustomStringConvertible {
-    /// An ioctl returned an error. EFAULT and EBADF never arrive here: they are our bugs and trap.
+    /// An ioctl returned an error (EFAULT and EBADF included: see `performIoctl`).
     case ioctl(IoctlFailure)
     /// `/dev/vhost-net` does not exist (module not loaded, or not built).
     case deviceMissing(path: String)
@@ -62,46 +62,23 @@ public enum TapProblem: Sendable, Equatable {
     case other
 }
 
-/// A failed ioctl: its name, its decoded arguments and the errno.
+/// A failed ioctl: the request, its decoded arguments and the errno.
 public struct IoctlFailure: Error, Equatable, CustomStringConvertible {
-    public var name: String
+    public var request: IoctlRequest
     public var arguments: String
     public var errno: Errno
 
-    public var description: String {
-        var text = "\(name)(\(arguments)) failed: \(errno.name) (\(errno))"
-        if let hint = IoctlFailure.hint(name: name, errno: errno) { text += "; " + hint }
-        return text
+    public init(request: IoctlRequest, arguments: String, errno: Errno) {
+        self.request = request; self.arguments = arguments; self.errno = errno
     }
 
-    /// What the kernel's rule behind this errno is, where we know it.
-    static func hint(name: String, errno: Errno) -> String? {
-        switch (name, errno) {
-        case ("VHOST_SET_VRING_NUM", .invalidArgument):
-            return "vhost.c vhost_vring_set_num: num must be a power of 2 in 1...32768"
-        case ("VHOST_SET_VRING_NUM", .resourceBusy), ("VHOST_SET_VRING_BASE", .resourceBusy):
-            return "the vring has a backend attached; detach it with VHOST_NET_SET_BACKEND(-1) first"
-        case ("VHOST_SET_MEM_TABLE", .argListTooLong):
-            return "more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)"
-        case ("VHOST_SET_MEM_TABLE", .notSupported):
-            return "the memory table's padding must be 0"
-        case ("VHOST_SET_FEATURES", .notSupported):
-            return "a requested feature bit is not offered by VHOST_GET_FEATURES"
-        case ("VHOST_SET_OWNER", .resourceBusy):
-            return "this vhost fd already has an owner"
-        case (_, .permissionDenied) where name.hasPrefix("VHOST_"), (_, .notPermitted) where name.hasPrefix("VHOST_"):
-            return "the caller is not the vhost owner; call VHOST_SET_OWNER first from this process"
-        case ("VHOST_NET_SET_BACKEND", .noBufferSpace):
-            return "vhost-net has two vrings: 0 (RX) and 1 (TX)"
-        case ("VHOST_NET_SET_BACKEND", .badAddress):
-            return "the vring is not accessible: set its size and addresses (SET_VRING_NUM, SET_VRING_ADDR) before attaching a backend"
-        case ("VHOST_NET_SET_BACKEND", .notSocket):
-            return "the fd is not a tap, macvtap or packet socket"
-        case ("VHOST_SET_VRING_ADDR", .invalidArgument):
-            return "vhost.c vhost_vring_set_addr: avail must be 2-aligned, used and log 4-aligned"
-        default:
-            return nil
-        }
+    /// The request's kernel name, e.g. `VHOST_SET_VRING_NUM`.
+    public var name: String { request.name }
+
+    public var description: String {
+        var text = "\(name)(\(arguments)) failed: \(errno.name) (\(errno))"
+        if let hint = request.hint(for: errno) { text += "; " + hint }
+        return text
     }
 }
 

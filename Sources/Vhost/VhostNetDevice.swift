@@ -6,8 +6,11 @@ import Virtio
 /// The owner of one `/dev/vhost-net` fd: one virtio-net queue pair in the kernel, with vring 0
 /// for RX and vring 1 for TX. Each method is one ioctl, named as the kernel names it; a failure
 /// throws `VhostError.ioctl` with the request, its arguments and the errno.
-/// The fd is closed when the owner goes away, which also stops the kernel's worker.
-public struct VhostNetDevice: ~Copyable {
+///
+/// Closing the fd (when the owner goes away) stops the kernel's worker and drops its hold on
+/// this process's memory (net.c vhost_net_release), synchronously. Whoever owns guest memory
+/// must therefore let this value go first: `VhostNetSession` is declared that way.
+public struct VhostNetDevice: ~Copyable, VhostBackend {
     public static let defaultPath = "/dev/vhost-net"
     /// vhost-net's vrings (drivers/vhost/net.c VHOST_NET_VQ_RX / VHOST_NET_VQ_TX).
     public static let receiveQueueIndex: UInt32 = 0
@@ -16,9 +19,8 @@ public struct VhostNetDevice: ~Copyable {
     public let fd: FileDescriptor
     public let path: String
     public var observer: IoctlObserver?
-    /// When false, EFAULT and EBADF are thrown like any errno instead of trapping (for running
-    /// user-written ioctl sequences, where they are the script's mistake, not ours).
-    public var faultsAreBugs = true
+
+    public var backendName: String { path }
 
     /// Opens the device. ENOENT → "load it with modprobe vhost_net"; EACCES/EPERM → "needs root".
     public init(path: String = VhostNetDevice.defaultPath, observer: IoctlObserver? = nil) throws(VhostError) {
@@ -48,34 +50,34 @@ public struct VhostNetDevice: ~Copyable {
     // MARK: owner and features
 
     public func setOwner() throws(VhostError) {
-        try performIoctl("VHOST_SET_OWNER", "", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_none(raw, CVHOST_VHOST_SET_OWNER) }
+        try performIoctl(.setOwner, "", observer: observer) { request in cvhost_ioctl_none(raw, request) }
     }
 
     public func resetOwner() throws(VhostError) {
-        try performIoctl("VHOST_RESET_OWNER", "", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_none(raw, CVHOST_VHOST_RESET_OWNER) }
+        try performIoctl(.resetOwner, "", observer: observer) { request in cvhost_ioctl_none(raw, request) }
     }
 
     public func features() throws(VhostError) -> VirtioFeatures {
         var value: UInt64 = 0
-        try performIoctl("VHOST_GET_FEATURES", "", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_GET_FEATURES, &value) }
+        try performIoctl(.getFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
         observer?(IoctlEvent(name: "  → features", arguments: VirtioFeatures(rawValue: value).description, result: .success(0)))
         return VirtioFeatures(rawValue: value)
     }
 
     public func setFeatures(_ features: VirtioFeatures) throws(VhostError) {
         var value = features.rawValue
-        try performIoctl("VHOST_SET_FEATURES", features.description, observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_FEATURES, &value) }
+        try performIoctl(.setFeatures, features.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     public func backendFeatures() throws(VhostError) -> VhostBackendFeatures {
         var value: UInt64 = 0
-        try performIoctl("VHOST_GET_BACKEND_FEATURES", "", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_GET_BACKEND_FEATURES, &value) }
+        try performIoctl(.getBackendFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
         return VhostBackendFeatures(rawValue: value)
     }
 
     public func setBackendFeatures(_ features: VhostBackendFeatures) throws(VhostError) {
         var value = features.rawValue
-        try performIoctl("VHOST_SET_BACKEND_FEATURES", features.description, observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_BACKEND_FEATURES, &value) }
+        try performIoctl(.setBackendFeatures, features.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     // MARK: memory
@@ -84,80 +86,114 @@ public struct VhostNetDevice: ~Copyable {
     /// descriptor address (vhost.c translate_desc).
     public func setMemoryTable(_ table: MemoryTable) throws(VhostError) {
         var bytes = table.encoded()
-        try performIoctl("VHOST_SET_MEM_TABLE", table.description, observer: observer, faultsAreBugs: faultsAreBugs) {
-            bytes.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_MEM_TABLE, $0.baseAddress) }
+        try performIoctl(.setMemoryTable, table.description, observer: observer) { request in
+            // SAFETY: the kernel copies the table (vhost_set_memory) before the ioctl returns;
+            // the regions it names are the caller's to keep mapped (see VhostBackend).
+            bytes.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, request, $0.baseAddress) }
         }
+    }
+
+    /// `VHOST_SET_LOG_BASE`: the dirty log's host address.
+    public func setLogBase(_ address: HostAddress) throws(VhostError) {
+        var value = address.rawValue
+        // SAFETY: the kernel keeps this address and writes log bits there while LOG_ALL is on;
+        // the caller (DirtyLog's owner) keeps the log mapped until the device is closed.
+        try performIoctl(.setLogBase, address.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     // MARK: vrings
 
     public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) {
         var state = vhost_vring_state(index: index, num: num)
-        try performIoctl("VHOST_SET_VRING_NUM", "index: \(index), num: \(num)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_NUM, &state) }
+        try performIoctl(.setVringNum, "index: \(index), num: \(num)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &state) }
     }
 
     public func setVringBase(index: UInt32, base: UInt32) throws(VhostError) {
         var state = vhost_vring_state(index: index, num: base)
-        try performIoctl("VHOST_SET_VRING_BASE", "index: \(index), num: \(base)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_BASE, &state) }
+        try performIoctl(.setVringBase, "index: \(index), num: \(base)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &state) }
     }
 
     /// Returns the vring's `last_avail_idx` (the next avail entry the kernel would read).
     public func vringBase(index: UInt32) throws(VhostError) -> UInt32 {
         var state = vhost_vring_state(index: index, num: 0)
-        try performIoctl("VHOST_GET_VRING_BASE", "index: \(index)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_GET_VRING_BASE, &state) }
+        try performIoctl(.getVringBase, "index: \(index)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &state) }
         return state.num
     }
 
     /// Ring addresses are this process's virtual addresses (HVA), not guest-physical.
-    public func setVringAddress(index: UInt32, descriptors: UInt64, avail: UInt64, used: UInt64, log: UInt64 = 0, logging: Bool = false) throws(VhostError) {
-        var addr = vhost_vring_addr(index: index, flags: logging ? UInt32(1) << UInt32(VHOST_VRING_F_LOG) : 0, // VHOST_VRING_F_LOG is a bit number
-                                    desc_user_addr: descriptors, used_user_addr: used, avail_user_addr: avail, log_guest_addr: log)
-        try performIoctl("VHOST_SET_VRING_ADDR",
-                         "index: \(index), desc: \(hex(descriptors)), avail: \(hex(avail)), used: \(hex(used)), log: \(hex(log)), flags: \(logging ? "LOG" : "0")",
-                         observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_ADDR, &addr) }
+    public func setVringAddress(index: UInt32, _ addresses: VringAddresses) throws(VhostError) {
+        let logging = addresses.log != nil
+        // VHOST_VRING_F_LOG is a bit number (linux/vhost_types.h), so the flag is 1 << it.
+        var addr = vhost_vring_addr(index: index, flags: logging ? UInt32(1) << UInt32(VHOST_VRING_F_LOG) : 0,
+                                    desc_user_addr: addresses.descriptors.rawValue, used_user_addr: addresses.used.rawValue,
+                                    avail_user_addr: addresses.avail.rawValue, log_guest_addr: addresses.log?.rawValue ?? 0)
+        // SAFETY: the kernel keeps these addresses and reads and writes the rings through them
+        // from its worker until they are changed or the fd is closed; the ring memory's owner
+        // (the session's guest memory) outlives the device.
+        try performIoctl(.setVringAddress,
+                         "index: \(index), desc: \(addresses.descriptors), avail: \(addresses.avail), used: \(addresses.used), log: \(hex(addresses.log?.rawValue ?? 0)), flags: \(logging ? "LOG" : "0")",
+                         observer: observer) { request in cvhost_ioctl_ptr(raw, request, &addr) }
     }
 
-    /// fd -1 unbinds.
-    public func setVringKick(index: UInt32, fd eventFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: eventFD)
-        try performIoctl("VHOST_SET_VRING_KICK", "index: \(index), fd: \(eventFD)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_KICK, &file) }
+    public func setVringKick(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try setVringKick(index: index, rawFD: event.fd) }
+    public func setVringCall(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try setVringCall(index: index, rawFD: event.fd) }
+    public func setVringErr(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try setVringErr(index: index, rawFD: event.fd) }
+
+    public func unbindVring(index: UInt32, _ doorbell: VringDoorbell) throws(VhostError) {
+        switch doorbell {
+        case .kick: try setVringKick(index: index, rawFD: -1)
+        case .call: try setVringCall(index: index, rawFD: -1)
+        case .error: try setVringErr(index: index, rawFD: -1)
+        }
     }
 
-    public func setVringCall(index: UInt32, fd eventFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: eventFD)
-        try performIoctl("VHOST_SET_VRING_CALL", "index: \(index), fd: \(eventFD)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_CALL, &file) }
+    /// `VHOST_SET_VRING_KICK` with any fd, for probing the kernel's checks (an ioctl script's
+    /// closed fd or regular file). -1 unbinds.
+    public func setVringKick(index: UInt32, rawFD: Int32) throws(VhostError) {
+        var file = vhost_vring_file(index: index, fd: rawFD)
+        try performIoctl(.setVringKick, "index: \(index), fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
     }
 
-    public func setVringErr(index: UInt32, fd eventFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: eventFD)
-        try performIoctl("VHOST_SET_VRING_ERR", "index: \(index), fd: \(eventFD)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_ERR, &file) }
+    /// `VHOST_SET_VRING_CALL` with any fd. -1 unbinds.
+    public func setVringCall(index: UInt32, rawFD: Int32) throws(VhostError) {
+        var file = vhost_vring_file(index: index, fd: rawFD)
+        try performIoctl(.setVringCall, "index: \(index), fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
+    }
+
+    /// `VHOST_SET_VRING_ERR` with any fd. -1 unbinds.
+    public func setVringErr(index: UInt32, rawFD: Int32) throws(VhostError) {
+        var file = vhost_vring_file(index: index, fd: rawFD)
+        try performIoctl(.setVringErr, "index: \(index), fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
     }
 
     /// The worker spins this many microseconds before sleeping.
     public func setVringBusyloopTimeout(index: UInt32, microseconds: UInt32) throws(VhostError) {
         var state = vhost_vring_state(index: index, num: microseconds)
-        try performIoctl("VHOST_SET_VRING_BUSYLOOP_TIMEOUT", "index: \(index), num: \(microseconds)", observer: observer, faultsAreBugs: faultsAreBugs) {
-            cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &state)
+        try performIoctl(.setVringBusyloopTimeout, "index: \(index), num: \(microseconds)", observer: observer) { request in
+            cvhost_ioctl_ptr(raw, request, &state)
         }
     }
 
     public func vringBusyloopTimeout(index: UInt32) throws(VhostError) -> UInt32 {
         var state = vhost_vring_state(index: index, num: 0)
-        try performIoctl("VHOST_GET_VRING_BUSYLOOP_TIMEOUT", "index: \(index)", observer: observer, faultsAreBugs: faultsAreBugs) {
-            cvhost_ioctl_ptr(raw, CVHOST_VHOST_GET_VRING_BUSYLOOP_TIMEOUT, &state)
+        try performIoctl(.getVringBusyloopTimeout, "index: \(index)", observer: observer) { request in
+            cvhost_ioctl_ptr(raw, request, &state)
         }
         return state.num
     }
 
-    /// Attaches (tap fd) or detaches (-1) the backend of a vring.
-    public func setBackend(index: UInt32, fd backendFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: backendFD)
-        try performIoctl("VHOST_NET_SET_BACKEND", "index: \(index), fd: \(backendFD)", observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_NET_SET_BACKEND, &file) }
+    // MARK: backend
+
+    public func setBackend<Port: NetworkPort & ~Copyable>(index: UInt32, _ port: borrowing Port) throws(VhostError) {
+        try setBackend(index: index, fd: port.fd)
     }
 
-    /// `VHOST_SET_LOG_BASE`: the dirty log's host address.
-    public func setLogBase(_ address: UInt64) throws(VhostError) {
-        var value = address
-        try performIoctl("VHOST_SET_LOG_BASE", hex(address), observer: observer, faultsAreBugs: faultsAreBugs) { cvhost_ioctl_ptr(raw, CVHOST_VHOST_SET_LOG_BASE, &value) }
+    public func detachBackend(index: UInt32) throws(VhostError) { try setBackend(index: index, fd: -1) }
+
+    /// `VHOST_NET_SET_BACKEND` with any fd: a tap, macvtap or packet socket attaches, -1
+    /// detaches, anything else earns the kernel's answer (ENOTSOCK, EBADF).
+    public func setBackend(index: UInt32, fd backendFD: Int32) throws(VhostError) {
+        var file = vhost_vring_file(index: index, fd: backendFD)
+        try performIoctl(.netSetBackend, "index: \(index), fd: \(backendFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
     }
 }

@@ -74,50 +74,57 @@ int cvhost_ioctl_ptr(int fd, unsigned long request, void *argument);
 int cvhost_ioctl_int(int fd, unsigned long request, int argument);
 int cvhost_ioctl_ulong(int fd, unsigned long request, unsigned long argument);
 
-// ---- tap helper (the containerization pattern: a small C helper) ----
-// Opens /dev/net/tun (O_RDWR|O_CLOEXEC) and attaches it with TUNSETIFF.
-// `name` is IFNAMSIZ-bounded; an empty name lets the kernel choose.
-// On success returns the fd and writes the kernel's name to `name_out`
-// (IFNAMSIZ bytes). On failure returns -errno; `failed_step` is set to
-// 1 when open failed, 2 when TUNSETIFF failed.
-int cvhost_tap_open(const char *name, short flags, char *name_out, int *failed_step);
+// ---- interface requests (struct ifreq) ----
+// SIOC* numbers (linux/sockios.h), for the one traced ioctl path in Swift.
+extern const unsigned long CVHOST_SIOCGIFFLAGS;
+extern const unsigned long CVHOST_SIOCSIFFLAGS;
+extern const unsigned long CVHOST_SIOCGIFINDEX;
+extern const unsigned long CVHOST_SIOCGIFMTU;
+extern const unsigned long CVHOST_SIOCSIFMTU;
+extern const unsigned long CVHOST_SIOCGIFHWADDR;
+extern const unsigned long CVHOST_SIOCSIFADDR;
+extern const unsigned long CVHOST_SIOCSIFNETMASK;
 
-// Interface helpers over an AF_INET datagram socket.
-int cvhost_if_get_flags(const char *name, short *flags_out);
-int cvhost_if_set_flags(const char *name, short flags);
-int cvhost_if_index(const char *name);
-int cvhost_if_set_mtu(const char *name, int mtu);
-int cvhost_if_get_mtu(const char *name);
-int cvhost_if_get_hwaddr(const char *name, uint8_t mac_out[6]);
+// One ioctl on a struct ifreq (a union Swift cannot build cleanly). Each fills ifr_name from
+// `name` (IFNAMSIZ-bounded), stores `*value` in the named member, issues the ioctl, reads the
+// member back into `*value` and ifr_name into `name_out` (IFNAMSIZ bytes, may be NULL), and
+// returns the ioctl's result or -errno. No decision is made here.
+int cvhost_ioctl_ifreq_short(int fd, unsigned long request, const char *name, short *value, char *name_out); // ifr_flags
+int cvhost_ioctl_ifreq_int(int fd, unsigned long request, const char *name, int *value);                      // ifr_ifindex / ifr_mtu
+int cvhost_ioctl_ifreq_hwaddr(int fd, unsigned long request, const char *name, uint8_t mac[6]);               // ifr_hwaddr.sa_data
+int cvhost_ioctl_ifreq_ipv4(int fd, unsigned long request, const char *name, uint32_t *address);              // ifr_addr as sockaddr_in, host order
 
 // eventfd(2) and memfd_create(2) (not all of their headers reach Swift's Glibc module).
 int cvhost_eventfd(unsigned int initial, int nonblocking);
 int cvhost_memfd(const char *name, int hugetlb);
 
-// An AF_PACKET raw socket bound to one interface, for the host side of tests and the demo.
-// protocol is a host-order EtherType (ETH_P_ALL = 3 for everything). Returns fd or -errno.
-int cvhost_packet_socket(int ifindex, unsigned short protocol);
-int cvhost_set_socket_buffer(int fd, int receive, int bytes);
-// PACKET_VNET_HDR: frames sent (and received) carry a struct virtio_net_hdr first.
-int cvhost_packet_vnet_header(int fd);
-
-// IPv4 helpers for the host side of the demo (addresses in host byte order).
-int cvhost_if_set_ipv4(const char *name, uint32_t address, uint32_t netmask);
-// A socket of the given type/protocol (SOCK_DGRAM/0 for UDP, SOCK_RAW/IPPROTO_ICMP for ping).
-int cvhost_inet_socket(int type, int protocol);
-int cvhost_udp_socket(void);
-int cvhost_bind_ipv4(int fd, uint32_t address, uint16_t port);
-int cvhost_icmp_socket(void);
+// Sockets: socket(2) with SOCK_CLOEXEC, and the sockaddr building Swift cannot do cleanly.
+// Each returns the fd, 0, the byte count, or -errno.
+int cvhost_socket(int domain, int type, int protocol);
+int cvhost_bind_packet(int fd, int ifindex, unsigned short protocol); // sockaddr_ll; protocol host order
+int cvhost_bind_ipv4(int fd, uint32_t address, uint16_t port);        // host order
 long cvhost_sendto_ipv4(int fd, uint32_t address, uint16_t port, const void *buffer, size_t length);
-// Waits up to timeout_ms for a datagram; returns its length, 0 on timeout, or -errno.
-// `from_address` receives the sender (host byte order) when not NULL.
-long cvhost_recv_timeout(int fd, void *buffer, size_t length, int timeout_ms, uint32_t *from_address);
-int cvhost_net_admin_capable(void);
+long cvhost_recvfrom_ipv4(int fd, void *buffer, size_t length, int flags, uint32_t *from_address);
+int cvhost_setsockopt_int(int fd, int level, int option, int value);
+// A SOCK_SEQPACKET socketpair: one message is one frame, as a tap delivers them.
+int cvhost_socketpair_seqpacket(int fds[2]);
+extern const int CVHOST_AF_PACKET;
+extern const int CVHOST_AF_INET;
+extern const int CVHOST_SOCK_RAW;
+extern const int CVHOST_SOCK_DGRAM;
+extern const int CVHOST_IPPROTO_ICMP;
+extern const int CVHOST_SOL_PACKET;
+extern const int CVHOST_PACKET_VNET_HDR;
+extern const int CVHOST_SO_RCVBUF;
+extern const int CVHOST_SO_SNDBUF;
+extern const int CVHOST_SO_RCVBUFFORCE;
+extern const int CVHOST_SO_SNDBUFFORCE;
 
 // epoll (struct epoll_event is packed on x86_64, so Swift sees only tokens).
 int cvhost_epoll_create(void);
 int cvhost_epoll_add(int epfd, int fd, uint64_t token);
-// Fills up to `maximum` tokens of ready fds; returns their count, 0 on timeout, or -errno.
+int cvhost_epoll_del(int epfd, int fd);
+// Fills up to `maximum` (at most 64) tokens of ready fds; returns their count or -errno (EINTR included).
 int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms);
 
 // IFF_* interface flags, for Swift.
