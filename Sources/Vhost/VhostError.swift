@@ -20,6 +20,9 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
     case unsupportedByKernel(String)
     /// The kernel did not complete work in time (a stalled or detached vring).
     case timeout(String)
+    /// The device broke the virtio protocol on a queue (virtio_ring.c BAD_RING): the queue is
+    /// marked broken and carries nothing more until it is set up again. The process is unharmed.
+    case brokenQueue(queue: String, reason: String)
 
     public var description: String {
         switch self {
@@ -41,6 +44,8 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
             return "\(message) (running \(KernelInfo.release()))"
         case .timeout(let what):
             return "timed out: \(what)"
+        case .brokenQueue(let queue, let reason):
+            return "queue \(queue) is broken: the device broke the virtio protocol (\(reason)); it carries nothing more until set up again"
         }
     }
 }

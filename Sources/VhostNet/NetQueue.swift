@@ -13,11 +13,24 @@ public struct QueueCounters: Sendable, Equatable {
     public var calls: UInt64 = 0
     /// Frames dropped: TX frames that did not fit, RX frames too large or malformed.
     public var drops: UInt64 = 0
-    /// Errors the kernel signalled on the vring's error eventfd (vq_err).
+    /// Errors the device signalled on the vring's error eventfd (vq_err).
     public var ringErrors: UInt64 = 0
     /// RX frames that spanned several buffers (MRG_RXBUF) and were reassembled.
     public var mergedFrames: UInt64 = 0
     public init() {}
+
+    public static func + (a: QueueCounters, b: QueueCounters) -> QueueCounters {
+        var c = QueueCounters()
+        c.frames = a.frames + b.frames
+        c.bytes = a.bytes + b.bytes
+        c.kicks = a.kicks + b.kicks
+        c.suppressedKicks = a.suppressedKicks + b.suppressedKicks
+        c.calls = a.calls + b.calls
+        c.drops = a.drops + b.drops
+        c.ringErrors = a.ringErrors + b.ringErrors
+        c.mergedFrames = a.mergedFrames + b.mergedFrames
+        return c
+    }
 }
 
 /// How the driver waits for the device.
@@ -28,128 +41,101 @@ public enum NotificationMode: String, Sendable, CaseIterable {
     case poll
 }
 
-/// How a frame's descriptors are laid out.
-public enum DescriptorLayout: String, Sendable, CaseIterable {
-    /// One descriptor: the virtio-net header inline before the frame.
-    case inline
-    /// A chain of two: the header in its own descriptor, then the frame.
-    case separateHeader
-    /// One ring slot with VRING_DESC_F_INDIRECT, pointing at a two-entry table (header, frame)
-    /// in guest memory (needs VIRTIO_F_INDIRECT_DESC).
-    case indirect
-}
-
-/// Where guest memory lies.
-public enum MemoryPlacement: String, Sendable, CaseIterable {
-    /// One region at 1 GiB.
-    case single
-    /// Two regions with a hole between them, like a real VM below and above 4 GiB: one at
-    /// 0x0010_0000, one at 0x1_0000_0000. Buffers alternate between them.
-    case belowAndAbove4GiB
-}
-
-/// One vring of a queue pair as the driver sees it: the split ring in guest memory, per
-/// chain head a frame buffer (and a header buffer or an indirect table, by layout), and the
-/// kick, call and error eventfds.
+/// One vring as the driver sees it: the split ring driver over the queue's guest memory, the
+/// kick, call and error eventfds, and the counters. `TransmitQueue` and `ReceiveQueue` build on
+/// it; each queue's driver, buffers and counters are updated here, in one place.
 public struct NetQueue: ~Copyable {
+    /// The vring index: 0 (RX) or 1 (TX).
     public let index: UInt32
-    public var driver: SplitVirtqueueDriver
-    public let ringMemory: GuestBuffer
-    /// Per head: the frame buffer (with the header inline for `.inline`).
-    public let buffers: [GuestBuffer]
-    /// Per head: the header buffer (`.separateHeader`, `.indirect`).
-    public let headers: [GuestBuffer]
-    /// Per head: the two-entry indirect table (`.indirect`).
-    public let tables: [GuestBuffer]
+    public internal(set) var driver: SplitVirtqueueDriver
+    public let memory: QueueMemory
     public let layout: DescriptorLayout
+    /// The virtio-net header length on the ring (10 or 12).
+    public let headerLength: Int
     public let kick: EventFD
     public let call: EventFD
     public let error: EventFD
-    public var counters = QueueCounters()
+    public internal(set) var counters = QueueCounters()
+    /// Set when the device broke the protocol on this queue.
+    public internal(set) var broken: RingViolation?
 
-    init(index: UInt32, queueSize: UInt16, bufferSize: Int, headerLength: Int, layout descriptorLayout: DescriptorLayout,
-         eventIndex: Bool, inOrder: Bool, memory: inout GuestMemory) throws(VhostError) {
-        let kick = try EventFD()
-        let call = try EventFD()
-        let error = try EventFD()
-        let layout = SplitRingLayout.offsets(queueSize: Int(queueSize))
-        // Whole pages, so no buffer shares a page with a ring (the dirty log is per 4 KiB page).
-        let ringMemory = try memory.allocate((layout.total + 4095) & ~4095, alignment: 4096)
-        let regions = memory.map.regions.count
-        var buffers: [GuestBuffer] = [], headers: [GuestBuffer] = [], tables: [GuestBuffer] = []
-        buffers.reserveCapacity(Int(queueSize))
-        for head in 0..<Int(queueSize) {
-            // With several regions, buffers alternate between them.
-            let region = head % regions
-            buffers.append(try memory.allocate(bufferSize, alignment: 64, region: region))
-            if descriptorLayout != .inline { headers.append(try memory.allocate(headerLength, alignment: 16, region: region)) }
-            if descriptorLayout == .indirect { tables.append(try memory.allocate(2 * SplitRingLayout.descriptorSize, alignment: 16, region: region)) }
-        }
-        let ring = SplitRing(queueSize: queueSize,
-                             descriptors: ringMemory.host + layout.descriptors,
-                             avail: ringMemory.host + layout.avail,
-                             used: ringMemory.host + layout.used)
+    init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool) throws(VhostError) {
+        let kick = try EventFD(), call = try EventFD(), error = try EventFD()
         self.index = index
-        self.ringMemory = ringMemory
-        self.driver = SplitVirtqueueDriver(ring: ring, eventIndex: eventIndex, inOrder: inOrder)
-        self.buffers = buffers
-        self.headers = headers
-        self.tables = tables
-        self.layout = descriptorLayout
+        self.memory = memory
+        self.layout = layout
+        self.headerLength = headerLength
         self.kick = kick
         self.call = call
         self.error = error
+        // SAFETY: the ring lies in guest memory the session keeps mapped for as long as this
+        // queue exists; the driver initialises it (zeroed, indices 0) before the device is given
+        // its address, and from then on shares it only through Atomic indices (SplitRing).
+        driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: eventIndex, inOrder: inOrder)
     }
 
-    /// Host addresses for VHOST_SET_VRING_ADDR.
-    var ringAddresses: (descriptors: UInt64, avail: UInt64, used: UInt64) {
-        let ring = driver.ring
-        return (UInt64(UInt(bitPattern: ring.descriptors)), UInt64(UInt(bitPattern: ring.avail)), UInt64(UInt(bitPattern: ring.used)))
+    var name: String { index == VhostNetDevice.receiveQueueIndex ? "rx" : "tx" }
+
+    /// Bytes of frame one chain holds (without the header when it is inline).
+    public var frameCapacity: Int { layout == .inline ? memory.buffers[0].length - headerLength : memory.buffers[0].length }
+    /// Bytes one chain holds, header included.
+    public var chainCapacity: Int { layout == .inline ? memory.buffers[0].length : memory.buffers[0].length + headerLength }
+
+    /// Where the header and the frame of head `h` live.
+    func headerPointer(_ head: UInt16) -> UnsafeMutableRawPointer { layout == .inline ? memory.buffers[Int(head)].host : memory.headers[Int(head)].host }
+    func framePointer(_ head: UInt16) -> UnsafeMutableRawPointer {
+        layout == .inline ? memory.buffers[Int(head)].host + headerLength : memory.buffers[Int(head)].host
     }
 
-    /// Puts one frame's chain on the ring at the next free head, by layout: `headerLength`
-    /// bytes of header then `frameLength` bytes of frame (TX), or room for them (RX).
-    /// Returns false when no descriptor is free (or, for a chain, not enough).
-    mutating func addChain(headerLength: Int, frameLength: Int, deviceWritable: Bool) -> Bool {
-        guard let head = driver.nextFreeHead else { return false }
-        let buffer = buffers[Int(head)]
+    /// Whether a whole chain fits now: the next head is free (and for a two-descriptor chain, two are).
+    var canAddChain: Bool { driver.nextFreeHead != nil && (layout != .separateHeader || driver.freeCount >= 2) }
+
+    /// Puts one frame's chain on the ring at the next free head, by layout: the header then
+    /// `frameLength` bytes of frame (TX), or room for them (RX). Returns the head it used, or nil
+    /// when no descriptor is free (or, for a chain, not enough).
+    mutating func addChain(frameLength: Int, deviceWritable: Bool) -> UInt16? {
+        guard let head = driver.nextFreeHead else { return nil }
+        let buffer = memory.buffers[Int(head)]
         switch layout {
         case .inline:
-            return driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress, length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable))) != nil
+            return driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable)))
         case .separateHeader:
-            let header = headers[Int(head)]
-            return driver.add([BufferSegment(address: header.guestAddress, length: UInt32(headerLength), deviceWritable: deviceWritable),
-                               BufferSegment(address: buffer.guestAddress, length: UInt32(frameLength), deviceWritable: deviceWritable)]) != nil
+            let header = memory.headers[Int(head)]
+            return driver.add([BufferSegment(address: header.guestAddress.rawValue, length: UInt32(headerLength), deviceWritable: deviceWritable),
+                               BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(frameLength), deviceWritable: deviceWritable)])
         case .indirect:
-            let header = headers[Int(head)], table = tables[Int(head)]
-            return driver.addIndirect([BufferSegment(address: header.guestAddress, length: UInt32(headerLength), deviceWritable: deviceWritable),
-                                       BufferSegment(address: buffer.guestAddress, length: UInt32(frameLength), deviceWritable: deviceWritable)],
-                                      table: table.host, tableAddress: table.guestAddress) != nil
+            let header = memory.headers[Int(head)], table = memory.tables[Int(head)]
+            // SAFETY: the table is guest memory of this head's, not in flight, so the device
+            // does not read it until the avail entry that names it is published.
+            return driver.addIndirect([BufferSegment(address: header.guestAddress.rawValue, length: UInt32(headerLength), deviceWritable: deviceWritable),
+                                       BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(frameLength), deviceWritable: deviceWritable)],
+                                      table: table.host, tableAddress: table.guestAddress.rawValue)
         }
     }
 
-    /// Where the header and the frame of head `h` live.
-    func headerPointer(_ head: UInt16) -> UnsafeMutableRawPointer { layout == .inline ? buffers[Int(head)].host : headers[Int(head)].host }
-    func framePointer(_ head: UInt16, headerLength: Int) -> UnsafeMutableRawPointer {
-        layout == .inline ? buffers[Int(head)].host + headerLength : buffers[Int(head)].host
+    /// Reaps one used entry; a protocol violation marks the queue broken and throws.
+    mutating func nextUsed() throws(VhostError) -> UsedElement? {
+        do {
+            return try driver.nextUsed()
+        } catch {
+            broken = error
+            throw .brokenQueue(queue: name, reason: error.description)
+        }
     }
-    func frameCapacity(headerLength: Int) -> Int { layout == .inline ? buffers[0].length - headerLength : buffers[0].length }
-    /// Bytes one chain holds, header included.
-    func chainCapacity(headerLength: Int) -> Int { layout == .inline ? buffers[0].length : buffers[0].length + headerLength }
 
     /// Appends the first `length` bytes the device wrote into chain `head`, in iovec order. A
     /// continuation buffer of a merged frame has no header of its own (net.c handle_rx copies
     /// the frame on from the start of the next chain), so for the non-inline layouts its data
     /// begins in the header descriptor.
-    func appendChainBytes(head: UInt16, length: Int, headerLength: Int, to bytes: inout [UInt8]) {
+    func appendChainBytes(head: UInt16, length: Int, to bytes: inout [UInt8]) {
         var remaining = max(0, length)
         if layout != .inline {
             let n = min(remaining, headerLength)
-            bytes.append(contentsOf: UnsafeRawBufferPointer(start: headers[Int(head)].host, count: n))
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: memory.headers[Int(head)].host, count: n))
             remaining -= n
         }
-        let n = min(remaining, buffers[Int(head)].length)
-        bytes.append(contentsOf: UnsafeRawBufferPointer(start: buffers[Int(head)].host, count: n))
+        let n = min(remaining, memory.buffers[Int(head)].length)
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: memory.buffers[Int(head)].host, count: n))
     }
 
     /// Publishes what was added and kicks when the device asks for it.

@@ -1,3 +1,4 @@
+import NetFormats
 import Virtio
 
 /// What a NIC endpoint answers: ARP requests for its address, ICMP echo requests to it, and

@@ -1,6 +1,7 @@
 import Glibc
 import SystemPackage
 import Vhost
+import NetFormats
 import Virtio
 
 /// Writes frames to a pcap file that tshark and Wireshark read. Flushes on `flush()` and when

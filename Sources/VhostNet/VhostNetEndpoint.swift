@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import NetFormats
 import Vhost
 import Virtio
 
@@ -9,7 +10,7 @@ import Virtio
 public final class VhostNetEndpoint {
     public struct Configuration: Sendable {
         /// The datapath of every queue pair: tap name, features, ring size, layout, memory, …
-        public var datapath: VhostNetQueuePair.Configuration
+        public var datapath: QueuePairConfiguration
         /// Queue pairs; more than one uses an IFF_MULTI_QUEUE tap, one queue per pair.
         public var queues: Int = 1
         public var mac: MACAddress = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
@@ -21,7 +22,7 @@ public final class VhostNetEndpoint {
             datapath.features = [.version1, .eventIndex]
         }
 
-        func pairConfiguration() -> VhostNetQueuePair.Configuration {
+        func pairConfiguration() -> QueuePairConfiguration {
             var config = datapath
             config.multiQueueTap = queues > 1
             return config
@@ -35,6 +36,11 @@ public final class VhostNetEndpoint {
     public var responder: NetworkResponder
     /// Sees every frame received from and transmitted to the tap (for pcap).
     public var frameObserver: ((Direction, [UInt8]) -> Void)?
+    /// Told once when a queue pair's device breaks the virtio protocol (`VhostError.brokenQueue`).
+    /// That pair is left alone from then on; the others go on, and so does the process.
+    public var brokenQueueHandler: ((Int, VhostError) -> Void)?
+    /// The queue pairs whose device broke the protocol.
+    public private(set) var brokenPairs: Set<Int> = []
     let logger: Logger
     /// The RX call eventfds of every queue pair (token = pair index), plus extra fds.
     private let poller: EventPoller
@@ -53,7 +59,7 @@ public final class VhostNetEndpoint {
         }
         self.pairs = pairs
         poller = try EventPoller()
-        for (index, pair) in pairs.enumerated() { try poller.add(pair.receiveQueue.call.fd, token: UInt64(index)) }
+        for (index, pair) in pairs.enumerated() { try poller.add(pair.receiveQueue.queue.call.fd, token: UInt64(index)) }
         responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, udpEchoPort: configuration.udpEchoPort)
     }
 
@@ -65,20 +71,24 @@ public final class VhostNetEndpoint {
     @discardableResult
     public func service(milliseconds: Int32, extraFDs: [Int32] = []) throws(VhostError) -> Int {
         var received = 0
-        for (index, pair) in pairs.enumerated() {
+        for (index, pair) in pairs.enumerated() where !brokenPairs.contains(index) {
             var frames: [(VirtioNetHeader, [UInt8])] = []
-            received += pair.receive(limit: 256, milliseconds: 0) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
-            for (header, frame) in frames {
-                frameObserver?(.received, frame)
-                if let reply = responder.respond(to: frame, header: header) {
-                    try send(reply, queue: index)
+            do {
+                received += try pair.receive(limit: 256, milliseconds: 0) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
+                for (header, frame) in frames {
+                    frameObserver?(.received, frame)
+                    if let reply = responder.respond(to: frame, header: header) {
+                        try send(reply, queue: index)
+                    }
                 }
+            } catch .brokenQueue(let queue, let reason) {
+                markBroken(index, .brokenQueue(queue: queue, reason: reason))
             }
         }
         guard received == 0, milliseconds != 0 else { return received }
         // Interrupt mode: re-enable RX interrupts on every queue (returning at once when one
         // has work already), then sleep in epoll on all call eventfds.
-        for pair in pairs where pair.armReceiveNotification() == nil { return received }
+        for (index, pair) in pairs.enumerated() where !brokenPairs.contains(index) && pair.armReceiveNotification() == nil { return received }
         for fd in extraFDs where !watchedExtras.contains(fd) {
             try poller.add(fd, token: UInt64.max)
             watchedExtras.insert(fd)
@@ -87,6 +97,12 @@ public final class VhostNetEndpoint {
             pairs[Int(token)].acknowledgeReceiveNotification()
         }
         return received
+    }
+
+    private func markBroken(_ index: Int, _ error: VhostError) {
+        guard brokenPairs.insert(index).inserted else { return }
+        logger.error("queue pair \(index): \(error)")
+        brokenQueueHandler?(index, error)
     }
 
     /// Transmits one frame on a queue.
@@ -117,19 +133,4 @@ public final class VhostNetEndpoint {
 
     public var receiveCounters: QueueCounters { pairs.map(\.receiveCounters).reduce(QueueCounters(), +) }
     public var transmitCounters: QueueCounters { pairs.map(\.transmitCounters).reduce(QueueCounters(), +) }
-}
-
-extension QueueCounters {
-    public static func + (a: QueueCounters, b: QueueCounters) -> QueueCounters {
-        var c = QueueCounters()
-        c.frames = a.frames + b.frames
-        c.bytes = a.bytes + b.bytes
-        c.kicks = a.kicks + b.kicks
-        c.suppressedKicks = a.suppressedKicks + b.suppressedKicks
-        c.calls = a.calls + b.calls
-        c.drops = a.drops + b.drops
-        c.ringErrors = a.ringErrors + b.ringErrors
-        c.mergedFrames = a.mergedFrames + b.mergedFrames
-        return c
-    }
 }

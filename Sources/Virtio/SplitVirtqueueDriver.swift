@@ -18,7 +18,7 @@ public struct BufferSegment: Equatable, Sendable {
 /// (`&+`/`&-`), and a ring slot is `index & (size - 1)`, so it survives wrapping past 65535.
 /// The free list and chain bookkeeping live in driver-private shadows; device-shared memory
 /// is never trusted for them (as virtio_ring.c's desc_extra).
-public struct SplitVirtqueueDriver: @unchecked Sendable {
+public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
     public let ring: SplitRing
     /// `VIRTIO_F_RING_EVENT_IDX` negotiated: use used_event/avail_event instead of the flags.
     public let eventIndex: Bool
@@ -163,19 +163,26 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
     /// used->idx by the batch size. Every chain up to that id is then done; `lastBatch` lists
     /// them in order and the index advances by their count. On RX a batch is one packet and the
     /// length is the packet's total.
-    public mutating func nextUsed() -> UsedElement? {
+    public mutating func nextUsed() throws(RingViolation) -> UsedElement? {
+        if let broken { throw broken }
         let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
         guard deviceIndex != lastUsedIndex else { return nil }
         let element = ring.usedEntry(lastUsedIndex)
         let head = UInt16(truncatingIfNeeded: element.id)
         if Int(element.id) >= Int(queueSize) || chainCount[Int(head)] == 0 {
-            fatalError("the device returned used id \(element.id) at used index \(lastUsedIndex), which is not in flight; \(ringState(deviceIndex: deviceIndex))")
+            let violation = RingViolation(reason: "the device returned used id \(element.id) at used index \(lastUsedIndex), which is not in flight",
+                                          ringState: ringState(deviceIndex: deviceIndex))
+            broken = violation
+            throw violation
         }
         if inOrder {
             lastBatch.removeAll(keepingCapacity: true)
             while true {
                 guard inOrderStart < inOrderHeads.count else {
-                    fatalError("IN_ORDER: used id \(head) is not among the chains in flight")
+                    let violation = RingViolation(reason: "IN_ORDER: used id \(head) is not among the chains in flight",
+                                                  ringState: ringState(deviceIndex: deviceIndex))
+                    broken = violation
+                    throw violation
                 }
                 let done = inOrderHeads[inOrderStart]
                 inOrderStart += 1
@@ -210,6 +217,9 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
         }
         return "used->idx \(deviceIndex), avail idx \(availIndexShadow), in flight \(inFlight), next in order \(pending), used entries \(entries)"
     }
+
+    /// Set when the device broke the protocol; every later `nextUsed` throws it again.
+    public private(set) var broken: RingViolation?
 
     /// With IN_ORDER: the heads the last `nextUsed` completed, oldest first.
     public private(set) var lastBatch: [UInt16] = []
@@ -254,4 +264,12 @@ public struct SplitVirtqueueDriver: @unchecked Sendable {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         return hasUsed()
     }
+}
+
+/// The device broke the virtio protocol (virtio_ring.c BAD_RING): the queue is unusable until reset.
+public struct RingViolation: Error, Equatable, CustomStringConvertible, Sendable {
+    public var reason: String
+    public var ringState: String
+    public init(reason: String, ringState: String) { self.reason = reason; self.ringState = ringState }
+    public var description: String { "\(reason); \(ringState)" }
 }

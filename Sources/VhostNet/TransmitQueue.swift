@@ -1,0 +1,64 @@
+import Vhost
+import Virtio
+
+/// The TX vring: frames from this driver to the device. It owns its buffers and header length;
+/// `send` keeps the ring full, kicks only when the device asks, and waits when it is full.
+public struct TransmitQueue: ~Copyable {
+    public internal(set) var queue: NetQueue
+
+    init(_ queue: consuming NetQueue) { self.queue = queue }
+
+    /// The ring driver, for inspection.
+    public var driver: SplitVirtqueueDriver { _read { yield queue.driver } }
+    public var counters: QueueCounters { queue.counters }
+    /// Bytes of frame one chain holds.
+    public var frameCapacity: Int { queue.frameCapacity }
+
+    /// Reaps finished chains. TX used length is always 0 (net.c handle_tx).
+    @discardableResult
+    public mutating func reap() throws(VhostError) -> Int {
+        var count = 0
+        while try queue.nextUsed() != nil { count += 1 }
+        return count
+    }
+
+    /// Transmits `count` frames. `fill(i, buffer)` writes frame `i` into the guest buffer and
+    /// returns its length; `header` goes before it, inline or in its own descriptor by layout.
+    /// Returns after the device has used every chain.
+    public mutating func send(count: Int, header: VirtioNetHeader, mode: NotificationMode,
+                              fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) {
+        var sent = 0
+        let capacity = queue.frameCapacity
+        while sent < count {
+            try reap()
+            while sent < count, queue.canAddChain, let head = queue.driver.nextFreeHead {
+                header.write(to: queue.headerPointer(head), length: queue.headerLength)
+                let length = fill(sent, UnsafeMutableRawBufferPointer(start: queue.framePointer(head), count: capacity))
+                precondition(length >= 0 && length <= capacity, "fill returned \(length) for a \(capacity)-byte buffer")
+                let used = queue.addChain(frameLength: length, deviceWritable: false)
+                assert(used == head, "the chain went to head \(String(describing: used)), not \(head)")
+                queue.counters.frames += 1
+                queue.counters.bytes += UInt64(length)
+                sent += 1
+            }
+            queue.publishAndKick()
+            if sent < count {
+                guard queue.waitForUsed(mode: mode, milliseconds: 5000) else {
+                    throw .timeout("the device completed no TX descriptor in 5 s (\(queue.driver.inFlight) in flight); is the backend attached?")
+                }
+            }
+        }
+        try drain(mode: mode)
+    }
+
+    /// Waits until the device has used every TX chain.
+    public mutating func drain(mode: NotificationMode, milliseconds: Int32 = 5000) throws(VhostError) {
+        try reap()
+        while queue.driver.inFlight > 0 {
+            guard queue.waitForUsed(mode: mode, milliseconds: milliseconds) else {
+                throw .timeout("the device left \(queue.driver.inFlight) TX descriptors unused for \(milliseconds) ms")
+            }
+            try reap()
+        }
+    }
+}

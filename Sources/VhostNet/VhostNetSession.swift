@@ -1,0 +1,114 @@
+import Logging
+import Vhost
+import Virtio
+
+/// The bring-up and teardown of one virtio-net queue pair on a vhost backend: QEMU's
+/// `vhost_net_start`/`vhost_net_stop` with the kernel backend (hw/virtio/vhost.c vhost_dev_init
+/// and vhost_dev_start, hw/net/vhost_net.c), every ioctl of it in this file, in QEMU's order.
+///
+/// The session owns the device, the network port and guest memory, and releases them in the
+/// only safe order (crosvm's `vhost::net` keeps the same rule by field order): the device is
+/// closed first, so that the kernel's worker has stopped touching the rings and buffers before
+/// the memory under them is unmapped. See `deinit`.
+public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: NetworkPort & ~Copyable> {
+    /// Optional only so that `deinit` can close it before `memory` goes: nil only there.
+    private var backend: Backend?
+    /// The socket the vrings carry frames through (a tap queue, or a frame pipe).
+    public let port: Port
+    /// Every byte the device may touch: rings, buffers, indirect tables.
+    public let memory: GuestMemory
+    /// What the device offered and what was negotiated.
+    public let offeredFeatures: VirtioFeatures
+    public let negotiatedFeatures: VirtioFeatures
+    public private(set) var running = false
+    /// The dirty log, once enabled; released after the device, like `memory`.
+    public private(set) var dirtyLog: DirtyLog?
+    let logger: Logger
+
+    /// The device, borrowed.
+    public var device: Backend { _read { yield backend! } }
+
+    /// vhost_dev_init: SET_OWNER, GET_FEATURES (checked against `features`), then per vring
+    /// SET_VRING_CALL and SET_VRING_ERR.
+    init(device: consuming Backend, port: consuming Port, memory: consuming GuestMemory, features: VirtioFeatures,
+         receive: borrowing NetQueue, transmit: borrowing NetQueue, logger: Logger) throws(VhostError) {
+        self.logger = logger
+        try device.setOwner()
+        let offered = try device.features()
+        let missing = features.subtracting(offered)
+        guard missing.isEmpty else {
+            throw .featureUnavailable(requested: missing.featureNames.joined(separator: ", "), offered: offered.description)
+        }
+        try device.setVringCall(index: receive.index, receive.call)
+        try device.setVringErr(index: receive.index, receive.error)
+        try device.setVringCall(index: transmit.index, transmit.call)
+        try device.setVringErr(index: transmit.index, transmit.error)
+        offeredFeatures = offered
+        negotiatedFeatures = features
+        self.backend = consume device
+        self.port = port
+        self.memory = memory
+        logger.debug("\(self.port.name): \(self.device.backendName) offers \(offered); negotiating \(features)")
+    }
+
+    /// vhost_dev_start: features, backend features, memory table, each vring's NUM, BASE, ADDR,
+    /// KICK, CALL; then the port's header length and offloads; then the backends.
+    func start(receive: borrowing NetQueue, transmit: borrowing NetQueue, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
+        try device.setFeatures(negotiatedFeatures)
+        // QEMU acks IOTLB_MSG_V2 when offered (vhost_kernel_set_backend_cap).
+        let backendFeatures = try device.backendFeatures()
+        try device.setBackendFeatures(backendFeatures.intersection(.iotlbMessageV2))
+        try device.setMemoryTable(memory.map.memoryTable)
+        try configureVring(receive)
+        try configureVring(transmit)
+        // vhost-net's sock_hlen: the socket side carries the header unless vhost adds it
+        // (VHOST_NET_F_VIRTIO_NET_HDR: net.c vhost_net_set_features).
+        let socketHeader = negotiatedFeatures.contains(.vhostNetVirtioNetHeader) ? nil : Optional(negotiatedFeatures.netHeaderLength)
+        try port.prepare(headerLength: socketHeader, receiveOffloads: receiveOffloads, linkUp: linkUp)
+        // The device reads used->idx when a backend is attached (vhost.c vhost_vq_init_access),
+        // so the rings were initialised when the queues were made.
+        try device.setBackend(index: receive.index, port)
+        try device.setBackend(index: transmit.index, port)
+        running = true
+    }
+
+    private func configureVring(_ queue: borrowing NetQueue) throws(VhostError) {
+        try device.setVringNum(index: queue.index, num: UInt32(queue.driver.queueSize))
+        try device.setVringBase(index: queue.index, base: UInt32(queue.driver.availIndexShadow))
+        try device.setVringAddress(index: queue.index, queue.memory.vringAddresses())
+        try device.setVringKick(index: queue.index, queue.kick)
+        try device.setVringCall(index: queue.index, queue.call)
+    }
+
+    /// vhost_net_stop: detach both backends, then read back each vring's last_avail_idx.
+    func stop(receive: UInt32, transmit: UInt32) throws(VhostError) -> (receiveBase: UInt32, transmitBase: UInt32) {
+        guard running else { return (0, 0) }
+        running = false
+        try device.detachBackend(index: receive)
+        try device.detachBackend(index: transmit)
+        return (try device.vringBase(index: receive), try device.vringBase(index: transmit))
+    }
+
+    /// QEMU's vhost_dev_set_log when migration starts: `SET_LOG_BASE` with a bitmap of one bit
+    /// per 4 KiB guest page, `SET_FEATURES` with VHOST_F_LOG_ALL, and each vring's address again
+    /// with VHOST_VRING_F_LOG and the used ring's guest-physical address.
+    func enableDirtyLog(receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
+        guard dirtyLog == nil else { return }
+        guard offeredFeatures.contains(.logAll) else {
+            throw .featureUnavailable(requested: "VHOST_F_LOG_ALL", offered: offeredFeatures.description)
+        }
+        let log = try DirtyLog(coveringGuestBytes: memory.map.guestEnd.rawValue)
+        try device.setLogBase(log.hostAddress)
+        dirtyLog = log
+        try device.setFeatures(negotiatedFeatures.union(.logAll))
+        try device.setVringAddress(index: receive.index, receive.memory.vringAddresses(logged: true))
+        try device.setVringAddress(index: transmit.index, transmit.memory.vringAddresses(logged: true))
+    }
+
+    deinit {
+        // Closing the device stops its worker and drops its hold on our memory (net.c
+        // vhost_net_release; the in-process device joins its thread). Only then may `memory`
+        // and `dirtyLog` be unmapped, which Swift does after this body.
+        backend = nil
+    }
+}
