@@ -1,21 +1,26 @@
+import HostNetwork
+import NetFormats
 import Vhost
 import VhostNet
-import Virtio
 
-/// Frame rates through the kernel, measured the same way by `demo` and `bench`.
-enum DatapathRate {
-    struct Measurement {
-        var sent: UInt64
+/// Frame rates through a queue pair, measured one way for `vhostctl demo`, `vhostctl bench` and
+/// the kernel tests.
+public enum DatapathRate {
+    public struct Measurement: Sendable {
+        public var sent: UInt64
         /// TX: what the tap counted; RX: what the driver received.
-        var counted: UInt64
-        var seconds: Double
-        var kicks: UInt64 = 0
-        var framesPerSecond: Double { seconds > 0 ? Double(counted) / seconds : 0 }
+        public var counted: UInt64
+        public var seconds: Double
+        public var kicks: UInt64 = 0
+        public init(sent: UInt64, counted: UInt64, seconds: Double, kicks: UInt64 = 0) {
+            self.sent = sent; self.counted = counted; self.seconds = seconds; self.kicks = kicks
+        }
+        public var framesPerSecond: Double { seconds > 0 ? Double(counted) / seconds : 0 }
     }
 
     /// TX (driver → vhost → tap): keeps the ring full with `frame` for `seconds`, `chunk` frames
     /// per `transmit` call; the tap's rx_packets counts what arrived.
-    static func transmit(_ pair: VhostNetQueuePair, frame: [UInt8], seconds: Double, chunk: Int) throws -> Measurement {
+    public static func transmit(_ pair: VhostNetQueuePair, frame: [UInt8], seconds: Double, chunk: Int) throws -> Measurement {
         let before = KernelInfo.interfaceStatistic(pair.tap.name, "rx_packets") ?? 0
         let kicksBefore = pair.transmitCounters.kicks
         var sent: UInt64 = 0
@@ -33,7 +38,7 @@ enum DatapathRate {
     /// `burst` (from this thread, so this is the path end to end); frames of its EtherType that
     /// the driver receives are counted, waiting up to `burstWait` seconds per burst. A frame
     /// that never arrives is not waited for again.
-    static func receive(_ pair: VhostNetQueuePair, frame: [UInt8], seconds: Double, burst: Int, burstWait: Double) throws -> Measurement {
+    public static func receive(_ pair: VhostNetQueuePair, frame: [UInt8], seconds: Double, burst: Int, burstWait: Double) throws -> Measurement {
         let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
         let etherType = EthernetFrame.etherType(of: frame)
         var sent: UInt64 = 0, received: UInt64 = 0
@@ -44,20 +49,11 @@ enum DatapathRate {
             let target = received + UInt64(burst)
             let deadline = MonotonicClock.seconds() + burstWait
             while received < target && MonotonicClock.seconds() < deadline {
-                pair.receive(milliseconds: 50) { f in
+                try pair.receive(milliseconds: 50) { f in
                     if EthernetFrame.etherType(of: f.frame) == etherType { received += 1 }
                 }
             }
         }
         return Measurement(sent: sent, counted: received, seconds: MonotonicClock.seconds() - start)
     }
-}
-
-/// `value` with exactly `places` decimals, for the CLI's tables and summaries.
-func fixed(_ value: Double, places: Int) -> String {
-    var scale = 1
-    for _ in 0..<places { scale *= 10 }
-    let scaled = Int((value * Double(scale)).rounded())
-    let fraction = String(scaled % scale)
-    return "\(scaled / scale)." + String(repeating: "0", count: places - fraction.count) + fraction
 }

@@ -149,14 +149,15 @@ public typealias IoctlObserver = @Sendable (IoctlEvent) -> Void
 /// The one place where ioctls are issued: runs `body` with the request's number (a CVhost
 /// wrapper returning 0 or -errno),
 /// reports the event to `observer`, and throws every errno as `VhostError.ioctl` naming the
-/// request and its arguments.
+/// request and its arguments. Public so that other backends (the in-process device) report
+/// the same events; `body` returns the result or -errno.
 ///
 /// EFAULT and EBADF are thrown like any other errno: the kernel answers EFAULT legitimately in
 /// some states (vhost-net's `NET_SET_BACKEND` before the ring addresses are set, a script that
 /// orders ioctls wrongly on purpose), so whether one is a bug is the caller's call, made where
 /// it catches the error.
 @discardableResult
-func performIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, observer: IoctlObserver?,
+public func performIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, observer: IoctlObserver?,
                   _ body: (UInt) -> Int32) throws(VhostError) -> Int32 {
     let rc = body(request.number)
     let result: Result<Int32, Errno> = rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)

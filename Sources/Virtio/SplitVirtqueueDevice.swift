@@ -193,3 +193,72 @@ public struct SplitVirtqueueDevice: @unchecked Sendable {
         return ring.availIndex.pointee.load(ordering: .acquiring) != lastAvailIndex
     }
 }
+
+extension SplitVirtqueueDevice {
+    /// The buffers net.c get_rx_bufs gathers for one packet.
+    public struct ReceiveBuffers {
+        public var chains: [Chain]
+        /// Bytes the chains can take in all.
+        public var capacity: Int
+    }
+
+    /// Gathers RX buffers for `bytes` (header included) as net.c get_rx_bufs does: one chain
+    /// without MRG_RXBUF (its capacity may fall short: the caller discards the packet and the
+    /// chain), as many as it takes with it. Returns nil, with nothing consumed, when the ring
+    /// runs out first (vhost_discard_vq_desc of every head taken).
+    public mutating func gatherReceiveBuffers(bytes: Int, mergeable: Bool) throws(RingError) -> ReceiveBuffers? {
+        var chains: [Chain] = []
+        var capacity = 0
+        while capacity < bytes && (mergeable || chains.isEmpty) {
+            let chain: Chain?
+            do { chain = try pop() } catch {
+                discard(chains.count)
+                throw error
+            }
+            guard let chain else {
+                discard(chains.count)
+                return nil
+            }
+            capacity += chain.writableLength
+            chains.append(chain)
+        }
+        return ReceiveBuffers(chains: chains, capacity: capacity)
+    }
+
+    /// vhost.c vhost_discard_vq_desc: gives back the last `count` chains taken from the avail ring.
+    public mutating func discard(_ count: Int) { lastAvailIndex &-= UInt16(truncatingIfNeeded: count) }
+
+    /// Copies `data` into the chains' writable segments in order; returns how many bytes each
+    /// chain received (net.c: every buffer full but the last).
+    public static func scatter(_ data: [UInt8], into chains: [Chain]) -> [UInt32] {
+        var offset = 0
+        var lengths: [UInt32] = []
+        for chain in chains {
+            var written = 0
+            for (pointer, length) in chain.writable where offset < data.count {
+                let n = min(length, data.count - offset)
+                data.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+                offset += n
+                written += n
+            }
+            lengths.append(UInt32(written))
+        }
+        return lengths
+    }
+
+    /// Adds the used entries of one received packet: one per buffer, published together
+    /// (vhost_add_used_n), or with IN_ORDER one for the whole packet (the last buffer's id in
+    /// the first slot, used->idx advanced by the buffer count; vhost_add_used_in_order).
+    public mutating func pushReceived(heads: [UInt16], lengths: [UInt32], inOrder: Bool) {
+        if inOrder {
+            ring.setUsedEntry(lastUsedIndex, UsedElement(id: UInt32(heads.last!), length: lengths.last!))
+            lastUsedIndex &+= UInt16(heads.count)
+        } else {
+            for (head, length) in zip(heads, lengths) {
+                ring.setUsedEntry(lastUsedIndex, UsedElement(id: UInt32(head), length: length))
+                lastUsedIndex &+= 1
+            }
+        }
+        ring.usedIndex.pointee.store(lastUsedIndex, ordering: .releasing)
+    }
+}

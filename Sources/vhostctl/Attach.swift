@@ -3,6 +3,8 @@ import Glibc
 import Logging
 import Vhost
 import VhostNet
+import HostNetwork
+import NetFormats
 import Virtio
 
 struct Attach: ParsableCommand {
@@ -115,6 +117,11 @@ struct Attach: ParsableCommand {
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
         if let writer {
             endpoint.frameObserver = { _, frame in writer.write(frame) }
+        }
+        // A device that breaks the virtio protocol costs its queue pair, never the process.
+        endpoint.brokenQueueHandler = { index, error in
+            print("error: queue pair \(index): \(error); serving the other queue pairs until stopped")
+            fflush(nil)
         }
         fflush(nil)
         if !replayFrames.isEmpty {

@@ -2,7 +2,10 @@ import ArgumentParser
 import Glibc
 import Histogram
 import Vhost
+import DatapathMeasure
 import VhostNet
+import HostNetwork
+import NetFormats
 import Virtio
 
 struct Bench: ParsableCommand {
@@ -126,7 +129,7 @@ struct Bench: ParsableCommand {
         config.ipv4 = IPv4Interface(address: me, prefixLength: 24)
         config.datapath.devicePath = common.device
         let endpoint = try VhostNetEndpoint(config, logger: common.makeLogger())
-        try HostNetwork.setAddress(host, on: tap)
+        try HostNetwork.setAddress(host, on: tap, observer: common.observer)
         let hostMAC = MACAddress(try endpoint.pairs[0].tap.macAddress())!
         var histogram = Histogram<UInt64>(highestTrackableValue: 10_000_000, numberOfSignificantValueDigits: .three)
         var awaited: UInt16 = 0

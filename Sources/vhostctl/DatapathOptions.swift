@@ -1,6 +1,8 @@
 import ArgumentParser
 import Vhost
 import VhostNet
+import HostNetwork
+import NetFormats
 import Virtio
 
 extension DescriptorLayout: ExpressibleByArgument {}

@@ -1,7 +1,10 @@
 import ArgumentParser
 import Glibc
 import Vhost
+import DatapathMeasure
 import VhostNet
+import HostNetwork
+import NetFormats
 import Virtio
 
 struct Demo: ParsableCommand {
@@ -61,7 +64,7 @@ struct Demo: ParsableCommand {
         step("[1/6] created tap \(tap) and attached vhost-net: 1 queue pair of \(config.datapath.queueSize) descriptors")
         step("      kernel offers \(pair.offeredFeatures.featureNames.joined(separator: " ")); negotiated \(pair.negotiatedFeatures.featureNames.joined(separator: " "))")
 
-        try HostNetwork.setAddress(host, on: tap)
+        try HostNetwork.setAddress(host, on: tap, observer: common.observer)
         step("[2/6] host side \(host) on \(tap); the endpoint is \(me) with MAC \(config.mac)")
 
         var checks: [(String, Bool)] = []

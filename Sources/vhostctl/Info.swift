@@ -1,5 +1,7 @@
 import ArgumentParser
 import Vhost
+import HostNetwork
+import NetFormats
 import Virtio
 
 struct Info: ParsableCommand {

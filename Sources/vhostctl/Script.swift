@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Vhost
 import VhostNet
+import VhostScript
 
 struct Script: ParsableCommand {
     static let configuration = CommandConfiguration(

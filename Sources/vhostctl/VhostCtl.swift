@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import HostNetwork
 import Vhost
 
 @main
