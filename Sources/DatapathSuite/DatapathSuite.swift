@@ -1,0 +1,199 @@
+import NetFormats
+import Vhost
+import VhostNet
+import Virtio
+
+/// Transmits `total` test frames in batches and checks that each reaches the host side, in order
+/// and byte for byte.
+public func transmitAndCompare(_ pair: some QueuePairDatapath, host: some HostSide, frames total: Int, batch: Int = 100) throws {
+    var next = 0
+    while next < total {
+        let count = min(batch, total - next)
+        let first = next
+        try pair.transmit(count: count) { i, buffer in TestFrame.write(first + i, into: buffer) }
+        for sequence in first..<(first + count) {
+            guard let frame = host.nextTestFrame(milliseconds: 5000) else {
+                throw TestFailure("frame \(sequence) never reached the host side")
+            }
+            try expect(frame == TestFrame.bytes(sequence), "frame \(sequence) differs (\(frame.count) bytes, expected \(TestFrame.length(sequence)))")
+        }
+        next += count
+    }
+    try expect(pair.transmitCounters.ringErrors == 0, "the device signalled \(pair.transmitCounters.ringErrors) TX vring errors")
+}
+
+/// Sends `total` test frames from the host side in batches and checks each arrives in the RX
+/// ring, in order and byte for byte. Other traffic (the host stack's own) is ignored.
+public func receiveAndCompare(_ pair: some QueuePairDatapath, host: some HostSide, frames total: Int, batch: Int = 32) throws {
+    var received = 0, other = 0
+    var sequence = 0
+    while sequence < total {
+        let count = min(batch, total - sequence)
+        for s in sequence..<(sequence + count) { try host.send(TestFrame.bytes(s)) }
+        var expected = sequence
+        let deadline = now() + 10
+        var mismatch: String? = nil
+        while expected < sequence + count && now() < deadline {
+            try pair.receive(milliseconds: 1000) { frame in
+                let bytes = [UInt8](frame.frame)
+                guard EthernetFrame.etherType(of: bytes) == EthernetFrame.experimentalType else { other += 1; return }
+                if mismatch == nil && bytes != TestFrame.bytes(expected) {
+                    mismatch = "frame \(expected) differs: \(bytes.count) bytes, expected \(TestFrame.length(expected))"
+                }
+                expected += 1
+                received += 1
+            }
+        }
+        if let mismatch { throw TestFailure(mismatch) }
+        try expect(expected == sequence + count, "only \(expected - sequence) of frames \(sequence)..<\(sequence + count) arrived in the ring")
+        sequence += count
+    }
+    say("  \(received) frames received and compared, \(other) other frames (host stack traffic) ignored")
+    try expect(pair.receiveCounters.ringErrors == 0, "the device signalled \(pair.receiveCounters.ringErrors) RX vring errors")
+}
+
+/// One datapath test case.
+public struct DatapathCase: Sendable {
+    public let name: String
+    let body: @Sendable () throws -> Void
+}
+
+/// The datapath tests that run on any backend: once against the in-process device in the unit
+/// tier, and once per kernel of the matrix in the kernel tier. Where the backends disagree, one
+/// of them has a bug: the model is fixed, or the kernel's behaviour is written down.
+public enum DatapathSuite {
+    /// Every case, bound to `harness`.
+    public static func cases<H: DatapathHarness>(_ harness: H) -> [DatapathCase] {
+        [
+            DatapathCase(name: "tx: back-pressure on an 8-entry ring, 5,000 frames, each counted and compared on the far side") {
+                let (p, host) = try harness.pair("vhd-bp") { $0.queueSize = 8; $0.features = [.version1, .eventIndex] }
+                try transmitAndCompare(p, host: host, frames: 5_000, batch: 500)
+                let counted = try host.transmittedCount(waitingFor: 5_000, milliseconds: 5000)
+                try expect(counted == 5_000, "the far side counted \(counted) frames, not 5000")
+                let c = p.transmitCounters
+                say("  \(c.frames) frames through 8 descriptors: \(c.kicks) kicks, \(c.calls) waits on the call eventfd")
+                try expect(c.calls > 0, "an 8-entry ring never filled: no back-pressure was exercised")
+            },
+            DatapathCase(name: "tx: 2,000 frames arrive byte for byte on the far side") {
+                let (p, host) = try harness.pair("vhd-txcmp") { $0.queueSize = 128 }
+                try transmitAndCompare(p, host: host, frames: 2_000)
+            },
+            DatapathCase(name: "rx: 1,024 frames from the host through a 64-entry ring, refilled, payloads compared") {
+                let (p, host) = try harness.pair("vhd-rx") { $0.queueSize = 64; $0.features = [.version1, .eventIndex] }
+                try receiveAndCompare(p, host: host, frames: 1_024)
+            },
+            DatapathCase(name: "ring: an 8-entry ring wraps its indices past 65535 over 70,000 frames") {
+                let (p, host) = try harness.pair("vhd-wrap") { $0.queueSize = 8 }
+                let total = 70_000
+                try p.transmit(count: total) { i, buffer in TestFrame.write(i, into: buffer) }
+                let counted = try host.transmittedCount(waitingFor: UInt64(total), milliseconds: 10_000)
+                try expect(counted == UInt64(total), "the far side counted \(counted) frames, not \(total)")
+                let wrapped = UInt16(truncatingIfNeeded: total)
+                let (avail, used) = p.withTransmitDriver { ($0.availIndexShadow, $0.lastUsedIndex) }
+                try expect(avail == wrapped && used == wrapped, "driver indices \(avail)/\(used), expected \(wrapped)")
+                let bases = try p.stop()
+                try expect(bases.transmitBase == UInt32(wrapped), "device last_avail_idx \(bases.transmitBase), expected \(wrapped)")
+            },
+            DatapathCase(name: "ring: a base of 65500 set with SET_VRING_BASE crosses zero on TX and RX") {
+                let (p, host) = try harness.pair("vhd-base") { $0.queueSize = 16; $0.ringBase = 65_500 }
+                try transmitAndCompare(p, host: host, frames: 300)
+                try receiveAndCompare(p, host: host, frames: 300)
+                let bases = try p.stop()
+                try expect(bases.transmitBase == UInt32(UInt16(truncatingIfNeeded: 65_500 + 300)), "TX base \(bases.transmitBase)")
+            },
+            DatapathCase(name: "notifications: EVENT_IDX kicks fewer times than frames; flag mode suppresses with NO_NOTIFY") {
+                var results: [String] = []
+                for eventIndex in [true, false] {
+                    let (p, _) = try harness.pair(eventIndex ? "vhd-evi" : "vhd-flg") { $0.features = eventIndex ? [.version1, .eventIndex] : [.version1] }
+                    let frames = 20_000
+                    try p.transmit(count: frames) { i, buffer in TestFrame.write(i, into: buffer) }
+                    let c = p.transmitCounters
+                    results.append("\(eventIndex ? "EVENT_IDX" : "flags"): \(c.kicks) kicks, \(c.suppressedKicks) suppressed, \(c.calls) calls for \(frames) frames")
+                    try expect(c.kicks < UInt64(frames) / 10, "\(c.kicks) kicks for \(frames) frames")
+                    try expect(c.kicks + c.suppressedKicks > 0, "no publish was counted")
+                }
+                say("  " + results.joined(separator: "; "))
+            },
+            DatapathCase(name: "descriptors: the header in its own descriptor (2-descriptor chains)") {
+                let (p, host) = try harness.pair("vhd-chain") { $0.descriptorLayout = .separateHeader; $0.queueSize = 64 }
+                try transmitAndCompare(p, host: host, frames: 500)
+                try receiveAndCompare(p, host: host, frames: 256, batch: 16)
+            },
+            DatapathCase(name: "descriptors: indirect tables in guest memory") {
+                let (p, host) = try harness.pair("vhd-ind") { $0.features = [.version1, .eventIndex, .indirectDescriptors]; $0.descriptorLayout = .indirect }
+                try transmitAndCompare(p, host: host, frames: 500)
+                try receiveAndCompare(p, host: host, frames: 256)
+            },
+            DatapathCase(name: "receive: MRG_RXBUF reassembles frames larger than one buffer") {
+                for layout in [DescriptorLayout.inline, .separateHeader] {
+                    let (p, host) = try harness.pair("vhd-mrg") {
+                        $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
+                        $0.bufferSize = 512
+                        $0.descriptorLayout = layout
+                    }
+                    try receiveAndCompare(p, host: host, frames: 256, batch: 8)
+                    let merged = p.receiveCounters.mergedFrames
+                    say("  \(layout): \(merged) of \(p.receiveCounters.frames) frames spanned several 512-byte buffers")
+                    try expect(merged > 100, "only \(merged) frames were merged")
+                }
+            },
+            DatapathCase(name: "features: IN_ORDER carries traffic where offered, and is refused by name where not") {
+                let offered = try harness.offeredFeatures()
+                guard offered.contains(.inOrder) else {
+                    do { _ = try harness.pair("vhd-ino") { $0.features = [.version1, .inOrder] } } catch let error as VhostError {
+                        try expect(error.description.contains("F_IN_ORDER"), "unexpected error: \(error)")
+                        say("  not offered here: requesting it fails with: \(error)")
+                        return
+                    }
+                    throw TestFailure("IN_ORDER is not offered, yet the queue pair started")
+                }
+                let (p, host) = try harness.pair("vhd-ino") { $0.features = [.version1, .eventIndex, .inOrder]; $0.queueSize = 64 }
+                try p.transmit(count: 20_000) { i, buffer in TestFrame.write(i, into: buffer) }
+                try transmitAndCompare(p, host: host, frames: 500)
+                try receiveAndCompare(p, host: host, frames: 256)
+                say("  IN_ORDER: TX chains completed inside batches: \(p.withTransmitDriver { $0.completedInBatch })")
+                let (merged, mergedHost) = try harness.pair("vhd-ino2") { $0.features = [.version1, .eventIndex, .inOrder, .netMergeableRxBuffers]; $0.bufferSize = 512 }
+                try receiveAndCompare(merged, host: mergedHost, frames: 256, batch: 8)
+                say("  IN_ORDER + MRG_RXBUF: \(merged.receiveCounters.mergedFrames) frames reassembled from several buffers")
+                try expect(merged.receiveCounters.mergedFrames > 100, "too few merged frames")
+            },
+            DatapathCase(name: "features: VHOST_NET_F_VIRTIO_NET_HDR — the device adds the header, the socket side has none") {
+                let (p, host) = try harness.pair("vhd-vnh") { $0.features = [.version1, .vhostNetVirtioNetHeader] }
+                try transmitAndCompare(p, host: host, frames: 300)
+                try receiveAndCompare(p, host: host, frames: 128)
+            },
+            DatapathCase(name: "descriptors: ring sizes 2 and 32768 (the kernel maximum) carry traffic") {
+                for size: UInt16 in [2, 32768] {
+                    let (p, host) = try harness.pair("vhd-size") { $0.queueSize = size }
+                    try transmitAndCompare(p, host: host, frames: 300)
+                    try receiveAndCompare(p, host: host, frames: 64, batch: size == 2 ? 2 : 32)
+                }
+            },
+        ]
+    }
+
+    /// Runs every case (or those whose name contains `filter`), printing `PASS`/`FAIL` per case and
+    /// `datapath suite (NAME): N passed, M failed` last. Returns the counts.
+    @discardableResult
+    public static func run<H: DatapathHarness>(_ harness: H, filter: String? = nil) -> (passed: Int, failed: Int) {
+        var passed = 0, failed = 0
+        for test in cases(harness) where filter == nil || test.name.contains(filter!) {
+            let start = now()
+            do {
+                try test.body()
+                passed += 1
+                say("PASS datapath: \(test.name) (\(seconds(now() - start)) s)")
+            } catch {
+                failed += 1
+                say("FAIL datapath: \(test.name) (\(seconds(now() - start)) s): \(error)")
+            }
+        }
+        say("datapath suite (\(harness.name)): \(passed) passed, \(failed) failed")
+        return (passed, failed)
+    }
+
+    static func seconds(_ value: Double) -> String {
+        let hundredths = Int((value * 100).rounded())
+        return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
+    }
+}

@@ -1,3 +1,4 @@
+import DatapathSuite
 import Glibc
 import Vhost
 
@@ -6,24 +7,18 @@ struct KernelTest: Sendable {
     let body: @Sendable () throws -> Void
 }
 
-struct KernelTestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ message: String, file: StaticString = #fileID, line: UInt = #line) {
-        description = "\(message) (\(file):\(line))"
-    }
-}
-
-func expect(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
-            file: StaticString = #fileID, line: UInt = #line) throws {
-    if !condition() { throw KernelTestFailure(message(), file: file, line: line) }
-}
+/// Failures of the kernel tier are the suite's `TestFailure`s.
+typealias KernelTestFailure = TestFailure
 
 enum KernelTestRunner {
+    /// Runs the kernel tier's own tests, then the datapath suite against the kernel; prints
+    /// each one's closing line, and exits non-zero when anything failed.
     static func main(tests: [KernelTest]) {
         let args = CommandLine.arguments.dropFirst()
         let filter = args.first { !$0.hasPrefix("-") }
         if args.contains("--list") {
             for test in tests { print(test.name) }
+            for test in DatapathSuite.cases(KernelHarness()) { print("datapath: \(test.name)") }
             exit(0)
         }
         var info = utsname()
@@ -43,19 +38,14 @@ enum KernelTestRunner {
                 say("FAIL \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s): \(error)")
             }
         }
+        let suite = args.contains("--no-datapath-suite") ? (passed: 0, failed: 0) : DatapathSuite.run(KernelHarness(), filter: filter)
         if !failures.isEmpty { say("failed: \(failures.joined(separator: ", "))") }
         say("kernel tier: \(passed) passed, \(failed) failed")
-        exit(failed == 0 && passed > 0 ? 0 : 1)
+        exit(failed == 0 && suite.failed == 0 && passed + suite.passed > 0 ? 0 : 1)
     }
 
     static func formatted(_ seconds: Double) -> String {
         let tenths = Int((seconds * 100).rounded())
         return "\(tenths / 100).\(tenths % 100 < 10 ? "0" : "")\(tenths % 100)"
     }
-}
-
-/// Prints a line and flushes, so that a crash or a VM timeout loses no output.
-func say(_ line: String) {
-    print(line)
-    fflush(nil)
 }

@@ -1,4 +1,7 @@
+import DatapathSuite
 import Glibc
+import HostNetwork
+import NetFormats
 import SystemPackage
 import Vhost
 import VhostNet
@@ -37,31 +40,6 @@ func statistic(_ tap: String, _ counter: String) throws -> UInt64 {
         throw KernelTestFailure("cannot read /sys/class/net/\(tap)/statistics/\(counter)")
     }
     return value
-}
-
-/// Test frames: broadcast, experimental EtherType, a 4-byte big-endian sequence number, then
-/// bytes that depend on the sequence number; the length varies from 60 to 1514.
-enum TestFrame {
-    static let source = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
-
-    static func length(_ sequence: Int) -> Int { 60 + (sequence * 97) % (1514 - 60 + 1) }
-
-    static func write(_ sequence: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        let length = length(sequence)
-        let header = EthernetFrame.build(destination: .broadcast, source: source, etherType: EthernetFrame.experimentalType, payload: [UInt8]())
-        for (i, byte) in header.enumerated() { buffer[i] = byte }
-        let seq = UInt32(truncatingIfNeeded: sequence)
-        buffer[14] = UInt8(seq >> 24); buffer[15] = UInt8((seq >> 16) & 0xff)
-        buffer[16] = UInt8((seq >> 8) & 0xff); buffer[17] = UInt8(seq & 0xff)
-        for i in 18..<length { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ sequence) }
-        return length
-    }
-
-    static func bytes(_ sequence: Int) -> [UInt8] {
-        var frame = [UInt8](repeating: 0, count: 1514)
-        let n = frame.withUnsafeMutableBytes { write(sequence, into: $0) }
-        return Array(frame.prefix(n))
-    }
 }
 
 // MARK: device rules (drivers/vhost/vhost.c, net.c)
@@ -154,30 +132,5 @@ let datapathTests: [KernelTest] = [
         let bases = try pair.stop()
         try expect(bases.transmitBase == UInt32(UInt16(truncatingIfNeeded: total)),
                    "GET_VRING_BASE(TX) = \(bases.transmitBase), expected \(UInt16(truncatingIfNeeded: total))")
-    },
-    KernelTest(name: "tx: 2,000 frames arrive byte for byte on a packet socket") {
-        var config = VhostNetQueuePair.Configuration(tapName: "vht-txcmp")
-        config.queueSize = 128
-        try transmitAndCompare(VhostNetQueuePair(config), frames: 2_000)
-    },
-    KernelTest(name: "rx: 1,024 frames sent by the host stack, payloads compared") {
-        var config = VhostNetQueuePair.Configuration(tapName: "vht-rx")
-        config.features = [.version1, .eventIndex]
-        try receiveAndCompare(VhostNetQueuePair(config), frames: 1_024)
-    },
-    KernelTest(name: "ring: an 8-entry ring wraps its indices past 65535 over 70,000 frames") {
-        var config = VhostNetQueuePair.Configuration(tapName: "vht-wrap")
-        config.queueSize = 8
-        let pair = try VhostNetQueuePair(config)
-        let before = try statistic(pair.tap.name, "rx_packets")
-        let total = 70_000
-        try pair.transmit(count: total) { i, buffer in TestFrame.write(i, into: buffer) }
-        let after = try statistic(pair.tap.name, "rx_packets")
-        try expect(after - before == UInt64(total), "the tap counted \(after - before) frames, not \(total)")
-        let wrapped = UInt16(truncatingIfNeeded: total)
-        try expect(pair.transmitQueue.driver.availIndexShadow == wrapped && pair.transmitQueue.driver.lastUsedIndex == wrapped,
-                   "driver indices \(pair.transmitQueue.driver.availIndexShadow)/\(pair.transmitQueue.driver.lastUsedIndex), expected \(wrapped)")
-        let bases = try pair.stop()
-        try expect(bases.transmitBase == UInt32(wrapped), "kernel last_avail_idx \(bases.transmitBase), expected \(wrapped)")
     },
 ]

@@ -52,6 +52,13 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     public var receiveDiscards: UInt64 { core.withState { $0.receiveDiscards } }
     /// How often the worker signalled each vring's error eventfd (`vq_err`).
     public func ringErrors(index: UInt32) -> UInt64 { core.withState { $0.vring(index)?.errors ?? 0 } }
+    /// Fault injection: the next used entry the worker writes on vring `index` carries `id`
+    /// instead of the chain's head, as a device that breaks the protocol would write it. For
+    /// testing that the driver marks the queue broken instead of trusting it.
+    public func corruptNextUsedEntry(index: UInt32, id: UInt32) {
+        core.withState { $0.vring(index)?.corruptUsedID = id }
+    }
+
     /// The last ring error the device model reported on a vring, for messages.
     public func lastRingError(index: UInt32) -> String? { core.withState { $0.vring(index)?.lastError } }
 
@@ -280,6 +287,15 @@ final class InProcessDeviceCore: @unchecked Sendable {
         var requeued = false
         var errors: UInt64 = 0
         var lastError: String?
+        /// Fault injection: the id to write in the next used entry instead of the head.
+        var corruptUsedID: UInt32?
+
+        /// The head to report for `head`: itself, unless a corruption was injected.
+        func reportedHead(_ head: UInt16) -> UInt16 {
+            guard let id = corruptUsedID else { return head }
+            corruptUsedID = nil
+            return UInt16(truncatingIfNeeded: id)
+        }
 
         init(index: UInt32) { self.index = index }
 
@@ -373,7 +389,7 @@ final class InProcessDeviceCore: @unchecked Sendable {
     /// Wakes the worker after an ioctl changed what it polls, and for shutdown.
     private let wakeup: Int32
     private let running = Atomic<Bool>(false)
-    private var thread: pthread_t?
+    private var thread: WorkerThread?
 
     init(offered: VirtioFeatures, maxMemoryRegions: Int) throws(VhostError) {
         let fd = cvhost_eventfd(0, 1)
@@ -406,25 +422,13 @@ final class InProcessDeviceCore: @unchecked Sendable {
 
     func startWorker() {
         guard !running.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { context in
-            let core = Unmanaged<InProcessDeviceCore>.fromOpaque(context!).takeRetainedValue()
-            core.serve()
-            return nil
-        }, context)
-        if rc == 0 {
-            thread = handle
-        } else {
-            Unmanaged<InProcessDeviceCore>.fromOpaque(context).release()
-            running.store(false, ordering: .releasing)
-        }
+        thread = WorkerThread { [self] in serve() }
     }
 
     func stopWorker() {
         guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
         wake()
-        if let thread { pthread_join(thread, nil) }
+        thread?.join()
         thread = nil
     }
 
@@ -508,7 +512,7 @@ final class InProcessDeviceCore: @unchecked Sendable {
             for (pointer, length) in chain.readable { frame.append(contentsOf: UnsafeRawBufferPointer(start: pointer, count: length)) }
             if strip > 0 { frame.removeFirst(min(strip, frame.count)) }
             if !send(frame, on: vring.backend) { state.transmitDrops += 1 }
-            vring.model!.push(head: chain.head, length: 0)
+            vring.model!.push(head: vring.reportedHead(chain.head), length: 0)
             if vring.model!.shouldSignal() { vring.signal(vring.call) }
             packets += 1
             bytes += frame.count
@@ -577,7 +581,9 @@ final class InProcessDeviceCore: @unchecked Sendable {
                 data[10] = UInt8(count & 0xff); data[11] = UInt8(count >> 8)
             }
             let lengths = SplitVirtqueueDevice.scatter(data, into: gathered.chains)
-            vring.model!.pushReceived(heads: gathered.chains.map(\.head), lengths: lengths, inOrder: inOrder)
+            var heads = gathered.chains.map(\.head)
+            heads[0] = vring.reportedHead(heads[0])
+            vring.model!.pushReceived(heads: heads, lengths: lengths, inOrder: inOrder)
             if vring.model!.shouldSignal() { vring.signal(vring.call) }
             packets += 1
             bytes += socketLength

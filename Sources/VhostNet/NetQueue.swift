@@ -59,7 +59,7 @@ public struct NetQueue: ~Copyable {
     /// Set when the device broke the protocol on this queue.
     public internal(set) var broken: RingViolation?
 
-    init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool) throws(VhostError) {
+    init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool, startIndex: UInt16 = 0) throws(VhostError) {
         let kick = try EventFD(), call = try EventFD(), error = try EventFD()
         self.index = index
         self.memory = memory
@@ -71,7 +71,7 @@ public struct NetQueue: ~Copyable {
         // SAFETY: the ring lies in guest memory the session keeps mapped for as long as this
         // queue exists; the driver initialises it (zeroed, indices 0) before the device is given
         // its address, and from then on shares it only through Atomic indices (SplitRing).
-        driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: eventIndex, inOrder: inOrder)
+        driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: eventIndex, inOrder: inOrder, startIndex: startIndex)
     }
 
     var name: String { index == VhostNetDevice.receiveQueueIndex ? "rx" : "tx" }

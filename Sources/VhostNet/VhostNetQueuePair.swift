@@ -23,6 +23,9 @@ public struct QueuePairConfiguration: Sendable {
     /// TSO needs room for 64 KiB frames: MRG_RXBUF, or buffers of at least 65562 bytes.
     public var receiveOffloads: Tap.Offloads = []
     public var notificationMode: NotificationMode = .interrupt
+    /// Where both indices of both rings start (`VHOST_SET_VRING_BASE`, and `used->idx` before
+    /// the backend is attached): near 65535 to cross the 16-bit wrap early.
+    public var ringBase: UInt16 = 0
     /// Open the tap with IFF_MULTI_QUEUE (one queue of it per pair).
     public var multiQueueTap: Bool = false
     public var bringLinkUp: Bool = true
@@ -117,9 +120,9 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         var memory = try GuestMemory(layout: layout, backing: configuration.memoryBacking)
         let eventIndex = features.contains(.eventIndex), inOrder = features.contains(.inOrder)
         let rx = try NetQueue(index: VhostNetDevice.receiveQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
-                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder)
+                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase)
         let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
-                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder)
+                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase)
         session = try VhostNetSession(device: device, port: port, memory: memory, features: features, receive: rx, transmit: tx, logger: logger)
         receiveQueue = ReceiveQueue(rx, mergeable: features.contains(.netMergeableRxBuffers))
         transmitQueue = TransmitQueue(tx)
@@ -249,4 +252,33 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == Tap {
 
     /// The tap, borrowed.
     public var tap: Tap { _read { yield session.port } }
+}
+
+/// What a datapath test or measurement needs of a queue pair, whatever its backend: frames in
+/// and out, the counters, the stop, and the TX driver's indices. `VirtioNetQueuePair` conforms.
+public protocol QueuePairDatapath: AnyObject {
+    func transmit(count: Int, header: VirtioNetHeader, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError)
+    func receive(limit: Int, milliseconds: Int32, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int
+    @discardableResult func stop() throws(VhostError) -> (receiveBase: UInt32, transmitBase: UInt32)
+    var transmitCounters: QueueCounters { get }
+    var receiveCounters: QueueCounters { get }
+    /// Runs `body` with the TX ring driver (indices, IN_ORDER batches).
+    func withTransmitDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R
+}
+
+extension QueuePairDatapath {
+    /// Transmits `count` frames with a zeroed virtio-net header.
+    public func transmit(count: Int, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) {
+        try transmit(count: count, header: VirtioNetHeader(), fill: fill)
+    }
+
+    /// Receives what is there (or arrives within `milliseconds`).
+    @discardableResult
+    public func receive(milliseconds: Int32, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
+        try receive(limit: Int.max, milliseconds: milliseconds, handler: handler)
+    }
+}
+
+extension VirtioNetQueuePair: QueuePairDatapath where Backend: ~Copyable, Port: ~Copyable {
+    public func withTransmitDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R { body(transmitQueue.driver) }
 }

@@ -3,6 +3,8 @@ import SystemPackage
 import Testing
 @testable import Vhost
 @testable import VhostNet
+@testable import VhostScript
+import NetFormats
 import Virtio
 
 @Suite("Vhost layer without a kernel")
@@ -42,11 +44,11 @@ struct VhostUnitTests {
         let low = try memory.allocate(4096, region: 0)
         let high = try memory.allocate(4096, region: 1)
         #expect(high.guestAddress == 0x1_0000_0000)
-        #expect(UInt64(UInt(bitPattern: high.host)) != high.guestAddress)
+        #expect(UInt64(UInt(bitPattern: high.host)) != high.guestAddress.rawValue)
         #expect(memory.map.host(guest: high.guestAddress + 10, length: 100) == high.host + 10)
         #expect(memory.map.guest(host: low.host + 5) == low.guestAddress + 5)
         #expect(memory.map.host(guest: 0x8000_0000, length: 1) == nil, "the hole is not mapped")
-        #expect(memory.map.host(guest: (1 << 20) - 10, length: 20) == nil, "a range may not run off a region")
+        #expect(memory.map.host(guest: GuestAddress((1 << 20) - 10), length: 20) == nil, "a range may not run off a region")
         #expect(memory.map.memoryTable.regions.count == 2)
         #expect(throws: VhostError.self) { _ = try memory.allocate(2 << 20, region: 0) }
         #expect(throws: VhostError.self) {
@@ -70,7 +72,7 @@ struct VhostUnitTests {
 
     @Test("errors name the ioctl, arguments, errno and the kernel rule")
     func ioctlErrorText() {
-        let failure = IoctlFailure(name: "VHOST_SET_MEM_TABLE", arguments: "nregions: 65", errno: .argListTooLong)
+        let failure = IoctlFailure(request: .setMemoryTable, arguments: "nregions: 65", errno: .argListTooLong)
         #expect("\(failure)" == "VHOST_SET_MEM_TABLE(nregions: 65) failed: E2BIG (Argument list too long); more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)")
         #expect(VhostError.deviceMissing(path: "/dev/vhost-net").description.contains("modprobe vhost_net"))
     }

@@ -1,0 +1,75 @@
+import DatapathSuite
+import Testing
+import Vhost
+import VhostModel
+import VhostNet
+import Virtio
+
+@Suite("The datapath on the in-process device")
+struct InProcessDatapathTests {
+    @Test("the datapath suite passes against the in-process device (the kernel tier runs the same cases per kernel)")
+    func datapathSuite() {
+        let result = DatapathSuite.run(InProcessHarness())
+        #expect(result.failed == 0, "\(result.failed) datapath cases failed against the in-process device")
+        #expect(result.passed == DatapathSuite.cases(InProcessHarness()).count)
+    }
+
+    @Test("a device that corrupts the TX used ring: the queue is reported broken, RX and the process go on")
+    func corruptTransmitUsedRing() throws {
+        let (pair, host) = try InProcessHarness().makePair("vhu-bad") { $0.queueSize = 16 }
+        try transmitAndCompare(pair, host: host, frames: 40)
+        pair.device.corruptNextUsedEntry(index: VhostNetDevice.transmitQueueIndex, id: 999)
+        var first: VhostError?
+        do {
+            try pair.transmit(count: 10) { i, buffer in TestFrame.write(i, into: buffer) }
+        } catch {
+            first = error
+        }
+        guard case .brokenQueue(let queue, let reason)? = first else {
+            Issue.record("a used id of 999 on a 16-entry ring was accepted: \(String(describing: first))")
+            return
+        }
+        #expect(queue == "tx" && reason.contains("used id 999"), "\(reason)")
+        #expect("\(first!)".contains("broken"))
+        // It stays broken: no later call trusts the ring again.
+        #expect(throws: VhostError.self) { try pair.transmit(count: 1) { i, buffer in TestFrame.write(i, into: buffer) } }
+        // The RX queue is untouched.
+        try receiveAndCompare(pair, host: host, frames: 64)
+    }
+
+    @Test("a device that corrupts the RX used ring: receive reports the broken queue instead of trapping")
+    func corruptReceiveUsedRing() throws {
+        let (pair, host) = try InProcessHarness().makePair("vhu-badrx") { $0.queueSize = 16 }
+        try receiveAndCompare(pair, host: host, frames: 20)
+        pair.device.corruptNextUsedEntry(index: VhostNetDevice.receiveQueueIndex, id: 40_000)
+        try host.send(TestFrame.bytes(1))
+        var caught: VhostError?
+        let deadline = ContinuousClock.now + .seconds(5)
+        while caught == nil && ContinuousClock.now < deadline {
+            do { try pair.receive(milliseconds: 100) { _ in } } catch { caught = error }
+        }
+        guard case .brokenQueue(let queue, let reason)? = caught else {
+            Issue.record("no broken-queue error: \(String(describing: caught))")
+            return
+        }
+        #expect(queue == "rx" && reason.contains("40000"))
+    }
+
+    @Test("the in-process device answers the vhost ioctls with the kernel's errnos")
+    func ioctlRules() throws {
+        func errno(_ body: () throws -> Void) -> String? {
+            do { try body(); return nil } catch VhostError.ioctl(let failure) { return failure.errno.name } catch { return "\(error)" }
+        }
+        let device = try InProcessVhostNetDevice()
+        #expect(errno { try device.setVringNum(index: 0, num: 256) } == "EPERM", "a vring ioctl before SET_OWNER")
+        #expect(errno { try device.setOwner() } == nil)
+        #expect(errno { try device.setOwner() } == "EBUSY", "a second SET_OWNER")
+        #expect(errno { try device.setVringNum(index: 0, num: 3) } == "EINVAL", "a ring of 3")
+        #expect(errno { try device.setVringNum(index: 0, num: 65536) } == "EINVAL", "a ring of 65536")
+        #expect(errno { try device.setFeatures([.version1, .ringPacked]) } == "EOPNOTSUPP", "the packed ring")
+        #expect(errno { try device.setBackend(index: 2, fd: -1) } == "ENOBUFS", "vring 2")
+        #expect(errno { try device.setBackend(index: 0, fd: -1) } == "EFAULT", "a backend before the ring's addresses")
+        let regions = (0...64).map { MemoryTable.Region(guestAddress: UInt64($0) << 21, size: 1 << 21, userspaceAddress: 0x7000_0000_0000 + (UInt64($0) << 21)) }
+        #expect(errno { try device.setMemoryTable(MemoryTable(regions: regions)) } == "E2BIG", "65 regions")
+    }
+}
