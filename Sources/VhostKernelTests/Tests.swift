@@ -5,9 +5,10 @@ import NetFormats
 import SystemPackage
 import Vhost
 import VhostNet
+import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests
 
 // MARK: helpers
 
@@ -108,6 +109,64 @@ let deviceTests: [KernelTest] = [
         try expectIoctlFailure("VHOST_SET_VRING_NUM", .resourceBusy) { () throws(VhostError) in try pair.device.setVringNum(index: 1, num: 64) }
         try pair.stop()
         try pair.device.setVringNum(index: 1, num: 64)
+    },
+]
+
+// MARK: ioctl scripts and the memory the kernel keeps using
+
+let scriptTests: [KernelTest] = [
+    KernelTest(name: "script: mapping memory again with a backend attached keeps the old mapping alive; the kernel writes there, never into the new one") {
+        // Part 1: a full set-up with RX's base at 7, so that the kernel's next handle_rx, finding
+        // no buffers, writes avail_event = 7 into vring 0's used ring (vhost.c vhost_enable_notify
+        // with EVENT_IDX): a write we can see.
+        let setup = try IoctlScript(parsing: """
+            open
+            set-owner
+            set-features VERSION_1 EVENT_IDX
+            memory 1M
+            set-mem-table
+            ring 0 64
+            ring 1 64
+            set-vring-num 0 64
+            set-vring-num 1 64
+            set-vring-base 0 7
+            set-vring-addr 0
+            set-vring-addr 1
+            set-vring-kick 0
+            set-vring-kick 1
+            set-vring-call 0
+            set-vring-call 1
+            set-vring-err 0
+            set-vring-err 1
+            tap vht-remap
+            set-vnet-hdr-size 12
+            set-backend 0 tap
+            set-backend 1 tap
+            """, name: "setup")
+        var output: [String] = []
+        let runner = IoctlScriptRunner { output.append($0) }
+        try runner.run(setup, name: "setup")
+        guard let oldRing = runner.ring(0), let oldRegion = runner.memoryRegions.first else { throw KernelTestFailure("no ring 0 after set-up") }
+        oldRing.availIndex.pointee.store(7, ordering: .releasing)
+        // Part 2: map memory again while the kernel still holds vring 0's addresses in the old one.
+        try runner.run(IoctlScript(parsing: "memory 1M", name: "remap"), name: "remap")
+        try expect(runner.retiredMappings == [oldRegion], "the old mapping was not kept: \(runner.retiredMappings)")
+        try expect(output.last?.contains("stays mapped") == true, "the runner did not say it keeps the old mapping: \(output.last ?? "")")
+        guard let newRegion = runner.memoryRegions.first else { throw KernelTestFailure("no new memory") }
+        let maps = KernelInfo.readFile("/proc/self/maps") ?? ""
+        let oldStart = String(oldRegion.hostAddress.rawValue, radix: 16)
+        try expect(maps.split(separator: "\n").contains { $0.hasPrefix(oldStart + "-") }, "the old mapping at 0x\(oldStart) is gone from /proc/self/maps")
+        // The host sends a frame into the tap: the kernel's handle_rx reads vring 0 (old memory).
+        let socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: "vht-remap").index())
+        let deadline = MonotonicClock.seconds() + 5
+        while oldRing.availEvent.pointee.load(ordering: .acquiring) != 7 && MonotonicClock.seconds() < deadline {
+            try socket.send(TestFrame.bytes(1))
+            usleep(20_000)
+        }
+        try expect(oldRing.availEvent.pointee.load(ordering: .acquiring) == 7, "the kernel never wrote avail_event into the old used ring")
+        let written = UnsafeRawBufferPointer(start: newRegion.host, count: newRegion.size).contains { $0 != 0 }
+        try expect(!written, "the new mapping was written by the kernel")
+        say("  old mapping at 0x\(oldStart) kept and written by the kernel (avail_event 7); new mapping at 0x\(String(newRegion.hostAddress.rawValue, radix: 16)) untouched")
     },
 ]
 

@@ -88,7 +88,11 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
         }
         // vhost_net_reset_owner: stop, flush, then vhost_dev_reset_owner drops every setting.
         core.stopWorker()
-        core.withState { $0 = InProcessDeviceCore.State(offered: $0.offered, maxMemoryRegions: $0.maxMemoryRegions) }
+        core.withState { state in
+            state.rx.closeAll()
+            state.tx.closeAll()
+            state = InProcessDeviceCore.State(offered: state.offered, maxMemoryRegions: state.maxMemoryRegions)
+        }
     }
 
     public func features() throws(VhostError) -> VirtioFeatures {
@@ -251,13 +255,13 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
                 return nil
             }
             guard InProcessDeviceCore.isFramePipe(fd) else { return .notSocket }
-            let own = dup(fd)
-            guard own >= 0 else { return Errno(rawValue: Glibc.errno) }
             vring.detach()
-            vring.backend = own
             // vhost.c vhost_vq_init_access: last_used_idx comes from used->idx; signalled_used
             // starts invalid. The model reads them from the ring.
-            vring.attach(features: state.acked, translate: state.translator())
+            guard vring.attach(features: state.acked, translate: state.translator()) else { return .badAddress }
+            let own = dup(fd)
+            guard own >= 0 else { vring.detach(); return Errno(rawValue: Glibc.errno) }
+            vring.backend = own
             vring.wantsSocket = true
             return nil
         }
@@ -299,18 +303,20 @@ final class InProcessDeviceCore: @unchecked Sendable {
 
         init(index: UInt32) { self.index = index }
 
-        func attach(features: VirtioFeatures, translate: @escaping @Sendable (UInt64, UInt32) -> UnsafeMutableRawPointer?) {
-            guard let addresses else { return }
+        /// Makes the device model over the ring (vhost_vq_init_access). False when an address is
+        /// null, which the caller answers with EFAULT.
+        func attach(features: VirtioFeatures, translate: @escaping @Sendable (UInt64, UInt32) -> UnsafeMutableRawPointer?) -> Bool {
             // SAFETY: ringIsInTable checked that all three parts lie inside memory the driver
             // registered with SET_MEM_TABLE, which the driver keeps mapped until the device is
             // closed (the VhostBackend contract); the model shares it through Atomic indices.
-            let ring = SplitRing(queueSize: UInt16(num),
-                                 descriptors: UnsafeMutableRawPointer(bitPattern: UInt(addresses.descriptors.rawValue))!,
-                                 avail: UnsafeMutableRawPointer(bitPattern: UInt(addresses.avail.rawValue))!,
-                                 used: UnsafeMutableRawPointer(bitPattern: UInt(addresses.used.rawValue))!)
+            guard let addresses, let descriptors = UnsafeMutableRawPointer(bitPattern: UInt(addresses.descriptors.rawValue)),
+                  let avail = UnsafeMutableRawPointer(bitPattern: UInt(addresses.avail.rawValue)),
+                  let used = UnsafeMutableRawPointer(bitPattern: UInt(addresses.used.rawValue)) else { return false }
+            let ring = SplitRing(queueSize: UInt16(num), descriptors: descriptors, avail: avail, used: used)
             model = SplitVirtqueueDevice(ring: ring, direction: index == 0 ? .receive : .transmit,
                                          eventIndex: features.contains(.eventIndex), notifyOnEmpty: features.contains(.notifyOnEmpty),
                                          base: lastAvail, translate: translate)
+            return true
         }
 
         func detach() {
@@ -340,12 +346,24 @@ final class InProcessDeviceCore: @unchecked Sendable {
         }
     }
 
+    /// The memory table, read by the worker and written by SET_MEM_TABLE, both under the lock.
+    final class TableBox: @unchecked Sendable {
+        var regions: [MemoryTable.Region] = []
+    }
+
     struct State: Sendable {
         let offered: VirtioFeatures
         let maxMemoryRegions: Int
         var owned = false
         var acked: VirtioFeatures = []
-        var table: [MemoryTable.Region] = []
+        /// The memory table, shared with the device models' translators: SET_MEM_TABLE is
+        /// allowed while running, and translation always uses the current table (vhost.c
+        /// vhost_set_memory swaps vq->umem under each vring's mutex; here, the core's lock).
+        let currentTable = TableBox()
+        var table: [MemoryTable.Region] {
+            get { currentTable.regions }
+            nonmutating set { currentTable.regions = newValue }
+        }
         var logBase: HostAddress?
         var transmitDrops: UInt64 = 0
         var receiveDiscards: UInt64 = 0
@@ -372,9 +390,9 @@ final class InProcessDeviceCore: @unchecked Sendable {
 
         /// GPA → HVA through the current table (vhost.c translate_desc), within one region.
         func translator() -> @Sendable (UInt64, UInt32) -> UnsafeMutableRawPointer? {
-            let regions = table
+            let box = currentTable
             return { address, length in
-                for r in regions where address >= r.guestAddress && address - r.guestAddress <= r.size
+                for r in box.regions where address >= r.guestAddress && address - r.guestAddress <= r.size
                     && r.size - (address - r.guestAddress) >= UInt64(length) {
                     // SAFETY: the region is memory the driver registered and keeps mapped while
                     // the device is open; the range was just checked to lie inside it.

@@ -146,6 +146,18 @@ if [ "$order" = "$expected" ] && grep -q 'VHOST_SET_VRING_NUM(index: 1, num: 256
 else
     fail "--trace prints the ioctl sequence" "got: $order"
 fi
+# The tun and interface requests go through the same traced path: TUNSETIFF first, the SIOC*
+# calls that bring the link up before the backends are attached.
+all=$(grep -oE '^trace: [A-Z_]+' /tmp/trace.txt | sed 's/trace: //' | tr '\n' ' ')
+case $all in
+    "TUNSETIFF "*"SIOCGIFMTU "*"VHOST_SET_MEM_TABLE "*"TUNSETSNDBUF "*"SIOCGIFFLAGS "*"SIOCSIFFLAGS "*"VHOST_NET_SET_BACKEND "*) sioc=yes ;;
+    *) sioc=no ;;
+esac
+if [ $sioc = yes ] && grep -q '^trace: SIOCSIFFLAGS(vhtr0, flags: 0x[0-9a-f]*) = 0' /tmp/trace.txt && grep -q '^trace: TUNSETIFF(name: vhtr0, flags: 0x5002) = ' /tmp/trace.txt; then
+    pass "--trace shows TUNSETIFF and the SIOC* interface requests beside the vhost ioctls"
+else
+    fail "--trace shows TUNSETIFF and SIOC*" "got: $all"
+fi
 
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
 vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
