@@ -21,12 +21,28 @@ public enum DatapathRate {
     /// TX (driver → vhost → tap): keeps the ring full with `frame` for `seconds`, `chunk` frames
     /// per `transmit` call; the tap's rx_packets counts what arrived.
     public static func transmit(_ pair: VhostNetQueuePair, frame: [UInt8], seconds: Double, chunk: Int) throws -> Measurement {
+        try transmit(pair, until: { sent, elapsed in elapsed < seconds }, chunk: chunk) { _, buffer in
+            buffer.copyBytes(from: frame)
+            return frame.count
+        }
+    }
+
+    /// TX of exactly `count` frames written by `fill`; the tap's rx_packets counts what arrived.
+    public static func transmit(_ pair: VhostNetQueuePair, count: Int, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws -> Measurement {
+        try transmit(pair, until: { sent, _ in sent == 0 }, chunk: count, fill: fill)
+    }
+
+    /// Transmits `chunk` frames at a time while `until(sent, elapsed)` holds, and counts what the
+    /// tap received (rx_packets, read before and after).
+    static func transmit(_ pair: VhostNetQueuePair, until: (UInt64, Double) -> Bool, chunk: Int,
+                         fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws -> Measurement {
         let before = KernelInfo.interfaceStatistic(pair.tap.name, "rx_packets") ?? 0
         let kicksBefore = pair.transmitCounters.kicks
         var sent: UInt64 = 0
         let start = MonotonicClock.seconds()
-        while MonotonicClock.seconds() - start < seconds {
-            try pair.transmit(count: chunk) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
+        while until(sent, MonotonicClock.seconds() - start) {
+            let first = Int(sent)
+            try pair.transmit(count: chunk) { i, buffer in fill(first + i, buffer) }
             sent += UInt64(chunk)
         }
         let elapsed = MonotonicClock.seconds() - start

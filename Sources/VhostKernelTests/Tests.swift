@@ -1,3 +1,4 @@
+import DatapathMeasure
 import DatapathSuite
 import Glibc
 import HostNetwork
@@ -177,15 +178,11 @@ let datapathTests: [KernelTest] = [
         var config = VhostNetQueuePair.Configuration(tapName: "vht-tx")
         config.features = [.version1, .eventIndex]
         let pair = try VhostNetQueuePair(config)
-        let before = try statistic(pair.tap.name, "rx_packets")
         let total = 100_000
-        let start = MonotonicClock.seconds()
-        try pair.transmit(count: total) { i, buffer in TestFrame.write(i, into: buffer) }
-        let elapsed = MonotonicClock.seconds() - start
-        let after = try statistic(pair.tap.name, "rx_packets")
+        let rate = try DatapathRate.transmit(pair, count: total) { i, buffer in TestFrame.write(i, into: buffer) }
         let counters = pair.transmitCounters
-        say("  \(total) frames in \(KernelTestRunner.formatted(elapsed)) s; kicks \(counters.kicks), suppressed \(counters.suppressedKicks), calls \(counters.calls)")
-        try expect(after - before == UInt64(total), "the tap counted \(after - before) frames, not \(total)")
+        say("  \(total) frames in \(KernelTestRunner.formatted(rate.seconds)) s; kicks \(counters.kicks), suppressed \(counters.suppressedKicks), calls \(counters.calls)")
+        try expect(rate.counted == UInt64(total), "the tap counted \(rate.counted) frames, not \(total)")
         try expect(counters.frames == UInt64(total), "the driver counted \(counters.frames) frames")
         try expect(counters.kicks < UInt64(total), "EVENT_IDX should kick fewer times than frames (\(counters.kicks))")
         let bases = try pair.stop()

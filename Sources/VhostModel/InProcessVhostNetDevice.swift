@@ -313,14 +313,16 @@ final class InProcessDeviceCore: @unchecked Sendable {
                   let avail = UnsafeMutableRawPointer(bitPattern: UInt(addresses.avail.rawValue)),
                   let used = UnsafeMutableRawPointer(bitPattern: UInt(addresses.used.rawValue)) else { return false }
             let ring = SplitRing(queueSize: UInt16(num), descriptors: descriptors, avail: avail, used: used)
+            let vhostHeaderLength = features.contains(.vhostNetVirtioNetHeader) ? features.netHeaderLength : 0
             model = SplitVirtqueueDevice(ring: ring, direction: index == 0 ? .receive : .transmit,
                                          eventIndex: features.contains(.eventIndex), notifyOnEmpty: features.contains(.notifyOnEmpty),
+                                         inOrder: features.contains(.inOrder), vhostHeaderLength: vhostHeaderLength,
                                          base: lastAvail, translate: translate)
             return true
         }
 
         func detach() {
-            if let model { lastAvail = model.lastAvailIndex }
+            if let last = model?.lastAvailIndex { lastAvail = last }
             model = nil
             replace(&backend, -1)
             wantsSocket = false
@@ -505,14 +507,23 @@ final class InProcessDeviceCore: @unchecked Sendable {
     }
 
     /// net.c handle_tx (the copy path): pop chains, send each as one message, return it with
-    /// length 0, signal as the driver asked.
+    /// length 0 (with IN_ORDER, one used element for the run: 7.x vhost_add_used_n_in_order),
+    /// signal as the driver asked.
     private func handleTransmit(_ state: inout State) {
         let vring = state.tx
         vring.requeued = false
         guard vring.backend >= 0, vring.model != nil else { return }
         let strip = vhostHeaderLength(state)
+        let inOrder = state.acked.contains(.inOrder)
         vring.model!.disableNotify()
         var packets = 0, bytes = 0
+        var batch: (last: UInt16, count: UInt16)? = nil
+        func flush() {
+            guard let pending = batch else { return }
+            batch = nil
+            vring.model!.pushInOrder([.init(element: UsedElement(id: UInt32(pending.last), length: 0), count: pending.count)])
+            if vring.model!.shouldSignal() { vring.signal(vring.call) }
+        }
         while true {
             if packets >= Self.packetWeight || bytes >= Self.byteWeight { vring.requeued = true; break }
             let chain: SplitVirtqueueDevice.Chain?
@@ -521,20 +532,27 @@ final class InProcessDeviceCore: @unchecked Sendable {
                 break
             }
             guard let chain else {
+                flush()
                 if vring.model!.enableNotify() { vring.model!.disableNotify(); continue }
                 break
             }
             var frame: [UInt8] = []
             frame.reserveCapacity(chain.readableLength)
             // SAFETY: each segment was translated through the table and lies inside registered memory.
-            for (pointer, length) in chain.readable { frame.append(contentsOf: UnsafeRawBufferPointer(start: pointer, count: length)) }
+            for segment in chain.readable { frame.append(contentsOf: UnsafeRawBufferPointer(start: segment.pointer, count: segment.length)) }
             if strip > 0 { frame.removeFirst(min(strip, frame.count)) }
             if !send(frame, on: vring.backend) { state.transmitDrops += 1 }
-            vring.model!.push(head: vring.reportedHead(chain.head), length: 0)
-            if vring.model!.shouldSignal() { vring.signal(vring.call) }
+            let head = vring.reportedHead(chain.head)
+            if inOrder {
+                batch = (head, (batch?.count ?? 0) + 1)
+            } else {
+                vring.model!.push(head: head, length: 0)
+                if vring.model!.shouldSignal() { vring.signal(vring.call) }
+            }
             packets += 1
             bytes += frame.count
         }
+        flush()
     }
 
     /// Sends one message without blocking the worker for long: a tap never blocks its writer, it
@@ -551,7 +569,7 @@ final class InProcessDeviceCore: @unchecked Sendable {
     }
 
     /// net.c handle_rx: for each message waiting on the socket, gather buffers (get_rx_bufs),
-    /// copy header and frame in, write num_buffers with MRG_RXBUF, add the used entries together
+    /// copy header and frame in, write num_buffers, add the used entries together
     /// (vhost_add_used_n, or one per packet with IN_ORDER), signal as the driver asked.
     private func handleReceive(_ state: inout State) {
         let vring = state.rx
@@ -559,7 +577,9 @@ final class InProcessDeviceCore: @unchecked Sendable {
         guard vring.backend >= 0, vring.model != nil else { return }
         let prepend = vhostHeaderLength(state)
         let mergeable = state.acked.contains(.netMergeableRxBuffers)
-        let inOrder = state.acked.contains(.inOrder)
+        // 6.1 and 6.12 write num_buffers with MRG_RXBUF only; 7.x, whose feature set this device
+        // offers, also with VERSION_1 (net.c handle_rx).
+        let writesNumBuffers = mergeable || state.acked.contains(.version1)
         vring.model!.disableNotify()
         var packets = 0, bytes = 0
         while true {
@@ -567,41 +587,41 @@ final class InProcessDeviceCore: @unchecked Sendable {
             // The next message's length, without taking it (peek_head_len).
             let socketLength = recv(vring.backend, nil, 0, Int32(MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT))
             guard socketLength >= 0 else { break }
-            let needed = socketLength + prepend
-            let gathered: SplitVirtqueueDevice.ReceiveBuffers?
+            let gathering: SplitVirtqueueDevice.ReceiveGathering
             do {
-                gathered = try vring.model!.gatherReceiveBuffers(bytes: needed, mergeable: mergeable)
+                gathering = try vring.model!.gatherReceiveBuffers(frameLength: socketLength, headerLength: prepend, mergeable: mergeable)
             } catch {
                 vring.ringError("\(error)")
                 break
             }
-            guard let gathered else {
+            var buffers: SplitVirtqueueDevice.ReceiveBuffers
+            switch gathering {
+            case .buffers(let gathered):
+                buffers = gathered
+            case .notEnoughBuffers:
                 // No buffers: wait for a kick (vhost_enable_notify re-checks for the race).
                 if vring.model!.enableNotify() { vring.model!.disableNotify(); continue }
                 vring.wantsSocket = false
-                break
-            }
-            var message = [UInt8](repeating: 0, count: socketLength)
-            let n = message.withUnsafeMutableBytes { recv(vring.backend, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            guard n == socketLength else { vring.model!.discard(gathered.chains.count); break }
-            guard gathered.capacity >= needed else {
-                // Without MRG_RXBUF one buffer must hold it all: net.c puts the buffer back and
-                // drops the frame ("Discarded rx packet").
-                vring.model!.discard(gathered.chains.count)
+                return
+            case .overrun:
+                // Without MRG_RXBUF one buffer must hold it all: net.c has put the buffer back
+                // and drops the frame ("Discarded rx packet").
+                var byte: UInt8 = 0
+                _ = recv(vring.backend, &byte, 1, Int32(MSG_TRUNC | MSG_DONTWAIT))
                 state.receiveDiscards += 1
                 continue
             }
-            var data = [UInt8](repeating: 0, count: prepend)
-            data += message
-            if mergeable {
-                // num_buffers, after the 10-byte header (virtio_net_hdr_mrg_rxbuf).
-                let count = UInt16(gathered.chains.count)
-                data[10] = UInt8(count & 0xff); data[11] = UInt8(count >> 8)
+            var data = [UInt8](repeating: 0, count: prepend + socketLength)
+            let n = data.withUnsafeMutableBytes { recv(vring.backend, $0.baseAddress! + prepend, socketLength, Int32(MSG_DONTWAIT)) }
+            guard n == socketLength else { vring.model!.discard(buffers); break }
+            data.withUnsafeBytes { _ = buffers.write($0, at: 0) }
+            if writesNumBuffers && prepend + socketLength >= VirtioNetHeader.mergeableLength { _ = buffers.writeNumBuffers() }
+            if let id = vring.corruptUsedID {
+                vring.corruptUsedID = nil
+                buffers.usedElements[0].id = id
+                buffers.inOrderUsed.element.id = id
             }
-            let lengths = SplitVirtqueueDevice.scatter(data, into: gathered.chains)
-            var heads = gathered.chains.map(\.head)
-            heads[0] = vring.reportedHead(heads[0])
-            vring.model!.pushReceived(heads: heads, lengths: lengths, inOrder: inOrder)
+            vring.model!.push(received: buffers)
             if vring.model!.shouldSignal() { vring.signal(vring.call) }
             packets += 1
             bytes += socketLength

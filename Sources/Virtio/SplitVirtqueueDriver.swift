@@ -2,13 +2,32 @@ import Synchronization
 
 /// One buffer segment of a descriptor chain: a guest-physical address and a length.
 public struct BufferSegment: Equatable, Sendable {
+    /// Guest-physical address of the buffer.
     public var address: UInt64
+    /// Length of the buffer in bytes.
     public var length: UInt32
     /// Device-writable (`VRING_DESC_F_WRITE`): RX buffers; TX buffers are device-readable.
     public var deviceWritable: Bool
+    /// A segment with the given fields.
     public init(address: UInt64, length: UInt32, deviceWritable: Bool) {
         self.address = address; self.length = length; self.deviceWritable = deviceWritable
     }
+}
+
+/// The device broke the virtio protocol (virtio_ring.c BAD_RING): the queue is unusable until reset.
+public struct RingViolation: Error, Equatable, CustomStringConvertible, Sendable {
+    /// What the device did, e.g. "used id 9 at used index 3 is not in flight".
+    public var reason: String
+    /// A one-line dump of both indices, what is in flight and the used entries near the
+    /// driver's position, taken when the violation was found.
+    public var ringState: String
+    /// A violation with the given reason and ring dump.
+    public init(reason: String, ringState: String) {
+        self.reason = reason
+        self.ringState = ringState
+    }
+    /// `reason; ringState`.
+    public var description: String { "\(reason); \(ringState)" }
 }
 
 /// The driver side of a split virtqueue: what the guest's virtio_ring.c does.
@@ -17,8 +36,17 @@ public struct BufferSegment: Equatable, Sendable {
 /// release store and reaps `used->idx` with an acquire load. Index arithmetic is modulo 2^16
 /// (`&+`/`&-`), and a ring slot is `index & (size - 1)`, so it survives wrapping past 65535.
 /// The free list and chain bookkeeping live in driver-private shadows; device-shared memory
-/// is never trusted for them (as virtio_ring.c's desc_extra).
-public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
+/// is never trusted for them (as virtio_ring.c's desc_extra/desc_state).
+///
+/// The type is `~Copyable`: a ring has exactly one free list, and a copy would be a second
+/// driver handing out the same descriptors.
+///
+/// Nothing the device writes can crash the driver: a used entry that breaks the protocol
+/// makes `nextUsed()` throw a `RingViolation` and leaves the driver `broken` (virtio_ring.c
+/// BAD_RING sets vq->broken). Only the caller's own mistakes (an empty chain, a readable
+/// segment after a writable one) are preconditions.
+public struct SplitVirtqueueDriver: ~Copyable, Sendable {
+    /// The ring memory the driver writes.
     public let ring: SplitRing
     /// `VIRTIO_F_RING_EVENT_IDX` negotiated: use used_event/avail_event instead of the flags.
     public let eventIndex: Bool
@@ -31,7 +59,10 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
 
     private var shadowNext: [UInt16]
     private var chainCount: [UInt16]
+    /// Heads added since the last `publish()`: in flight, but the device may not use them yet.
+    private var unpublishedHeads: [UInt16] = []
     private var freeHead: UInt16
+    /// Descriptors on the free list.
     public private(set) var freeCount: Int
     /// The avail index the driver will publish next (`avail_idx_shadow`).
     public private(set) var availIndexShadow: UInt16 = 0
@@ -41,14 +72,18 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
     public private(set) var completedInBatch: UInt64 = 0
     /// The next used index to reap (`last_used_idx`).
     public private(set) var lastUsedIndex: UInt16 = 0
+    /// Set when the device broke the protocol (virtio_ring.c `vq->broken`); from then on every
+    /// `nextUsed()` throws it. Only a new driver over a reset ring clears it.
+    public private(set) var broken: RingViolation?
     private var interruptsSuppressed = false
 
+    /// Entries in the ring.
     public var queueSize: UInt16 { ring.queueSize }
     /// The head the next `add` will use, when a descriptor is free (lets a caller pick the
     /// buffer that belongs to that head before adding a one-descriptor chain).
     public var nextFreeHead: UInt16? { freeCount > 0 ? freeHead : nil }
 
-    /// Chains given to the device and not yet reaped.
+    /// Descriptors given to the device and not yet reaped.
     public var inFlight: Int { Int(queueSize) - freeCount }
 
     /// Resets the ring memory and threads every descriptor onto the free list (LIFO, as
@@ -60,14 +95,19 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
         self.inOrder = inOrder
         let n = Int(ring.queueSize)
         ring.reset()
-        // A circle: with IN_ORDER the driver must use descriptors in ring order, from 0 and
-        // wrapping at the end of the table (virtio 1.x §2.7.5), so the free list never changes.
+        // A circle: with IN_ORDER the driver must use descriptors in ring order, wrapping at the
+        // end of the table (virtio 1.x §2.7.5), so the free list never changes. 7.x vhost.c
+        // vhost_get_vq_desc_n takes the IN_ORDER head from vq->next_avail_head, which
+        // VHOST_SET_VRING_BASE sets to the base, so the circle starts at `startIndex & (n - 1)`
+        // (descriptor 0 for a zero base, as the spec says).
         shadowNext = (0..<n).map { UInt16(truncatingIfNeeded: ($0 + 1) % n) }
         chainCount = Array(repeating: 0, count: n)
-        freeHead = 0
+        freeHead = inOrder ? startIndex & (ring.queueSize &- 1) : 0
         freeCount = n
         availIndexShadow = startIndex
         lastUsedIndex = startIndex
+        // SAFETY: the indices live in the ring's memory, which its owner keeps alive; nothing
+        // runs on the other side before the device is attached to this reset ring.
         ring.availIndex.pointee.store(startIndex, ordering: .releasing)
         ring.usedIndex.pointee.store(startIndex, ordering: .releasing)
     }
@@ -91,6 +131,8 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
             var flags: DescriptorFlags = segment.deviceWritable ? [.write] : []
             let next = shadowNext[Int(index)]
             if remaining > 0 { flags.insert(.next) }
+            // SAFETY: `index` is on the driver's free list, so the device does not own it; it
+            // sees the write only after publish()'s release store of avail->idx.
             ring.setDescriptor(index, Descriptor(address: segment.address, length: segment.length, flags: flags, next: remaining > 0 ? next : 0))
             if remaining > 0 { index = next }
         }
@@ -102,17 +144,24 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
     }
 
     /// Places a chain as one `VRING_DESC_F_INDIRECT` descriptor whose table lives in guest
-    /// memory at `tableAddress` (guest-physical) / `table` (host). vhost.c: the table length
-    /// must be a multiple of 16 and the table may not itself contain an indirect descriptor.
+    /// memory at `tableAddress` (guest-physical) / `table` (host), which must hold
+    /// `segments.count` × 16 bytes and stay untouched until the chain is reaped. vhost.c
+    /// get_indirect: the table length must be a multiple of 16 and the table may not itself
+    /// contain an indirect descriptor; it is read in order.
     public mutating func addIndirect<C: Collection>(_ segments: C, table: UnsafeMutableRawPointer, tableAddress: UInt64) -> UInt16?
     where C.Element == BufferSegment {
         let count = segments.count
         precondition(count > 0 && count <= Int(UInt16.max), "an indirect table holds 1...65535 descriptors")
         guard freeCount >= 1 else { return nil }
+        var sawWritable = false
         for (i, segment) in segments.enumerated() {
+            precondition(!(sawWritable && !segment.deviceWritable), "readable segment after a writable one")
+            sawWritable = sawWritable || segment.deviceWritable
             let last = i == count - 1
             var flags: DescriptorFlags = segment.deviceWritable ? [.write] : []
             if !last { flags.insert(.next) }
+            // SAFETY: the caller gives `table` with room for `count` entries, owned by this
+            // chain; the device reads it only after the release store of avail->idx.
             let base = table + i * SplitRingLayout.descriptorSize
             base.storeBytes(of: segment.address.littleEndian, as: UInt64.self)
             base.storeBytes(of: segment.length.littleEndian, toByteOffset: 8, as: UInt32.self)
@@ -120,6 +169,7 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
             base.storeBytes(of: UInt16(last ? 0 : i + 1).littleEndian, toByteOffset: 14, as: UInt16.self)
         }
         let head = freeHead
+        // SAFETY: `head` is free (as in `add`).
         ring.setDescriptor(head, Descriptor(address: tableAddress, length: UInt32(count * SplitRingLayout.descriptorSize), flags: [.indirect], next: 0))
         freeHead = shadowNext[Int(head)]
         freeCount -= 1
@@ -130,6 +180,9 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
 
     private mutating func exposeHead(_ head: UInt16) {
         if inOrder { inOrderHeads.append(head) }
+        unpublishedHeads.append(head)
+        // SAFETY: slot availIndexShadow lies beyond the published avail->idx, so the device does
+        // not use it until publish()'s release store.
         ring.setAvailEntry(availIndexShadow, head: head)
         availIndexShadow &+= 1
         addedSincePublish &+= 1
@@ -141,70 +194,105 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
         let old = availIndexShadow &- addedSincePublish
         let new = availIndexShadow
         addedSincePublish = 0
+        unpublishedHeads.removeAll(keepingCapacity: true)
+        // SAFETY: release: the descriptors and avail slots written above are visible to a device
+        // that loads this index with acquire.
         ring.availIndex.pointee.store(new, ordering: .releasing)
         // The device's avail_event / NO_NOTIFY must be read after our index is visible.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if eventIndex {
+            // SAFETY: avail_event is an Atomic<UInt16> inside the used ring; any value is valid.
             return vringNeedEvent(event: ring.availEvent.pointee.load(ordering: .acquiring), new: new, old: old)
         }
+        // SAFETY: used->flags is a hint; any value is valid.
         return !ring.usedFlags.contains(.noNotify)
     }
 
-    /// Whether the device has used entries that `nextUsed` has not returned yet.
+    /// Whether `nextUsed` has something to say: used entries it has not returned yet, or, once
+    /// the driver is `broken`, the violation (so a caller polling this learns of it).
     public func hasUsed() -> Bool {
-        ring.usedIndex.pointee.load(ordering: .acquiring) != lastUsedIndex
+        if broken != nil { return true }
+        // SAFETY: acquire pairs with the device's release store of used->idx.
+        return ring.usedIndex.pointee.load(ordering: .acquiring) != lastUsedIndex
     }
 
     /// Reaps one used entry: returns the chain's head and the length the device wrote, and
-    /// puts the chain's descriptors back on the free list.
+    /// puts the chain's descriptors back on the free list; nil when nothing is used.
     ///
     /// With IN_ORDER one entry may stand for a batch: vhost.c vhost_add_used_in_order writes a
     /// single element (the id of the batch's last chain) in the batch's first slot and advances
     /// used->idx by the batch size. Every chain up to that id is then done; `lastBatch` lists
     /// them in order and the index advances by their count. On RX a batch is one packet and the
-    /// length is the packet's total.
+    /// length is what its last buffer holds.
+    ///
+    /// Throws `RingViolation` (and the driver stays `broken`, as virtio_ring.c's BAD_RING) when
+    /// the device returns an id ≥ the queue size ("id %u out of range"), an id that is not in
+    /// flight ("id %u is not a head!"), an id of a chain never published, with IN_ORDER an id
+    /// not among the chains in flight or a batch longer than used->idx moved, or when used->idx
+    /// runs ahead of the chains made available. The length is the device's word: callers must
+    /// check it against the buffer (virtio_net does: "rx error: len %u exceeds truesize").
     public mutating func nextUsed() throws(RingViolation) -> UsedElement? {
         if let broken { throw broken }
+        // SAFETY: acquire pairs with the device's release store: every used entry below
+        // `deviceIndex` was written before it.
         let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
         guard deviceIndex != lastUsedIndex else { return nil }
-        let element = ring.usedEntry(lastUsedIndex)
-        let head = UInt16(truncatingIfNeeded: element.id)
-        if Int(element.id) >= Int(queueSize) || chainCount[Int(head)] == 0 {
-            let violation = RingViolation(reason: "the device returned used id \(element.id) at used index \(lastUsedIndex), which is not in flight",
-                                          ringState: ringState(deviceIndex: deviceIndex))
-            broken = violation
-            throw violation
+        let outstanding = deviceIndex &- lastUsedIndex
+        let published = availIndexShadow &- addedSincePublish
+        let given = published &- lastUsedIndex
+        if outstanding > given {
+            throw fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
         }
+        // SAFETY: lastUsedIndex is below deviceIndex (checked above), so the entry is published.
+        let element = ring.usedEntry(lastUsedIndex)
+        guard element.id < UInt32(queueSize) else {
+            throw fail("used id \(element.id) at used index \(lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
+        }
+        let head = UInt16(element.id)
         if inOrder {
+            guard let position = inOrderHeads[inOrderStart...].firstIndex(of: head) else {
+                throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) is not among the chains in flight", deviceIndex)
+            }
+            let batch = position - inOrderStart + 1
+            guard batch <= Int(outstanding) else {
+                throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) completes \(batch) chains, but used->idx is only \(outstanding) ahead", deviceIndex)
+            }
             lastBatch.removeAll(keepingCapacity: true)
-            while true {
-                guard inOrderStart < inOrderHeads.count else {
-                    let violation = RingViolation(reason: "IN_ORDER: used id \(head) is not among the chains in flight",
-                                                  ringState: ringState(deviceIndex: deviceIndex))
-                    broken = violation
-                    throw violation
-                }
-                let done = inOrderHeads[inOrderStart]
-                inOrderStart += 1
+            for done in inOrderHeads[inOrderStart...position] {
                 lastBatch.append(done)
                 freeChain(done)
-                if done == head { break }
             }
+            inOrderStart = position + 1
             if lastBatch.count > 1 { completedInBatch &+= UInt64(lastBatch.count - 1) }
             if inOrderStart > 1024 && inOrderStart * 2 > inOrderHeads.count {
                 inOrderHeads.removeFirst(inOrderStart)
                 inOrderStart = 0
             }
-            lastUsedIndex &+= UInt16(lastBatch.count)
+            lastUsedIndex &+= UInt16(batch)
         } else {
+            guard chainCount[Int(head)] != 0 else {
+                throw fail("used id \(head) at used index \(lastUsedIndex) is not in flight", deviceIndex)
+            }
+            guard unpublishedHeads.isEmpty || !unpublishedHeads.contains(head) else {
+                throw fail("used id \(head) at used index \(lastUsedIndex) was added but never published", deviceIndex)
+            }
             lastUsedIndex &+= 1
             freeChain(head)
         }
         if eventIndex && !interruptsSuppressed {
             // Keep asking for an interrupt at the next entry (virtqueue_get_buf_ctx_split).
+            // SAFETY: used_event is an Atomic<UInt16> the driver owns; release orders it after
+            // our reads of the used entries.
             ring.usedEvent.pointee.store(lastUsedIndex, ordering: .releasing)
         }
         return element
+    }
+
+    /// Records the violation and returns it: the driver is broken from now on.
+    private mutating func fail(_ reason: String, _ deviceIndex: UInt16) -> RingViolation {
+        let violation = RingViolation(reason: reason, ringState: ringState(deviceIndex: deviceIndex))
+        broken = violation
+        return violation
     }
 
     /// A one-line dump of both indices, what is in flight and the used entries near the
@@ -212,14 +300,12 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
     func ringState(deviceIndex: UInt16) -> String {
         let pending = inOrder ? Array(inOrderHeads[inOrderStart...].prefix(12)) : []
         let entries = (0..<min(8, Int(queueSize))).map { i -> String in
+            // SAFETY: a masked slot inside the used ring; read only for the dump.
             let e = ring.usedEntry(lastUsedIndex &+ UInt16(i))
             return "\(lastUsedIndex &+ UInt16(i)):\(e.id)/\(e.length)"
         }
         return "used->idx \(deviceIndex), avail idx \(availIndexShadow), in flight \(inFlight), next in order \(pending), used entries \(entries)"
     }
-
-    /// Set when the device broke the protocol; every later `nextUsed` throws it again.
-    public private(set) var broken: RingViolation?
 
     /// With IN_ORDER: the heads the last `nextUsed` completed, oldest first.
     public private(set) var lastBatch: [UInt16] = []
@@ -245,31 +331,28 @@ public struct SplitVirtqueueDriver: ~Copyable, @unchecked Sendable {
         interruptsSuppressed = true
         if eventIndex {
             // An event index the device cannot cross before we re-enable.
+            // SAFETY: used_event is an Atomic<UInt16> the driver owns.
             ring.usedEvent.pointee.store(lastUsedIndex &+ queueSize, ordering: .releasing)
         } else {
+            // SAFETY: avail->flags is a hint the driver owns.
             ring.availFlags = [.noInterrupt]
         }
     }
 
     /// Re-enables interrupts and returns true when used entries arrived meanwhile, in which
     /// case the caller must reap before sleeping (virtqueue_enable_cb_prepare + virtqueue_poll:
-    /// the re-check after a full barrier closes the race with the device).
+    /// the re-check after a full barrier closes the race with the device). Also true once the
+    /// driver is `broken`, so the caller reaps and sees the violation.
     public mutating func enableInterrupts() -> Bool {
         interruptsSuppressed = false
         if eventIndex {
+            // SAFETY: as in disableInterrupts.
             ring.usedEvent.pointee.store(lastUsedIndex, ordering: .releasing)
         } else {
+            // SAFETY: as in disableInterrupts.
             ring.availFlags = []
         }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         return hasUsed()
     }
-}
-
-/// The device broke the virtio protocol (virtio_ring.c BAD_RING): the queue is unusable until reset.
-public struct RingViolation: Error, Equatable, CustomStringConvertible, Sendable {
-    public var reason: String
-    public var ringState: String
-    public init(reason: String, ringState: String) { self.reason = reason; self.ringState = ringState }
-    public var description: String { "\(reason); \(ringState)" }
 }

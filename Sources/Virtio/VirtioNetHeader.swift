@@ -2,8 +2,11 @@
 /// `num_buffers`), little-endian (linux/virtio_net.h). Which length is on the wire follows
 /// the negotiated features: see `VirtioFeatures.netHeaderLength`.
 public struct VirtioNetHeader: Equatable, Sendable {
+    /// `virtio_net_hdr.flags`.
     public struct Flags: OptionSet, Sendable, Hashable {
+        /// The bits.
         public var rawValue: UInt8
+        /// Flags from their bits.
         public init(rawValue: UInt8) { self.rawValue = rawValue }
         /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: checksum from csum_start, stored at csum_start+csum_offset.
         public static let needsChecksum = Self(rawValue: 1)
@@ -13,33 +16,45 @@ public struct VirtioNetHeader: Equatable, Sendable {
         public static let rscInfo = Self(rawValue: 4)
     }
 
+    /// `VIRTIO_NET_HDR_GSO_*`: none, TCPv4, UFO, TCPv6, UDP L4 (USO).
     public enum GSOType: UInt8, Sendable {
         case none = 0, tcpV4 = 1, udp = 3, tcpV6 = 4, udpL4 = 5
     }
     /// `VIRTIO_NET_HDR_GSO_ECN`, or'ed into gso_type.
     public static let gsoECN: UInt8 = 0x80
 
+    /// `flags`.
     public var flags: Flags = []
+    /// `gso_type`: a `GSOType` raw value, possibly or'ed with `gsoECN`.
     public var gsoType: UInt8 = 0
+    /// `hdr_len`: bytes of headers before the payload (a hint for GSO).
     public var headerLength: UInt16 = 0
+    /// `gso_size`: payload bytes per segment.
     public var gsoSize: UInt16 = 0
+    /// `csum_start`: where checksumming starts.
     public var checksumStart: UInt16 = 0
+    /// `csum_offset`: where, after `checksumStart`, the checksum goes.
     public var checksumOffset: UInt16 = 0
     /// Only on the 12-byte header: how many RX buffers this frame spans (MRG_RXBUF).
     public var numBuffers: UInt16 = 0
 
+    /// A header with the given fields.
     public init(flags: Flags = [], gsoType: UInt8 = 0, headerLength: UInt16 = 0, gsoSize: UInt16 = 0,
                 checksumStart: UInt16 = 0, checksumOffset: UInt16 = 0, numBuffers: UInt16 = 0) {
         self.flags = flags; self.gsoType = gsoType; self.headerLength = headerLength; self.gsoSize = gsoSize
         self.checksumStart = checksumStart; self.checksumOffset = checksumOffset; self.numBuffers = numBuffers
     }
 
+    /// Bytes of `struct virtio_net_hdr`.
     public static let baseLength = 10
+    /// Bytes of `struct virtio_net_hdr_mrg_rxbuf` (with `num_buffers` at byte 10).
     public static let mergeableLength = 12
 
     /// Writes the header in `length` (10 or 12) bytes at `pointer`.
     public func write(to pointer: UnsafeMutableRawPointer, length: Int) {
         precondition(length == 10 || length == 12, "virtio-net header is 10 or 12 bytes")
+        // SAFETY: the caller gives `length` writable bytes (a buffer the driver owns until it
+        // publishes the chain, or one the device owns until it pushes it); unaligned stores.
         pointer.storeBytes(of: flags.rawValue, as: UInt8.self)
         pointer.storeBytes(of: gsoType, toByteOffset: 1, as: UInt8.self)
         pointer.storeBytes(of: headerLength.littleEndian, toByteOffset: 2, as: UInt16.self)
@@ -49,8 +64,11 @@ public struct VirtioNetHeader: Equatable, Sendable {
         if length == 12 { pointer.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self) }
     }
 
+    /// Reads a header of `length` (10 or 12) bytes at `pointer`.
     public init(reading pointer: UnsafeRawPointer, length: Int) {
         precondition(length == 10 || length == 12, "virtio-net header is 10 or 12 bytes")
+        // SAFETY: the caller gives `length` readable bytes it owns (a used buffer the driver has
+        // reaped after used->idx's acquire load); unaligned loads.
         flags = Flags(rawValue: pointer.load(as: UInt8.self))
         gsoType = pointer.load(fromByteOffset: 1, as: UInt8.self)
         headerLength = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
@@ -60,6 +78,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
         numBuffers = length == 12 ? UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 10, as: UInt16.self)) : 0
     }
 
+    /// The header as `length` (10 or 12) bytes.
     public func bytes(length: Int) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
             write(to: UnsafeMutableRawPointer(buffer.baseAddress!), length: length)
@@ -67,6 +86,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
         }
     }
 
+    /// Parses a header from 10 or 12 bytes.
     public init(bytes: [UInt8]) {
         self = bytes.withUnsafeBytes { VirtioNetHeader(reading: $0.baseAddress!, length: bytes.count) }
     }

@@ -36,9 +36,9 @@ struct SplitVirtqueueTests {
         device.push(head: chain.head, length: 100)
         let signal = device.shouldSignal()
         #expect(signal)
-        let reaped = ((try? driver.nextUsed()) ?? nil)
+        let reaped = try driver.nextUsed()
         #expect(reaped == UsedElement(id: UInt32(head), length: 100))
-        let none = ((try? driver.nextUsed()) ?? nil)
+        let none = try driver.nextUsed()
         #expect(driver.freeCount == 8 && none == nil)
         #expect(memory.block.load(fromByteOffset: memory.buffersOffset + 64, as: UInt8.self) == 0xAB)
     }
@@ -62,7 +62,7 @@ struct SplitVirtqueueTests {
                 device.push(head: chain.head, length: 0)
             }
             #expect(device.lastAvailIndex == driver.availIndexShadow, "device and driver disagree on avail")
-            while ((try? driver.nextUsed()) ?? nil) != nil { completed += 1 }
+            while try driver.nextUsed() != nil { completed += 1 }
             #expect(driver.lastUsedIndex == device.lastUsedIndex)
         }
         #expect(driver.availIndexShadow == UInt16(truncatingIfNeeded: total))
@@ -82,7 +82,7 @@ struct SplitVirtqueueTests {
             while let chain = try device.pop() { device.push(head: chain.head, length: 0); popped += 1 }
             #expect(popped == 8, "round \(round)")
             var reaped = 0
-            while ((try? driver.nextUsed()) ?? nil) != nil { reaped += 1 }
+            while try driver.nextUsed() != nil { reaped += 1 }
             #expect(reaped == 8)
         }
         #expect(driver.availIndexShadow == 65530 &+ 32)
@@ -101,11 +101,11 @@ struct SplitVirtqueueTests {
         memory.ring.setUsedEntry(0, UsedElement(id: UInt32(heads[2]), length: 0))
         memory.ring.setUsedEntry(3, UsedElement(id: UInt32(heads[4]), length: 0))
         memory.ring.usedIndex.pointee.store(5, ordering: .releasing)
-        let first = ((try? driver.nextUsed()) ?? nil)
+        let first = try driver.nextUsed()
         #expect(first?.id == UInt32(heads[2]) && driver.lastBatch == Array(heads[0..<3]) && driver.lastUsedIndex == 3)
-        let second = ((try? driver.nextUsed()) ?? nil)
+        let second = try driver.nextUsed()
         #expect(second?.id == UInt32(heads[4]) && driver.lastBatch == Array(heads[3..<5]) && driver.lastUsedIndex == 5)
-        let none = ((try? driver.nextUsed()) ?? nil)
+        let none = try driver.nextUsed()
         #expect(none == nil && driver.freeCount == 8 && driver.completedInBatch == 3)
         // Descriptors are used in ring order (virtio 1.x §2.7.5), wrapping at the table's end.
         #expect(heads == [0, 1, 2, 3, 4])
@@ -137,7 +137,8 @@ struct SplitVirtqueueTests {
             var driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: eventIndex)
             var device = SplitVirtqueueDevice(ring: memory.ring, direction: .transmit, eventIndex: eventIndex, translate: memory.translate)
             let segment = BufferSegment(address: memory.bufferAddress(0), length: 10, deviceWritable: false)
-            #expect(device.enableNotify() == false)
+            let idleAtStart = device.enableNotify()
+            #expect(idleAtStart == false)
             _ = driver.add(CollectionOfOne(segment))
             let first = driver.publish()
             #expect(first, "kick wanted (eventIndex \(eventIndex))")
@@ -149,9 +150,12 @@ struct SplitVirtqueueTests {
             let second = driver.publish()
             #expect(!second, "no kick while the device polls (eventIndex \(eventIndex))")
             // The device re-enables and sees the entry that arrived meanwhile.
-            #expect(device.enableNotify(), "enableNotify must report the pending entry")
+            let pendingAfterReenable = device.enableNotify()
+            #expect(pendingAfterReenable, "enableNotify must report the pending entry")
+            device.disableNotify() // net.c handle_tx: "vhost_disable_notify(&net->dev, vq); continue;"
             _ = try device.pop()
-            #expect(device.enableNotify() == false)
+            let idleAgain = device.enableNotify()
+            #expect(idleAgain == false)
             _ = driver.add(CollectionOfOne(segment))
             let third = driver.publish()
             #expect(third, "kick wanted again after re-enable (eventIndex \(eventIndex))")
@@ -179,7 +183,7 @@ struct SplitVirtqueueTests {
             #expect(suppressed, "suppressed (eventIndex \(eventIndex))")
             let pending = driver.enableInterrupts()
             #expect(pending, "work arrived while interrupts were off")
-            while ((try? driver.nextUsed()) ?? nil) != nil {}
+            while try driver.nextUsed() != nil {}
             let idle = driver.enableInterrupts()
             #expect(!idle)
             let thirdPopped = try device.pop()
@@ -195,35 +199,45 @@ struct SplitVirtqueueTests {
 struct DeviceModelRuleTests {
     typealias RingError = SplitVirtqueueDevice.RingError
 
-    func setUp(_ queueSize: UInt16 = 8, direction: SplitVirtqueueDevice.Direction = .transmit) -> (TestRingMemory, SplitVirtqueueDevice) {
+    func setUp(_ queueSize: UInt16 = 8) -> TestRingMemory {
         let memory = TestRingMemory(queueSize: queueSize)
         _ = SplitVirtqueueDriver(ring: memory.ring, eventIndex: false)
-        return (memory, SplitVirtqueueDevice(ring: memory.ring, direction: direction, eventIndex: false, translate: memory.translate))
+        return memory
+    }
+
+    func makeDevice(_ memory: TestRingMemory, direction: SplitVirtqueueDevice.Direction = .transmit) -> SplitVirtqueueDevice {
+        SplitVirtqueueDevice(ring: memory.ring, direction: direction, eventIndex: false, translate: memory.translate)
     }
 
     func expectError(_ expected: RingError, _ device: inout SplitVirtqueueDevice) {
         #expect(throws: expected) { _ = try device.pop() }
-        #expect(device.stopped, "the queue stops after an error")
-        #expect((try? device.pop()) == nil, "and stays stopped")
+        let stopped = device.stopped
+        #expect(stopped, "the queue stops after an error")
+        let again = try? device.pop()
+        #expect(again == nil, "and stays stopped")
         device.kick()
-        #expect(!device.stopped, "until the next kick")
+        let kicked = device.stopped
+        #expect(!kicked, "until the next kick")
     }
 
     @Test func availIndexMovedTooFar() {
-        var (memory, device) = setUp()
+        let memory = setUp()
+        var device = makeDevice(memory)
         memory.ring.availIndex.pointee.store(9, ordering: .releasing)
         expectError(.availIndexMovedTooFar(from: 0, to: 9), &device)
     }
 
     @Test func headOutOfRange() {
-        var (memory, device) = setUp()
+        let memory = setUp()
+        var device = makeDevice(memory)
         memory.ring.setAvailEntry(0, head: 8)
         memory.ring.availIndex.pointee.store(1, ordering: .releasing)
         expectError(.headOutOfRange(8), &device)
     }
 
     @Test func loopInChain() {
-        var (memory, device) = setUp()
+        let memory = setUp()
+        var device = makeDevice(memory)
         memory.ring.setDescriptor(0, Descriptor(address: memory.bufferAddress(0), length: 1, flags: [.next], next: 1))
         memory.ring.setDescriptor(1, Descriptor(address: memory.bufferAddress(0), length: 1, flags: [.next], next: 0))
         memory.ring.setAvailEntry(0, head: 0)
@@ -232,18 +246,21 @@ struct DeviceModelRuleTests {
     }
 
     @Test func addressOutsideTheTable() {
-        var (memory, device) = setUp()
+        let memory = setUp()
+        var device = makeDevice(memory)
         memory.ring.setDescriptor(0, Descriptor(address: 0x1000, length: 64, flags: [], next: 0))
         memory.ring.availIndex.pointee.store(1, ordering: .releasing)
         expectError(.addressNotMapped(address: 0x1000, length: 64), &device)
     }
 
     @Test func writableOnTransmitAndReadableOnReceive() {
-        var (memory, device) = setUp()
+        let memory = setUp()
+        var device = makeDevice(memory)
         memory.ring.setDescriptor(0, Descriptor(address: memory.bufferAddress(0), length: 64, flags: [.write], next: 0))
         memory.ring.availIndex.pointee.store(1, ordering: .releasing)
         expectError(.writableOnTransmit, &device)
-        var (rxMemory, rxDevice) = setUp(direction: .receive)
+        let rxMemory = setUp()
+        var rxDevice = makeDevice(rxMemory, direction: .receive)
         rxMemory.ring.setDescriptor(0, Descriptor(address: rxMemory.bufferAddress(0), length: 64, flags: [], next: 0))
         rxMemory.ring.availIndex.pointee.store(1, ordering: .releasing)
         expectError(.readableOnReceive, &rxDevice)
@@ -251,7 +268,8 @@ struct DeviceModelRuleTests {
     }
 
     @Test func readableAfterWritable() {
-        var (memory, device) = setUp(direction: .receive)
+        let memory = setUp()
+        var device = makeDevice(memory, direction: .receive)
         memory.ring.setDescriptor(0, Descriptor(address: memory.bufferAddress(0), length: 64, flags: [.write, .next], next: 1))
         memory.ring.setDescriptor(1, Descriptor(address: memory.bufferAddress(64), length: 64, flags: [], next: 0))
         memory.ring.availIndex.pointee.store(1, ordering: .releasing)
@@ -259,7 +277,8 @@ struct DeviceModelRuleTests {
     }
 
     @Test func indirectRules() {
-        var (memory, device) = setUp()
+        let memory = setUp()
+        var device = makeDevice(memory)
         memory.ring.setDescriptor(0, Descriptor(address: memory.bufferAddress(0), length: 24, flags: [.indirect], next: 0))
         memory.ring.availIndex.pointee.store(1, ordering: .releasing)
         expectError(.indirectLengthNotMultipleOf16(24), &device)
