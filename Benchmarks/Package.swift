@@ -23,6 +23,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "Virtio", package: rootPackage),
                 .product(name: "VhostNet", package: rootPackage),
+                .product(name: "NetFormats", package: rootPackage),
             ],
             path: "Benchmarks/DriverRing",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

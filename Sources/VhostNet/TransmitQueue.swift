@@ -32,6 +32,8 @@ public struct TransmitQueue: ~Copyable {
         while sent < count {
             try reap()
             while sent < count, queue.canAddChain, let head = queue.driver.nextFreeHead {
+                // SAFETY: head `head` is free (not in flight), so the device does not read its
+                // buffers until the avail entry naming it is published (release store, after these writes).
                 header.write(to: queue.headerPointer(head), length: queue.headerLength)
                 let length = fill(sent, UnsafeMutableRawBufferPointer(start: queue.framePointer(head), count: capacity))
                 precondition(length >= 0 && length <= capacity, "fill returned \(length) for a \(capacity)-byte buffer")

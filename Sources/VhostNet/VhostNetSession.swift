@@ -58,6 +58,9 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         // QEMU acks IOTLB_MSG_V2 when offered (vhost_kernel_set_backend_cap).
         let backendFeatures = try device.backendFeatures()
         try device.setBackendFeatures(backendFeatures.intersection(.iotlbMessageV2))
+        // SAFETY: from here the device reads and writes `memory` (the table's regions, and the
+        // rings inside it) from its own thread until it is closed; the session owns `memory` and
+        // closes the device first (deinit).
         try device.setMemoryTable(memory.map.memoryTable)
         try configureVring(receive)
         try configureVring(transmit)
@@ -98,6 +101,8 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
             throw .featureUnavailable(requested: "VHOST_F_LOG_ALL", offered: offeredFeatures.description)
         }
         let log = try DirtyLog(coveringGuestBytes: memory.map.guestEnd.rawValue)
+        // SAFETY: the device writes the log from now on; the session keeps it (and `memory`,
+        // whose pages it marks) until the device is closed in deinit.
         try device.setLogBase(log.hostAddress)
         dirtyLog = log
         try device.setFeatures(negotiatedFeatures.union(.logAll))

@@ -145,6 +145,8 @@ public final class IoctlScriptRunner {
             }
             let layout = SplitRingLayout.offsets(queueSize: size)
             let block = try memory.memory.allocate(layout.total, alignment: 4096)
+            // SAFETY: the block is fresh guest memory no device was told about yet; once a script
+            // hands its address over, the memory is kept mapped until the device is closed.
             let ring = SplitRing(queueSize: UInt16(size), descriptors: block.host + layout.descriptors, avail: block.host + layout.avail, used: block.host + layout.used)
             ring.reset()
             rings[index()] = (ring, block)

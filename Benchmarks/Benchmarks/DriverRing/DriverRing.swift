@@ -1,4 +1,5 @@
 import Benchmark
+import NetFormats
 import VhostNet
 import Virtio
 
@@ -48,7 +49,7 @@ func roundTrip(_ memory: RingBlock, eventIndex: Bool, indirect: Bool, batch: Int
             blackHole(driver.publish())
             while let chain = try? device.pop() { device.push(head: chain.head, length: 0) }
             blackHole(device.shouldSignal())
-            while let used = driver.nextUsed() { blackHole(used) }
+            while let used = try? driver.nextUsed() { blackHole(used) }
         }
     }
 }
