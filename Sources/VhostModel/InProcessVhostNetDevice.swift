@@ -69,6 +69,16 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
         try performIoctl(request, arguments(), observer: observer) { _ in failure.map { -$0.rawValue } ?? 0 }
     }
 
+    /// A vring ioctl: EPERM before SET_OWNER (vhost_dev_check_owner), ENOBUFS for an index ≥ 2
+    /// (vhost_vring_ioctl), then `body`'s answer.
+    private func vringIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, index: UInt32,
+                            _ body: (InProcessDeviceCore.Vring) -> Errno?) throws(VhostError) {
+        try ioctl(request, arguments()) { state in
+            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+            return body(vring)
+        }
+    }
+
     // MARK: owner and features
 
     public func setOwner() throws(VhostError) {
@@ -151,8 +161,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     // MARK: vrings
 
     public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) {
-        try ioctl(.setVringNum, "index: \(index), num: \(num)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(.setVringNum, "index: \(index), num: \(num)", index: index) { vring in
             // vhost.c vhost_vring_set_num: EBUSY while attached; EINVAL for 0, > 0xffff, not a power of 2.
             guard vring.backend < 0 else { return .resourceBusy }
             guard num > 0, num <= 0xffff, num & (num - 1) == 0 else { return .invalidArgument }
@@ -162,8 +171,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     }
 
     public func setVringBase(index: UInt32, base: UInt32) throws(VhostError) {
-        try ioctl(.setVringBase, "index: \(index), num: \(base)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(.setVringBase, "index: \(index), num: \(base)", index: index) { vring in
             guard vring.backend < 0 else { return .resourceBusy }
             guard base <= 0xffff else { return .invalidArgument }
             vring.lastAvail = UInt16(base)
@@ -173,8 +181,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
 
     public func vringBase(index: UInt32) throws(VhostError) -> UInt32 {
         var value: UInt32 = 0
-        try ioctl(.getVringBase, "index: \(index)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(.getVringBase, "index: \(index)", index: index) { vring in
             value = UInt32(vring.model?.lastAvailIndex ?? vring.lastAvail)
             return nil
         }
@@ -182,8 +189,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     }
 
     public func setVringAddress(index: UInt32, _ addresses: VringAddresses) throws(VhostError) {
-        try ioctl(.setVringAddress, "index: \(index), desc: \(addresses.descriptors), avail: \(addresses.avail), used: \(addresses.used)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(.setVringAddress, "index: \(index), desc: \(addresses.descriptors), avail: \(addresses.avail), used: \(addresses.used)", index: index) { vring in
             // vhost.c vhost_vring_set_addr: avail 2-aligned, used and log 4-aligned.
             guard addresses.avail.rawValue % 2 == 0, addresses.used.rawValue % 4 == 0,
                   (addresses.log?.rawValue ?? 0) % 4 == 0 else { return .invalidArgument }
@@ -199,8 +205,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
 
     private func bind(_ doorbell: VringDoorbell, _ index: UInt32, _ fd: Int32) throws(VhostError) {
         let request: IoctlRequest = doorbell == .kick ? .setVringKick : doorbell == .call ? .setVringCall : .setVringErr
-        try ioctl(request, "index: \(index), fd: \(fd)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(request, "index: \(index), fd: \(fd)", index: index) { vring in
             // The kernel takes its own reference (eventfd_ctx_fdget); a dup is ours.
             var own: Int32 = -1
             if fd >= 0 {
@@ -217,8 +222,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     }
 
     public func setVringBusyloopTimeout(index: UInt32, microseconds: UInt32) throws(VhostError) {
-        try ioctl(.setVringBusyloopTimeout, "index: \(index), num: \(microseconds)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(.setVringBusyloopTimeout, "index: \(index), num: \(microseconds)", index: index) { vring in
             vring.busyloopTimeout = microseconds
             return nil
         }
@@ -226,8 +230,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
 
     public func vringBusyloopTimeout(index: UInt32) throws(VhostError) -> UInt32 {
         var value: UInt32 = 0
-        try ioctl(.getVringBusyloopTimeout, "index: \(index)") { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
+        try vringIoctl(.getVringBusyloopTimeout, "index: \(index)", index: index) { vring in
             value = vring.busyloopTimeout
             return nil
         }
