@@ -31,6 +31,8 @@ public protocol DatapathHarness: Sendable {
     /// Sets up and starts a queue pair named `name`, with `configure` applied to the defaults,
     /// and its host side.
     func makePair(_ name: String, _ configure: (inout QueuePairConfiguration) -> Void) throws -> (Pair, Host)
+    /// Resumes a stopped pair on a fresh device of the same kind (a new `/dev/vhost-net` fd).
+    func resumeOnFreshDevice(_ pair: Pair) throws
 }
 
 extension DatapathHarness {
@@ -54,6 +56,9 @@ public struct KernelHarness: DatapathHarness {
         configure(&config)
         let pair = try VhostNetQueuePair(config)
         return (pair, try KernelHostSide(pair))
+    }
+    public func resumeOnFreshDevice(_ pair: VhostNetQueuePair) throws {
+        try pair.resume(on: try VhostNetDevice(path: pair.configuration.devicePath, observer: pair.configuration.observer))
     }
 }
 
@@ -110,6 +115,9 @@ public struct InProcessHarness: DatapathHarness {
         let pair = try InProcessQueuePair(config, device: try InProcessVhostNetDevice(features: features, observer: config.observer),
                                           port: pipe.takeDeviceEnd()!)
         return (pair, host)
+    }
+    public func resumeOnFreshDevice(_ pair: InProcessQueuePair) throws {
+        try pair.resume(on: try InProcessVhostNetDevice(features: features, observer: pair.configuration.observer))
     }
 }
 

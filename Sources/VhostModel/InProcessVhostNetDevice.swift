@@ -266,6 +266,10 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
             guard own >= 0 else { vring.detach(); return Errno(rawValue: Glibc.errno) }
             vring.backend = own
             vring.wantsSocket = true
+            // net.c vhost_net_enable_vq → vhost_poll_start: polling the socket starts, and a
+            // socket that is ready already (always, for TX: the pipe is writable) runs the
+            // handler at once, so chains published while detached are taken without a kick.
+            vring.requeued = true
             return nil
         }
     }

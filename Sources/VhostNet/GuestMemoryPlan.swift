@@ -79,7 +79,7 @@ public struct GuestMemoryPlan: Sendable, Equatable {
         return QueueMemory(ringBlock: ringBlock, descriptors: ringBlock.slice(offset: offsets.descriptors, length: SplitRingLayout.descriptorTableSize(queueSize: queueSize)),
                            avail: ringBlock.slice(offset: offsets.avail, length: SplitRingLayout.availRingSize(queueSize: queueSize)),
                            used: ringBlock.slice(offset: offsets.used, length: SplitRingLayout.usedRingSize(queueSize: queueSize)),
-                           buffers: buffers, headers: headers, tables: tables)
+                           buffers: buffers, headers: headers, tables: tables, tableRegions: memory.map.regions)
     }
 }
 
@@ -96,6 +96,8 @@ public struct QueueMemory: Sendable {
     public let headers: [GuestBuffer]
     /// Per head: the two-entry indirect table (`.indirect`).
     public let tables: [GuestBuffer]
+    /// The regions of the memory table the queue's memory belongs to.
+    public let tableRegions: [GuestMemoryRegion]
 
     /// The split ring over the three parts.
     public var ring: SplitRing {

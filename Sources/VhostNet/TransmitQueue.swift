@@ -22,27 +22,43 @@ public struct TransmitQueue: ~Copyable {
         return count
     }
 
+    /// Adds up to `count` frames (as many as fit after reaping), publishes them and kicks when
+    /// the device asks. Returns how many were added; does not wait.
+    public mutating func post(count: Int, header: VirtioNetHeader, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int {
+        try reap()
+        let added = add(count: count, first: 0, header: header, fill: fill)
+        queue.publishAndKick()
+        return added
+    }
+
+    /// Adds frames `first..<count` while chains fit; returns how many it added.
+    private mutating func add(count: Int, first: Int, header: VirtioNetHeader, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        let capacity = queue.frameCapacity
+        var sent = first
+        while sent < count, queue.canAddChain, let head = queue.driver.nextFreeHead {
+            // SAFETY: head `head` is free (not in flight), so the device does not read its
+            // buffers until the avail entry naming it is published (release store, after these writes).
+            header.write(to: queue.headerPointer(head), length: queue.headerLength)
+            let length = fill(sent, UnsafeMutableRawBufferPointer(start: queue.framePointer(head), count: capacity))
+            precondition(length >= 0 && length <= capacity, "fill returned \(length) for a \(capacity)-byte buffer")
+            let used = queue.addChain(frameLength: length, deviceWritable: false)
+            assert(used == head, "the chain went to head \(String(describing: used)), not \(head)")
+            queue.counters.frames += 1
+            queue.counters.bytes += UInt64(length)
+            sent += 1
+        }
+        return sent - first
+    }
+
     /// Transmits `count` frames. `fill(i, buffer)` writes frame `i` into the guest buffer and
     /// returns its length; `header` goes before it, inline or in its own descriptor by layout.
     /// Returns after the device has used every chain.
     public mutating func send(count: Int, header: VirtioNetHeader, mode: NotificationMode,
                               fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) {
         var sent = 0
-        let capacity = queue.frameCapacity
         while sent < count {
             try reap()
-            while sent < count, queue.canAddChain, let head = queue.driver.nextFreeHead {
-                // SAFETY: head `head` is free (not in flight), so the device does not read its
-                // buffers until the avail entry naming it is published (release store, after these writes).
-                header.write(to: queue.headerPointer(head), length: queue.headerLength)
-                let length = fill(sent, UnsafeMutableRawBufferPointer(start: queue.framePointer(head), count: capacity))
-                precondition(length >= 0 && length <= capacity, "fill returned \(length) for a \(capacity)-byte buffer")
-                let used = queue.addChain(frameLength: length, deviceWritable: false)
-                assert(used == head, "the chain went to head \(String(describing: used)), not \(head)")
-                queue.counters.frames += 1
-                queue.counters.bytes += UInt64(length)
-                sent += 1
-            }
+            sent += add(count: count, first: sent, header: header, fill: fill)
             queue.publishAndKick()
             if sent < count {
                 guard queue.waitForUsed(mode: mode, milliseconds: 5000) else {

@@ -39,6 +39,9 @@ public final class VhostNetEndpoint {
     /// Told once when a queue pair's device breaks the virtio protocol (`VhostError.brokenQueue`).
     /// That pair is left alone from then on; the others go on, and so does the process.
     public var brokenQueueHandler: ((Int, VhostError) -> Void)?
+    /// Told about every ring error a device signals (vq_err), with the queue pair's index. The
+    /// device stopped that queue until the next kick; the endpoint goes on.
+    public var ringErrorHandler: ((Int, RingErrorEvent) -> Void)?
     /// The queue pairs whose device broke the protocol.
     public private(set) var brokenPairs: Set<Int> = []
     let logger: Logger
@@ -59,7 +62,10 @@ public final class VhostNetEndpoint {
         }
         self.pairs = pairs
         poller = try EventPoller()
-        for (index, pair) in pairs.enumerated() { try poller.add(pair.receiveQueue.queue.call.fd, token: UInt64(index)) }
+        for (index, pair) in pairs.enumerated() {
+            try poller.add(pair.receiveQueue.queue.call.fd, token: UInt64(index))
+            for fd in pair.ringErrorDescriptors { try poller.add(fd, token: VhostNetEndpoint.ringErrorToken) }
+        }
         responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, udpEchoPort: configuration.udpEchoPort)
     }
 
@@ -71,6 +77,13 @@ public final class VhostNetEndpoint {
     @discardableResult
     public func service(milliseconds: Int32, extraFDs: [Int32] = []) throws(VhostError) -> Int {
         var received = 0
+        for (index, pair) in pairs.enumerated() {
+            for var event in pair.takeRingErrors() {
+                event.queue = "pair \(index) \(event.queue)"
+                logger.warning("\(event)")
+                ringErrorHandler?(index, event)
+            }
+        }
         for (index, pair) in pairs.enumerated() where !brokenPairs.contains(index) {
             var frames: [(VirtioNetHeader, [UInt8])] = []
             do {
@@ -98,6 +111,9 @@ public final class VhostNetEndpoint {
         }
         return received
     }
+
+    /// The epoll token of the error eventfds: a wake-up only, handled at the next turn.
+    static let ringErrorToken = UInt64.max - 1
 
     private func markBroken(_ index: Int, _ error: VhostError) {
         guard brokenPairs.insert(index).inserted else { return }

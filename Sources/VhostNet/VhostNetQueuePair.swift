@@ -127,6 +127,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         receiveQueue = ReceiveQueue(rx, mergeable: features.contains(.netMergeableRxBuffers))
         transmitQueue = TransmitQueue(tx)
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
+                          bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
                           receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
         logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(headerLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         transmitQueue.queue.driver.disableInterrupts()
@@ -145,10 +146,40 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public var negotiatedFeatures: VirtioFeatures { session.negotiatedFeatures }
     public var running: Bool { session.running }
 
-    /// vhost_net_stop: detach both backends and read back each vring's last_avail_idx.
+    /// vhost_net_stop: detach both backends and read back each vring's last_avail_idx. The
+    /// driver keeps its rings as they are; frames the host sends meanwhile wait in the port's
+    /// queue, and chains in flight stay in flight until `resume`.
     @discardableResult
     public func stop() throws(VhostError) -> (receiveBase: UInt32, transmitBase: UInt32) {
-        try session.stop(receive: receiveQueue.queue.index, transmit: transmitQueue.queue.index)
+        guard let bases = try session.stop(receive: receiveQueue.queue.index, transmit: transmitQueue.queue.index) else { return (0, 0) }
+        return (UInt32(bases.receive), UInt32(bases.transmit))
+    }
+
+    /// Resumes after `stop` on the same device: vhost_dev_start again with each vring's base
+    /// where the device left off, so no chain in flight is lost or used twice.
+    public func resume() throws(VhostError) {
+        guard !session.running else { return }
+        guard let bases = session.savedBases else { throw .invalidArgument("resume needs a stop first: it restores the bases stop read back") }
+        try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue, bases: bases,
+                          receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
+        receiveQueue.refill()
+    }
+
+    /// Resumes after `stop` on a fresh device (a new `/dev/vhost-net` fd, as after migrating the
+    /// backend): the old device is closed, vhost_dev_init runs on `device`, then vhost_dev_start
+    /// from the saved bases.
+    public func resume(on device: consuming Backend) throws(VhostError) {
+        guard !session.running else { throw .invalidArgument("stop the queue pair before moving it to another device") }
+        try session.replaceDevice(with: device, receive: receiveQueue.queue, transmit: transmitQueue.queue)
+        try resume()
+    }
+
+    /// Stops, issues VHOST_RESET_OWNER (the device forgets everything), sets it up again from
+    /// scratch on the same fd (SET_OWNER and on), and resumes from the saved bases.
+    public func resetOwnerAndRestart() throws(VhostError) {
+        try stop()
+        try session.resetOwner(receive: receiveQueue.queue, transmit: transmitQueue.queue)
+        try resume()
     }
 
     public var receiveCounters: QueueCounters { receiveQueue.counters }
@@ -170,6 +201,12 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
             throw .unsupportedByKernel("UDP_L4 GSO (USO) frames need a tap from Linux 6.2 on; this kernel would drop them without a trace")
         }
         try transmitQueue.send(count: count, header: header, mode: configuration.notificationMode, fill: fill)
+    }
+
+    /// Adds up to `count` frames to the TX ring (as many as fit, after reaping) and publishes
+    /// them, kicking when the device asks, without waiting: returns how many were added.
+    public func post(count: Int, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int {
+        try transmitQueue.post(count: count, header: VirtioNetHeader(), fill: fill)
     }
 
     /// Transmits one frame (bytes without the virtio-net header).
@@ -214,6 +251,34 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public func receiveTruncationRisk() -> String? {
         guard let mtu = try? session.port.maximumTransmissionUnit() else { return nil }
         return configuration.truncationRisk(mtu: mtu, interface: session.port.name)
+    }
+
+    // MARK: ring errors and fault injection
+
+    /// Ring errors the device signalled since the last call (vq_err on the error eventfds of RX
+    /// and TX), each with the likely cause. The queue the device stopped goes on after a kick.
+    public func takeRingErrors() -> [RingErrorEvent] {
+        [receiveQueue.queue.takeRingError(), transmitQueue.queue.takeRingError()].compactMap { $0 }
+    }
+
+    /// The error eventfds, for an event loop to watch (readable when the device signals `vq_err`).
+    public var ringErrorDescriptors: [Int32] { [receiveQueue.queue.error.fd, transmitQueue.queue.error.fd] }
+
+    /// Breaks one new TX chain (carrying `frame`) as `fault` says, publishes it and kicks: the
+    /// device's answer arrives on the error eventfd. Nil when the ring is full.
+    public func injectTransmitFault(_ fault: RingFault, frame: [UInt8]) -> InjectedFault? {
+        transmitQueue.queue.inject(fault, frame: frame)
+    }
+
+    /// Breaks the posted RX buffer the device takes next as `fault` says, and kicks (the device
+    /// finds it when the next frame arrives).
+    public func injectReceiveFault(_ fault: RingFault) -> InjectedFault? {
+        receiveQueue.queue.inject(fault, frame: [])
+    }
+
+    /// Puts an injected fault right and kicks the queue it was on.
+    public func repair(_ injected: InjectedFault, onTransmit: Bool) {
+        if onTransmit { transmitQueue.queue.repair(injected) } else { receiveQueue.queue.repair(injected) }
     }
 
     // MARK: dirty logging
@@ -264,6 +329,15 @@ public protocol QueuePairDatapath: AnyObject {
     var receiveCounters: QueueCounters { get }
     /// Runs `body` with the TX ring driver (indices, IN_ORDER batches).
     func withTransmitDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R
+    func drainTransmit(milliseconds: Int32) throws(VhostError)
+    func takeRingErrors() -> [RingErrorEvent]
+    func injectTransmitFault(_ fault: RingFault, frame: [UInt8]) -> InjectedFault?
+    func injectReceiveFault(_ fault: RingFault) -> InjectedFault?
+    func repair(_ injected: InjectedFault, onTransmit: Bool)
+    func resume() throws(VhostError)
+    func resetOwnerAndRestart() throws(VhostError)
+    /// Adds up to `count` frames to the TX ring and publishes them without waiting for the device.
+    func post(count: Int, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int
 }
 
 extension QueuePairDatapath {

@@ -33,6 +33,18 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     init(device: consuming Backend, port: consuming Port, memory: consuming GuestMemory, features: VirtioFeatures,
          receive: borrowing NetQueue, transmit: borrowing NetQueue, logger: Logger) throws(VhostError) {
         self.logger = logger
+        let offered = try VhostNetSession.initialize(device, features: features, receive: receive, transmit: transmit)
+        offeredFeatures = offered
+        negotiatedFeatures = features
+        self.backend = consume device
+        self.port = port
+        self.memory = memory
+        logger.debug("\(self.port.name): \(self.device.backendName) offers \(offered); negotiating \(features)")
+    }
+
+    /// vhost_dev_init's ioctls on `device`; returns what it offers.
+    private static func initialize(_ device: borrowing Backend, features: VirtioFeatures,
+                                   receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) -> VirtioFeatures {
         try device.setOwner()
         let offered = try device.features()
         let missing = features.subtracting(offered)
@@ -43,18 +55,27 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         try device.setVringErr(index: receive.index, receive.error)
         try device.setVringCall(index: transmit.index, transmit.call)
         try device.setVringErr(index: transmit.index, transmit.error)
-        offeredFeatures = offered
-        negotiatedFeatures = features
-        self.backend = consume device
-        self.port = port
-        self.memory = memory
-        logger.debug("\(self.port.name): \(self.device.backendName) offers \(offered); negotiating \(features)")
+        return offered
+    }
+
+    /// Where each vring resumes: the device's `last_avail_idx`, as `stop` read it back.
+    public struct VringBases: Sendable, Equatable {
+        public var receive: UInt16
+        public var transmit: UInt16
+        public init(receive: UInt16, transmit: UInt16) { self.receive = receive; self.transmit = transmit }
     }
 
     /// vhost_dev_start: features, backend features, memory table, each vring's NUM, BASE, ADDR,
-    /// KICK, CALL; then the port's header length and offloads; then the backends.
-    func start(receive: borrowing NetQueue, transmit: borrowing NetQueue, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
-        try device.setFeatures(negotiatedFeatures)
+    /// KICK, CALL; then the port's header length and offloads; then the backends. `bases` are
+    /// where the device starts reading each avail ring (the driver's start index at first, what
+    /// `stop` read back on a resume); with a dirty log, logging is set up again first.
+    func start(receive: borrowing NetQueue, transmit: borrowing NetQueue, bases: VringBases,
+               receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
+        if let dirtyLog {
+            // SAFETY: as in enableDirtyLog: the session keeps the log until the device is closed.
+            try device.setLogBase(dirtyLog.hostAddress)
+        }
+        try device.setFeatures(dirtyLog == nil ? negotiatedFeatures : negotiatedFeatures.union(.logAll))
         // QEMU acks IOTLB_MSG_V2 when offered (vhost_kernel_set_backend_cap).
         let backendFeatures = try device.backendFeatures()
         try device.setBackendFeatures(backendFeatures.intersection(.iotlbMessageV2))
@@ -62,8 +83,8 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         // rings inside it) from its own thread until it is closed; the session owns `memory` and
         // closes the device first (deinit).
         try device.setMemoryTable(memory.map.memoryTable)
-        try configureVring(receive)
-        try configureVring(transmit)
+        try configureVring(receive, base: bases.receive)
+        try configureVring(transmit, base: bases.transmit)
         // vhost-net's sock_hlen: the socket side carries the header unless vhost adds it
         // (VHOST_NET_F_VIRTIO_NET_HDR: net.c vhost_net_set_features).
         let socketHeader = negotiatedFeatures.contains(.vhostNetVirtioNetHeader) ? nil : Optional(negotiatedFeatures.netHeaderLength)
@@ -75,21 +96,44 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         running = true
     }
 
-    private func configureVring(_ queue: borrowing NetQueue) throws(VhostError) {
+    private func configureVring(_ queue: borrowing NetQueue, base: UInt16) throws(VhostError) {
         try device.setVringNum(index: queue.index, num: UInt32(queue.driver.queueSize))
-        try device.setVringBase(index: queue.index, base: UInt32(queue.driver.availIndexShadow))
-        try device.setVringAddress(index: queue.index, queue.memory.vringAddresses())
+        try device.setVringBase(index: queue.index, base: UInt32(base))
+        try device.setVringAddress(index: queue.index, queue.memory.vringAddresses(logged: dirtyLog != nil))
         try device.setVringKick(index: queue.index, queue.kick)
         try device.setVringCall(index: queue.index, queue.call)
     }
 
-    /// vhost_net_stop: detach both backends, then read back each vring's last_avail_idx.
-    func stop(receive: UInt32, transmit: UInt32) throws(VhostError) -> (receiveBase: UInt32, transmitBase: UInt32) {
-        guard running else { return (0, 0) }
+    /// vhost_net_stop: detach both backends, then read back each vring's last_avail_idx. Frames
+    /// the host sends meanwhile wait in the port's queue.
+    func stop(receive: UInt32, transmit: UInt32) throws(VhostError) -> VringBases? {
+        guard running else { return nil }
         running = false
         try device.detachBackend(index: receive)
         try device.detachBackend(index: transmit)
-        return (try device.vringBase(index: receive), try device.vringBase(index: transmit))
+        let rx = try device.vringBase(index: receive), tx = try device.vringBase(index: transmit)
+        let bases = VringBases(receive: UInt16(truncatingIfNeeded: rx), transmit: UInt16(truncatingIfNeeded: tx))
+        savedBases = bases
+        return bases
+    }
+
+    /// What the last `stop` read back.
+    public private(set) var savedBases: VringBases?
+
+    /// Closes the device and takes `fresh` in its place (a new `/dev/vhost-net` fd), running
+    /// vhost_dev_init on it; `start` then resumes from the saved bases.
+    func replaceDevice(with fresh: consuming Backend, receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
+        precondition(!running, "stop the session before replacing its device")
+        _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, receive: receive, transmit: transmit)
+        backend = consume fresh   // closes the old device
+    }
+
+    /// VHOST_RESET_OWNER (the device forgets its owner and every setting), then vhost_dev_init
+    /// again on the same fd; `start` then resumes from the saved bases.
+    func resetOwner(receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
+        precondition(!running, "stop the session before resetting its owner")
+        try device.resetOwner()
+        _ = try VhostNetSession.initialize(device, features: negotiatedFeatures, receive: receive, transmit: transmit)
     }
 
     /// QEMU's vhost_dev_set_log when migration starts: `SET_LOG_BASE` with a bitmap of one bit

@@ -118,6 +118,11 @@ struct Attach: ParsableCommand {
         if let writer {
             endpoint.frameObserver = { _, frame in writer.write(frame) }
         }
+        // The device's complaints about our rings (vq_err), with the likely cause.
+        endpoint.ringErrorHandler = { _, event in
+            print("warning: \(event); the device waits for the next kick")
+            fflush(nil)
+        }
         // A device that breaks the virtio protocol costs its queue pair, never the process.
         endpoint.brokenQueueHandler = { index, error in
             print("error: queue pair \(index): \(error); serving the other queue pairs until stopped")

@@ -1,0 +1,163 @@
+import Synchronization
+import Vhost
+import Virtio
+
+/// The device reported an error on a vring: vhost.c `vq_err` signals the vring's error eventfd
+/// (`VHOST_SET_VRING_ERR`), and the queue then stops until the next kick. The event says which
+/// queue, how many errors, what the driver had published, and the likely cause, found by checking
+/// every chain in flight against the rules the device enforces.
+public struct RingErrorEvent: Sendable, Equatable, CustomStringConvertible {
+    /// `rx` or `tx` (the endpoint prefixes the queue pair: `pair 1 tx`).
+    public var queue: String
+    /// Errors signalled since the last event (the eventfd's counter).
+    public var count: UInt64
+    /// The avail index the driver last published, and the used index it last reaped.
+    public var availIndex: UInt16
+    public var usedIndex: UInt16
+    /// Chains given to the device and not yet returned.
+    public var inFlight: Int
+    /// The first rule a published chain breaks, as the kernel words it, or what else may be wrong.
+    public var likelyCause: String
+
+    public var description: String {
+        "ring error on \(queue) (\(count)×): driver published avail idx \(availIndex), reaped used idx \(usedIndex), \(inFlight) in flight; likely cause: \(likelyCause)"
+    }
+}
+
+/// Ways to break a ring on purpose, to see what the device answers (fault injection). Each
+/// corrupts one chain the driver has just added, publishes it and kicks; `repair` puts it right.
+public enum RingFault: String, Sendable, CaseIterable {
+    /// A descriptor whose guest-physical address lies outside the memory table (translate_desc: EFAULT).
+    case addressOutsideMemory
+    /// An avail entry naming a head ≥ the queue size ("Guest says index %u > %u is available").
+    case headOutOfRange
+    /// A descriptor chained to itself ("Loop detected").
+    case chainLoop
+    /// A device-writable descriptor on TX, or a device-readable one on RX (net.c handle_tx/handle_rx).
+    case wrongDirection
+}
+
+/// A fault that was injected: what to restore.
+public struct InjectedFault: Sendable {
+    public let fault: RingFault
+    public let head: UInt16
+    let slot: UInt16
+    let descriptor: Descriptor
+}
+
+extension NetQueue {
+    /// Reads and clears the error eventfd; an event when the device signalled it.
+    mutating func takeRingError() -> RingErrorEvent? {
+        guard let count = error.consume() else { return nil }
+        counters.ringErrors += count
+        return RingErrorEvent(queue: name, count: count, availIndex: driver.availIndexShadow, usedIndex: driver.lastUsedIndex,
+                              inFlight: driver.inFlight, likelyCause: diagnose())
+    }
+
+    /// The first rule a published, unreaped chain breaks (vhost.c vhost_get_vq_desc, get_indirect;
+    /// net.c handle_tx, get_rx_bufs), checked on the driver's own memory.
+    func diagnose() -> String {
+        let ring = driver.ring
+        let size = ring.queueSize
+        // SAFETY: the driver reads its own ring memory; the device only reads the descriptor
+        // table and avail ring, and the values are only inspected, never trusted for pointers.
+        let published = ring.availIndex.pointee.load(ordering: .acquiring)
+        if published != driver.availIndexShadow {
+            return "avail->idx in memory is \(published), but the driver published \(driver.availIndexShadow) (vhost.c: \"Guest moved avail index\")"
+        }
+        var slot = driver.lastUsedIndex
+        while slot != published {
+            let head = ring.availEntry(slot)
+            if head >= size { return "avail slot \(slot) names head \(head), but the ring has \(size) descriptors (vhost.c: \"Guest says index \(head) > \(size) is available\")" }
+            var index = head, visited = 0, sawWritable = false
+            while true {
+                visited += 1
+                if visited > Int(size) { return "the chain at head \(head) loops (vhost.c: \"Loop detected\")" }
+                let d = ring.descriptor(index)
+                if d.flags.contains(.indirect) {
+                    if d.length % 16 != 0 { return "head \(head): indirect table of \(d.length) bytes, not a multiple of 16 (get_indirect)" }
+                    if !memory.contains(guest: d.address, length: Int(d.length)) {
+                        return "head \(head): indirect table at gpa 0x\(String(d.address, radix: 16)) (+\(d.length)) is outside the memory table (translate_desc: EFAULT)"
+                    }
+                } else {
+                    if d.length > 0 && !memory.contains(guest: d.address, length: Int(d.length)) {
+                        return "descriptor \(index) of head \(head) points at gpa 0x\(String(d.address, radix: 16)) (+\(d.length)), outside the memory table (translate_desc: EFAULT)"
+                    }
+                    let writable = d.flags.contains(.write)
+                    if sawWritable && !writable { return "head \(head): a readable descriptor after a writable one (vhost.c: \"Descriptor has out after in\")" }
+                    sawWritable = sawWritable || writable
+                    if self.index == VhostNetDevice.transmitQueueIndex && writable {
+                        return "head \(head): a device-writable descriptor on TX (net.c: \"Unexpected descriptor format for TX\")"
+                    }
+                    if self.index == VhostNetDevice.receiveQueueIndex && !writable {
+                        return "head \(head): a device-readable descriptor on RX (net.c: \"unexpected descriptor format for RX\")"
+                    }
+                }
+                guard d.flags.contains(.next) else { break }
+                if d.next >= size { return "head \(head): next \(d.next) ≥ queue size \(size) (vhost.c: \"Desc index is %u > %u\")" }
+                index = d.next
+            }
+            slot &+= 1
+        }
+        return "every published chain follows the rules; the device may have failed to reach a ring address or the memory table"
+    }
+
+    /// Breaks a chain as `fault` says and kicks. On TX it is a new chain carrying `frame`,
+    /// broken before it is published; on RX, where every free buffer is already posted, it is the
+    /// posted buffer the device will take next (the avail slot after the last one it used). Nil
+    /// when there is no such chain.
+    mutating func inject(_ fault: RingFault, frame: [UInt8]) -> InjectedFault? {
+        let ring = driver.ring
+        let head: UInt16, slot: UInt16
+        if index == VhostNetDevice.receiveQueueIndex {
+            guard driver.availIndexShadow != driver.lastUsedIndex else { return nil }
+            slot = driver.lastUsedIndex
+            head = ring.availEntry(slot)
+        } else {
+            guard canAddChain, let next = driver.nextFreeHead else { return nil }
+            let length = min(frame.count, frameCapacity)
+            // SAFETY: the head is free, so the device does not read its buffers before the
+            // avail entry naming it is published below.
+            VirtioNetHeader().write(to: headerPointer(next), length: headerLength)
+            frame.withUnsafeBytes { framePointer(next).copyMemory(from: $0.baseAddress!, byteCount: length) }
+            guard addChain(frameLength: length, deviceWritable: false) == next else { return nil }
+            head = next
+            slot = driver.availIndexShadow &- 1
+        }
+        let original = ring.descriptor(head)
+        var broken = original
+        switch fault {
+        case .addressOutsideMemory: broken.address = 0x7ff0_0000_0000
+        case .headOutOfRange: ring.setAvailEntry(slot, head: ring.queueSize &+ 3)
+        case .chainLoop: broken.flags.insert(.next); broken.next = head
+        case .wrongDirection:
+            if broken.flags.contains(.write) { broken.flags.remove(.write) } else { broken.flags.insert(.write) }
+        }
+        // SAFETY: fault injection writes a chain the device may read at any time from here on;
+        // that race is what is being tested, and the fields are plain values the device checks.
+        ring.setDescriptor(head, broken)
+        publishAndKick()
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        kick.signal()
+        return InjectedFault(fault: fault, head: head, slot: slot, descriptor: original)
+    }
+
+    /// Puts an injected fault right and kicks: the device, stopped since its error, reads the
+    /// chain again (a chain the device consumed without a used entry stays lost; see `RingFault`).
+    mutating func repair(_ injected: InjectedFault) {
+        let ring = driver.ring
+        ring.setDescriptor(injected.head, injected.descriptor)
+        ring.setAvailEntry(injected.slot, head: injected.head)
+        // Make the restored chain visible before the kick (the same ordering publish() gives).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        kick.signal()
+        counters.kicks += 1
+    }
+}
+
+extension QueueMemory {
+    /// Whether `length` bytes at `address` lie inside one region of the memory table.
+    func contains(guest address: UInt64, length: Int) -> Bool {
+        tableRegions.contains { $0.contains(guest: GuestAddress(address), length: length) }
+    }
+}
