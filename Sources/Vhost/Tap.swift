@@ -172,6 +172,22 @@ public struct Tap: ~Copyable {
     public func setMTU(_ mtu: Int) throws(VhostError) { try interface.setMTU(mtu) }
 
     public func macAddress() throws(VhostError) -> [UInt8] { try interface.hardwareAddress() }
+
+    /// Reads one frame from the tap fd (what the host stack sent out of the interface), waiting
+    /// up to `milliseconds`: the host end of a tap no vhost device is attached to. Nil on timeout.
+    public func readFrame(milliseconds: Int32, capacity: Int = 70_000) -> [UInt8]? {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, milliseconds) > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: capacity)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        return n >= 0 ? Array(buffer.prefix(n)) : nil
+    }
+
+    /// Writes one frame into the tap fd: the interface receives it, as from a wire.
+    public func writeFrame(_ frame: [UInt8]) throws(VhostError) {
+        let n = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard n == frame.count else { throw .system(call: "write", detail: "to tap \(name)", errno: Errno(rawValue: Glibc.errno)) }
+    }
 }
 
 extension Tap: NetworkPort {

@@ -9,7 +9,7 @@ import VhostNet
 import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + backendTests
 
 // MARK: helpers
 

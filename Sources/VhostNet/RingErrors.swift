@@ -37,12 +37,12 @@ public enum RingFault: String, Sendable, CaseIterable {
     case wrongDirection
 }
 
-/// A fault that was injected: what to restore.
+/// A fault that was injected: the chains it broke, and what to restore.
 public struct InjectedFault: Sendable {
     public let fault: RingFault
-    public let head: UInt16
-    let slot: UInt16
-    let descriptor: Descriptor
+    /// The first chain broken (on TX the only one).
+    public var head: UInt16 { chains[0].head }
+    let chains: [(head: UInt16, slot: UInt16, descriptor: Descriptor)]
 }
 
 extension NetQueue {
@@ -102,52 +102,58 @@ extension NetQueue {
         return "every published chain follows the rules; the device may have failed to reach a ring address or the memory table"
     }
 
-    /// Breaks a chain as `fault` says and kicks. On TX it is a new chain carrying `frame`,
-    /// broken before it is published; on RX, where every free buffer is already posted, it is the
-    /// posted buffer the device will take next (the avail slot after the last one it used). Nil
-    /// when there is no such chain.
+    /// Breaks chains as `fault` says and kicks. On TX it is one new chain carrying `frame`,
+    /// broken before it is published. On RX, where every free buffer is already posted and the
+    /// host may fill some at any moment, it is every posted buffer the driver has not reaped,
+    /// so that whichever the device takes next is broken. Nil when there is no such chain.
     mutating func inject(_ fault: RingFault, frame: [UInt8]) -> InjectedFault? {
         let ring = driver.ring
-        let head: UInt16, slot: UInt16
+        var targets: [(head: UInt16, slot: UInt16)] = []
         if index == VhostNetDevice.receiveQueueIndex {
-            guard driver.availIndexShadow != driver.lastUsedIndex else { return nil }
-            slot = driver.lastUsedIndex
-            head = ring.availEntry(slot)
-        } else {
-            guard canAddChain, let next = driver.nextFreeHead else { return nil }
+            var slot = driver.lastUsedIndex
+            while slot != driver.availIndexShadow {
+                targets.append((ring.availEntry(slot), slot))
+                slot &+= 1
+            }
+        } else if canAddChain, let next = driver.nextFreeHead {
             let length = min(frame.count, frameCapacity)
             // SAFETY: the head is free, so the device does not read its buffers before the
             // avail entry naming it is published below.
             VirtioNetHeader().write(to: headerPointer(next), length: headerLength)
             frame.withUnsafeBytes { framePointer(next).copyMemory(from: $0.baseAddress!, byteCount: length) }
-            guard addChain(frameLength: length, deviceWritable: false) == next else { return nil }
-            head = next
-            slot = driver.availIndexShadow &- 1
+            if addChain(frameLength: length, deviceWritable: false) == next { targets.append((next, driver.availIndexShadow &- 1)) }
         }
-        let original = ring.descriptor(head)
-        var broken = original
-        switch fault {
-        case .addressOutsideMemory: broken.address = 0x7ff0_0000_0000
-        case .headOutOfRange: ring.setAvailEntry(slot, head: ring.queueSize &+ 3)
-        case .chainLoop: broken.flags.insert(.next); broken.next = head
-        case .wrongDirection:
-            if broken.flags.contains(.write) { broken.flags.remove(.write) } else { broken.flags.insert(.write) }
+        guard !targets.isEmpty else { return nil }
+        var chains: [(head: UInt16, slot: UInt16, descriptor: Descriptor)] = []
+        for (head, slot) in targets {
+            let original = ring.descriptor(head)
+            var broken = original
+            switch fault {
+            case .addressOutsideMemory: broken.address = 0x7ff0_0000_0000
+            case .headOutOfRange: ring.setAvailEntry(slot, head: ring.queueSize &+ 3)
+            case .chainLoop: broken.flags.insert(.next); broken.next = head
+            case .wrongDirection:
+                if broken.flags.contains(.write) { broken.flags.remove(.write) } else { broken.flags.insert(.write) }
+            }
+            // SAFETY: fault injection writes chains the device may read at any time from here
+            // on; that race is what is being tested, and the fields are plain values it checks.
+            ring.setDescriptor(head, broken)
+            chains.append((head, slot, original))
         }
-        // SAFETY: fault injection writes a chain the device may read at any time from here on;
-        // that race is what is being tested, and the fields are plain values the device checks.
-        ring.setDescriptor(head, broken)
         publishAndKick()
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         kick.signal()
-        return InjectedFault(fault: fault, head: head, slot: slot, descriptor: original)
+        return InjectedFault(fault: fault, chains: chains)
     }
 
     /// Puts an injected fault right and kicks: the device, stopped since its error, reads the
     /// chain again (a chain the device consumed without a used entry stays lost; see `RingFault`).
     mutating func repair(_ injected: InjectedFault) {
         let ring = driver.ring
-        ring.setDescriptor(injected.head, injected.descriptor)
-        ring.setAvailEntry(injected.slot, head: injected.head)
+        for chain in injected.chains {
+            ring.setDescriptor(chain.head, chain.descriptor)
+            ring.setAvailEntry(chain.slot, head: chain.head)
+        }
         // Make the restored chain visible before the kick (the same ordering publish() gives).
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         kick.signal()

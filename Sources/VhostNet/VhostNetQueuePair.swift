@@ -270,8 +270,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         transmitQueue.queue.inject(fault, frame: frame)
     }
 
-    /// Breaks the posted RX buffer the device takes next as `fault` says, and kicks (the device
-    /// finds it when the next frame arrives).
+    /// Breaks every posted RX buffer not yet reaped as `fault` says, and kicks (the device finds
+    /// the next one broken when a frame arrives).
     public func injectReceiveFault(_ fault: RingFault) -> InjectedFault? {
         receiveQueue.queue.inject(fault, frame: [])
     }
@@ -317,6 +317,25 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == Tap {
 
     /// The tap, borrowed.
     public var tap: Tap { _read { yield session.port } }
+}
+
+/// The kernel's vhost-net on a raw packet socket bound to an interface.
+public typealias PacketSocketQueuePair = VirtioNetQueuePair<VhostNetDevice, PacketSocketPort>
+
+extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == PacketSocketPort {
+    /// Binds a raw packet socket to `interface` and starts the pair on `/dev/vhost-net` with it
+    /// as the backend. The configuration must negotiate VHOST_NET_F_VIRTIO_NET_HDR (a packet
+    /// socket carries no virtio-net header).
+    public convenience init(_ configuration: Configuration, packetSocketOn interface: String,
+                            logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+        try configuration.validate()
+        guard configuration.features.contains(.vhostNetVirtioNetHeader) else {
+            throw .invalidArgument("a packet socket backend needs VHOST_NET_F_VIRTIO_NET_HDR negotiated: the socket carries no virtio-net header, so vhost must add and strip it")
+        }
+        let port = try PacketSocketPort(interface: interface, observer: configuration.observer)
+        let device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
+        try self.init(configuration, device: device, port: port, logger: logger)
+    }
 }
 
 /// What a datapath test or measurement needs of a queue pair, whatever its backend: frames in

@@ -115,6 +115,7 @@ extern const int CVHOST_SOCK_DGRAM;
 extern const int CVHOST_IPPROTO_ICMP;
 extern const int CVHOST_SOL_PACKET;
 extern const int CVHOST_PACKET_VNET_HDR;
+extern const int CVHOST_PACKET_IGNORE_OUTGOING;
 extern const int CVHOST_SO_RCVBUF;
 extern const int CVHOST_SO_SNDBUF;
 extern const int CVHOST_SO_RCVBUFFORCE;
