@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// The dirty log vhost writes when VHOST_F_LOG_ALL is on: one bit per 4 KiB page of
@@ -44,4 +45,24 @@ public final class DirtyLog: @unchecked Sendable {
     }
 
     public func clear() { base.initializeMemory(as: UInt8.self, repeating: 0, count: size) }
+
+    /// Reads and clears the log word by word with an atomic exchange, as QEMU's vhost_log_sync
+    /// does (qatomic_xchg), so that a bit the device sets meanwhile is either returned now or
+    /// left for the next call, never lost. Returns the dirty pages' guest-physical addresses.
+    public func sync() -> [GuestAddress] {
+        var pages: [GuestAddress] = []
+        for word in 0..<(size / 8) {
+            // SAFETY: the log is 8-aligned (mmap) and mapped for the log's lifetime; the kernel
+            // updates these words atomically (set_bit_to_user), so an atomic exchange is the
+            // only access that cannot lose a concurrent bit.
+            let atomic = UnsafePointer((base + word * 8).assumingMemoryBound(to: Atomic<UInt64>.self))
+            var bits = atomic.pointee.exchange(0, ordering: .acquiringAndReleasing)
+            while bits != 0 {
+                let bit = UInt64(bits.trailingZeroBitCount)
+                pages.append(GuestAddress((UInt64(word) * 64 + bit) * DirtyLog.pageSize))
+                bits &= bits - 1
+            }
+        }
+        return pages
+    }
 }

@@ -29,6 +29,11 @@ public struct GuestBuffer: Sendable {
     public nonisolated(unsafe) var host: UnsafeMutableRawPointer
     public var length: Int
 
+    /// A buffer at `guestAddress`, mapped at `host` (which the caller got from a `GuestMemory`).
+    public init(guestAddress: GuestAddress, host: UnsafeMutableRawPointer, length: Int) {
+        self.guestAddress = guestAddress; self.host = host; self.length = length
+    }
+
     public func slice(offset: Int, length: Int) -> GuestBuffer {
         precondition(offset >= 0 && length >= 0 && offset + length <= self.length, "slice out of the buffer")
         return GuestBuffer(guestAddress: guestAddress + offset, host: host + offset, length: length)

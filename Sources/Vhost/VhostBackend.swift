@@ -58,6 +58,8 @@ public protocol VhostBackend: ~Copyable {
     func vringBusyloopTimeout(index: UInt32) throws(VhostError) -> UInt32
     /// `VHOST_SET_LOG_BASE`: the dirty log's host address (kept by the device until changed).
     func setLogBase(_ address: HostAddress) throws(VhostError)
+    /// `VHOST_SET_LOG_FD`: the eventfd the device signals when it logged a used-ring update.
+    func setLogFD(_ event: borrowing EventFD) throws(VhostError)
     /// `VHOST_NET_SET_BACKEND`: the socket whose frames the vring carries.
     func setBackend<Port: NetworkPort & ~Copyable>(index: UInt32, _ port: borrowing Port) throws(VhostError)
     /// `VHOST_NET_SET_BACKEND` with fd -1: detaches the vring's backend.

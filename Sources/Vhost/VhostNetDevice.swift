@@ -101,6 +101,15 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         try performIoctl(.setLogBase, address.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
+    /// `VHOST_SET_LOG_FD`: signalled after the kernel logs a used-ring write (vhost.c log_ctx).
+    public func setLogFD(_ event: borrowing EventFD) throws(VhostError) { try setLogFD(rawFD: event.fd) }
+
+    /// `VHOST_SET_LOG_FD` with any fd; -1 unbinds.
+    public func setLogFD(rawFD: Int32) throws(VhostError) {
+        var value = rawFD
+        try performIoctl(.setLogFD, "fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+    }
+
     // MARK: vrings
 
     public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) {

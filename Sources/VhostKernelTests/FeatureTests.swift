@@ -209,7 +209,7 @@ let featureTests: [KernelTest] = [
             var seen: [UInt8]? = nil
             let deadline = MonotonicClock.seconds() + 5
             while seen == nil && MonotonicClock.seconds() < deadline {
-                if let f = try socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 { seen = f }
+                if let f = socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 { seen = f }
             }
             guard let seen else { throw KernelTestFailure("no \(ipv6 ? "TCPv6" : "TCPv4") frame over 60,000 bytes reached the host side") }
             try expect(seen.count == frame.count, "the host saw \(seen.count) bytes, sent \(frame.count)")
@@ -259,7 +259,7 @@ let featureTests: [KernelTest] = [
         var seen: [UInt8]? = nil
         let deadline = MonotonicClock.seconds() + 3
         while seen == nil && MonotonicClock.seconds() < deadline {
-            if let f = try socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 { seen = f }
+            if let f = socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 { seen = f }
         }
         try expect(seen == frame, "the USO frame did not arrive whole (\(seen?.count ?? 0) bytes)")
         say("  kernel \(version.0).\(version.1): one \(frame.count)-byte UDP_L4 GSO frame (gso_size 1400) on the host side")
@@ -278,7 +278,7 @@ let featureTests: [KernelTest] = [
         try p.transmit(count: 1, header: badHeader) { _, buffer in buffer.copyBytes(from: badFrame); return badFrame.count }
         let (frame, header) = udpOffloadFrame(destinationMAC: tapMAC, source: IPv4Address(10, 0, 5, 2), destination: host.address, port: 5555, payload: good)
         try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
-        guard let got = try listener.receive(milliseconds: 3000) else { throw KernelTestFailure("the host UDP socket received nothing") }
+        guard let got = listener.receive(milliseconds: 3000) else { throw KernelTestFailure("the host UDP socket received nothing") }
         try expect(got.bytes == good, "the host received \(String(decoding: got.bytes, as: UTF8.self)) first; the datagram with a bad checksum must be dropped")
     },
     KernelTest(name: "multiqueue: traffic on 4 queue pairs at once, with per-queue counts") {

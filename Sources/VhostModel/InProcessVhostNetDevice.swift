@@ -158,6 +158,11 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
         }
     }
 
+    /// Accepted and kept; the in-process device logs nothing (it does not offer LOG_ALL).
+    public func setLogFD(_ event: borrowing EventFD) throws(VhostError) {
+        try ioctl(.setLogFD, "fd: \(event.fd)") { state in state.owned ? nil : .notPermitted }
+    }
+
     // MARK: vrings
 
     public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) {

@@ -99,6 +99,25 @@ public struct QueueMemory: Sendable {
     /// The regions of the memory table the queue's memory belongs to.
     public let tableRegions: [GuestMemoryRegion]
 
+    /// The same queue memory in a copy of guest memory: every buffer at the same guest-physical
+    /// address, at the copy's host address.
+    func moved(to map: GuestMemoryMap) throws(VhostError) -> QueueMemory {
+        func move(_ buffer: GuestBuffer) throws(VhostError) -> GuestBuffer {
+            guard let host = map.host(guest: buffer.guestAddress, length: buffer.length) else {
+                throw .invalidArgument("the copy of guest memory has no \(buffer.guestAddress) (+\(buffer.length)): it must have the source's layout")
+            }
+            return GuestBuffer(guestAddress: buffer.guestAddress, host: host, length: buffer.length)
+        }
+        func moveAll(_ list: [GuestBuffer]) throws(VhostError) -> [GuestBuffer] {
+            var result: [GuestBuffer] = []
+            result.reserveCapacity(list.count)
+            for buffer in list { result.append(try move(buffer)) }
+            return result
+        }
+        return QueueMemory(ringBlock: try move(ringBlock), descriptors: try move(descriptors), avail: try move(avail), used: try move(used),
+                           buffers: try moveAll(buffers), headers: try moveAll(headers), tables: try moveAll(tables), tableRegions: map.regions)
+    }
+
     /// The split ring over the three parts.
     public var ring: SplitRing {
         SplitRing(queueSize: UInt16(buffers.count), descriptors: descriptors.host, avail: avail.host, used: used.host)

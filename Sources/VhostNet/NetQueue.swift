@@ -48,7 +48,7 @@ public struct NetQueue: ~Copyable {
     /// The vring index: 0 (RX) or 1 (TX).
     public let index: UInt32
     public internal(set) var driver: SplitVirtqueueDriver
-    public let memory: QueueMemory
+    public internal(set) var memory: QueueMemory
     public let layout: DescriptorLayout
     /// The virtio-net header length on the ring (10 or 12).
     public let headerLength: Int
@@ -75,6 +75,14 @@ public struct NetQueue: ~Copyable {
     }
 
     var name: String { index == VhostNetDevice.receiveQueueIndex ? "rx" : "tx" }
+
+    /// Moves the queue onto a byte-for-byte copy of guest memory (same guest-physical
+    /// addresses, other host addresses): its buffers and its driver follow (live migration).
+    mutating func move(to map: GuestMemoryMap) throws(VhostError) {
+        let moved = try memory.moved(to: map)
+        memory = moved
+        driver.move(to: moved.ring)
+    }
 
     /// Bytes of frame one chain holds (without the header when it is inline).
     public var frameCapacity: Int { layout == .inline ? memory.buffers[0].length - headerLength : memory.buffers[0].length }

@@ -2,6 +2,13 @@ import Logging
 import Vhost
 import Virtio
 
+/// Where each vring resumes: the device's `last_avail_idx`, as `stop` read it back.
+public struct VringBases: Sendable, Equatable {
+    public var receive: UInt16
+    public var transmit: UInt16
+    public init(receive: UInt16, transmit: UInt16) { self.receive = receive; self.transmit = transmit }
+}
+
 /// The bring-up and teardown of one virtio-net queue pair on a vhost backend: QEMU's
 /// `vhost_net_start`/`vhost_net_stop` with the kernel backend (hw/virtio/vhost.c vhost_dev_init
 /// and vhost_dev_start, hw/net/vhost_net.c), every ioctl of it in this file, in QEMU's order.
@@ -16,7 +23,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// The socket the vrings carry frames through (a tap queue, or a frame pipe).
     public let port: Port
     /// Every byte the device may touch: rings, buffers, indirect tables.
-    public let memory: GuestMemory
+    public private(set) var memory: GuestMemory
     /// What the device offered and what was negotiated.
     public let offeredFeatures: VirtioFeatures
     public let negotiatedFeatures: VirtioFeatures
@@ -56,13 +63,6 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         try device.setVringCall(index: transmit.index, transmit.call)
         try device.setVringErr(index: transmit.index, transmit.error)
         return offered
-    }
-
-    /// Where each vring resumes: the device's `last_avail_idx`, as `stop` read it back.
-    public struct VringBases: Sendable, Equatable {
-        public var receive: UInt16
-        public var transmit: UInt16
-        public init(receive: UInt16, transmit: UInt16) { self.receive = receive; self.transmit = transmit }
     }
 
     /// vhost_dev_start: features, backend features, memory table, each vring's NUM, BASE, ADDR,
@@ -127,6 +127,22 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, receive: receive, transmit: transmit)
         backend = consume fresh   // closes the old device
     }
+
+    /// The switch-over of a migration: closes the device (and with it the dirty log's use),
+    /// takes `fresh` in its place (vhost_dev_init on it), then replaces guest memory with `copy`,
+    /// in that order, so that no device ever holds memory that is gone. `start` then resumes
+    /// from the saved bases over the copy, without dirty logging.
+    func migrate(to fresh: consuming Backend, memory copy: consuming GuestMemory,
+                 receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
+        precondition(!running, "stop the session before migrating it")
+        _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, receive: receive, transmit: transmit)
+        backend = consume fresh   // closes the old device: its worker stops using the old memory
+        dirtyLog = nil
+        memory = consume copy     // unmaps the old memory
+    }
+
+    /// Attaches an eventfd as the log's doorbell (VHOST_SET_LOG_FD).
+    func setLogDoorbell(_ event: borrowing EventFD) throws(VhostError) { try device.setLogFD(event) }
 
     /// VHOST_RESET_OWNER (the device forgets its owner and every setting), then vhost_dev_init
     /// again on the same fd; `start` then resumes from the saved bases.

@@ -47,7 +47,7 @@ public struct RingViolation: Error, Equatable, CustomStringConvertible, Sendable
 /// segment after a writable one) are preconditions.
 public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// The ring memory the driver writes.
-    public let ring: SplitRing
+    public private(set) var ring: SplitRing
     /// `VIRTIO_F_RING_EVENT_IDX` negotiated: use used_event/avail_event instead of the flags.
     public let eventIndex: Bool
     /// `VIRTIO_F_IN_ORDER` negotiated: the device uses chains in the order they were made
@@ -79,6 +79,14 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
 
     /// Entries in the ring.
     public var queueSize: UInt16 { ring.queueSize }
+
+    /// Goes on over a byte-for-byte copy of its ring at other host addresses, as when
+    /// live migration moves guest memory: every index, free list and chain stays as it was.
+    /// The caller copied the ring memory first; the device must not be using either ring.
+    public mutating func move(to ring: SplitRing) {
+        precondition(ring.queueSize == self.ring.queueSize, "a moved ring keeps its size")
+        self.ring = ring
+    }
     /// The head the next `add` will use, when a descriptor is free (lets a caller pick the
     /// buffer that belongs to that head before adding a one-descriptor chain).
     public var nextFreeHead: UInt16? { freeCount > 0 ? freeHead : nil }

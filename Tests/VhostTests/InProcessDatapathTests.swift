@@ -1,4 +1,5 @@
 import DatapathSuite
+import NetFormats
 import Testing
 import Vhost
 import VhostModel
