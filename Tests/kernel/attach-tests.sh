@@ -159,6 +159,16 @@ else
     fail "--trace shows TUNSETIFF and SIOC*" "got: $all"
 fi
 
+# ---- migrate-test: rounds, pages per round, downtime; the copy equal and no frame lost ---------
+if timeout 120 vhostctl migrate-test --tap vhmig0 >/tmp/migrate.txt 2>&1 && grep -q '^round 0: [0-9]* pages copied' /tmp/migrate.txt \
+    && grep -q '^round 1: ' /tmp/migrate.txt && grep -q 'downtime [0-9.]* ms' /tmp/migrate.txt \
+    && grep -q 'identical to the source, byte for byte' /tmp/migrate.txt && grep -q '^migration passed' /tmp/migrate.txt \
+    && ! ip link show vhmig0 >/dev/null 2>&1; then
+    pass "migrate-test prints the rounds, pages per round and downtime, and proves the copy and every frame ($(grep -c '^round' /tmp/migrate.txt) rounds, $(grep -o 'downtime [0-9.]* ms' /tmp/migrate.txt))"
+else
+    fail "migrate-test" "$(tail -n 12 /tmp/migrate.txt | tr '\n' ' ')"
+fi
+
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
 vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
