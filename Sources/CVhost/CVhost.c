@@ -42,6 +42,20 @@ const unsigned long CVHOST_VHOST_SET_BACKEND_FEATURES = VHOST_SET_BACKEND_FEATUR
 const unsigned long CVHOST_VHOST_GET_BACKEND_FEATURES = VHOST_GET_BACKEND_FEATURES;
 const unsigned long CVHOST_VHOST_NET_SET_BACKEND = VHOST_NET_SET_BACKEND;
 
+// Defined here from the kernel's uapi definitions, which the 6.1 headers lack; each is
+// checked against the kernel by a kernel-tier test.
+struct cvhost_vhost_features_array { __u64 count; __u64 features[]; };
+_Static_assert(sizeof(struct cvhost_vhost_features_array) == 8, "vhost_features_array: count, then the words");
+const unsigned long CVHOST_VHOST_NEW_WORKER = _IOR(VHOST_VIRTIO, 0x8, unsigned int);
+const unsigned long CVHOST_VHOST_SET_FORK_FROM_OWNER = _IOW(VHOST_VIRTIO, 0x84, __u8);
+const unsigned long CVHOST_VHOST_GET_FORK_FROM_OWNER = _IOR(VHOST_VIRTIO, 0x85, __u8);
+const unsigned long CVHOST_VHOST_GET_FEATURES_ARRAY = _IOR(VHOST_VIRTIO, 0x83, struct cvhost_vhost_features_array);
+const unsigned long CVHOST_VHOST_SET_FEATURES_ARRAY = _IOW(VHOST_VIRTIO, 0x83, struct cvhost_vhost_features_array);
+_Static_assert(_IOR(VHOST_VIRTIO, 0x8, unsigned int) == 0x8004AF08, "VHOST_NEW_WORKER");
+_Static_assert(_IOW(VHOST_VIRTIO, 0x84, __u8) == 0x4001AF84, "VHOST_SET_FORK_FROM_OWNER");
+_Static_assert(_IOR(VHOST_VIRTIO, 0x85, __u8) == 0x8001AF85, "VHOST_GET_FORK_FROM_OWNER");
+_Static_assert(_IOR(VHOST_VIRTIO, 0x83, struct cvhost_vhost_features_array) == 0x8008AF83, "VHOST_GET_FEATURES_ARRAY");
+
 const unsigned long CVHOST_TUNSETIFF = TUNSETIFF;
 const unsigned long CVHOST_TUNGETIFF = TUNGETIFF;
 const unsigned long CVHOST_TUNSETPERSIST = TUNSETPERSIST;
@@ -220,6 +234,27 @@ int cvhost_setsockopt_int(int fd, int level, int option, int value) {
 int cvhost_socketpair_seqpacket(int fds[2]) {
     return result(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds));
 }
+
+// ---- threads ----
+#include <sched.h>
+#include <sys/syscall.h>
+int cvhost_pin_thread(int tid, int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return result(sched_setaffinity(tid, sizeof set, &set));
+}
+
+long long cvhost_thread_affinity(int tid) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(tid, sizeof set, &set) < 0) return -errno;
+    long long mask = 0;
+    for (int cpu = 0; cpu < 64; cpu++) if (CPU_ISSET(cpu, &set)) mask |= 1LL << cpu;
+    return mask;
+}
+
+int cvhost_gettid(void) { return (int)syscall(SYS_gettid); }
 
 // ---- epoll ----
 int cvhost_epoll_create(void) { return result(epoll_create1(EPOLL_CLOEXEC)); }

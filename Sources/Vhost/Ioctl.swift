@@ -26,6 +26,11 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     case setBackendFeatures = "VHOST_SET_BACKEND_FEATURES"
     case getBackendFeatures = "VHOST_GET_BACKEND_FEATURES"
     case netSetBackend = "VHOST_NET_SET_BACKEND"
+    case newWorker = "VHOST_NEW_WORKER"
+    case setForkFromOwner = "VHOST_SET_FORK_FROM_OWNER"
+    case getForkFromOwner = "VHOST_GET_FORK_FROM_OWNER"
+    case getFeaturesArray = "VHOST_GET_FEATURES_ARRAY"
+    case setFeaturesArray = "VHOST_SET_FEATURES_ARRAY"
     // linux/if_tun.h
     case tunSetInterface = "TUNSETIFF"
     case tunSetPersist = "TUNSETPERSIST"
@@ -70,6 +75,11 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
         case .setBackendFeatures: CVHOST_VHOST_SET_BACKEND_FEATURES
         case .getBackendFeatures: CVHOST_VHOST_GET_BACKEND_FEATURES
         case .netSetBackend: CVHOST_VHOST_NET_SET_BACKEND
+        case .newWorker: CVHOST_VHOST_NEW_WORKER
+        case .setForkFromOwner: CVHOST_VHOST_SET_FORK_FROM_OWNER
+        case .getForkFromOwner: CVHOST_VHOST_GET_FORK_FROM_OWNER
+        case .getFeaturesArray: CVHOST_VHOST_GET_FEATURES_ARRAY
+        case .setFeaturesArray: CVHOST_VHOST_SET_FEATURES_ARRAY
         case .tunSetInterface: CVHOST_TUNSETIFF
         case .tunSetPersist: CVHOST_TUNSETPERSIST
         case .tunSetOwner: CVHOST_TUNSETOWNER
@@ -107,6 +117,12 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
             return "a requested feature bit is not offered by VHOST_GET_FEATURES"
         case (.setOwner, .resourceBusy):
             return "this vhost fd already has an owner"
+        case (.setForkFromOwner, .resourceBusy):
+            return "the worker mode is chosen before VHOST_SET_OWNER (vhost.c vhost_dev_ioctl)"
+        case (.setForkFromOwner, .notPermitted), (.getForkFromOwner, .notPermitted):
+            return "this kernel has no worker-mode control (Linux 6.17, backported to 6.12.y): it treats the request as a vring ioctl"
+        case (.getFeaturesArray, .notPermitted), (.setFeaturesArray, .notPermitted):
+            return "this kernel has no feature array (Linux 6.17): it treats the request as a vring ioctl"
         case (_, .permissionDenied) where isVhost, (_, .notPermitted) where isVhost:
             return "the caller is not the vhost owner; call VHOST_SET_OWNER first from this process"
         case (.netSetBackend, .noBufferSpace):

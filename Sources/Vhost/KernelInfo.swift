@@ -23,6 +23,11 @@ public enum KernelInfo {
         return result
     }
 
+    /// One module parameter's value (trimmed), e.g. `moduleParameter("vhost", "fork_from_owner_default")`.
+    public static func moduleParameter(_ module: String, _ name: String) -> String? {
+        readFile("/sys/module/\(module)/parameters/\(name)")?.trimmingTrailingNewlines()
+    }
+
     /// vhost.c: the memory table may have at most this many regions (default 64).
     public static func maxMemoryRegions() -> Int? {
         readFile("/sys/module/vhost/parameters/max_mem_regions").flatMap { Int($0.trimmingTrailingNewlines()) }

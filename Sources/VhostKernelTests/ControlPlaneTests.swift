@@ -49,3 +49,57 @@ let controlPlaneTests: [KernelTest] = [
         try receiveAndCompare(pair, host: host, frames: 128)
     },
 ]
+
+/// Worker control (vhost.c vhost_worker_create, vhost_dev_ioctl).
+let workerTests: [KernelTest] = [
+    KernelTest(name: "fork: worker mode control — VHOST_GET/SET_FORK_FROM_OWNER before SET_OWNER and EBUSY after (6.12, 7.x), a clear message where the kernel has none (6.1)") {
+        let device = try VhostNetDevice()
+        switch device.workerModeControl() {
+        case .failure(let error):
+            guard case .ioctl(let failure) = error, failure.errno == .notPermitted, error.description.contains("no worker-mode control") else {
+                throw KernelTestFailure("unexpected answer to VHOST_GET_FORK_FROM_OWNER: \(error)")
+            }
+            try expect(kernelVersion() < (6, 12), "kernel \(kernelVersion()) should have worker-mode control")
+            say("  this kernel has none: \(error)")
+            try device.setOwner()
+            let worker = VhostWorkerThread.find()
+            try expect(worker?.mode == .kthread, "the 6.1 worker should be a kernel thread: \(String(describing: worker))")
+            say("  its worker: \(worker!)")
+        case .success(let mode):
+            let parameter = KernelInfo.moduleParameter("vhost", "fork_from_owner_default")
+            try expect(mode == (parameter == "N" ? .kthread : .task), "default mode \(mode), fork_from_owner_default=\(parameter ?? "?")")
+            try device.setForkFromOwner(.kthread)
+            let chosen = try device.forkFromOwner()
+            try expect(chosen == .kthread, "GET after SET kthread gave \(chosen)")
+            try device.setOwner()
+            try expectIoctlFailure("VHOST_SET_FORK_FROM_OWNER", .resourceBusy) { () throws(VhostError) in try device.setForkFromOwner(.task) }
+            let kthread = VhostWorkerThread.find()
+            try expect(kthread?.mode == .kthread, "SET kthread gave \(String(describing: kthread))")
+            let task = try VhostNetDevice()
+            try task.setForkFromOwner(.task)
+            try task.setOwner()
+            let threads = VhostWorkerThread.findAll()
+            try expect(threads.contains { $0.mode == .task } && threads.contains { $0.mode == .kthread }, "workers \(threads)")
+            say("  default \(mode) (fork_from_owner_default=\(parameter ?? "?")); workers: \(threads.map(\.description).joined(separator: "; "))")
+        }
+    },
+    KernelTest(name: "worker: the vhost worker thread is found (tid, CPU, mode) and pinned to one CPU while it carries traffic") {
+        let p = try pair("vht-pin") { $0.queueSize = 256 }
+        guard let worker = VhostWorkerThread.find() else { throw KernelTestFailure("no vhost-\(getpid()) thread") }
+        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        let target = cpus > 1 ? 1 : 0
+        try worker.pin(to: target)
+        try p.transmit(count: 20_000) { i, buffer in TestFrame.write(i, into: buffer) }
+        guard let after = VhostWorkerThread.find() else { throw KernelTestFailure("the worker vanished") }
+        try expect(after.allowedCPUs == UInt64(1) << UInt64(target), "allowed CPUs \(String(after.allowedCPUs, radix: 2))")
+        try expect(after.cpu == target, "the worker last ran on CPU \(after.cpu), pinned to \(target)")
+        say("  before: \(worker); after pinning and 20,000 frames: \(after)")
+    },
+    KernelTest(name: "worker: VHOST_NEW_WORKER is not routed by vhost-net — EPERM before SET_OWNER, ENOTTY (worker_id 0) and ENOBUFS (worker_id 5) after") {
+        let device = try VhostNetDevice()
+        try expectIoctlFailure("VHOST_NEW_WORKER", .notPermitted) { () throws(VhostError) in _ = try device.newWorker() }
+        try device.setOwner()
+        try expectIoctlFailure("VHOST_NEW_WORKER", .inappropriateIOCTLForDevice) { () throws(VhostError) in _ = try device.newWorker(workerID: 0) }
+        try expectIoctlFailure("VHOST_NEW_WORKER", .noBufferSpace) { () throws(VhostError) in _ = try device.newWorker(workerID: 5) }
+    },
+]

@@ -52,6 +52,9 @@ struct Attach: ParsableCommand {
     @Option(help: "After setup, drop root and run as this user (name, or uid[:gid]); a created tap is owned by it.")
     var user: String?
 
+    @Option(name: .customLong("worker-cpu"), help: "Pin each queue pair's vhost worker thread (vhost-<pid>) to this CPU.")
+    var workerCPU: Int?
+
     @Option(help: "Seconds between counter lines (0: only at the end).")
     var stats = 5.0
 
@@ -75,6 +78,10 @@ struct Attach: ParsableCommand {
             throw ValidationError("--user \(user): no such user in /etc/passwd; give a name or uid[:gid]")
         }
         guard stats >= 0, duration >= 0 else { throw ValidationError("--stats and --duration take seconds ≥ 0") }
+        if let workerCPU {
+            let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            guard (0..<online).contains(workerCPU) else { throw ValidationError("--worker-cpu \(workerCPU): this machine has CPUs 0 to \(online - 1)") }
+        }
     }
 
     func run() throws {
@@ -108,12 +115,16 @@ struct Attach: ParsableCommand {
         try datapath.finishSetup(endpoint)
         if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
         if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
+        // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
+        if let workerCPU { for worker in VhostWorkerThread.findAll() { try worker.pin(to: workerCPU) } }
+        let workers = VhostWorkerThread.findAll()
         installStopHandlers()
         if let dropTo { try dropTo.drop() }
 
         let pair = endpoint.pairs[0]
         print("attached to \(endpoint.tapName): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
         print("negotiated: \(pair.negotiatedFeatures)")
+        for worker in workers { print("worker \(worker)") }
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
         if let writer {
             endpoint.frameObserver = { _, frame in writer.write(frame) }

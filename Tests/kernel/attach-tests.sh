@@ -169,6 +169,20 @@ else
     fail "migrate-test" "$(tail -n 12 /tmp/migrate.txt | tr '\n' ' ')"
 fi
 
+# ---- --worker-cpu: the vhost worker threads are found, reported and pinned ----------------------
+vhostctl attach --tap vhpin0 --create --queues 2 --worker-cpu 1 --stats 0 >/tmp/pin.log 2>&1 &
+pid=$!
+i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/pin.log; do sleep 0.1; i=$((i + 1)); done
+workers=$(grep -c "^worker vhost-$pid: tid [0-9]*, .*allowed CPUs 1$" /tmp/pin.log)
+tids=$(sed -nE "s/^worker vhost-$pid: tid ([0-9]+),.*/\1/p" /tmp/pin.log)
+pinned=0; for t in $tids; do grep -q "^Cpus_allowed_list:[[:space:]]*1$" /proc/$t/status 2>/dev/null && pinned=$((pinned + 1)); done
+kill -TERM $pid; wait_for_exit $pid
+if [ "$workers" = 2 ] && [ "$pinned" = 2 ]; then
+    pass "--worker-cpu 1 reports both queue pairs' vhost workers and the kernel shows them pinned to CPU 1"
+else
+    fail "--worker-cpu" "workers reported $workers, pinned per /proc $pinned: $(cat /tmp/pin.log | tr '\n' ' ')"
+fi
+
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
 vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!

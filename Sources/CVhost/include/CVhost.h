@@ -40,6 +40,16 @@ extern const unsigned long CVHOST_VHOST_SET_BACKEND_FEATURES;
 extern const unsigned long CVHOST_VHOST_GET_BACKEND_FEATURES;
 extern const unsigned long CVHOST_VHOST_NET_SET_BACKEND;
 
+// ---- vhost ioctls newer than the build machine's headers (linux-libc-dev 6.1) ----
+// Linux 6.5 (drivers/vhost/vhost.c vhost_worker_ioctl; only vhost-scsi routes them):
+extern const unsigned long CVHOST_VHOST_NEW_WORKER;            // _IOR(0xAF, 0x8, struct vhost_worker_state) = 0x8004AF08
+// Linux 6.17, backported to 6.12.y (vhost.c vhost_dev_ioctl, CONFIG_VHOST_ENABLE_FORK_OWNER_CONTROL):
+extern const unsigned long CVHOST_VHOST_SET_FORK_FROM_OWNER;   // _IOW(0xAF, 0x84, __u8) = 0x4001AF84
+extern const unsigned long CVHOST_VHOST_GET_FORK_FROM_OWNER;   // _IOR(0xAF, 0x85, __u8) = 0x8001AF85
+// Linux 6.17 (net.c vhost_net_ioctl), struct vhost_features_array { __u64 count; __u64 features[]; }:
+extern const unsigned long CVHOST_VHOST_GET_FEATURES_ARRAY;    // _IOR(0xAF, 0x83, struct vhost_features_array) = 0x8008AF83
+extern const unsigned long CVHOST_VHOST_SET_FEATURES_ARRAY;    // _IOW(0xAF, 0x83, struct vhost_features_array) = 0x4008AF83
+
 // ---- tun ioctls (linux/if_tun.h) ----
 extern const unsigned long CVHOST_TUNSETIFF;
 extern const unsigned long CVHOST_TUNGETIFF;
@@ -120,6 +130,13 @@ extern const int CVHOST_SO_RCVBUF;
 extern const int CVHOST_SO_SNDBUF;
 extern const int CVHOST_SO_RCVBUFFORCE;
 extern const int CVHOST_SO_SNDBUFFORCE;
+
+// sched_setaffinity(2) of one thread to one CPU (cpu_set_t's macros do not reach Swift).
+int cvhost_pin_thread(int tid, int cpu);
+// The CPU mask of a thread, as a bit mask of the first 64 CPUs, or -errno.
+long long cvhost_thread_affinity(int tid);
+// gettid(2).
+int cvhost_gettid(void);
 
 // epoll (struct epoll_event is packed on x86_64, so Swift sees only tokens).
 int cvhost_epoll_create(void);
