@@ -111,7 +111,7 @@ public struct InProcessHarness: DatapathHarness {
         var config = QueuePairConfiguration(tapName: name)
         configure(&config)
         var pipe = try FramePipe(name: name)
-        let host = PipeHostSide(pipe.takeHostEnd()!, headerLength: config.features.contains(.vhostNetVirtioNetHeader) ? 0 : config.features.netHeaderLength)
+        let host = PipeHostSide(pipe.takeHostEnd()!, headerLength: config.features.contains(.vhostNetVirtioNetHeader) ? 0 : config.headerLength)
         let pair = try InProcessQueuePair(config, device: try InProcessVhostNetDevice(features: features, observer: config.observer),
                                           port: pipe.takeDeviceEnd()!)
         return (pair, host)

@@ -69,6 +69,46 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         try performIoctl(.setFeatures, features.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
+    /// `VHOST_GET_FEATURES_ARRAY` (Linux 6.17): `count` words of offered features, bit
+    /// `64 × i + b` in bit `b` of word `i`. Kernels without it treat the request as a vring ioctl
+    /// (EPERM, ENOTTY or ENOBUFS); then the 64-bit `VHOST_GET_FEATURES` answers, with no bit
+    /// above 63 (QEMU's vhost_kernel_get_features does the same).
+    public func featureWords(count: Int) throws(VhostError) -> [UInt64] {
+        if let words = try? extendedFeatureWords(count: count) { return words }
+        return [try features().rawValue] + [UInt64](repeating: 0, count: max(0, count - 1))
+    }
+
+    /// `VHOST_GET_FEATURES_ARRAY` itself, without a fallback: throws the kernel's answer when it
+    /// has no feature array.
+    public func extendedFeatureWords(count: Int) throws(VhostError) -> [UInt64] {
+        var buffer = [UInt64](repeating: 0, count: 1 + max(0, count))
+        buffer[0] = UInt64(count)
+        try performIoctl(.getFeaturesArray, "count: \(count)", observer: observer) { request in
+            buffer.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, request, $0.baseAddress) }
+        }
+        let words = Array(buffer.dropFirst())
+        observer?(IoctlEvent(name: "  → features", arguments: words.map { "0x" + String($0, radix: 16) }.joined(separator: ", "), result: .success(0)))
+        return words
+    }
+
+    /// Negotiates feature words: with a bit above 63, `VHOST_SET_FEATURES_ARRAY` (Linux 6.17);
+    /// otherwise the 64-bit `VHOST_SET_FEATURES`, which every kernel has. Once bits above 63 are
+    /// in use every later change must go through here: 7.x's 64-bit SET_FEATURES clears them.
+    public func setFeatureWords(_ words: [UInt64]) throws(VhostError) {
+        guard words.dropFirst().contains(where: { $0 != 0 }) else {
+            try setFeatures(VirtioFeatures(rawValue: words.first ?? 0))
+            return
+        }
+        var buffer = [UInt64(words.count)] + words
+        do {
+            try performIoctl(.setFeaturesArray, "count: \(words.count), " + words.map { "0x" + String($0, radix: 16) }.joined(separator: ", "), observer: observer) { request in
+                buffer.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, request, $0.baseAddress) }
+            }
+        } catch .ioctl(let failure) where failure.errno != .notSupported {
+            throw .unsupportedByKernel("feature bits above 63 (\(HighFeatures(rawValue: words.count > 1 ? words[1] : 0).featureNames.joined(separator: ", "))) need VHOST_SET_FEATURES_ARRAY (Linux 6.17); this kernel has no feature array (\(failure.errno.name))")
+        }
+    }
+
     public func backendFeatures() throws(VhostError) -> VhostBackendFeatures {
         var value: UInt64 = 0
         try performIoctl(.getBackendFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }

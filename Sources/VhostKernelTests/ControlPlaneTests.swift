@@ -1,5 +1,6 @@
 import DatapathSuite
 import Glibc
+import HostNetwork
 import NetFormats
 import Vhost
 import VhostNet
@@ -101,5 +102,78 @@ let workerTests: [KernelTest] = [
         try device.setOwner()
         try expectIoctlFailure("VHOST_NEW_WORKER", .inappropriateIOCTLForDevice) { () throws(VhostError) in _ = try device.newWorker(workerID: 0) }
         try expectIoctlFailure("VHOST_NEW_WORKER", .noBufferSpace) { () throws(VhostError) in _ = try device.newWorker(workerID: 5) }
+    },
+]
+
+/// A VXLAN (UDP port 4789) packet carrying a TCPv4 segment of `payload` bytes, and the 24-byte
+/// header that asks for UDP-tunnel GSO of it (6.17 virtio_net_hdr_v1_hash_tunnel): outer
+/// Ethernet, IPv4, UDP at 34, VXLAN; inner Ethernet, IPv4 at 64, TCP at 84.
+func vxlanTCPFrame(payload: Int) -> (frame: [UInt8], header: VirtioNetHeader) {
+    let (inner, _) = tcpFrame(ipv6: false, payload: payload, seed: 5)
+    let vxlan: [UInt8] = [0x08, 0, 0, 0, 0, 0, 42, 0]                      // I flag, VNI 42
+    let udpLength = 8 + vxlan.count + inner.count
+    let udp: [UInt8] = [0xc0, 0x00, 0x12, 0xb5, UInt8(udpLength >> 8), UInt8(udpLength & 0xff), 0, 0]  // 49152 → 4789, no checksum
+    let frame = IPv4Packet.frame(destinationMAC: MACAddress(0x52, 0x54, 0, 0, 0, 1), sourceMAC: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56),
+                                 source: IPv4Address(10, 0, 11, 2), destination: IPv4Address(10, 0, 11, 1),
+                                 protocolNumber: IPv4Packet.protocolUDP, payload: udp + vxlan + inner)
+    var header = VirtioNetHeader(flags: .needsChecksum, gsoType: VirtioNetHeader.GSOType.tcpV4.rawValue | VirtioNetHeader.gsoUDPTunnelIPv4,
+                                 headerLength: 104, gsoSize: 1400, checksumStart: 84, checksumOffset: 16)
+    header.outerTransportOffset = 34
+    header.innerNetworkOffset = 64
+    return (frame, header)
+}
+
+/// Feature bits above 63 (Linux 6.17).
+let extendedFeatureTests: [KernelTest] = [
+    KernelTest(name: "features array: VHOST_GET_FEATURES_ARRAY offers bits 65 and 67 by name on 7.x; 6.1 and 6.12 answer EPERM before SET_OWNER and the 64-bit fallback stands") {
+        let device = try VhostNetDevice()
+        let low = try device.features()
+        do {
+            let words = try device.extendedFeatureWords(count: 2)
+            try expect(words[0] == low.rawValue, "word 0 0x\(String(words[0], radix: 16)) differs from GET_FEATURES 0x\(String(low.rawValue, radix: 16))")
+            let high = HighFeatures(rawValue: words[1])
+            try expect(high.contains([.netGuestUDPTunnelGSO, .netHostUDPTunnelGSO]), "word 1: \(high)")
+            let three = try device.extendedFeatureWords(count: 3)
+            try expect(three == words + [0], "count 3 should zero-fill the third word: \(three)")
+            say("  word 1: \(high)")
+        } catch let error as VhostError {
+            guard case .ioctl(let failure) = error, failure.errno == .notPermitted, error.description.contains("no feature array") else {
+                throw KernelTestFailure("unexpected answer: \(error)")
+            }
+            try expect(kernelVersion() < (6, 17), "kernel \(kernelVersion()) should have the feature array")
+            let words = try device.featureWords(count: 2)
+            try expect(words == [low.rawValue, 0], "the fallback gave \(words)")
+            say("  this kernel has none: \(error); the 64-bit fallback gives \(words.map { "0x" + String($0, radix: 16) })")
+        }
+    },
+    KernelTest(name: "tunnel: a VXLAN-encapsulated 64 KiB TCP frame goes out whole with the 24-byte header (UDP-tunnel GSO, 7.x); elsewhere a clear \"this kernel has no\" message") {
+        do {
+            let p = try pair("vht-tnl") { $0.features = [.version1, .eventIndex]; $0.highFeatures = [.netHostUDPTunnelGSO]; $0.bufferSize = 65536 + 1024; $0.queueSize = 16 }
+            let tapHeader = try p.tap.vnetHeaderSize()
+            try expect(p.headerLength == 24 && tapHeader == 24, "header length \(p.headerLength), the tap's \(tapHeader)")
+            let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
+            socket.setBuffers(bytes: 16 << 20)
+            let errorsBefore = try statistic(p.tap.name, "rx_frame_errors")
+            let (frame, header) = vxlanTCPFrame(payload: 60_000)
+            try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
+            var seen: [UInt8]? = nil
+            let deadline = MonotonicClock.seconds() + 5
+            while seen == nil && MonotonicClock.seconds() < deadline {
+                if let f = socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 { seen = f }
+            }
+            let errors = try statistic(p.tap.name, "rx_frame_errors") - errorsBefore
+            try expect(errors == 0, "tun rejected the tunnel header (rx_frame_errors +\(errors))")
+            guard let seen else { throw KernelTestFailure("no VXLAN frame over 60,000 bytes reached the host side") }
+            try expect(seen.count == frame.count && Array(seen[104...]) == Array(frame[104...]) && Array(seen[..<84]) == Array(frame[..<84]),
+                       "the frame differs on the host side (\(seen.count) bytes, sent \(frame.count))")
+            say("  one \(seen.count)-byte VXLAN/TCP GSO frame (gso_type 0x21, outer_th 34, inner_nh 64) on the host side, no tun frame errors")
+        } catch let error as VhostError {
+            guard case .unsupportedByKernel = error, error.description.contains("this kernel has no NET_F_HOST_UDP_TUNNEL_GSO") else {
+                throw KernelTestFailure("unexpected error: \(error)")
+            }
+            try expect(kernelVersion() < (6, 17), "kernel \(kernelVersion()) should offer UDP-tunnel GSO")
+            try expect(!Tap.exists(name: "vht-tnl"), "a refused pair left its tap behind")
+            say("  \(error)")
+        }
     },
 ]

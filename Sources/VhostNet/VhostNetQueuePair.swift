@@ -11,6 +11,8 @@ public struct QueuePairConfiguration: Sendable {
     public var queueSize: UInt16 = 256
     /// Features to negotiate. Every one must be offered by the device.
     public var features: VirtioFeatures = [.version1]
+    /// Features above bit 63 to negotiate (VHOST_SET_FEATURES_ARRAY, Linux 6.17), e.g. UDP-tunnel GSO.
+    public var highFeatures: HighFeatures = []
     /// Bytes per RX and TX buffer (header + frame). Without MRG_RXBUF an RX buffer must
     /// hold a whole frame, or the kernel truncates and drops it (net.c handle_rx).
     public var bufferSize: Int = 2048
@@ -34,13 +36,17 @@ public struct QueuePairConfiguration: Sendable {
 
     public init(tapName: String) { self.tapName = tapName }
 
+    /// The virtio-net header length on the rings: 24 with UDP-tunnel GSO, else 12 with VERSION_1
+    /// or MRG_RXBUF, else 10 (net.c vhost_net_set_features).
+    public var headerLength: Int { highFeatures.netHeaderLength ?? features.netHeaderLength }
+
     /// Rejects what the kernel would reject, before any ioctl, naming the rule.
     public func validate() throws(VhostError) {
         guard SplitRingLayout.isValidQueueSize(Int(queueSize)), queueSize >= 2 else {
             throw .invalidArgument("queue size \(queueSize) is invalid: it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
         }
-        guard bufferSize >= features.netHeaderLength + EthernetFrame.headerLength, bufferSize <= 1 << 20 else {
-            throw .invalidArgument("buffer size \(bufferSize) must hold at least a \(features.netHeaderLength)-byte virtio-net header and an Ethernet header, and be at most 1 MiB")
+        guard bufferSize >= headerLength + EthernetFrame.headerLength, bufferSize <= 1 << 20 else {
+            throw .invalidArgument("buffer size \(bufferSize) must hold at least a \(headerLength)-byte virtio-net header and an Ethernet header, and be at most 1 MiB")
         }
         if features.contains(.logAll) {
             throw .invalidArgument("VHOST_F_LOG_ALL needs a dirty log (VHOST_SET_LOG_BASE) first, or the kernel fails with EFAULT: start without it and call enableDirtyLog()")
@@ -48,7 +54,7 @@ public struct QueuePairConfiguration: Sendable {
         if descriptorLayout == .indirect && !features.contains(.indirectDescriptors) {
             throw .invalidArgument("indirect descriptors need VIRTIO_F_INDIRECT_DESC negotiated")
         }
-        let frameRoom = descriptorLayout == .inline ? bufferSize - features.netHeaderLength : bufferSize
+        let frameRoom = descriptorLayout == .inline ? bufferSize - headerLength : bufferSize
         if !receiveOffloads.isDisjoint(with: [.tso4, .tso6, .ufo, .uso4, .uso6]) && !features.contains(.netMergeableRxBuffers) && frameRoom < 65536 + 14 {
             throw .invalidArgument("GSO on RX (TUNSETOFFLOAD TSO/UFO/USO) needs MRG_RXBUF or RX buffers with room for a 64 KiB frame; these hold \(frameRoom) bytes, so the kernel would discard big frames (net.c handle_rx)")
         }
@@ -60,7 +66,7 @@ public struct QueuePairConfiguration: Sendable {
 
     /// The guest memory plan these settings give.
     public var memoryPlan: GuestMemoryPlan {
-        GuestMemoryPlan(queueSize: Int(queueSize), bufferSize: bufferSize, headerLength: features.netHeaderLength,
+        GuestMemoryPlan(queueSize: Int(queueSize), bufferSize: bufferSize, headerLength: headerLength,
                         layout: descriptorLayout, placement: memoryPlacement, extraMemory: extraMemory)
     }
 
@@ -68,13 +74,13 @@ public struct QueuePairConfiguration: Sendable {
     /// buffers (no limit below 64 KiB).
     var receiveFrameLimit: Int? {
         guard !features.contains(.netMergeableRxBuffers) else { return nil }
-        return descriptorLayout == .inline ? bufferSize - features.netHeaderLength : bufferSize
+        return descriptorLayout == .inline ? bufferSize - headerLength : bufferSize
     }
 
     /// Why frames of an interface with this MTU would be lost in the RX buffers, or nil.
     func truncationRisk(mtu: Int, interface: String) -> String? {
         guard let limit = receiveFrameLimit, mtu + EthernetFrame.headerLength > limit else { return nil }
-        let inlineHeader = descriptorLayout == .inline ? features.netHeaderLength : 0
+        let inlineHeader = descriptorLayout == .inline ? headerLength : 0
         return "tap \(interface) has MTU \(mtu), so the host sends frames of up to \(mtu + EthernetFrame.headerLength) bytes, but without MRG_RXBUF an RX buffer holds \(limit): the kernel would discard the bigger frames without a trace (net.c handle_rx); negotiate MRG_RXBUF or use buffers of at least \(mtu + EthernetFrame.headerLength + inlineHeader) bytes"
     }
 }
@@ -106,7 +112,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         self.configuration = configuration
         self.logger = logger
         let features = configuration.features
-        headerLength = features.netHeaderLength
+        headerLength = configuration.headerLength
         // The port's MTU says how big the host's frames get; refuse now, before any vhost ioctl,
         // rather than let the kernel discard the bigger ones without a trace.
         if let mtu = try port.maximumTransmissionUnit(), let problem = configuration.truncationRisk(mtu: mtu, interface: port.name) {
@@ -123,7 +129,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase)
         let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase)
-        session = try VhostNetSession(device: device, port: port, memory: memory, features: features, receive: rx, transmit: tx, logger: logger)
+        session = try VhostNetSession(device: device, port: port, memory: memory, features: features, highFeatures: configuration.highFeatures,
+                                      receive: rx, transmit: tx, logger: logger)
         receiveQueue = ReceiveQueue(rx, mergeable: features.contains(.netMergeableRxBuffers))
         transmitQueue = TransmitQueue(tx)
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
@@ -144,6 +151,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public var port: Port { _read { yield session.port } }
     public var offeredFeatures: VirtioFeatures { session.offeredFeatures }
     public var negotiatedFeatures: VirtioFeatures { session.negotiatedFeatures }
+    /// What was negotiated above bit 63.
+    public var negotiatedHighFeatures: HighFeatures { session.negotiatedHighFeatures }
     public var running: Bool { session.running }
 
     /// vhost_net_stop: detach both backends and read back each vring's last_avail_idx. The

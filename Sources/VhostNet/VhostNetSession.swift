@@ -27,6 +27,8 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// What the device offered and what was negotiated.
     public let offeredFeatures: VirtioFeatures
     public let negotiatedFeatures: VirtioFeatures
+    /// Above bit 63 (VHOST_SET_FEATURES_ARRAY, Linux 6.17): negotiated, always with the array form.
+    public let negotiatedHighFeatures: HighFeatures
     public private(set) var running = false
     /// The dirty log, once enabled; released after the device, like `memory`.
     public private(set) var dirtyLog: DirtyLog?
@@ -38,11 +40,12 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// vhost_dev_init: SET_OWNER, GET_FEATURES (checked against `features`), then per vring
     /// SET_VRING_CALL and SET_VRING_ERR.
     init(device: consuming Backend, port: consuming Port, memory: consuming GuestMemory, features: VirtioFeatures,
-         receive: borrowing NetQueue, transmit: borrowing NetQueue, logger: Logger) throws(VhostError) {
+         highFeatures: HighFeatures = [], receive: borrowing NetQueue, transmit: borrowing NetQueue, logger: Logger) throws(VhostError) {
         self.logger = logger
-        let offered = try VhostNetSession.initialize(device, features: features, receive: receive, transmit: transmit)
+        let offered = try VhostNetSession.initialize(device, features: features, highFeatures: highFeatures, receive: receive, transmit: transmit)
         offeredFeatures = offered
         negotiatedFeatures = features
+        negotiatedHighFeatures = highFeatures
         self.backend = consume device
         self.port = port
         self.memory = memory
@@ -50,13 +53,25 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     }
 
     /// vhost_dev_init's ioctls on `device`; returns what it offers.
-    private static func initialize(_ device: borrowing Backend, features: VirtioFeatures,
+    private static func initialize(_ device: borrowing Backend, features: VirtioFeatures, highFeatures: HighFeatures,
                                    receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) -> VirtioFeatures {
         try device.setOwner()
         let offered = try device.features()
         let missing = features.subtracting(offered)
         guard missing.isEmpty else {
             throw .featureUnavailable(requested: missing.featureNames.joined(separator: ", "), offered: offered.description)
+        }
+        if !highFeatures.isEmpty {
+            // Bits above 63 are offered only through VHOST_GET_FEATURES_ARRAY (Linux 6.17).
+            let words = try device.featureWords(count: 2)
+            let offeredHigh = HighFeatures(rawValue: words.count > 1 ? words[1] : 0)
+            let missingHigh = highFeatures.subtracting(offeredHigh)
+            guard missingHigh.isEmpty else {
+                if offeredHigh.isEmpty {
+                    throw .unsupportedByKernel("this kernel has no \(missingHigh.featureNames.joined(separator: ", ")): feature bits above 63 come with VHOST_GET_FEATURES_ARRAY in Linux 6.17, and \(device.backendName) offers none")
+                }
+                throw .featureUnavailable(requested: missingHigh.featureNames.joined(separator: ", "), offered: offeredHigh.description)
+            }
         }
         try device.setVringCall(index: receive.index, receive.call)
         try device.setVringErr(index: receive.index, receive.error)
@@ -75,7 +90,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
             // SAFETY: as in enableDirtyLog: the session keeps the log until the device is closed.
             try device.setLogBase(dirtyLog.hostAddress)
         }
-        try device.setFeatures(dirtyLog == nil ? negotiatedFeatures : negotiatedFeatures.union(.logAll))
+        try applyFeatures(dirtyLog == nil ? [] : .logAll)
         // QEMU acks IOTLB_MSG_V2 when offered (vhost_kernel_set_backend_cap).
         let backendFeatures = try device.backendFeatures()
         try device.setBackendFeatures(backendFeatures.intersection(.iotlbMessageV2))
@@ -87,13 +102,25 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         try configureVring(transmit, base: bases.transmit)
         // vhost-net's sock_hlen: the socket side carries the header unless vhost adds it
         // (VHOST_NET_F_VIRTIO_NET_HDR: net.c vhost_net_set_features).
-        let socketHeader = negotiatedFeatures.contains(.vhostNetVirtioNetHeader) ? nil : Optional(negotiatedFeatures.netHeaderLength)
+        let headerLength = negotiatedHighFeatures.netHeaderLength ?? negotiatedFeatures.netHeaderLength
+        let socketHeader = negotiatedFeatures.contains(.vhostNetVirtioNetHeader) ? nil : Optional(headerLength)
         try port.prepare(headerLength: socketHeader, receiveOffloads: receiveOffloads, linkUp: linkUp)
         // The device reads used->idx when a backend is attached (vhost.c vhost_vq_init_access),
         // so the rings were initialised when the queues were made.
         try device.setBackend(index: receive.index, port)
         try device.setBackend(index: transmit.index, port)
         running = true
+    }
+
+    /// SET_FEATURES with the negotiated features and `extra`; with bits above 63 the array form,
+    /// since 7.x's 64-bit SET_FEATURES would clear them (net.c vhost_net_ioctl).
+    private func applyFeatures(_ extra: VirtioFeatures) throws(VhostError) {
+        let low = negotiatedFeatures.union(extra)
+        if negotiatedHighFeatures.isEmpty {
+            try device.setFeatures(low)
+        } else {
+            try device.setFeatureWords([low.rawValue, negotiatedHighFeatures.rawValue])
+        }
     }
 
     private func configureVring(_ queue: borrowing NetQueue, base: UInt16) throws(VhostError) {
@@ -124,7 +151,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// vhost_dev_init on it; `start` then resumes from the saved bases.
     func replaceDevice(with fresh: consuming Backend, receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
         precondition(!running, "stop the session before replacing its device")
-        _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, receive: receive, transmit: transmit)
+        _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, highFeatures: negotiatedHighFeatures, receive: receive, transmit: transmit)
         backend = consume fresh   // closes the old device
     }
 
@@ -135,7 +162,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     func migrate(to fresh: consuming Backend, memory copy: consuming GuestMemory,
                  receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
         precondition(!running, "stop the session before migrating it")
-        _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, receive: receive, transmit: transmit)
+        _ = try VhostNetSession.initialize(fresh, features: negotiatedFeatures, highFeatures: negotiatedHighFeatures, receive: receive, transmit: transmit)
         backend = consume fresh   // closes the old device: its worker stops using the old memory
         dirtyLog = nil
         memory = consume copy     // unmaps the old memory
@@ -149,7 +176,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     func resetOwner(receive: borrowing NetQueue, transmit: borrowing NetQueue) throws(VhostError) {
         precondition(!running, "stop the session before resetting its owner")
         try device.resetOwner()
-        _ = try VhostNetSession.initialize(device, features: negotiatedFeatures, receive: receive, transmit: transmit)
+        _ = try VhostNetSession.initialize(device, features: negotiatedFeatures, highFeatures: negotiatedHighFeatures, receive: receive, transmit: transmit)
     }
 
     /// QEMU's vhost_dev_set_log when migration starts: `SET_LOG_BASE` with a bitmap of one bit
@@ -165,7 +192,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         // whose pages it marks) until the device is closed in deinit.
         try device.setLogBase(log.hostAddress)
         dirtyLog = log
-        try device.setFeatures(negotiatedFeatures.union(.logAll))
+        try applyFeatures(.logAll)
         try device.setVringAddress(index: receive.index, receive.memory.vringAddresses(logged: true))
         try device.setVringAddress(index: transmit.index, transmit.memory.vringAddresses(logged: true))
     }

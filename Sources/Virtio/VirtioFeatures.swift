@@ -176,3 +176,49 @@ public struct VhostBackendFeatures: OptionSet, Hashable, Sendable, CustomStringC
         "0x\(String(rawValue, radix: 16)) [\(featureNames.joined(separator: ", "))]"
     }
 }
+
+/// Feature bits 64 to 127 (the second word of `VHOST_GET_FEATURES_ARRAY`, Linux 6.17): bit `b`
+/// of `rawValue` is feature `64 + b`. The 64-bit `VHOST_GET_FEATURES` never shows them.
+public struct HighFeatures: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    /// Bits 64...127, shifted down by 64.
+    public var rawValue: UInt64
+    /// Features from the second word.
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// The feature numbered `bit` (64...127).
+    public init(bit: Int) { rawValue = 1 << UInt64(bit - 64) }
+
+    /// `VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO` (65): the driver takes UDP-tunnel GSO frames on RX.
+    public static let netGuestUDPTunnelGSO = Self(bit: 65)
+    /// `VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO_CSUM` (66; vhost-net does not offer it in 7.2).
+    public static let netGuestUDPTunnelGSOChecksum = Self(bit: 66)
+    /// `VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO` (67): the device takes UDP-tunnel GSO frames on TX.
+    public static let netHostUDPTunnelGSO = Self(bit: 67)
+    /// `VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO_CSUM` (68; vhost-net does not offer it in 7.2).
+    public static let netHostUDPTunnelGSOChecksum = Self(bit: 68)
+
+    /// Names by feature number (linux/virtio_net.h, 6.17).
+    public static let names: [Int: String] = [
+        65: "NET_F_GUEST_UDP_TUNNEL_GSO", 66: "NET_F_GUEST_UDP_TUNNEL_GSO_CSUM",
+        67: "NET_F_HOST_UDP_TUNNEL_GSO", 68: "NET_F_HOST_UDP_TUNNEL_GSO_CSUM",
+    ]
+
+    /// The set features' numbers (64...127), lowest first.
+    public var bits: [Int] { (0..<64).filter { rawValue & (1 << UInt64($0)) != 0 }.map { $0 + 64 } }
+    /// Each set feature by name; unknown ones as `bit N`.
+    public var featureNames: [String] { bits.map { Self.names[$0] ?? "bit \($0)" } }
+    public var description: String { "0x\(String(rawValue, radix: 16)) [\(featureNames.joined(separator: ", "))]" }
+
+    /// Parses a name as `featureNames` prints it (with or without `VIRTIO_`), or a number 64...127.
+    public static func parse(_ text: String) -> HighFeatures? {
+        if let bit = Int(text), (64..<128).contains(bit) { return Self(bit: bit) }
+        var key = text.uppercased()
+        if key.hasPrefix("VIRTIO_") { key.removeFirst("VIRTIO_".count) }
+        return names.first { $0.value == key || $0.value == "NET_F_" + key }.map { Self(bit: $0.key) }
+    }
+
+    /// With either UDP-tunnel GSO feature the header is `virtio_net_hdr_v1_hash_tunnel`, 24 bytes
+    /// both ways (net.c vhost_net_set_features, 6.17); nil otherwise.
+    public var netHeaderLength: Int? {
+        isDisjoint(with: [.netGuestUDPTunnelGSO, .netHostUDPTunnelGSO]) ? nil : VirtioNetHeader.tunnelLength
+    }
+}

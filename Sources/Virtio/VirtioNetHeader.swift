@@ -1,6 +1,7 @@
-/// `struct virtio_net_hdr` (10 bytes) and `virtio_net_hdr_mrg_rxbuf` (12 bytes, with
-/// `num_buffers`), little-endian (linux/virtio_net.h). Which length is on the wire follows
-/// the negotiated features: see `VirtioFeatures.netHeaderLength`.
+/// `struct virtio_net_hdr` (10 bytes), `virtio_net_hdr_mrg_rxbuf` (12 bytes, with `num_buffers`)
+/// and `virtio_net_hdr_v1_hash_tunnel` (24 bytes, with the UDP tunnel offsets; Linux 6.17),
+/// little-endian (linux/virtio_net.h). Which length is on the wire follows the negotiated
+/// features: see `VirtioFeatures.netHeaderLength` and `HighFeatures.netHeaderLength`.
 public struct VirtioNetHeader: Equatable, Sendable {
     /// `virtio_net_hdr.flags`.
     public struct Flags: OptionSet, Sendable, Hashable {
@@ -14,6 +15,8 @@ public struct VirtioNetHeader: Equatable, Sendable {
         public static let dataValid = Self(rawValue: 2)
         /// `VIRTIO_NET_HDR_F_RSC_INFO`
         public static let rscInfo = Self(rawValue: 4)
+        /// `VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM` (6.17): the outer UDP checksum is to be computed too.
+        public static let udpTunnelChecksum = Self(rawValue: 8)
     }
 
     /// `VIRTIO_NET_HDR_GSO_*`: none, TCPv4, UFO, TCPv6, UDP L4 (USO).
@@ -22,6 +25,9 @@ public struct VirtioNetHeader: Equatable, Sendable {
     }
     /// `VIRTIO_NET_HDR_GSO_ECN`, or'ed into gso_type.
     public static let gsoECN: UInt8 = 0x80
+    /// `VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4` / `_IPV6` (6.17), or'ed into gso_type with the inner type.
+    public static let gsoUDPTunnelIPv4: UInt8 = 0x20
+    public static let gsoUDPTunnelIPv6: UInt8 = 0x40
 
     /// `flags`.
     public var flags: Flags = []
@@ -35,8 +41,13 @@ public struct VirtioNetHeader: Equatable, Sendable {
     public var checksumStart: UInt16 = 0
     /// `csum_offset`: where, after `checksumStart`, the checksum goes.
     public var checksumOffset: UInt16 = 0
-    /// Only on the 12-byte header: how many RX buffers this frame spans (MRG_RXBUF).
+    /// From the 12-byte header on: how many RX buffers this frame spans (MRG_RXBUF).
     public var numBuffers: UInt16 = 0
+    /// Only on the 24-byte header: the outer transport (UDP) header's offset and the inner network
+    /// header's offset, for UDP tunnel GSO (`outer_th_offset`, `inner_nh_offset`). The hash
+    /// fields between them are left zero.
+    public var outerTransportOffset: UInt16 = 0
+    public var innerNetworkOffset: UInt16 = 0
 
     /// A header with the given fields.
     public init(flags: Flags = [], gsoType: UInt8 = 0, headerLength: UInt16 = 0, gsoSize: UInt16 = 0,
@@ -49,10 +60,15 @@ public struct VirtioNetHeader: Equatable, Sendable {
     public static let baseLength = 10
     /// Bytes of `struct virtio_net_hdr_mrg_rxbuf` (with `num_buffers` at byte 10).
     public static let mergeableLength = 12
+    /// Bytes of `struct virtio_net_hdr_v1_hash_tunnel` (hash fields at 12, tunnel offsets at 20 and 22).
+    public static let tunnelLength = 24
 
-    /// Writes the header in `length` (10 or 12) bytes at `pointer`.
+    /// Whether `length` is a header length the wire knows.
+    public static func isValidLength(_ length: Int) -> Bool { length == baseLength || length == mergeableLength || length == tunnelLength }
+
+    /// Writes the header in `length` (10, 12 or 24) bytes at `pointer`.
     public func write(to pointer: UnsafeMutableRawPointer, length: Int) {
-        precondition(length == 10 || length == 12, "virtio-net header is 10 or 12 bytes")
+        precondition(VirtioNetHeader.isValidLength(length), "virtio-net header is 10, 12 or 24 bytes")
         // SAFETY: the caller gives `length` writable bytes (a buffer the driver owns until it
         // publishes the chain, or one the device owns until it pushes it); unaligned stores.
         pointer.storeBytes(of: flags.rawValue, as: UInt8.self)
@@ -61,12 +77,17 @@ public struct VirtioNetHeader: Equatable, Sendable {
         pointer.storeBytes(of: gsoSize.littleEndian, toByteOffset: 4, as: UInt16.self)
         pointer.storeBytes(of: checksumStart.littleEndian, toByteOffset: 6, as: UInt16.self)
         pointer.storeBytes(of: checksumOffset.littleEndian, toByteOffset: 8, as: UInt16.self)
-        if length == 12 { pointer.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self) }
+        if length >= 12 { pointer.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self) }
+        if length == 24 {
+            (pointer + 12).initializeMemory(as: UInt8.self, repeating: 0, count: 8)
+            pointer.storeBytes(of: outerTransportOffset.littleEndian, toByteOffset: 20, as: UInt16.self)
+            pointer.storeBytes(of: innerNetworkOffset.littleEndian, toByteOffset: 22, as: UInt16.self)
+        }
     }
 
-    /// Reads a header of `length` (10 or 12) bytes at `pointer`.
+    /// Reads a header of `length` (10, 12 or 24) bytes at `pointer`.
     public init(reading pointer: UnsafeRawPointer, length: Int) {
-        precondition(length == 10 || length == 12, "virtio-net header is 10 or 12 bytes")
+        precondition(VirtioNetHeader.isValidLength(length), "virtio-net header is 10, 12 or 24 bytes")
         // SAFETY: the caller gives `length` readable bytes it owns (a used buffer the driver has
         // reaped after used->idx's acquire load); unaligned loads.
         flags = Flags(rawValue: pointer.load(as: UInt8.self))
@@ -75,10 +96,14 @@ public struct VirtioNetHeader: Equatable, Sendable {
         gsoSize = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 4, as: UInt16.self))
         checksumStart = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
         checksumOffset = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 8, as: UInt16.self))
-        numBuffers = length == 12 ? UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 10, as: UInt16.self)) : 0
+        numBuffers = length >= 12 ? UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 10, as: UInt16.self)) : 0
+        if length == 24 {
+            outerTransportOffset = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 20, as: UInt16.self))
+            innerNetworkOffset = UInt16(littleEndian: pointer.loadUnaligned(fromByteOffset: 22, as: UInt16.self))
+        }
     }
 
-    /// The header as `length` (10 or 12) bytes.
+    /// The header as `length` (10, 12 or 24) bytes.
     public func bytes(length: Int) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
             write(to: UnsafeMutableRawPointer(buffer.baseAddress!), length: length)
@@ -86,7 +111,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
         }
     }
 
-    /// Parses a header from 10 or 12 bytes.
+    /// Parses a header from 10, 12 or 24 bytes.
     public init(bytes: [UInt8]) {
         self = bytes.withUnsafeBytes { VirtioNetHeader(reading: $0.baseAddress!, length: bytes.count) }
     }

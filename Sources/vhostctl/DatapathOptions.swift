@@ -50,8 +50,8 @@ struct DatapathOptions: ParsableArguments {
         guard queueSize >= 2, SplitRingLayout.isValidQueueSize(queueSize) else {
             throw ValidationError("--queue-size \(queueSize): it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
         }
-        for name in features where VirtioFeatures.parse(name) == nil {
-            throw ValidationError("--features: unknown feature \(name); known: \(VirtioFeatures.names.values.sorted().joined(separator: ", "))")
+        for name in features where VirtioFeatures.parse(name) == nil && HighFeatures.parse(name) == nil {
+            throw ValidationError("--features: unknown feature \(name); known: \((Array(VirtioFeatures.names.values) + Array(HighFeatures.names.values)).sorted().joined(separator: ", "))")
         }
         for name in offloads where DatapathOptions.offloadNames[name.lowercased()] == nil {
             throw ValidationError("--offloads: unknown offload \(name); known: \(DatapathOptions.offloadNames.keys.sorted().joined(separator: " "))")
@@ -60,12 +60,18 @@ struct DatapathOptions: ParsableArguments {
     }
 
     var negotiatedFeatures: VirtioFeatures {
-        features.isEmpty ? [.version1, .eventIndex] : features.reduce(into: VirtioFeatures()) { $0.formUnion(VirtioFeatures.parse($1)!) }
+        features.isEmpty ? [.version1, .eventIndex] : features.reduce(into: VirtioFeatures()) { $0.formUnion(VirtioFeatures.parse($1) ?? []) }
+    }
+
+    /// Features above bit 63 among --features (VHOST_SET_FEATURES_ARRAY, Linux 6.17).
+    var negotiatedHighFeatures: HighFeatures {
+        features.reduce(into: HighFeatures()) { if VirtioFeatures.parse($1) == nil, let high = HighFeatures.parse($1) { $0.formUnion(high) } }
     }
 
     func apply(to config: inout VhostNetQueuePair.Configuration) {
         config.queueSize = UInt16(queueSize)
         config.features = negotiatedFeatures
+        config.highFeatures = negotiatedHighFeatures
         config.bufferSize = bufferSize
         config.descriptorLayout = descriptors
         config.memoryPlacement = memory

@@ -20,6 +20,12 @@ struct Info: ParsableCommand {
         var problem: String? = nil
         var status: Int32 = 0
         var features: VirtioFeatures? = nil
+        /// Bits above 63 (VHOST_GET_FEATURES_ARRAY), or why there are none.
+        var highFeatures: HighFeatures? = nil
+        var highFeaturesProblem: String? = nil
+        /// The worker mode the next SET_OWNER uses, or why it cannot be chosen.
+        var workerMode: VhostWorkerMode? = nil
+        var workerModeProblem: String? = nil
         var backendFeatures: VhostBackendFeatures? = nil
         var tapFeatures: UInt32? = nil
         var tapProblem: String? = nil
@@ -31,6 +37,16 @@ struct Info: ParsableCommand {
         do {
             let device = try VhostNetDevice(path: common.device, observer: common.observer)
             report.features = try device.features()
+            do {
+                let words = try device.extendedFeatureWords(count: 2)
+                report.highFeatures = HighFeatures(rawValue: words[1])
+            } catch {
+                report.highFeaturesProblem = "this kernel has no VHOST_GET_FEATURES_ARRAY (Linux 6.17), so no feature above bit 63 (\(error))"
+            }
+            switch device.workerModeControl() {
+            case .success(let mode): report.workerMode = mode
+            case .failure(let error): report.workerModeProblem = "this kernel has no VHOST_GET/SET_FORK_FROM_OWNER (Linux 6.17, 6.12.y): \(KernelInfo.version >= (6, 4) ? "the worker is a thread of the owner" : "the worker is a kernel thread") (\(error))"
+            }
             report.backendFeatures = try device.backendFeatures()
             report.usable = true
         } catch {
@@ -67,6 +83,17 @@ struct Info: ParsableCommand {
                 print("vhost features: 0x\(String(f.rawValue, radix: 16))")
                 for name in f.featureNames { print("  \(name)") }
             }
+            if let h = report.highFeatures {
+                print("vhost features above bit 63: 0x\(String(h.rawValue, radix: 16)) (word 1)")
+                for name in h.featureNames { print("  \(name)") }
+            } else if let problem = report.highFeaturesProblem {
+                print("vhost features above bit 63: none: \(problem)")
+            }
+            if let mode = report.workerMode {
+                print("worker mode: \(mode) (chosen with VHOST_SET_FORK_FROM_OWNER before SET_OWNER)")
+            } else if let problem = report.workerModeProblem {
+                print("worker mode: not selectable: \(problem)")
+            }
             if let b = report.backendFeatures {
                 print("backend features: 0x\(String(b.rawValue, radix: 16))")
                 for name in b.featureNames { print("  \(name)") }
@@ -95,6 +122,8 @@ struct Info: ParsableCommand {
             ("usable", .bool(r.usable)),
             ("problem", r.problem.map(JSON.string) ?? .null),
             ("features", features(r.features?.rawValue, r.features?.featureNames)),
+            ("features_above_63", features(r.highFeatures?.rawValue, r.highFeatures?.featureNames)),
+            ("worker_mode", r.workerMode.map { JSON.string($0.rawValue) } ?? .null),
             ("backend_features", features(r.backendFeatures?.rawValue, r.backendFeatures?.featureNames)),
             ("tap_features", features(r.tapFeatures.map(UInt64.init), r.tapFeatures.map(Tap.flagNames))),
             ("tap_problem", r.tapProblem.map(JSON.string) ?? .null),
