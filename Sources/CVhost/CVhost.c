@@ -254,6 +254,12 @@ long long cvhost_thread_affinity(int tid) {
     return mask;
 }
 
+#include <sys/sysmacros.h>
+#include <sys/stat.h>
+int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor) {
+    return result(mknod(path, S_IFCHR | 0600, makedev(major, minor)));
+}
+
 int cvhost_gettid(void) { return (int)syscall(SYS_gettid); }
 
 // ---- epoll ----

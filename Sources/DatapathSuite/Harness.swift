@@ -97,6 +97,33 @@ public final class KernelHostSide: HostSide {
     }
 }
 
+/// The host stack's side of any interface: a packet socket bound to it (for backends other than
+/// a tap: a macvtap's sibling, a packet socket's interface).
+public final class KernelHostSideOnInterface: HostSide {
+    let socket: PacketSocket
+
+    /// Opens the packet socket on `interface` before any frame is sent.
+    public init(_ pair: some QueuePairDatapath, interface: String) throws {
+        socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: interface).index())
+        socket.setBuffers(bytes: 8 << 20)
+    }
+
+    public func send(_ frame: [UInt8]) throws { try socket.send(frame) }
+
+    public func nextTestFrame(milliseconds: Int32) -> [UInt8]? {
+        let deadline = now() + Double(milliseconds) / 1000
+        repeat {
+            guard let frame = socket.receive(milliseconds: max(1, Int32((deadline - now()) * 1000))) else { return nil }
+            if EthernetFrame.etherType(of: frame) == EthernetFrame.experimentalType { return frame }
+        } while now() < deadline
+        return nil
+    }
+
+    public func transmittedCount(waitingFor expected: UInt64, milliseconds: Int) throws -> UInt64 {
+        throw TestFailure("an interface's host side counts frames with nextTestFrame, not with statistics")
+    }
+}
+
 // MARK: the in-process device
 
 /// The in-process device, with the host end of its frame pipe on the other side.

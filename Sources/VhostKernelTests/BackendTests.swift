@@ -43,6 +43,22 @@ let backendTests: [KernelTest] = [
         }
         say("  300 frames out through the packet socket, \(received) in; header added and stripped by vhost")
     },
+    KernelTest(name: "backend: a macvtap on a dummy parent carries traffic both ways (its sibling macvlan is the far side)") {
+        try RouteNetlink.createLink("vhdum0", kind: "dummy")
+        defer { try? RouteNetlink.removeLink("vhdum0") }
+        try RouteNetlink.createLink("vhmvl0", kind: "macvlan", parent: "vhdum0")
+        var config = VhostNetQueuePair.Configuration(tapName: "vhmvt0")
+        config.features = [.version1, .eventIndex]
+        config.queueSize = 128
+        let pair = try MacvtapQueuePair(config, macvtap: "vhmvt0", on: "vhdum0")
+        // In bridge mode macvlan siblings switch frames between them: the macvlan's host stack
+        // side is the far side of the macvtap.
+        let sibling = try KernelHostSideOnInterface(pair, interface: "vhmvl0")
+        try transmitAndCompare(pair, host: sibling, frames: 300)
+        try receiveAndCompare(pair, host: sibling, frames: 200)
+        let header = try NetworkInterface(name: "vhmvt0").index()
+        say("  macvtap vhmvt0 (/dev/tap\(header)) on dummy vhdum0: 300 frames out and 200 in through its sibling vhmvl0")
+    },
     KernelTest(name: "backend: a packet socket without VHOST_NET_F_VIRTIO_NET_HDR is refused before any ioctl, naming the feature") {
         var config = VhostNetQueuePair.Configuration(tapName: "lo")
         config.features = [.version1]

@@ -328,6 +328,21 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == Tap {
     public var tap: Tap { _read { yield session.port } }
 }
 
+/// The kernel's vhost-net on a macvtap queue.
+public typealias MacvtapQueuePair = VirtioNetQueuePair<VhostNetDevice, MacvtapPort>
+
+extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == MacvtapPort {
+    /// Opens a queue of the macvtap `name` (created in bridge mode on `parent` when it does not
+    /// exist, and deleted again when the pair goes) and starts the pair on `/dev/vhost-net` with it.
+    public convenience init(_ configuration: Configuration, macvtap name: String, on parent: String,
+                            logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+        try configuration.validate()
+        let port = try MacvtapPort(name: name, parent: parent, observer: configuration.observer)
+        let device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
+        try self.init(configuration, device: device, port: port, logger: logger)
+    }
+}
+
 /// The kernel's vhost-net on a raw packet socket bound to an interface.
 public typealias PacketSocketQueuePair = VirtioNetQueuePair<VhostNetDevice, PacketSocketPort>
 

@@ -135,6 +135,8 @@ extern const int CVHOST_SO_SNDBUFFORCE;
 int cvhost_pin_thread(int tid, int cpu);
 // The CPU mask of a thread, as a bit mask of the first 64 CPUs, or -errno.
 long long cvhost_thread_affinity(int tid);
+// mknod(2) of a character device from its major and minor (makedev is a macro).
+int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor);
 // gettid(2).
 int cvhost_gettid(void);
 

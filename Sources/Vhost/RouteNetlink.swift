@@ -1,0 +1,127 @@
+import CVhost
+import Glibc
+import SystemPackage
+
+/// The few rtnetlink requests swift-vhost needs to make its own test links without iproute2
+/// (linux/rtnetlink.h, if_link.h): create a dummy or a macvtap, and delete a link.
+public enum RouteNetlink {
+    static let newLink: UInt16 = 16, deleteLink: UInt16 = 17
+    static let request: UInt16 = 0x1, acknowledge: UInt16 = 0x4, exclusive: UInt16 = 0x200, create: UInt16 = 0x400
+    static let interfaceName: UInt16 = 3, link: UInt16 = 5, linkInfo: UInt16 = 18
+    static let infoKind: UInt16 = 1, infoData: UInt16 = 2, macvlanMode: UInt16 = 1
+
+    /// macvlan/macvtap modes (if_link.h MACVLAN_MODE_*).
+    public enum MacvlanMode: UInt32, Sendable { case `private` = 1, vepa = 2, bridge = 4, passthrough = 8 }
+
+    /// Creates a link `name` of `kind` ("dummy", "macvtap", "macvlan"), up, on `parent` for the
+    /// macvlan kinds (in `mode`). The kernel's error is thrown as `VhostError.system`.
+    public static func createLink(_ name: String, kind: String, parent: String? = nil, mode: MacvlanMode = .bridge) throws(VhostError) {
+        var attributes = attribute(interfaceName, string: name)
+        if let parent { attributes += attribute(link, u32: UInt32(try NetworkInterface(name: parent).index())) }
+        var info = attribute(infoKind, string: kind)
+        if parent != nil { info += attribute(infoData, attribute(macvlanMode, u32: mode.rawValue)) }
+        attributes += attribute(linkInfo, info)
+        // struct ifinfomsg: family, pad, type, index, flags = IFF_UP, change = IFF_UP.
+        let header: [UInt8] = [0, 0, 0, 0] + le32(0) + le32(1) + le32(1)
+        try send(type: newLink, flags: request | acknowledge | exclusive | create, body: header + attributes, what: "create \(kind) link \(name)")
+    }
+
+    /// Deletes the link `name`.
+    public static func removeLink(_ name: String) throws(VhostError) {
+        let header: [UInt8] = [0, 0, 0, 0] + le32(0) + le32(0) + le32(0)
+        try send(type: deleteLink, flags: request | acknowledge, body: header + attribute(interfaceName, string: name), what: "delete link \(name)")
+    }
+
+    private static func send(type: UInt16, flags: UInt16, body: [UInt8], what: String) throws(VhostError) {
+        let fd = cvhost_socket(16 /* AF_NETLINK */, CVHOST_SOCK_RAW, 0 /* NETLINK_ROUTE */)
+        guard fd >= 0 else { throw .system(call: "socket(AF_NETLINK)", detail: what, errno: Errno(rawValue: -fd)) }
+        defer { close(fd) }
+        // struct nlmsghdr: length, type, flags, sequence, port (0: the kernel).
+        let message = le32(UInt32(16 + body.count)) + le16(type) + le16(flags) + le32(1) + le32(0) + body
+        let sent = message.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == message.count else { throw .system(call: "send(netlink)", detail: what, errno: Errno(rawValue: Glibc.errno)) }
+        var reply = [UInt8](repeating: 0, count: 4096)
+        let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n >= 20 else { throw .system(call: "recv(netlink)", detail: what, errno: Errno(rawValue: n < 0 ? Glibc.errno : EIO)) }
+        // NLMSG_ERROR (2) carries the answer: 0, or -errno.
+        let replyType = UInt16(reply[4]) | UInt16(reply[5]) << 8
+        let code = Int32(bitPattern: UInt32(reply[16]) | UInt32(reply[17]) << 8 | UInt32(reply[18]) << 16 | UInt32(reply[19]) << 24)
+        guard replyType == 2 else { return }
+        guard code == 0 else { throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : "DELLINK")", detail: what, errno: Errno(rawValue: -code)) }
+    }
+
+    private static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
+    private static func le32(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xff), UInt8((v >> 8) & 0xff), UInt8((v >> 16) & 0xff), UInt8(v >> 24)] }
+
+    /// struct rtattr (length, type) and the value, padded to 4 bytes.
+    private static func attribute(_ type: UInt16, _ value: [UInt8]) -> [UInt8] {
+        var bytes = le16(UInt16(4 + value.count)) + le16(type) + value
+        while bytes.count % 4 != 0 { bytes.append(0) }
+        return bytes
+    }
+    private static func attribute(_ type: UInt16, string: String) -> [UInt8] { attribute(type, Array(string.utf8) + [0]) }
+    private static func attribute(_ type: UInt16, u32: UInt32) -> [UInt8] { attribute(type, le32(u32)) }
+}
+
+/// A macvtap queue as the backend of a vhost-net vring (net.c get_tap_socket → tap_get_socket):
+/// the character device `/dev/tap<ifindex>` of a macvtap link. It starts with a 10-byte virtio-net
+/// header (tap.c tap_open), so `prepare` sets the features' length. Closed in `deinit`; a link it
+/// created is deleted then too.
+public struct MacvtapPort: ~Copyable, NetworkPort {
+    public let fd: Int32
+    public let name: String
+    public var observer: IoctlObserver?
+    private let createdLink: Bool
+
+    /// Creates the macvtap `name` on `parent` (bridge mode) unless it exists, and opens a queue of it.
+    public init(name: String, parent: String, observer: IoctlObserver? = nil) throws(VhostError) {
+        let exists = NetworkInterface(name: name).exists
+        if !exists { try RouteNetlink.createLink(name, kind: "macvtap", parent: parent) }
+        do throws(VhostError) {
+            let index = try NetworkInterface(name: name, observer: observer).index()
+            let path = "/dev/tap\(index)"
+            if access(path, F_OK) != 0 {
+                // No devtmpfs: make the node from the numbers sysfs gives (macvtap.c device_create).
+                if let numbers = KernelInfo.readFile("/sys/class/net/\(name)/macvtap/tap\(index)/dev")?.trimmingTrailingNewlines(),
+                   let colon = numbers.firstIndex(of: ":"), let major = UInt32(numbers[..<colon]), let minor = UInt32(numbers[numbers.index(after: colon)...]) {
+                    _ = cvhost_mknod_char(path, major, minor)
+                }
+            }
+            let opened = open(path, O_RDWR | O_CLOEXEC)
+            guard opened >= 0 else { throw .system(call: "open", detail: "\(path) (the macvtap \(name))", errno: Errno(rawValue: Glibc.errno)) }
+            observer?(IoctlEvent(name: "open", arguments: path, result: .success(opened)))
+            fd = opened
+        } catch {
+            if !exists { try? RouteNetlink.removeLink(name) }
+            throw error
+        }
+        self.name = name
+        self.observer = observer
+        createdLink = !exists
+    }
+
+    deinit {
+        close(fd)
+        if createdLink { try? RouteNetlink.removeLink(name) }
+    }
+
+    /// The header length the features give (TUNSETVNETHDRSZ; macvtap starts at 10), the
+    /// offloads (TUNSETOFFLOAD; macvtap takes no UDP-tunnel GSO), and the link.
+    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
+        guard let headerLength else {
+            throw .invalidArgument("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
+        }
+        var value = Int32(headerLength)
+        try performIoctl(.tunSetVnetHeaderSize, "\(headerLength)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
+        var sndbuf = Int32.max
+        try performIoctl(.tunSetSendBuffer, "\(Int32.max)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &sndbuf) }
+        if !receiveOffloads.isEmpty {
+            try performIoctl(.tunSetOffload, "0x" + String(receiveOffloads.rawValue, radix: 16), observer: observer) { request in
+                cvhost_ioctl_ulong(fd, request, UInt(receiveOffloads.rawValue))
+            }
+        }
+        if linkUp { try NetworkInterface(name: name, observer: observer).setLinkUp(true) }
+    }
+
+    public func maximumTransmissionUnit() throws(VhostError) -> Int? { try NetworkInterface(name: name, observer: observer).mtu() }
+}
