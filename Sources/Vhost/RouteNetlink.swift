@@ -7,16 +7,19 @@ import SystemPackage
 public enum RouteNetlink {
     static let newLink: UInt16 = 16, deleteLink: UInt16 = 17
     static let request: UInt16 = 0x1, acknowledge: UInt16 = 0x4, exclusive: UInt16 = 0x200, create: UInt16 = 0x400
-    static let interfaceName: UInt16 = 3, link: UInt16 = 5, linkInfo: UInt16 = 18
+    static let address: UInt16 = 1, interfaceName: UInt16 = 3, link: UInt16 = 5, linkInfo: UInt16 = 18
     static let infoKind: UInt16 = 1, infoData: UInt16 = 2, macvlanMode: UInt16 = 1
 
     /// macvlan/macvtap modes (if_link.h MACVLAN_MODE_*).
     public enum MacvlanMode: UInt32, Sendable { case `private` = 1, vepa = 2, bridge = 4, passthrough = 8 }
 
     /// Creates a link `name` of `kind` ("dummy", "macvtap", "macvlan"), up, on `parent` for the
-    /// macvlan kinds (in `mode`). The kernel's error is thrown as `VhostError.system`.
-    public static func createLink(_ name: String, kind: String, parent: String? = nil, mode: MacvlanMode = .bridge) throws(VhostError) {
+    /// macvlan kinds (in `mode`), with the MAC `hardwareAddress` when given. The kernel's error
+    /// is thrown as `VhostError.system`.
+    public static func createLink(_ name: String, kind: String, parent: String? = nil, mode: MacvlanMode = .bridge,
+                                  hardwareAddress: [UInt8]? = nil) throws(VhostError) {
         var attributes = attribute(interfaceName, string: name)
+        if let hardwareAddress { attributes += attribute(address, hardwareAddress) }
         if let parent { attributes += attribute(link, u32: UInt32(try NetworkInterface(name: parent).index())) }
         var info = attribute(infoKind, string: kind)
         if parent != nil { info += attribute(infoData, attribute(macvlanMode, u32: mode.rawValue)) }
@@ -73,10 +76,12 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
     public var observer: IoctlObserver?
     private let createdLink: Bool
 
-    /// Creates the macvtap `name` on `parent` (bridge mode) unless it exists, and opens a queue of it.
-    public init(name: String, parent: String, observer: IoctlObserver? = nil) throws(VhostError) {
+    /// Creates the macvtap `name` on `parent` (bridge mode) unless it exists, and opens a queue of
+    /// it. A macvlan delivers unicast frames only to the MAC of the link, so the guest side must
+    /// use the macvtap's own MAC (as libvirt does): give it as `hardwareAddress` at creation.
+    public init(name: String, parent: String, hardwareAddress: [UInt8]? = nil, observer: IoctlObserver? = nil) throws(VhostError) {
         let exists = NetworkInterface(name: name).exists
-        if !exists { try RouteNetlink.createLink(name, kind: "macvtap", parent: parent) }
+        if !exists { try RouteNetlink.createLink(name, kind: "macvtap", parent: parent, hardwareAddress: hardwareAddress) }
         do throws(VhostError) {
             let index = try NetworkInterface(name: name, observer: observer).index()
             let path = "/dev/tap\(index)"

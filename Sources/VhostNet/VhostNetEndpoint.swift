@@ -4,35 +4,40 @@ import NetFormats
 import Vhost
 import Virtio
 
-/// A NIC endpoint on a tap: one or more queue pairs (each its own /dev/vhost-net fd and its own
-/// queue of the tap), an identity (MAC, IPv4), and a responder that answers ARP, ICMP echo and
-/// UDP echo. `service` runs one turn of its event loop.
-public final class VhostNetEndpoint {
-    public struct Configuration: Sendable {
-        /// The datapath of every queue pair: tap name, features, ring size, layout, memory, …
-        public var datapath: QueuePairConfiguration
-        /// Queue pairs; more than one uses an IFF_MULTI_QUEUE tap, one queue per pair.
-        public var queues: Int = 1
-        public var mac: MACAddress = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
-        public var ipv4: IPv4Interface? = nil
-        public var udpEchoPort: UInt16? = nil
+/// How an endpoint is set up: its queue pairs' datapath, how many, and its identity.
+public struct EndpointConfiguration: Sendable {
+    /// The datapath of every queue pair: tap name, features, ring size, layout, memory, …
+    public var datapath: QueuePairConfiguration
+    /// Queue pairs; more than one uses an IFF_MULTI_QUEUE tap, one queue per pair.
+    public var queues: Int = 1
+    public var mac: MACAddress = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
+    public var ipv4: IPv4Interface? = nil
+    public var udpEchoPort: UInt16? = nil
 
-        public init(tapName: String) {
-            datapath = VhostNetQueuePair.Configuration(tapName: tapName)
-            datapath.features = [.version1, .eventIndex]
-        }
-
-        func pairConfiguration() -> QueuePairConfiguration {
-            var config = datapath
-            config.multiQueueTap = queues > 1
-            return config
-        }
+    public init(tapName: String) {
+        datapath = QueuePairConfiguration(tapName: tapName)
+        datapath.features = [.version1, .eventIndex]
     }
+
+    /// The configuration of each queue pair.
+    public func pairConfiguration() -> QueuePairConfiguration {
+        var config = datapath
+        config.multiQueueTap = queues > 1
+        return config
+    }
+}
+
+/// A NIC endpoint: one or more queue pairs (each its own vhost device and its own queue of the
+/// backend), an identity (MAC, IPv4), and a responder that answers ARP, ICMP echo and UDP echo.
+/// `service` runs one turn of its event loop. `VhostNetEndpoint` is the kernel's flavour on a tap.
+public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: NetworkPort & ~Copyable> {
+    public typealias Configuration = EndpointConfiguration
+    public typealias Pair = VirtioNetQueuePair<Backend, Port>
 
     public enum Direction: Sendable { case received, transmitted }
 
     public let configuration: Configuration
-    public let pairs: [VhostNetQueuePair]
+    public let pairs: [Pair]
     public var responder: NetworkResponder
     /// Sees every frame received from and transmitted to the tap (for pcap).
     public var frameObserver: ((Direction, [UInt8]) -> Void)?
@@ -49,16 +54,18 @@ public final class VhostNetEndpoint {
     private let poller: EventPoller
     private var watchedExtras: Set<Int32> = []
 
-    public init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+    /// Sets up `configuration.queues` pairs with `makePair`, each from `pairConfiguration()`.
+    public init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost"),
+                makePair: (QueuePairConfiguration, Logger) throws(VhostError) -> Pair) throws(VhostError) {
         guard (1...256).contains(configuration.queues) else {
             throw .invalidArgument("--queues \(configuration.queues): use 1 to 256 queue pairs (tun.c MAX_TAP_QUEUES)")
         }
         self.configuration = configuration
         self.logger = logger
-        var pairs: [VhostNetQueuePair] = []
+        var pairs: [Pair] = []
         for index in 0..<configuration.queues {
             logger.debug("setting up queue pair \(index) on \(configuration.datapath.tapName)")
-            pairs.append(try VhostNetQueuePair(configuration.pairConfiguration(), logger: logger))
+            pairs.append(try makePair(configuration.pairConfiguration(), logger))
         }
         self.pairs = pairs
         poller = try EventPoller()
@@ -69,7 +76,8 @@ public final class VhostNetEndpoint {
         responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, udpEchoPort: configuration.udpEchoPort)
     }
 
-    public var tapName: String { pairs[0].tap.name }
+    /// The backend interface's name (the tap, macvtap or packet socket's interface).
+    public var interfaceName: String { pairs[0].port.name }
 
     /// Runs one turn: receives on every queue, answers what the responder answers, and when
     /// nothing arrived sleeps up to `milliseconds` on the RX call eventfds (plus `extraFDs`).
@@ -113,7 +121,7 @@ public final class VhostNetEndpoint {
     }
 
     /// The epoll token of the error eventfds: a wake-up only, handled at the next turn.
-    static let ringErrorToken = UInt64.max - 1
+    static var ringErrorToken: UInt64 { UInt64.max - 1 }
 
     private func markBroken(_ index: Int, _ error: VhostError) {
         guard brokenPairs.insert(index).inserted else { return }
@@ -149,4 +157,41 @@ public final class VhostNetEndpoint {
 
     public var receiveCounters: QueueCounters { pairs.map(\.receiveCounters).reduce(QueueCounters(), +) }
     public var transmitCounters: QueueCounters { pairs.map(\.transmitCounters).reduce(QueueCounters(), +) }
+}
+
+/// The kernel's flavour: `/dev/vhost-net` on a tap.
+public typealias VhostNetEndpoint = VirtioNetEndpoint<VhostNetDevice, Tap>
+
+extension VirtioNetEndpoint where Backend == VhostNetDevice, Port == Tap {
+    /// N queue pairs on the tap `configuration.datapath.tapName` (IFF_MULTI_QUEUE when N > 1).
+    public convenience init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+        try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in try VhostNetQueuePair(config, logger: logger) }
+    }
+
+    /// The tap's name.
+    public var tapName: String { pairs[0].tap.name }
+}
+
+extension VirtioNetEndpoint where Backend == VhostNetDevice, Port == MacvtapPort {
+    /// N queue pairs, each on its own queue of the macvtap `configuration.datapath.tapName`,
+    /// created on `parent` with the endpoint's MAC when it does not exist (and deleted with the
+    /// endpoint then): a macvlan delivers unicast only to its own MAC.
+    public convenience init(_ configuration: Configuration, macvtapOn parent: String, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+        try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in
+            try MacvtapQueuePair(config, macvtap: config.tapName, on: parent, hardwareAddress: configuration.mac.array, logger: logger)
+        }
+    }
+}
+
+extension VirtioNetEndpoint where Backend == VhostNetDevice, Port == PacketSocketPort {
+    /// One queue pair on a raw packet socket bound to `interface` (a packet socket receives every
+    /// frame of the interface, so it cannot be split into queues).
+    public convenience init(_ configuration: Configuration, packetSocketOn interface: String, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
+        guard configuration.queues == 1 else {
+            throw .invalidArgument("--queues \(configuration.queues): a packet socket backend carries one queue pair (every socket bound to \(interface) sees every frame)")
+        }
+        try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in
+            try PacketSocketQueuePair(config, packetSocketOn: interface, logger: logger)
+        }
+    }
 }

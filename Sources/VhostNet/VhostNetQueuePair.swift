@@ -334,10 +334,10 @@ public typealias MacvtapQueuePair = VirtioNetQueuePair<VhostNetDevice, MacvtapPo
 extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == MacvtapPort {
     /// Opens a queue of the macvtap `name` (created in bridge mode on `parent` when it does not
     /// exist, and deleted again when the pair goes) and starts the pair on `/dev/vhost-net` with it.
-    public convenience init(_ configuration: Configuration, macvtap name: String, on parent: String,
+    public convenience init(_ configuration: Configuration, macvtap name: String, on parent: String, hardwareAddress: [UInt8]? = nil,
                             logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
         try configuration.validate()
-        let port = try MacvtapPort(name: name, parent: parent, observer: configuration.observer)
+        let port = try MacvtapPort(name: name, parent: parent, hardwareAddress: hardwareAddress, observer: configuration.observer)
         let device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
         try self.init(configuration, device: device, port: port, logger: logger)
     }

@@ -19,8 +19,14 @@ struct Attach: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Option(help: "The tap interface to attach to.")
-    var tap: String
+    @Option(help: "The tap interface to attach to (with --macvtap: the macvtap's name).")
+    var tap: String?
+
+    @Option(help: "Use a macvtap named by --tap on this parent interface as the backend (created in bridge mode when missing, and removed at exit then).")
+    var macvtap: String?
+
+    @Option(name: .customLong("packet-socket"), help: "Use a raw packet socket bound to this interface as the backend (vhost adds the virtio-net header: VHOST_NET_F_VIRTIO_NET_HDR is negotiated).")
+    var packetSocket: String?
 
     @Flag(help: "Create the tap (it must not exist yet). Without it, the tap must exist.")
     var create = false
@@ -71,7 +77,17 @@ struct Attach: ParsableCommand {
         if let ip, IPv4Interface(parsing: ip) == nil {
             throw ValidationError("--ip \(ip) is not an IPv4 address with prefix: write e.g. 10.0.0.2/24")
         }
-        do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
+        guard (tap == nil) != (packetSocket == nil) else {
+            throw ValidationError("give --tap NAME (a tap, or with --macvtap PARENT the macvtap's name), or --packet-socket IFACE")
+        }
+        if let tap { do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") } }
+        if macvtap != nil || packetSocket != nil {
+            if create || keep { throw ValidationError("--create and --keep apply to taps; a macvtap is created when missing, a packet socket's interface must exist") }
+        }
+        if packetSocket != nil && queues != 1 { throw ValidationError("--packet-socket carries one queue pair: every socket bound to an interface sees every frame") }
+        for name in [macvtap, packetSocket].compactMap({ $0 }) where !Tap.exists(name: name) {
+            throw ValidationError("\(name): no such interface")
+        }
         guard (1...256).contains(queues) else { throw ValidationError("--queues \(queues): use 1 to 256") }
         if keep && !create { throw ValidationError("--keep only applies with --create") }
         if let user, UserSpec(parsing: user) == nil {
@@ -91,19 +107,21 @@ struct Attach: ParsableCommand {
     func attach() throws {
         let logger = common.makeLogger()
         try requireNetworkAdministration("vhostctl attach")
-        let exists = Tap.exists(name: tap)
-        if create && exists {
-            throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; drop --create to attach to it, or choose another name")
-        }
-        if !create && !exists {
-            throw VhostError.tap(name: tap, problem: .missing, reason: "does not exist; add --create to create it")
+        if let tap, macvtap == nil {
+            let exists = Tap.exists(name: tap)
+            if create && exists {
+                throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; drop --create to attach to it, or choose another name")
+            }
+            if !create && !exists {
+                throw VhostError.tap(name: tap, problem: .missing, reason: "does not exist; add --create to create it")
+            }
         }
         // Read and open files before any setup, so that a bad file leaves nothing half set up.
         let replayFrames = try replay.map { path throws(VhostError) in try readPcapFrames(path: path) } ?? []
         let writer = try pcap.map { path throws(VhostError) in try PcapWriter(path: path) }
         let dropTo = user.flatMap(UserSpec.init(parsing:))
 
-        var config = VhostNetEndpoint.Configuration(tapName: tap)
+        var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queues
         datapath.apply(to: &config.datapath)
         config.mac = MACAddress(parsing: mac)!
@@ -111,10 +129,30 @@ struct Attach: ParsableCommand {
         config.udpEchoPort = udpEcho
         config.datapath.observer = common.observer
         config.datapath.devicePath = common.device
-        let endpoint = try VhostNetEndpoint(config, logger: logger)
+        if let parent = macvtap {
+            let endpoint = try VirtioNetEndpoint<VhostNetDevice, MacvtapPort>(config, macvtapOn: parent, logger: logger)
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
+        } else if let interface = packetSocket {
+            // A packet socket carries no virtio-net header: vhost adds and strips it.
+            config.datapath.features.insert(.vhostNetVirtioNetHeader)
+            let endpoint = try VirtioNetEndpoint<VhostNetDevice, PacketSocketPort>(config, packetSocketOn: interface, logger: logger)
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "a packet socket on \(interface)")
+        } else {
+            let endpoint = try VhostNetEndpoint(config, logger: logger)
+            if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
+            if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "tap \(endpoint.tapName)")
+            if create && !keep { print("tap \(tap!) removed") }
+        }
+        // The endpoint, its taps and fds go away here: a created, non-persistent tap disappears.
+    }
+
+    /// Runs the endpoint until stopped: workers pinned, privileges dropped, replay, the event
+    /// loop with counter lines, then the stop.
+    func serve<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [[UInt8]],
+                                                                      writer: PcapWriter?, dropTo: UserSpec?, backend: String) throws {
+        let config = endpoint.configuration
         try datapath.finishSetup(endpoint)
-        if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
-        if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
         // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
         if let workerCPU { for worker in VhostWorkerThread.findAll() { try worker.pin(to: workerCPU) } }
         let workers = VhostWorkerThread.findAll()
@@ -122,7 +160,7 @@ struct Attach: ParsableCommand {
         if let dropTo { try dropTo.drop() }
 
         let pair = endpoint.pairs[0]
-        print("attached to \(endpoint.tapName): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
+        print("attached to \(endpoint.interfaceName) (\(backend)): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
         print("negotiated: \(pair.negotiatedFeatures)")
         for worker in workers { print("worker \(worker)") }
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
@@ -167,12 +205,11 @@ struct Attach: ParsableCommand {
         try endpoint.stop()
         let signal = stopSignal.load(ordering: .relaxed)
         print(counterLine(endpoint))
-        print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached\(create && !keep ? "; tap \(tap) removed" : "")")
+        print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached")
         if let writer { print("wrote \(writer.frames) frames to \(writer.path)") }
-        // The endpoint, its taps and fds go away here: a created, non-persistent tap disappears.
     }
 
-    func counterLine(_ endpoint: VhostNetEndpoint) -> String {
+    func counterLine<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>) -> String {
         let rx = endpoint.receiveCounters, tx = endpoint.transmitCounters, r = endpoint.responder.counters
         return "rx \(rx.frames) frames \(rx.bytes) bytes drops \(rx.drops) | tx \(tx.frames) frames \(tx.bytes) bytes drops \(tx.drops) | kicks \(rx.kicks + tx.kicks) calls \(rx.calls + tx.calls) | arp \(r.arpReplies) icmp \(r.icmpEchoReplies) udp \(r.udpEchoes)"
     }

@@ -81,7 +81,7 @@ struct DatapathOptions: ParsableArguments {
     }
 
     /// What `apply` cannot set before start: busy-loop timeout and dirty logging.
-    func finishSetup(_ endpoint: VhostNetEndpoint) throws {
+    func finishSetup<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>) throws {
         for pair in endpoint.pairs {
             if let busyloopTimeout {
                 try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.receiveQueueIndex, microseconds: busyloopTimeout)

@@ -183,6 +183,32 @@ else
     fail "--worker-cpu" "workers reported $workers, pinned per /proc $pinned: $(cat /tmp/pin.log | tr '\n' ' ')"
 fi
 
+# ---- other backends: a macvtap on a dummy parent, a raw packet socket on a veth ----------------
+hostip link add vhdum1 type dummy && hostip link set vhdum1 up
+hostip link add vhmvl1 link vhdum1 type macvlan mode bridge && ip addr add 10.0.7.1/24 dev vhmvl1 && ip link set vhmvl1 up
+vhostctl attach --tap vhmvt1 --macvtap vhdum1 --ip 10.0.7.2/24 --stats 0 >/tmp/mvt.log 2>&1 &
+pid=$!
+i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/mvt.log; do sleep 0.1; i=$((i + 1)); done
+if ping -c 3 -W 3 10.0.7.2 >/dev/null 2>&1 && grep -q "^attached to vhmvt1 (macvtap vhmvt1 on vhdum1)" /tmp/mvt.log; then
+    pass "--macvtap: attach on a macvtap of a dummy parent answers ping from its sibling macvlan"
+else
+    fail "--macvtap" "$(cat /tmp/mvt.log | tr '\n' ' ')"
+fi
+kill -TERM $pid; wait_for_exit $pid
+if ip link show vhmvt1 >/dev/null 2>&1; then fail "--macvtap removes the macvtap it created"; else pass "--macvtap removes the macvtap it created"; fi
+hostip link del vhmvl1; hostip link del vhdum1
+hostip link add vhve0 type veth peer name vhve1 && ip link set vhve0 up && ip addr add 10.0.8.1/24 dev vhve1 && ip link set vhve1 up
+vhostctl attach --packet-socket vhve0 --ip 10.0.8.2/24 --stats 0 >/tmp/ps.log 2>&1 &
+pid=$!
+i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/ps.log; do sleep 0.1; i=$((i + 1)); done
+if ping -c 3 -W 3 10.0.8.2 >/dev/null 2>&1 && grep -q "VHOST_NET_F_VIRTIO_NET_HDR" /tmp/ps.log; then
+    pass "--packet-socket: attach through a raw packet socket on a veth answers ping from its peer"
+else
+    fail "--packet-socket" "$(cat /tmp/ps.log | tr '\n' ' ')"
+fi
+kill -TERM $pid; wait_for_exit $pid
+hostip link del vhve0
+
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
 vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
