@@ -64,6 +64,9 @@ public protocol VhostBackend: ~Copyable {
     func setBackend<Port: NetworkPort & ~Copyable>(index: UInt32, _ port: borrowing Port) throws(VhostError)
     /// `VHOST_NET_SET_BACKEND` with fd -1: detaches the vring's backend.
     func detachBackend(index: UInt32) throws(VhostError)
+    /// The fd device-IOTLB messages are read from and written to (the vhost fd itself), or nil
+    /// for a device without an IOTLB.
+    var iotlbDescriptor: Int32? { get }
 }
 
 /// Which of a vring's eventfds.

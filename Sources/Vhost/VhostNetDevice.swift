@@ -21,6 +21,8 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     public var observer: IoctlObserver?
 
     public var backendName: String { path }
+    /// The vhost fd carries the IOTLB messages (vhost.c vhost_chr_read_iter, vhost_chr_write_iter).
+    public var iotlbDescriptor: Int32? { fd.rawValue }
 
     /// Opens the device. ENOENT → "load it with modprobe vhost_net"; EACCES/EPERM → "needs root".
     public init(path: String = VhostNetDevice.defaultPath, observer: IoctlObserver? = nil) throws(VhostError) {

@@ -177,3 +177,87 @@ let extendedFeatureTests: [KernelTest] = [
         }
     },
 ]
+
+/// Device IOTLB (VIRTIO_F_ACCESS_PLATFORM with VHOST_BACKEND_F_IOTLB_MSG_V2).
+let iotlbTests: [KernelTest] = [
+    KernelTest(name: "iotlb: traffic flows with IOVA ≠ GPA — ring and buffer addresses are IOVAs, every MISS answered with a page-granular UPDATE") {
+        let offset: UInt64 = 0x40_0000_0000
+        let p = try pair("vht-iotlb") { $0.features = [.version1, .eventIndex, .accessPlatform]; $0.iovaOffset = offset; $0.queueSize = 128 }
+        let backend = try p.device.backendFeatures()
+        try expect(backend.contains(.iotlbMessageV2), "GET_BACKEND_FEATURES 0x\(String(backend.rawValue, radix: 16)) lacks IOTLB_MSG_V2")
+        let host = try KernelHostSide(p)
+        try transmitAndCompare(p, host: host, frames: 500)
+        try receiveAndCompare(p, host: host, frames: 200)
+        guard let iommu = p.iommu else { throw KernelTestFailure("no IOMMU") }
+        let address = p.withTransmitDriver { $0.ring.descriptor(0).address }
+        try expect(address >= offset, "descriptor 0 carries 0x\(String(address, radix: 16)), not an IOVA above 0x\(String(offset, radix: 16))")
+        try expect(iommu.misses.count > 0 && iommu.updates > 0 && iommu.failures.isEmpty,
+                   "misses \(iommu.misses.count), updates \(iommu.updates), failures \(iommu.failures)")
+        let pages = Set(iommu.misses.map { $0.iova & ~4095 })
+        say("  \(iommu.misses.count) MISSes over \(pages.count) pages answered with \(iommu.updates) UPDATEs (+ the preloaded rings); descriptors at IOVA 0x\(String(address, radix: 16))")
+        try expect(iommu.misses.allSatisfy { $0.iova >= offset }, "a MISS for an address below the IOVA offset: the kernel used a GPA")
+    },
+    KernelTest(name: "iotlb: an access without a mapping stalls the queue with a MISS for that IOVA and no ring error; answering it restarts the queue") {
+        let offset: UInt64 = 0x40_0000_0000
+        let p = try pair("vht-iomiss") { $0.features = [.version1, .eventIndex, .accessPlatform]; $0.iovaOffset = offset; $0.queueSize = 64 }
+        let host = try KernelHostSide(p)
+        try transmitAndCompare(p, host: host, frames: 100)
+        guard let iommu = p.iommu, let fd = p.device.iotlbDescriptor else { throw KernelTestFailure("no IOMMU") }
+        // The next TX chain's buffer: a page the kernel has not been given yet.
+        let head = p.withTransmitDriver { $0.nextFreeHead } ?? 0
+        let buffer = p.transmitQueue.queue.memory.buffers[Int(head)]
+        let iova = iommu.iova(buffer.guestAddress)
+        try iommu.setAccess(.read, pageOf: iova, fd: fd)      // drop the kernel's cached mapping
+        iommu.withhold(pageOf: iova)
+        let missesBefore = iommu.misses.count
+        _ = try p.post(count: 1) { _, b in TestFrame.write(777, into: b) }
+        var missed = false
+        let deadline = MonotonicClock.seconds() + 3
+        while !missed && MonotonicClock.seconds() < deadline {
+            missed = iommu.misses.dropFirst(missesBefore).contains { $0.iova & ~4095 == iova & ~4095 }
+            usleep(5000)
+        }
+        try expect(missed, "no MISS for IOVA 0x\(String(iova, radix: 16))")
+        try expect(host.nextTestFrame(milliseconds: 300) == nil, "the frame went out without a mapping")
+        let errors = p.takeRingErrors()
+        try expect(errors.isEmpty, "an unmapped page raised a ring error: \(errors)")
+        try iommu.release(pageOf: iova, fd: fd)
+        let frame = host.nextTestFrame(milliseconds: 3000)
+        try expect(frame == TestFrame.bytes(777), "the stalled frame did not go out after the UPDATE")
+        let miss = iommu.misses.last { $0.iova & ~4095 == iova & ~4095 }!
+        say("  \(miss) → queue stalled, no ring error; UPDATE → frame sent")
+    },
+    KernelTest(name: "iotlb: a write into a read-only mapping is refused — 'Translation failure' on the error eventfd, the frame not delivered") {
+        let offset: UInt64 = 0x40_0000_0000
+        let p = try pair("vht-iorow") { $0.features = [.version1, .eventIndex, .accessPlatform]; $0.iovaOffset = offset; $0.queueSize = 64 }
+        let host = try KernelHostSide(p)
+        guard let iommu = p.iommu, let fd = p.device.iotlbDescriptor else { throw KernelTestFailure("no IOMMU") }
+        // Every RX buffer read-only: the device cannot write a received frame anywhere.
+        for buffer in p.receiveQueue.queue.memory.buffers { try iommu.setAccess(.read, pageOf: iommu.iova(buffer.guestAddress), fd: fd) }
+        try host.send(TestFrame.bytes(5))
+        var events: [RingErrorEvent] = []
+        let deadline = MonotonicClock.seconds() + 3
+        while events.isEmpty && MonotonicClock.seconds() < deadline { events = p.takeRingErrors(); usleep(5000) }
+        try expect(events.first?.queue == "rx", "no RX ring error for a write into a read-only page: \(events)")
+        var got = 0
+        try p.receive(milliseconds: 200) { f in if TestFrame.sequence(of: f.frame) == 5 { got += 1 } }
+        try expect(got == 0, "the frame was delivered through a read-only mapping")
+        say("  \(events[0])")
+    },
+    KernelTest(name: "iotlb: beyond max_iotlb_entries the oldest mappings are evicted silently: a second pass over the same pages misses again") {
+        let limit = Int(KernelInfo.moduleParameter("vhost", "max_iotlb_entries") ?? "") ?? 2048
+        let offset: UInt64 = 0x40_0000_0000
+        // 4096 TX buffers of 2 KiB: 2048 pages, more than the limit with the rings.
+        let p = try pair("vht-ioevict") { $0.features = [.version1, .eventIndex, .accessPlatform]; $0.iovaOffset = offset; $0.queueSize = 4096 }
+        guard let iommu = p.iommu else { throw KernelTestFailure("no IOMMU") }
+        try p.transmit(count: 4096) { i, buffer in TestFrame.write(i, into: buffer) }
+        let firstPass = iommu.misses.count
+        try p.transmit(count: 4096) { i, buffer in TestFrame.write(i, into: buffer) }
+        let secondPass = iommu.misses.count - firstPass
+        let pages = Set(iommu.misses.map { $0.iova & ~4095 }).count
+        say("  max_iotlb_entries = \(limit); first pass \(firstPass) MISSes over \(pages) pages, second pass over the same buffers \(secondPass) MISSes; no error")
+        try expect(pages > limit, "only \(pages) pages were touched; the test needs more than \(limit)")
+        try expect(secondPass > 0, "no MISS in the second pass: nothing was evicted")
+        try expect(p.takeRingErrors().isEmpty && iommu.failures.isEmpty, "eviction raised an error")
+    },
+]

@@ -34,6 +34,8 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     public var observer: IoctlObserver?
 
     public var backendName: String { "in-process device" }
+    /// No IOTLB: the in-process device does not offer ACCESS_PLATFORM.
+    public var iotlbDescriptor: Int32? { nil }
 
     /// A device offering `features`, with the kernel's default `max_mem_regions` of 64.
     public init(features: VirtioFeatures = InProcessVhostNetDevice.defaultFeatures, maxMemoryRegions: Int = 64,

@@ -125,8 +125,15 @@ public struct QueueMemory: Sendable {
 
     /// What VHOST_SET_VRING_ADDR takes: the host addresses of the three parts, and with
     /// `logged` the used ring's guest-physical address for the dirty log.
-    public func vringAddresses(logged: Bool = false) -> VringAddresses {
-        VringAddresses(descriptors: HostAddress(descriptors.host), avail: HostAddress(avail.host), used: HostAddress(used.host),
-                       log: logged ? used.guestAddress : nil)
+    public func vringAddresses(logged: Bool = false, iovaOffset: UInt64? = nil) -> VringAddresses {
+        if let iovaOffset {
+            // With VIRTIO_F_ACCESS_PLATFORM the ring addresses are IOVAs (vhost.c vq_access_ok
+            // leaves them to the IOTLB), not host addresses.
+            return VringAddresses(descriptors: HostAddress(unchecked: descriptors.guestAddress.rawValue + iovaOffset),
+                                  avail: HostAddress(unchecked: avail.guestAddress.rawValue + iovaOffset),
+                                  used: HostAddress(unchecked: used.guestAddress.rawValue + iovaOffset), log: logged ? used.guestAddress : nil)
+        }
+        return VringAddresses(descriptors: HostAddress(descriptors.host), avail: HostAddress(avail.host), used: HostAddress(used.host),
+                              log: logged ? used.guestAddress : nil)
     }
 }

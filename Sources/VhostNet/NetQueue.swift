@@ -58,13 +58,17 @@ public struct NetQueue: ~Copyable {
     public internal(set) var counters = QueueCounters()
     /// Set when the device broke the protocol on this queue.
     public internal(set) var broken: RingViolation?
+    /// Added to every guest-physical address the device is given: the IOVA offset of an
+    /// emulated IOMMU (VIRTIO_F_ACCESS_PLATFORM), else 0.
+    public let addressOffset: UInt64
 
-    init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool, startIndex: UInt16 = 0) throws(VhostError) {
+    init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool, startIndex: UInt16 = 0, addressOffset: UInt64 = 0) throws(VhostError) {
         let kick = try EventFD(), call = try EventFD(), error = try EventFD()
         self.index = index
         self.memory = memory
         self.layout = layout
         self.headerLength = headerLength
+        self.addressOffset = addressOffset
         self.kick = kick
         self.call = call
         self.error = error
@@ -104,20 +108,21 @@ public struct NetQueue: ~Copyable {
     mutating func addChain(frameLength: Int, deviceWritable: Bool) -> UInt16? {
         guard let head = driver.nextFreeHead else { return nil }
         let buffer = memory.buffers[Int(head)]
+        func device(_ address: GuestAddress) -> UInt64 { address.rawValue + addressOffset }
         switch layout {
         case .inline:
-            return driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable)))
+            return driver.add(CollectionOfOne(BufferSegment(address: device(buffer.guestAddress), length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable)))
         case .separateHeader:
             let header = memory.headers[Int(head)]
-            return driver.add([BufferSegment(address: header.guestAddress.rawValue, length: UInt32(headerLength), deviceWritable: deviceWritable),
-                               BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(frameLength), deviceWritable: deviceWritable)])
+            return driver.add([BufferSegment(address: device(header.guestAddress), length: UInt32(headerLength), deviceWritable: deviceWritable),
+                               BufferSegment(address: device(buffer.guestAddress), length: UInt32(frameLength), deviceWritable: deviceWritable)])
         case .indirect:
             let header = memory.headers[Int(head)], table = memory.tables[Int(head)]
             // SAFETY: the table is guest memory of this head's, not in flight, so the device
             // does not read it until the avail entry that names it is published.
-            return driver.addIndirect([BufferSegment(address: header.guestAddress.rawValue, length: UInt32(headerLength), deviceWritable: deviceWritable),
-                                       BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(frameLength), deviceWritable: deviceWritable)],
-                                      table: table.host, tableAddress: table.guestAddress.rawValue)
+            return driver.addIndirect([BufferSegment(address: device(header.guestAddress), length: UInt32(headerLength), deviceWritable: deviceWritable),
+                                       BufferSegment(address: device(buffer.guestAddress), length: UInt32(frameLength), deviceWritable: deviceWritable)],
+                                      table: table.host, tableAddress: device(table.guestAddress))
         }
     }
 

@@ -76,11 +76,11 @@ extension NetQueue {
                 let d = ring.descriptor(index)
                 if d.flags.contains(.indirect) {
                     if d.length % 16 != 0 { return "head \(head): indirect table of \(d.length) bytes, not a multiple of 16 (get_indirect)" }
-                    if !memory.contains(guest: d.address, length: Int(d.length)) {
+                    if !memory.contains(guest: d.address &- addressOffset, length: Int(d.length)) {
                         return "head \(head): indirect table at gpa 0x\(String(d.address, radix: 16)) (+\(d.length)) is outside the memory table (translate_desc: EFAULT)"
                     }
                 } else {
-                    if d.length > 0 && !memory.contains(guest: d.address, length: Int(d.length)) {
+                    if d.length > 0 && !memory.contains(guest: d.address &- addressOffset, length: Int(d.length)) {
                         return "descriptor \(index) of head \(head) points at gpa 0x\(String(d.address, radix: 16)) (+\(d.length)), outside the memory table (translate_desc: EFAULT)"
                     }
                     let writable = d.flags.contains(.write)

@@ -25,6 +25,9 @@ public struct QueuePairConfiguration: Sendable {
     /// TSO needs room for 64 KiB frames: MRG_RXBUF, or buffers of at least 65562 bytes.
     public var receiveOffloads: Tap.Offloads = []
     public var notificationMode: NotificationMode = .interrupt
+    /// With VIRTIO_F_ACCESS_PLATFORM: the IOVA offset of the emulated IOMMU (IOVA = GPA + offset),
+    /// which answers the device's IOTLB misses page by page. Nil: no IOMMU.
+    public var iovaOffset: UInt64? = nil
     /// Where both indices of both rings start (`VHOST_SET_VRING_BASE`, and `used->idx` before
     /// the backend is attached): near 65535 to cross the 16-bit wrap early.
     public var ringBase: UInt16 = 0
@@ -50,6 +53,9 @@ public struct QueuePairConfiguration: Sendable {
         }
         if features.contains(.logAll) {
             throw .invalidArgument("VHOST_F_LOG_ALL needs a dirty log (VHOST_SET_LOG_BASE) first, or the kernel fails with EFAULT: start without it and call enableDirtyLog()")
+        }
+        if (iovaOffset != nil) != features.contains(.accessPlatform) {
+            throw .invalidArgument(iovaOffset != nil ? "an IOMMU (IOVA offset) needs VIRTIO_F_ACCESS_PLATFORM negotiated" : "VIRTIO_F_ACCESS_PLATFORM needs an IOMMU to answer the device's IOTLB misses: give an IOVA offset")
         }
         if descriptorLayout == .indirect && !features.contains(.indirectDescriptors) {
             throw .invalidArgument("indirect descriptors need VIRTIO_F_INDIRECT_DESC negotiated")
@@ -124,13 +130,23 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
             throw .invalidArgument("guest memory has \(layout.count) regions but the vhost module allows \(limit) (max_mem_regions in /sys/module/vhost/parameters)")
         }
         var memory = try GuestMemory(layout: layout, backing: configuration.memoryBacking)
+        var pendingIOMMU: EmulatedIOMMU? = nil
         let eventIndex = features.contains(.eventIndex), inOrder = features.contains(.inOrder)
         let rx = try NetQueue(index: VhostNetDevice.receiveQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
-                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase)
+                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
+                              addressOffset: configuration.iovaOffset ?? 0)
         let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
-                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase)
+                              headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
+                              addressOffset: configuration.iovaOffset ?? 0)
+        if let offset = configuration.iovaOffset {
+            let iommu = EmulatedIOMMU(offset: offset)
+            iommu.map(rx.memory, deviceWrites: true)
+            iommu.map(tx.memory, deviceWrites: false)
+            pendingIOMMU = iommu
+        }
         session = try VhostNetSession(device: device, port: port, memory: memory, features: features, highFeatures: configuration.highFeatures,
                                       receive: rx, transmit: tx, logger: logger)
+        session.iommu = pendingIOMMU
         receiveQueue = ReceiveQueue(rx, mergeable: features.contains(.netMergeableRxBuffers))
         transmitQueue = TransmitQueue(tx)
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
@@ -150,6 +166,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// The socket the vrings carry frames through, borrowed.
     public var port: Port { _read { yield session.port } }
     public var offeredFeatures: VirtioFeatures { session.offeredFeatures }
+    /// The emulated IOMMU (with VIRTIO_F_ACCESS_PLATFORM), for inspection and fault tests.
+    public var iommu: EmulatedIOMMU? { session.iommu }
     public var negotiatedFeatures: VirtioFeatures { session.negotiatedFeatures }
     /// What was negotiated above bit 63.
     public var negotiatedHighFeatures: HighFeatures { session.negotiatedHighFeatures }
@@ -267,7 +285,15 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// Ring errors the device signalled since the last call (vq_err on the error eventfds of RX
     /// and TX), each with the likely cause. The queue the device stopped goes on after a kick.
     public func takeRingErrors() -> [RingErrorEvent] {
-        [receiveQueue.queue.takeRingError(), transmitQueue.queue.takeRingError()].compactMap { $0 }
+        var events = [receiveQueue.queue.takeRingError(), transmitQueue.queue.takeRingError()].compactMap { $0 }
+        if session.iommu != nil {
+            // With an IOMMU the device may have been refused an access the rings allow: a
+            // write into a read-only page is vq_err "Translation failure" (vhost.c translate_desc, -EPERM).
+            for i in events.indices where events[i].likelyCause.hasPrefix("every published chain follows the rules") {
+                events[i].likelyCause = "every published chain follows the rules; the IOMMU may map a page the device needed without the permission (vhost.c: \"Translation failure\")"
+            }
+        }
+        return events
     }
 
     /// The error eventfds, for an event loop to watch (readable when the device signals `vq_err`).

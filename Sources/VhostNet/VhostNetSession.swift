@@ -32,6 +32,8 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     public private(set) var running = false
     /// The dirty log, once enabled; released after the device, like `memory`.
     public private(set) var dirtyLog: DirtyLog?
+    /// The emulated IOMMU answering the device's IOTLB misses (VIRTIO_F_ACCESS_PLATFORM), if any.
+    public internal(set) var iommu: EmulatedIOMMU?
     let logger: Logger
 
     /// The device, borrowed.
@@ -98,6 +100,17 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         // rings inside it) from its own thread until it is closed; the session owns `memory` and
         // closes the device first (deinit).
         try device.setMemoryTable(memory.map.memoryTable)
+        if let iommu {
+            // Every SET_FEATURES with ACCESS_PLATFORM starts an empty IOTLB (net.c
+            // vhost_net_set_features → vhost_init_device_iotlb); the rings must be mapped again
+            // before the backend is attached, and MISSes answered from then on.
+            guard let fd = device.iotlbDescriptor else {
+                throw .unsupportedByKernel("\(device.backendName) has no device IOTLB for VIRTIO_F_ACCESS_PLATFORM")
+            }
+            try iommu.preload(receive.memory.ringBlock, fd: fd, observer: nil)
+            try iommu.preload(transmit.memory.ringBlock, fd: fd, observer: nil)
+            iommu.start(fd: fd, observer: nil)
+        }
         try configureVring(receive, base: bases.receive)
         try configureVring(transmit, base: bases.transmit)
         // vhost-net's sock_hlen: the socket side carries the header unless vhost adds it
@@ -126,7 +139,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     private func configureVring(_ queue: borrowing NetQueue, base: UInt16) throws(VhostError) {
         try device.setVringNum(index: queue.index, num: UInt32(queue.driver.queueSize))
         try device.setVringBase(index: queue.index, base: UInt32(base))
-        try device.setVringAddress(index: queue.index, queue.memory.vringAddresses(logged: dirtyLog != nil))
+        try device.setVringAddress(index: queue.index, queue.memory.vringAddresses(logged: dirtyLog != nil, iovaOffset: iommu?.offset))
         try device.setVringKick(index: queue.index, queue.kick)
         try device.setVringCall(index: queue.index, queue.call)
     }
@@ -136,6 +149,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     func stop(receive: UInt32, transmit: UInt32) throws(VhostError) -> VringBases? {
         guard running else { return nil }
         running = false
+        iommu?.stop()
         try device.detachBackend(index: receive)
         try device.detachBackend(index: transmit)
         let rx = try device.vringBase(index: receive), tx = try device.vringBase(index: transmit)
@@ -193,11 +207,13 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         try device.setLogBase(log.hostAddress)
         dirtyLog = log
         try applyFeatures(.logAll)
-        try device.setVringAddress(index: receive.index, receive.memory.vringAddresses(logged: true))
-        try device.setVringAddress(index: transmit.index, transmit.memory.vringAddresses(logged: true))
+        try device.setVringAddress(index: receive.index, receive.memory.vringAddresses(logged: true, iovaOffset: iommu?.offset))
+        try device.setVringAddress(index: transmit.index, transmit.memory.vringAddresses(logged: true, iovaOffset: iommu?.offset))
     }
 
     deinit {
+        // The IOMMU's thread reads the device's fd: it stops first.
+        iommu?.stop()
         // Closing the device stops its worker and drops its hold on our memory (net.c
         // vhost_net_release; the in-process device joins its thread). Only then may `memory`
         // and `dirtyLog` be unmapped, which Swift does after this body.
