@@ -7,7 +7,7 @@ import SystemPackage
 public enum RouteNetlink {
     static let newLink: UInt16 = 16, deleteLink: UInt16 = 17
     static let request: UInt16 = 0x1, acknowledge: UInt16 = 0x4, exclusive: UInt16 = 0x200, create: UInt16 = 0x400
-    static let address: UInt16 = 1, interfaceName: UInt16 = 3, link: UInt16 = 5, linkInfo: UInt16 = 18
+    static let address: UInt16 = 1, interfaceName: UInt16 = 3, link: UInt16 = 5, master: UInt16 = 10, linkInfo: UInt16 = 18
     static let infoKind: UInt16 = 1, infoData: UInt16 = 2, macvlanMode: UInt16 = 1
 
     /// macvlan/macvtap modes (if_link.h MACVLAN_MODE_*).
@@ -27,6 +27,14 @@ public enum RouteNetlink {
         // struct ifinfomsg: family, pad, type, index, flags = IFF_UP, change = IFF_UP.
         let header: [UInt8] = [0, 0, 0, 0] + le32(0) + le32(1) + le32(1)
         try send(type: newLink, flags: request | acknowledge | exclusive | create, body: header + attributes, what: "create \(kind) link \(name)")
+    }
+
+    /// Makes `name` a port of the bridge `bridge` (IFLA_MASTER on an existing link).
+    public static func setMaster(_ name: String, bridge: String) throws(VhostError) {
+        let index = try NetworkInterface(name: name).index()
+        let header: [UInt8] = [0, 0, 0, 0] + le32(UInt32(bitPattern: index)) + le32(1) + le32(1)
+        try send(type: newLink, flags: request | acknowledge,
+                 body: header + attribute(master, u32: UInt32(bitPattern: try NetworkInterface(name: bridge).index())), what: "put \(name) in bridge \(bridge)")
     }
 
     /// Deletes the link `name`.

@@ -28,6 +28,10 @@ public struct Tap: ~Copyable {
         public static let ufo = Self(rawValue: UInt32(TUN_F_UFO))
         public static let uso4 = Self(rawValue: 0x20)
         public static let uso6 = Self(rawValue: 0x40)
+        /// `TUN_F_UDP_TUNNEL_GSO` (Linux 6.17): UDP-tunnel GSO frames, with a 24-byte header.
+        public static let udpTunnelGSO = Self(rawValue: 0x80)
+        /// `TUN_F_UDP_TUNNEL_GSO_CSUM` (Linux 6.17): with the outer UDP checksum offloaded too.
+        public static let udpTunnelGSOChecksum = Self(rawValue: 0x100)
     }
 
     public let fd: Int32

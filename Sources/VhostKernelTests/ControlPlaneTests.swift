@@ -146,29 +146,57 @@ let extendedFeatureTests: [KernelTest] = [
             say("  this kernel has none: \(error); the 64-bit fallback gives \(words.map { "0x" + String($0, radix: 16) })")
         }
     },
-    KernelTest(name: "tunnel: a VXLAN-encapsulated 64 KiB TCP frame goes out whole with the 24-byte header (UDP-tunnel GSO, 7.x); elsewhere a clear \"this kernel has no\" message") {
+    KernelTest(name: "tunnel: a VXLAN-encapsulated 64 KiB TCP frame goes out and comes in with the 24-byte header and its GSO fields, checked on the host side (UDP-tunnel GSO, 7.x); elsewhere a clear \"this kernel has no\" message") {
         do {
-            let p = try pair("vht-tnl") { $0.features = [.version1, .eventIndex]; $0.highFeatures = [.netHostUDPTunnelGSO]; $0.bufferSize = 65536 + 1024; $0.queueSize = 16 }
+            let p = try pair("vht-tnl") {
+                $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
+                $0.highFeatures = [.netHostUDPTunnelGSO, .netGuestUDPTunnelGSO]
+                $0.receiveOffloads = [.checksum, .tso4, .tso6, .udpTunnelGSO]
+                $0.queueSize = 256
+            }
             let tapHeader = try p.tap.vnetHeaderSize()
             try expect(p.headerLength == 24 && tapHeader == 24, "header length \(p.headerLength), the tap's \(tapHeader)")
-            let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
-            socket.setBuffers(bytes: 16 << 20)
+            // The host side: a second tap with the 24-byte header, bridged with ours. What it reads
+            // carries the GSO fields the host stack kept; what it writes reaches ours as one GSO frame.
+            let far = try Tap(name: "vht-tnlfar")
+            try far.setVnetHeaderSize(24)
+            try far.setOffloads([.checksum, .tso4, .tso6, .udpTunnelGSO])
+            try far.setLinkUp(true)
+            try RouteNetlink.createLink("vhbr0", kind: "bridge")
+            defer { try? RouteNetlink.removeLink("vhbr0") }
+            try RouteNetlink.setMaster(p.tap.name, bridge: "vhbr0")
+            try RouteNetlink.setMaster("vht-tnlfar", bridge: "vhbr0")
             let errorsBefore = try statistic(p.tap.name, "rx_frame_errors")
             let (frame, header) = vxlanTCPFrame(payload: 60_000)
             try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             var seen: [UInt8]? = nil
             let deadline = MonotonicClock.seconds() + 5
             while seen == nil && MonotonicClock.seconds() < deadline {
-                if let f = socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 { seen = f }
+                if let message = far.readFrame(milliseconds: 500), message.count > 60_000 { seen = message }
             }
             let errors = try statistic(p.tap.name, "rx_frame_errors") - errorsBefore
             try expect(errors == 0, "tun rejected the tunnel header (rx_frame_errors +\(errors))")
             guard let seen else { throw KernelTestFailure("no VXLAN frame over 60,000 bytes reached the host side") }
-            try expect(seen.count == frame.count && Array(seen[104...]) == Array(frame[104...]) && Array(seen[..<84]) == Array(frame[..<84]),
-                       "the frame differs on the host side (\(seen.count) bytes, sent \(frame.count))")
-            say("  one \(seen.count)-byte VXLAN/TCP GSO frame (gso_type 0x21, outer_th 34, inner_nh 64) on the host side, no tun frame errors")
+            let hostHeader = VirtioNetHeader(bytes: Array(seen.prefix(24)))
+            let hostFrame = Array(seen.dropFirst(24))
+            try expect(hostHeader.gsoType == 0x21 && hostHeader.gsoSize == 1400 && hostHeader.outerTransportOffset == 34 && hostHeader.innerNetworkOffset == 64,
+                       "the host side saw GSO fields \(hostHeader)")
+            try expect(hostFrame.count == frame.count && Array(hostFrame[104...]) == Array(frame[104...]), "the frame differs on the host side")
+            say("  out: the host side read one \(hostFrame.count)-byte frame with gso_type 0x\(String(hostHeader.gsoType, radix: 16)), gso_size \(hostHeader.gsoSize), outer_th \(hostHeader.outerTransportOffset), inner_nh \(hostHeader.innerNetworkOffset)")
+            // In: the host side sends the same GSO frame; it must arrive in our ring as one frame.
+            try far.writeFrame(header.bytes(length: 24) + frame)
+            var received: (VirtioNetHeader, [UInt8])? = nil
+            let until = MonotonicClock.seconds() + 5
+            while received == nil && MonotonicClock.seconds() < until {
+                try p.receive(milliseconds: 300) { f in if f.frame.count > 60_000 { received = (f.header, [UInt8](f.frame)) } }
+            }
+            guard let (inHeader, inFrame) = received else { throw KernelTestFailure("no VXLAN GSO frame arrived in the RX ring") }
+            try expect(inHeader.gsoType == 0x21 && inHeader.gsoSize == 1400 && inHeader.outerTransportOffset == 34 && inHeader.innerNetworkOffset == 64,
+                       "the ring's header: \(inHeader)")
+            try expect(inFrame.count == frame.count && Array(inFrame[104...]) == Array(frame[104...]), "the received frame differs")
+            say("  in: one \(inFrame.count)-byte frame in \(inHeader.numBuffers) buffers with gso_type 0x\(String(inHeader.gsoType, radix: 16)), outer_th \(inHeader.outerTransportOffset), inner_nh \(inHeader.innerNetworkOffset)")
         } catch let error as VhostError {
-            guard case .unsupportedByKernel = error, error.description.contains("this kernel has no NET_F_HOST_UDP_TUNNEL_GSO") else {
+            guard case .unsupportedByKernel = error, error.description.contains("this kernel has no NET_F_") else {
                 throw KernelTestFailure("unexpected error: \(error)")
             }
             try expect(kernelVersion() < (6, 17), "kernel \(kernelVersion()) should offer UDP-tunnel GSO")

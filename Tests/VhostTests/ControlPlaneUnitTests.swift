@@ -1,0 +1,58 @@
+import Testing
+@testable import Vhost
+import Virtio
+
+@Suite("Control-plane formats against annotated bytes")
+struct ControlPlaneUnitTests {
+    @Test("vhost_msg_v2 with a vhost_iotlb_msg: 72 bytes, type 2, iova/size/uaddr at 8/16/24, perm and type at 32/33")
+    func iotlbMessageBytes() throws {
+        let update = IOTLBMessage(kind: .update, iova: 0x40_4004_2000, length: 0x1000, userAddress: 0x7f12_3456_7000, access: .readWrite)
+        let bytes = update.encoded()
+        #expect(bytes.count == 72)
+        #expect(Array(bytes[0..<8]) == [0x02, 0, 0, 0, /* asid */ 0, 0, 0, 0])
+        #expect(Array(bytes[8..<16]) == [0x00, 0x20, 0x04, 0x40, 0x40, 0, 0, 0])   // iova 0x4040042000
+        #expect(Array(bytes[16..<24]) == [0x00, 0x10, 0, 0, 0, 0, 0, 0])           // size 4096
+        #expect(Array(bytes[24..<32]) == [0x00, 0x70, 0x56, 0x34, 0x12, 0x7f, 0, 0]) // uaddr
+        #expect(bytes[32] == 0x3 && bytes[33] == 2)                                 // VHOST_ACCESS_RW, VHOST_IOTLB_UPDATE
+        #expect(bytes[34...].allSatisfy { $0 == 0 })
+        #expect(IOTLBMessage(decoding: bytes) == update)
+        // A MISS as the kernel writes it (vhost_iotlb_miss): V2, iova only, perm = the access wanted.
+        var miss = [UInt8](repeating: 0, count: 72)
+        miss[0] = 2; miss[8] = 0x34; miss[9] = 0x12; miss[32] = 2; miss[33] = 1
+        #expect(IOTLBMessage(decoding: miss) == IOTLBMessage(kind: .miss, iova: 0x1234, access: .write))
+        #expect(IOTLBMessage(decoding: [UInt8](repeating: 0, count: 72)) == nil, "type 0 is no message")
+    }
+
+    @Test("feature bits above 63: names, parsing, and the 24-byte tunnel header length")
+    func highFeatures() {
+        let offered = HighFeatures(rawValue: 0xa)   // 7.2's word 1
+        #expect(offered.featureNames == ["NET_F_GUEST_UDP_TUNNEL_GSO", "NET_F_HOST_UDP_TUNNEL_GSO"])
+        #expect(HighFeatures.parse("HOST_UDP_TUNNEL_GSO") == .netHostUDPTunnelGSO)
+        #expect(HighFeatures.parse("67") == .netHostUDPTunnelGSO)
+        #expect(HighFeatures.parse("EVENT_IDX") == nil)
+        #expect(HighFeatures.netHostUDPTunnelGSO.netHeaderLength == 24 && HighFeatures().netHeaderLength == nil)
+    }
+
+    @Test("virtio_net_hdr_v1_hash_tunnel: 24 bytes, outer_th_offset at 20, inner_nh_offset at 22")
+    func tunnelHeaderBytes() {
+        var header = VirtioNetHeader(flags: .needsChecksum, gsoType: 0x21, headerLength: 104, gsoSize: 1400, checksumStart: 84, checksumOffset: 16, numBuffers: 1)
+        header.outerTransportOffset = 34
+        header.innerNetworkOffset = 64
+        let bytes = header.bytes(length: 24)
+        #expect(bytes == [0x01, 0x21, 104, 0, 0x78, 0x05, 84, 0, 16, 0, 1, 0,
+                          0, 0, 0, 0, 0, 0, 0, 0,    // hash value, hash report, padding
+                          34, 0, 64, 0])
+        #expect(VirtioNetHeader(bytes: bytes) == header)
+    }
+
+    @Test("the dirty log is read and cleared word by word: every set bit once, as a page address")
+    func dirtyLogSync() throws {
+        let log = try DirtyLog(coveringGuestBytes: 1 << 30)
+        let words = log.base.assumingMemoryBound(to: UInt64.self)
+        words[0] = 0b101            // pages 0 and 2
+        words[3] = 1 << 63          // page 255
+        #expect(log.sync() == [GuestAddress(0), GuestAddress(2 * 4096), GuestAddress(255 * 4096)])
+        #expect(log.sync().isEmpty, "sync clears what it returned")
+        #expect(log.dirtyPages == 0)
+    }
+}
