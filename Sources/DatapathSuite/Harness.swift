@@ -62,48 +62,13 @@ public struct KernelHarness: DatapathHarness {
     }
 }
 
-/// The tap's host side: a packet socket bound to it, and its statistics.
-public final class KernelHostSide: HostSide {
-    let socket: PacketSocket
-    let tapName: String
-    let baseline: UInt64
-
-    /// Opens the packet socket before any frame is sent, so none is missed.
-    public init(_ pair: VhostNetQueuePair) throws {
-        socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
-        socket.setBuffers(bytes: 8 << 20)
-        tapName = pair.tap.name
-        baseline = KernelInfo.interfaceStatistic(tapName, "rx_packets") ?? 0
-    }
-
-    public func send(_ frame: [UInt8]) throws { try socket.send(frame) }
-
-    public func nextTestFrame(milliseconds: Int32) -> [UInt8]? {
-        let deadline = now() + Double(milliseconds) / 1000
-        repeat {
-            guard let frame = socket.receive(milliseconds: max(1, Int32((deadline - now()) * 1000))) else { return nil }
-            if EthernetFrame.etherType(of: frame) == EthernetFrame.experimentalType { return frame }
-        } while now() < deadline
-        return nil
-    }
-
-    /// The tap counts a frame from vhost in rx_packets before vhost marks it used (tun_sendmsg),
-    /// so the count is complete once `transmit` returned: no wait.
-    public func transmittedCount(waitingFor expected: UInt64, milliseconds: Int) throws -> UInt64 {
-        guard let value = KernelInfo.interfaceStatistic(tapName, "rx_packets") else {
-            throw TestFailure("cannot read /sys/class/net/\(tapName)/statistics/rx_packets")
-        }
-        return value - baseline
-    }
-}
-
 /// The host stack's side of any interface: a packet socket bound to it (for backends other than
 /// a tap: a macvtap's sibling, a packet socket's interface).
-public final class KernelHostSideOnInterface: HostSide {
+public class KernelHostSideOnInterface: HostSide {
     let socket: PacketSocket
 
-    /// Opens the packet socket on `interface` before any frame is sent.
-    public init(_ pair: some QueuePairDatapath, interface: String) throws {
+    /// Opens the packet socket on `interface` before any frame is sent, so none is missed.
+    public init(interface: String) throws {
         socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: interface).index())
         socket.setBuffers(bytes: 8 << 20)
     }
@@ -121,6 +86,27 @@ public final class KernelHostSideOnInterface: HostSide {
 
     public func transmittedCount(waitingFor expected: UInt64, milliseconds: Int) throws -> UInt64 {
         throw TestFailure("an interface's host side counts frames with nextTestFrame, not with statistics")
+    }
+}
+
+/// The tap's host side: a packet socket bound to it, and its statistics.
+public final class KernelHostSide: KernelHostSideOnInterface {
+    let tapName: String
+    let baseline: UInt64
+
+    public init(_ pair: VhostNetQueuePair) throws {
+        tapName = pair.tap.name
+        baseline = KernelInfo.interfaceStatistic(tapName, "rx_packets") ?? 0
+        try super.init(interface: tapName)
+    }
+
+    /// The tap counts a frame from vhost in rx_packets before vhost marks it used (tun_sendmsg),
+    /// so the count is complete once `transmit` returned: no wait.
+    public override func transmittedCount(waitingFor expected: UInt64, milliseconds: Int) throws -> UInt64 {
+        guard let value = KernelInfo.interfaceStatistic(tapName, "rx_packets") else {
+            throw TestFailure("cannot read /sys/class/net/\(tapName)/statistics/rx_packets")
+        }
+        return value - baseline
     }
 }
 

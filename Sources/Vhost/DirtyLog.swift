@@ -46,6 +46,16 @@ public final class DirtyLog: @unchecked Sendable {
 
     public func clear() { base.initializeMemory(as: UInt8.self, repeating: 0, count: size) }
 
+    /// Marks the page holding `address` dirty (as the kernel's set_bit_to_user would).
+    public func mark(_ address: GuestAddress) {
+        let page = address.rawValue / DirtyLog.pageSize
+        let word = Int(page / 64)
+        guard word * 8 < size else { return }
+        // SAFETY: inside the mapping; an atomic OR, like the kernel's own set_bit.
+        let atomic = UnsafePointer((base + word * 8).assumingMemoryBound(to: Atomic<UInt64>.self))
+        atomic.pointee.bitwiseOr(1 << (page % 64), ordering: .relaxed)
+    }
+
     /// Reads and clears the log word by word with an atomic exchange, as QEMU's vhost_log_sync
     /// does (qatomic_xchg), so that a bit the device sets meanwhile is either returned now or
     /// left for the next call, never lost. Returns the dirty pages' guest-physical addresses.

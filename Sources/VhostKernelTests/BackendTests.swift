@@ -53,7 +53,7 @@ let backendTests: [KernelTest] = [
         let pair = try MacvtapQueuePair(config, macvtap: "vhmvt0", on: "vhdum0")
         // In bridge mode macvlan siblings switch frames between them: the macvlan's host stack
         // side is the far side of the macvtap.
-        let sibling = try KernelHostSideOnInterface(pair, interface: "vhmvl0")
+        let sibling = try KernelHostSideOnInterface(interface: "vhmvl0")
         try transmitAndCompare(pair, host: sibling, frames: 300)
         try receiveAndCompare(pair, host: sibling, frames: 200)
         let header = try NetworkInterface(name: "vhmvt0").index()

@@ -51,6 +51,31 @@ let controlPlaneTests: [KernelTest] = [
     },
 ]
 
+/// The dirty log follows the memory table (QEMU's vhost_dev_log_resize).
+let dirtyLogResizeTests: [KernelTest] = [
+    KernelTest(name: "migrate: the dirty log grows and shrinks with the memory table (a region hot-plugged at 8 GiB and removed) and keeps logging RX writes") {
+        let p = try pair("vht-logsz") { $0.queueSize = 64 }
+        let host = try KernelHostSide(p)
+        try p.enableDirtyLog()
+        let before = p.dirtyLog!.size
+        try p.hotplugMemory(size: 2 << 20, at: 0x2_0000_0000)
+        let grown = p.dirtyLog!.size
+        try expect(grown >= Int((0x2_0000_0000 + (2 << 20)) / 4096 / 8), "the log (\(grown) bytes) does not cover a region at 8 GiB")
+        _ = p.dirtyLog!.sync()
+        try receiveAndCompare(p, host: host, frames: 64)
+        let dirtyGrown = p.receiveBufferAddresses.filter { p.dirtyLog!.isDirty(guestAddress: $0) }.count
+        try expect(dirtyGrown > 0, "after growing, the kernel logged no RX write into the new log")
+        try p.unplugMemory(at: 0x2_0000_0000)
+        let shrunk = p.dirtyLog!.size
+        try expect(shrunk == before, "the log did not shrink back (\(shrunk) bytes, \(before) before)")
+        _ = p.dirtyLog!.sync()
+        try receiveAndCompare(p, host: host, frames: 64)
+        let dirtyShrunk = p.receiveBufferAddresses.filter { p.dirtyLog!.isDirty(guestAddress: $0) }.count
+        try expect(dirtyShrunk > 0, "after shrinking, the kernel logged no RX write")
+        say("  log \(before) → \(grown) → \(shrunk) bytes; RX buffer pages logged: \(dirtyGrown) while grown, \(dirtyShrunk) after")
+    },
+]
+
 /// Worker control (vhost.c vhost_worker_create, vhost_dev_ioctl).
 let workerTests: [KernelTest] = [
     KernelTest(name: "fork: worker mode control — VHOST_GET/SET_FORK_FROM_OWNER before SET_OWNER and EBUSY after (6.12, 7.x), a clear message where the kernel has none (6.1)") {
@@ -152,7 +177,8 @@ let extendedFeatureTests: [KernelTest] = [
                 $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
                 $0.highFeatures = [.netHostUDPTunnelGSO, .netGuestUDPTunnelGSO]
                 $0.receiveOffloads = [.checksum, .tso4, .tso6, .udpTunnelGSO]
-                $0.queueSize = 256
+                $0.bufferSize = 65536 + 1024   // a TX buffer holds the whole GSO frame
+                $0.queueSize = 16
             }
             let tapHeader = try p.tap.vnetHeaderSize()
             try expect(p.headerLength == 24 && tapHeader == 24, "header length \(p.headerLength), the tap's \(tapHeader)")

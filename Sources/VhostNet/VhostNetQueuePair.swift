@@ -324,8 +324,18 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try session.enableDirtyLog(receive: receiveQueue.queue, transmit: transmitQueue.queue)
     }
 
-    /// The dirty log, once enabled.
+    /// The dirty log, once enabled (a new one after the memory table grows or shrinks).
     public var dirtyLog: DirtyLog? { session.dirtyLog }
+
+    /// Hot-plugs `size` bytes of guest memory at `address` into the memory table while running;
+    /// with dirty logging the log grows to cover it (QEMU's vhost_dev_log_resize).
+    @discardableResult
+    public func hotplugMemory(size: Int, at address: GuestAddress) throws(VhostError) -> GuestMemoryRegion {
+        try session.hotplug(try GuestMemory(size: size, guestAddress: address, backing: configuration.memoryBacking))
+    }
+
+    /// Removes the hot-plugged region at `address` from the table; the dirty log shrinks back.
+    public func unplugMemory(at address: GuestAddress) throws(VhostError) { try session.unplug(at: address) }
 
     /// Guest-physical addresses of every RX and TX frame buffer (for checking the dirty log).
     public var receiveBufferAddresses: [GuestAddress] { receiveQueue.queue.memory.buffers.map(\.guestAddress) }

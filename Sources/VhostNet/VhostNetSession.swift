@@ -32,6 +32,12 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     public private(set) var running = false
     /// The dirty log, once enabled; released after the device, like `memory`.
     public private(set) var dirtyLog: DirtyLog?
+    /// Guest memory added after start (hot-plugged regions), released after the device like `memory`.
+    private var hotplugged: [HotpluggedMemory] = []
+    final class HotpluggedMemory {
+        let memory: GuestMemory
+        init(_ memory: consuming GuestMemory) { self.memory = memory }
+    }
     /// The emulated IOMMU answering the device's IOTLB misses (VIRTIO_F_ACCESS_PLATFORM), if any.
     public internal(set) var iommu: EmulatedIOMMU?
     let logger: Logger
@@ -99,7 +105,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         // SAFETY: from here the device reads and writes `memory` (the table's regions, and the
         // rings inside it) from its own thread until it is closed; the session owns `memory` and
         // closes the device first (deinit).
-        try device.setMemoryTable(memory.map.memoryTable)
+        try device.setMemoryTable(memoryTable)
         if let iommu {
             // Every SET_FEATURES with ACCESS_PLATFORM starts an empty IOTLB (net.c
             // vhost_net_set_features → vhost_init_device_iotlb); the rings must be mapped again
@@ -182,6 +188,57 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         memory = consume copy     // unmaps the old memory
     }
 
+    /// Every region of the memory table: the session's memory, then the hot-plugged regions.
+    public var memoryTable: MemoryTable {
+        MemoryTable(regions: memory.map.memoryTable.regions + hotplugged.flatMap { $0.memory.map.memoryTable.regions })
+    }
+
+    /// Adds a region to the memory table while the device runs (SET_MEM_TABLE is allowed then:
+    /// vhost.c vhost_set_memory); with dirty logging the log grows to cover it first.
+    func hotplug(_ region: consuming GuestMemory) throws(VhostError) -> GuestMemoryRegion {
+        let added = region.map.regions[0]
+        hotplugged.append(HotpluggedMemory(region))
+        do {
+            try resizeDirtyLog()
+            try device.setMemoryTable(memoryTable)
+        } catch {
+            hotplugged.removeLast()
+            throw error
+        }
+        return added
+    }
+
+    /// Removes a hot-plugged region from the table, then shrinks the dirty log; the region is
+    /// unmapped only after the device stopped translating into it.
+    func unplug(at address: GuestAddress) throws(VhostError) {
+        guard let index = hotplugged.firstIndex(where: { $0.memory.map.regions[0].guestAddress == address }) else {
+            throw .invalidArgument("no hot-plugged region at \(address)")
+        }
+        var removed: HotpluggedMemory? = hotplugged.remove(at: index)
+        do {
+            try device.setMemoryTable(memoryTable)
+        } catch {
+            hotplugged.insert(removed!, at: index)   // still in the kernel's table: keep it mapped
+            throw error
+        }
+        removed = nil   // unmapped now: the kernel swapped the table under every vring's mutex
+        _ = removed
+        try resizeDirtyLog()
+    }
+
+    /// QEMU's vhost_dev_log_resize: a log sized for the table's highest guest address,
+    /// SET_LOG_BASE to it, then what the old log held carried over and the old log freed.
+    private func resizeDirtyLog() throws(VhostError) {
+        guard let old = dirtyLog else { return }
+        let end = memoryTable.regions.map { $0.guestAddress + $0.size }.max() ?? 0
+        let log = try DirtyLog(coveringGuestBytes: end)
+        guard log.size != old.size else { return }
+        // SAFETY: as in enableDirtyLog; the old log stays mapped until the kernel moved to the new one.
+        try device.setLogBase(log.hostAddress)
+        for page in old.sync() where page.rawValue < end { log.mark(page) }
+        dirtyLog = log
+    }
+
     /// Attaches an eventfd as the log's doorbell (VHOST_SET_LOG_FD).
     func setLogDoorbell(_ event: borrowing EventFD) throws(VhostError) { try device.setLogFD(event) }
 
@@ -201,7 +258,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         guard offeredFeatures.contains(.logAll) else {
             throw .featureUnavailable(requested: "VHOST_F_LOG_ALL", offered: offeredFeatures.description)
         }
-        let log = try DirtyLog(coveringGuestBytes: memory.map.guestEnd.rawValue)
+        let log = try DirtyLog(coveringGuestBytes: memoryTable.regions.map { $0.guestAddress + $0.size }.max() ?? 0)
         // SAFETY: the device writes the log from now on; the session keeps it (and `memory`,
         // whose pages it marks) until the device is closed in deinit.
         try device.setLogBase(log.hostAddress)
