@@ -154,22 +154,12 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
 
     // MARK: vrings
 
-    public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) {
-        var state = vhost_vring_state(index: index, num: num)
-        try performIoctl(.setVringNum, "index: \(index), num: \(num)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &state) }
-    }
+    public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) { try vringState(.setVringNum, index: index, num: num) }
 
-    public func setVringBase(index: UInt32, base: UInt32) throws(VhostError) {
-        var state = vhost_vring_state(index: index, num: base)
-        try performIoctl(.setVringBase, "index: \(index), num: \(base)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &state) }
-    }
+    public func setVringBase(index: UInt32, base: UInt32) throws(VhostError) { try vringState(.setVringBase, index: index, num: base) }
 
     /// Returns the vring's `last_avail_idx` (the next avail entry the kernel would read).
-    public func vringBase(index: UInt32) throws(VhostError) -> UInt32 {
-        var state = vhost_vring_state(index: index, num: 0)
-        try performIoctl(.getVringBase, "index: \(index)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &state) }
-        return state.num
-    }
+    public func vringBase(index: UInt32) throws(VhostError) -> UInt32 { try vringState(.getVringBase, index: index, num: 0, describe: false) }
 
     /// Ring addresses are this process's virtual addresses (HVA), not guest-physical.
     public func setVringAddress(index: UInt32, _ addresses: VringAddresses) throws(VhostError) {
@@ -201,36 +191,26 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     /// `VHOST_SET_VRING_KICK` with any fd, for probing the kernel's checks (an ioctl script's
     /// closed fd or regular file). -1 unbinds.
     public func setVringKick(index: UInt32, rawFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: rawFD)
-        try performIoctl(.setVringKick, "index: \(index), fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
+        try setVringFile(.setVringKick, index: index, fd: rawFD)
     }
 
     /// `VHOST_SET_VRING_CALL` with any fd. -1 unbinds.
     public func setVringCall(index: UInt32, rawFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: rawFD)
-        try performIoctl(.setVringCall, "index: \(index), fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
+        try setVringFile(.setVringCall, index: index, fd: rawFD)
     }
 
     /// `VHOST_SET_VRING_ERR` with any fd. -1 unbinds.
     public func setVringErr(index: UInt32, rawFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: rawFD)
-        try performIoctl(.setVringErr, "index: \(index), fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
+        try setVringFile(.setVringErr, index: index, fd: rawFD)
     }
 
     /// The worker spins this many microseconds before sleeping.
     public func setVringBusyloopTimeout(index: UInt32, microseconds: UInt32) throws(VhostError) {
-        var state = vhost_vring_state(index: index, num: microseconds)
-        try performIoctl(.setVringBusyloopTimeout, "index: \(index), num: \(microseconds)", observer: observer) { request in
-            cvhost_ioctl_ptr(raw, request, &state)
-        }
+        try vringState(.setVringBusyloopTimeout, index: index, num: microseconds)
     }
 
     public func vringBusyloopTimeout(index: UInt32) throws(VhostError) -> UInt32 {
-        var state = vhost_vring_state(index: index, num: 0)
-        try performIoctl(.getVringBusyloopTimeout, "index: \(index)", observer: observer) { request in
-            cvhost_ioctl_ptr(raw, request, &state)
-        }
-        return state.num
+        try vringState(.getVringBusyloopTimeout, index: index, num: 0, describe: false)
     }
 
     // MARK: backend
@@ -244,7 +224,20 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     /// `VHOST_NET_SET_BACKEND` with any fd: a tap, macvtap or packet socket attaches, -1
     /// detaches, anything else earns the kernel's answer (ENOTSOCK, EBADF).
     public func setBackend(index: UInt32, fd backendFD: Int32) throws(VhostError) {
-        var file = vhost_vring_file(index: index, fd: backendFD)
-        try performIoctl(.netSetBackend, "index: \(index), fd: \(backendFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &file) }
+        try setVringFile(.netSetBackend, index: index, fd: backendFD)
+    }
+
+    /// The ioctls that take a `vhost_vring_file` (a vring index and an fd).
+    private func setVringFile(_ request: IoctlRequest, index: UInt32, fd file: Int32) throws(VhostError) {
+        var argument = vhost_vring_file(index: index, fd: file)
+        try performIoctl(request, "index: \(index), fd: \(file)", observer: observer) { cvhost_ioctl_ptr(raw, $0, &argument) }
+    }
+
+    /// The ioctls that take a `vhost_vring_state` (a vring index and a number); returns the number back.
+    @discardableResult
+    private func vringState(_ request: IoctlRequest, index: UInt32, num: UInt32, describe: Bool = true) throws(VhostError) -> UInt32 {
+        var state = vhost_vring_state(index: index, num: num)
+        try performIoctl(request, describe ? "index: \(index), num: \(num)" : "index: \(index)", observer: observer) { cvhost_ioctl_ptr(raw, $0, &state) }
+        return state.num
     }
 }
