@@ -116,18 +116,32 @@ public enum DatapathSuite {
                 let bases = try p.stop()
                 try expect(bases.transmitBase == UInt32(UInt16(truncatingIfNeeded: 65_500 + 300)), "TX base \(bases.transmitBase)")
             },
-            DatapathCase(name: "notifications: EVENT_IDX kicks fewer times than frames; flag mode suppresses with NO_NOTIFY") {
+            DatapathCase(name: "notifications: EVENT_IDX saves kicks against a driver that kicks on every publish (same batching); flag mode kicks fewer times than frames") {
+                var kicks: [String: UInt64] = [:]
                 var results: [String] = []
-                for eventIndex in [true, false] {
-                    let (p, _) = try harness.pair(eventIndex ? "vhd-evi" : "vhd-flg") { $0.features = eventIndex ? [.version1, .eventIndex] : [.version1] }
+                for (name, features, always) in [("EVENT_IDX", [VirtioFeatures.version1, .eventIndex], false), ("flags", [.version1], false),
+                                                 ("kick always", [.version1, .eventIndex], true)] {
+                    let (p, _) = try harness.pair("vhd-kick") { $0.features = VirtioFeatures(features); $0.kickEveryPublish = always; $0.queueSize = 256 }
                     let frames = 20_000
-                    try p.transmit(count: frames) { i, buffer in TestFrame.write(i, into: buffer) }
+                    // The same batches in every run: 64 frames posted per publish, waiting for room.
+                    var sent = 0
+                    while sent < frames {
+                        let first = sent
+                        let added = try p.post(count: min(64, frames - sent)) { i, buffer in TestFrame.write(first + i, into: buffer) }
+                        sent += added
+                        if added == 0 { usleep(50) }
+                    }
+                    try p.drainTransmit(milliseconds: 5000)
                     let c = p.transmitCounters
-                    results.append("\(eventIndex ? "EVENT_IDX" : "flags"): \(c.kicks) kicks, \(c.suppressedKicks) suppressed, \(c.calls) calls for \(frames) frames")
-                    try expect(c.kicks < UInt64(frames) / 10, "\(c.kicks) kicks for \(frames) frames")
-                    try expect(c.kicks + c.suppressedKicks > 0, "no publish was counted")
+                    kicks[name] = c.kicks
+                    results.append("\(name): \(c.kicks) kicks, \(c.suppressedKicks) suppressed for \(frames) frames")
                 }
                 say("  " + results.joined(separator: "; "))
+                let always = kicks["kick always"]!
+                try expect(always > 0 && kicks["EVENT_IDX"]! * 2 < always, "EVENT_IDX kicked \(kicks["EVENT_IDX"]!) times, a kick-always driver \(always)")
+                // NO_NOTIFY saves kicks only while the device is still busy when the next batch is
+                // published, which depends on its speed (most under the kernel, little in process).
+                try expect(kicks["flags"]! < 20_000 / 10, "flag mode kicked \(kicks["flags"]!) times for 20000 frames")
             },
             DatapathCase(name: "descriptors: the header in its own descriptor (2-descriptor chains)") {
                 let (p, host) = try harness.pair("vhd-chain") { $0.descriptorLayout = .separateHeader; $0.queueSize = 64 }

@@ -28,6 +28,9 @@ public struct QueuePairConfiguration: Sendable {
     /// With VIRTIO_F_ACCESS_PLATFORM: the IOVA offset of the emulated IOMMU (IOVA = GPA + offset),
     /// which answers the device's IOTLB misses page by page. Nil: no IOMMU.
     public var iovaOffset: UInt64? = nil
+    /// For comparison only: kick after every publish, ignoring the device's avail_event and
+    /// NO_NOTIFY, as a driver without notification suppression would.
+    public var kickEveryPublish: Bool = false
     /// Where both indices of both rings start (`VHOST_SET_VRING_BASE`, and `used->idx` before
     /// the backend is attached): near 65535 to cross the 16-bit wrap early.
     public var ringBase: UInt16 = 0
@@ -149,11 +152,16 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         session.iommu = pendingIOMMU
         receiveQueue = ReceiveQueue(rx, mergeable: features.contains(.netMergeableRxBuffers))
         transmitQueue = TransmitQueue(tx)
+        transmitQueue.queue.kickEveryPublish = configuration.kickEveryPublish
+        receiveQueue.queue.kickEveryPublish = configuration.kickEveryPublish
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
                           receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
         logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(headerLength)-byte headers, \(configuration.descriptorLayout) descriptors")
+        // TX completions are reaped when the ring fills, never waited for one by one; in poll mode
+        // RX is spun on too, so neither asks the device for interrupts (virtqueue_disable_cb).
         transmitQueue.queue.driver.disableInterrupts()
+        if configuration.notificationMode == .poll { receiveQueue.queue.driver.disableInterrupts() }
         receiveQueue.refill()
     }
 
