@@ -58,7 +58,7 @@ public func receiveAndCompare(_ pair: some QueuePairDatapath, host: some HostSid
 }
 
 /// Waits up to `seconds` for the device to signal a ring error on `pair`.
-func waitForRingError(_ pair: some QueuePairDatapath, seconds: Double = 5) throws -> RingErrorEvent {
+public func waitForRingError(_ pair: some QueuePairDatapath, seconds: Double = 5) throws -> RingErrorEvent {
     let deadline = now() + seconds
     while now() < deadline {
         if let event = pair.takeRingErrors().first { return event }

@@ -35,14 +35,26 @@ public enum RingFault: String, Sendable, CaseIterable {
     case chainLoop
     /// A device-writable descriptor on TX, or a device-readable one on RX (net.c handle_tx/handle_rx).
     case wrongDirection
+    /// A descriptor whose length runs past the end of its memory region (translate_desc: EFAULT).
+    case lengthOverflow
+    /// `avail->idx` moved more than the queue size past what the device used ("Guest moved avail index").
+    case availIndexJump
+    /// An indirect descriptor whose length is not a multiple of 16 (get_indirect; needs the indirect layout).
+    case indirectLengthNotMultipleOf16
+    /// An indirect table holding an indirect descriptor (get_indirect "Nested indirect descriptor").
+    case nestedIndirect
 }
 
 /// A fault that was injected: the chains it broke, and what to restore.
-public struct InjectedFault: Sendable {
+public struct InjectedFault: @unchecked Sendable {
     public let fault: RingFault
     /// The first chain broken (on TX the only one).
     public var head: UInt16 { chains[0].head }
     let chains: [(head: UInt16, slot: UInt16, descriptor: Descriptor)]
+    /// `avail->idx` as published, when the fault moved it.
+    var availIndex: UInt16? = nil
+    /// The first entry of each chain's indirect table, when the fault changed it.
+    var tableEntries: [(pointer: UnsafeMutableRawPointer, bytes: [UInt8])] = []
 }
 
 extension NetQueue {
@@ -124,6 +136,7 @@ extension NetQueue {
             if addChain(frameLength: length, deviceWritable: false) == next { targets.append((next, driver.availIndexShadow &- 1)) }
         }
         guard !targets.isEmpty else { return nil }
+        var injected = InjectedFault(fault: fault, chains: [])
         var chains: [(head: UInt16, slot: UInt16, descriptor: Descriptor)] = []
         for (head, slot) in targets {
             let original = ring.descriptor(head)
@@ -134,16 +147,33 @@ extension NetQueue {
             case .chainLoop: broken.flags.insert(.next); broken.next = head
             case .wrongDirection:
                 if broken.flags.contains(.write) { broken.flags.remove(.write) } else { broken.flags.insert(.write) }
+            case .lengthOverflow: broken.length = UInt32.max
+            case .availIndexJump: break
+            case .indirectLengthNotMultipleOf16:
+                if broken.flags.contains(.indirect) { broken.length = 20 }
+            case .nestedIndirect:
+                if broken.flags.contains(.indirect), layout == .indirect {
+                    // SAFETY: the table belongs to this head, which the device has not taken yet.
+                    let entry = memory.tables[Int(head)].host
+                    injected.tableEntries.append((entry, Array(UnsafeRawBufferPointer(start: entry, count: SplitRingLayout.descriptorSize))))
+                    let flags = UInt16(littleEndian: entry.loadUnaligned(fromByteOffset: 12, as: UInt16.self)) | DescriptorFlags.indirect.rawValue
+                    entry.storeBytes(of: flags.littleEndian, toByteOffset: 12, as: UInt16.self)
+                }
             }
             // SAFETY: fault injection writes chains the device may read at any time from here
             // on; that race is what is being tested, and the fields are plain values it checks.
             ring.setDescriptor(head, broken)
             chains.append((head, slot, original))
         }
+        injected = InjectedFault(fault: fault, chains: chains, availIndex: nil, tableEntries: injected.tableEntries)
         publishAndKick()
+        if fault == .availIndexJump {
+            injected.availIndex = driver.availIndexShadow
+            ring.availIndex.pointee.store(driver.lastUsedIndex &+ ring.queueSize &+ 5, ordering: .releasing)
+        }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         kick.signal()
-        return InjectedFault(fault: fault, chains: chains)
+        return injected
     }
 
     /// Puts an injected fault right and kicks: the device, stopped since its error, reads the
@@ -154,6 +184,8 @@ extension NetQueue {
             ring.setDescriptor(chain.head, chain.descriptor)
             ring.setAvailEntry(chain.slot, head: chain.head)
         }
+        for entry in injected.tableEntries { entry.bytes.withUnsafeBytes { entry.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+        if let published = injected.availIndex { ring.availIndex.pointee.store(published, ordering: .releasing) }
         // Make the restored chain visible before the kick (the same ordering publish() gives).
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         kick.signal()
