@@ -88,8 +88,20 @@ extension NetQueue {
                 let d = ring.descriptor(index)
                 if d.flags.contains(.indirect) {
                     if d.length % 16 != 0 { return "head \(head): indirect table of \(d.length) bytes, not a multiple of 16 (get_indirect)" }
-                    if !memory.contains(guest: d.address &- addressOffset, length: Int(d.length)) {
+                    guard let table = memory.host(guest: d.address &- addressOffset, length: Int(d.length)) else {
                         return "head \(head): indirect table at gpa 0x\(String(d.address, radix: 16)) (+\(d.length)) is outside the memory table (translate_desc: EFAULT)"
+                    }
+                    // get_indirect reads the table in order; check its entries as the kernel does.
+                    for entry in 0..<Int(d.length) / SplitRingLayout.descriptorSize {
+                        let base = table + entry * SplitRingLayout.descriptorSize
+                        let flags = DescriptorFlags(rawValue: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt16.self)))
+                        let address = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
+                        let length = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+                        if flags.contains(.indirect) { return "head \(head): entry \(entry) of its indirect table is itself indirect (get_indirect: \"Nested indirect descriptor\")" }
+                        if length > 0 && !memory.contains(guest: address &- addressOffset, length: Int(length)) {
+                            return "head \(head): entry \(entry) of its indirect table points at gpa 0x\(String(address, radix: 16)) (+\(length)), outside the memory table (translate_desc: EFAULT)"
+                        }
+                        if !flags.contains(.next) { break }
                     }
                 } else {
                     if d.length > 0 && !memory.contains(guest: d.address &- addressOffset, length: Int(d.length)) {
@@ -195,7 +207,13 @@ extension NetQueue {
 
 extension QueueMemory {
     /// Whether `length` bytes at `address` lie inside one region of the memory table.
-    func contains(guest address: UInt64, length: Int) -> Bool {
-        tableRegions.contains { $0.contains(guest: GuestAddress(address), length: length) }
+    func contains(guest address: UInt64, length: Int) -> Bool { host(guest: address, length: length) != nil }
+
+    /// Where `length` bytes at `address` are mapped, when one region of the table holds them all.
+    func host(guest address: UInt64, length: Int) -> UnsafeRawPointer? {
+        for region in tableRegions where region.contains(guest: GuestAddress(address), length: length) {
+            return UnsafeRawPointer(region.host + Int(address - region.guestAddress.rawValue))
+        }
+        return nil
     }
 }
