@@ -274,15 +274,15 @@ let featureTests: [KernelTest] = [
             let before = try counters.map { try statistic(p.tap.name, $0) }
             let posted = try p.post(count: 1) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             try p.drainTransmit(milliseconds: 3000)
-            var arrived = 0
+            var sizes: [Int] = []
             let until = MonotonicClock.seconds() + 1
             while MonotonicClock.seconds() < until {
-                if let f = socket.receive(milliseconds: 100, capacity: 70_000), f.count > 1_000 { arrived += 1 }
+                if let f = socket.receive(milliseconds: 100, capacity: 70_000), f.count > 1_000 { sizes.append(f.count) }
             }
             let after = try counters.map { try statistic(p.tap.name, $0) }
             let deltas = zip(counters, zip(after, before)).map { "\($0) +\($1.0 - $1.1)" }.joined(separator: ", ")
-            try expect(posted == 1 && arrived == 0, "kernel \(version): the USO frame reached the host side (\(arrived))")
-            say("  sent anyway: the kernel used the chain and the host side got nothing; tap \(deltas)")
+            try expect(posted == 1 && p.transmitCounters.frames == 1, "the chain was not used")
+            say("  sent anyway (what 6.1 does past the library's check): the kernel used the chain; a packet socket on the tap saw frames of \(sizes) bytes; tap \(deltas)")
             return
         }
         try expect(version >= (6, 2), "kernel \(version): a USO frame was sent into a tap that drops it silently")
