@@ -78,7 +78,8 @@ let package = Package(
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
-        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "DatapathSuite", "Virtio", "NetFormats", "CVhost"]),
+        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
+                                                       .product(name: "PropertyBased", package: "swift-property-based")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -98,7 +98,7 @@ public struct IoctlScript: Sendable {
             pendingExpect = nil
         }
         if let (_, line) = pendingExpect { problems.append("\(name):\(line): expect is not followed by a command") }
-        guard problems.isEmpty else { throw ParseError(problems: problems) }
+        guard problems.isEmpty else { throw ParseError(problems: problems.map(IoctlScript.escapingNonPrintable)) }
         self.commands = commands
     }
 
@@ -128,6 +128,20 @@ public struct IoctlScript: Sendable {
             break
         }
         return nil
+    }
+
+    /// The text with every control character (and DEL) written as `\u{XX}`, so that a message
+    /// never echoes raw bytes from the script to the terminal.
+    static func escapingNonPrintable(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || scalar.value == 0x7f || (0x80..<0xa0).contains(scalar.value) {
+                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     static func size(_ text: String) -> Int? {

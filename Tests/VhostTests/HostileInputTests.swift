@@ -1,0 +1,100 @@
+import NetFormats
+import PropertyBased
+import Testing
+@testable import VhostNet
+@testable import VhostScript
+import Virtio
+
+/// Frames from anyone on the host, pcap files and scripts from anyone: random and mutated input
+/// never crashes, never hangs, and never gets a reply that a well-formed request would not get.
+@Suite("Hostile input: the responder, the packet parsers, pcap and scripts")
+struct HostileInputTests {
+    static let me = IPv4Address(10, 0, 0, 2)
+    static let mac = MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56)
+
+    /// Well-formed requests the responder answers: ARP for us, an ICMP echo, a UDP echo.
+    static let seeds: [[UInt8]] = {
+        let peer = IPv4Address(10, 0, 0, 1), peerMAC = MACAddress(2, 0, 0, 0, 0, 1)
+        let arp = ARPPacket(operation: .request, senderMAC: peerMAC, senderIP: peer, targetMAC: MACAddress(0, 0, 0, 0, 0, 0), targetIP: me).frame()
+        var icmp: [UInt8] = [8, 0, 0, 0, 0x12, 0x34, 0, 1] + [UInt8](repeating: 0x42, count: 32)
+        let sum = internetChecksum(icmp[...]); icmp[2] = UInt8(sum >> 8); icmp[3] = UInt8(sum & 0xff)
+        let ping = IPv4Packet.frame(destinationMAC: mac, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 1, payload: icmp)
+        let udp = UDPDatagram.build(source: peer, destination: me, sourcePort: 40000, destinationPort: 7, payload: Array("echo".utf8)[...])
+        let echo = IPv4Packet.frame(destinationMAC: mac, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 17, payload: udp)
+        return [arp, ping, echo]
+    }()
+
+    /// Whether `frame` is a request the responder may answer: an ARP request for us, or an IPv4
+    /// packet to us (ICMP or UDP; the responder checks the rest).
+    static func mayBeAnswered(_ frame: [UInt8]) -> Bool {
+        if let arp = ARPPacket(frame: frame) { return arp.operation == .request && arp.targetIP == me }
+        guard let ip = IPv4Packet(frame: frame) else { return false }
+        return ip.destination == me && (ip.protocolNumber == 1 || ip.protocolNumber == 17)
+    }
+
+    @Test("random frames and random virtio-net headers: no crash, no reply to anything that is not a request to us")
+    func randomFrames() async {
+        await propertyCheck(count: 2000, input: Gen.int(in: 0...255).array(of: 0...1600), Gen.int(in: 0...255), Gen.int(in: 0...255)) { bytes, flags, gso in
+            let frame = bytes.map { UInt8(truncatingIfNeeded: $0) }
+            var responder = NetworkResponder(mac: Self.mac, ipv4: IPv4Interface(address: Self.me, prefixLength: 24), udpEchoPort: 7)
+            let header = VirtioNetHeader(flags: .init(rawValue: UInt8(flags)), gsoType: UInt8(gso))
+            if let reply = responder.respond(to: frame, header: header) {
+                #expect(Self.mayBeAnswered(frame), "a reply of \(reply.count) bytes to a frame that is no request to us")
+            }
+            _ = IPv4Packet(frame: frame).map { UDPDatagram.parse(frame: frame, ip: $0) }
+        }
+    }
+
+    @Test("well-formed requests truncated and with flipped bytes: no crash, no read out of bounds, replies only to requests")
+    func mutatedRequests() async {
+        await propertyCheck(count: 3000, input: Gen.int(in: 0...2), Gen.int(in: 0...2000), Gen.int(in: 0...255).array(of: 0...6), Gen.bool) { seed, cut, flips, trustChecksum in
+            var frame = Self.seeds[seed]
+            frame = Array(frame.prefix(cut % (frame.count + 1)))
+            for (i, value) in flips.enumerated() where !frame.isEmpty { frame[(value &* 31 &+ i) % frame.count] ^= UInt8(truncatingIfNeeded: value | 1) }
+            var responder = NetworkResponder(mac: Self.mac, ipv4: IPv4Interface(address: Self.me, prefixLength: 24), udpEchoPort: 7)
+            let header = VirtioNetHeader(flags: trustChecksum ? .needsChecksum : [])
+            if responder.respond(to: frame, header: header) != nil {
+                #expect(Self.mayBeAnswered(frame), "a reply to a broken frame")
+            }
+        }
+        // The intact seeds are answered (the property above must not pass by answering nothing).
+        var responder = NetworkResponder(mac: Self.mac, ipv4: IPv4Interface(address: Self.me, prefixLength: 24), udpEchoPort: 7)
+        #expect(Self.seeds.allSatisfy { responder.respond(to: $0) != nil })
+    }
+
+    @Test("random and truncated pcap files: parsed or refused with a reason, never a crash")
+    func randomPcap() async {
+        let good = Pcap.globalHeader() + Pcap.recordHeader(seconds: 1, microseconds: 2, capturedLength: 60, originalLength: 60) + [UInt8](repeating: 7, count: 60)
+        await propertyCheck(count: 2000, input: Gen.int(in: 0...255).array(of: 0...200), Gen.int(in: 0...200), Gen.bool) { bytes, cut, startGood in
+            let data = startGood ? Array(good.prefix(cut)) + bytes.map { UInt8(truncatingIfNeeded: $0) } : bytes.map { UInt8(truncatingIfNeeded: $0) }
+            do {
+                let frames = try Pcap.parse(data)
+                #expect(frames.allSatisfy { $0.count <= data.count })
+            } catch {
+                #expect(!"\(error)".isEmpty)
+            }
+        }
+    }
+
+    @Test("random bytes and token soups as scripts: every problem has its line, non-printable input is escaped, nothing half-parsed runs")
+    func randomScripts() async {
+        let words = Array(IoctlScript.grammar.keys) + ["0", "1", "-1", "256", "0xffffffff", "tap", "EINVAL", "ok", "VERSION_1", "4M", "#", "\n", "\n", "\t", "\u{07}", "é", "expect"]
+        await propertyCheck(count: 1500, input: Gen.int(in: 0...(words.count - 1)).array(of: 0...60), Gen.int(in: 0...255).array(of: 0...80)) { tokens, raw in
+            let soup = tokens.map { words[$0] }.joined(separator: " ")
+            let bytes = String(decoding: raw.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
+            for text in [soup, bytes, soup + "\n" + bytes] {
+                do {
+                    let script = try IoctlScript(parsing: text, name: "fuzz")
+                    #expect(script.commands.allSatisfy { IoctlScript.grammar[$0.name] != nil })
+                } catch let error as IoctlScript.ParseError {
+                    for problem in error.problems {
+                        #expect(problem.hasPrefix("fuzz:"), "a problem without its place: \(problem)")
+                        #expect(!problem.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7f }, "raw control characters echoed: \(problem.debugDescription)")
+                    }
+                } catch {
+                    Issue.record("an error that is no ParseError: \(error)")
+                }
+            }
+        }
+    }
+}
