@@ -260,6 +260,16 @@ int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor) 
     return result(mknod(path, S_IFCHR | 0600, makedev(major, minor)));
 }
 
+#include <linux/capability.h>
+#include <sys/prctl.h>
+int cvhost_drop_all_capabilities(void) {
+    struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &header, data) < 0) return -errno;
+    return result(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+}
+
 int cvhost_gettid(void) { return (int)syscall(SYS_gettid); }
 
 // ---- epoll ----

@@ -58,6 +58,12 @@ struct Attach: ParsableCommand {
     @Option(help: "After setup, drop root and run as this user (name, or uid[:gid]); a created tap is owned by it.")
     var user: String?
 
+    @Flag(name: .customLong("keep-capabilities"), help: "Keep root's capabilities after set-up (by default attach drops them all: it needs none to run).")
+    var keepCapabilities = false
+
+    @Flag(help: "Attach to a persistent tap owned by another user (refused otherwise).")
+    var force = false
+
     @Option(name: .customLong("worker-cpu"), help: "Pin each queue pair's vhost worker thread (vhost-<pid>) to this CPU.")
     var workerCPU: Int?
 
@@ -115,6 +121,10 @@ struct Attach: ParsableCommand {
             if !create && !exists {
                 throw VhostError.tap(name: tap, problem: .missing, reason: "does not exist; add --create to create it")
             }
+            // Root may open any tap; taking over a user's persistent tap is refused unless asked.
+            if exists, !force, let owner = tapOwner(tap), owner != geteuid() {
+                throw VhostError.tap(name: tap, problem: .permission, reason: "is a persistent tap owned by uid \(owner): refusing to take it over; pass --force to attach anyway")
+            }
         }
         // Read and open files before any setup, so that a bad file leaves nothing half set up.
         let replayFrames = try replay.map { path throws(VhostError) in try readPcapFrames(path: path) } ?? []
@@ -158,12 +168,15 @@ struct Attach: ParsableCommand {
         let workers = VhostWorkerThread.findAll()
         installStopHandlers()
         if let dropTo { try dropTo.drop() }
+        let droppedCapabilities = dropTo == nil && !keepCapabilities && geteuid() == 0
+        if droppedCapabilities { try dropAllCapabilities() }
 
         let pair = endpoint.pairs[0]
         print("attached to \(endpoint.interfaceName) (\(backend)): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
         print("negotiated: \(pair.negotiatedFeatures)")
         for worker in workers { print("worker \(worker)") }
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
+        if droppedCapabilities { print("dropped every capability: nothing after set-up needs root") }
         if let writer {
             endpoint.frameObserver = { _, frame in writer.write(frame) }
         }

@@ -1,4 +1,6 @@
+import CVhost
 import Glibc
+import SystemPackage
 import Vhost
 
 /// A user to drop to after setup: a name from /etc/passwd, or a numeric uid[:gid].
@@ -37,4 +39,23 @@ struct UserSpec {
             throw CLIError(message: "dropped to uid \(uid) but could regain root; refusing to continue", status: ExitStatus.failure)
         }
     }
+}
+
+/// Drops every capability (and forbids regaining any): after set-up `attach` needs none, since
+/// the vhost fd, the tap fd and the pcap file are open and vhost's owner check is by memory, not
+/// by privilege. Checked afterwards in /proc/self/status.
+func dropAllCapabilities() throws {
+    let rc = cvhost_drop_all_capabilities()
+    guard rc == 0 else {
+        throw CLIError(message: "cannot drop capabilities: \(Errno(rawValue: -rc).name); pass --keep-capabilities to run with them", status: ExitStatus.failure)
+    }
+    guard !KernelInfo.hasEffectiveCapability(12), !KernelInfo.hasEffectiveCapability(21) else {
+        throw CLIError(message: "capabilities remain after dropping them; refusing to continue", status: ExitStatus.failure)
+    }
+}
+
+/// The uid that owns a persistent tap (tun's sysfs `owner`), or nil when none is set.
+func tapOwner(_ name: String) -> UInt32? {
+    guard let text = KernelInfo.readFile("/sys/class/net/\(name)/owner"), let value = Int64(text.filter { !$0.isWhitespace }), value >= 0 else { return nil }
+    return UInt32(value)
 }

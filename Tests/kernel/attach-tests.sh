@@ -209,6 +209,24 @@ fi
 kill -TERM $pid; wait_for_exit $pid
 hostip link del vhve0
 
+# ---- privileges: every capability dropped after set-up; a user's persistent tap is not taken over --
+vhostctl attach --tap vhcap0 --create --ip 10.0.9.2/24 --stats 0 >/tmp/cap.log 2>&1 &
+pid=$!
+i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/cap.log; do sleep 0.1; i=$((i + 1)); done
+ip addr add 10.0.9.1/24 dev vhcap0; ip link set vhcap0 up
+capeff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/$pid/status)
+if [ "$capeff" = 0000000000000000 ] && ping -c 2 -W 3 10.0.9.2 >/dev/null 2>&1 && grep -q "dropped every capability" /tmp/cap.log; then
+    pass "attach drops every capability after set-up (CapEff $capeff) and still answers ping"
+else
+    fail "capabilities after set-up" "CapEff $capeff; $(cat /tmp/cap.log | tr '\n' ' ')"
+fi
+kill -TERM $pid; wait_for_exit $pid
+if ip link show vhcap0 >/dev/null 2>&1; then fail "the tap is removed without capabilities"; else pass "the tap is removed at exit without capabilities"; fi
+hostip tuntap add dev vhown0 mode tap user 1000
+expect_error "a persistent tap owned by another user is not taken over" 77 "owned by uid 1000" vhostctl attach --tap vhown0
+if timeout 30 vhostctl attach --tap vhown0 --force --duration 0.5 --stats 0 >/tmp/force.log 2>&1; then pass "--force attaches to it"; else fail "--force" "$(cat /tmp/force.log | tr '\n' ' ')"; fi
+hostip link del vhown0
+
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
 vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
