@@ -8,6 +8,7 @@ public enum TestFrame {
 
     public static func write(_ sequence: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         let length = length(sequence)
+        precondition(buffer.count >= length, "test frame \(sequence) has \(length) bytes; the buffer holds \(buffer.count)")
         let header = EthernetFrame.build(destination: .broadcast, source: source, etherType: EthernetFrame.experimentalType, payload: [UInt8]())
         for (i, byte) in header.enumerated() { buffer[i] = byte }
         let seq = UInt32(truncatingIfNeeded: sequence)

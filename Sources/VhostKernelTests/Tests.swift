@@ -9,7 +9,7 @@ import VhostNet
 import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + soakTests
 
 // MARK: helpers
 

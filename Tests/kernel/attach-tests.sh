@@ -209,6 +209,36 @@ fi
 kill -TERM $pid; wait_for_exit $pid
 hostip link del vhve0
 
+# ---- teardown mid-traffic: SIGINT, SIGTERM, SIGHUP stop cleanly; after kill -9 the name is free --
+for sig in INT TERM HUP KILL; do
+    vhostctl attach --tap vhsig0 --create --ip 10.0.10.2/24 --stats 0 >/tmp/sig.log 2>&1 &
+    pid=$!
+    i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/sig.log; do sleep 0.1; i=$((i + 1)); done
+    ip addr add 10.0.10.1/24 dev vhsig0; ip link set vhsig0 up
+    host ping -i 0.01 -c 400 -W 1 10.0.10.2 >/tmp/sigping.log 2>&1 &
+    ppid=$!
+    sleep 1.5
+    replies=$(grep -c "bytes from" /tmp/sigping.log)
+    kill -$sig $pid
+    (sleep 15; kill -9 $pid 2>/dev/null) & watchdog=$!
+    wait $pid; status=$?
+    kill $watchdog 2>/dev/null
+    kill $ppid 2>/dev/null; wait $ppid 2>/dev/null
+    left=no; ip link show vhsig0 >/dev/null 2>&1 && left=yes
+    if [ $sig = KILL ]; then
+        # The kernel closes everything: the same name attaches again at once.
+        if [ $left = no ] && [ "$replies" -gt 0 ] && timeout 30 vhostctl attach --tap vhsig0 --create --duration 0.5 --stats 0 >/dev/null 2>&1; then
+            pass "kill -9 in the middle of traffic ($replies replies so far) leaves no tap, and a new run on the same name works"
+        else
+            fail "kill -9 mid-traffic" "tap left: $left, replies $replies"
+        fi
+    elif [ $left = no ] && [ $status -eq 0 ] && [ "$replies" -gt 0 ] && grep -q "stopped on signal" /tmp/sig.log; then
+        pass "SIG$sig in the middle of traffic ($replies replies so far) stops cleanly (exit 0, backends detached) and leaves no tap"
+    else
+        fail "SIG$sig mid-traffic" "exit $status, tap left: $left, replies $replies: $(tail -n 3 /tmp/sig.log | tr '\n' ' ')"
+    fi
+done
+
 # ---- privileges: every capability dropped after set-up; a user's persistent tap is not taken over --
 vhostctl attach --tap vhcap0 --create --ip 10.0.9.2/24 --stats 0 >/tmp/cap.log 2>&1 &
 pid=$!
