@@ -262,10 +262,12 @@ int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor) 
 
 #include <linux/capability.h>
 #include <sys/prctl.h>
-int cvhost_drop_all_capabilities(void) {
+int cvhost_drop_capabilities(uint64_t keep) {
     struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = (uint32_t)keep;
+    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
     if (syscall(SYS_capset, &header, data) < 0) return -errno;
     return result(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
 }

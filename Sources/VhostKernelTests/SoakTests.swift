@@ -53,7 +53,7 @@ func soak(_ name: String, transmit: Bool = true, _ configure: @escaping @Sendabl
         let rxFree = p.receiveQueue.driver.freeCount
         let elapsed = MonotonicClock.seconds() - start
         let txIndex = p.withTransmitDriver { $0.availIndexShadow }
-        say("  TX \(seenTX) and RX \(seenRX) frames checked in \(KernelTestRunner.formatted(elapsed)) s (TX index wrapped \(soakFrames / 65536)×, now \(txIndex)); \(otherRX) host-stack frames ignored; ring errors \(p.transmitCounters.ringErrors + p.receiveCounters.ringErrors), RX drops \(p.receiveCounters.drops)")
+        say("  TX \(seenTX) and RX \(seenRX) frames checked in \(KernelTestRunner.formatted(elapsed)) s (indices wrapped: TX \(seenTX / 65536)×, RX \(seenRX / 65536)×; TX avail idx now \(txIndex)); \(otherRX) host-stack frames ignored; ring errors \(p.transmitCounters.ringErrors + p.receiveCounters.ringErrors), RX drops \(p.receiveCounters.drops)")
         try expect(problems.isEmpty, problems.joined(separator: "; "))
         try expect(inFlight == 0, "\(inFlight) TX descriptors never came back")
         try expect(rxFree == 0, "\(rxFree) RX descriptors were not posted again")

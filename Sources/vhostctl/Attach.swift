@@ -169,14 +169,19 @@ struct Attach: ParsableCommand {
         installStopHandlers()
         if let dropTo { try dropTo.drop() }
         let droppedCapabilities = dropTo == nil && !keepCapabilities && geteuid() == 0
-        if droppedCapabilities { try dropAllCapabilities() }
+        // A macvtap this run created is deleted at exit over rtnetlink, which needs CAP_NET_ADMIN.
+        let keep = macvtap != nil ? [capabilityNetworkAdministration] : []
+        if droppedCapabilities { try dropCapabilities(keeping: keep) }
 
         let pair = endpoint.pairs[0]
         print("attached to \(endpoint.interfaceName) (\(backend)): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
         print("negotiated: \(pair.negotiatedFeatures)")
         for worker in workers { print("worker \(worker)") }
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
-        if droppedCapabilities { print("dropped every capability: nothing after set-up needs root") }
+        if droppedCapabilities {
+            print(keep.isEmpty ? "dropped every capability: nothing after set-up needs root"
+                               : "dropped every capability but CAP_NET_ADMIN, which removing the macvtap at exit needs")
+        }
         if let writer {
             endpoint.frameObserver = { _, frame in writer.write(frame) }
         }

@@ -215,7 +215,7 @@ for sig in INT TERM HUP KILL; do
     pid=$!
     i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/sig.log; do sleep 0.1; i=$((i + 1)); done
     ip addr add 10.0.10.1/24 dev vhsig0; ip link set vhsig0 up
-    host ping -i 0.01 -c 400 -W 1 10.0.10.2 >/tmp/sigping.log 2>&1 &
+    ping -A -c 100000 -W 1 10.0.10.2 >/tmp/sigping.log 2>&1 &
     ppid=$!
     sleep 1.5
     replies=$(grep -c "bytes from" /tmp/sigping.log)

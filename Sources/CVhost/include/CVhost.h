@@ -137,9 +137,9 @@ int cvhost_pin_thread(int tid, int cpu);
 long long cvhost_thread_affinity(int tid);
 // mknod(2) of a character device from its major and minor (makedev is a macro).
 int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor);
-// capset(2) with every set empty (effective, permitted, inheritable), then
-// prctl(PR_SET_NO_NEW_PRIVS): the process keeps its open fds and nothing else.
-int cvhost_drop_all_capabilities(void);
+// capset(2) leaving only the capabilities in `keep` (a mask of the first 64) in the effective and
+// permitted sets, none inheritable; then prctl(PR_SET_NO_NEW_PRIVS).
+int cvhost_drop_capabilities(uint64_t keep);
 // gettid(2).
 int cvhost_gettid(void);
 
