@@ -144,7 +144,7 @@ public final class PipeHostSide: HostSide, @unchecked Sendable {
     /// The socket-side header length (sock_hlen): 0 when vhost adds the header itself.
     let headerLength: Int
     private struct Received { var count: UInt64 = 0; var frames: [[UInt8]] = []; var next = 0 }
-    private let received = Mutex(Received())
+    private let received = Locked(Received())
     private let stopping = Atomic<Bool>(false)
     private var reader: WorkerThread?
 

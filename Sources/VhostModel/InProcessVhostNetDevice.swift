@@ -419,7 +419,7 @@ final class InProcessDeviceCore: @unchecked Sendable {
         }
     }
 
-    private let lock: Mutex<State>
+    private let lock: Locked<State>
     /// Wakes the worker after an ioctl changed what it polls, and for shutdown.
     private let wakeup: Int32
     private let running = Atomic<Bool>(false)
@@ -429,7 +429,7 @@ final class InProcessDeviceCore: @unchecked Sendable {
         let fd = cvhost_eventfd(0, 1)
         guard fd >= 0 else { throw .system(call: "eventfd", detail: "", errno: Errno(rawValue: -fd)) }
         wakeup = fd
-        lock = Mutex(State(offered: offered, maxMemoryRegions: maxMemoryRegions))
+        lock = Locked(State(offered: offered, maxMemoryRegions: maxMemoryRegions))
     }
 
     deinit { Glibc.close(wakeup) }

@@ -27,7 +27,7 @@ public final class EmulatedIOMMU: @unchecked Sendable {
 
     /// What the driver adds to a guest-physical address to make its IOVA.
     public let offset: UInt64
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let stopping = Atomic<Bool>(false)
     private var thread: WorkerThread?
 

@@ -6,7 +6,7 @@ import Virtio
 
 /// The ioctl events of one command, shared with the observers (which must be Sendable).
 final class EventLog: Sendable {
-    private let events = Mutex<[IoctlEvent]>([])
+    private let events = Locked<[IoctlEvent]>([])
     func withLock<T>(_ body: (inout [IoctlEvent]) -> T) -> T { events.withLock { body(&$0) } }
 }
 

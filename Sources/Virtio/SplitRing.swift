@@ -9,7 +9,8 @@ import Synchronization
 ///
 /// `avail->idx` and `used->idx` are the indices the two sides publish to each other;
 /// they are accessed as `Atomic<UInt16>` in the shared memory, as swift-system's IORing
-/// does for its kernel-shared head and tail.
+/// does for its kernel-shared head and tail. The flags and event words, which one side
+/// writes while the other may read them, are `Atomic<UInt16>` too, accessed relaxed.
 ///
 /// Memory: `SplitRing` only holds pointers. Whoever allocated or mapped the three parts (a
 /// `NetQueue`'s guest memory, a test's `TestRingMemory`) owns them and must outlive every
@@ -76,7 +77,9 @@ public struct SplitRing: @unchecked Sendable {
     // SAFETY: the avail ring starts 2-aligned (SplitRingLayout.availAlignment), so its u16
     // fields may be bound to UInt16/Atomic<UInt16>; all offsets below stay inside
     // availRingSize(queueSize:).
-    @inline(__always) var availFlagsPointer: UnsafeMutablePointer<UInt16> { avail.assumingMemoryBound(to: UInt16.self) }
+    @inline(__always) var availFlagsPointer: UnsafePointer<Atomic<UInt16>> {
+        UnsafePointer(avail.assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
     /// `avail->idx`: written by the driver with a release store, read by the device with an acquire load.
     @inline(__always) public var availIndex: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer((avail + 2).assumingMemoryBound(to: Atomic<UInt16>.self))
@@ -91,10 +94,11 @@ public struct SplitRing: @unchecked Sendable {
 
     /// `avail->flags`: written by the driver, read by the device as a hint (any value is valid).
     public var availFlags: AvailFlags {
-        // SAFETY: a 2-aligned u16 inside the avail ring; a hint ordered by the full fences of
-        // disableInterrupts/enableInterrupts and shouldSignal.
-        get { AvailFlags(rawValue: UInt16(littleEndian: availFlagsPointer.pointee)) }
-        nonmutating set { availFlagsPointer.pointee = newValue.rawValue.littleEndian }
+        // SAFETY: a 2-aligned u16 inside the avail ring, written by one side while the other
+        // reads it, so an atomic (relaxed: a hint ordered by the full fences of
+        // disableInterrupts/enableInterrupts and shouldSignal).
+        get { AvailFlags(rawValue: UInt16(littleEndian: availFlagsPointer.pointee.load(ordering: .relaxed))) }
+        nonmutating set { availFlagsPointer.pointee.store(newValue.rawValue.littleEndian, ordering: .relaxed) }
     }
 
     /// The head in avail ring slot `index & (queueSize - 1)`.
@@ -114,7 +118,9 @@ public struct SplitRing: @unchecked Sendable {
 
     // SAFETY: the used ring starts 4-aligned (SplitRingLayout.usedAlignment); all offsets below
     // stay inside usedRingSize(queueSize:).
-    @inline(__always) var usedFlagsPointer: UnsafeMutablePointer<UInt16> { used.assumingMemoryBound(to: UInt16.self) }
+    @inline(__always) var usedFlagsPointer: UnsafePointer<Atomic<UInt16>> {
+        UnsafePointer(used.assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
     /// `used->idx`: written by the device with a release store, read by the driver with an acquire load.
     @inline(__always) public var usedIndex: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer((used + 2).assumingMemoryBound(to: Atomic<UInt16>.self))
@@ -126,10 +132,11 @@ public struct SplitRing: @unchecked Sendable {
 
     /// `used->flags`: written by the device, read by the driver as a hint (any value is valid).
     public var usedFlags: UsedFlags {
-        // SAFETY: a 4-aligned u16 inside the used ring; a hint ordered by the full fences of
-        // publish and enableNotify.
-        get { UsedFlags(rawValue: UInt16(littleEndian: usedFlagsPointer.pointee)) }
-        nonmutating set { usedFlagsPointer.pointee = newValue.rawValue.littleEndian }
+        // SAFETY: a 4-aligned u16 inside the used ring, written by one side while the other
+        // reads it, so an atomic (relaxed: a hint ordered by the full fences of publish and
+        // enableNotify).
+        get { UsedFlags(rawValue: UInt16(littleEndian: usedFlagsPointer.pointee.load(ordering: .relaxed))) }
+        nonmutating set { usedFlagsPointer.pointee.store(newValue.rawValue.littleEndian, ordering: .relaxed) }
     }
 
     /// The element in used ring slot `index & (queueSize - 1)`.
