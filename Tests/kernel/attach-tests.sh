@@ -19,6 +19,7 @@ PATH=/tmp/bin:$PATH
 # The host's own tools for what busybox lacks (ip tuntap, tshark, bash's /dev/udp).
 hostip() { host ip "$@"; }
 wait_for_tap() { i=0; while [ $i -lt 100 ]; do ip link show "$1" >/dev/null 2>&1 && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
+wait_for_attached() { i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" "$1"; do sleep 0.1; i=$((i + 1)); done; }
 wait_for_exit() { i=0; while [ $i -lt 100 ]; do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; i=$((i + 1)); done; kill -9 "$1"; return 1; }
 
 # expect_error NAME STATUS TEXT COMMAND...: COMMAND fails with STATUS and prints TEXT on stderr.
@@ -123,7 +124,7 @@ if [ "$status" = 0 ] && ! ip link show vhusr0 >/dev/null 2>&1; then pass "SIGINT
 # ---- a raised MTU that the RX buffers cannot take is reported ----------------------------------
 vhostctl attach --tap vhmtu0 --create --stats 0.3 >/tmp/mtu.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/mtu.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/mtu.log
 ip link set vhmtu0 mtu 9000
 i=0; while [ $i -lt 50 ] && ! grep -q "^warning: tap vhmtu0 has MTU 9000" /tmp/mtu.log; do sleep 0.1; i=$((i + 1)); done
 if grep -q "^warning: tap vhmtu0 has MTU 9000.*MRG_RXBUF" /tmp/mtu.log; then
@@ -172,7 +173,7 @@ fi
 # ---- --worker-cpu: the vhost worker threads are found, reported and pinned ----------------------
 vhostctl attach --tap vhpin0 --create --queues 2 --worker-cpu 1 --stats 0 >/tmp/pin.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/pin.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/pin.log
 workers=$(grep -c "^worker vhost-$pid: tid [0-9]*, .*allowed CPUs 1$" /tmp/pin.log)
 tids=$(sed -nE "s/^worker vhost-$pid: tid ([0-9]+),.*/\1/p" /tmp/pin.log)
 pinned=0; for t in $tids; do grep -q "^Cpus_allowed_list:[[:space:]]*1$" /proc/$t/status 2>/dev/null && pinned=$((pinned + 1)); done
@@ -188,7 +189,7 @@ hostip link add vhdum1 type dummy && hostip link set vhdum1 up
 hostip link add vhmvl1 link vhdum1 type macvlan mode bridge && ip addr add 10.0.7.1/24 dev vhmvl1 && ip link set vhmvl1 up
 vhostctl attach --tap vhmvt1 --macvtap vhdum1 --ip 10.0.7.2/24 --stats 0 >/tmp/mvt.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/mvt.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/mvt.log
 if ping -c 3 -W 3 10.0.7.2 >/dev/null 2>&1 && grep -q "^attached to vhmvt1 (macvtap vhmvt1 on vhdum1)" /tmp/mvt.log; then
     pass "--macvtap: attach on a macvtap of a dummy parent answers ping from its sibling macvlan"
 else
@@ -200,7 +201,7 @@ hostip link del vhmvl1; hostip link del vhdum1
 hostip link add vhve0 type veth peer name vhve1 && ip link set vhve0 up && ip addr add 10.0.8.1/24 dev vhve1 && ip link set vhve1 up
 vhostctl attach --packet-socket vhve0 --ip 10.0.8.2/24 --stats 0 >/tmp/ps.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/ps.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/ps.log
 if ping -c 3 -W 3 10.0.8.2 >/dev/null 2>&1 && grep -q "VHOST_NET_F_VIRTIO_NET_HDR" /tmp/ps.log; then
     pass "--packet-socket: attach through a raw packet socket on a veth answers ping from its peer"
 else
@@ -213,7 +214,7 @@ hostip link del vhve0
 for sig in INT TERM HUP KILL; do
     vhostctl attach --tap vhsig0 --create --ip 10.0.10.2/24 --stats 0 >/tmp/sig.log 2>&1 &
     pid=$!
-    i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/sig.log; do sleep 0.1; i=$((i + 1)); done
+    wait_for_attached /tmp/sig.log
     ip addr add 10.0.10.1/24 dev vhsig0; ip link set vhsig0 up
     ping -A -c 100000 -W 1 10.0.10.2 >/tmp/sigping.log 2>&1 &
     ppid=$!
@@ -242,7 +243,7 @@ done
 # ---- privileges: every capability dropped after set-up; a user's persistent tap is not taken over --
 vhostctl attach --tap vhcap0 --create --ip 10.0.9.2/24 --stats 0 >/tmp/cap.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/cap.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/cap.log
 ip addr add 10.0.9.1/24 dev vhcap0; ip link set vhcap0 up
 capeff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/$pid/status)
 if [ "$capeff" = 0000000000000000 ] && ping -c 2 -W 3 10.0.9.2 >/dev/null 2>&1 && grep -q "dropped every capability" /tmp/cap.log; then
@@ -260,7 +261,7 @@ hostip link del vhown0
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
 vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/mq.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/mq.log
 ip addr add 10.0.2.1/24 dev vhmq0; ip link set vhmq0 up
 fds=$(ls -l /proc/$pid/fd 2>/dev/null | grep -c vhost-net)
 if ping -c 3 -W 3 10.0.2.2 >/dev/null 2>&1 && [ "$fds" = 4 ] && [ -d /sys/class/net/vhmq0/queues/tx-3 ]; then
@@ -276,7 +277,7 @@ vhostctl attach --tap vhfull0 --create --ip 10.0.3.2/24 --udp-echo 7 --stats 0 \
     --features VERSION_1 EVENT_IDX MRG_RXBUF INDIRECT_DESC --descriptors indirect --memory belowAndAbove4GiB \
     --hugepages --notify poll --busyloop-timeout 20 --dirty-log --offloads csum tso4 tso6 --queue-size 512 >/tmp/full.log 2>&1 &
 pid=$!
-i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" /tmp/full.log; do sleep 0.1; i=$((i + 1)); done
+wait_for_attached /tmp/full.log
 ip addr add 10.0.3.1/24 dev vhfull0; ip link set vhfull0 up
 reply=$(host bash -c 'exec 3<>/dev/udp/10.0.3.2/7; printf "all-options" >&3; IFS= read -r -t 5 -N 11 r <&3; printf "%s" "$r"' 2>&1)
 if ping -c 2 -W 3 10.0.3.2 >/dev/null 2>&1 && [ "$reply" = "all-options" ]; then
