@@ -32,12 +32,18 @@ public struct EventFD: ~Copyable {
     }
 
     /// Waits until the counter is non-zero or `milliseconds` pass; clears it.
-    /// Returns the count, or nil on timeout.
+    /// Returns the count, or nil on timeout. A signal does not end the wait early: it goes on for
+    /// the time left (a signal arriving while a TX drain waited once read as a 5 s timeout).
     public func wait(milliseconds: Int32) -> UInt64? {
         if let value = consume() { return value }
+        let deadline = MonotonicClock.milliseconds() + Int(milliseconds)
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let rc = poll(&entry, 1, milliseconds)
-        guard rc > 0 else { return nil }
-        return consume()
+        while true {
+            let left = milliseconds < 0 ? -1 : Int32(clamping: max(0, deadline - MonotonicClock.milliseconds()))
+            let rc = poll(&entry, 1, left)
+            if rc > 0 { return consume() }
+            if rc < 0 && errno == EINTR && (left != 0) { continue }
+            return nil
+        }
     }
 }
