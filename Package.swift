@@ -55,7 +55,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", "NetFormats", "HostNetwork", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats"]),
         .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "HostNetwork", "NetFormats", "Virtio"]),
         .executableTarget(

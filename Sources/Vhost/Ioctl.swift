@@ -146,9 +146,15 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
     public var name: String
     public var arguments: String
     public var result: Result<Int32, Errno>
+    /// The request, for a real ioctl (nil for pseudo-events).
+    public var request: IoctlRequest?
+    /// What the ioctl carried, read after it returned (so a GET's answer is in it), for programs
+    /// that replay events: `--record` turns these into script lines.
+    public var payload: IoctlPayload
 
-    public init(name: String, arguments: String, result: Result<Int32, Errno>) {
+    public init(name: String, arguments: String, result: Result<Int32, Errno>, request: IoctlRequest? = nil, payload: IoctlPayload = .none) {
         self.name = name; self.arguments = arguments; self.result = result
+        self.request = request; self.payload = payload
     }
 
     public var description: String {
@@ -157,6 +163,25 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
         case .failure(let errno): return "\(name)(\(arguments)) = -\(errno.name)"
         }
     }
+}
+
+/// An ioctl's argument in typed form, as the kernel saw it (or, for a GET, as it answered).
+public enum IoctlPayload: Sendable, Equatable {
+    case none
+    /// A 64-bit word: features, backend features, the log base, a header size, a worker mode.
+    case word(UInt64)
+    /// `VHOST_GET/SET_FEATURES_ARRAY`'s words.
+    case words([UInt64])
+    case memoryTable(MemoryTable)
+    /// `vhost_vring_state`: an index and a number (num, base, busyloop timeout).
+    case vringState(index: UInt32, num: UInt32)
+    /// `vhost_vring_file`: an index and an fd (kick, call, err, backend).
+    case vringFile(index: UInt32, fd: Int32)
+    case vringAddress(index: UInt32, VringAddresses)
+    /// An fd on its own (`VHOST_SET_LOG_FD`).
+    case fd(Int32)
+    /// An interface or device name (`TUNSETIFF`, `open`).
+    case name(String)
 }
 
 /// Receives every ioctl the library issues.
@@ -173,11 +198,12 @@ public typealias IoctlObserver = @Sendable (IoctlEvent) -> Void
 /// orders ioctls wrongly on purpose), so whether one is a bug is the caller's call, made where
 /// it catches the error.
 @discardableResult
-public func performIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, observer: IoctlObserver?,
-                  _ body: (UInt) -> Int32) throws(VhostError) -> Int32 {
+public func performIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, payload: @autoclosure () -> IoctlPayload = .none,
+                  observer: IoctlObserver?, _ body: (UInt) -> Int32) throws(VhostError) -> Int32 {
     let rc = body(request.number)
     let result: Result<Int32, Errno> = rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)
-    observer?(IoctlEvent(name: request.name, arguments: arguments(), result: result))
+    // The payload is read after the call, so a GET reports what the kernel wrote.
+    if let observer { observer(IoctlEvent(name: request.name, arguments: arguments(), result: result, request: request, payload: payload())) }
     guard rc < 0 else { return rc }
     throw .ioctl(IoctlFailure(request: request, arguments: arguments(), errno: Errno(rawValue: -rc)))
 }

@@ -66,7 +66,7 @@ public struct Tap: ~Copyable {
         var kernelName = [CChar](repeating: 0, count: Int(CVHOST_IFNAMSIZ))
         var value = flags.rawValue
         do {
-            try performIoctl(.tunSetInterface, "name: \(name), flags: \(hex(UInt16(bitPattern: flags.rawValue)))", observer: observer) { request in
+            try performIoctl(.tunSetInterface, "name: \(name), flags: \(hex(UInt16(bitPattern: flags.rawValue)))", payload: .name(name), observer: observer) { request in
                 cvhost_ioctl_ifreq_short(opened, request, name, &value, &kernelName)
             }
         } catch .ioctl(let failure) {
@@ -132,7 +132,7 @@ public struct Tap: ~Copyable {
     /// (vhost-net's sock_hlen: 12 with VERSION_1 or MRG_RXBUF, else 10).
     public func setVnetHeaderSize(_ size: Int32) throws(VhostError) {
         var value = size
-        try performIoctl(.tunSetVnetHeaderSize, "\(size)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
+        try performIoctl(.tunSetVnetHeaderSize, "\(size)", payload: .word(UInt64(size)), observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
     }
 
     public func vnetHeaderSize() throws(VhostError) -> Int32 {
@@ -156,7 +156,7 @@ public struct Tap: ~Copyable {
     }
 
     public func setOffloads(_ offloads: Offloads) throws(VhostError) {
-        try performIoctl(.tunSetOffload, hex(offloads.rawValue), observer: observer) { request in cvhost_ioctl_ulong(fd, request, UInt(offloads.rawValue)) }
+        try performIoctl(.tunSetOffload, hex(offloads.rawValue), payload: .word(UInt64(offloads.rawValue)), observer: observer) { request in cvhost_ioctl_ulong(fd, request, UInt(offloads.rawValue)) }
     }
 
     public func setPersistent(_ persistent: Bool) throws(VhostError) {

@@ -42,7 +42,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         } catch {
             throw .system(call: "open", detail: path, errno: .ioError)
         }
-        observer?(IoctlEvent(name: "open", arguments: path, result: .success(fd.rawValue)))
+        observer?(IoctlEvent(name: "open", arguments: path, result: .success(fd.rawValue), payload: .name(path)))
     }
 
     deinit { try? fd.close() }
@@ -61,14 +61,14 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
 
     public func features() throws(VhostError) -> VirtioFeatures {
         var value: UInt64 = 0
-        try performIoctl(.getFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+        try performIoctl(.getFeatures, "", payload: .word(value), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
         observer?(IoctlEvent(name: "  → features", arguments: VirtioFeatures(rawValue: value).description, result: .success(0)))
         return VirtioFeatures(rawValue: value)
     }
 
     public func setFeatures(_ features: VirtioFeatures) throws(VhostError) {
         var value = features.rawValue
-        try performIoctl(.setFeatures, features.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+        try performIoctl(.setFeatures, features.description, payload: .word(value), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     /// `VHOST_GET_FEATURES_ARRAY` (Linux 6.17): `count` words of offered features, bit
@@ -85,7 +85,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     public func extendedFeatureWords(count: Int) throws(VhostError) -> [UInt64] {
         var buffer = [UInt64](repeating: 0, count: 1 + max(0, count))
         buffer[0] = UInt64(count)
-        try performIoctl(.getFeaturesArray, "count: \(count)", observer: observer) { request in
+        try performIoctl(.getFeaturesArray, "count: \(count)", payload: .words(Array(buffer.dropFirst())), observer: observer) { request in
             buffer.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, request, $0.baseAddress) }
         }
         let words = Array(buffer.dropFirst())
@@ -103,7 +103,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         }
         var buffer = [UInt64(words.count)] + words
         do {
-            try performIoctl(.setFeaturesArray, "count: \(words.count), " + words.map { "0x" + String($0, radix: 16) }.joined(separator: ", "), observer: observer) { request in
+            try performIoctl(.setFeaturesArray, "count: \(words.count), " + words.map { "0x" + String($0, radix: 16) }.joined(separator: ", "), payload: .words(words), observer: observer) { request in
                 buffer.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, request, $0.baseAddress) }
             }
         } catch .ioctl(let failure) where failure.errno != .notSupported {
@@ -113,13 +113,13 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
 
     public func backendFeatures() throws(VhostError) -> VhostBackendFeatures {
         var value: UInt64 = 0
-        try performIoctl(.getBackendFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+        try performIoctl(.getBackendFeatures, "", payload: .word(value), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
         return VhostBackendFeatures(rawValue: value)
     }
 
     public func setBackendFeatures(_ features: VhostBackendFeatures) throws(VhostError) {
         var value = features.rawValue
-        try performIoctl(.setBackendFeatures, features.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+        try performIoctl(.setBackendFeatures, features.description, payload: .word(value), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     // MARK: memory
@@ -128,7 +128,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     /// descriptor address (vhost.c translate_desc).
     public func setMemoryTable(_ table: MemoryTable) throws(VhostError) {
         var bytes = table.encoded()
-        try performIoctl(.setMemoryTable, table.description, observer: observer) { request in
+        try performIoctl(.setMemoryTable, table.description, payload: .memoryTable(table), observer: observer) { request in
             // SAFETY: the kernel copies the table (vhost_set_memory) before the ioctl returns;
             // the regions it names are the caller's to keep mapped (see VhostBackend).
             bytes.withUnsafeMutableBytes { cvhost_ioctl_ptr(raw, request, $0.baseAddress) }
@@ -140,7 +140,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         var value = address.rawValue
         // SAFETY: the kernel keeps this address and writes log bits there while LOG_ALL is on;
         // the caller (DirtyLog's owner) keeps the log mapped until the device is closed.
-        try performIoctl(.setLogBase, address.description, observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+        try performIoctl(.setLogBase, address.description, payload: .word(address.rawValue), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     /// `VHOST_SET_LOG_FD`: signalled after the kernel logs a used-ring write (vhost.c log_ctx).
@@ -149,7 +149,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     /// `VHOST_SET_LOG_FD` with any fd; -1 unbinds.
     public func setLogFD(rawFD: Int32) throws(VhostError) {
         var value = rawFD
-        try performIoctl(.setLogFD, "fd: \(rawFD)", observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
+        try performIoctl(.setLogFD, "fd: \(rawFD)", payload: .fd(rawFD), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &value) }
     }
 
     // MARK: vrings
@@ -173,7 +173,7 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         // (the session's guest memory) outlives the device.
         try performIoctl(.setVringAddress,
                          "index: \(index), desc: \(addresses.descriptors), avail: \(addresses.avail), used: \(addresses.used), log: \(hex(addresses.log?.rawValue ?? 0)), flags: \(logging ? "LOG" : "0")",
-                         observer: observer) { request in cvhost_ioctl_ptr(raw, request, &addr) }
+                         payload: .vringAddress(index: index, addresses), observer: observer) { request in cvhost_ioctl_ptr(raw, request, &addr) }
     }
 
     public func setVringKick(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try setVringKick(index: index, rawFD: event.fd) }
@@ -230,14 +230,14 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
     /// The ioctls that take a `vhost_vring_file` (a vring index and an fd).
     private func setVringFile(_ request: IoctlRequest, index: UInt32, fd file: Int32) throws(VhostError) {
         var argument = vhost_vring_file(index: index, fd: file)
-        try performIoctl(request, "index: \(index), fd: \(file)", observer: observer) { cvhost_ioctl_ptr(raw, $0, &argument) }
+        try performIoctl(request, "index: \(index), fd: \(file)", payload: .vringFile(index: index, fd: file), observer: observer) { cvhost_ioctl_ptr(raw, $0, &argument) }
     }
 
     /// The ioctls that take a `vhost_vring_state` (a vring index and a number); returns the number back.
     @discardableResult
     private func vringState(_ request: IoctlRequest, index: UInt32, num: UInt32, describe: Bool = true) throws(VhostError) -> UInt32 {
         var state = vhost_vring_state(index: index, num: num)
-        try performIoctl(request, describe ? "index: \(index), num: \(num)" : "index: \(index)", observer: observer) { cvhost_ioctl_ptr(raw, $0, &state) }
+        try performIoctl(request, describe ? "index: \(index), num: \(num)" : "index: \(index)", payload: .vringState(index: state.index, num: state.num), observer: observer) { cvhost_ioctl_ptr(raw, $0, &state) }
         return state.num
     }
 }

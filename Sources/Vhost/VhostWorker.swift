@@ -74,21 +74,21 @@ extension VhostNetDevice {
     /// it as a vring ioctl and answers EPERM before SET_OWNER, which `workerModeControl` reports.
     public func forkFromOwner() throws(VhostError) -> VhostWorkerMode {
         var value: UInt8 = 0
-        try performIoctl(.getForkFromOwner, "", observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &value) }
+        try performIoctl(.getForkFromOwner, "", payload: .word(UInt64(value)), observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &value) }
         return value == 0 ? .kthread : .task
     }
 
     /// `VHOST_SET_FORK_FROM_OWNER`: chooses the worker mode; before SET_OWNER only (EBUSY after).
     public func setForkFromOwner(_ mode: VhostWorkerMode) throws(VhostError) {
         var value: UInt8 = mode == .task ? 1 : 0
-        try performIoctl(.setForkFromOwner, mode.rawValue, observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &value) }
+        try performIoctl(.setForkFromOwner, mode.rawValue, payload: .word(UInt64(value)), observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &value) }
     }
 
     /// `VHOST_NEW_WORKER` with `workerID` in the argument, for probing: vhost-net does not route
     /// the worker ioctls (only vhost-scsi does), so the kernel answers as for a vring ioctl.
     public func newWorker(workerID: UInt32 = 0) throws(VhostError) -> UInt32 {
         var state = workerID
-        try performIoctl(.newWorker, "worker_id: \(workerID)", observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &state) }
+        try performIoctl(.newWorker, "worker_id: \(workerID)", payload: .word(UInt64(state)), observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &state) }
         return state
     }
 

@@ -9,7 +9,7 @@ import VhostNet
 import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + soakTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + soakTests
 
 // MARK: helpers
 
@@ -120,7 +120,7 @@ let scriptTests: [KernelTest] = [
         // Part 1: a full set-up with RX's base at 7, so that the kernel's next handle_rx, finding
         // no buffers, writes avail_event = 7 into vring 0's used ring (vhost.c vhost_enable_notify
         // with EVENT_IDX): a write we can see.
-        let setup = try IoctlScript(parsing: """
+        let setup = try Script(parsing: """
             open
             set-owner
             set-features VERSION_1 EVENT_IDX
@@ -145,12 +145,12 @@ let scriptTests: [KernelTest] = [
             set-backend 1 tap
             """, name: "setup")
         var output: [String] = []
-        let runner = IoctlScriptRunner { output.append($0) }
-        try runner.run(setup, name: "setup")
+        let runner = ScriptRunner { output.append($0) }
+        try runner.run(setup)
         guard let oldRing = runner.ring(0), let oldRegion = runner.memoryRegions.first else { throw KernelTestFailure("no ring 0 after set-up") }
         oldRing.availIndex.pointee.store(7, ordering: .releasing)
         // Part 2: map memory again while the kernel still holds vring 0's addresses in the old one.
-        try runner.run(IoctlScript(parsing: "memory 1M", name: "remap"), name: "remap")
+        try runner.run(Script(parsing: "memory 1M", name: "remap"))
         try expect(runner.retiredMappings == [oldRegion], "the old mapping was not kept: \(runner.retiredMappings)")
         try expect(output.last?.contains("stays mapped") == true, "the runner did not say it keeps the old mapping: \(output.last ?? "")")
         guard let newRegion = runner.memoryRegions.first else { throw KernelTestFailure("no new memory") }

@@ -63,6 +63,10 @@ public struct NetQueue: ~Copyable {
     public let addressOffset: UInt64
     /// Kick after every publish whatever the device asked (for comparison runs).
     var kickEveryPublish = false
+    /// Told of every publish and kick (nil: nobody records; the hot path pays one test).
+    var ringObserver: RingObserver? = nil
+    /// Frame bytes added since the last publish, for the ring observer.
+    private var addedFrameBytes = 0
 
     init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool, startIndex: UInt16 = 0, addressOffset: UInt64 = 0) throws(VhostError) {
         let kick = try EventFD(), call = try EventFD(), error = try EventFD()
@@ -110,6 +114,7 @@ public struct NetQueue: ~Copyable {
     mutating func addChain(frameLength: Int, deviceWritable: Bool) -> UInt16? {
         guard let head = driver.nextFreeHead else { return nil }
         let buffer = memory.buffers[Int(head)]
+        if ringObserver != nil { addedFrameBytes += frameLength }
         func device(_ address: GuestAddress) -> UInt64 { address.rawValue + addressOffset }
         switch layout {
         case .inline:
@@ -156,9 +161,14 @@ public struct NetQueue: ~Copyable {
     /// Publishes what was added and kicks when the device asks for it.
     mutating func publishAndKick() {
         guard driver.addedSincePublish > 0 else { return }
+        if let ringObserver {
+            ringObserver(.published(queue: index, chains: Int(driver.addedSincePublish), frameBytes: addedFrameBytes))
+            addedFrameBytes = 0
+        }
         if driver.publish() || kickEveryPublish {
             kick.signal()
             counters.kicks += 1
+            ringObserver?(.kicked(queue: index))
         } else {
             counters.suppressedKicks += 1
         }

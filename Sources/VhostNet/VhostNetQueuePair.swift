@@ -39,6 +39,8 @@ public struct QueuePairConfiguration: Sendable {
     public var bringLinkUp: Bool = true
     public var devicePath: String = VhostNetDevice.defaultPath
     public var observer: IoctlObserver? = nil
+    /// Told of every publish and kick on both rings (`--record`).
+    public var ringObserver: RingObserver? = nil
 
     public init(tapName: String) { self.tapName = tapName }
 
@@ -154,6 +156,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         transmitQueue = TransmitQueue(tx)
         transmitQueue.queue.kickEveryPublish = configuration.kickEveryPublish
         receiveQueue.queue.kickEveryPublish = configuration.kickEveryPublish
+        transmitQueue.queue.ringObserver = configuration.ringObserver
+        receiveQueue.queue.ringObserver = configuration.ringObserver
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
                           receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)

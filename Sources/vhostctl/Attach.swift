@@ -18,6 +18,7 @@ struct Attach: ParsableCommand {
         """)
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var recording: RecordOptions
 
     @Option(help: "The tap interface to attach to (with --macvtap: the macvtap's name).")
     var tap: String?
@@ -112,6 +113,8 @@ struct Attach: ParsableCommand {
 
     func attach() throws {
         let logger = common.makeLogger()
+        let recorder = recording.makeRecorder()
+        defer { recording.save(recorder, command: "attach") }
         try requireNetworkAdministration("vhostctl attach")
         if let tap, macvtap == nil {
             let exists = Tap.exists(name: tap)
@@ -137,7 +140,8 @@ struct Attach: ParsableCommand {
         config.mac = MACAddress(parsing: mac)!
         config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
         config.udpEchoPort = udpEcho
-        config.datapath.observer = common.observer
+        config.datapath.observer = RecordOptions.observer(common, recorder)
+        config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
         if let parent = macvtap {
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, MacvtapPort>(config, macvtapOn: parent, logger: logger)

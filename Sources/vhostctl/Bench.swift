@@ -7,6 +7,7 @@ import VhostNet
 import HostNetwork
 import NetFormats
 import Virtio
+import VhostScript
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -20,6 +21,7 @@ struct Bench: ParsableCommand {
         """)
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var recording: RecordOptions
 
     @Option(help: "Tap to create for the run (it must not exist).")
     var tap = "vhbench0"
@@ -81,12 +83,14 @@ struct Bench: ParsableCommand {
         try requireNetworkAdministration("vhostctl bench")
         try requireFreeTapName(tap)
         let variants = configs.map { name in Variant.all.first { $0.name == name }! }
+        let recorder = recording.makeRecorder()
+        defer { recording.save(recorder, command: "bench") }
         var tx = [[Double]](repeating: [], count: variants.count)
         var rx = [[Double]](repeating: [], count: variants.count)
         if !json { print("vhostctl bench: \(frameSize)-byte frames, \(trials) interleaved trials of \(seconds) s per direction, kernel \(KernelInfo.release())") }
         for trial in 1...trials {
             for (i, variant) in variants.enumerated() {
-                let endpoint = try makeEndpoint(variant)
+                let endpoint = try makeEndpoint(variant, recorder: recorder)
                 tx[i].append(try measureTransmit(endpoint.pairs[0]))
                 rx[i].append(try measureReceive(endpoint.pairs[0]))
                 try endpoint.stop()
@@ -98,9 +102,10 @@ struct Bench: ParsableCommand {
         report(variants: variants, tx: tx, rx: rx, rtt: rtt)
     }
 
-    func makeEndpoint(_ variant: Variant) throws -> VhostNetEndpoint {
+    func makeEndpoint(_ variant: Variant, recorder: ScriptRecorder?) throws -> VhostNetEndpoint {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
-        config.datapath.observer = common.observer
+        config.datapath.observer = RecordOptions.observer(common, recorder)
+        config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
         variant.apply(&config.datapath)
         return try VhostNetEndpoint(config, logger: common.makeLogger())

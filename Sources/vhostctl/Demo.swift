@@ -13,6 +13,7 @@ struct Demo: ParsableCommand {
         discussion: "Needs root. Exits 0 when every check passed, 1 when one failed.")
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var recording: RecordOptions
 
     @Option(help: "Name of the tap to create (it must not exist).")
     var tap = "vhdemo0"
@@ -48,6 +49,8 @@ struct Demo: ParsableCommand {
     func demo() throws -> Bool {
         try requireNetworkAdministration("vhostctl demo")
         try requireFreeTapName(tap)
+        let recorder = recording.makeRecorder()
+        defer { recording.save(recorder, command: "demo") }
         let host = IPv4Interface(parsing: hostIP)!
         let me = IPv4Address(parsing: ip)!
         let udpPort: UInt16 = 7
@@ -57,7 +60,8 @@ struct Demo: ParsableCommand {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
         config.ipv4 = IPv4Interface(address: me, prefixLength: host.prefixLength)
         config.udpEchoPort = udpPort
-        config.datapath.observer = common.observer
+        config.datapath.observer = RecordOptions.observer(common, recorder)
+        config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
         let endpoint = try VhostNetEndpoint(config, logger: common.makeLogger())
         let pair = endpoint.pairs[0]

@@ -136,25 +136,48 @@ struct NetworkResponderTests {
     }
 }
 
-@Suite("IoctlScript parsing")
-struct IoctlScriptTests {
-    @Test("the example script parses, with expectations attached to the next command")
-    func example() throws {
+@Suite("Script parsing")
+struct ScriptParsingTests {
+    func invocations(_ statements: [Statement]) -> [Invocation] {
+        statements.flatMap { statement -> [Invocation] in
+            switch statement {
+            case .invoke(let invocation): return [invocation]
+            case .loop(_, _, let body, _): return invocations(body)
+            default: return []
+            }
+        }
+    }
+
+    @Test("commands, named and positional arguments, expectations, variables, loops and includes parse into statements")
+    func language() throws {
         let text = """
         open   # comment
         set-features VERSION_1 EVENT_IDX
         expect EINVAL
         set-vring-num 0 3
-
+        let f = get-features
+        expect features contains EVENT_IDX
+        expect $f lacks 0x1
+        repeat 3 as i {
+            send 1 count=2 size=64
+        }
+        include "common.vhost"
         set-backend 1 -1
+        expect ring-error 1 within=500
         """
-        let script = try IoctlScript(parsing: text)
-        #expect(script.commands.map(\.name) == ["open", "set-features", "set-vring-num", "set-backend"])
-        #expect(script.commands[2].expected == .invalidArgument && script.commands[2].line == 4)
-        #expect(script.commands[1].expected == nil && script.commands[3].arguments == ["1", "-1"])
+        let script = try Script(parsing: text, name: "main.vhost") { path in
+            path == "common.vhost" ? "get-vring-base 1\nexpect base == 0\n" : nil
+        }
+        let commands = invocations(script.statements)
+        #expect(commands.map(\.command) == ["open", "set-features", "set-vring-num", "get-features", "send", "get-vring-base", "set-backend"])
+        #expect(commands[2].expected == .errno(.invalidArgument) && commands[2].location == SourceLocation(file: "main.vhost", line: 4, column: 1))
+        #expect(commands[1].expected == .success && commands[3].binding == "f")
+        #expect(commands[4].arguments["count"]?.operands == [.literal("2")] && commands[4].arguments["queue"]?.operands == [.literal("1")])
+        #expect(commands[5].location.file == "common.vhost")
+        #expect(script.commandCount == 13)
     }
 
-    @Test("a malformed script lists every problem with its line, and suggests the command meant")
+    @Test("a malformed script lists every problem at file:line:column, says what was expected and found, and suggests only close matches")
     func malformed() {
         let text = """
         set-vring-nmu 0 256
@@ -163,21 +186,59 @@ struct IoctlScriptTests {
         expect EWHAT
         memory lots
         set-backend 0 socket
+        send 1 cuont=3
+        set-vring-base 0 $undefined
+        repeat 2 {
+        frobnicate
         expect EBUSY
         """
         do {
-            _ = try IoctlScript(parsing: text, name: "bad.vhost")
+            _ = try Script(parsing: text, name: "bad.vhost")
             Issue.record("a malformed script parsed")
         } catch {
             let problems = error.problems
-            #expect(problems.count == 7)
-            #expect(problems[0] == "bad.vhost:1: unknown command 'set-vring-nmu'; did you mean set-vring-num?")
-            #expect(problems[1].hasPrefix("bad.vhost:2: set-vring-num takes 2 argument(s)"))
-            #expect(problems[2].contains("unknown feature VERSION_9"))
-            #expect(problems[3].contains("unknown errno 'EWHAT'"))
-            #expect(problems[4].contains("bad size lots"))
-            #expect(problems[5].contains("tap or -1"))
-            #expect(problems[6] == "bad.vhost:7: expect is not followed by a command")
+            #expect(problems.count == 11, "\(problems)")
+            #expect(problems[0] == "bad.vhost:1:1: expected a command, found 'set-vring-nmu'; did you mean set-vring-num?")
+            #expect(problems[1] == "bad.vhost:2:16: expected NUM (set-vring-num INDEX NUM), found the end of the line")
+            #expect(problems[2].hasPrefix("bad.vhost:3:14: expected a virtio feature name") && problems[2].contains("found 'VERSION_9'") && problems[2].contains("did you mean VERSION_1?"))
+            #expect(problems[3].hasPrefix("bad.vhost:4:8: expected ok or an errno name after expect, found 'EWHAT'"))
+            #expect(problems[4].hasPrefix("bad.vhost:5:8: expected a whole number") && problems[4].contains("found 'lots'"))
+            #expect(problems[5].hasPrefix("bad.vhost:6:15: expected a number or one of tap, -1, eventfd, closed, file"))
+            #expect(problems[6].hasPrefix("bad.vhost:7:8: expected a parameter of send") && problems[6].hasSuffix("did you mean count?"))
+            #expect(problems[7].hasPrefix("bad.vhost:8:18: expected a variable set earlier"))
+            #expect(problems[8] == "bad.vhost:10:1: expected a command, found 'frobnicate'")
+            #expect(problems[9] == "bad.vhost:11:1: expected a command after this expect, found the end of the file")
+            #expect(problems[10] == "bad.vhost:9:1: expected a } to close this repeat block, found the end of the file")
+        }
+    }
+
+    @Test("a word far from every command gets no suggestion")
+    func noWildGuesses() {
+        do {
+            _ = try Script(parsing: "xyzzy 1 2", name: "s")
+            Issue.record("parsed")
+        } catch {
+            #expect(error.problems == ["s:1:1: expected a command, found 'xyzzy'"])
+        }
+    }
+
+    @Test("includes that loop are refused, with the place of the include")
+    func includeLoop() {
+        do {
+            _ = try Script(parsing: "include \"a.vhost\"", name: "a.vhost") { _ in "include \"a.vhost\"" }
+            Issue.record("parsed")
+        } catch {
+            #expect(error.problems.count == 1 && error.problems[0].hasPrefix("a.vhost:1:9: include a.vhost would include itself"))
+        }
+    }
+
+    @Test("non-printable bytes in a script are escaped in the message")
+    func escaped() {
+        do {
+            _ = try Script(parsing: "set-owner\u{1b}[31m", name: "s")
+            Issue.record("parsed")
+        } catch {
+            #expect(error.problems.count == 1 && error.problems[0].contains("\\u{1b}") && !error.problems[0].contains("\u{1b}"))
         }
     }
 

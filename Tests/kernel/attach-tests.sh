@@ -299,26 +299,62 @@ if ip link show vhbench0 >/dev/null 2>&1; then fail "bench removes its tap"; els
 
 # ---- script: QEMU's sequence from a file, each ioctl printed; kernel rules as expectations -------
 if timeout 60 vhostctl script ${EXAMPLES:-/opt/bin}/qemu-vhost-net-start.vhost >/tmp/script.txt 2>&1 \
-    && grep -q "VHOST_NET_SET_BACKEND(index: 1, fd: " /tmp/script.txt && grep -q "= -EBUSY, as expected" /tmp/script.txt \
-    && grep -q "= -EINVAL, as expected" /tmp/script.txt && grep -q "commands ran as expected" /tmp/script.txt \
+    && grep -q "VHOST_NET_SET_BACKEND(index: 1, fd: " /tmp/script.txt && grep -q "= -EBUSY, EBUSY as expected" /tmp/script.txt \
+    && grep -q "= -EINVAL, EINVAL as expected" /tmp/script.txt && grep -q "every command did what was expected" /tmp/script.txt \
     && ! ip link show vhscript0 >/dev/null 2>&1; then
-    pass "script runs QEMU's vhost_net_start sequence from Examples/, EBUSY and EINVAL as expected ($(grep -c '→' /tmp/script.txt) steps)"
+    pass "script (the old spelling, no 'run') runs QEMU's vhost_net_start sequence from Examples/, EBUSY and EINVAL as expected ($(grep -c 'VHOST_' /tmp/script.txt) ioctl lines)"
 else
     fail "script: the example" "$(cat /tmp/script.txt)"
 fi
 printf 'open\nset-owner\nset-vring-num 0 256\nset-backend 0 -1\ntap vhscr1\nset-backend 0 tap\n' >/tmp/efault.vhost
-expect_error "script: a backend before ring addresses is EFAULT, reported, not a crash" 1 "EFAULT" vhostctl script /tmp/efault.vhost
-printf 'open\nset-owner\nset-vring-nmu 0 256\nexpect ENOPE\n' >/tmp/bad.vhost
-timeout 30 vhostctl script /tmp/bad.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
-if [ "$got" = 64 ] && grep -q "bad.vhost:3: unknown command 'set-vring-nmu'; did you mean set-vring-num?" /tmp/err.txt \
-    && grep -q "bad.vhost:4: unknown errno 'ENOPE'" /tmp/err.txt && [ "$(wc -l </tmp/err.txt)" = 3 ] && [ ! -s /tmp/out.txt ]; then
-    pass "script: malformed, each problem named by its line, nothing run (exit 64)"
+expect_error "script: a backend before ring addresses is EFAULT, reported, not a crash" 1 "EFAULT" vhostctl script run /tmp/efault.vhost
+printf 'tap vhbad0\nopen\nset-owner\nset-vring-nmu 0 256\nexpect ENOPE\nset-owner\n' >/tmp/bad.vhost
+timeout 30 vhostctl script run /tmp/bad.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
+if [ "$got" = 64 ] && grep -q "bad.vhost:4:1: expected a command, found 'set-vring-nmu'; did you mean set-vring-num?" /tmp/err.txt \
+    && grep -q "bad.vhost:5:8: expected ok or an errno name after expect, found 'ENOPE'" /tmp/err.txt && [ "$(wc -l </tmp/err.txt)" = 3 ] \
+    && [ ! -s /tmp/out.txt ] && ! ip link show vhbad0 >/dev/null 2>&1; then
+    pass "script run: malformed, each problem at file:line:column with what was expected and found, nothing run (no tap made, exit 64)"
 else
     fail "script: malformed" "exit $got; $(cat /tmp/err.txt) $(cat /tmp/out.txt)"
 fi
+timeout 30 vhostctl script check /tmp/bad.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
+if [ "$got" = 64 ] && grep -q "bad.vhost:4:1:" /tmp/err.txt && ! ip link show vhbad0 >/dev/null 2>&1; then
+    pass "script check: exits 64 on the malformed script, same messages, no kernel touched"
+else
+    fail "script check on a malformed script" "exit $got; $(cat /tmp/err.txt)"
+fi
+if timeout 30 vhostctl script check ${EXAMPLES:-/opt/bin}/qemu-vhost-net-start.vhost >/tmp/out.txt 2>&1 && grep -q "well formed" /tmp/out.txt; then
+    pass "script check: the example is well formed (exit 0)"
+else
+    fail "script check on the example" "$(cat /tmp/out.txt)"
+fi
 printf 'open\nset-owner\nexpect EINVAL\nset-vring-num 0 256\n' >/tmp/unmet.vhost
-expect_error "script: an unmet expectation stops with the line" 1 "unmet.vhost:4: expected EINVAL" vhostctl script /tmp/unmet.vhost
-expect_error "script: missing file" 64 "cannot read script" vhostctl script /tmp/no-such.vhost
+expect_error "script: an unmet expectation stops with the line" 1 "unmet.vhost:4:1: expected EINVAL" vhostctl script run /tmp/unmet.vhost
+expect_error "script: missing file" 64 "cannot read script" vhostctl script run /tmp/no-such.vhost
+
+# ---- record and replay: demo's ioctls and ring operations, replayed with the kernel's answers ----
+if timeout 120 vhostctl demo --tap vhrec0 --seconds 0.3 --record /tmp/demo.vhost >/tmp/demo-rec.txt 2>&1 \
+    && grep -q "^set-backend 1 tap" /tmp/demo.vhost && grep -q "^expect features == " /tmp/demo.vhost \
+    && grep -q "^send 1 count=" /tmp/demo.vhost && grep -q "^expect base " /tmp/demo.vhost; then
+    pass "demo --record writes a script: $(grep -cv '^#' /tmp/demo.vhost) lines, $(grep -c '^expect' /tmp/demo.vhost) of them the kernel's answers"
+else
+    fail "demo --record" "$(tail -5 /tmp/demo-rec.txt) $(head -40 /tmp/demo.vhost)"
+fi
+if timeout 120 vhostctl script run /tmp/demo.vhost >/tmp/replay.txt 2>&1 && grep -q "every command did what was expected" /tmp/replay.txt \
+    && ! ip link show vhrec0 >/dev/null 2>&1; then
+    pass "script run of the recording: the same kernel answers on the same kernel ($(grep -c ': yes (' /tmp/replay.txt) values and $(grep -c 'as expected' /tmp/replay.txt) errnos compared)"
+else
+    fail "replay of demo's recording" "$(grep -v '^#' /tmp/replay.txt | tail -8)"
+fi
+# A recording whose answer differs (TX base one higher) must be reported at its line.
+awk '/^expect base / && !done { print "expect base " $3 + 1; done = 1; next } { print }' /tmp/demo.vhost >/tmp/demo-changed.vhost
+line=$(grep -n '^expect base ' /tmp/demo-changed.vhost | head -1 | cut -d: -f1)
+timeout 120 vhostctl script run /tmp/demo-changed.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
+if [ "$got" = 1 ] && grep -q "demo-changed.vhost:$line:1: expected base == " /tmp/err.txt; then
+    pass "a replay whose kernel answer differs names the first difference by line (exit 1)"
+else
+    fail "replay reports a difference" "exit $got; $(cat /tmp/err.txt)"
+fi
 
 # ---- every error case: one clear line, a non-zero documented exit code, nothing left behind ----
 grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
