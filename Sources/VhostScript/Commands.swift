@@ -112,6 +112,8 @@ public enum ScriptCommands {
         CommandSpec("tap", [.init("name", .text)], "create or attach tap NAME (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), bring it up, and listen on its host side"),
         CommandSpec("set-vnet-hdr-size", [.init("size", .number)], "TUNSETVNETHDRSZ on the tap"),
         CommandSpec("link", [.init("state", .choice(["up", "down"]))], "bring the tap up or down"),
+        CommandSpec("set-offloads", [.init("offloads", .numberOrChoice(ScriptCommands.offloadNames), required: false, variadic: true)],
+                    "TUNSETOFFLOAD on the tap: csum tso4 tso6 tso-ecn ufo uso4 uso6 udp-tunnel-gso udp-tunnel-gso-csum, or 0x bits (none: all off)"),
         CommandSpec("set-backend", [.init("index", .number), .init("fd", .numberOrChoice(backendChoices))], "VHOST_NET_SET_BACKEND INDEX tap|-1|eventfd|closed|file"),
         // Frames.
         CommandSpec("send", [.init("queue", .number), .init("count", .number, required: false), .init("size", .number, required: false),
@@ -142,6 +144,10 @@ public enum ScriptCommands {
         CommandSpec("kick", [.init("queue", .number)], "signal the queue's kick eventfd"),
         CommandSpec("print", [.init("text", .text, variadic: true)], "print the words (variables substituted)"),
     ]
+
+    static let offloadNames = ["csum", "tso4", "tso6", "tso-ecn", "ufo", "uso4", "uso6", "udp-tunnel-gso", "udp-tunnel-gso-csum"]
+    static let offloadBits: [String: UInt32] = ["csum": 0x1, "tso4": 0x2, "tso6": 0x4, "tso-ecn": 0x8, "ufo": 0x10, "uso4": 0x20, "uso6": 0x40,
+                                                 "udp-tunnel-gso": 0x80, "udp-tunnel-gso-csum": 0x100]
 
     public static let byName: [String: CommandSpec] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
 

@@ -142,6 +142,7 @@ public final class ScriptRecorder: Sendable {
             case (.setLogFD, .fd(let fd)): call("set-log-fd" + (fd < 0 ? " -1" : ""))
             case (.tunSetInterface, .name(let name)): call("tap \(name)")
             case (.tunSetVnetHeaderSize, .word(let size)): call("set-vnet-hdr-size \(size)")
+            case (.tunSetOffload, .word(let bits)): call("set-offloads \(ScriptRecorder.hex(bits))")
             default:
                 lines.append("# \(event) (not replayed)")
             }

@@ -623,6 +623,13 @@ public final class ScriptRunner {
         case "link":
             guard let tap else { throw .invalidArgument("link needs a tap: put `tap NAME` first") }
             try tap.tap.setLinkUp(word(invocation, "state") == "up")
+        case "set-offloads":
+            guard let tap else { throw .invalidArgument("set-offloads needs a tap: put `tap NAME` first") }
+            var bits: UInt32 = 0
+            for operand in invocation.arguments["offloads"]?.operands ?? [] {
+                if case .literal(let text) = operand, let bit = ScriptCommands.offloadBits[text] { bits |= bit } else { bits |= UInt32(truncatingIfNeeded: try resolveNumber(operand)) }
+            }
+            try tap.tap.setOffloads(Tap.Offloads(rawValue: bits))
         case "set-backend":
             let box = try requireDevice()
             let index = try index()
