@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/eventfd.h>
+#include <linux/bpf.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <arpa/inet.h>
@@ -291,4 +292,31 @@ int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms) {
     if (n < 0) return -errno;
     for (int i = 0; i < n; i++) tokens[i] = events[i].data.u64;
     return n;
+}
+
+const uint32_t CVHOST_BPF_PROG_TYPE_XDP = BPF_PROG_TYPE_XDP;
+const uint32_t CVHOST_BPF_XDP = BPF_XDP;
+_Static_assert(sizeof(struct bpf_insn) == 8, "struct bpf_insn is 8 bytes");
+
+int cvhost_bpf_prog_load(uint32_t type, const uint64_t *instructions, uint32_t count, const char *license, char *log, uint32_t log_size) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.prog_type = type;
+    attr.insns = (uint64_t)(uintptr_t)instructions;
+    attr.insn_cnt = count;
+    attr.license = (uint64_t)(uintptr_t)license;
+    if (log && log_size) { attr.log_buf = (uint64_t)(uintptr_t)log; attr.log_size = log_size; attr.log_level = 1; }
+    long fd = syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int cvhost_bpf_link_create(int prog_fd, int ifindex, uint32_t attach_type, uint32_t flags) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.link_create.prog_fd = (uint32_t)prog_fd;
+    attr.link_create.target_ifindex = (uint32_t)ifindex;
+    attr.link_create.attach_type = attach_type;
+    attr.link_create.flags = flags;
+    long fd = syscall(SYS_bpf, BPF_LINK_CREATE, &attr, sizeof attr);
+    return fd < 0 ? -errno : (int)fd;
 }

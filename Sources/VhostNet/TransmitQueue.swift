@@ -69,6 +69,16 @@ public struct TransmitQueue: ~Copyable {
         try drain(mode: mode)
     }
 
+    /// Waits until a chain is free to add (reaping what the device used), in the queue's mode;
+    /// returns false when `milliseconds` passed without one.
+    public mutating func waitForRoom(mode: NotificationMode, milliseconds: Int32) throws(VhostError) -> Bool {
+        try reap()
+        if queue.canAddChain { return true }
+        guard queue.waitForUsed(mode: mode, milliseconds: milliseconds) else { return false }
+        try reap()
+        return queue.canAddChain
+    }
+
     /// Waits until the device has used every TX chain.
     public mutating func drain(mode: NotificationMode, milliseconds: Int32 = 5000) throws(VhostError) {
         try reap()

@@ -230,6 +230,13 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     @discardableResult
     public func reapTransmitted() throws(VhostError) -> Int { try transmitQueue.reap() }
 
+    /// Waits (in the configured notification mode) until the TX ring has room for a frame;
+    /// false when `milliseconds` passed first. With `post`, this keeps the ring full without
+    /// ever draining it.
+    public func waitForTransmitRoom(milliseconds: Int32 = 1000) throws(VhostError) -> Bool {
+        try transmitQueue.waitForRoom(mode: configuration.notificationMode, milliseconds: milliseconds)
+    }
+
     /// Transmits `count` frames. `fill(i, buffer)` writes frame `i` into the guest buffer and
     /// returns its length; `header` (zeroed by default) goes before it, inline or in its own
     /// descriptor by layout. Keeps the ring full, kicks only when the device asks, and waits

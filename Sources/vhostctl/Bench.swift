@@ -9,8 +9,19 @@ import NetFormats
 import Virtio
 import VhostScript
 
+/// `vhostctl bench` (driver configurations side by side) and `vhostctl bench backends`
+/// (vhost-net against the userspace tap path).
+struct BenchGroup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmark the in-kernel datapath: driver configurations side by side (the default), or vhost-net against the userspace tap path (bench backends).",
+        subcommands: [Bench.self, BenchBackends.self],
+        defaultSubcommand: Bench.self)
+}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "configs",
         abstract: "Benchmark the in-kernel datapath: driver configurations side by side in one run, with interleaved trials, medians and ratios; and the round-trip latency through vhost-net and the host stack.",
         discussion: """
         Each trial creates a tap, attaches, and measures TX (driver → vhost → tap, counted by the \

@@ -1,6 +1,8 @@
 /// A minimal JSON value for `--json` output (keeps the static binary free of Foundation).
 indirect enum JSON {
     case string(String), number(UInt64), bool(Bool), null
+    /// A number already written out (a decimal with a fraction).
+    case raw(String)
     case array([JSON]), object([(String, JSON)])
 
     var text: String {
@@ -9,6 +11,7 @@ indirect enum JSON {
         case .number(let n): return String(n)
         case .bool(let b): return b ? "true" : "false"
         case .null: return "null"
+        case .raw(let text): return text
         case .array(let items): return "[" + items.map(\.text).joined(separator: ", ") + "]"
         case .object(let fields): return "{" + fields.map { JSON.quote($0.0) + ": " + $0.1.text }.joined(separator: ", ") + "}"
         }

@@ -15,7 +15,7 @@ struct VhostCtl: ParsableCommand {
         or a requested feature is unavailable; 75 the tap is busy; 77 not permitted (needs root \
         or CAP_NET_ADMIN).
         """,
-        subcommands: [Info.self, Attach.self, Demo.self, Bench.self, ScriptGroup.self, MigrateTest.self]
+        subcommands: [Info.self, Attach.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self]
     )
 
     /// ArgumentParser's own main, except that a bad argument prints one line

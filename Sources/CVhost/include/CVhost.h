@@ -150,6 +150,15 @@ int cvhost_epoll_del(int epfd, int fd);
 // Fills up to `maximum` (at most 64) tokens of ready fds; returns their count or -errno (EINTR included).
 int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms);
 
+// bpf(2): loads a program of `type` from `count` instructions (struct bpf_insn, 8 bytes each);
+// returns its fd or -errno. The verifier's log goes to `log` (may be NULL).
+int cvhost_bpf_prog_load(uint32_t type, const uint64_t *instructions, uint32_t count, const char *license, char *log, uint32_t log_size);
+// bpf(2) BPF_LINK_CREATE: attaches `prog_fd` to interface `ifindex` as `attach_type`; returns the
+// link's fd (closing it detaches) or -errno.
+int cvhost_bpf_link_create(int prog_fd, int ifindex, uint32_t attach_type, uint32_t flags);
+extern const uint32_t CVHOST_BPF_PROG_TYPE_XDP;
+extern const uint32_t CVHOST_BPF_XDP;
+
 // IFF_* interface flags, for Swift.
 extern const short CVHOST_IFF_UP;
 extern const short CVHOST_IFF_RUNNING;

@@ -1,0 +1,63 @@
+import Glibc
+import NetFormats
+import Vhost
+
+/// The kernel's packet generator (net/core/pktgen.c) as an RX source: its kernel thread sends
+/// into the tap as fast as the tap takes them, so the receiver, not the sender, sets the rate.
+/// Controlled through /proc/net/pktgen; `Scripts/vm` loads the module.
+public final class PacketGenerator {
+    /// Whether the pktgen module is loaded (its control file exists and we may write it).
+    public static var isAvailable: Bool { access("/proc/net/pktgen/pgctrl", W_OK) == 0 }
+
+    public let device: String
+    private var runner: WorkerThread?
+
+    /// Configures kpktgend_0 to send `frameSize`-byte UDP frames to `destination` on `device`,
+    /// without end, until `stop`.
+    public init(device: String, frameSize: Int, destination: MACAddress) throws(VhostError) {
+        self.device = device
+        func write(_ file: String, _ command: String) throws(VhostError) {
+            // pktgen answers a bad command by failing the write; its reason is in the file.
+            guard PacketGenerator.write(file, command) else {
+                let reason = KernelInfo.readFile(file)?.split(separator: "\n").first { $0.hasPrefix("Result:") } ?? ""
+                throw .system(call: "write", detail: "\(file) ← \"\(command)\" \(reason)", errno: .invalidArgument)
+            }
+        }
+        let thread = "/proc/net/pktgen/kpktgend_0"
+        try write(thread, "rem_device_all")
+        try write(thread, "add_device \(device)")
+        let control = "/proc/net/pktgen/\(device)"
+        // clone_skb 0: a tap consumes each skb, so pktgen must build every one (pktgen refuses
+        // cloning on devices without IFF_TX_SKB_SHARING).
+        for command in ["count 0", "clone_skb 0", "delay 0", "pkt_size \(frameSize)", "dst_mac \(destination)", "src_min 10.79.0.1", "src_max 10.79.0.1",
+                        "dst_min 10.79.0.2", "dst_max 10.79.0.2", "udp_dst_min 9", "udp_dst_max 9"] {
+            try write(control, command)
+        }
+    }
+
+    /// Starts sending (pktgen's `start` blocks its writer until it stops, so it runs on a thread).
+    public func start() {
+        runner = WorkerThread { _ = PacketGenerator.write("/proc/net/pktgen/pgctrl", "start") }
+    }
+
+    /// Stops sending and waits for pktgen to return.
+    public func stop() {
+        _ = PacketGenerator.write("/proc/net/pktgen/pgctrl", "stop")
+        runner?.join()
+        runner = nil
+    }
+
+    deinit {
+        if runner != nil { stop() }
+        _ = PacketGenerator.write("/proc/net/pktgen/kpktgend_0", "rem_device_all")
+    }
+
+    /// One unbuffered write of a command: pktgen reports a bad command by failing the write(2).
+    static func write(_ path: String, _ command: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let bytes = Array(command.utf8)
+        return bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == bytes.count
+    }
+}

@@ -1,0 +1,257 @@
+import ArgumentParser
+import CVhost
+import DatapathMeasure
+import Glibc
+import SystemPackage
+import Vhost
+import VhostNet
+
+/// `vhostctl bench backends`: vhost-net against this process moving the same frames through
+/// the tap itself, interleaved in one run, swept over any list of settings, with the CPU each
+/// frame cost the driver and the vhost worker.
+struct BenchBackends: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backends",
+        abstract: "vhost-net against the userspace tap path (QEMU without vhost): interleaved trials, sweeps, CPU per frame, JSON, CSV and SVG.",
+        discussion: """
+        Every list option takes comma-separated values and the run sweeps their product; the \
+        trials of every combination are interleaved (one trial of each, then the next round), \
+        after a warm-up of each. TX frames are counted by the tap's statistics (with --xdp-drop \
+        they end in an XDP program on the tap, and its drops count); RX comes from the kernel's \
+        pktgen when its module is loaded, else from a packet socket on another thread, and is \
+        counted in our ring and by the tap (which also counts what it dropped). CPU per frame is \
+        the driver thread's CPU time and the vhost worker's (from /proc/<tid>/schedstat) divided \
+        by the frames. Under emulation, compare only ratios within one run. Needs root.
+        """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "Tap to create for each measurement (it must not exist).")
+    var tap = "vhbench0"
+
+    @Option(help: "Scenarios: tx, rx, bidir (comma-separated).")
+    var scenario = "tx"
+
+    @Option(help: "Backends: vhost, tap (this process reads and writes the tap fd, sleeping in poll), tap-poll (the same, spinning).")
+    var backend = "vhost,tap"
+
+    @Option(name: .customLong("frame-size"), help: "Ethernet frame sizes in bytes, 60 to 9000.")
+    var frameSize = "64,1500"
+
+    @Option(name: .customLong("queue-size"), help: "vhost ring sizes (powers of 2 from 64 to 32768).")
+    var queueSize = "256"
+
+    @Option(help: "vhost driver modes: interrupt, poll.")
+    var mode = "interrupt"
+
+    @Option(name: .customLong("event-idx"), help: "VIRTIO_RING_F_EVENT_IDX for vhost: on, off.")
+    var eventIndex = "on"
+
+    @Option(help: "Interleaved trials per combination (the median is reported; at least 5 for numbers to cite).")
+    var trials = 5
+
+    @Option(help: "Seconds per measurement.")
+    var seconds = 1.0
+
+    @Option(help: "Seconds of warm-up per combination, discarded.")
+    var warmup = 0.5
+
+    @Option(help: "The backend the ratios are against (default: the first).")
+    var baseline: String?
+
+    @Flag(name: .customLong("xdp-drop"), help: "Attach an XDP program that drops every frame to the tap, so TX measures vhost without the host stack.")
+    var xdpDrop = false
+
+    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU.")
+    var workerCPU: Int?
+
+    @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread to this CPU.")
+    var driverCPU: Int?
+
+    @Option(help: ArgumentHelp("Write the report as JSON.", valueName: "file"))
+    var json: String?
+
+    @Option(help: ArgumentHelp("Write one CSV row per measurement.", valueName: "file"))
+    var csv: String?
+
+    @Option(help: ArgumentHelp("Write SVG charts: pps by frame size per backend, CPU per frame per backend.", valueName: "file"))
+    var svg: String?
+
+    @Flag(help: "Print a testpmd-style statistics block per combination.")
+    var stats = false
+
+    static func list(_ text: String) -> [String] { text.split(separator: ",").map { String($0).trimmingCharacters(in: " ") }.filter { !$0.isEmpty } }
+
+    var scenarios: [BenchScenario] { BenchBackends.list(scenario).compactMap(BenchScenario.init(rawValue:)) }
+    var backends: [BenchBackend] { BenchBackends.list(backend).compactMap(BenchBackend.init(rawValue:)) }
+    var frameSizes: [Int] { BenchBackends.list(frameSize).compactMap { Int($0) } }
+    var queueSizes: [UInt16] { BenchBackends.list(queueSize).compactMap { UInt16($0) } }
+    var modes: [NotificationMode] { BenchBackends.list(mode).compactMap(NotificationMode.init(rawValue:)) }
+    var eventIndexes: [Bool] { BenchBackends.list(eventIndex).compactMap { $0 == "on" ? true : $0 == "off" ? false : nil } }
+
+    func validate() throws {
+        func check<T>(_ option: String, _ text: String, _ parsed: [T], known: String) throws {
+            guard !parsed.isEmpty, parsed.count == BenchBackends.list(text).count else {
+                throw ValidationError("--\(option) \(text): give a comma-separated list of \(known)")
+            }
+        }
+        try check("scenario", scenario, scenarios, known: BenchScenario.allCases.map(\.rawValue).joined(separator: ", "))
+        try check("backend", backend, backends, known: BenchBackend.allCases.map(\.rawValue).joined(separator: ", "))
+        try check("frame-size", frameSize, frameSizes, known: "sizes in bytes")
+        try check("queue-size", queueSize, queueSizes, known: "ring sizes")
+        try check("mode", mode, modes, known: "interrupt, poll")
+        try check("event-idx", eventIndex, eventIndexes, known: "on, off")
+        for size in frameSizes where !(60...9000).contains(size) { throw ValidationError("--frame-size \(size): use 60 to 9000") }
+        for size in queueSizes where !(64...32768).contains(size) || size & (size - 1) != 0 {
+            throw ValidationError("--queue-size \(size): a power of 2 from 64 to 32768 (vhost.c vhost_vring_set_num)")
+        }
+        guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
+        guard seconds > 0 && seconds <= 60, warmup >= 0 && warmup <= 60 else { throw ValidationError("--seconds takes more than 0 to 60, --warmup 0 to 60") }
+        if let baseline, BenchBackend(rawValue: baseline).map(backends.contains) != true {
+            throw ValidationError("--baseline \(baseline): name one of the backends being run (\(backend))")
+        }
+        let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        for (name, cpu) in [("worker-cpu", workerCPU), ("driver-cpu", driverCPU)] {
+            if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
+        }
+        do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
+        for path in [json, csv, svg].compactMap({ $0 }) {
+            let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+            guard access(directory.isEmpty ? "/" : directory, W_OK) == 0 else { throw ValidationError("\(path): cannot write in \(directory); give a path in a writable directory") }
+        }
+    }
+
+    /// Every combination to measure; the userspace backends have no ring, mode or EVENT_IDX,
+    /// so they get one combination per scenario and size.
+    func combinations() -> [BenchSettings] {
+        var all: [BenchSettings] = []
+        for scenario in scenarios {
+            for size in frameSizes {
+                for backend in backends {
+                    let rings = backend == .vhost ? queueSizes : [queueSizes[0]]
+                    let modeList = backend == .vhost ? modes : [modes[0]]
+                    let indexes = backend == .vhost ? eventIndexes : [eventIndexes[0]]
+                    for ring in rings {
+                        for mode in modeList {
+                            for eventIndex in indexes {
+                                var settings = BenchSettings(backend: backend, scenario: scenario, frameSize: size)
+                                settings.queueSize = ring
+                                settings.mode = mode
+                                settings.eventIndex = eventIndex
+                                settings.seconds = seconds
+                                settings.xdpDrop = xdpDrop
+                                settings.workerCPU = workerCPU
+                                all.append(settings)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return all
+    }
+
+    func run() throws {
+        try runReportingErrors { try bench() }
+    }
+
+    /// A live line on a terminal (rewritten in place), a plain line otherwise.
+    final class Progress {
+        let terminal = isatty(1) == 1
+        func show(_ text: String) {
+            if terminal { print("\r\u{1b}[K" + text, terminator: "") } else { print(text) }
+            fflush(nil)
+        }
+        func done() { if terminal { print("") } }
+    }
+
+    func bench() throws {
+        try requireNetworkAdministration("vhostctl bench backends")
+        try requireFreeTapName(tap)
+        if let driverCPU {
+            let rc = cvhost_pin_thread(cvhost_gettid(), Int32(driverCPU))
+            guard rc == 0 else { throw VhostError.system(call: "sched_setaffinity", detail: "this thread to CPU \(driverCPU)", errno: Errno(rawValue: -rc)) }
+        }
+        if xdpDrop && !scenarios.contains(where: { $0 != .rx }) {
+            throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
+        }
+        let combos = combinations()
+        let progress = Progress()
+        let environment = BenchEnvironment.current()
+        print("vhostctl bench backends: \(combos.count) combinations × \(trials) interleaved trials of \(fixed(seconds, places: 2)) s, after \(fixed(warmup, places: 2)) s warm-up each")
+        print(environment.summary)
+        if warmup > 0 {
+            for (i, combo) in combos.enumerated() {
+                var warm = combo
+                warm.seconds = warmup
+                progress.show("warm-up \(i + 1)/\(combos.count): \(BenchBackends.describe(combo))")
+                _ = try BackendComparison.run(warm, tapName: tap)
+            }
+        }
+        var results = [[BenchResult]](repeating: [], count: combos.count)
+        for trial in 0..<trials {
+            // Rotate the order each round, so no combination always runs first or last.
+            for step in 0..<combos.count {
+                let i = (step + trial) % combos.count
+                let result = try BackendComparison.run(combos[i], tapName: tap)
+                results[i].append(result)
+                progress.show("trial \(trial + 1)/\(trials), \(step + 1)/\(combos.count): \(BenchBackends.describe(combos[i])): \(Int(result.framesPerSecond)) pps")
+            }
+        }
+        progress.done()
+        let report = BenchReport(combinations: combos, results: results, baseline: baseline.flatMap(BenchBackend.init(rawValue:)) ?? backends[0],
+                                 environment: environment, trials: trials, seconds: seconds, warmup: warmup, xdpDrop: xdpDrop,
+                                 workerCPU: workerCPU, driverCPU: driverCPU)
+        print(report.table())
+        if stats { print(report.statisticsBlocks()) }
+        if let json { try write(report.json().text + "\n", to: json) }
+        if let csv { try write(report.csv(), to: csv) }
+        if let svg { try write(report.svg(), to: svg) }
+    }
+
+    static func describe(_ s: BenchSettings) -> String {
+        "\(s.scenario.rawValue) \(s.backend.rawValue) \(s.frameSize) B" + (s.backend == .vhost ? " ring \(s.queueSize) \(s.mode.rawValue) event-idx \(s.eventIndex ? "on" : "off")" : "")
+    }
+
+    func write(_ text: String, to path: String) throws {
+        do {
+            let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            defer { try? fd.close() }
+            _ = try fd.writeAll(Array(text.utf8))
+            print("wrote \(path)")
+        } catch {
+            throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.failure)
+        }
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s.removeFirst() }
+        while s.last == set { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Where a benchmark ran: what a reader needs to weigh its numbers.
+struct BenchEnvironment {
+    var kernel: String
+    var cpuModel: String
+    var cpus: Int
+    var emulated: Bool
+    var pktgen: Bool
+
+    static func current() -> BenchEnvironment {
+        let cpuinfo = KernelInfo.readFile("/proc/cpuinfo") ?? ""
+        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }.map { String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: " ") } ?? "unknown"
+        let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
+        let vendor = KernelInfo.readFile("/sys/devices/virtual/dmi/id/sys_vendor") ?? ""
+        return BenchEnvironment(kernel: KernelInfo.release(), cpuModel: model, cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
+                                emulated: flags.contains(" hypervisor") || vendor.contains("QEMU"), pktgen: PacketGenerator.isAvailable)
+    }
+
+    var summary: String {
+        "kernel \(kernel); CPU \(cpuModel) × \(cpus)\(emulated ? "; under a hypervisor or emulation: compare ratios within this run only" : ""); RX source \(pktgen ? "pktgen" : "a packet socket thread (pktgen not loaded)")"
+    }
+}
