@@ -51,6 +51,8 @@ public struct BenchResult: Sendable {
     public var settings: BenchSettings
     /// TX frames the tap counted (rx_packets, plus rx_dropped under XDP drop).
     public var transmitted: UInt64 = 0
+    /// Of those, the ones the tap dropped (rx_dropped): under XDP drop, every one.
+    public var transmitDroppedAtTap: UInt64 = 0
     /// TX frames the driver side handed over.
     public var transmitSent: UInt64 = 0
     /// RX frames the driver side received.
@@ -147,7 +149,8 @@ public enum BackendComparison {
         func delta(into result: inout BenchResult, xdpDrop: Bool) {
             let now = TapCounters(tap)
             if result.settings.scenario != .rx {
-                result.transmitted = (now.rxPackets &- rxPackets) + (xdpDrop ? now.rxDropped &- rxDropped : 0)
+                result.transmitDroppedAtTap = now.rxDropped &- rxDropped
+                result.transmitted = (now.rxPackets &- rxPackets) + (xdpDrop ? result.transmitDroppedAtTap : 0)
             }
             if result.settings.scenario != .tx {
                 result.receiveTapPassed = now.txPackets &- txPackets

@@ -113,7 +113,7 @@ struct BenchReport {
                     ("worker_ns_per_frame_median", workerCost(i).map { double($0.median) } ?? .null),
                     ("trials", .array(results[i].map { r in
                         .object([("frames", .number(r.frames)), ("seconds", double(r.seconds)), ("pps", double(r.framesPerSecond)),
-                                 ("tx_sent", .number(r.transmitSent)), ("tx_counted_by_tap", .number(r.transmitted)),
+                                 ("tx_sent", .number(r.transmitSent)), ("tx_counted_by_tap", .number(r.transmitted)), ("tx_dropped_at_tap", .number(r.transmitDroppedAtTap)),
                                  ("rx_received", .number(r.received)), ("rx_tap_passed", .number(r.receiveTapPassed)), ("rx_tap_dropped", .number(r.receiveTapDropped)),
                                  ("rx_source", .string(r.receiveSource)),
                                  ("driver_cpu_ns", .number(r.cpu.driverNanoseconds)), ("worker_cpu_ns", r.cpu.workerNanoseconds.map { .number($0) } ?? .null),
