@@ -407,6 +407,8 @@ public final class ScriptRunner {
     private func fileArgument(_ invocation: Invocation, _ name: String) throws(VhostError) -> (fd: Int32, event: EventBox?) {
         let text = word(invocation, name) ?? "eventfd"
         switch text {
+        case "-1":
+            return (-1, nil)
         case "eventfd":
             let event = EventBox(try EventFD())
             return (event.event.fd, event)
