@@ -96,18 +96,7 @@ public struct Script: Sendable {
         try self.init(parsing: text, name: path)
     }
 
-    @Sendable static func readFile(_ path: String) -> String? {
-        guard let fd = try? FileDescriptor.open(FilePath(path), .readOnly) else { return nil }
-        defer { try? fd.close() }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            guard let n = try? chunk.withUnsafeMutableBytes({ try fd.read(into: $0) }), n > 0 else { break }
-            bytes += chunk.prefix(n)
-            if bytes.count > 16 << 20 { return nil }
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
+    @Sendable static func readFile(_ path: String) -> String? { KernelInfo.readFile(path) }
 
     /// The text with every control character (and DEL, and the C1 controls) written as
     /// `\u{XX}`, so that a message never echoes raw bytes from the script to the terminal.

@@ -116,8 +116,7 @@ struct BenchBackends: ParsableCommand {
         }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
         for path in [json, csv, svg].compactMap({ $0 }) {
-            let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-            guard access(directory.isEmpty ? "/" : directory, W_OK) == 0 else { throw ValidationError("\(path): cannot write in \(directory); give a path in a writable directory") }
+            if let problem = OutputFile.problem(path) { throw ValidationError(problem) }
         }
     }
 
@@ -215,9 +214,7 @@ struct BenchBackends: ParsableCommand {
 
     func write(_ text: String, to path: String) throws {
         do {
-            let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            defer { try? fd.close() }
-            _ = try fd.writeAll(Array(text.utf8))
+            try OutputFile.write(text, to: path)
             print("wrote \(path)")
         } catch {
             throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.failure)

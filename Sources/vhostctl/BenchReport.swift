@@ -17,10 +17,9 @@ struct BenchReport {
     struct Summary {
         var median: Double, min: Double, max: Double
         init(_ values: [Double]) {
-            let sorted = values.sorted()
-            median = sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-            min = sorted.first ?? 0
-            max = sorted.last ?? 0
+            median = Bench.median(values)
+            min = values.min() ?? 0
+            max = values.max() ?? 0
         }
     }
 

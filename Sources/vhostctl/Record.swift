@@ -12,11 +12,7 @@ struct RecordOptions: ParsableArguments {
     var path: String?
 
     func validate() throws {
-        guard let path else { return }
-        let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-        guard access(directory.isEmpty ? "/" : directory, W_OK) == 0 else {
-            throw ValidationError("--record \(path): cannot write in \(directory.isEmpty ? "/" : directory); give a path in a writable directory")
-        }
+        if let path, let problem = OutputFile.problem(path) { throw ValidationError("--record \(problem)") }
     }
 
     /// A recorder when `--record` was given.
@@ -41,9 +37,7 @@ struct RecordOptions: ParsableArguments {
         """
         let text = recorder.script(header: header)
         do {
-            let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            defer { try? fd.close() }
-            _ = try fd.writeAll(Array(text.utf8))
+            try OutputFile.write(text, to: path)
             var line = "recorded \(text.split(separator: "\n").count) lines to \(path)\n"
             line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
         } catch {
