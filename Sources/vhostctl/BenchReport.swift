@@ -93,7 +93,7 @@ struct BenchReport {
     }
 
     func json() -> JSON {
-        func double(_ value: Double) -> JSON { .raw(fixed(value, places: 3)) }
+        func double(_ value: Double) -> JSON { value.isFinite ? .raw(fixed(value, places: 3)) : .null }
         return .object([
             ("environment", .object([("kernel", .string(environment.kernel)), ("cpu_model", .string(environment.cpuModel)), ("cpus", .number(UInt64(environment.cpus))),
                                      ("emulated", .bool(environment.emulated)), ("rx_source", .string(environment.pktgen ? "pktgen" : "packet socket thread"))])),
