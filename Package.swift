@@ -56,7 +56,9 @@ let package = Package(
             ]
         ),
         .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", "NetFormats", "HostNetwork", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats"]),
+        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats",
+                                                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                                                 .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "HostNetwork", "NetFormats", "Virtio"]),
         .executableTarget(
             name: "vhostctl",

@@ -3,6 +3,7 @@ import Glibc
 import HostNetwork
 import NetFormats
 import Synchronization
+import SystemPackage
 import Vhost
 import VhostNet
 import Virtio
@@ -26,6 +27,13 @@ public enum BenchScenario: String, CaseIterable, Sendable {
     case rx
     /// Both at once.
     case bidir
+    /// ICMP echo round trips with the host's stack, one at a time (latency).
+    case ping
+    /// UDP request/response with an echo socket on the host, one at a time (latency; netperf's UDP_RR).
+    case udpRR = "udp-rr"
+
+    /// A latency scenario: one request in flight, measured per round trip.
+    public var isRoundTrip: Bool { self == .ping || self == .udpRR }
 }
 
 /// One measurement's settings.
@@ -41,6 +49,11 @@ public struct BenchSettings: Sendable, Equatable {
     public var xdpDrop = false
     /// Pin the vhost worker to this CPU.
     public var workerCPU: Int? = nil
+    /// Frames handed over per burst: added to the ring before one publish (vhost), or written
+    /// and read per loop (the userspace path).
+    public var batch: Int = 64
+    /// `VHOST_SET_VRING_BUSYLOOP_TIMEOUT` on both vrings, in microseconds (0: off).
+    public var busyloopMicroseconds: UInt32 = 0
     public init(backend: BenchBackend, scenario: BenchScenario, frameSize: Int) {
         self.backend = backend; self.scenario = scenario; self.frameSize = frameSize
     }
@@ -66,8 +79,11 @@ public struct BenchResult: Sendable {
     public var cpu = CPUCost(driverNanoseconds: 0, workerNanoseconds: nil)
     public var kicks: UInt64 = 0
     public var calls: UInt64 = 0
+    /// The round trips of a latency scenario.
+    public var roundTrips: RoundTrips.Outcome? = nil
 
-    public var frames: UInt64 { transmitted + received }
+    /// Frames the far side saw; in a latency scenario, completed round trips.
+    public var frames: UInt64 { roundTrips?.completed ?? (transmitted + received) }
     public var framesPerSecond: Double { seconds > 0 ? Double(frames) / seconds : 0 }
     public var gigabitsPerSecond: Double { framesPerSecond * Double(settings.frameSize * 8) / 1e9 }
     public var driverNanosecondsPerFrame: Double { frames > 0 ? Double(cpu.driverNanoseconds) / Double(frames) : 0 }
@@ -88,6 +104,7 @@ public enum BackendComparison {
     }
 
     public static func run(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
+        if settings.scenario.isRoundTrip { return try runRoundTrips(settings, tapName: tapName) }
         switch settings.backend {
         case .vhost: return try runVhost(settings, tapName: tapName)
         case .tap, .tapPoll: return try runUserspace(settings, tapName: tapName)
@@ -167,8 +184,7 @@ public enum BackendComparison {
         config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
         config.notificationMode = settings.mode
         let pair = try VhostNetQueuePair(config)
-        let workers = VhostWorkerThread.findAll()
-        if let cpu = settings.workerCPU { for worker in workers { try worker.pin(to: cpu) } }
+        let workers = try prepare(pair, settings)
         let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
         defer { _ = xdp }
         var result = BenchResult(settings: settings)
@@ -181,7 +197,7 @@ public enum BackendComparison {
         let meter = CPUCost.Meter(workers: workers)
         let start = MonotonicClock.seconds()
         var sent: UInt64 = 0, received: UInt64 = 0
-        let chunk = Int(settings.queueSize)
+        let chunk = min(settings.batch, Int(settings.queueSize))
         while MonotonicClock.seconds() - start < settings.seconds {
             if settings.scenario != .rx {
                 // Keeps the ring full: as many as fit now, reaping what the device used.
@@ -205,6 +221,80 @@ public enum BackendComparison {
         result.received = received
         result.kicks = pair.transmitCounters.kicks + pair.receiveCounters.kicks - kicksBefore
         result.calls = pair.transmitCounters.calls + pair.receiveCounters.calls - callsBefore
+        return result
+    }
+
+    /// Busyloop timeout and worker pinning for a fresh vhost pair; returns its workers.
+    static func prepare(_ pair: borrowing VhostNetQueuePair, _ settings: BenchSettings) throws -> [VhostWorkerThread] {
+        if settings.busyloopMicroseconds > 0 {
+            for index: UInt32 in [0, 1] { try pair.device.setVringBusyloopTimeout(index: index, microseconds: settings.busyloopMicroseconds) }
+        }
+        let workers = VhostWorkerThread.findAll()
+        if let cpu = settings.workerCPU { for worker in workers { try worker.pin(to: cpu) } }
+        return workers
+    }
+
+    // MARK: round trips (latency)
+
+    static func runRoundTrips(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
+        let kind: RoundTrips.Kind = settings.scenario == .ping ? .icmp : .udp
+        var result = BenchResult(settings: settings)
+        switch settings.backend {
+        case .vhost:
+            var config = VhostNetQueuePair.Configuration(tapName: tapName)
+            config.queueSize = settings.queueSize
+            config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
+            config.notificationMode = settings.mode
+            let pair = try VhostNetQueuePair(config)
+            let workers = try prepare(pair, settings)
+            try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
+            let echo = kind == .udp ? try RoundTrips.Echo() : nil
+            defer { echo?.stop() }
+            guard let hostMAC = MACAddress(try pair.port.macAddress()) else { throw VhostError.invalidArgument("\(tapName) has no MAC address") }
+            let trips = RoundTrips(kind: kind, frameSize: settings.frameSize, hostMAC: hostMAC, ourMAC: receiverMAC)
+            let kicksBefore = pair.transmitCounters.kicks + pair.receiveCounters.kicks
+            let callsBefore = pair.transmitCounters.calls + pair.receiveCounters.calls
+            let meter = CPUCost.Meter(workers: workers)
+            let start = MonotonicClock.seconds()
+            result.roundTrips = try trips.run(seconds: settings.seconds, send: { try pair.transmit(frame: $0) }, receive: { milliseconds, handler in
+                try pair.receive(limit: 64, milliseconds: milliseconds) { handler(Array($0.frame)) }
+            })
+            result.seconds = MonotonicClock.seconds() - start
+            result.cpu = meter.read()
+            result.kicks = pair.transmitCounters.kicks + pair.receiveCounters.kicks - kicksBefore
+            result.calls = pair.transmitCounters.calls + pair.receiveCounters.calls - callsBefore
+        case .tap, .tapPoll:
+            let tap = try Tap(name: tapName)
+            try tap.setVnetHeaderSize(12)
+            try tap.setLinkUp(true)
+            try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
+            let echo = kind == .udp ? try RoundTrips.Echo() : nil
+            defer { echo?.stop() }
+            guard let hostMAC = MACAddress(try tap.macAddress()) else { throw VhostError.invalidArgument("\(tapName) has no MAC address") }
+            let flags = fcntl(tap.fd, F_GETFL)
+            _ = fcntl(tap.fd, F_SETFL, flags | O_NONBLOCK)
+            let spin = settings.backend == .tapPoll
+            let trips = RoundTrips(kind: kind, frameSize: settings.frameSize, hostMAC: hostMAC, ourMAC: receiverMAC)
+            var buffer = [UInt8](repeating: 0, count: 65536 + 12)
+            var poller = pollfd(fd: tap.fd, events: Int16(POLLIN), revents: 0)
+            let meter = CPUCost.Meter(workers: [])
+            let start = MonotonicClock.seconds()
+            result.roundTrips = try trips.run(seconds: settings.seconds, send: { frame in
+                // The same bytes the vhost path sends: a zeroed 12-byte virtio-net header, then the frame.
+                let packet = [UInt8](repeating: 0, count: 12) + frame
+                let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }
+                guard n == packet.count else { throw VhostError.system(call: "write", detail: "a frame to \(tapName)", errno: Errno(rawValue: errno)) }
+            }, receive: { milliseconds, handler in
+                if !spin { _ = poll(&poller, 1, milliseconds) }
+                for _ in 0..<settings.batch {
+                    let n = buffer.withUnsafeMutableBytes { read(tap.fd, $0.baseAddress, $0.count) }
+                    guard n > 12 else { break }
+                    handler(Array(buffer[12..<n]))
+                }
+            })
+            result.seconds = MonotonicClock.seconds() - start
+            result.cpu = meter.read()
+        }
         return result
     }
 
@@ -233,14 +323,14 @@ public enum BackendComparison {
         while MonotonicClock.seconds() - start < settings.seconds {
             if settings.scenario != .rx {
                 // tun takes one frame per write(2) (tun_chr_write_iter); there is no batched write.
-                for _ in 0..<64 {
+                for _ in 0..<settings.batch {
                     let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }
                     if n == packet.count { sent += 1 } else { break }
                 }
             }
             if settings.scenario != .tx {
                 var got = 0
-                while got < 64 {
+                while got < settings.batch {
                     let n = buffer.withUnsafeMutableBytes { read(tap.fd, $0.baseAddress, $0.count) }
                     if n > 12 { received += 1; got += 1 } else { break }
                 }

@@ -29,7 +29,7 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Tap to create for each measurement (it must not exist).")
     var tap = "vhbench0"
 
-    @Option(help: "Scenarios: tx, rx, bidir (comma-separated).")
+    @Option(help: "Scenarios: tx, rx, bidir; ping and udp-rr (round trips with the host's stack: latency); latency means ping,udp-rr.")
     var scenario = "tx"
 
     @Option(help: "Backends: vhost, tap (this process reads and writes the tap fd, sleeping in poll), tap-poll (the same, spinning).")
@@ -47,6 +47,12 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("event-idx"), help: "VIRTIO_RING_F_EVENT_IDX for vhost: on, off.")
     var eventIndex = "on"
 
+    @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
+    var batch = "64"
+
+    @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
+    var busyloopTimeout = "0"
+
     @Option(help: "Interleaved trials per combination (the median is reported; at least 5 for numbers to cite).")
     var trials = 5
 
@@ -62,8 +68,8 @@ struct BenchBackends: ParsableCommand {
     @Flag(name: .customLong("xdp-drop"), help: "Attach an XDP program that drops every frame to the tap, so TX measures vhost without the host stack.")
     var xdpDrop = false
 
-    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU.")
-    var workerCPU: Int?
+    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU; none leaves it unpinned (none,1 compares both).")
+    var workerCPU = "none"
 
     @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread to this CPU.")
     var driverCPU: Int?
@@ -82,12 +88,18 @@ struct BenchBackends: ParsableCommand {
 
     static func list(_ text: String) -> [String] { text.split(separator: ",").map { String($0).trimmingCharacters(in: " ") }.filter { !$0.isEmpty } }
 
-    var scenarios: [BenchScenario] { BenchBackends.list(scenario).compactMap(BenchScenario.init(rawValue:)) }
+    var scenarios: [BenchScenario] {
+        BenchBackends.list(scenario).flatMap { $0 == "latency" ? [BenchScenario.ping, .udpRR] : BenchScenario(rawValue: $0).map { [$0] } ?? [] }
+    }
     var backends: [BenchBackend] { BenchBackends.list(backend).compactMap(BenchBackend.init(rawValue:)) }
     var frameSizes: [Int] { BenchBackends.list(frameSize).compactMap { Int($0) } }
     var queueSizes: [UInt16] { BenchBackends.list(queueSize).compactMap { UInt16($0) } }
     var modes: [NotificationMode] { BenchBackends.list(mode).compactMap(NotificationMode.init(rawValue:)) }
     var eventIndexes: [Bool] { BenchBackends.list(eventIndex).compactMap { $0 == "on" ? true : $0 == "off" ? false : nil } }
+    var batches: [Int] { BenchBackends.list(batch).compactMap { Int($0) } }
+    var busyloops: [UInt32] { BenchBackends.list(busyloopTimeout).compactMap { UInt32($0) } }
+    /// nil: not pinned.
+    var workerCPUs: [Int?] { BenchBackends.list(workerCPU).compactMap { $0 == "none" ? .some(nil) : Int($0).map { .some($0) } } }
 
     func validate() throws {
         func check<T>(_ option: String, _ text: String, _ parsed: [T], known: String) throws {
@@ -95,12 +107,17 @@ struct BenchBackends: ParsableCommand {
                 throw ValidationError("--\(option) \(text): give a comma-separated list of \(known)")
             }
         }
-        try check("scenario", scenario, scenarios, known: BenchScenario.allCases.map(\.rawValue).joined(separator: ", "))
+        try check("scenario", scenario, BenchBackends.list(scenario).filter { $0 == "latency" || BenchScenario(rawValue: $0) != nil },
+                  known: (BenchScenario.allCases.map(\.rawValue) + ["latency"]).joined(separator: ", "))
         try check("backend", backend, backends, known: BenchBackend.allCases.map(\.rawValue).joined(separator: ", "))
         try check("frame-size", frameSize, frameSizes, known: "sizes in bytes")
         try check("queue-size", queueSize, queueSizes, known: "ring sizes")
         try check("mode", mode, modes, known: "interrupt, poll")
         try check("event-idx", eventIndex, eventIndexes, known: "on, off")
+        try check("batch", batch, batches, known: "frame counts from 1 to 1024")
+        try check("busyloop-timeout", busyloopTimeout, busyloops, known: "microseconds")
+        try check("worker-cpu", workerCPU, workerCPUs, known: "CPU numbers or none")
+        for size in batches where !(1...1024).contains(size) { throw ValidationError("--batch \(size): use 1 to 1024") }
         for size in frameSizes where !(60...9000).contains(size) { throw ValidationError("--frame-size \(size): use 60 to 9000") }
         for size in queueSizes where !(64...32768).contains(size) || size & (size - 1) != 0 {
             throw ValidationError("--queue-size \(size): a power of 2 from 64 to 32768 (vhost.c vhost_vring_set_num)")
@@ -111,7 +128,7 @@ struct BenchBackends: ParsableCommand {
             throw ValidationError("--baseline \(baseline): name one of the backends being run (\(backend))")
         }
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        for (name, cpu) in [("worker-cpu", workerCPU), ("driver-cpu", driverCPU)] {
+        for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
@@ -120,27 +137,34 @@ struct BenchBackends: ParsableCommand {
         }
     }
 
-    /// Every combination to measure; the userspace backends have no ring, mode or EVENT_IDX,
-    /// so they get one combination per scenario and size.
+    /// Every combination to measure: the product of the lists. The userspace backends have no
+    /// ring, mode, EVENT_IDX, busyloop or worker, so they get the first of those; round trips
+    /// have one frame in flight, so they get the first batch size.
     func combinations() -> [BenchSettings] {
         var all: [BenchSettings] = []
         for scenario in scenarios {
             for size in frameSizes {
                 for backend in backends {
-                    let rings = backend == .vhost ? queueSizes : [queueSizes[0]]
-                    let modeList = backend == .vhost ? modes : [modes[0]]
-                    let indexes = backend == .vhost ? eventIndexes : [eventIndexes[0]]
-                    for ring in rings {
-                        for mode in modeList {
-                            for eventIndex in indexes {
-                                var settings = BenchSettings(backend: backend, scenario: scenario, frameSize: size)
-                                settings.queueSize = ring
-                                settings.mode = mode
-                                settings.eventIndex = eventIndex
-                                settings.seconds = seconds
-                                settings.xdpDrop = xdpDrop
-                                settings.workerCPU = workerCPU
-                                all.append(settings)
+                    let vhost = backend == .vhost
+                    for ring in vhost ? queueSizes : [queueSizes[0]] {
+                        for mode in vhost ? modes : [modes[0]] {
+                            for eventIndex in vhost ? eventIndexes : [eventIndexes[0]] {
+                                for batch in scenario.isRoundTrip ? [batches[0]] : batches {
+                                    for busyloop in vhost ? busyloops : [busyloops[0]] {
+                                        for workerCPU in vhost ? workerCPUs : [workerCPUs[0]] {
+                                            var settings = BenchSettings(backend: backend, scenario: scenario, frameSize: size)
+                                            settings.queueSize = ring
+                                            settings.mode = mode
+                                            settings.eventIndex = eventIndex
+                                            settings.batch = batch
+                                            settings.busyloopMicroseconds = busyloop
+                                            settings.workerCPU = workerCPU
+                                            settings.seconds = seconds
+                                            settings.xdpDrop = xdpDrop && scenario != .rx && !scenario.isRoundTrip
+                                            all.append(settings)
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -171,7 +195,7 @@ struct BenchBackends: ParsableCommand {
             let rc = cvhost_pin_thread(cvhost_gettid(), Int32(driverCPU))
             guard rc == 0 else { throw VhostError.system(call: "sched_setaffinity", detail: "this thread to CPU \(driverCPU)", errno: Errno(rawValue: -rc)) }
         }
-        if xdpDrop && !scenarios.contains(where: { $0 != .rx }) {
+        if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }
         let combos = combinations()
@@ -200,7 +224,7 @@ struct BenchBackends: ParsableCommand {
         progress.done()
         let report = BenchReport(combinations: combos, results: results, baseline: baseline.flatMap(BenchBackend.init(rawValue:)) ?? backends[0],
                                  environment: environment, trials: trials, seconds: seconds, warmup: warmup, xdpDrop: xdpDrop,
-                                 workerCPU: workerCPU, driverCPU: driverCPU)
+                                 driverCPU: driverCPU)
         print(report.table())
         if stats { print(report.statisticsBlocks()) }
         if let json { try write(report.json().text + "\n", to: json) }
@@ -210,6 +234,8 @@ struct BenchBackends: ParsableCommand {
 
     static func describe(_ s: BenchSettings) -> String {
         "\(s.scenario.rawValue) \(s.backend.rawValue) \(s.frameSize) B" + (s.backend == .vhost ? " ring \(s.queueSize) \(s.mode.rawValue) event-idx \(s.eventIndex ? "on" : "off")" : "")
+            + (s.scenario.isRoundTrip ? "" : " batch \(s.batch)") + (s.busyloopMicroseconds > 0 ? " busyloop \(s.busyloopMicroseconds) µs" : "")
+            + (s.workerCPU.map { " worker on CPU \($0)" } ?? "")
     }
 
     func write(_ text: String, to path: String) throws {

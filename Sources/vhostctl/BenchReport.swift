@@ -1,4 +1,5 @@
 import DatapathMeasure
+import Histogram
 import Vhost
 
 /// The results of `bench backends`, and the ways to show them.
@@ -11,7 +12,6 @@ struct BenchReport {
     var seconds: Double
     var warmup: Double
     var xdpDrop: Bool
-    var workerCPU: Int?
     var driverCPU: Int?
 
     struct Summary {
@@ -28,6 +28,22 @@ struct BenchReport {
     func workerCost(_ i: Int) -> Summary? {
         let values = results[i].compactMap(\.workerNanosecondsPerFrame)
         return values.isEmpty ? nil : Summary(values)
+    }
+
+    /// The round trips of combination `i` over all its trials (nil for throughput scenarios).
+    func latency(_ i: Int) -> (histogram: Histogram<UInt64>, lost: UInt64, completed: UInt64)? {
+        let outcomes = results[i].compactMap(\.roundTrips)
+        guard var merged = outcomes.first?.histogram else { return nil }
+        for outcome in outcomes.dropFirst() { merged.add(outcome.histogram) }
+        return (merged, outcomes.map(\.lost).reduce(0, +), outcomes.map(\.completed).reduce(0, +))
+    }
+
+    static let reportedPercentiles: [(name: String, percentile: Double)] = [("p50", 50), ("p99", 99), ("p99_9", 99.9)]
+
+    /// "p50 … µs, p99 …, p99.9 …, max …".
+    static func describe(_ histogram: Histogram<UInt64>) -> String {
+        let us = { (ns: UInt64) in fixed(Double(ns) / 1000, places: 1) }
+        return "p50 \(us(histogram.valueAtPercentile(50))) µs, p99 \(us(histogram.valueAtPercentile(99))), p99.9 \(us(histogram.valueAtPercentile(99.9))), max \(us(histogram.maxRecorded))"
     }
 
     /// The baseline combination for `i`: the baseline backend in the same scenario and frame
@@ -60,19 +76,28 @@ struct BenchReport {
             case .tx: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) of \(r.map(\.transmitSent).reduce(0, +)) sent\(c.xdpDrop ? " (XDP drop)" : "")"
             case .rx: farSide = "\(r.first?.receiveSource ?? ""); tap passed \(r.map(\.receiveTapPassed).reduce(0, +)), dropped \(r.map(\.receiveTapDropped).reduce(0, +))"
             case .bidir: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) TX; \(r.first?.receiveSource ?? "") RX, tap dropped \(r.map(\.receiveTapDropped).reduce(0, +))"
+            case .ping, .udpRR:
+                let l = latency(i)
+                farSide = "round trips: " + (l.map { BenchReport.describe($0.histogram) + "; \($0.lost) lost" } ?? "none")
             }
             let gbps = Summary(r.map(\.gigabitsPerSecond)).median
-            lines.append(pad(c.scenario.rawValue, 9) + pad(c.backend.rawValue, 9) + pad(String(c.frameSize), 6) + pad(vhost ? String(c.queueSize) : "-", 6)
+            lines.append(pad(c.scenario.rawValue, 9) + pad(c.backend.rawValue + (c.batch != 64 && !c.scenario.isRoundTrip ? "×\(c.batch)" : ""), 9) + pad(String(c.frameSize), 6) + pad(vhost ? String(c.queueSize) : "-", 6)
                          + pad(vhost ? c.mode.rawValue : (c.backend == .tapPoll ? "spin" : "poll(2)"), 10) + pad(vhost ? (c.eventIndex ? "on" : "off") : "-", 6)
-                         + pad(String(Int(p.median)), 12) + pad("(\(Int(p.min))–\(Int(p.max)))", 22) + pad(fixed(gbps, places: 3), 8)
+                         + pad(String(Int(p.median)), 12) + pad("(\(Int(p.min))–\(Int(p.max)))", 22) + pad(c.scenario.isRoundTrip ? "-" : fixed(gbps, places: 3), 8)
                          + pad(ratio(i).map { fixed($0, places: 3) } ?? "-", 7)
                          + pad(ns(driverCost(i).median), 12) + pad(workerCost(i).map { ns($0.median) } ?? "-", 12)
                          + pad(vhost ? fixed(Summary(r.map(\.kicksPerFrame)).median, places: 3) : "-", 8)
-                         + pad(vhost ? fixed(Summary(r.map(\.callsPerFrame)).median, places: 3) : "-", 8) + farSide)
+                         + pad(vhost ? fixed(Summary(r.map(\.callsPerFrame)).median, places: 3) : "-", 8)
+                         + (vhost && !BenchReport.variation(c).isEmpty ? "[\(BenchReport.variation(c).trimmingCharacters(in: " "))] " : "") + farSide)
         }
         lines.append("medians of \(trials) interleaved trials of \(fixed(seconds, places: 2)) s; ratios against \(baseline.rawValue) at the same scenario and frame size, measured side by side in this run")
         lines.append("driver ns/f: this thread's CPU time per frame; worker ns/f: the vhost worker's (none for the userspace path, whose whole cost is the driver's)")
-        lines.append("pinning: worker \(workerCPU.map { "CPU \($0)" } ?? "not pinned"), driver \(driverCPU.map { "CPU \($0)" } ?? "not pinned")")
+        if combinations.contains(where: \.scenario.isRoundTrip) {
+            lines.append("ping, udp-rr: pps is round trips per second and CPU is per round trip; latencies are over every trial (hdrhistogram), the first \(RoundTrips.unrecorded) round trips of each left out")
+        }
+        let variations = combinations.compactMap { c in c.backend == .vhost ? BenchReport.variation(c) : nil }
+        if variations.contains(where: { !$0.isEmpty }) { lines.append("vhost settings beyond the columns: " + Set(variations.filter { !$0.isEmpty }).sorted().joined(separator: "; ")) }
+        lines.append("pinning: worker \(Set(combinations.map { $0.workerCPU.map { "CPU \($0)" } ?? "not pinned" }).sorted().joined(separator: " / ")), driver \(driverCPU.map { "CPU \($0)" } ?? "not pinned")")
         return lines.joined(separator: "\n")
     }
 
@@ -81,6 +106,14 @@ struct BenchReport {
         combinations.indices.map { i in
             let c = combinations[i], r = results[i]
             let title = "  ######################## \(c.scenario.rawValue) \(c.backend.rawValue) \(c.frameSize) B ########################"
+            if let l = latency(i) {
+                return """
+                \(title)
+                  Requests: \(l.completed + l.lost)    Replies: \(l.completed)    Lost: \(l.lost)
+                  Round trips/s: \(Int(pps(i).median))    \(BenchReport.describe(l.histogram))
+                  \(String(repeating: "#", count: title.count - 2))
+                """
+            }
             return """
             \(title)
               RX-packets: \(r.map(\.received).reduce(0, +))    RX-missed: \(r.map(\.receiveTapDropped).reduce(0, +))    RX-bytes: \(r.map(\.received).reduce(0, +) * UInt64(c.frameSize))
@@ -93,38 +126,56 @@ struct BenchReport {
     }
 
     func json() -> JSON {
-        func double(_ value: Double) -> JSON { value.isFinite ? .raw(fixed(value, places: 3)) : .null }
-        return .object([
+        .object([
             ("environment", .object([("kernel", .string(environment.kernel)), ("cpu_model", .string(environment.cpuModel)), ("cpus", .number(UInt64(environment.cpus))),
                                      ("emulated", .bool(environment.emulated)), ("rx_source", .string(environment.pktgen ? "pktgen" : "packet socket thread"))])),
             ("method", .object([("trials", .number(UInt64(trials))), ("seconds", double(seconds)), ("warmup_seconds", double(warmup)), ("interleaved", .bool(true)),
                                 ("baseline", .string(baseline.rawValue)), ("xdp_drop", .bool(xdpDrop)),
-                                ("worker_cpu", workerCPU.map { .number(UInt64($0)) } ?? .null), ("driver_cpu", driverCPU.map { .number(UInt64($0)) } ?? .null)])),
-            ("results", .array(combinations.indices.map { i in
-                let c = combinations[i], p = pps(i)
-                return .object([
-                    ("scenario", .string(c.scenario.rawValue)), ("backend", .string(c.backend.rawValue)), ("frame_size", .number(UInt64(c.frameSize))),
-                    ("queue_size", .number(UInt64(c.queueSize))), ("mode", .string(c.mode.rawValue)), ("event_idx", .bool(c.eventIndex)),
-                    ("pps", .object([("median", double(p.median)), ("min", double(p.min)), ("max", double(p.max))])),
-                    ("gbps_median", double(Summary(results[i].map(\.gigabitsPerSecond)).median)),
-                    ("ratio_to_baseline", ratio(i).map(double) ?? .null),
-                    ("driver_ns_per_frame_median", double(driverCost(i).median)),
-                    ("worker_ns_per_frame_median", workerCost(i).map { double($0.median) } ?? .null),
-                    ("trials", .array(results[i].map { r in
-                        .object([("frames", .number(r.frames)), ("seconds", double(r.seconds)), ("pps", double(r.framesPerSecond)),
-                                 ("tx_sent", .number(r.transmitSent)), ("tx_counted_by_tap", .number(r.transmitted)), ("tx_dropped_at_tap", .number(r.transmitDroppedAtTap)),
-                                 ("rx_received", .number(r.received)), ("rx_tap_passed", .number(r.receiveTapPassed)), ("rx_tap_dropped", .number(r.receiveTapDropped)),
-                                 ("rx_source", .string(r.receiveSource)),
-                                 ("driver_cpu_ns", .number(r.cpu.driverNanoseconds)), ("worker_cpu_ns", r.cpu.workerNanoseconds.map { .number($0) } ?? .null),
-                                 ("kicks", .number(r.kicks)), ("calls", .number(r.calls))])
-                    })),
-                ])
-            })),
+                                ("driver_cpu", driverCPU.map { .number(UInt64($0)) } ?? .null)])),
+            ("results", .array(combinations.indices.map(resultJSON))),
         ])
     }
 
+    func double(_ value: Double) -> JSON { value.isFinite ? .raw(fixed(value, places: 3)) : .null }
+
+    func resultJSON(_ i: Int) -> JSON {
+        let c = combinations[i], p = pps(i)
+        var fields: [(String, JSON)] = [
+            ("scenario", .string(c.scenario.rawValue)), ("backend", .string(c.backend.rawValue)), ("frame_size", .number(UInt64(c.frameSize))),
+            ("queue_size", .number(UInt64(c.queueSize))), ("mode", .string(c.mode.rawValue)), ("event_idx", .bool(c.eventIndex)),
+            ("batch", .number(UInt64(c.batch))), ("busyloop_us", .number(UInt64(c.busyloopMicroseconds))),
+        ]
+        fields.append(("worker_cpu", c.workerCPU.map { .number(UInt64($0)) } ?? .null))
+        fields.append(("latency_ns", latency(i).map { BenchReport.latencyJSON($0.histogram, lost: $0.lost, completed: $0.completed) } ?? .null))
+        fields.append(("pps", .object([("median", double(p.median)), ("min", double(p.min)), ("max", double(p.max))])))
+        fields.append(("gbps_median", double(Summary(results[i].map(\.gigabitsPerSecond)).median)))
+        fields.append(("ratio_to_baseline", ratio(i).map(double) ?? .null))
+        fields.append(("driver_ns_per_frame_median", double(driverCost(i).median)))
+        fields.append(("worker_ns_per_frame_median", workerCost(i).map { double($0.median) } ?? .null))
+        fields.append(("trials", .array(results[i].map(trialJSON))))
+        return .object(fields)
+    }
+
+    func trialJSON(_ r: BenchResult) -> JSON {
+        var fields: [(String, JSON)] = [("frames", .number(r.frames)), ("seconds", double(r.seconds)), ("pps", double(r.framesPerSecond))]
+        fields += [("tx_sent", .number(r.transmitSent)), ("tx_counted_by_tap", .number(r.transmitted)), ("tx_dropped_at_tap", .number(r.transmitDroppedAtTap))]
+        fields += [("rx_received", .number(r.received)), ("rx_tap_passed", .number(r.receiveTapPassed)), ("rx_tap_dropped", .number(r.receiveTapDropped))]
+        fields.append(("rx_source", .string(r.receiveSource)))
+        fields.append(("driver_cpu_ns", .number(r.cpu.driverNanoseconds)))
+        fields.append(("worker_cpu_ns", r.cpu.workerNanoseconds.map { .number($0) } ?? .null))
+        fields += [("kicks", .number(r.kicks)), ("calls", .number(r.calls))]
+        fields.append(("latency_ns", r.roundTrips.map { BenchReport.latencyJSON($0.histogram, lost: $0.lost, completed: $0.completed) } ?? .null))
+        return .object(fields)
+    }
+
+    /// count: round trips recorded; completed: all that got their reply (the first ones too).
+    static func latencyJSON(_ histogram: Histogram<UInt64>, lost: UInt64, completed: UInt64) -> JSON {
+        .object([("count", .number(histogram.totalCount)), ("completed", .number(completed))] + reportedPercentiles.map { ($0.name, .number(histogram.valueAtPercentile($0.percentile))) }
+                + [("max", .number(histogram.maxRecorded)), ("lost", .number(lost))])
+    }
+
     func csv() -> String {
-        var rows = ["scenario,backend,frame_size,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls"]
+        var rows = ["scenario,backend,frame_size,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost"]
         for i in combinations.indices {
             let c = combinations[i]
             for (t, r) in results[i].enumerated() {
@@ -134,6 +185,13 @@ struct BenchReport {
                 fields += [String(r.transmitSent), String(r.transmitted), String(r.received), String(r.receiveTapPassed), String(r.receiveTapDropped), r.receiveSource]
                 fields += [String(r.cpu.driverNanoseconds), r.cpu.workerNanoseconds.map { String($0) } ?? "", fixed(r.driverNanosecondsPerFrame, places: 1)]
                 fields += [r.workerNanosecondsPerFrame.map { fixed($0, places: 1) } ?? "", String(r.kicks), String(r.calls)]
+                fields += [String(c.batch), String(c.busyloopMicroseconds), c.workerCPU.map { String($0) } ?? ""]
+                if let trips = r.roundTrips {
+                    fields += BenchReport.reportedPercentiles.map { String(trips.histogram.valueAtPercentile($0.percentile)) }
+                    fields += [String(trips.histogram.maxRecorded), String(trips.lost)]
+                } else {
+                    fields += ["", "", "", "", ""]
+                }
                 rows.append(fields.joined(separator: ","))
             }
         }
@@ -143,19 +201,20 @@ struct BenchReport {
     /// Charts per scenario: pps by frame size per backend, and CPU per frame per backend (the
     /// driver's and, for vhost, the worker's).
     func svg() -> String {
-        var charts: [BarChart] = []
+        var charts: [any Chart] = []
         let sizes = Array(Set(combinations.map(\.frameSize))).sorted()
         for scenario in BenchScenario.allCases where combinations.contains(where: { $0.scenario == scenario }) {
             // One series per distinct backend setting, in the order they ran.
             var keys: [String] = []
             for c in combinations where c.scenario == scenario {
-                let key = BenchReport.seriesName(c)
+                let key = seriesName(c)
                 if !keys.contains(key) { keys.append(key) }
             }
             func index(_ key: String, _ size: Int) -> Int? {
-                combinations.indices.first { combinations[$0].scenario == scenario && combinations[$0].frameSize == size && BenchReport.seriesName(combinations[$0]) == key }
+                combinations.indices.first { combinations[$0].scenario == scenario && combinations[$0].frameSize == size && seriesName(combinations[$0]) == key }
             }
-            charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): frames per second by frame size", valueLabel: "frames/s (median, min–max)",
+            let unit = scenario.isRoundTrip ? "round trip" : "frame"
+            charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): \(unit)s per second by frame size", valueLabel: "\(unit)s/s (median, min–max)",
                                    categories: sizes.map { "\($0) B" },
                                    series: keys.map { key in
                                        BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let p = pps($0); return (p.median, p.min, p.max) } })
@@ -167,17 +226,38 @@ struct BenchReport {
                     cpuSeries.append(BarChart.Series(name: "\(key): worker", values: sizes.map { size in index(key, size).flatMap(workerCost).map { ($0.median, $0.min, $0.max) } }))
                 }
             }
-            charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): CPU per frame", valueLabel: "ns of CPU per frame", categories: sizes.map { "\($0) B" }, series: cpuSeries))
+            charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): CPU per \(unit)", valueLabel: "ns of CPU per \(unit)", categories: sizes.map { "\($0) B" }, series: cpuSeries))
+            if scenario.isRoundTrip {
+                // The latency CDF, one line per backend setting and frame size, up to p99.9 (the
+                // max alone would squash the curve; it is in the table).
+                var lines: [DistributionChart.Series] = []
+                for key in keys {
+                    for size in sizes {
+                        guard let i = index(key, size), let l = latency(i), l.histogram.totalCount > 0 else { continue }
+                        let percentiles = Array(stride(from: 0.0, through: 99.0, by: 1.0)) + [99.5, 99.9]
+                        lines.append(DistributionChart.Series(name: sizes.count > 1 ? "\(key), \(size) B" : key,
+                                                              points: percentiles.map { (Double(l.histogram.valueAtPercentile($0)) / 1000, $0) }))
+                    }
+                }
+                charts.append(DistributionChart(title: "\(scenario.rawValue.uppercased()): round-trip latency, cumulative", valueLabel: "round trip (µs, logarithmic), up to p99.9", series: lines))
+            }
         }
         let caption = "kernel \(environment.kernel), \(environment.cpuModel) × \(environment.cpus)\(environment.emulated ? " (emulated: ratios within this run only)" : ""); medians of \(trials) interleaved trials of \(fixed(seconds, places: 2)) s\(xdpDrop ? "; XDP drop on the tap" : "")"
         return BarChart.document(charts, caption: caption)
     }
 
-    static func seriesName(_ c: BenchSettings) -> String {
+    /// The chart series a combination belongs to: its backend and every setting that varies.
+    func seriesName(_ c: BenchSettings) -> String {
+        let batch = Set(combinations.map(\.batch)).count > 1 && !c.scenario.isRoundTrip ? " batch \(c.batch)" : ""
         switch c.backend {
-        case .vhost: "vhost \(c.mode.rawValue)\(c.eventIndex ? "" : " no-evidx") ring \(c.queueSize)"
-        case .tap: "tap (userspace, poll(2))"
-        case .tapPoll: "tap (userspace, spinning)"
+        case .vhost: return "vhost \(c.mode.rawValue)\(c.eventIndex ? "" : " no-evidx") ring \(c.queueSize)\(batch)" + BenchReport.variation(c)
+        case .tap: return "tap (userspace, poll(2))\(batch)"
+        case .tapPoll: return "tap (userspace, spinning)\(batch)"
         }
+    }
+
+    /// The vhost settings that are not table columns, when not at their defaults.
+    static func variation(_ c: BenchSettings) -> String {
+        (c.busyloopMicroseconds > 0 ? " busyloop \(c.busyloopMicroseconds) µs" : "") + (c.workerCPU.map { " worker CPU \($0)" } ?? "")
     }
 }

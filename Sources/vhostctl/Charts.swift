@@ -1,7 +1,15 @@
+import Glibc
+
+/// A chart that draws itself as an SVG group, for `bench backends --svg`.
+protocol Chart {
+    /// The chart as an SVG group placed at (x, y), `width` × `height`.
+    func svg(x: Double, y: Double, width: Double, height: Double) -> String
+}
+
 /// Grouped bar charts as SVG, for `bench backends --svg`: one group per category (a frame
 /// size), one bar per series (a backend), a labelled value axis from 0, the median as the bar
 /// and the min–max range as a whisker. Plain SVG 1.1 that browsers and rsvg render.
-struct BarChart {
+struct BarChart: Chart {
     struct Series {
         var name: String
         /// Per category: (median, min, max), or nil where there is no value.
@@ -12,6 +20,9 @@ struct BarChart {
     var valueLabel: String
     var categories: [String]
     var series: [Series]
+
+    /// Room on the right for the legend (series names such as "vhost interrupt ring 256: worker").
+    static let legendWidth = 290.0
 
     static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -40,7 +51,7 @@ struct BarChart {
 
     /// The chart as an SVG group placed at (x, y), `width` × `height`.
     func svg(x: Double, y: Double, width: Double, height: Double) -> String {
-        let left = 70.0, right = 130.0, top = 34.0, bottom = 42.0
+        let left = 70.0, right = BarChart.legendWidth, top = 34.0, bottom = 42.0
         let plotWidth = width - left - right, plotHeight = height - top - bottom
         let maximum = series.flatMap { $0.values.compactMap { $0?.max } }.max() ?? 0
         let (axisTop, step) = BarChart.axis(maximum: maximum)
@@ -80,7 +91,7 @@ struct BarChart {
     }
 
     /// Several charts stacked in one SVG document, with a caption line under them.
-    static func document(_ charts: [BarChart], caption: String, width: Double = 820, chartHeight: Double = 330) -> String {
+    static func document(_ charts: [any Chart], caption: String, width: Double = 1000, chartHeight: Double = 330) -> String {
         let height = chartHeight * Double(charts.count) + 40
         var out = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
         out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" font-family=\"sans-serif\">\n"
@@ -94,5 +105,59 @@ struct BarChart {
 extension String {
     func replacingAll(_ target: String, _ replacement: String) -> String {
         split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+}
+
+/// Cumulative distributions as SVG lines: x is the value (a latency) on a logarithmic axis (tails
+/// span decades), y the share of samples at or below it, one line per series.
+struct DistributionChart: Chart {
+    struct Series {
+        var name: String
+        /// (value, percentile 0–100) points in increasing order.
+        var points: [(value: Double, percentile: Double)]
+    }
+
+    var title: String
+    var valueLabel: String
+    var series: [Series]
+
+    func svg(x: Double, y: Double, width: Double, height: Double) -> String {
+        let left = 70.0, right = BarChart.legendWidth, top = 34.0, bottom = 42.0
+        let plotWidth = width - left - right, plotHeight = height - top - bottom
+        let values = series.flatMap { $0.points.map(\.value) }.filter { $0 > 0 }
+        // Whole decades around the values: 10^low ... 10^high.
+        let low = (log10(values.min() ?? 1)).rounded(.down), high = max((log10(values.max() ?? 10)).rounded(.up), low + 1)
+        func xPos(_ v: Double) -> Double { left + plotWidth * (log10(max(v, pow(10, low))) - low) / (high - low) }
+        func yPos(_ p: Double) -> Double { top + plotHeight * (1 - p / 100) }
+        var out = "<g transform=\"translate(\(fixed(x, places: 1)),\(fixed(y, places: 1)))\">\n"
+        out += "<text x=\"\(fixed(width / 2, places: 1))\" y=\"20\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">\(BarChart.escape(title))</text>\n"
+        for percentile in stride(from: 0.0, through: 100, by: 25) {
+            let ty = yPos(percentile)
+            out += "<line x1=\"\(fixed(left, places: 1))\" y1=\"\(fixed(ty, places: 1))\" x2=\"\(fixed(left + plotWidth, places: 1))\" y2=\"\(fixed(ty, places: 1))\" stroke=\"#ddd\"/>\n"
+            out += "<text x=\"\(fixed(left - 6, places: 1))\" y=\"\(fixed(ty + 4, places: 1))\" text-anchor=\"end\" font-size=\"11\">\(Int(percentile))%</text>\n"
+        }
+        for decade in stride(from: low, through: high, by: 1) {
+            for multiple in [1.0, 2.0, 5.0] where decade < high || multiple == 1 {
+                let tick = multiple * pow(10, decade), tx = xPos(tick)
+                out += "<line x1=\"\(fixed(tx, places: 1))\" y1=\"\(fixed(top, places: 1))\" x2=\"\(fixed(tx, places: 1))\" y2=\"\(fixed(top + plotHeight, places: 1))\" stroke=\"\(multiple == 1 ? "#ccc" : "#eee")\"/>\n"
+                out += "<text x=\"\(fixed(tx, places: 1))\" y=\"\(fixed(top + plotHeight + 16, places: 1))\" text-anchor=\"middle\" font-size=\"11\">\(BarChart.label(tick))</text>\n"
+            }
+        }
+        out += "<text x=\"\(fixed(left + plotWidth / 2, places: 1))\" y=\"\(fixed(top + plotHeight + 34, places: 1))\" text-anchor=\"middle\" font-size=\"12\">\(BarChart.escape(valueLabel))</text>\n"
+        out += "<text transform=\"translate(16,\(fixed(top + plotHeight / 2, places: 1))) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">share of round trips at or below</text>\n"
+        for (s, entry) in series.enumerated() where !entry.points.isEmpty {
+            let colour = BarChart.palette[s % BarChart.palette.count]
+            // A step line: each value holds its percentile until the next value.
+            var path = "M \(fixed(xPos(entry.points[0].value), places: 1)) \(fixed(yPos(0), places: 1))"
+            for point in entry.points {
+                path += " H \(fixed(xPos(point.value), places: 1)) V \(fixed(yPos(point.percentile), places: 1))"
+            }
+            out += "<path d=\"\(path)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"2\"><title>\(BarChart.escape(entry.name))</title></path>\n"
+            let ly = top + 10 + Double(s) * 18
+            out += "<rect x=\"\(fixed(left + plotWidth + 12, places: 1))\" y=\"\(fixed(ly - 9, places: 1))\" width=\"12\" height=\"12\" fill=\"\(colour)\"/>\n"
+            out += "<text x=\"\(fixed(left + plotWidth + 30, places: 1))\" y=\"\(fixed(ly + 1, places: 1))\" font-size=\"12\">\(BarChart.escape(entry.name))</text>\n"
+        }
+        out += "<line x1=\"\(fixed(left, places: 1))\" y1=\"\(fixed(top + plotHeight, places: 1))\" x2=\"\(fixed(left + plotWidth, places: 1))\" y2=\"\(fixed(top + plotHeight, places: 1))\" stroke=\"#000\"/>\n"
+        return out + "</g>\n"
     }
 }

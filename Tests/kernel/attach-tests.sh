@@ -335,6 +335,30 @@ print(json.load(open("/tmp/x.json"))["method"]["xdp_drop"] and all(t["tx_sent"] 
 else
     fail "bench backends --xdp-drop runs" "$(tail -20 /tmp/bx.txt)"
 fi
+# Latency: the host's own stack counts what it answered (ICMP echo replies, UDP datagrams in).
+snmp() { awk -v key="$1:" -v name="$2" '$1 == key { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else { print $col[name]; exit } }' /proc/net/snmp; }
+echo_replies=$(snmp Icmp OutEchoReps); udp_in=$(snmp Udp InDatagrams)
+if timeout 300 vhostctl bench backends --scenario latency --backend vhost,tap --frame-size 64 --trials 2 --seconds 0.5 --warmup 0 \
+        --json /tmp/l.json --svg /tmp/l.svg >/tmp/bl.txt 2>&1; then
+    echo_replies=$(($(snmp Icmp OutEchoReps) - echo_replies)); udp_in=$(($(snmp Udp InDatagrams) - udp_in))
+    ok=$(host python3 -c '
+import json, sys
+r = json.load(open("/tmp/l.json"))["results"]
+pings = sum(t["latency_ns"]["completed"] for x in r if x["scenario"] == "ping" for t in x["trials"])
+udps = sum(t["latency_ns"]["completed"] for x in r if x["scenario"] == "udp-rr" for t in x["trials"])
+l = [x["latency_ns"] for x in r]
+print({(x["scenario"], x["backend"]) for x in r} == {(s, b) for s in ("ping", "udp-rr") for b in ("vhost", "tap")}
+      and all(y["count"] > 0 and 0 < y["p50"] <= y["p99"] <= y["p99_9"] <= y["max"] for y in l)
+      and all(x["driver_ns_per_frame_median"] > 0 for x in r)
+      and 0 < pings <= int(sys.argv[1]) and 0 < udps <= int(sys.argv[2]), pings, udps)' "$echo_replies" "$udp_in" 2>&1)
+    if [ "${ok%% *}" = True ] && host rsvg-convert /tmp/l.svg -o /tmp/l.png 2>/tmp/rsvg.err && grep -q 'round-trip latency, cumulative' /tmp/l.svg; then
+        pass "bench backends latency (ping, udp-rr) × vhost,tap: p50 ≤ p99 ≤ p99.9 ≤ max; the host answered every round trip counted ($echo_replies ICMP echo replies and $udp_in UDP datagrams in /proc/net/snmp; JSON: ${ok#True }); CDF chart renders"
+    else
+        fail "bench backends latency" "$ok; host saw $echo_replies echo replies, $udp_in UDP datagrams; $(cat /tmp/rsvg.err 2>/dev/null); $(tail -8 /tmp/bl.txt)"
+    fi
+else
+    fail "bench backends latency runs" "$(tail -20 /tmp/bl.txt)"
+fi
 if ip link show vhbench0 >/dev/null 2>&1; then fail "bench backends removes its tap"; else pass "bench backends removes its tap"; fi
 
 # ---- script: QEMU's sequence from a file, each ioctl printed; kernel rules as expectations -------
