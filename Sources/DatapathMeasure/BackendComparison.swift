@@ -124,7 +124,7 @@ public enum BackendComparison {
         init(tapName: String, frameSize: Int) throws {
             if PacketGenerator.isAvailable {
                 let generator = try PacketGenerator(device: tapName, frameSize: frameSize, destination: BackendComparison.receiverMAC)
-                generator.start()
+                try generator.start()
                 pktgen = generator
                 name = "pktgen"
             } else {

@@ -35,9 +35,18 @@ public final class PacketGenerator {
         }
     }
 
-    /// Starts sending (pktgen's `start` blocks its writer until it stops, so it runs on a thread).
-    public func start() {
+    /// Starts sending (pktgen's `start` blocks its writer until it stops, so it runs on a
+    /// thread), and waits until kpktgend_0 lists the device as running.
+    public func start() throws(VhostError) {
         runner = WorkerThread { _ = PacketGenerator.write("/proc/net/pktgen/pgctrl", "start") }
+        let deadline = MonotonicClock.seconds() + 2
+        while MonotonicClock.seconds() < deadline {
+            let state = KernelInfo.readFile("/proc/net/pktgen/kpktgend_0") ?? ""
+            if state.split(separator: "\n").contains(where: { $0.hasPrefix("Running:") && $0.split(separator: " ").contains { $0 == device } }) { return }
+            usleep(10_000)
+        }
+        stop()
+        throw .system(call: "write", detail: "/proc/net/pktgen/pgctrl ← \"start\": pktgen did not start sending on \(device)", errno: .timedOut)
     }
 
     /// Stops sending and waits for pktgen to return.
@@ -52,12 +61,14 @@ public final class PacketGenerator {
         _ = PacketGenerator.write("/proc/net/pktgen/kpktgend_0", "rem_device_all")
     }
 
-    /// One unbuffered write of a command: pktgen reports a bad command by failing the write(2).
+    /// One unbuffered write of a command, newline-terminated: pktgen reports a bad command by
+    /// failing the write(2). The newline matters: pgctrl_write (pktgen.c) on 6.1 and 6.12 drops the
+    /// last byte as the newline, so a bare "start" reads as "star" and fails (7.2 takes either).
     static func write(_ path: String, _ command: String) -> Bool {
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        let bytes = Array(command.utf8)
+        let bytes = Array((command + "\n").utf8)
         return bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == bytes.count
     }
 }
