@@ -140,37 +140,54 @@ public typealias InProcessQueuePair = VirtioNetQueuePair<InProcessVhostNetDevice
 /// The host end of a frame pipe, read by its own thread as a host stack reads a tap: every frame
 /// is counted, and test frames are queued for `nextTestFrame`.
 public final class PipeHostSide: HostSide, @unchecked Sendable {
-    private let end: FramePipeEnd
-    /// The socket-side header length (sock_hlen): 0 when vhost adds the header itself.
-    let headerLength: Int
     private struct Received { var count: UInt64 = 0; var frames: [[UInt8]] = []; var next = 0 }
-    private let received = Locked(Received())
-    private let stopping = Atomic<Bool>(false)
-    private var reader: WorkerThread?
 
-    init(_ end: consuming FramePipeEnd, headerLength: Int) {
-        self.end = end
-        self.headerLength = headerLength
-        reader = WorkerThread { [self] in read() }
-    }
+    /// What the reader thread uses, kept apart from the host side so that the thread does not
+    /// keep it alive: when the test drops the host side, `deinit` stops and joins the thread.
+    private final class Reader: @unchecked Sendable {
+        let end: FramePipeEnd
+        /// The socket-side header length (sock_hlen): 0 when vhost adds the header itself.
+        let headerLength: Int
+        let received = Locked(Received())
+        let stopping = Atomic<Bool>(false)
 
-    deinit {
-        stopping.store(true, ordering: .releasing)
-        reader?.join()
-    }
+        init(_ end: consuming FramePipeEnd, headerLength: Int) {
+            self.end = end
+            self.headerLength = headerLength
+        }
 
-    private func read() {
-        while !stopping.load(ordering: .acquiring) {
-            guard let message = end.receive(milliseconds: 50) else { continue }
-            let frame = Array(message.dropFirst(headerLength))
-            received.withLock { r in
-                r.count += 1
-                if EthernetFrame.etherType(of: frame) == EthernetFrame.experimentalType { r.frames.append(frame) }
+        func run() {
+            while !stopping.load(ordering: .acquiring) {
+                guard let message = end.receive(milliseconds: 50) else { continue }
+                // An empty read is the end of the SEQPACKET stream: the device end was closed
+                // (its queue pair is gone), and poll would report that at once, forever.
+                guard !message.isEmpty else { return }
+                let frame = Array(message.dropFirst(headerLength))
+                received.withLock { r in
+                    r.count += 1
+                    if EthernetFrame.etherType(of: frame) == EthernetFrame.experimentalType { r.frames.append(frame) }
+                }
             }
         }
     }
 
-    public func send(_ frame: [UInt8]) throws { try end.send([UInt8](repeating: 0, count: headerLength) + frame) }
+    private let state: Reader
+    private var reader: WorkerThread?
+    var headerLength: Int { state.headerLength }
+    private var received: Locked<Received> { state.received }
+
+    init(_ end: consuming FramePipeEnd, headerLength: Int) {
+        let state = Reader(end, headerLength: headerLength)
+        self.state = state
+        reader = WorkerThread { state.run() }
+    }
+
+    deinit {
+        state.stopping.store(true, ordering: .releasing)
+        reader?.join()
+    }
+
+    public func send(_ frame: [UInt8]) throws { try state.end.send([UInt8](repeating: 0, count: headerLength) + frame) }
 
     public func nextTestFrame(milliseconds: Int32) -> [UInt8]? {
         let deadline = now() + Double(milliseconds) / 1000

@@ -601,6 +601,10 @@ final class InProcessDeviceCore: @unchecked Sendable {
             // The next message's length, without taking it (peek_head_len).
             let socketLength = recv(vring.backend, nil, 0, Int32(MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT))
             guard socketLength >= 0 else { break }
+            // net.c handle_rx loops while peek_head_len is non-zero. A 0 here is the end of the
+            // stream: the host end of the pipe was closed (a tap never does this). Stop watching
+            // the socket until the next kick, or poll would report the hang-up forever.
+            guard socketLength > 0 else { vring.wantsSocket = false; break }
             let gathering: SplitVirtqueueDevice.ReceiveGathering
             do {
                 gathering = try vring.model!.gatherReceiveBuffers(frameLength: socketLength, headerLength: prepend, mergeable: mergeable)

@@ -681,7 +681,10 @@ public final class ScriptRunner {
         case "used-idx":
             return .number(UInt64(try requireRing(try index()).view.usedIndex.pointee.load(ordering: .acquiring)))
         case "write", "read":
-            let width = Int(word(invocation, "width") ?? "8")!
+            let widthText = invocation.arguments["width"] == nil ? "8" : word(invocation, "width")
+            guard let width = widthText.flatMap({ Int($0) }), [1, 2, 4, 8].contains(width) else {
+                throw .invalidArgument("\(invocation.command): width takes 1, 2, 4 or 8 (a literal, not a variable)")
+            }
             let pointer = try host(try require(invocation, "gpa"), length: width)
             // SAFETY: `host` checked that all WIDTH bytes lie in guest memory this runner maps;
             // unaligned stores and loads are byte-wise.

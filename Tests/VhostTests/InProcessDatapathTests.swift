@@ -15,6 +15,22 @@ struct InProcessDatapathTests {
         #expect(result.passed == DatapathSuite.cases(InProcessHarness()).count)
     }
 
+    @Test("the host end of the pipe closed: RX finds no frame, and the device neither crashes nor stops serving TX's kicks")
+    func hostEndClosed() throws {
+        let (pair, host) = try InProcessHarness().makePair("vhu-eof") { $0.queueSize = 16 }
+        try transmitAndCompare(pair, host: host, frames: 20)
+        // The device's RX socket now reads end-of-stream (a 0-byte peek), which net.c's
+        // handle_rx loop treats as no packet; the model once passed it on as a 0-byte frame.
+        _ = consume host
+        pair.postReceiveBuffers()
+        var frames = 0
+        for _ in 0..<3 { frames += try pair.receive(milliseconds: 100) { _ in } }
+        #expect(frames == 0)
+        // The worker is alive: a stop answers with the TX base it reached.
+        let bases = try pair.stop()
+        #expect(bases.transmitBase == 20)
+    }
+
     @Test("a device that corrupts the TX used ring: the queue is reported broken, RX and the process go on")
     func corruptTransmitUsedRing() throws {
         let (pair, host) = try InProcessHarness().makePair("vhu-bad") { $0.queueSize = 16 }
