@@ -28,5 +28,12 @@ let package = Package(
             path: "Benchmarks/DriverRing",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // The Swift ring driver against a C loop doing the same ring operations: ./ring-vs-c
+        .target(name: "CRingLoop", path: "Benchmarks/CRingLoop", cSettings: [.unsafeFlags(["-O2"])]),
+        .executableTarget(
+            name: "ring-vs-c",
+            dependencies: ["CRingLoop", .product(name: "Virtio", package: rootPackage)],
+            path: "Benchmarks/RingVersusC"
+        ),
     ]
 )
