@@ -160,7 +160,8 @@ struct Parser {
         var stack: [([Statement], (count: Operand, variable: String?, location: SourceLocation)?)] = [([], nil)]
         var pending: (ExpectedOutcome, SourceLocation)? = nil
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // "\r\n" is one Character in Swift, so a script saved with CRLF line ends splits on it too.
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             lineNumber += 1
             let tokens: [Token]
             do {

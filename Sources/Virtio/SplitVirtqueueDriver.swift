@@ -57,10 +57,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     private var inOrderHeads: [UInt16] = []
     private var inOrderStart = 0
 
-    private var shadowNext: [UInt16]
-    private var chainCount: [UInt16]
-    /// Heads added since the last `publish()`: in flight, but the device may not use them yet.
-    private var unpublishedHeads: [UInt16] = []
+    private let chains: ChainTable
     private var freeHead: UInt16
     /// Descriptors on the free list.
     public private(set) var freeCount: Int
@@ -108,8 +105,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         // vhost_get_vq_desc_n takes the IN_ORDER head from vq->next_avail_head, which
         // VHOST_SET_VRING_BASE sets to the base, so the circle starts at `startIndex & (n - 1)`
         // (descriptor 0 for a zero base, as the spec says).
-        shadowNext = (0..<n).map { UInt16(truncatingIfNeeded: ($0 + 1) % n) }
-        chainCount = Array(repeating: 0, count: n)
+        chains = ChainTable(queueSize: n)
         freeHead = inOrder ? startIndex & (ring.queueSize &- 1) : 0
         freeCount = n
         availIndexShadow = startIndex
@@ -124,7 +120,35 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// Readable segments must come before writable ones (virtio 1.x §2.7.4.2; vhost.c
     /// vhost_get_vq_desc rejects a readable descriptor after a writable one).
     /// Returns the head index, or nil when there are not enough free descriptors.
+    ///
+    /// Inlinable so that it never runs unspecialized across modules: a generic call per frame
+    /// costs a metadata lookup each time (Benchmarks/ring-vs-c measured 14× the instructions
+    /// of a C driver before this). The work is done by the non-generic `add(contiguous:)`.
+    @inlinable
     public mutating func add<C: Collection>(_ segments: C) -> UInt16? where C.Element == BufferSegment {
+        if segments.count == 1, let only = segments.first { return add(only) }
+        if let head = segments.withContiguousStorageIfAvailable({ add(contiguous: $0) }) { return head }
+        return ContiguousArray(segments).withUnsafeBufferPointer { add(contiguous: $0) }
+    }
+
+    /// Places a one-descriptor chain on the ring, as `add(_:)` does for a collection of one:
+    /// the hot path of a frame in one buffer (TX with the header inline, every RX buffer).
+    public mutating func add(_ segment: BufferSegment) -> UInt16? {
+        guard freeCount >= 1 else { return nil }
+        let head = freeHead
+        // SAFETY: `head` is on the driver's free list, so the device does not own it; it sees
+        // the write only after publish()'s release store of avail->idx.
+        ring.setDescriptor(head, Descriptor(address: segment.address, length: segment.length, flags: segment.deviceWritable ? [.write] : [], next: 0))
+        freeHead = chains.next(head)
+        freeCount -= 1
+        chains.setCount(head, 1)
+        exposeHead(head)
+        return head
+    }
+
+    /// `add(_:)` over segments in contiguous memory.
+    @usableFromInline
+    mutating func add(contiguous segments: UnsafeBufferPointer<BufferSegment>) -> UInt16? {
         let count = segments.count
         precondition(count > 0, "a chain needs at least one segment")
         guard count <= freeCount else { return nil }
@@ -137,16 +161,16 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
             sawWritable = sawWritable || segment.deviceWritable
             remaining -= 1
             var flags: DescriptorFlags = segment.deviceWritable ? [.write] : []
-            let next = shadowNext[Int(index)]
+            let next = chains.next(index)
             if remaining > 0 { flags.insert(.next) }
             // SAFETY: `index` is on the driver's free list, so the device does not own it; it
             // sees the write only after publish()'s release store of avail->idx.
             ring.setDescriptor(index, Descriptor(address: segment.address, length: segment.length, flags: flags, next: remaining > 0 ? next : 0))
             if remaining > 0 { index = next }
         }
-        freeHead = shadowNext[Int(index)]
+        freeHead = chains.next(index)
         freeCount -= count
-        chainCount[Int(head)] = UInt16(count)
+        chains.setCount(head, UInt16(count))
         exposeHead(head)
         return head
     }
@@ -156,8 +180,18 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// `segments.count` × 16 bytes and stay untouched until the chain is reaped. vhost.c
     /// get_indirect: the table length must be a multiple of 16 and the table may not itself
     /// contain an indirect descriptor; it is read in order.
+    @inlinable
     public mutating func addIndirect<C: Collection>(_ segments: C, table: UnsafeMutableRawPointer, tableAddress: UInt64) -> UInt16?
     where C.Element == BufferSegment {
+        if let head = segments.withContiguousStorageIfAvailable({ addIndirect(contiguous: $0, table: table, tableAddress: tableAddress) }) {
+            return head
+        }
+        return ContiguousArray(segments).withUnsafeBufferPointer { addIndirect(contiguous: $0, table: table, tableAddress: tableAddress) }
+    }
+
+    /// `addIndirect(_:table:tableAddress:)` over segments in contiguous memory.
+    @usableFromInline
+    mutating func addIndirect(contiguous segments: UnsafeBufferPointer<BufferSegment>, table: UnsafeMutableRawPointer, tableAddress: UInt64) -> UInt16? {
         let count = segments.count
         precondition(count > 0 && count <= Int(UInt16.max), "an indirect table holds 1...65535 descriptors")
         guard freeCount >= 1 else { return nil }
@@ -179,16 +213,16 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         let head = freeHead
         // SAFETY: `head` is free (as in `add`).
         ring.setDescriptor(head, Descriptor(address: tableAddress, length: UInt32(count * SplitRingLayout.descriptorSize), flags: [.indirect], next: 0))
-        freeHead = shadowNext[Int(head)]
+        freeHead = chains.next(head)
         freeCount -= 1
-        chainCount[Int(head)] = 1
+        chains.setCount(head, 1)
         exposeHead(head)
         return head
     }
 
+    @inline(__always)
     private mutating func exposeHead(_ head: UInt16) {
         if inOrder { inOrderHeads.append(head) }
-        unpublishedHeads.append(head)
         // SAFETY: slot availIndexShadow lies beyond the published avail->idx, so the device does
         // not use it until publish()'s release store.
         ring.setAvailEntry(availIndexShadow, head: head)
@@ -202,7 +236,6 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         let old = availIndexShadow &- addedSincePublish
         let new = availIndexShadow
         addedSincePublish = 0
-        unpublishedHeads.removeAll(keepingCapacity: true)
         // SAFETY: release: the descriptors and avail slots written above are visible to a device
         // that loads this index with acquire.
         ring.availIndex.pointee.store(new, ordering: .releasing)
@@ -240,14 +273,51 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// runs ahead of the chains made available. The length is the device's word: callers must
     /// check it against the buffer (virtio_net does: "rx error: len %u exceeds truesize").
     public mutating func nextUsed() throws(RingViolation) -> UsedElement? {
-        if let broken { throw broken }
+        if _slowPath(broken != nil) { throw broken! }
         // SAFETY: acquire pairs with the device's release store: every used entry below
         // `deviceIndex` was written before it.
         let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
         guard deviceIndex != lastUsedIndex else { return nil }
+        if _slowPath(inOrder) { return try nextUsedInOrder(deviceIndex) }
+        // SAFETY: a slot of the used ring; it was published (so the read is ordered by the
+        // acquire above) unless used->idx ran ahead, which the check below refuses.
+        let element = ring.usedEntry(lastUsedIndex)
+        let head = UInt16(truncatingIfNeeded: element.id)
+        // The rules, checked at once on the hot path; which one broke is found out in the cold one.
+        guard _fastPath(deviceIndex &- lastUsedIndex <= availIndexShadow &- addedSincePublish &- lastUsedIndex
+                        && element.id < UInt32(queueSize) && chains.count(head) != 0
+                        && (addedSincePublish == 0 || !isUnpublished(head))) else {
+            throw violation(deviceIndex: deviceIndex, element: element)
+        }
+        lastUsedIndex &+= 1
+        freeChain(head)
+        requestNextInterrupt()
+        return element
+    }
+
+    /// The used entry at `lastUsedIndex` broke a rule: names the first rule it broke, as
+    /// `nextUsed` checks them, and leaves the driver broken.
+    @inline(never)
+    private mutating func violation(deviceIndex: UInt16, element: UsedElement) -> RingViolation {
         let outstanding = deviceIndex &- lastUsedIndex
-        let published = availIndexShadow &- addedSincePublish
-        let given = published &- lastUsedIndex
+        let given = availIndexShadow &- addedSincePublish &- lastUsedIndex
+        if outstanding > given {
+            return fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
+        }
+        if element.id >= UInt32(queueSize) {
+            return fail("used id \(element.id) at used index \(lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
+        }
+        if chains.count(UInt16(element.id)) == 0 {
+            return fail("used id \(element.id) at used index \(lastUsedIndex) is not in flight", deviceIndex)
+        }
+        return fail("used id \(element.id) at used index \(lastUsedIndex) was added but never published", deviceIndex)
+    }
+
+    /// `nextUsed` with IN_ORDER: one entry may complete a batch (see `lastBatch`).
+    @inline(never)
+    private mutating func nextUsedInOrder(_ deviceIndex: UInt16) throws(RingViolation) -> UsedElement {
+        let outstanding = deviceIndex &- lastUsedIndex
+        let given = availIndexShadow &- addedSincePublish &- lastUsedIndex
         if outstanding > given {
             throw fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
         }
@@ -257,43 +327,37 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
             throw fail("used id \(element.id) at used index \(lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
         }
         let head = UInt16(element.id)
-        if inOrder {
-            guard let position = inOrderHeads[inOrderStart...].firstIndex(of: head) else {
-                throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) is not among the chains in flight", deviceIndex)
-            }
-            let batch = position - inOrderStart + 1
-            guard batch <= Int(outstanding) else {
-                throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) completes \(batch) chains, but used->idx is only \(outstanding) ahead", deviceIndex)
-            }
-            lastBatch.removeAll(keepingCapacity: true)
-            for done in inOrderHeads[inOrderStart...position] {
-                lastBatch.append(done)
-                freeChain(done)
-            }
-            inOrderStart = position + 1
-            if lastBatch.count > 1 { completedInBatch &+= UInt64(lastBatch.count - 1) }
-            if inOrderStart > 1024 && inOrderStart * 2 > inOrderHeads.count {
-                inOrderHeads.removeFirst(inOrderStart)
-                inOrderStart = 0
-            }
-            lastUsedIndex &+= UInt16(batch)
-        } else {
-            guard chainCount[Int(head)] != 0 else {
-                throw fail("used id \(head) at used index \(lastUsedIndex) is not in flight", deviceIndex)
-            }
-            guard unpublishedHeads.isEmpty || !unpublishedHeads.contains(head) else {
-                throw fail("used id \(head) at used index \(lastUsedIndex) was added but never published", deviceIndex)
-            }
-            lastUsedIndex &+= 1
-            freeChain(head)
+        guard let position = inOrderHeads[inOrderStart...].firstIndex(of: head) else {
+            throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) is not among the chains in flight", deviceIndex)
         }
+        let batch = position - inOrderStart + 1
+        guard batch <= Int(outstanding) else {
+            throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) completes \(batch) chains, but used->idx is only \(outstanding) ahead", deviceIndex)
+        }
+        lastBatch.removeAll(keepingCapacity: true)
+        for done in inOrderHeads[inOrderStart...position] {
+            lastBatch.append(done)
+            freeChain(done)
+        }
+        inOrderStart = position + 1
+        if lastBatch.count > 1 { completedInBatch &+= UInt64(lastBatch.count - 1) }
+        if inOrderStart > 1024 && inOrderStart * 2 > inOrderHeads.count {
+            inOrderHeads.removeFirst(inOrderStart)
+            inOrderStart = 0
+        }
+        lastUsedIndex &+= UInt16(batch)
+        requestNextInterrupt()
+        return element
+    }
+
+    /// With EVENT_IDX, keeps asking for an interrupt at the next entry (virtqueue_get_buf_ctx_split).
+    @inline(__always)
+    private func requestNextInterrupt() {
         if eventIndex && !interruptsSuppressed {
-            // Keep asking for an interrupt at the next entry (virtqueue_get_buf_ctx_split).
             // SAFETY: used_event is an Atomic<UInt16> the driver owns; release orders it after
             // our reads of the used entries.
             ring.usedEvent.pointee.store(lastUsedIndex, ordering: .releasing)
         }
-        return element
     }
 
     /// Records the violation and returns it: the driver is broken from now on.
@@ -318,9 +382,20 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// With IN_ORDER: the heads the last `nextUsed` completed, oldest first.
     public private(set) var lastBatch: [UInt16] = []
 
+    /// Whether `head` was added since the last `publish()`: its avail slot lies in
+    /// [published avail->idx, availIndexShadow), which only the driver writes. Out of line:
+    /// `nextUsed` calls it only when chains were added after the last publish.
+    @inline(never)
+    private func isUnpublished(_ head: UInt16) -> Bool {
+        let published = availIndexShadow &- addedSincePublish
+        for offset in 0..<addedSincePublish where ring.availEntry(published &+ offset) == head { return true }
+        return false
+    }
+
+    @inline(__always)
     private mutating func freeChain(_ head: UInt16) {
-        let count = Int(chainCount[Int(head)])
-        chainCount[Int(head)] = 0
+        let count = Int(chains.count(head))
+        chains.setCount(head, 0)
         if inOrder {
             // Chains complete oldest first, so the free part of the circle stays contiguous
             // behind `freeHead`: nothing to relink.
@@ -328,8 +403,8 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
             return
         }
         var tail = head
-        for _ in 1..<max(count, 1) { tail = shadowNext[Int(tail)] }
-        shadowNext[Int(tail)] = freeHead
+        for _ in 1..<max(count, 1) { tail = chains.next(tail) }
+        chains.setNext(tail, freeHead)
         freeHead = head
         freeCount += count
     }
@@ -362,5 +437,44 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         return hasUsed()
+    }
+}
+
+/// The free list's shadow next links and the descriptor count of every chain in flight (0 for
+/// a free head), in one allocation: the driver is `~Copyable`, so it owns this alone and no
+/// copy-on-write check or retain runs per frame, as arrays would need.
+struct ChainTable: ~Copyable, @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): the storage is reached only through the one driver that
+    // owns it, and a ~Copyable driver is used by one thread at a time.
+    private let storage: UnsafeMutablePointer<UInt16>
+    private let size: Int
+
+    /// Links every descriptor to the next, around the table, with no chain in flight.
+    init(queueSize n: Int) {
+        size = n
+        storage = .allocate(capacity: 2 * n)
+        for i in 0..<n { (storage + i).initialize(to: UInt16(truncatingIfNeeded: (i + 1) % n)) }
+        (storage + n).initialize(repeating: 0, count: n)
+    }
+
+    deinit { storage.deallocate() }
+
+    // SAFETY: every index is a descriptor index below the queue size: a head from the free
+    // list, a link the driver wrote, or a used id that nextUsed checked against the size.
+    func next(_ index: UInt16) -> UInt16 {
+        assert(Int(index) < size)
+        return storage[Int(index)]
+    }
+    func setNext(_ index: UInt16, _ next: UInt16) {
+        assert(Int(index) < size)
+        storage[Int(index)] = next
+    }
+    func count(_ head: UInt16) -> UInt16 {
+        assert(Int(head) < size)
+        return storage[size + Int(head)]
+    }
+    func setCount(_ head: UInt16, _ count: UInt16) {
+        assert(Int(head) < size)
+        storage[size + Int(head)] = count
     }
 }

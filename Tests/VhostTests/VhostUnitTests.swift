@@ -222,6 +222,19 @@ struct ScriptParsingTests {
         }
     }
 
+    @Test("a script saved with CRLF line ends parses as with LF, and errors keep their line numbers")
+    func crlf() throws {
+        let lf = try Script(parsing: "open\nset-owner\n# a comment\nset-features VERSION_1\n", name: "s")
+        let crlf = try Script(parsing: "open\r\nset-owner\r\n# a comment\r\nset-features VERSION_1\r\n", name: "s")
+        #expect(crlf.commandCount == lf.commandCount && lf.commandCount == 3)
+        do {
+            _ = try Script(parsing: "open\r\nxyzzy\r\n", name: "s")
+            Issue.record("parsed")
+        } catch {
+            #expect(error.problems == ["s:2:1: expected a command, found 'xyzzy'"])
+        }
+    }
+
     @Test("includes that loop are refused, with the place of the include")
     func includeLoop() {
         do {
