@@ -118,7 +118,7 @@ public struct NetQueue: ~Copyable {
         func device(_ address: GuestAddress) -> UInt64 { address.rawValue + addressOffset }
         switch layout {
         case .inline:
-            return driver.add(CollectionOfOne(BufferSegment(address: device(buffer.guestAddress), length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable)))
+            return driver.add(BufferSegment(address: device(buffer.guestAddress), length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable))
         case .separateHeader:
             let header = memory.headers[Int(head)]
             return driver.add([BufferSegment(address: device(header.guestAddress), length: UInt32(headerLength), deviceWritable: deviceWritable),

@@ -797,7 +797,7 @@ public final class ScriptRunner {
                 // avail entry naming it is published (a release store, after these writes).
                 memset(buffer.host, 0, header)
                 frame.withUnsafeBytes { (buffer.host + header).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
-                guard box.driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(header + frame.count), deviceWritable: false))) != nil else { break }
+                guard box.driver.add(BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(header + frame.count), deviceWritable: false)) != nil else { break }
                 transmitSequence += 1
                 sent += 1
                 added += 1
@@ -824,7 +824,7 @@ public final class ScriptRunner {
         for _ in 0..<fitting {
             guard let head = box.driver.nextFreeHead else { break }
             let buffer = try buffer(ring, head: head, length: size)
-            _ = box.driver.add(CollectionOfOne(BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(size), deviceWritable: true)))
+            _ = box.driver.add(BufferSegment(address: buffer.guestAddress.rawValue, length: UInt32(size), deviceWritable: true))
         }
         if fitting < count { output("  \(fitting) of \(count) buffers posted: vring \(queue) has no more free descriptors until frames are received") }
         if fitting > 0 { publish(box, queue: queue, frameBytes: fitting * (size - headerLength)) }

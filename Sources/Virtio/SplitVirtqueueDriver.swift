@@ -54,25 +54,32 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// available and may return a batch with one used entry, the id of its last chain
     /// (virtio 1.x §2.7.9); every chain up to that id is then done.
     public let inOrder: Bool
-    private var inOrderHeads: [UInt16] = []
+    @usableFromInline var inOrderHeads: [UInt16] = []
     private var inOrderStart = 0
 
-    private let chains: ChainTable
-    private var freeHead: UInt16
+    @usableFromInline let chains: ChainTable
+    @usableFromInline var freeHead: UInt16
     /// Descriptors on the free list.
-    public private(set) var freeCount: Int
+    @usableFromInline var _freeCount: Int
+    public var freeCount: Int { _freeCount }
     /// The avail index the driver will publish next (`avail_idx_shadow`).
-    public private(set) var availIndexShadow: UInt16 = 0
+    @usableFromInline var _availIndexShadow: UInt16 = 0
+    public var availIndexShadow: UInt16 { _availIndexShadow }
     /// Entries added since the last `publish()`.
-    public private(set) var addedSincePublish: UInt16 = 0
+    @usableFromInline var _addedSincePublish: UInt16 = 0
+    public var addedSincePublish: UInt16 { _addedSincePublish }
     /// Chains completed implicitly by an IN_ORDER batch (no used entry of their own).
     public private(set) var completedInBatch: UInt64 = 0
     /// The next used index to reap (`last_used_idx`).
-    public private(set) var lastUsedIndex: UInt16 = 0
+    @usableFromInline var _lastUsedIndex: UInt16 = 0
+    public var lastUsedIndex: UInt16 { _lastUsedIndex }
     /// Set when the device broke the protocol (virtio_ring.c `vq->broken`); from then on every
     /// `nextUsed()` throws it. Only a new driver over a reset ring clears it.
-    public private(set) var broken: RingViolation?
-    private var interruptsSuppressed = false
+    @usableFromInline var _broken: RingViolation?
+    public var broken: RingViolation? { _broken }
+    /// `broken != nil`, as one byte for the hot path.
+    @usableFromInline var isBroken = false
+    @usableFromInline var interruptsSuppressed = false
 
     /// Entries in the ring.
     public var queueSize: UInt16 { ring.queueSize }
@@ -86,10 +93,10 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     }
     /// The head the next `add` will use, when a descriptor is free (lets a caller pick the
     /// buffer that belongs to that head before adding a one-descriptor chain).
-    public var nextFreeHead: UInt16? { freeCount > 0 ? freeHead : nil }
+    public var nextFreeHead: UInt16? { _freeCount > 0 ? freeHead : nil }
 
     /// Descriptors given to the device and not yet reaped.
-    public var inFlight: Int { Int(queueSize) - freeCount }
+    public var inFlight: Int { Int(queueSize) - _freeCount }
 
     /// Resets the ring memory and threads every descriptor onto the free list (LIFO, as
     /// virtio_ring.c; with IN_ORDER, sequential around the table).
@@ -107,9 +114,9 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         // (descriptor 0 for a zero base, as the spec says).
         chains = ChainTable(queueSize: n)
         freeHead = inOrder ? startIndex & (ring.queueSize &- 1) : 0
-        freeCount = n
-        availIndexShadow = startIndex
-        lastUsedIndex = startIndex
+        _freeCount = n
+        _availIndexShadow = startIndex
+        _lastUsedIndex = startIndex
         // SAFETY: the indices live in the ring's memory, which its owner keeps alive; nothing
         // runs on the other side before the device is attached to this reset ring.
         ring.availIndex.pointee.store(startIndex, ordering: .releasing)
@@ -133,14 +140,15 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
 
     /// Places a one-descriptor chain on the ring, as `add(_:)` does for a collection of one:
     /// the hot path of a frame in one buffer (TX with the header inline, every RX buffer).
+    @inlinable
     public mutating func add(_ segment: BufferSegment) -> UInt16? {
-        guard freeCount >= 1 else { return nil }
+        guard _freeCount >= 1 else { return nil }
         let head = freeHead
         // SAFETY: `head` is on the driver's free list, so the device does not own it; it sees
         // the write only after publish()'s release store of avail->idx.
         ring.setDescriptor(head, Descriptor(address: segment.address, length: segment.length, flags: segment.deviceWritable ? [.write] : [], next: 0))
         freeHead = chains.next(head)
-        freeCount -= 1
+        _freeCount -= 1
         chains.setCount(head, 1)
         exposeHead(head)
         return head
@@ -151,7 +159,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     mutating func add(contiguous segments: UnsafeBufferPointer<BufferSegment>) -> UInt16? {
         let count = segments.count
         precondition(count > 0, "a chain needs at least one segment")
-        guard count <= freeCount else { return nil }
+        guard count <= _freeCount else { return nil }
         let head = freeHead
         var index = head
         var sawWritable = false
@@ -169,7 +177,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
             if remaining > 0 { index = next }
         }
         freeHead = chains.next(index)
-        freeCount -= count
+        _freeCount -= count
         chains.setCount(head, UInt16(count))
         exposeHead(head)
         return head
@@ -194,7 +202,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     mutating func addIndirect(contiguous segments: UnsafeBufferPointer<BufferSegment>, table: UnsafeMutableRawPointer, tableAddress: UInt64) -> UInt16? {
         let count = segments.count
         precondition(count > 0 && count <= Int(UInt16.max), "an indirect table holds 1...65535 descriptors")
-        guard freeCount >= 1 else { return nil }
+        guard _freeCount >= 1 else { return nil }
         var sawWritable = false
         for (i, segment) in segments.enumerated() {
             precondition(!(sawWritable && !segment.deviceWritable), "readable segment after a writable one")
@@ -214,28 +222,29 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         // SAFETY: `head` is free (as in `add`).
         ring.setDescriptor(head, Descriptor(address: tableAddress, length: UInt32(count * SplitRingLayout.descriptorSize), flags: [.indirect], next: 0))
         freeHead = chains.next(head)
-        freeCount -= 1
+        _freeCount -= 1
         chains.setCount(head, 1)
         exposeHead(head)
         return head
     }
 
-    @inline(__always)
-    private mutating func exposeHead(_ head: UInt16) {
+    @inlinable @inline(__always)
+    mutating func exposeHead(_ head: UInt16) {
         if inOrder { inOrderHeads.append(head) }
         // SAFETY: slot availIndexShadow lies beyond the published avail->idx, so the device does
         // not use it until publish()'s release store.
-        ring.setAvailEntry(availIndexShadow, head: head)
-        availIndexShadow &+= 1
-        addedSincePublish &+= 1
+        ring.setAvailEntry(_availIndexShadow, head: head)
+        _availIndexShadow &+= 1
+        _addedSincePublish &+= 1
     }
 
     /// Makes the added chains visible (`avail->idx` release store) and says whether the device
     /// wants a kick (virtio_ring.c virtqueue_kick_prepare_split).
+    @inlinable
     public mutating func publish() -> Bool {
-        let old = availIndexShadow &- addedSincePublish
-        let new = availIndexShadow
-        addedSincePublish = 0
+        let old = _availIndexShadow &- _addedSincePublish
+        let new = _availIndexShadow
+        _addedSincePublish = 0
         // SAFETY: release: the descriptors and avail slots written above are visible to a device
         // that loads this index with acquire.
         ring.availIndex.pointee.store(new, ordering: .releasing)
@@ -251,10 +260,11 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
 
     /// Whether `nextUsed` has something to say: used entries it has not returned yet, or, once
     /// the driver is `broken`, the violation (so a caller polling this learns of it).
+    @inlinable
     public func hasUsed() -> Bool {
-        if broken != nil { return true }
+        if isBroken { return true }
         // SAFETY: acquire pairs with the device's release store of used->idx.
-        return ring.usedIndex.pointee.load(ordering: .acquiring) != lastUsedIndex
+        return ring.usedIndex.pointee.load(ordering: .acquiring) != _lastUsedIndex
     }
 
     /// Reaps one used entry: returns the chain's head and the length the device wrote, and
@@ -272,24 +282,25 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// not among the chains in flight or a batch longer than used->idx moved, or when used->idx
     /// runs ahead of the chains made available. The length is the device's word: callers must
     /// check it against the buffer (virtio_net does: "rx error: len %u exceeds truesize").
+    @inlinable @inline(__always)
     public mutating func nextUsed() throws(RingViolation) -> UsedElement? {
-        if _slowPath(broken != nil) { throw broken! }
+        if _slowPath(isBroken) { throw _broken! }
         // SAFETY: acquire pairs with the device's release store: every used entry below
         // `deviceIndex` was written before it.
         let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
-        guard deviceIndex != lastUsedIndex else { return nil }
+        guard deviceIndex != _lastUsedIndex else { return nil }
         if _slowPath(inOrder) { return try nextUsedInOrder(deviceIndex) }
         // SAFETY: a slot of the used ring; it was published (so the read is ordered by the
         // acquire above) unless used->idx ran ahead, which the check below refuses.
-        let element = ring.usedEntry(lastUsedIndex)
+        let element = ring.usedEntry(_lastUsedIndex)
         let head = UInt16(truncatingIfNeeded: element.id)
         // The rules, checked at once on the hot path; which one broke is found out in the cold one.
-        guard _fastPath(deviceIndex &- lastUsedIndex <= availIndexShadow &- addedSincePublish &- lastUsedIndex
+        guard _fastPath(deviceIndex &- _lastUsedIndex <= _availIndexShadow &- _addedSincePublish &- _lastUsedIndex
                         && element.id < UInt32(queueSize) && chains.count(head) != 0
-                        && (addedSincePublish == 0 || !isUnpublished(head))) else {
+                        && (_addedSincePublish == 0 || !isUnpublished(head))) else {
             throw violation(deviceIndex: deviceIndex, element: element)
         }
-        lastUsedIndex &+= 1
+        _lastUsedIndex &+= 1
         freeChain(head)
         requestNextInterrupt()
         return element
@@ -297,42 +308,42 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
 
     /// The used entry at `lastUsedIndex` broke a rule: names the first rule it broke, as
     /// `nextUsed` checks them, and leaves the driver broken.
-    @inline(never)
-    private mutating func violation(deviceIndex: UInt16, element: UsedElement) -> RingViolation {
-        let outstanding = deviceIndex &- lastUsedIndex
-        let given = availIndexShadow &- addedSincePublish &- lastUsedIndex
+    @usableFromInline @inline(never)
+    mutating func violation(deviceIndex: UInt16, element: UsedElement) -> RingViolation {
+        let outstanding = deviceIndex &- _lastUsedIndex
+        let given = _availIndexShadow &- _addedSincePublish &- _lastUsedIndex
         if outstanding > given {
-            return fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
+            return fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(_lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
         }
         if element.id >= UInt32(queueSize) {
-            return fail("used id \(element.id) at used index \(lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
+            return fail("used id \(element.id) at used index \(_lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
         }
         if chains.count(UInt16(element.id)) == 0 {
-            return fail("used id \(element.id) at used index \(lastUsedIndex) is not in flight", deviceIndex)
+            return fail("used id \(element.id) at used index \(_lastUsedIndex) is not in flight", deviceIndex)
         }
-        return fail("used id \(element.id) at used index \(lastUsedIndex) was added but never published", deviceIndex)
+        return fail("used id \(element.id) at used index \(_lastUsedIndex) was added but never published", deviceIndex)
     }
 
     /// `nextUsed` with IN_ORDER: one entry may complete a batch (see `lastBatch`).
-    @inline(never)
-    private mutating func nextUsedInOrder(_ deviceIndex: UInt16) throws(RingViolation) -> UsedElement {
-        let outstanding = deviceIndex &- lastUsedIndex
-        let given = availIndexShadow &- addedSincePublish &- lastUsedIndex
+    @usableFromInline @inline(never)
+    mutating func nextUsedInOrder(_ deviceIndex: UInt16) throws(RingViolation) -> UsedElement {
+        let outstanding = deviceIndex &- _lastUsedIndex
+        let given = _availIndexShadow &- _addedSincePublish &- _lastUsedIndex
         if outstanding > given {
-            throw fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
+            throw fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(_lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
         }
         // SAFETY: lastUsedIndex is below deviceIndex (checked above), so the entry is published.
-        let element = ring.usedEntry(lastUsedIndex)
+        let element = ring.usedEntry(_lastUsedIndex)
         guard element.id < UInt32(queueSize) else {
-            throw fail("used id \(element.id) at used index \(lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
+            throw fail("used id \(element.id) at used index \(_lastUsedIndex) is out of range (queue size \(queueSize))", deviceIndex)
         }
         let head = UInt16(element.id)
         guard let position = inOrderHeads[inOrderStart...].firstIndex(of: head) else {
-            throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) is not among the chains in flight", deviceIndex)
+            throw fail("IN_ORDER: used id \(head) at used index \(_lastUsedIndex) is not among the chains in flight", deviceIndex)
         }
         let batch = position - inOrderStart + 1
         guard batch <= Int(outstanding) else {
-            throw fail("IN_ORDER: used id \(head) at used index \(lastUsedIndex) completes \(batch) chains, but used->idx is only \(outstanding) ahead", deviceIndex)
+            throw fail("IN_ORDER: used id \(head) at used index \(_lastUsedIndex) completes \(batch) chains, but used->idx is only \(outstanding) ahead", deviceIndex)
         }
         lastBatch.removeAll(keepingCapacity: true)
         for done in inOrderHeads[inOrderStart...position] {
@@ -345,25 +356,26 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
             inOrderHeads.removeFirst(inOrderStart)
             inOrderStart = 0
         }
-        lastUsedIndex &+= UInt16(batch)
+        _lastUsedIndex &+= UInt16(batch)
         requestNextInterrupt()
         return element
     }
 
     /// With EVENT_IDX, keeps asking for an interrupt at the next entry (virtqueue_get_buf_ctx_split).
-    @inline(__always)
-    private func requestNextInterrupt() {
+    @inlinable @inline(__always)
+    func requestNextInterrupt() {
         if eventIndex && !interruptsSuppressed {
             // SAFETY: used_event is an Atomic<UInt16> the driver owns; release orders it after
             // our reads of the used entries.
-            ring.usedEvent.pointee.store(lastUsedIndex, ordering: .releasing)
+            ring.usedEvent.pointee.store(_lastUsedIndex, ordering: .releasing)
         }
     }
 
     /// Records the violation and returns it: the driver is broken from now on.
     private mutating func fail(_ reason: String, _ deviceIndex: UInt16) -> RingViolation {
         let violation = RingViolation(reason: reason, ringState: ringState(deviceIndex: deviceIndex))
-        broken = violation
+        _broken = violation
+        isBroken = true
         return violation
     }
 
@@ -373,10 +385,10 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         let pending = inOrder ? Array(inOrderHeads[inOrderStart...].prefix(12)) : []
         let entries = (0..<min(8, Int(queueSize))).map { i -> String in
             // SAFETY: a masked slot inside the used ring; read only for the dump.
-            let e = ring.usedEntry(lastUsedIndex &+ UInt16(i))
-            return "\(lastUsedIndex &+ UInt16(i)):\(e.id)/\(e.length)"
+            let e = ring.usedEntry(_lastUsedIndex &+ UInt16(i))
+            return "\(_lastUsedIndex &+ UInt16(i)):\(e.id)/\(e.length)"
         }
-        return "used->idx \(deviceIndex), avail idx \(availIndexShadow), in flight \(inFlight), next in order \(pending), used entries \(entries)"
+        return "used->idx \(deviceIndex), avail idx \(_availIndexShadow), in flight \(inFlight), next in order \(pending), used entries \(entries)"
     }
 
     /// With IN_ORDER: the heads the last `nextUsed` completed, oldest first.
@@ -385,28 +397,28 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// Whether `head` was added since the last `publish()`: its avail slot lies in
     /// [published avail->idx, availIndexShadow), which only the driver writes. Out of line:
     /// `nextUsed` calls it only when chains were added after the last publish.
-    @inline(never)
-    private func isUnpublished(_ head: UInt16) -> Bool {
-        let published = availIndexShadow &- addedSincePublish
-        for offset in 0..<addedSincePublish where ring.availEntry(published &+ offset) == head { return true }
+    @usableFromInline @inline(never)
+    func isUnpublished(_ head: UInt16) -> Bool {
+        let published = _availIndexShadow &- _addedSincePublish
+        for offset in 0..<_addedSincePublish where ring.availEntry(published &+ offset) == head { return true }
         return false
     }
 
-    @inline(__always)
-    private mutating func freeChain(_ head: UInt16) {
+    @inlinable @inline(__always)
+    mutating func freeChain(_ head: UInt16) {
         let count = Int(chains.count(head))
         chains.setCount(head, 0)
         if inOrder {
             // Chains complete oldest first, so the free part of the circle stays contiguous
             // behind `freeHead`: nothing to relink.
-            freeCount += count
+            _freeCount += count
             return
         }
         var tail = head
         for _ in 1..<max(count, 1) { tail = chains.next(tail) }
         chains.setNext(tail, freeHead)
         freeHead = head
-        freeCount += count
+        _freeCount += count
     }
 
     /// Asks the device not to interrupt (virtqueue_disable_cb_split).
@@ -415,7 +427,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         if eventIndex {
             // An event index the device cannot cross before we re-enable.
             // SAFETY: used_event is an Atomic<UInt16> the driver owns.
-            ring.usedEvent.pointee.store(lastUsedIndex &+ queueSize, ordering: .releasing)
+            ring.usedEvent.pointee.store(_lastUsedIndex &+ queueSize, ordering: .releasing)
         } else {
             // SAFETY: avail->flags is a hint the driver owns.
             ring.availFlags = [.noInterrupt]
@@ -430,7 +442,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         interruptsSuppressed = false
         if eventIndex {
             // SAFETY: as in disableInterrupts.
-            ring.usedEvent.pointee.store(lastUsedIndex, ordering: .releasing)
+            ring.usedEvent.pointee.store(_lastUsedIndex, ordering: .releasing)
         } else {
             // SAFETY: as in disableInterrupts.
             ring.availFlags = []
@@ -443,13 +455,15 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
 /// The free list's shadow next links and the descriptor count of every chain in flight (0 for
 /// a free head), in one allocation: the driver is `~Copyable`, so it owns this alone and no
 /// copy-on-write check or retain runs per frame, as arrays would need.
+@usableFromInline
 struct ChainTable: ~Copyable, @unchecked Sendable {
     // SAFETY (@unchecked Sendable): the storage is reached only through the one driver that
     // owns it, and a ~Copyable driver is used by one thread at a time.
-    private let storage: UnsafeMutablePointer<UInt16>
-    private let size: Int
+    @usableFromInline let storage: UnsafeMutablePointer<UInt16>
+    @usableFromInline let size: Int
 
     /// Links every descriptor to the next, around the table, with no chain in flight.
+    @usableFromInline
     init(queueSize n: Int) {
         size = n
         storage = .allocate(capacity: 2 * n)
@@ -461,20 +475,24 @@ struct ChainTable: ~Copyable, @unchecked Sendable {
 
     // SAFETY: every index is a descriptor index below the queue size: a head from the free
     // list, a link the driver wrote, or a used id that nextUsed checked against the size.
+    @inlinable
     func next(_ index: UInt16) -> UInt16 {
         assert(Int(index) < size)
         return storage[Int(index)]
     }
+    @inlinable
     func setNext(_ index: UInt16, _ next: UInt16) {
         assert(Int(index) < size)
         storage[Int(index)] = next
     }
+    @inlinable
     func count(_ head: UInt16) -> UInt16 {
         assert(Int(head) < size)
-        return storage[size + Int(head)]
+        return storage[size &+ Int(head)]
     }
+    @inlinable
     func setCount(_ head: UInt16, _ count: UInt16) {
         assert(Int(head) < size)
-        storage[size + Int(head)] = count
+        storage[size &+ Int(head)] = count
     }
 }

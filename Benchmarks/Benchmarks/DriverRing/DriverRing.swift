@@ -43,7 +43,7 @@ func roundTrip(_ memory: RingBlock, eventIndex: Bool, indirect: Bool, batch: Int
             let table = memory.block + memory.buffers + 4096 + (round % 256) * 32
             _ = driver.addIndirect([header, frame], table: table, tableAddress: memory.address(4096 + (round % 256) * 32))
         } else {
-            _ = driver.add(CollectionOfOne(frame))
+            _ = driver.add(frame)
         }
         if driver.freeCount == 0 || round == batch - 1 {
             blackHole(driver.publish())

@@ -113,7 +113,7 @@ func swiftLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
     var added = 0
     while outcome.reaped < settings.frames {
         var n = 0
-        while n < settings.batch && added < settings.frames, driver.add(CollectionOfOne(segment)) != nil {
+        while n < settings.batch && added < settings.frames, driver.add(segment) != nil {
             added += 1
             n += 1
         }
