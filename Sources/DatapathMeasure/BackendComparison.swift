@@ -179,12 +179,7 @@ public enum BackendComparison {
     // MARK: vhost
 
     static func runVhost(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
-        var config = VhostNetQueuePair.Configuration(tapName: tapName)
-        config.queueSize = settings.queueSize
-        config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
-        config.notificationMode = settings.mode
-        let pair = try VhostNetQueuePair(config)
-        let workers = try prepare(pair, settings)
+        let (pair, workers) = try openPair(settings, tapName: tapName)
         let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
         defer { _ = xdp }
         var result = BenchResult(settings: settings)
@@ -227,6 +222,17 @@ public enum BackendComparison {
         return result
     }
 
+    /// A vhost pair on `tapName` with the settings' ring size, EVENT_IDX, notification mode,
+    /// busyloop timeout and worker pinning; returned with its worker threads.
+    static func openPair(_ settings: BenchSettings, tapName: String) throws -> (VhostNetQueuePair, [VhostWorkerThread]) {
+        var config = VhostNetQueuePair.Configuration(tapName: tapName)
+        config.queueSize = settings.queueSize
+        config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
+        config.notificationMode = settings.mode
+        let pair = try VhostNetQueuePair(config)
+        return (pair, try prepare(pair, settings))
+    }
+
     /// Busyloop timeout and worker pinning for a fresh vhost pair; returns its workers.
     static func prepare(_ pair: borrowing VhostNetQueuePair, _ settings: BenchSettings) throws -> [VhostWorkerThread] {
         if settings.busyloopMicroseconds > 0 {
@@ -244,12 +250,7 @@ public enum BackendComparison {
         var result = BenchResult(settings: settings)
         switch settings.backend {
         case .vhost:
-            var config = VhostNetQueuePair.Configuration(tapName: tapName)
-            config.queueSize = settings.queueSize
-            config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
-            config.notificationMode = settings.mode
-            let pair = try VhostNetQueuePair(config)
-            let workers = try prepare(pair, settings)
+            let (pair, workers) = try openPair(settings, tapName: tapName)
             try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
             let echo = kind == .udp ? try RoundTrips.Echo() : nil
             defer { echo?.stop() }

@@ -244,7 +244,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public func transmit(count: Int, header: VirtioNetHeader = VirtioNetHeader(),
                          fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) {
         if header.gsoType & ~VirtioNetHeader.gsoECN == VirtioNetHeader.GSOType.udpL4.rawValue && !KernelInfo.tapSupportsUDPSegmentation {
-            throw .unsupportedByKernel("UDP_L4 GSO (USO) frames need a tap from Linux 6.2 on; this kernel would drop them without a trace")
+            throw .unsupportedByKernel("UDP_L4 GSO (USO) frames need VIRTIO_NET_F_HOST_USO, which vhost-net and tun offer from Linux 6.2 on; this kernel does not (its tap would pass the frame on unsegmented, as one oversized packet)")
         }
         try transmitQueue.send(count: count, header: header, mode: configuration.notificationMode, fill: fill)
     }
