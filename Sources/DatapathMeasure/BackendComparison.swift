@@ -54,6 +54,20 @@ public struct BenchSettings: Sendable, Equatable {
     public var batch: Int = 64
     /// `VHOST_SET_VRING_BUSYLOOP_TIMEOUT` on both vrings, in microseconds (0: off).
     public var busyloopMicroseconds: UInt32 = 0
+    /// Queue pairs, each on its own queue of an IFF_MULTI_QUEUE tap and driven by its own
+    /// thread: a vhost device (and worker) per pair, or a tap fd per pair on the userspace path.
+    public var queuePairs: Int = 1
+
+    /// The largest frame sent as one plain Ethernet frame (a jumbo frame; the tap's MTU is
+    /// raised to carry it). Larger sizes are TCP superframes for TSO.
+    public static let largestPlainFrame = 9000
+    /// The largest TSO superframe: an Ethernet header and an IPv4 packet of at most 65535 bytes.
+    public static let largestSegmentationFrame = 14 + 65535
+
+    /// TX frames are TCPv4 superframes of `frameSize` bytes with a GSO header (gso_size
+    /// `OffloadFrame.tcpSegmentSize`), which the host stack segments: 64 KiB TSO.
+    public var segmentationOffload: Bool { frameSize > BenchSettings.largestPlainFrame }
+
     public init(backend: BenchBackend, scenario: BenchScenario, frameSize: Int) {
         self.backend = backend; self.scenario = scenario; self.frameSize = frameSize
     }
@@ -66,8 +80,13 @@ public struct BenchResult: Sendable {
     public var transmitted: UInt64 = 0
     /// Of those, the ones the tap dropped (rx_dropped): under XDP drop, every one.
     public var transmitDroppedAtTap: UInt64 = 0
+    /// Bytes of TX frames the tap counted (its rx_bytes): for TSO superframes, whole frames.
+    public var transmittedBytes: UInt64 = 0
     /// TX frames the driver side handed over.
     public var transmitSent: UInt64 = 0
+    /// Per queue pair: the TX frames it handed over and the RX frames it received.
+    public var queueSent: [UInt64] = []
+    public var queueReceived: [UInt64] = []
     /// RX frames the driver side received.
     public var received: UInt64 = 0
     /// RX frames the tap passed on (its tx_packets) and dropped (tx_dropped: the receiver was full).
@@ -90,6 +109,13 @@ public struct BenchResult: Sendable {
     public var workerNanosecondsPerFrame: Double? { cpu.workerNanoseconds.map { frames > 0 ? Double($0) / Double(frames) : 0 } }
     public var kicksPerFrame: Double { frames > 0 ? Double(kicks) / Double(frames) : 0 }
     public var callsPerFrame: Double { frames > 0 ? Double(calls) / Double(frames) : 0 }
+
+    mutating func record(_ outcomes: [BackendComparison.QueueOutcome]) {
+        queueSent = outcomes.map(\.sent)
+        queueReceived = outcomes.map(\.received)
+        transmitSent = queueSent.reduce(0, +)
+        received = queueReceived.reduce(0, +)
+    }
 }
 
 /// Runs one measurement of one backend, setting it up on a fresh tap and tearing it down.
@@ -101,6 +127,18 @@ public enum BackendComparison {
     static func frame(size: Int, destination: MACAddress) -> [UInt8] {
         EthernetFrame.build(destination: destination, source: senderMAC, etherType: EthernetFrame.experimentalType,
                             payload: [UInt8](repeating: 0x5a, count: max(0, size - 14)))
+    }
+
+    /// The TX frame of `settings` and the virtio-net header before it: a broadcast frame with a
+    /// zeroed header, or for sizes above a jumbo frame a TCPv4 superframe whose header asks for TSO.
+    static func transmitFrame(_ settings: BenchSettings) -> (frame: [UInt8], header: VirtioNetHeader) {
+        guard settings.segmentationOffload else { return (frame(size: settings.frameSize, destination: .broadcast), VirtioNetHeader()) }
+        return OffloadFrame.tcp(ipv6: false, payload: settings.frameSize - 14 - 20 - 20, seed: 1)
+    }
+
+    /// RX of jumbo frames needs a tap MTU that lets them through (the host side drops larger ones).
+    static func raiseMTUForReceive(_ settings: BenchSettings, on tap: borrowing Tap) throws {
+        if settings.scenario != .tx && settings.frameSize > 1514 { try tap.setMTU(settings.frameSize - 14) }
     }
 
     public static func run(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
@@ -121,9 +159,11 @@ public enum BackendComparison {
         final class Flag: Sendable { let raised = Atomic<Bool>(false) }
         private let stopFlag = Flag()
 
-        init(tapName: String, frameSize: Int) throws {
+        /// `queues`: how many of the tap's queues pktgen spreads its frames over (the packet
+        /// socket sends one flow, which the tap steers to one queue).
+        init(tapName: String, frameSize: Int, queues: Int = 1) throws {
             if PacketGenerator.isAvailable {
-                let generator = try PacketGenerator(device: tapName, frameSize: frameSize, destination: BackendComparison.receiverMAC)
+                let generator = try PacketGenerator(device: tapName, frameSize: frameSize, destination: BackendComparison.receiverMAC, queues: queues)
                 try generator.start()
                 pktgen = generator
                 name = "pktgen"
@@ -156,10 +196,10 @@ public enum BackendComparison {
 
     struct TapCounters {
         let tap: String
-        let rxPackets, rxDropped, txPackets, txDropped: UInt64
+        let rxPackets, rxDropped, rxBytes, txPackets, txDropped: UInt64
         init(_ tap: String) {
             self.tap = tap
-            rxPackets = statistic(tap, "rx_packets"); rxDropped = statistic(tap, "rx_dropped")
+            rxPackets = statistic(tap, "rx_packets"); rxDropped = statistic(tap, "rx_dropped"); rxBytes = statistic(tap, "rx_bytes")
             txPackets = statistic(tap, "tx_packets"); txDropped = statistic(tap, "tx_dropped")
         }
         /// Fills the far side's counts into `result` (TX: what the tap took in; RX: what it passed on or dropped).
@@ -168,6 +208,7 @@ public enum BackendComparison {
             if result.settings.scenario != .rx {
                 result.transmitDroppedAtTap = now.rxDropped &- rxDropped
                 result.transmitted = (now.rxPackets &- rxPackets) + (xdpDrop ? result.transmitDroppedAtTap : 0)
+                result.transmittedBytes = now.rxBytes &- rxBytes
             }
             if result.settings.scenario != .tx {
                 result.receiveTapPassed = now.txPackets &- txPackets
@@ -179,65 +220,134 @@ public enum BackendComparison {
     // MARK: vhost
 
     static func runVhost(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
-        let (pair, workers) = try openPair(settings, tapName: tapName)
+        let (pairs, workers) = try openPairs(settings, tapName: tapName)
         let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
         defer { _ = xdp }
         var result = BenchResult(settings: settings)
-        let frame = frame(size: settings.frameSize, destination: .broadcast)
+        let (frame, header) = transmitFrame(settings)
         // The tap's tx_packets grows when its reader (the vhost worker) takes a frame, which
         // can happen before we reap it: read the counters before the source starts, so that
         // every frame we count was also counted by the tap.
         let counters = TapCounters(tapName)
-        let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize)
+        let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize, queues: settings.queuePairs)
         result.receiveSource = source?.name ?? ""
-        let kicksBefore = pair.transmitCounters.kicks + pair.receiveCounters.kicks
-        let callsBefore = pair.transmitCounters.calls + pair.receiveCounters.calls
+        let kicksBefore = pairs.map { $0.transmitCounters.kicks + $0.receiveCounters.kicks }.reduce(0, +)
+        let callsBefore = pairs.map { $0.transmitCounters.calls + $0.receiveCounters.calls }.reduce(0, +)
         let meter = CPUCost.Meter(workers: workers)
         let start = MonotonicClock.seconds()
-        var sent: UInt64 = 0, received: UInt64 = 0
-        let chunk = min(settings.batch, Int(settings.queueSize))
-        while MonotonicClock.seconds() - start < settings.seconds {
-            if settings.scenario != .rx {
-                // Keeps the ring full: as many as fit now, reaping what the device used.
-                let added = try pair.post(count: chunk) { _, buffer in
-                    buffer.copyBytes(from: frame)
-                    return frame.count
+        // SAFETY: each queue's thread is the only one to touch its pair until QueueThreads.run
+        // has joined them all; this thread touches none of them meanwhile.
+        let handedOver = HandedOver(pairs)
+        let outcomes = try QueueThreads.run(count: pairs.count) { queue, ready in
+            let pair = handedOver.value[queue]
+            let chunk = min(settings.batch, Int(settings.queueSize))
+            ready()
+            let cpuStart = ThreadCPUTime.currentThread()
+            let deadline = MonotonicClock.seconds() + settings.seconds
+            var outcome = QueueOutcome()
+            while MonotonicClock.seconds() < deadline {
+                if settings.scenario != .rx {
+                    // Keeps the ring full: as many as fit now, reaping what the device used.
+                    let added = try pair.post(count: chunk, header: header) { _, buffer in
+                        buffer.copyBytes(from: frame)
+                        return frame.count
+                    }
+                    outcome.sent += UInt64(added)
+                    if added == 0 && settings.scenario == .tx { _ = try pair.waitForTransmitRoom() }
                 }
-                sent += UInt64(added)
-                if added == 0 && settings.scenario == .tx { _ = try pair.waitForTransmitRoom() }
+                if settings.scenario != .tx {
+                    outcome.received += UInt64(try pair.receive(limit: chunk, milliseconds: settings.scenario == .rx ? 20 : 0) { _ in })
+                }
             }
-            if settings.scenario != .tx {
-                received += UInt64(try pair.receive(limit: chunk, milliseconds: settings.scenario == .rx ? 20 : 0) { _ in })
-            }
+            if settings.scenario != .rx { try pair.drainTransmit() }
+            outcome.driverNanoseconds = ThreadCPUTime.currentThread() &- cpuStart
+            return outcome
         }
-        if settings.scenario != .rx { try pair.drainTransmit() }
         result.seconds = MonotonicClock.seconds() - start
-        result.cpu = meter.read()
+        result.cpu = CPUCost(driverNanoseconds: outcomes.map(\.driverNanoseconds).reduce(0, +), workerNanoseconds: meter.read().workerNanoseconds)
         source?.stop()
         counters.delta(into: &result, xdpDrop: settings.xdpDrop)
-        result.transmitSent = sent
-        result.received = received
-        result.kicks = pair.transmitCounters.kicks + pair.receiveCounters.kicks - kicksBefore
-        result.calls = pair.transmitCounters.calls + pair.receiveCounters.calls - callsBefore
+        result.record(outcomes)
+        result.kicks = pairs.map { $0.transmitCounters.kicks + $0.receiveCounters.kicks }.reduce(0, +) - kicksBefore
+        result.calls = pairs.map { $0.transmitCounters.calls + $0.receiveCounters.calls }.reduce(0, +) - callsBefore
         return result
     }
 
-    /// A vhost pair on `tapName` with the settings' ring size, EVENT_IDX, notification mode,
-    /// busyloop timeout and worker pinning; returned with its worker threads.
-    static func openPair(_ settings: BenchSettings, tapName: String) throws -> (VhostNetQueuePair, [VhostWorkerThread]) {
+    /// What one queue pair's thread moved, and the CPU time it used.
+    struct QueueOutcome: Sendable {
+        var sent: UInt64 = 0, received: UInt64 = 0, driverNanoseconds: UInt64 = 0
+    }
+
+    /// A value handed from one thread to others that the caller guarantees not to share at once.
+    final class HandedOver<Value>: @unchecked Sendable {
+        let value: Value
+        init(_ value: Value) { self.value = value }
+    }
+
+    /// Runs one body per queue pair at once: queue 0 on this thread, every other on a thread of
+    /// its own. Each body calls its `ready` closure once it is set up, and none goes past that
+    /// call until all have, so the measurements overlap. Rethrows the first error, after joining.
+    enum QueueThreads {
+        final class Barrier: Sendable {
+            let count: Int
+            let arrived = Atomic<Int>(0)
+            init(count: Int) { self.count = count }
+            func arrive() {
+                arrived.add(1, ordering: .acquiringAndReleasing)
+                while arrived.load(ordering: .acquiring) < count { sched_yield() }
+            }
+            /// A body that failed before it was ready still lets the others go.
+            func abandon() { arrived.add(1, ordering: .acquiringAndReleasing) }
+        }
+
+        static func run(count: Int, _ body: @escaping (_ queue: Int, _ ready: () -> Void) throws -> QueueOutcome) throws -> [QueueOutcome] {
+            let barrier = Barrier(count: count)
+            let results = Locked([Result<QueueOutcome, any Error>?](repeating: nil, count: count))
+            // SAFETY: the body is called once per queue, and each call touches only its queue's state.
+            let shared = HandedOver(body)
+            @Sendable func runOne(_ queue: Int) {
+                var arrived = false
+                let outcome = Result { try shared.value(queue) { arrived = true; barrier.arrive() } }
+                if !arrived { barrier.abandon() }
+                results.withLock { $0[queue] = outcome }
+            }
+            let threads = (1..<max(count, 1)).map { queue in WorkerThread { runOne(queue) } }
+            runOne(0)
+            for thread in threads { thread.join() }
+            return try results.withLock { $0 }.map { try $0!.get() }
+        }
+    }
+
+    /// `settings.queuePairs` vhost pairs on `tapName` (an IFF_MULTI_QUEUE tap when more than
+    /// one) with the settings' ring size, EVENT_IDX, notification mode, busyloop timeout and
+    /// worker pinning, buffers that hold the frame, and an MTU that lets RX frames through;
+    /// returned with their worker threads.
+    static func openPairs(_ settings: BenchSettings, tapName: String) throws -> ([VhostNetQueuePair], [VhostWorkerThread]) {
         var config = VhostNetQueuePair.Configuration(tapName: tapName)
         config.queueSize = settings.queueSize
         config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
         config.notificationMode = settings.mode
-        let pair = try VhostNetQueuePair(config)
-        return (pair, try prepare(pair, settings))
-    }
-
-    /// Busyloop timeout and worker pinning for a fresh vhost pair; returns its workers.
-    static func prepare(_ pair: borrowing VhostNetQueuePair, _ settings: BenchSettings) throws -> [VhostWorkerThread] {
-        if settings.busyloopMicroseconds > 0 {
+        config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
+        config.multiQueueTap = settings.queuePairs > 1
+        var pairs: [VhostNetQueuePair] = []
+        for _ in 0..<settings.queuePairs { pairs.append(try VhostNetQueuePair(config)) }
+        try raiseMTUForReceive(settings, on: pairs[0].tap)
+        for pair in pairs where settings.busyloopMicroseconds > 0 {
             for index: UInt32 in [0, 1] { try pair.device.setVringBusyloopTimeout(index: index, microseconds: settings.busyloopMicroseconds) }
         }
+        return (pairs, try workers(settings))
+    }
+
+    /// A vhost pair for one-at-a-time round trips (queue pair 1).
+    static func openPair(_ settings: BenchSettings, tapName: String) throws -> (VhostNetQueuePair, [VhostWorkerThread]) {
+        var single = settings
+        single.queuePairs = 1
+        let (pairs, workers) = try openPairs(single, tapName: tapName)
+        return (pairs[0], workers)
+    }
+
+    /// This thread's vhost workers, pinned as the settings ask.
+    static func workers(_ settings: BenchSettings) throws -> [VhostWorkerThread] {
         let workers = VhostWorkerThread.findAll()
         if let cpu = settings.workerCPU { for worker in workers { try worker.pin(to: cpu) } }
         return workers
@@ -305,48 +415,82 @@ public enum BackendComparison {
     // MARK: the userspace path
 
     static func runUserspace(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
-        let tap = try Tap(name: tapName)
-        try tap.setVnetHeaderSize(12)
+        let flags: Tap.Flags = settings.queuePairs > 1 ? [.tap, .noPacketInfo, .vnetHeader, .multiQueue] : [.tap, .noPacketInfo, .vnetHeader]
+        let tap = try Tap(name: tapName, flags: flags)
+        try prepareUserspaceQueue(tap)
+        // Every queue is attached before the source starts (pktgen picks among the queues the tap has then).
+        let extraQueues = try (1..<settings.queuePairs).map { _ in
+            let queue = try Tap(name: tapName, flags: flags)
+            try prepareUserspaceQueue(queue)
+            return TapQueue(queue)
+        }
+        // Only their fds are used below: keep the queues (and so the fds) open to the end.
+        defer { withExtendedLifetime(extraQueues) {} }
         try tap.setLinkUp(true)
+        try raiseMTUForReceive(settings, on: tap)
         let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
         defer { _ = xdp }
-        let spin = settings.backend == .tapPoll
+        var result = BenchResult(settings: settings)
+        // The same bytes the vhost path sends: the 12-byte virtio-net header, then the frame.
+        let (frame, header) = transmitFrame(settings)
+        let packet = header.bytes(length: 12) + frame
+        let counters = TapCounters(tapName)  // before the source starts, as in runVhost
+        let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize, queues: settings.queuePairs)
+        result.receiveSource = source?.name ?? ""
+        let start = MonotonicClock.seconds()
+        let queues = [tap.fd] + extraQueues.map { $0.tap.fd }
+        let outcomes = try QueueThreads.run(count: settings.queuePairs) { queue, ready in
+            ready()
+            return userspaceLoop(fd: queues[queue], packet: packet, settings: settings)
+        }
+        result.seconds = MonotonicClock.seconds() - start
+        result.cpu = CPUCost(driverNanoseconds: outcomes.map(\.driverNanoseconds).reduce(0, +), workerNanoseconds: nil)
+        source?.stop()
+        counters.delta(into: &result, xdpDrop: settings.xdpDrop)
+        result.record(outcomes)
+        return result
+    }
+
+    /// One more queue of a multiqueue tap, held open for the measurement.
+    final class TapQueue {
+        let tap: Tap
+        init(_ tap: consuming Tap) { self.tap = tap }
+    }
+
+    /// A userspace queue: the 12-byte header QEMU uses, and non-blocking reads and writes.
+    static func prepareUserspaceQueue(_ tap: borrowing Tap) throws {
+        try tap.setVnetHeaderSize(12)
         let flags = fcntl(tap.fd, F_GETFL)
         _ = fcntl(tap.fd, F_SETFL, flags | O_NONBLOCK)
-        var result = BenchResult(settings: settings)
-        // The same bytes the vhost path sends: a zeroed 12-byte virtio-net header, then the frame.
-        let packet = [UInt8](repeating: 0, count: 12) + frame(size: settings.frameSize, destination: .broadcast)
+    }
+
+    /// One userspace queue's loop, as QEMU's tap backend without vhost moves frames: write(2)
+    /// each TX frame, read(2) RX frames until the queue is empty, and sleep in poll(2) (or spin).
+    static func userspaceLoop(fd: Int32, packet: [UInt8], settings: BenchSettings) -> QueueOutcome {
+        let spin = settings.backend == .tapPoll
         var buffer = [UInt8](repeating: 0, count: 65536 + 12)
-        let counters = TapCounters(tapName)  // before the source starts, as in runVhost
-        let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize)
-        result.receiveSource = source?.name ?? ""
-        let meter = CPUCost.Meter(workers: [])
-        let start = MonotonicClock.seconds()
-        var sent: UInt64 = 0, received: UInt64 = 0
-        var poller = pollfd(fd: tap.fd, events: Int16(POLLIN), revents: 0)
-        while MonotonicClock.seconds() - start < settings.seconds {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var outcome = QueueOutcome()
+        let cpuStart = ThreadCPUTime.currentThread()
+        let deadline = MonotonicClock.seconds() + settings.seconds
+        while MonotonicClock.seconds() < deadline {
             if settings.scenario != .rx {
                 // tun takes one frame per write(2) (tun_chr_write_iter); there is no batched write.
                 for _ in 0..<settings.batch {
-                    let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }
-                    if n == packet.count { sent += 1 } else { break }
+                    let n = packet.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    if n == packet.count { outcome.sent += 1 } else { break }
                 }
             }
             if settings.scenario != .tx {
                 var got = 0
                 while got < settings.batch {
-                    let n = buffer.withUnsafeMutableBytes { read(tap.fd, $0.baseAddress, $0.count) }
-                    if n > 12 { received += 1; got += 1 } else { break }
+                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n > 12 { outcome.received += 1; got += 1 } else { break }
                 }
                 if got == 0 && !spin && settings.scenario == .rx { _ = poll(&poller, 1, 20) }
             }
         }
-        result.seconds = MonotonicClock.seconds() - start
-        result.cpu = meter.read()
-        source?.stop()
-        counters.delta(into: &result, xdpDrop: settings.xdpDrop)
-        result.transmitSent = sent
-        result.received = received
-        return result
+        outcome.driverNanoseconds = ThreadCPUTime.currentThread() &- cpuStart
+        return outcome
     }
 }

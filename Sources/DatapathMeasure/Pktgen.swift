@@ -13,8 +13,9 @@ public final class PacketGenerator {
     private var runner: WorkerThread?
 
     /// Configures kpktgend_0 to send `frameSize`-byte UDP frames to `destination` on `device`,
-    /// without end, until `stop`.
-    public init(device: String, frameSize: Int, destination: MACAddress) throws(VhostError) {
+    /// without end, until `stop`. With `queues` above 1 each frame goes to one of the tap's
+    /// first `queues` queues at random.
+    public init(device: String, frameSize: Int, destination: MACAddress, queues: Int = 1) throws(VhostError) {
         self.device = device
         func write(_ file: String, _ command: String) throws(VhostError) {
             // pktgen answers a bad command by failing the write; its reason is in the file.
@@ -32,6 +33,12 @@ public final class PacketGenerator {
         for command in ["count 0", "clone_skb 0", "delay 0", "pkt_size \(frameSize)", "dst_mac \(destination)", "src_min 10.79.0.1", "src_max 10.79.0.1",
                         "dst_min 10.79.0.2", "dst_max 10.79.0.2", "udp_dst_min 9", "udp_dst_max 9"] {
             try write(control, command)
+        }
+        if queues > 1 {
+            // pktgen calls ndo_start_xmit itself with the queue it chose (pktgen.c pktgen_xmit:
+            // skb_get_queue_mapping), so the tap's own queue selection never runs; without a
+            // queue map every frame lands on queue 0.
+            for command in ["queue_map_min 0", "queue_map_max \(queues - 1)", "flag QUEUE_MAP_RND"] { try write(control, command) }
         }
     }
 

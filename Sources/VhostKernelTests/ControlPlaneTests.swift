@@ -134,7 +134,7 @@ let workerTests: [KernelTest] = [
 /// header that asks for UDP-tunnel GSO of it (6.17 virtio_net_hdr_v1_hash_tunnel): outer
 /// Ethernet, IPv4, UDP at 34, VXLAN; inner Ethernet, IPv4 at 64, TCP at 84.
 func vxlanTCPFrame(payload: Int) -> (frame: [UInt8], header: VirtioNetHeader) {
-    let (inner, _) = tcpFrame(ipv6: false, payload: payload, seed: 5)
+    let (inner, _) = OffloadFrame.tcp(ipv6: false, payload: payload, seed: 5)
     let vxlan: [UInt8] = [0x08, 0, 0, 0, 0, 0, 42, 0]                      // I flag, VNI 42
     let udpLength = 8 + vxlan.count + inner.count
     let udp: [UInt8] = [0xc0, 0x00, 0x12, 0xb5, UInt8(udpLength >> 8), UInt8(udpLength & 0xff), 0, 0]  // 49152 → 4789, no checksum

@@ -7,43 +7,6 @@ import Vhost
 import VhostNet
 import Virtio
 
-/// A TCP segment (IPv4 or IPv6) of `payload` bytes as the driver hands it to vhost for TSO:
-/// the checksum field holds the pseudo-header sum (NEEDS_CSUM), and the header says where.
-func tcpFrame(ipv6: Bool, payload: Int, seed: Int) -> (frame: [UInt8], header: VirtioNetHeader) {
-    let src = MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56), dst = MACAddress(0x52, 0x54, 0, 0, 0, 1)
-    var tcp = [UInt8](repeating: 0, count: 20)
-    tcp[0] = 0x30; tcp[1] = 0x39; tcp[2] = 0x1f; tcp[3] = 0x90   // ports 12345 → 8080
-    tcp[4] = 0; tcp[5] = 0; tcp[6] = 0x10; tcp[7] = 0             // seq
-    tcp[12] = 5 << 4; tcp[13] = 0x18                               // data offset 5, PSH|ACK
-    tcp[14] = 0xff; tcp[15] = 0xff                                 // window
-    let data = (0..<payload).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ seed) }
-    let tcpLength = 20 + payload
-    var ip: [UInt8]
-    var pseudo: UInt32 = 6 + UInt32(tcpLength)
-    if ipv6 {
-        ip = [0x60, 0, 0, 0, UInt8(tcpLength >> 8), UInt8(tcpLength & 0xff), 6, 64]
-        let s: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], d: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
-        ip += s + d
-        for i in stride(from: 0, to: 16, by: 2) { pseudo += UInt32(s[i]) << 8 | UInt32(s[i + 1]); pseudo += UInt32(d[i]) << 8 | UInt32(d[i + 1]) }
-    } else {
-        let source = IPv4Address(10, 0, 9, 2), destination = IPv4Address(10, 0, 9, 1)
-        let whole = IPv4Packet.frame(destinationMAC: dst, sourceMAC: src, source: source, destination: destination,
-                                     protocolNumber: IPv4Packet.protocolTCP, payload: [UInt8](repeating: 0, count: tcpLength))
-        ip = Array(whole[14..<34])
-        pseudo += (source.value >> 16) + (source.value & 0xffff) + (destination.value >> 16) + (destination.value & 0xffff)
-    }
-    while pseudo >> 16 != 0 { pseudo = (pseudo & 0xffff) + (pseudo >> 16) }
-    tcp[16] = UInt8(pseudo >> 8); tcp[17] = UInt8(pseudo & 0xff)  // partial: the kernel completes it
-    let frame = EthernetFrame.build(destination: dst, source: src, etherType: ipv6 ? EthernetFrame.ipv6Type : EthernetFrame.ipv4Type,
-                                    payload: ip + tcp + data)
-    let l3 = ipv6 ? 40 : 20
-    let header = VirtioNetHeader(flags: .needsChecksum,
-                                 gsoType: (ipv6 ? VirtioNetHeader.GSOType.tcpV6 : .tcpV4).rawValue,
-                                 headerLength: UInt16(14 + l3 + 20), gsoSize: 1448,
-                                 checksumStart: UInt16(14 + l3), checksumOffset: 16)
-    return (frame, header)
-}
-
 /// A UDP datagram over IPv4 as the driver hands it to vhost for checksum offload or USO: the
 /// checksum field holds the pseudo-header sum (NEEDS_CSUM) unless `fullChecksum` is given.
 func udpOffloadFrame(destinationMAC: MACAddress, source: IPv4Address, destination: IPv4Address, port: UInt16,
@@ -212,7 +175,7 @@ let featureTests: [KernelTest] = [
         socket.setBuffers(bytes: 16 << 20)
         for ipv6 in [false, true] {
             let payload = ipv6 ? 65000 : 64000
-            let (frame, header) = tcpFrame(ipv6: ipv6, payload: payload, seed: ipv6 ? 6 : 4)
+            let (frame, header) = OffloadFrame.tcp(ipv6: ipv6, payload: payload, seed: ipv6 ? 6 : 4)
             let bytesBefore = try statistic(p.tap.name, "rx_bytes")
             try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             var seen: (VirtioNetHeader, [UInt8])? = nil
@@ -238,7 +201,7 @@ let featureTests: [KernelTest] = [
             $0.features = [.version1, .eventIndex, .netMergeableRxBuffers]
             $0.receiveOffloads = [.checksum, .tso4, .tso6]
         }
-        let (frame, header) = tcpFrame(ipv6: false, payload: 60000, seed: 9)
+        let (frame, header) = OffloadFrame.tcp(ipv6: false, payload: 60000, seed: 9)
         let (h, bytes) = try receiveGSOFrame(p, frame: frame, header: header)
         say("  one \(bytes.count)-byte frame in \(h.numBuffers) buffers; gso_type \(h.gsoType), gso_size \(h.gsoSize), flags \(h.flags.rawValue)")
         try expect(bytes.count == frame.count && Array(bytes[54...]) == Array(frame[54...]), "the frame differs (\(bytes.count) vs \(frame.count) bytes)")
@@ -248,7 +211,7 @@ let featureTests: [KernelTest] = [
     },
     KernelTest(name: "offloads: big RX buffers without MRG_RXBUF take a whole 64 KiB GSO frame in one buffer") {
         let p = try pair("vht-big") { $0.bufferSize = 65600; $0.queueSize = 16; $0.receiveOffloads = [.checksum, .tso4, .tso6] }
-        let (frame, header) = tcpFrame(ipv6: true, payload: 65000, seed: 3)
+        let (frame, header) = OffloadFrame.tcp(ipv6: true, payload: 65000, seed: 3)
         let (h, bytes) = try receiveGSOFrame(p, frame: frame, header: header)
         say("  one \(bytes.count)-byte TCPv6 GSO frame in one buffer; gso_type \(h.gsoType), gso_size \(h.gsoSize)")
         try expect(bytes == frame, "the frame differs")

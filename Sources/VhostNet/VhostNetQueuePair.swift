@@ -255,6 +255,11 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try transmitQueue.post(count: count, header: VirtioNetHeader(), fill: fill)
     }
 
+    /// `post` with `header` before every frame (a GSO header for TSO superframes, say).
+    public func post(count: Int, header: VirtioNetHeader, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int {
+        try transmitQueue.post(count: count, header: header, fill: fill)
+    }
+
     /// Transmits one frame (bytes without the virtio-net header).
     public func transmit(frame: [UInt8], header: VirtioNetHeader = VirtioNetHeader()) throws(VhostError) {
         try transmit(count: 1, header: header) { _, buffer in

@@ -110,7 +110,7 @@ struct Bench: ParsableCommand {
         }
         var rtt: Histogram<UInt64>? = nil
         if latency > 0 { rtt = try measureLatency(variants[0]) }
-        report(variants: variants, tx: tx, rx: rx, rtt: rtt)
+        try report(variants: variants, tx: tx, rx: rx, rtt: rtt)
     }
 
     func makeEndpoint(_ variant: Variant, recorder: ScriptRecorder?) throws -> VhostNetEndpoint {
@@ -178,27 +178,35 @@ struct Bench: ParsableCommand {
         return sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
-    func report(variants: [Variant], tx: [[Double]], rx: [[Double]], rtt: Histogram<UInt64>?) {
+    /// `bench configs --json`. Ratios are strings with three decimals, as the table prints them.
+    struct ConfigsJSON: Encodable {
+        struct Config: Encodable {
+            var name: String
+            var txPpsMedian: UInt64, txPps: [UInt64], txRatio: String
+            var rxPpsMedian: UInt64, rxPps: [UInt64], rxRatio: String
+        }
+        struct RoundTrips: Encodable { var count, p50, p90, p99, max: UInt64 }
+        var kernel: String
+        var frameSize: Int
+        var trials: Int
+        var seconds: Double
+        var configs: [Config]
+        var rttNs: RoundTrips?
+    }
+
+    func report(variants: [Variant], tx: [[Double]], rx: [[Double]], rtt: Histogram<UInt64>?) throws {
         let txMedians = tx.map(Bench.median), rxMedians = rx.map(Bench.median)
         func ratio(_ value: Double, _ base: Double) -> Double { base > 0 ? value / base : 0 }
         if json {
-            var fields: [(String, JSON)] = [
-                ("kernel", .string(KernelInfo.release())), ("frame_size", .number(UInt64(frameSize))),
-                ("trials", .number(UInt64(trials))), ("seconds", .string(String(seconds))),
-                ("configs", .array(variants.indices.map { i in
-                    .object([("name", .string(variants[i].name)),
-                             ("tx_pps_median", .number(UInt64(txMedians[i]))), ("tx_pps", .array(tx[i].map { .number(UInt64($0)) })),
-                             ("tx_ratio", .string(String(format3(ratio(txMedians[i], txMedians[0]))))),
-                             ("rx_pps_median", .number(UInt64(rxMedians[i]))), ("rx_pps", .array(rx[i].map { .number(UInt64($0)) })),
-                             ("rx_ratio", .string(String(format3(ratio(rxMedians[i], rxMedians[0])))))])
-                })),
-            ]
-            if let rtt {
-                fields.append(("rtt_ns", .object([("count", .number(rtt.totalCount)), ("p50", .number(rtt.valueAtPercentile(50))),
-                                                   ("p90", .number(rtt.valueAtPercentile(90))), ("p99", .number(rtt.valueAtPercentile(99))),
-                                                   ("max", .number(rtt.maxRecorded))])))
+            let configs = variants.indices.map { i in
+                ConfigsJSON.Config(name: variants[i].name, txPpsMedian: UInt64(txMedians[i]), txPps: tx[i].map { UInt64($0) },
+                                   txRatio: format3(ratio(txMedians[i], txMedians[0])), rxPpsMedian: UInt64(rxMedians[i]),
+                                   rxPps: rx[i].map { UInt64($0) }, rxRatio: format3(ratio(rxMedians[i], rxMedians[0])))
             }
-            print(JSON.object(fields).text)
+            let round = rtt.map { ConfigsJSON.RoundTrips(count: $0.totalCount, p50: $0.valueAtPercentile(50), p90: $0.valueAtPercentile(90),
+                                                         p99: $0.valueAtPercentile(99), max: $0.maxRecorded) }
+            print(try JSONOutput.text(ConfigsJSON(kernel: KernelInfo.release(), frameSize: frameSize, trials: trials, seconds: seconds,
+                                                  configs: configs, rttNs: round)))
             return
         }
         print("")

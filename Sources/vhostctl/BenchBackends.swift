@@ -35,8 +35,11 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Backends: vhost, tap (this process reads and writes the tap fd, sleeping in poll), tap-poll (the same, spinning).")
     var backend = "vhost,tap"
 
-    @Option(name: .customLong("frame-size"), help: "Ethernet frame sizes in bytes, 60 to 9000.")
+    @Option(name: .customLong("frame-size"), help: "Ethernet frame sizes in bytes: 60 to 9000 (above 1514 the tap's MTU is raised), or 9001 to 65549 (64k: 65536) for TCPv4 TSO superframes the host segments (tx only).")
     var frameSize = "64,1500"
+
+    @Option(name: .customLong("queue-pairs"), help: "Queue pairs, each on its own queue of a multiqueue tap and driven by its own thread (1,2,4 sweeps the scaling).")
+    var queuePairs = "1"
 
     @Option(name: .customLong("queue-size"), help: "vhost ring sizes (powers of 2 from 64 to 32768).")
     var queueSize = "256"
@@ -92,7 +95,8 @@ struct BenchBackends: ParsableCommand {
         BenchBackends.list(scenario).flatMap { $0 == "latency" ? [BenchScenario.ping, .udpRR] : BenchScenario(rawValue: $0).map { [$0] } ?? [] }
     }
     var backends: [BenchBackend] { BenchBackends.list(backend).compactMap(BenchBackend.init(rawValue:)) }
-    var frameSizes: [Int] { BenchBackends.list(frameSize).compactMap { Int($0) } }
+    var frameSizes: [Int] { BenchBackends.list(frameSize).compactMap { $0.lowercased() == "64k" ? 65536 : Int($0) } }
+    var queuePairCounts: [Int] { BenchBackends.list(queuePairs).compactMap { Int($0) } }
     var queueSizes: [UInt16] { BenchBackends.list(queueSize).compactMap { UInt16($0) } }
     var modes: [NotificationMode] { BenchBackends.list(mode).compactMap(NotificationMode.init(rawValue:)) }
     var eventIndexes: [Bool] { BenchBackends.list(eventIndex).compactMap { $0 == "on" ? true : $0 == "off" ? false : nil } }
@@ -110,7 +114,9 @@ struct BenchBackends: ParsableCommand {
         try check("scenario", scenario, BenchBackends.list(scenario).filter { $0 == "latency" || BenchScenario(rawValue: $0) != nil },
                   known: (BenchScenario.allCases.map(\.rawValue) + ["latency"]).joined(separator: ", "))
         try check("backend", backend, backends, known: BenchBackend.allCases.map(\.rawValue).joined(separator: ", "))
-        try check("frame-size", frameSize, frameSizes, known: "sizes in bytes")
+        try check("frame-size", frameSize, frameSizes, known: "sizes in bytes (or 64k)")
+        try check("queue-pairs", queuePairs, queuePairCounts, known: "queue pair counts from 1 to 16")
+        for count in queuePairCounts where !(1...16).contains(count) { throw ValidationError("--queue-pairs \(count): use 1 to 16") }
         try check("queue-size", queueSize, queueSizes, known: "ring sizes")
         try check("mode", mode, modes, known: "interrupt, poll")
         try check("event-idx", eventIndex, eventIndexes, known: "on, off")
@@ -118,9 +124,19 @@ struct BenchBackends: ParsableCommand {
         try check("busyloop-timeout", busyloopTimeout, busyloops, known: "microseconds")
         try check("worker-cpu", workerCPU, workerCPUs, known: "CPU numbers or none")
         for size in batches where !(1...1024).contains(size) { throw ValidationError("--batch \(size): use 1 to 1024") }
-        for size in frameSizes where !(60...9000).contains(size) { throw ValidationError("--frame-size \(size): use 60 to 9000") }
+        for size in frameSizes where !(60...BenchSettings.largestSegmentationFrame).contains(size) {
+            throw ValidationError("--frame-size \(size): use 60 to 9000, or up to \(BenchSettings.largestSegmentationFrame) (64k) for TSO")
+        }
+        if let size = frameSizes.first(where: { $0 > BenchSettings.largestPlainFrame }), scenarios.contains(where: { $0 != .tx }) {
+            throw ValidationError("--frame-size \(size): sizes above \(BenchSettings.largestPlainFrame) are TCP superframes for TSO, which only the tx scenario sends; run them with --scenario tx")
+        }
         for size in queueSizes where !(64...32768).contains(size) || size & (size - 1) != 0 {
             throw ValidationError("--queue-size \(size): a power of 2 from 64 to 32768 (vhost.c vhost_vring_set_num)")
+        }
+        // Each pair holds a buffer per descriptor in both rings, each big enough for the frame.
+        let memory = 2 * Int(queueSizes.max()!) * (12 + max(2048 - 12, frameSizes.max()!)) * queuePairCounts.max()!
+        guard memory <= 2 << 30 else {
+            throw ValidationError("--queue-size \(queueSizes.max()!) with \(frameSizes.max()!)-byte frames and \(queuePairCounts.max()!) queue pairs needs \(memory >> 20) MiB of guest memory; use a smaller ring, frame or pair count (at most 2 GiB)")
         }
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard seconds > 0 && seconds <= 60, warmup >= 0 && warmup <= 60 else { throw ValidationError("--seconds takes more than 0 to 60, --warmup 0 to 60") }
@@ -139,35 +155,30 @@ struct BenchBackends: ParsableCommand {
 
     /// Every combination to measure: the product of the lists. The userspace backends have no
     /// ring, mode, EVENT_IDX, busyloop or worker, so they get the first of those; round trips
-    /// have one frame in flight, so they get the first batch size.
+    /// have one frame in flight, so they get the first batch size and one queue pair.
     func combinations() -> [BenchSettings] {
         var all: [BenchSettings] = []
         for scenario in scenarios {
             for size in frameSizes {
                 for backend in backends {
                     let vhost = backend == .vhost
-                    for ring in vhost ? queueSizes : [queueSizes[0]] {
-                        for mode in vhost ? modes : [modes[0]] {
-                            for eventIndex in vhost ? eventIndexes : [eventIndexes[0]] {
-                                for batch in scenario.isRoundTrip ? [batches[0]] : batches {
-                                    for busyloop in vhost ? busyloops : [busyloops[0]] {
-                                        for workerCPU in vhost ? workerCPUs : [workerCPUs[0]] {
-                                            var settings = BenchSettings(backend: backend, scenario: scenario, frameSize: size)
-                                            settings.queueSize = ring
-                                            settings.mode = mode
-                                            settings.eventIndex = eventIndex
-                                            settings.batch = batch
-                                            settings.busyloopMicroseconds = busyloop
-                                            settings.workerCPU = workerCPU
-                                            settings.seconds = seconds
-                                            settings.xdpDrop = xdpDrop && scenario != .rx && !scenario.isRoundTrip
-                                            all.append(settings)
-                                        }
-                                    }
-                                }
-                            }
-                        }
+                    var partial = [BenchSettings(backend: backend, scenario: scenario, frameSize: size)]
+                    /// Multiplies the combinations so far by `list`, or by its first value where the setting does not apply.
+                    func sweep<T>(_ list: [T], appliesHere: Bool, _ set: (inout BenchSettings, T) -> Void) {
+                        partial = partial.flatMap { base in (appliesHere ? list : [list[0]]).map { value in var s = base; set(&s, value); return s } }
                     }
+                    sweep(queueSizes, appliesHere: vhost) { $0.queueSize = $1 }
+                    sweep(modes, appliesHere: vhost) { $0.mode = $1 }
+                    sweep(eventIndexes, appliesHere: vhost) { $0.eventIndex = $1 }
+                    sweep(batches, appliesHere: !scenario.isRoundTrip) { $0.batch = $1 }
+                    sweep(busyloops, appliesHere: vhost) { $0.busyloopMicroseconds = $1 }
+                    sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
+                    sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
+                    for i in partial.indices {
+                        partial[i].seconds = seconds
+                        partial[i].xdpDrop = xdpDrop && scenario != .rx && !scenario.isRoundTrip
+                    }
+                    all += partial
                 }
             }
         }
@@ -227,7 +238,7 @@ struct BenchBackends: ParsableCommand {
                                  driverCPU: driverCPU)
         print(report.table())
         if stats { print(report.statisticsBlocks()) }
-        if let json { try write(report.json().text + "\n", to: json) }
+        if let json { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: json) }
         if let csv { try write(report.csv(), to: csv) }
         if let svg { try write(report.svg(), to: svg) }
     }
@@ -235,7 +246,7 @@ struct BenchBackends: ParsableCommand {
     static func describe(_ s: BenchSettings) -> String {
         "\(s.scenario.rawValue) \(s.backend.rawValue) \(s.frameSize) B" + (s.backend == .vhost ? " ring \(s.queueSize) \(s.mode.rawValue) event-idx \(s.eventIndex ? "on" : "off")" : "")
             + (s.scenario.isRoundTrip ? "" : " batch \(s.batch)") + (s.busyloopMicroseconds > 0 ? " busyloop \(s.busyloopMicroseconds) µs" : "")
-            + (s.workerCPU.map { " worker on CPU \($0)" } ?? "")
+            + (s.workerCPU.map { " worker on CPU \($0)" } ?? "") + (s.queuePairs > 1 ? " \(s.queuePairs) queue pairs" : "")
     }
 
     func write(_ text: String, to path: String) throws {

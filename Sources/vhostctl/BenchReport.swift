@@ -1,4 +1,5 @@
 import DatapathMeasure
+import FoundationEssentials
 import Histogram
 import Vhost
 
@@ -46,11 +47,11 @@ struct BenchReport {
         return "p50 \(us(histogram.valueAtPercentile(50))) µs, p99 \(us(histogram.valueAtPercentile(99))), p99.9 \(us(histogram.valueAtPercentile(99.9))), max \(us(histogram.maxRecorded))"
     }
 
-    /// The baseline combination for `i`: the baseline backend in the same scenario and frame
-    /// size (its first ring size, mode and EVENT_IDX setting).
+    /// The baseline combination for `i`: the baseline backend in the same scenario, frame size
+    /// and queue pair count (its first ring size, mode and EVENT_IDX setting).
     func baselineIndex(for i: Int) -> Int? {
         let c = combinations[i]
-        return combinations.firstIndex { $0.backend == baseline && $0.scenario == c.scenario && $0.frameSize == c.frameSize }
+        return combinations.firstIndex { $0.backend == baseline && $0.scenario == c.scenario && $0.frameSize == c.frameSize && $0.queuePairs == c.queuePairs }
     }
 
     func ratio(_ i: Int) -> Double? {
@@ -64,7 +65,7 @@ struct BenchReport {
 
     func table() -> String {
         var lines = [""]
-        lines.append(pad("scenario", 9) + pad("backend", 9) + pad("size", 6) + pad("ring", 6) + pad("mode", 10) + pad("evidx", 6)
+        lines.append(pad("scenario", 9) + pad("backend", 9) + pad("size", 6) + pad("pairs", 6) + pad("ring", 6) + pad("mode", 10) + pad("evidx", 6)
                      + pad("pps median", 12) + pad("(min–max)", 22) + pad("Gbit/s", 8) + pad("ratio", 7)
                      + pad("driver ns/f", 12) + pad("worker ns/f", 12) + pad("kicks/f", 8) + pad("calls/f", 8) + "far side")
         for i in combinations.indices {
@@ -73,7 +74,7 @@ struct BenchReport {
             let farSide: String
             let r = results[i]
             switch c.scenario {
-            case .tx: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) of \(r.map(\.transmitSent).reduce(0, +)) sent\(c.xdpDrop ? " (XDP drop)" : "")"
+            case .tx: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) of \(r.map(\.transmitSent).reduce(0, +)) sent\(c.xdpDrop ? " (XDP drop)" : "")\(c.segmentationOffload ? " TSO superframes, \(r.map(\.transmittedBytes).reduce(0, +)) bytes" : "")"
             case .rx: farSide = "\(r.first?.receiveSource ?? ""); tap passed \(r.map(\.receiveTapPassed).reduce(0, +)), dropped \(r.map(\.receiveTapDropped).reduce(0, +))"
             case .bidir: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) TX; \(r.first?.receiveSource ?? "") RX, tap dropped \(r.map(\.receiveTapDropped).reduce(0, +))"
             case .ping, .udpRR:
@@ -81,7 +82,7 @@ struct BenchReport {
                 farSide = "round trips: " + (l.map { BenchReport.describe($0.histogram) + "; \($0.lost) lost" } ?? "none")
             }
             let gbps = Summary(r.map(\.gigabitsPerSecond)).median
-            lines.append(pad(c.scenario.rawValue, 9) + pad(c.backend.rawValue + (c.batch != 64 && !c.scenario.isRoundTrip ? "×\(c.batch)" : ""), 9) + pad(String(c.frameSize), 6) + pad(vhost ? String(c.queueSize) : "-", 6)
+            lines.append(pad(c.scenario.rawValue, 9) + pad(c.backend.rawValue + (c.batch != 64 && !c.scenario.isRoundTrip ? "×\(c.batch)" : ""), 9) + pad(String(c.frameSize), 6) + pad(String(c.queuePairs), 6) + pad(vhost ? String(c.queueSize) : "-", 6)
                          + pad(vhost ? c.mode.rawValue : (c.backend == .tapPoll ? "spin" : "poll(2)"), 10) + pad(vhost ? (c.eventIndex ? "on" : "off") : "-", 6)
                          + pad(String(Int(p.median)), 12) + pad("(\(Int(p.min))–\(Int(p.max)))", 22) + pad(c.scenario.isRoundTrip ? "-" : fixed(gbps, places: 3), 8)
                          + pad(ratio(i).map { fixed($0, places: 3) } ?? "-", 7)
@@ -105,7 +106,7 @@ struct BenchReport {
     func statisticsBlocks() -> String {
         combinations.indices.map { i in
             let c = combinations[i], r = results[i]
-            let title = "  ######################## \(c.scenario.rawValue) \(c.backend.rawValue) \(c.frameSize) B ########################"
+            let title = "  ######################## \(c.scenario.rawValue) \(c.backend.rawValue) \(c.frameSize) B\(c.queuePairs > 1 ? ", \(c.queuePairs) queue pairs" : "") ########################"
             if let l = latency(i) {
                 return """
                 \(title)
@@ -125,61 +126,80 @@ struct BenchReport {
         }.joined(separator: "\n")
     }
 
-    func json() -> JSON {
-        .object([
-            ("environment", .object([("kernel", .string(environment.kernel)), ("cpu_model", .string(environment.cpuModel)), ("cpus", .number(UInt64(environment.cpus))),
-                                     ("emulated", .bool(environment.emulated)), ("rx_source", .string(environment.pktgen ? "pktgen" : "packet socket thread"))])),
-            ("method", .object([("trials", .number(UInt64(trials))), ("seconds", double(seconds)), ("warmup_seconds", double(warmup)), ("interleaved", .bool(true)),
-                                ("baseline", .string(baseline.rawValue)), ("xdp_drop", .bool(xdpDrop)),
-                                ("driver_cpu", driverCPU.map { .number(UInt64($0)) } ?? .null)])),
-            ("results", .array(combinations.indices.map(resultJSON))),
-        ])
+    /// The `--json` document: every setting, the medians and spreads, and every trial's raw counts.
+    struct JSONDocument: Encodable {
+        struct Environment: Encodable { var kernel: String, cpuModel: String, cpus: Int, emulated: Bool, rxSource: String }
+        struct Method: Encodable {
+            var trials: Int, seconds: Double, warmupSeconds: Double, interleaved: Bool
+            var baseline: String, xdpDrop: Bool, driverCpu: Int?
+        }
+        struct Spread: Encodable { var median: Double, min: Double, max: Double }
+        struct Latency: Encodable {
+            /// Round trips recorded; `completed`: all that got their reply (the first ones too).
+            var count: UInt64, completed: UInt64, p50: UInt64, p99: UInt64, p99_9: UInt64, max: UInt64, lost: UInt64
+            init(_ histogram: Histogram<UInt64>, lost: UInt64, completed: UInt64) {
+                count = histogram.totalCount; self.completed = completed; self.lost = lost
+                p50 = histogram.valueAtPercentile(50); p99 = histogram.valueAtPercentile(99); p99_9 = histogram.valueAtPercentile(99.9)
+                max = histogram.maxRecorded
+            }
+        }
+        struct Trial: Encodable {
+            var frames: UInt64, seconds: Double, pps: Double
+            var txSent: UInt64, txCountedByTap: UInt64, txBytesCountedByTap: UInt64, txDroppedAtTap: UInt64
+            var rxReceived: UInt64, rxTapPassed: UInt64, rxTapDropped: UInt64, rxSource: String
+            /// Per queue pair, in order.
+            var queueTxSent: [UInt64], queueRxReceived: [UInt64]
+            var driverCpuNs: UInt64, workerCpuNs: UInt64?
+            var kicks: UInt64, calls: UInt64
+            var latencyNs: Latency?
+        }
+        struct Result: Encodable {
+            var scenario: String, backend: String, frameSize: Int, tso: Bool, queuePairs: Int
+            var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?
+            var latencyNs: Latency?
+            var pps: Spread, gbpsMedian: Double, ratioToBaseline: Double?
+            var driverNsPerFrameMedian: Double, workerNsPerFrameMedian: Double?
+            var kicksPerFrameMedian: Double?, callsPerFrameMedian: Double?
+            var trials: [Trial]
+        }
+        var environment: Environment
+        var method: Method
+        var results: [Result]
     }
 
-    func double(_ value: Double) -> JSON { value.isFinite ? .raw(fixed(value, places: 3)) : .null }
-
-    func resultJSON(_ i: Int) -> JSON {
-        let c = combinations[i], p = pps(i)
-        var fields: [(String, JSON)] = [
-            ("scenario", .string(c.scenario.rawValue)), ("backend", .string(c.backend.rawValue)), ("frame_size", .number(UInt64(c.frameSize))),
-            ("queue_size", .number(UInt64(c.queueSize))), ("mode", .string(c.mode.rawValue)), ("event_idx", .bool(c.eventIndex)),
-            ("batch", .number(UInt64(c.batch))), ("busyloop_us", .number(UInt64(c.busyloopMicroseconds))),
-        ]
-        fields.append(("worker_cpu", c.workerCPU.map { .number(UInt64($0)) } ?? .null))
-        fields.append(("latency_ns", latency(i).map { BenchReport.latencyJSON($0.histogram, lost: $0.lost, completed: $0.completed) } ?? .null))
-        fields.append(("pps", .object([("median", double(p.median)), ("min", double(p.min)), ("max", double(p.max))])))
-        fields.append(("gbps_median", double(Summary(results[i].map(\.gigabitsPerSecond)).median)))
-        fields.append(("ratio_to_baseline", ratio(i).map(double) ?? .null))
-        fields.append(("driver_ns_per_frame_median", double(driverCost(i).median)))
-        fields.append(("worker_ns_per_frame_median", workerCost(i).map { double($0.median) } ?? .null))
-        fields.append(("trials", .array(results[i].map(trialJSON))))
-        return .object(fields)
+    func jsonDocument() -> JSONDocument {
+        let environment = JSONDocument.Environment(kernel: environment.kernel, cpuModel: environment.cpuModel, cpus: environment.cpus,
+                                                   emulated: environment.emulated, rxSource: environment.pktgen ? "pktgen" : "packet socket thread")
+        let method = JSONDocument.Method(trials: trials, seconds: seconds, warmupSeconds: warmup, interleaved: true,
+                                         baseline: baseline.rawValue, xdpDrop: xdpDrop, driverCpu: driverCPU)
+        return JSONDocument(environment: environment, method: method, results: combinations.indices.map(resultJSON))
     }
 
-    func trialJSON(_ r: BenchResult) -> JSON {
-        var fields: [(String, JSON)] = [("frames", .number(r.frames)), ("seconds", double(r.seconds)), ("pps", double(r.framesPerSecond))]
-        fields += [("tx_sent", .number(r.transmitSent)), ("tx_counted_by_tap", .number(r.transmitted)), ("tx_dropped_at_tap", .number(r.transmitDroppedAtTap))]
-        fields += [("rx_received", .number(r.received)), ("rx_tap_passed", .number(r.receiveTapPassed)), ("rx_tap_dropped", .number(r.receiveTapDropped))]
-        fields.append(("rx_source", .string(r.receiveSource)))
-        fields.append(("driver_cpu_ns", .number(r.cpu.driverNanoseconds)))
-        fields.append(("worker_cpu_ns", r.cpu.workerNanoseconds.map { .number($0) } ?? .null))
-        fields += [("kicks", .number(r.kicks)), ("calls", .number(r.calls))]
-        fields.append(("latency_ns", r.roundTrips.map { BenchReport.latencyJSON($0.histogram, lost: $0.lost, completed: $0.completed) } ?? .null))
-        return .object(fields)
-    }
-
-    /// count: round trips recorded; completed: all that got their reply (the first ones too).
-    static func latencyJSON(_ histogram: Histogram<UInt64>, lost: UInt64, completed: UInt64) -> JSON {
-        .object([("count", .number(histogram.totalCount)), ("completed", .number(completed))] + reportedPercentiles.map { ($0.name, .number(histogram.valueAtPercentile($0.percentile))) }
-                + [("max", .number(histogram.maxRecorded)), ("lost", .number(lost))])
+    func resultJSON(_ i: Int) -> JSONDocument.Result {
+        let c = combinations[i], p = pps(i), r = results[i], vhost = c.backend == .vhost
+        return JSONDocument.Result(
+            scenario: c.scenario.rawValue, backend: c.backend.rawValue, frameSize: c.frameSize, tso: c.segmentationOffload, queuePairs: c.queuePairs,
+            queueSize: Int(c.queueSize), mode: c.mode.rawValue, eventIdx: c.eventIndex, batch: c.batch, busyloopUs: c.busyloopMicroseconds,
+            workerCpu: c.workerCPU, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
+            pps: JSONDocument.Spread(median: p.median, min: p.min, max: p.max), gbpsMedian: Summary(r.map(\.gigabitsPerSecond)).median,
+            ratioToBaseline: ratio(i), driverNsPerFrameMedian: driverCost(i).median, workerNsPerFrameMedian: workerCost(i)?.median,
+            kicksPerFrameMedian: vhost ? Summary(r.map(\.kicksPerFrame)).median : nil, callsPerFrameMedian: vhost ? Summary(r.map(\.callsPerFrame)).median : nil,
+            trials: r.map { t in
+                JSONDocument.Trial(frames: t.frames, seconds: t.seconds, pps: t.framesPerSecond,
+                                   txSent: t.transmitSent, txCountedByTap: t.transmitted, txBytesCountedByTap: t.transmittedBytes, txDroppedAtTap: t.transmitDroppedAtTap,
+                                   rxReceived: t.received, rxTapPassed: t.receiveTapPassed, rxTapDropped: t.receiveTapDropped, rxSource: t.receiveSource,
+                                   queueTxSent: t.queueSent, queueRxReceived: t.queueReceived,
+                                   driverCpuNs: t.cpu.driverNanoseconds, workerCpuNs: t.cpu.workerNanoseconds, kicks: t.kicks, calls: t.calls,
+                                   latencyNs: t.roundTrips.map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) })
+            })
     }
 
     func csv() -> String {
-        var rows = ["scenario,backend,frame_size,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost"]
+        var rows = ["scenario,backend,frame_size,queue_pairs,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost"]
         for i in combinations.indices {
             let c = combinations[i]
             for (t, r) in results[i].enumerated() {
-                var fields: [String] = [c.scenario.rawValue, c.backend.rawValue, String(c.frameSize), String(c.queueSize), c.mode.rawValue]
+                var fields: [String] = [c.scenario.rawValue, c.backend.rawValue, String(c.frameSize), String(c.queuePairs), String(c.queueSize), c.mode.rawValue]
                 fields.append(c.eventIndex ? "on" : "off")
                 fields += [String(t + 1), fixed(r.seconds, places: 4), String(r.frames), fixed(r.framesPerSecond, places: 1), fixed(r.gigabitsPerSecond, places: 4)]
                 fields += [String(r.transmitSent), String(r.transmitted), String(r.received), String(r.receiveTapPassed), String(r.receiveTapDropped), r.receiveSource]
@@ -227,6 +247,21 @@ struct BenchReport {
                 }
             }
             charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): CPU per \(unit)", valueLabel: "ns of CPU per \(unit)", categories: sizes.map { "\($0) B" }, series: cpuSeries))
+            let pairCounts = Array(Set(combinations.filter { $0.scenario == scenario }.map(\.queuePairs))).sorted()
+            if pairCounts.count > 1 {
+                // Aggregate rate against queue pairs: one series per backend setting and frame size.
+                var scaling: [(name: String, indices: [Int?])] = []
+                for c in combinations where c.scenario == scenario {
+                    let name = seriesBase(c) + (sizes.count > 1 ? ", \(c.frameSize) B" : "")
+                    guard !scaling.contains(where: { $0.name == name }) else { continue }
+                    scaling.append((name, pairCounts.map { pairs in
+                        combinations.indices.first { let o = combinations[$0]; return o.scenario == scenario && o.frameSize == c.frameSize && o.queuePairs == pairs && seriesBase(o) == seriesBase(c) }
+                    }))
+                }
+                charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): scaling with queue pairs", valueLabel: "frames/s, all queues (median, min–max)",
+                                       categories: pairCounts.map { "\($0) pair\($0 == 1 ? "" : "s")" },
+                                       series: scaling.map { entry in BarChart.Series(name: entry.name, values: entry.indices.map { $0.map { let p = pps($0); return (p.median, p.min, p.max) } }) }))
+            }
             if scenario.isRoundTrip {
                 // The latency CDF, one line per backend setting and frame size, up to p99.9 (the
                 // max alone would squash the curve; it is in the table).
@@ -247,7 +282,12 @@ struct BenchReport {
     }
 
     /// The chart series a combination belongs to: its backend and every setting that varies.
-    func seriesName(_ c: BenchSettings) -> String {
+    func seriesName(_ c: BenchSettings, withPairs: Bool = true) -> String {
+        let pairs = withPairs && Set(combinations.map(\.queuePairs)).count > 1 ? " ×\(c.queuePairs) pairs" : ""
+        return seriesBase(c) + pairs
+    }
+
+    func seriesBase(_ c: BenchSettings) -> String {
         let batch = Set(combinations.map(\.batch)).count > 1 && !c.scenario.isRoundTrip ? " batch \(c.batch)" : ""
         switch c.backend {
         case .vhost: return "vhost \(c.mode.rawValue)\(c.eventIndex ? "" : " no-evidx") ring \(c.queueSize)\(batch)" + BenchReport.variation(c)

@@ -71,7 +71,7 @@ struct Info: ParsableCommand {
     func run() throws {
         let report = gather()
         if json {
-            print(jsonText(report))
+            print(try jsonText(report))
         } else {
             print("kernel: \(report.kernel)")
             if report.usable {
@@ -111,23 +111,41 @@ struct Info: ParsableCommand {
         if report.status != 0 { throw ExitCode(report.status) }
     }
 
-    func jsonText(_ r: Report) -> String {
-        func features(_ raw: UInt64?, _ names: [String]?) -> JSON {
-            guard let raw, let names else { return .null }
-            return .object([("raw", .number(raw)), ("names", .array(names.map(JSON.string)))])
+    /// `info --json`: the report's facts, feature words with their names.
+    struct JSONReport: Encodable {
+        struct Features: Encodable {
+            var raw: UInt64
+            var names: [String]
         }
-        return JSON.object([
-            ("kernel", .string(r.kernel)),
-            ("device", .string(common.device)),
-            ("usable", .bool(r.usable)),
-            ("problem", r.problem.map(JSON.string) ?? .null),
-            ("features", features(r.features?.rawValue, r.features?.featureNames)),
-            ("features_above_63", features(r.highFeatures?.rawValue, r.highFeatures?.featureNames)),
-            ("worker_mode", r.workerMode.map { JSON.string($0.rawValue) } ?? .null),
-            ("backend_features", features(r.backendFeatures?.rawValue, r.backendFeatures?.featureNames)),
-            ("tap_features", features(r.tapFeatures.map(UInt64.init), r.tapFeatures.map(Tap.flagNames))),
-            ("tap_problem", r.tapProblem.map(JSON.string) ?? .null),
-            ("module_parameters", .object(r.parameters.map { ($0.name, JSON.string($0.value)) })),
-        ]).text
+        var kernel: String
+        var device: String
+        var usable: Bool
+        var problem: String?
+        var features: Features?
+        var featuresAbove63: Features?
+        var workerMode: String?
+        var backendFeatures: Features?
+        var tapFeatures: Features?
+        var tapProblem: String?
+        var moduleParameters: [String: String]
+
+        enum CodingKeys: String, CodingKey {
+            case kernel, device, usable, problem, features, workerMode, backendFeatures, tapFeatures, tapProblem, moduleParameters
+            case featuresAbove63 = "features_above_63"
+        }
+    }
+
+    func jsonText(_ r: Report) throws -> String {
+        func features(_ raw: UInt64?, _ names: [String]?) -> JSONReport.Features? { raw.flatMap { raw in names.map { JSONReport.Features(raw: raw, names: $0) } } }
+        var parameters: [String: String] = [:]
+        for (name, value) in r.parameters { parameters[name] = value }
+        return try JSONOutput.text(JSONReport(
+            kernel: r.kernel, device: common.device, usable: r.usable, problem: r.problem,
+            features: features(r.features?.rawValue, r.features?.featureNames),
+            featuresAbove63: features(r.highFeatures?.rawValue, r.highFeatures?.featureNames),
+            workerMode: r.workerMode?.rawValue,
+            backendFeatures: features(r.backendFeatures?.rawValue, r.backendFeatures?.featureNames),
+            tapFeatures: features(r.tapFeatures.map(UInt64.init), r.tapFeatures.map(Tap.flagNames)),
+            tapProblem: r.tapProblem, moduleParameters: parameters))
     }
 }

@@ -1,0 +1,117 @@
+#!/bin/sh
+# The guest half of Benchmarks/peers/testpmd (run inside Scripts/vm --host-root as root).
+# Arguments: TRIALS SECONDS FRAME_SIZE.
+PATH=/opt/bin:$PATH
+trials=$1 seconds=$2 size=$3
+host() { chroot /host /usr/bin/env HOME=/tmp PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"; }
+stat() { cat "/sys/class/net/$1/statistics/$2"; }
+uptime_cs() { awk '{ split($1, t, "."); print t[1] * 100 + t[2] }' /proc/uptime; }  # centiseconds
+results=/tmp/peer-results.txt; : >"$results"
+
+# testpmd's memory: 2 MiB huge pages, mounted where the chrooted testpmd looks.
+echo 256 >/proc/sys/vm/nr_hugepages
+mount -t hugetlbfs hugetlbfs /host/dev/hugepages || { echo "peer: cannot mount hugetlbfs for testpmd"; exit 1; }
+
+# pin_worker PID: the vhost worker of the device PID owns ("vhost-PID": a kernel thread before
+# 6.4, a thread of PID from 6.4 on) to CPU 0.
+pin_worker() {
+    for comm in /proc/[0-9]*/comm /proc/$1/task/[0-9]*/comm; do
+        [ "$(cat "$comm" 2>/dev/null)" = "vhost-$1" ] || continue
+        tid=$(basename "$(dirname "$comm")"); host taskset -p -c 0 "$tid" >/dev/null && return 0
+    done
+    return 1
+}
+
+pktgen_start() {  # TAP: pktgen floods TAP with SIZE-byte UDP frames, as vhostctl bench's rx source does
+    echo rem_device_all >/proc/net/pktgen/kpktgend_0
+    echo "add_device $1" >/proc/net/pktgen/kpktgend_0
+    for c in "count 0" "clone_skb 0" "delay 0" "pkt_size $size" "dst_mac 52:54:00:be:4c:01" "src_min 10.79.0.1" "src_max 10.79.0.1" \
+             "dst_min 10.79.0.2" "dst_max 10.79.0.2" "udp_dst_min 9" "udp_dst_max 9"; do
+        echo "$c" >"/proc/net/pktgen/$1"
+    done
+    echo start >/proc/net/pktgen/pgctrl &
+}
+pktgen_stop() { echo stop >/proc/net/pktgen/pgctrl; wait; echo rem_device_all >/proc/net/pktgen/kpktgend_0; }
+
+# testpmd MODE (txonly|rxonly): one run; appends "testpmd-MODE PPS" to the results.
+testpmd() {
+    mode=$1 tap=vhpeer0
+    # Non-interactive with --stats-period it forwards until SIGINT.
+    host dpdk-testpmd -l 0,1 -n 1 --no-pci --file-prefix=peer --huge-dir=/dev/hugepages -m 256 \
+        --vdev="net_virtio_user0,path=/dev/vhost-net,iface=$tap,queue_size=256,queues=1" \
+        -- --forward-mode="$mode" --txpkts="$size" --nb-cores=1 --stats-period=1 >/tmp/testpmd.log 2>&1 &
+    pid=$!
+    i=0; while [ $i -lt 600 ] && ! ip link show $tap >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
+    ip link set $tap up 2>/dev/null
+    # testpmd's own pid is the child of chroot/env (exec'd): the owner of the vhost device.
+    tpid=$(pgrep -f "dpdk-testpmd .*iface=$tap" | head -1)
+    i=0; while [ $i -lt 100 ] && ! pin_worker "$tpid"; do sleep 0.1; i=$((i + 1)); done
+    [ $i -lt 100 ] || echo "peer: the vhost worker of testpmd ($tpid) was not found to pin"
+    [ "$mode" = rxonly ] && pktgen_start $tap
+    sleep 1  # warm-up
+    if [ "$mode" = txonly ]; then counter=rx_packets; else counter=tx_packets; fi
+    a=$(stat $tap $counter) t0=$(uptime_cs)
+    sleep "$seconds"
+    b=$(stat $tap $counter) t1=$(uptime_cs)
+    [ "$mode" = rxonly ] && pktgen_stop
+    kill -INT "$tpid" 2>/dev/null; wait "$pid" 2>/dev/null
+    i=0; while [ $i -lt 100 ] && ip link show $tap >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
+    if [ "$b" -gt "$a" ]; then
+        echo "testpmd-$mode $(( (b - a) * 100 / (t1 - t0) ))" >>"$results"
+    else
+        echo "peer: testpmd $mode moved no frames:"; tail -20 /tmp/testpmd.log
+        echo "testpmd-$mode 0" >>"$results"
+    fi
+}
+
+# vhostctl SCENARIO MODE: one run of vhostctl bench backends; appends "vhostctl-SCENARIO-MODE PPS"
+# (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
+vhostctl_run() {
+    scenario=$1 mode=$2
+    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --frame-size "$size" --trials 1 \
+            --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json /tmp/v.json >/tmp/v.log 2>&1; then
+        echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$scenario-$mode 0" >>"$results"; return
+    fi
+    host python3 -c '
+import json, sys
+x = json.load(open("/tmp/v.json"))["results"][0]; t = x["trials"][0]
+far = t["tx_counted_by_tap"] if sys.argv[1] == "tx" else t["rx_tap_passed"]
+print("vhostctl-%s-%s %d %.0f %.0f" % (sys.argv[1], sys.argv[2], far / t["seconds"], x["driver_ns_per_frame_median"], x.get("worker_ns_per_frame_median", 0)))' \
+        "$scenario" "$mode" >>"$results"
+}
+
+runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:poll"
+count=$(echo $runs | wc -w)
+echo "peer: kernel $(uname -r), $trials interleaved trials of $seconds s, $size-byte frames; worker on CPU 0, driver on CPU 1"
+t=0
+while [ $t -lt "$trials" ]; do
+    # Rotate the order each trial, so that no run always goes first.
+    set -- $runs; k=0; while [ $k -lt $((t % count)) ]; do set -- "$@" "$1"; shift; k=$((k + 1)); done
+    for run in "$@"; do
+        case $run in
+            testpmd:*) testpmd "${run#testpmd:}" ;;
+            vhostctl:*) r=${run#vhostctl:}; vhostctl_run "${r%%:*}" "${r#*:}" ;;
+        esac
+        tail -1 "$results" | sed "s/^/trial $((t + 1)): /"
+    done
+    t=$((t + 1))
+done
+host python3 -c '
+import statistics, sys
+runs = {}
+cpu = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    runs.setdefault(f[0], []).append(int(f[1]))
+    if len(f) == 4: cpu.setdefault(f[0], []).append((float(f[2]), float(f[3])))
+med = {k: statistics.median(v) for k, v in runs.items()}
+print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | driver/worker |")
+print("|---|---|---|---|---|---|---|")
+for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-poll"]:
+    if k not in runs: continue
+    base = med["testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"]
+    d = w = "-"; share = "-"
+    if k in cpu:
+        dm = statistics.median(c[0] for c in cpu[k]); wm = statistics.median(c[1] for c in cpu[k])
+        d, w = "%.0f" % dm, "%.0f" % wm; share = "%.2f×" % (dm / wm) if wm > 0 else "-"
+    print("| %s | %d | %d–%d | %s | %s | %s | %s |" % (k, med[k], min(runs[k]), max(runs[k]), "%.2f×" % (med[k] / base) if base else "-", d, w, share))' "$results"
