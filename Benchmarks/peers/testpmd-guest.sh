@@ -22,6 +22,12 @@ pin_worker() {
     return 1
 }
 
+testpmd_pid() {
+    for p in /proc/[0-9]*; do
+        case $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) in *dpdk-testpmd*iface=vhpeer0*) basename "$p"; return ;; esac
+    done
+}
+
 pktgen_start() {  # TAP: pktgen floods TAP with SIZE-byte UDP frames, as vhostctl bench's rx source does
     echo rem_device_all >/proc/net/pktgen/kpktgend_0
     echo "add_device $1" >/proc/net/pktgen/kpktgend_0
@@ -29,9 +35,11 @@ pktgen_start() {  # TAP: pktgen floods TAP with SIZE-byte UDP frames, as vhostct
              "dst_min 10.79.0.2" "dst_max 10.79.0.2" "udp_dst_min 9" "udp_dst_max 9"; do
         echo "$c" >"/proc/net/pktgen/$1"
     done
+    # pktgen's "start" blocks its writer until "stop".
     echo start >/proc/net/pktgen/pgctrl &
+    pktgen_writer=$!
 }
-pktgen_stop() { echo stop >/proc/net/pktgen/pgctrl; wait; echo rem_device_all >/proc/net/pktgen/kpktgend_0; }
+pktgen_stop() { echo stop >/proc/net/pktgen/pgctrl; wait "$pktgen_writer"; echo rem_device_all >/proc/net/pktgen/kpktgend_0; }
 
 # testpmd MODE (txonly|rxonly): one run; appends "testpmd-MODE PPS" to the results.
 testpmd() {
@@ -43,8 +51,8 @@ testpmd() {
     pid=$!
     i=0; while [ $i -lt 600 ] && ! ip link show $tap >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
     ip link set $tap up 2>/dev/null
-    # testpmd's own pid is the child of chroot/env (exec'd): the owner of the vhost device.
-    tpid=$(pgrep -f "dpdk-testpmd .*iface=$tap" | head -1)
+    # testpmd's pid (chroot and env exec it): the owner of the vhost device.
+    tpid=$(testpmd_pid)
     i=0; while [ $i -lt 100 ] && ! pin_worker "$tpid"; do sleep 0.1; i=$((i + 1)); done
     [ $i -lt 100 ] || echo "peer: the vhost worker of testpmd ($tpid) was not found to pin"
     [ "$mode" = rxonly ] && pktgen_start $tap

@@ -57,6 +57,9 @@ public struct BenchSettings: Sendable, Equatable {
     /// Queue pairs, each on its own queue of an IFF_MULTI_QUEUE tap and driven by its own
     /// thread: a vhost device (and worker) per pair, or a tap fd per pair on the userspace path.
     public var queuePairs: Int = 1
+    /// RX interrupt coalescing on vhost: wake on this many used frames or after 1 ms (0: off,
+    /// wake on the first). Needs EVENT_IDX.
+    public var receiveCoalesceFrames: UInt16 = 0
 
     /// The largest frame sent as one plain Ethernet frame (a jumbo frame; the tap's MTU is
     /// raised to carry it). Larger sizes are TCP superframes for TSO.
@@ -329,6 +332,7 @@ public enum BackendComparison {
         config.notificationMode = settings.mode
         config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
         config.multiQueueTap = settings.queuePairs > 1
+        if settings.receiveCoalesceFrames > 0 { config.receiveCoalescing = ReceiveCoalescing(frames: settings.receiveCoalesceFrames, maxDelayMilliseconds: 1) }
         var pairs: [VhostNetQueuePair] = []
         for _ in 0..<settings.queuePairs { pairs.append(try VhostNetQueuePair(config)) }
         try raiseMTUForReceive(settings, on: pairs[0].tap)

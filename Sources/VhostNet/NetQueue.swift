@@ -178,13 +178,19 @@ public struct NetQueue: ~Copyable {
     /// virtqueue_enable_cb_prepare/virtqueue_poll pattern) and sleeps on the call eventfd;
     /// in poll mode spins. Returns false on timeout.
     mutating func waitForUsed(mode: NotificationMode, milliseconds: Int32) -> Bool {
-        if driver.hasUsed() { return true }
+        waitForUsed(mode: mode, milliseconds: milliseconds, wanted: 1, maxDelayMilliseconds: nil)
+    }
+
+    /// Waits until `wanted` entries are used (in interrupt mode; one in poll mode), at most
+    /// `milliseconds`, or `maxDelayMilliseconds` when that is shorter; true when any is used.
+    mutating func waitForUsed(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> Bool {
+        if driver.broken != nil || driver.usedPending >= wanted { return true }
         collectRingErrors()
         switch mode {
         case .interrupt:
             defer { driver.disableInterrupts() }
-            if driver.enableInterrupts() { return true }
-            guard call.wait(milliseconds: milliseconds) != nil else { return driver.hasUsed() }
+            if driver.enableInterrupts(after: wanted) { return true }
+            guard call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds)) != nil else { return driver.hasUsed() }
             counters.calls += 1
             return true
         case .poll:

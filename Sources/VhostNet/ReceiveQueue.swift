@@ -38,11 +38,15 @@ public struct ReceiveQueue: ~Copyable {
     /// refills. With MRG_RXBUF a frame may span `num_buffers` buffers, and with IN_ORDER one used
     /// entry may stand for several; they are reassembled before `handler` sees the frame.
     /// A protocol violation by the device marks the queue broken and throws.
-    public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode,
+    /// With `coalescing` (interrupt mode) it sleeps until that many frames are used, or its
+    /// delay (at most `milliseconds`) passed.
+    public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         var received = 0
-        if !queue.driver.hasUsed() {
-            _ = queue.waitForUsed(mode: mode, milliseconds: milliseconds)
+        let wanted = mode == .interrupt ? coalescing?.frames ?? 1 : 1
+        if queue.driver.usedPending < wanted {
+            _ = queue.waitForUsed(mode: mode, milliseconds: milliseconds, wanted: wanted,
+                                  maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
         }
         let headerLength = queue.headerLength
         while received < limit, let used = try queue.nextUsed() {
@@ -98,7 +102,7 @@ public struct ReceiveQueue: ~Copyable {
 
     /// Prepares to sleep until RX work arrives: re-enables interrupts and re-checks the used
     /// ring (race-free). Returns false when work is already pending.
-    mutating func armNotification() -> Bool { !queue.driver.enableInterrupts() }
+    mutating func armNotification(after count: UInt16 = 1) -> Bool { !queue.driver.enableInterrupts(after: count) }
 
     /// Clears the call eventfd after a wake-up, counting the call.
     mutating func acknowledgeNotification() {

@@ -3,6 +3,18 @@ import NetFormats
 import Vhost
 import Virtio
 
+/// RX interrupt coalescing, as `ethtool -C rx-frames N rx-usecs T` sets on a NIC: the driver
+/// asks the device (through used_event) to signal only once `frames` frames are used, and
+/// sleeps at most `maxDelayMilliseconds` for them, so a sparse stream waits that long at worst.
+public struct ReceiveCoalescing: Sendable, Equatable {
+    public var frames: UInt16
+    public var maxDelayMilliseconds: Int32
+    public init(frames: UInt16, maxDelayMilliseconds: Int32 = 1) {
+        self.frames = frames
+        self.maxDelayMilliseconds = maxDelayMilliseconds
+    }
+}
+
 /// How a queue pair is set up: everything `VirtioNetQueuePair` needs, checked before any ioctl.
 public struct QueuePairConfiguration: Sendable {
     /// The tap to create, or to attach to when it exists (for the in-process device: the pipe's name).
@@ -25,6 +37,9 @@ public struct QueuePairConfiguration: Sendable {
     /// TSO needs room for 64 KiB frames: MRG_RXBUF, or buffers of at least 65562 bytes.
     public var receiveOffloads: Tap.Offloads = []
     public var notificationMode: NotificationMode = .interrupt
+    /// RX interrupt coalescing (interrupt mode, EVENT_IDX): nil wakes the driver on the first
+    /// used frame, as virtio-net does.
+    public var receiveCoalescing: ReceiveCoalescing? = nil
     /// With VIRTIO_F_ACCESS_PLATFORM: the IOVA offset of the emulated IOMMU (IOVA = GPA + offset),
     /// which answers the device's IOTLB misses page by page. Nil: no IOMMU.
     public var iovaOffset: UInt64? = nil
@@ -71,6 +86,14 @@ public struct QueuePairConfiguration: Sendable {
         }
         if !features.contains(.netMergeableRxBuffers) && frameRoom < 1514 {
             throw .invalidArgument("without MRG_RXBUF each RX buffer must hold a whole 1514-byte frame, or the kernel truncates and discards it (net.c handle_rx); these hold \(frameRoom)")
+        }
+        if let coalescing = receiveCoalescing {
+            guard features.contains(.eventIndex) else {
+                throw .invalidArgument("RX coalescing sets used_event ahead of the ring, which needs VIRTIO_RING_F_EVENT_IDX negotiated (without it the device signals on every used frame)")
+            }
+            guard coalescing.frames >= 1 && Int(coalescing.frames) <= Int(queueSize) / 2, coalescing.maxDelayMilliseconds >= 1 else {
+                throw .invalidArgument("RX coalescing of \(coalescing.frames) frames and \(coalescing.maxDelayMilliseconds) ms: use 1 to \(queueSize / 2) frames (half the ring, so that enough buffers are posted to reach it) and at least 1 ms")
+            }
         }
         try Tap.validate(name: tapName)
     }
@@ -281,9 +304,16 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
 
     /// Prepares to sleep until RX work arrives: re-enables RX interrupts and re-checks the used
     /// ring (race-free). Returns the call eventfd to wait on, or nil when work is already pending.
-    public func armReceiveNotification() -> Int32? {
-        receiveQueue.armNotification() ? receiveQueue.queue.call.fd : nil
+    public func armReceiveNotification() -> Int32? { armReceiveNotification(after: 1) }
+
+    /// `armReceiveNotification` for when `count` more frames are used, not the next one.
+    public func armReceiveNotification(after count: UInt16) -> Int32? {
+        receiveQueue.armNotification(after: count) ? receiveQueue.queue.call.fd : nil
     }
+
+    public func takeReceiveSignals() -> UInt64? { receiveQueue.queue.call.consume() }
+
+    public func withReceiveDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R { body(receiveQueue.driver) }
 
     /// Clears the RX call eventfd after a wake-up, counting the call.
     public func acknowledgeReceiveNotification() { receiveQueue.acknowledgeNotification() }
@@ -293,7 +323,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// protocol marks the queue broken and throws `VhostError.brokenQueue`.
     @discardableResult
     public func receive(limit: Int = Int.max, milliseconds: Int32, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
-        try receiveQueue.receive(limit: limit, milliseconds: milliseconds, mode: configuration.notificationMode, handler: handler)
+        try receiveQueue.receive(limit: limit, milliseconds: milliseconds, mode: configuration.notificationMode,
+                                 coalescing: configuration.receiveCoalescing, handler: handler)
     }
 
     /// Whether the port's MTU (which the host may raise at any time) now lets frames through
@@ -441,6 +472,14 @@ public protocol QueuePairDatapath: AnyObject {
     func resetOwnerAndRestart() throws(VhostError)
     /// Adds up to `count` frames to the TX ring and publishes them without waiting for the device.
     func post(count: Int, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int
+    /// Runs `body` with the RX ring driver (indices, entries the device used and we have not reaped).
+    func withReceiveDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R
+    /// Re-enables RX interrupts for when `count` more frames are used (coalescing; 1: the next
+    /// frame). Returns the call eventfd to wait on, or nil when that many are already used.
+    func armReceiveNotification(after count: UInt16) -> Int32?
+    /// Reads (and clears) the RX call eventfd without waiting: how many times the device signalled
+    /// since it was last read, or nil for none. What the device did, not what the driver counted.
+    func takeReceiveSignals() -> UInt64?
 }
 
 extension QueuePairDatapath {

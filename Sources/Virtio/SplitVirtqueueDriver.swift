@@ -438,17 +438,32 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// case the caller must reap before sleeping (virtqueue_enable_cb_prepare + virtqueue_poll:
     /// the re-check after a full barrier closes the race with the device). Also true once the
     /// driver is `broken`, so the caller reaps and sees the violation.
-    public mutating func enableInterrupts() -> Bool {
+    public mutating func enableInterrupts() -> Bool { enableInterrupts(after: 1) }
+
+    /// Re-enables interrupts for when `count` more entries are used, not the first: with
+    /// EVENT_IDX, used_event = last used + count - 1, and the device signals once used->idx passes
+    /// it (vhost.c vhost_notify → vhost_vring_need_event). Interrupt coalescing, as
+    /// virtqueue_enable_cb_delayed does for TX; the caller bounds the wait, since fewer than
+    /// `count` entries never signal. Returns true when `count` entries are already used (or the
+    /// driver is broken). Without EVENT_IDX there is no threshold: the first entry signals.
+    public mutating func enableInterrupts(after count: UInt16) -> Bool {
         interruptsSuppressed = false
+        let threshold = max(1, count)
         if eventIndex {
             // SAFETY: as in disableInterrupts.
-            ring.usedEvent.pointee.store(_lastUsedIndex, ordering: .releasing)
+            ring.usedEvent.pointee.store(_lastUsedIndex &+ (threshold &- 1), ordering: .releasing)
         } else {
             // SAFETY: as in disableInterrupts.
             ring.availFlags = []
         }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        return hasUsed()
+        return isBroken || usedPending >= (eventIndex ? threshold : 1)
+    }
+
+    /// Used entries the device has published that `nextUsed` has not returned yet.
+    public var usedPending: UInt16 {
+        // SAFETY: acquire pairs with the device's release store of used->idx.
+        ring.usedIndex.pointee.load(ordering: .acquiring) &- _lastUsedIndex
     }
 }
 

@@ -53,6 +53,9 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
     var batch = "64"
 
+    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: sleep until this many frames are used or 1 ms passed (0: wake on the first frame). Needs --event-idx on and interrupt mode; at most half the ring.")
+    var receiveCoalesce = "0"
+
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
     var busyloopTimeout = "0"
 
@@ -102,6 +105,7 @@ struct BenchBackends: ParsableCommand {
     var eventIndexes: [Bool] { BenchBackends.list(eventIndex).compactMap { $0 == "on" ? true : $0 == "off" ? false : nil } }
     var batches: [Int] { BenchBackends.list(batch).compactMap { Int($0) } }
     var busyloops: [UInt32] { BenchBackends.list(busyloopTimeout).compactMap { UInt32($0) } }
+    var coalescings: [UInt16] { BenchBackends.list(receiveCoalesce).compactMap { UInt16($0) } }
     /// nil: not pinned.
     var workerCPUs: [Int?] { BenchBackends.list(workerCPU).compactMap { $0 == "none" ? .some(nil) : Int($0).map { .some($0) } } }
 
@@ -122,6 +126,13 @@ struct BenchBackends: ParsableCommand {
         try check("event-idx", eventIndex, eventIndexes, known: "on, off")
         try check("batch", batch, batches, known: "frame counts from 1 to 1024")
         try check("busyloop-timeout", busyloopTimeout, busyloops, known: "microseconds")
+        try check("rx-coalesce", receiveCoalesce, coalescings, known: "frame counts (0: off)")
+        if coalescings.contains(where: { $0 > 0 }) {
+            guard !eventIndexes.contains(false) else { throw ValidationError("--rx-coalesce needs --event-idx on: it sets used_event ahead, which only EVENT_IDX has") }
+            if let size = queueSizes.min(), let frames = coalescings.max(), Int(frames) > Int(size) / 2 {
+                throw ValidationError("--rx-coalesce \(frames): at most half the smallest ring (\(size / 2)), so that enough buffers are posted to reach it")
+            }
+        }
         try check("worker-cpu", workerCPU, workerCPUs, known: "CPU numbers or none")
         for size in batches where !(1...1024).contains(size) { throw ValidationError("--batch \(size): use 1 to 1024") }
         for size in frameSizes where !(60...BenchSettings.largestSegmentationFrame).contains(size) {
@@ -172,6 +183,7 @@ struct BenchBackends: ParsableCommand {
                     sweep(eventIndexes, appliesHere: vhost) { $0.eventIndex = $1 }
                     sweep(batches, appliesHere: !scenario.isRoundTrip) { $0.batch = $1 }
                     sweep(busyloops, appliesHere: vhost) { $0.busyloopMicroseconds = $1 }
+                    sweep(coalescings, appliesHere: vhost && scenario != .tx && !scenario.isRoundTrip) { $0.receiveCoalesceFrames = $1 }
                     sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
                     sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
                     for i in partial.indices {
@@ -247,6 +259,7 @@ struct BenchBackends: ParsableCommand {
         "\(s.scenario.rawValue) \(s.backend.rawValue) \(s.frameSize) B" + (s.backend == .vhost ? " ring \(s.queueSize) \(s.mode.rawValue) event-idx \(s.eventIndex ? "on" : "off")" : "")
             + (s.scenario.isRoundTrip ? "" : " batch \(s.batch)") + (s.busyloopMicroseconds > 0 ? " busyloop \(s.busyloopMicroseconds) µs" : "")
             + (s.workerCPU.map { " worker on CPU \($0)" } ?? "") + (s.queuePairs > 1 ? " \(s.queuePairs) queue pairs" : "")
+            + (s.receiveCoalesceFrames > 0 ? " rx-coalesce \(s.receiveCoalesceFrames)" : "")
     }
 
     func write(_ text: String, to path: String) throws {
