@@ -75,20 +75,22 @@ testpmd() {
 # vhostctl SCENARIO MODE: one run of vhostctl bench backends; appends "vhostctl-SCENARIO-MODE PPS"
 # (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
 vhostctl_run() {
-    scenario=$1 mode=$2
-    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --frame-size "$size" --trials 1 \
+    scenario=$1 mode=${2%%+*} coalesce=0 name=$1-$2
+    # MODE+N: RX interrupt coalescing of N frames (--rx-coalesce).
+    case $2 in *+*) coalesce=${2#*+} ;; esac
+    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" --frame-size "$size" --trials 1 \
             --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json /tmp/v.json >/tmp/v.log 2>&1; then
-        echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$scenario-$mode 0" >>"$results"; return
+        echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$name 0" >>"$results"; return
     fi
     host python3 -c '
 import json, sys
 x = json.load(open("/tmp/v.json"))["results"][0]; t = x["trials"][0]
 far = t["tx_counted_by_tap"] if sys.argv[1] == "tx" else t["rx_tap_passed"]
-print("vhostctl-%s-%s %d %.0f %.0f" % (sys.argv[1], sys.argv[2], far / t["seconds"], x["driver_ns_per_frame_median"], x.get("worker_ns_per_frame_median", 0)))' \
-        "$scenario" "$mode" >>"$results"
+print("vhostctl-%s %d %.0f %.0f" % (sys.argv[2], far / t["seconds"], x["driver_ns_per_frame_median"], x.get("worker_ns_per_frame_median", 0)))' \
+        "$scenario" "$name" >>"$results"
 }
 
-runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:poll"
+runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+64 vhostctl:rx:poll"
 count=$(echo $runs | wc -w)
 echo "peer: kernel $(uname -r), $trials interleaved trials of $seconds s, $size-byte frames; worker on CPU 0, driver on CPU 1"
 t=0
@@ -115,7 +117,7 @@ for line in open(sys.argv[1]):
 med = {k: statistics.median(v) for k, v in runs.items()}
 print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | driver/worker |")
 print("|---|---|---|---|---|---|---|")
-for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-poll"]:
+for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll"]:
     if k not in runs: continue
     base = med["testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"]
     d = w = "-"; share = "-"

@@ -61,7 +61,7 @@ public struct TransmitQueue: ~Copyable {
             sent += add(count: count, first: sent, header: header, fill: fill)
             queue.publishAndKick()
             if sent < count {
-                guard queue.waitForUsed(mode: mode, milliseconds: 5000) else {
+                guard waitForMostInFlight(mode: mode, milliseconds: 5000) else {
                     throw .timeout("the device completed no TX descriptor in 5 s (\(queue.driver.inFlight) in flight); is the backend attached?")
                 }
             }
@@ -74,9 +74,17 @@ public struct TransmitQueue: ~Copyable {
     public mutating func waitForRoom(mode: NotificationMode, milliseconds: Int32) throws(VhostError) -> Bool {
         try reap()
         if queue.canAddChain { return true }
-        guard queue.waitForUsed(mode: mode, milliseconds: milliseconds) else { return false }
+        guard waitForMostInFlight(mode: mode, milliseconds: milliseconds) else { return false }
         try reap()
         return queue.canAddChain
+    }
+
+    /// Sleeps until 3/4 of what is in flight is used, not the first chain, as virtio_net's
+    /// start_xmit does with a full ring (virtio_ring.c virtqueue_enable_cb_delayed): one wake-up
+    /// then refills most of the ring. Without EVENT_IDX the first used chain signals.
+    private mutating func waitForMostInFlight(mode: NotificationMode, milliseconds: Int32) -> Bool {
+        let wanted = UInt16(clamping: max(1, queue.driver.inFlight * 3 / 4))
+        return queue.waitForUsed(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: nil)
     }
 
     /// Waits until the device has used every TX chain.
