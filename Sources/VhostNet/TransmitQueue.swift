@@ -22,6 +22,20 @@ public struct TransmitQueue: ~Copyable {
         return count
     }
 
+    /// Runs `body` once on the frame area of every TX buffer, for frames that stay in place (a
+    /// benchmark's constant frame, a pool of pre-built packets): `fill` then only returns the
+    /// length, and no frame is copied per transmit. Only while no chain is in flight, since the
+    /// device reads the buffers of chains in flight.
+    public mutating func fillEveryBuffer(_ body: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) {
+        guard queue.driver.inFlight == 0 else {
+            throw .invalidArgument("\(queue.driver.inFlight) TX chains are in flight: their buffers belong to the device until it uses them")
+        }
+        for head in 0..<queue.driver.queueSize {
+            // SAFETY: no chain is in flight, so the device reads none of these buffers now.
+            body(UnsafeMutableRawBufferPointer(start: queue.framePointer(head), count: queue.frameCapacity))
+        }
+    }
+
     /// Adds up to `count` frames (as many as fit after reaping), publishes them and kicks when
     /// the device asks. Returns how many were added; does not wait.
     public mutating func post(count: Int, header: VirtioNetHeader, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int {

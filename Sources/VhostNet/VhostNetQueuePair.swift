@@ -278,6 +278,12 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try transmitQueue.post(count: count, header: VirtioNetHeader(), fill: fill)
     }
 
+    /// Writes every TX buffer's frame area once (see `TransmitQueue.fillEveryBuffer`), so that
+    /// `post` and `transmit` need not copy a frame that is already in place.
+    public func fillEveryTransmitBuffer(_ body: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) {
+        try transmitQueue.fillEveryBuffer(body)
+    }
+
     /// `post` with `header` before every frame (a GSO header for TSO superframes, say).
     public func post(count: Int, header: VirtioNetHeader, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int {
         try transmitQueue.post(count: count, header: header, fill: fill)

@@ -239,6 +239,14 @@ struct BenchReport {
                                    series: keys.map { key in
                                        BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let p = pps($0); return (p.median, p.min, p.max) } })
                                    }))
+            if sizes.count > 1 && !scenario.isRoundTrip {
+                // Frames per second hide the big frames; bits per second compare every size.
+                charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): Gbit/s by frame size", valueLabel: "Gbit/s of frames (median, min–max)",
+                                       categories: sizes.map { "\($0) B" },
+                                       series: keys.map { key in
+                                           BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let g = Summary(results[$0].map(\.gigabitsPerSecond)); return (g.median, g.min, g.max) } })
+                                       }))
+            }
             var cpuSeries: [BarChart.Series] = []
             for key in keys {
                 cpuSeries.append(BarChart.Series(name: "\(key): driver", values: sizes.map { size in index(key, size).map { let d = driverCost($0); return (d.median, d.min, d.max) } }))
@@ -283,7 +291,7 @@ struct BenchReport {
 
     /// The chart series a combination belongs to: its backend and every setting that varies.
     func seriesName(_ c: BenchSettings, withPairs: Bool = true) -> String {
-        let pairs = withPairs && Set(combinations.map(\.queuePairs)).count > 1 ? " ×\(c.queuePairs) pairs" : ""
+        let pairs = withPairs && Set(combinations.map(\.queuePairs)).count > 1 ? " ×\(c.queuePairs) pair\(c.queuePairs == 1 ? "" : "s")" : ""
         return seriesBase(c) + pairs
     }
 

@@ -42,7 +42,7 @@ struct BarChart: Chart {
     static func label(_ value: Double) -> String {
         if value >= 1e6 { return fixed(value / 1e6, places: value >= 1e7 ? 0 : 1) + "M" }
         if value >= 1e3 { return fixed(value / 1e3, places: value >= 1e4 ? 0 : 1) + "k" }
-        return value == value.rounded() ? String(Int(value)) : fixed(value, places: 2)
+        return value == value.rounded() || value >= 100 ? String(Int(value.rounded())) : fixed(value, places: value >= 10 ? 1 : 2)
     }
 
     static func escape(_ text: String) -> String {
