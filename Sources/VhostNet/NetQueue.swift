@@ -119,17 +119,19 @@ public struct NetQueue: ~Copyable {
         switch layout {
         case .inline:
             return driver.add(BufferSegment(address: device(buffer.guestAddress), length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable))
-        case .separateHeader:
+        case .separateHeader, .indirect:
             let header = memory.headers[Int(head)]
-            return driver.add([BufferSegment(address: device(header.guestAddress), length: UInt32(headerLength), deviceWritable: deviceWritable),
-                               BufferSegment(address: device(buffer.guestAddress), length: UInt32(frameLength), deviceWritable: deviceWritable)])
-        case .indirect:
-            let header = memory.headers[Int(head)], table = memory.tables[Int(head)]
-            // SAFETY: the table is guest memory of this head's, not in flight, so the device
-            // does not read it until the avail entry that names it is published.
-            return driver.addIndirect([BufferSegment(address: device(header.guestAddress), length: UInt32(headerLength), deviceWritable: deviceWritable),
-                                       BufferSegment(address: device(buffer.guestAddress), length: UInt32(frameLength), deviceWritable: deviceWritable)],
-                                      table: table.host, tableAddress: device(table.guestAddress))
+            // Two segments on the stack, not in an array: no allocation per frame.
+            return withUnsafeTemporaryAllocation(of: BufferSegment.self, capacity: 2) { segments in
+                segments.initialize(repeating: BufferSegment(address: device(header.guestAddress), length: UInt32(headerLength), deviceWritable: deviceWritable))
+                segments[1] = BufferSegment(address: device(buffer.guestAddress), length: UInt32(frameLength), deviceWritable: deviceWritable)
+                let chain = UnsafeBufferPointer(segments)
+                guard layout == .indirect else { return driver.add(chain) }
+                let table = memory.tables[Int(head)]
+                // SAFETY: the table is guest memory of this head's, not in flight, so the device
+                // does not read it until the avail entry that names it is published.
+                return driver.addIndirect(chain, table: table.host, tableAddress: device(table.guestAddress))
+            }
         }
     }
 

@@ -64,9 +64,12 @@ public struct VirtioNetHeader: Equatable, Sendable {
     public static let tunnelLength = 24
 
     /// Whether `length` is a header length the wire knows.
+    @inlinable
     public static func isValidLength(_ length: Int) -> Bool { length == baseLength || length == mergeableLength || length == tunnelLength }
 
-    /// Writes the header in `length` (10, 12 or 24) bytes at `pointer`.
+    /// Writes the header in `length` (10, 12 or 24) bytes at `pointer`. Inlinable: every TX
+    /// frame writes one.
+    @inlinable
     public func write(to pointer: UnsafeMutableRawPointer, length: Int) {
         precondition(VirtioNetHeader.isValidLength(length), "virtio-net header is 10, 12 or 24 bytes")
         // SAFETY: the caller gives `length` writable bytes (a buffer the driver owns until it
@@ -85,7 +88,9 @@ public struct VirtioNetHeader: Equatable, Sendable {
         }
     }
 
-    /// Reads a header of `length` (10, 12 or 24) bytes at `pointer`.
+    /// Reads a header of `length` (10, 12 or 24) bytes at `pointer`. Inlinable: every RX frame
+    /// reads one (it was 9% of the driver's RX samples under perf as a call across modules).
+    @inlinable
     public init(reading pointer: UnsafeRawPointer, length: Int) {
         precondition(VirtioNetHeader.isValidLength(length), "virtio-net header is 10, 12 or 24 bytes")
         // SAFETY: the caller gives `length` readable bytes it owns (a used buffer the driver has
