@@ -85,6 +85,13 @@ public struct BenchResult: Sendable {
     public var transmitDroppedAtTap: UInt64 = 0
     /// Bytes of TX frames the tap counted (its rx_bytes): for TSO superframes, whole frames.
     public var transmittedBytes: UInt64 = 0
+    /// For TSO superframes: what the host stack saw of a first one, sent before the measurement
+    /// (a PACKET_VNET_HDR socket on the tap reads the skb's own GSO fields), e.g. "one 65536-byte
+    /// GSO packet, gso_type 1, gso_size 1448"; nil for plain frames.
+    public var segmentationSeen: String? = nil
+    /// Whether that first superframe reached the host stack as one GSO packet of the type and
+    /// segment size sent.
+    public var segmentationVerified: Bool? = nil
     /// TX frames the driver side handed over.
     public var transmitSent: UInt64 = 0
     /// Per queue pair: the TX frames it handed over and the RX frames it received.
@@ -137,6 +144,32 @@ public enum BackendComparison {
     static func transmitFrame(_ settings: BenchSettings) -> (frame: [UInt8], header: VirtioNetHeader) {
         guard settings.segmentationOffload else { return (frame(size: settings.frameSize, destination: .broadcast), VirtioNetHeader()) }
         return OffloadFrame.tcp(ipv6: false, payload: settings.frameSize - 14 - 20 - 20, seed: 1)
+    }
+
+    /// Sends one TSO superframe with `send` and reads it on the host side of the tap through a
+    /// PACKET_VNET_HDR socket, whose header carries the skb's own GSO fields: proof that the
+    /// host stack got one GSO packet to segment, not an oversized frame (which the tap would
+    /// count the same way). Records what it saw in `result`.
+    static func verifySegmentation(_ settings: BenchSettings, tapName: String, into result: inout BenchResult, send: () throws -> Void) throws {
+        guard settings.segmentationOffload && settings.scenario != .rx else { return }
+        let frame = transmitFrame(settings).frame
+        let socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: tapName).index())
+        try socket.enableVnetHeader()
+        socket.setBuffers(bytes: 16 << 20)
+        try send()
+        let deadline = MonotonicClock.seconds() + 5
+        while MonotonicClock.seconds() < deadline {
+            guard let seen = socket.receive(milliseconds: 500, capacity: frame.count + 64), seen.count > 10 + 1514 else { continue }
+            let host = VirtioNetHeader(bytes: Array(seen.prefix(10)))
+            result.segmentationSeen = "one \(seen.count - 10)-byte GSO packet on the host side, gso_type \(host.gsoType), gso_size \(host.gsoSize)"
+            // Against what TSO of a TCPv4 superframe must look like, not against the header we
+            // built: a header that lost its GSO fields must fail here.
+            result.segmentationVerified = seen.count - 10 == frame.count && host.gsoType & ~VirtioNetHeader.gsoECN == VirtioNetHeader.GSOType.tcpV4.rawValue
+                && host.gsoSize == OffloadFrame.tcpSegmentSize
+            return
+        }
+        result.segmentationSeen = "no frame over 1514 bytes reached the host side in 5 s"
+        result.segmentationVerified = false
     }
 
     /// RX of jumbo frames needs a tap MTU that lets them through (the host side drops larger ones).
@@ -231,6 +264,10 @@ public enum BackendComparison {
         // As a guest's driver sends packets it built in place (DPDK's txonly builds each in its
         // mbuf): the frame goes into every TX buffer once, not into one per transmit.
         if settings.scenario != .rx { for pair in pairs { try pair.fillEveryTransmitBuffer { $0.copyBytes(from: frame) } } }
+        try verifySegmentation(settings, tapName: tapName, into: &result) {
+            _ = try pairs[0].post(count: 1, header: header) { _, _ in frame.count }
+            try pairs[0].drainTransmit()
+        }
         // The tap's tx_packets grows when its reader (the vhost worker) takes a frame, which
         // can happen before we reap it: read the counters before the source starts, so that
         // every frame we count was also counted by the tap.
@@ -439,6 +476,10 @@ public enum BackendComparison {
         // The same bytes the vhost path sends: the 12-byte virtio-net header, then the frame.
         let (frame, header) = transmitFrame(settings)
         let packet = header.bytes(length: 12) + frame
+        try verifySegmentation(settings, tapName: tapName, into: &result) {
+            let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }
+            guard n == packet.count else { throw VhostError.system(call: "write", detail: "a TSO superframe to \(tapName)", errno: Errno(rawValue: errno)) }
+        }
         let counters = TapCounters(tapName)  // before the source starts, as in runVhost
         let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize, queues: settings.queuePairs)
         result.receiveSource = source?.name ?? ""

@@ -74,7 +74,7 @@ struct BenchReport {
             let farSide: String
             let r = results[i]
             switch c.scenario {
-            case .tx: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) of \(r.map(\.transmitSent).reduce(0, +)) sent\(c.xdpDrop ? " (XDP drop)" : "")\(c.segmentationOffload ? " TSO superframes, \(r.map(\.transmittedBytes).reduce(0, +)) bytes" : "")"
+            case .tx: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) of \(r.map(\.transmitSent).reduce(0, +)) sent\(c.xdpDrop ? " (XDP drop)" : "")\(c.segmentationOffload ? " TSO superframes, \(r.map(\.transmittedBytes).reduce(0, +)) bytes; host stack: \(r.first?.segmentationSeen ?? "")" : "")"
             case .rx: farSide = "\(r.first?.receiveSource ?? ""); tap passed \(r.map(\.receiveTapPassed).reduce(0, +)), dropped \(r.map(\.receiveTapDropped).reduce(0, +))"
             case .bidir: farSide = "tap counted \(r.map(\.transmitted).reduce(0, +)) TX; \(r.first?.receiveSource ?? "") RX, tap dropped \(r.map(\.receiveTapDropped).reduce(0, +))"
             case .ping, .udpRR:
@@ -149,6 +149,8 @@ struct BenchReport {
             var rxReceived: UInt64, rxTapPassed: UInt64, rxTapDropped: UInt64, rxSource: String
             /// Per queue pair, in order.
             var queueTxSent: [UInt64], queueRxReceived: [UInt64]
+            /// TSO: what the host stack saw of a first superframe, and whether it was one GSO packet as sent.
+            var tsoSeen: String?, tsoVerified: Bool?
             var driverCpuNs: UInt64, workerCpuNs: UInt64?
             var kicks: UInt64, calls: UInt64
             var latencyNs: Latency?
@@ -189,6 +191,7 @@ struct BenchReport {
                                    txSent: t.transmitSent, txCountedByTap: t.transmitted, txBytesCountedByTap: t.transmittedBytes, txDroppedAtTap: t.transmitDroppedAtTap,
                                    rxReceived: t.received, rxTapPassed: t.receiveTapPassed, rxTapDropped: t.receiveTapDropped, rxSource: t.receiveSource,
                                    queueTxSent: t.queueSent, queueRxReceived: t.queueReceived,
+                                   tsoSeen: t.segmentationSeen, tsoVerified: t.segmentationVerified,
                                    driverCpuNs: t.cpu.driverNanoseconds, workerCpuNs: t.cpu.workerNanoseconds, kicks: t.kicks, calls: t.calls,
                                    latencyNs: t.roundTrips.map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) })
             })
