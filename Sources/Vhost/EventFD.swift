@@ -35,15 +35,17 @@ public struct EventFD: ~Copyable {
     /// Returns the count, or nil on timeout. A signal does not end the wait early: it goes on for
     /// the time left (a signal arriving while a TX drain waited once read as a 5 s timeout).
     public func wait(milliseconds: Int32) -> UInt64? {
-        if let value = consume() { return value }
-        let deadline = MonotonicClock.milliseconds() + Int(milliseconds)
+        // poll(2) first: a signalled eventfd is readable at once, so there is no read(2) that
+        // fails with EAGAIN before it, and the clock is read again only when a signal cut the
+        // wait short. Every RX wake-up pays for these calls (docs/benchmarks.md, the profile).
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let start = milliseconds > 0 ? MonotonicClock.milliseconds() : 0
+        var left = milliseconds
         while true {
-            let left = milliseconds < 0 ? -1 : Int32(clamping: max(0, deadline - MonotonicClock.milliseconds()))
             let rc = poll(&entry, 1, left)
             if rc > 0 { return consume() }
-            if rc < 0 && errno == EINTR && (left != 0) { continue }
-            return nil
+            guard rc < 0 && errno == EINTR && left != 0 else { return nil }
+            if milliseconds > 0 { left = Int32(clamping: max(0, start + Int(milliseconds) - MonotonicClock.milliseconds())) }
         }
     }
 }

@@ -135,7 +135,9 @@ public struct NetQueue: ~Copyable {
         }
     }
 
-    /// Reaps one used entry; a protocol violation marks the queue broken and throws.
+    /// Reaps one used entry; a protocol violation marks the queue broken and throws. Always
+    /// inlined: every TX and RX frame is reaped here (12% of the TX driver's samples as a call).
+    @inline(__always)
     mutating func nextUsed() throws(VhostError) -> UsedElement? {
         do {
             return try driver.nextUsed()
