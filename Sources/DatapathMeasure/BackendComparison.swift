@@ -257,8 +257,6 @@ public enum BackendComparison {
 
     static func runVhost(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
         let (pairs, workers) = try openPairs(settings, tapName: tapName)
-        let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
-        defer { _ = xdp }
         var result = BenchResult(settings: settings)
         let (frame, header) = transmitFrame(settings)
         // As a guest's driver sends packets it built in place (DPDK's txonly builds each in its
@@ -268,6 +266,9 @@ public enum BackendComparison {
             _ = try pairs[0].post(count: 1, header: header) { _, _ in frame.count }
             try pairs[0].drainTransmit()
         }
+        // After the TSO check: the XDP program would drop the frame the check looks for.
+        let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
+        defer { _ = xdp }
         // The tap's tx_packets grows when its reader (the vhost worker) takes a frame, which
         // can happen before we reap it: read the counters before the source starts, so that
         // every frame we count was also counted by the tap.
@@ -470,8 +471,6 @@ public enum BackendComparison {
         defer { withExtendedLifetime(extraQueues) {} }
         try tap.setLinkUp(true)
         try raiseMTUForReceive(settings, on: tap)
-        let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
-        defer { _ = xdp }
         var result = BenchResult(settings: settings)
         // The same bytes the vhost path sends: the 12-byte virtio-net header, then the frame.
         let (frame, header) = transmitFrame(settings)
@@ -480,6 +479,9 @@ public enum BackendComparison {
             let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }
             guard n == packet.count else { throw VhostError.system(call: "write", detail: "a TSO superframe to \(tapName)", errno: Errno(rawValue: errno)) }
         }
+        // After the TSO check: the XDP program would drop the frame the check looks for.
+        let xdp = settings.xdpDrop ? try XDPDropProgram(interface: tapName) : nil
+        defer { _ = xdp }
         let counters = TapCounters(tapName)  // before the source starts, as in runVhost
         let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize, queues: settings.queuePairs)
         result.receiveSource = source?.name ?? ""

@@ -373,6 +373,8 @@ else
 fi
 expect_error "bench backends refuses TSO frame sizes outside tx, naming the scenario" 64 "only the tx scenario sends" \
     vhostctl bench backends --scenario rx --frame-size 64k
+expect_error "bench backends refuses TSO frame sizes with --xdp-drop, which would drop them uncounted" 64 "without counting them" \
+    vhostctl bench backends --scenario tx --frame-size 64k --xdp-drop
 # Latency: the host's own stack counts what it answered (ICMP echo replies, UDP datagrams in).
 snmp() { awk -v key="$1:" -v name="$2" '$1 == key { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else { print $col[name]; exit } }' /proc/net/snmp; }
 echo_replies=$(snmp Icmp OutEchoReps); udp_in=$(snmp Udp InDatagrams)
