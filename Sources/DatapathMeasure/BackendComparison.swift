@@ -150,21 +150,21 @@ public enum BackendComparison {
     /// PACKET_VNET_HDR socket, whose header carries the skb's own GSO fields: proof that the
     /// host stack got one GSO packet to segment, not an oversized frame (which the tap would
     /// count the same way). Records what it saw in `result`.
-    static func verifySegmentation(_ settings: BenchSettings, tapName: String, into result: inout BenchResult, send: () throws -> Void) throws {
+    static func verifySegmentation(_ settings: BenchSettings, frameLength: Int, tapName: String, into result: inout BenchResult,
+                                   send: () throws -> Void) throws {
         guard settings.segmentationOffload && settings.scenario != .rx else { return }
-        let frame = transmitFrame(settings).frame
         let socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: tapName).index())
         try socket.enableVnetHeader()
         socket.setBuffers(bytes: 16 << 20)
         try send()
         let deadline = MonotonicClock.seconds() + 5
         while MonotonicClock.seconds() < deadline {
-            guard let seen = socket.receive(milliseconds: 500, capacity: frame.count + 64), seen.count > 10 + 1514 else { continue }
+            guard let seen = socket.receive(milliseconds: 500, capacity: frameLength + 64), seen.count > 10 + 1514 else { continue }
             let host = VirtioNetHeader(bytes: Array(seen.prefix(10)))
             result.segmentationSeen = "one \(seen.count - 10)-byte GSO packet on the host side, gso_type \(host.gsoType), gso_size \(host.gsoSize)"
             // Against what TSO of a TCPv4 superframe must look like, not against the header we
             // built: a header that lost its GSO fields must fail here.
-            result.segmentationVerified = seen.count - 10 == frame.count && host.gsoType & ~VirtioNetHeader.gsoECN == VirtioNetHeader.GSOType.tcpV4.rawValue
+            result.segmentationVerified = seen.count - 10 == frameLength && host.gsoType & ~VirtioNetHeader.gsoECN == VirtioNetHeader.GSOType.tcpV4.rawValue
                 && host.gsoSize == OffloadFrame.tcpSegmentSize
             return
         }
@@ -262,7 +262,7 @@ public enum BackendComparison {
         // As a guest's driver sends packets it built in place (DPDK's txonly builds each in its
         // mbuf): the frame goes into every TX buffer once, not into one per transmit.
         if settings.scenario != .rx { for pair in pairs { try pair.fillEveryTransmitBuffer { $0.copyBytes(from: frame) } } }
-        try verifySegmentation(settings, tapName: tapName, into: &result) {
+        try verifySegmentation(settings, frameLength: frame.count, tapName: tapName, into: &result) {
             _ = try pairs[0].post(count: 1, header: header) { _, _ in frame.count }
             try pairs[0].drainTransmit()
         }
@@ -365,13 +365,7 @@ public enum BackendComparison {
     /// worker pinning, buffers that hold the frame, and an MTU that lets RX frames through;
     /// returned with their worker threads.
     static func openPairs(_ settings: BenchSettings, tapName: String) throws -> ([VhostNetQueuePair], [VhostWorkerThread]) {
-        var config = VhostNetQueuePair.Configuration(tapName: tapName)
-        config.queueSize = settings.queueSize
-        config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
-        config.notificationMode = settings.mode
-        config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
-        config.multiQueueTap = settings.queuePairs > 1
-        if settings.receiveCoalesceFrames > 0 { config.receiveCoalescing = ReceiveCoalescing(frames: settings.receiveCoalesceFrames, maxDelayMilliseconds: 1) }
+        let config = configuration(settings, tapName: tapName)
         var pairs: [VhostNetQueuePair] = []
         for _ in 0..<settings.queuePairs { pairs.append(try VhostNetQueuePair(config)) }
         try raiseMTUForReceive(settings, on: pairs[0].tap)
@@ -379,6 +373,20 @@ public enum BackendComparison {
             for index: UInt32 in [0, 1] { try pair.device.setVringBusyloopTimeout(index: index, microseconds: settings.busyloopMicroseconds) }
         }
         return (pairs, try workers(settings))
+    }
+
+    /// The queue pair configuration of a vhost measurement: the settings' ring size, EVENT_IDX,
+    /// notification mode and RX coalescing, buffers that hold the frame, and a multiqueue tap
+    /// for several pairs. Its `validate()` is what `bench backends` checks its options against.
+    public static func configuration(_ settings: BenchSettings, tapName: String) -> VhostNetQueuePair.Configuration {
+        var config = VhostNetQueuePair.Configuration(tapName: tapName)
+        config.queueSize = settings.queueSize
+        config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
+        config.notificationMode = settings.mode
+        config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
+        config.multiQueueTap = settings.queuePairs > 1
+        if settings.receiveCoalesceFrames > 0 { config.receiveCoalescing = ReceiveCoalescing(frames: settings.receiveCoalesceFrames, maxDelayMilliseconds: 1) }
+        return config
     }
 
     /// A vhost pair for one-at-a-time round trips (queue pair 1).
@@ -475,7 +483,7 @@ public enum BackendComparison {
         // The same bytes the vhost path sends: the 12-byte virtio-net header, then the frame.
         let (frame, header) = transmitFrame(settings)
         let packet = header.bytes(length: 12) + frame
-        try verifySegmentation(settings, tapName: tapName, into: &result) {
+        try verifySegmentation(settings, frameLength: frame.count, tapName: tapName, into: &result) {
             let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }
             guard n == packet.count else { throw VhostError.system(call: "write", detail: "a TSO superframe to \(tapName)", errno: Errno(rawValue: errno)) }
         }

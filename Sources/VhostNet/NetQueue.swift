@@ -188,7 +188,8 @@ public struct NetQueue: ~Copyable {
     /// Waits until `wanted` entries are used (in interrupt mode; one in poll mode), at most
     /// `milliseconds`, or `maxDelayMilliseconds` when that is shorter; true when any is used.
     mutating func waitForUsed(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> Bool {
-        if driver.broken != nil || driver.usedPending >= wanted { return true }
+        let wanted = mode == .interrupt ? wanted : 1
+        if driver.isBroken || driver.usedPending >= wanted { return true }
         collectRingErrors()
         switch mode {
         case .interrupt:

@@ -43,11 +43,8 @@ public struct ReceiveQueue: ~Copyable {
     public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         var received = 0
-        let wanted = mode == .interrupt ? coalescing?.frames ?? 1 : 1
-        if queue.driver.usedPending < wanted {
-            _ = queue.waitForUsed(mode: mode, milliseconds: milliseconds, wanted: wanted,
-                                  maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
-        }
+        _ = queue.waitForUsed(mode: mode, milliseconds: milliseconds, wanted: coalescing?.frames ?? 1,
+                              maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
         let headerLength = queue.headerLength
         while received < limit, let used = try queue.nextUsed() {
             let head = UInt16(used.id)

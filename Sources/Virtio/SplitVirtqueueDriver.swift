@@ -78,7 +78,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     @usableFromInline var _broken: RingViolation?
     public var broken: RingViolation? { _broken }
     /// `broken != nil`, as one byte for the hot path.
-    @usableFromInline var isBroken = false
+    public internal(set) var isBroken = false
     @usableFromInline var interruptsSuppressed = false
 
     /// Entries in the ring.
@@ -461,6 +461,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     }
 
     /// Used entries the device has published that `nextUsed` has not returned yet.
+    @inlinable
     public var usedPending: UInt16 {
         // SAFETY: acquire pairs with the device's release store of used->idx.
         ring.usedIndex.pointee.load(ordering: .acquiring) &- _lastUsedIndex

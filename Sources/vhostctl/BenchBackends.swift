@@ -127,12 +127,6 @@ struct BenchBackends: ParsableCommand {
         try check("batch", batch, batches, known: "frame counts from 1 to 1024")
         try check("busyloop-timeout", busyloopTimeout, busyloops, known: "microseconds")
         try check("rx-coalesce", receiveCoalesce, coalescings, known: "frame counts (0: off)")
-        if coalescings.contains(where: { $0 > 0 }) {
-            guard !eventIndexes.contains(false) else { throw ValidationError("--rx-coalesce needs --event-idx on: it sets used_event ahead, which only EVENT_IDX has") }
-            if let size = queueSizes.min(), let frames = coalescings.max(), Int(frames) > Int(size) / 2 {
-                throw ValidationError("--rx-coalesce \(frames): at most half the smallest ring (\(size / 2)), so that enough buffers are posted to reach it")
-            }
-        }
         try check("worker-cpu", workerCPU, workerCPUs, known: "CPU numbers or none")
         for size in batches where !(1...1024).contains(size) { throw ValidationError("--batch \(size): use 1 to 1024") }
         for size in frameSizes where !(60...BenchSettings.largestSegmentationFrame).contains(size) {
@@ -148,10 +142,17 @@ struct BenchBackends: ParsableCommand {
         for size in queueSizes where !(64...32768).contains(size) || size & (size - 1) != 0 {
             throw ValidationError("--queue-size \(size): a power of 2 from 64 to 32768 (vhost.c vhost_vring_set_num)")
         }
-        // Each pair holds a buffer per descriptor in both rings, each big enough for the frame.
-        let memory = 2 * Int(queueSizes.max()!) * (12 + max(2048 - 12, frameSizes.max()!)) * queuePairCounts.max()!
-        guard memory <= 2 << 30 else {
-            throw ValidationError("--queue-size \(queueSizes.max()!) with \(frameSizes.max()!)-byte frames and \(queuePairCounts.max()!) queue pairs needs \(memory >> 20) MiB of guest memory; use a smaller ring, frame or pair count (at most 2 GiB)")
+        do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
+        // Every vhost combination against the queue pair's own rules (ring size, EVENT_IDX for
+        // --rx-coalesce, …), so a bad one fails now, not in the middle of a run; and the guest
+        // memory it needs: a buffer per descriptor in both rings of every pair.
+        for c in combinations() where c.backend == .vhost {
+            let config = BackendComparison.configuration(c, tapName: tap)
+            do { try config.validate() } catch { throw ValidationError("\(BenchBackends.describe(c)): \(error)") }
+            let memory = 2 * Int(c.queueSize) * config.bufferSize * c.queuePairs
+            guard memory <= 2 << 30 else {
+                throw ValidationError("--queue-size \(c.queueSize) with \(c.frameSize)-byte frames and \(c.queuePairs) queue pairs needs \(memory >> 20) MiB of guest memory; use a smaller ring, frame or pair count (at most 2 GiB)")
+            }
         }
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard seconds > 0 && seconds <= 60, warmup >= 0 && warmup <= 60 else { throw ValidationError("--seconds takes more than 0 to 60, --warmup 0 to 60") }
@@ -162,7 +163,6 @@ struct BenchBackends: ParsableCommand {
         for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
-        do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
         for path in [json, csv, svg].compactMap({ $0 }) {
             if let problem = OutputFile.problem(path) { throw ValidationError(problem) }
         }
