@@ -66,8 +66,10 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     @usableFromInline var _availIndexShadow: UInt16 = 0
     public var availIndexShadow: UInt16 { _availIndexShadow }
     /// Entries added since the last `publish()`.
-    @usableFromInline var _addedSincePublish: UInt16 = 0
-    public var addedSincePublish: UInt16 { _addedSincePublish }
+    public var addedSincePublish: UInt16 { _availIndexShadow &- _publishedAvailIndex }
+    /// The avail index the last `publish()` stored: adding a chain moves only the shadow (one
+    /// store a frame, and no 32-bit load over two 16-bit stores, which stalls store forwarding).
+    @usableFromInline var _publishedAvailIndex: UInt16 = 0
     /// Chains completed implicitly by an IN_ORDER batch (no used entry of their own).
     public private(set) var completedInBatch: UInt64 = 0
     /// The next used index to reap (`last_used_idx`).
@@ -78,8 +80,16 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     @usableFromInline var _broken: RingViolation?
     public var broken: RingViolation? { _broken }
     /// `broken != nil`, as one byte for the hot path.
-    public internal(set) var isBroken = false
-    @usableFromInline var interruptsSuppressed = false
+    public internal(set) var isBroken = false {
+        didSet { reapsSlowly = inOrder || isBroken }
+    }
+    @usableFromInline var interruptsSuppressed = false {
+        didSet { requestsEveryInterrupt = eventIndex && !interruptsSuppressed }
+    }
+    /// `inOrder || isBroken`: the one byte `nextUsed` tests before its fast path.
+    @usableFromInline var reapsSlowly: Bool
+    /// `eventIndex && !interruptsSuppressed`: whether each reap moves used_event on.
+    @usableFromInline var requestsEveryInterrupt: Bool
 
     /// Entries in the ring.
     public var queueSize: UInt16 { ring.queueSize }
@@ -105,6 +115,8 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         self.ring = ring
         self.eventIndex = eventIndex
         self.inOrder = inOrder
+        reapsSlowly = inOrder
+        requestsEveryInterrupt = eventIndex
         let n = Int(ring.queueSize)
         ring.reset()
         // A circle: with IN_ORDER the driver must use descriptors in ring order, wrapping at the
@@ -116,6 +128,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         freeHead = inOrder ? startIndex & (ring.queueSize &- 1) : 0
         _freeCount = n
         _availIndexShadow = startIndex
+        _publishedAvailIndex = startIndex
         _lastUsedIndex = startIndex
         // SAFETY: the indices live in the ring's memory, which its owner keeps alive; nothing
         // runs on the other side before the device is attached to this reset ring.
@@ -235,16 +248,15 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         // not use it until publish()'s release store.
         ring.setAvailEntry(_availIndexShadow, head: head)
         _availIndexShadow &+= 1
-        _addedSincePublish &+= 1
     }
 
     /// Makes the added chains visible (`avail->idx` release store) and says whether the device
     /// wants a kick (virtio_ring.c virtqueue_kick_prepare_split).
     @inlinable
     public mutating func publish() -> Bool {
-        let old = _availIndexShadow &- _addedSincePublish
+        let old = _publishedAvailIndex
         let new = _availIndexShadow
-        _addedSincePublish = 0
+        _publishedAvailIndex = new
         // SAFETY: release: the descriptors and avail slots written above are visible to a device
         // that loads this index with acquire.
         ring.availIndex.pointee.store(new, ordering: .releasing)
@@ -284,20 +296,20 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// check it against the buffer (virtio_net does: "rx error: len %u exceeds truesize").
     @inlinable @inline(__always)
     public mutating func nextUsed() throws(RingViolation) -> UsedElement? {
-        if _slowPath(isBroken) { throw _broken! }
+        // One byte for both ways off the fast path: a broken driver, and IN_ORDER's batches.
+        if _slowPath(reapsSlowly) { return try nextUsedSlowly() }
         // SAFETY: acquire pairs with the device's release store: every used entry below
         // `deviceIndex` was written before it.
         let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
         guard deviceIndex != _lastUsedIndex else { return nil }
-        if _slowPath(inOrder) { return try nextUsedInOrder(deviceIndex) }
         // SAFETY: a slot of the used ring; it was published (so the read is ordered by the
         // acquire above) unless used->idx ran ahead, which the check below refuses.
         let element = ring.usedEntry(_lastUsedIndex)
         let head = UInt16(truncatingIfNeeded: element.id)
         // The rules, checked at once on the hot path; which one broke is found out in the cold one.
-        guard _fastPath(deviceIndex &- _lastUsedIndex <= _availIndexShadow &- _addedSincePublish &- _lastUsedIndex
+        guard _fastPath(deviceIndex &- _lastUsedIndex <= _publishedAvailIndex &- _lastUsedIndex
                         && element.id < UInt32(queueSize) && chains.count(head) != 0
-                        && (_addedSincePublish == 0 || !isUnpublished(head))) else {
+                        && (_availIndexShadow == _publishedAvailIndex || !isUnpublished(head))) else {
             throw violation(deviceIndex: deviceIndex, element: element)
         }
         _lastUsedIndex &+= 1
@@ -311,7 +323,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     @usableFromInline @inline(never)
     mutating func violation(deviceIndex: UInt16, element: UsedElement) -> RingViolation {
         let outstanding = deviceIndex &- _lastUsedIndex
-        let given = _availIndexShadow &- _addedSincePublish &- _lastUsedIndex
+        let given = _publishedAvailIndex &- _lastUsedIndex
         if outstanding > given {
             return fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(_lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
         }
@@ -324,11 +336,20 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         return fail("used id \(element.id) at used index \(_lastUsedIndex) was added but never published", deviceIndex)
     }
 
-    /// `nextUsed` with IN_ORDER: one entry may complete a batch (see `lastBatch`).
+    /// `nextUsed` off its fast path: throws once the driver is broken, else reaps with IN_ORDER.
     @usableFromInline @inline(never)
+    mutating func nextUsedSlowly() throws(RingViolation) -> UsedElement? {
+        if isBroken { throw _broken! }
+        // SAFETY: as in nextUsed.
+        let deviceIndex = ring.usedIndex.pointee.load(ordering: .acquiring)
+        guard deviceIndex != _lastUsedIndex else { return nil }
+        return try nextUsedInOrder(deviceIndex)
+    }
+
+    /// `nextUsed` with IN_ORDER: one entry may complete a batch (see `lastBatch`).
     mutating func nextUsedInOrder(_ deviceIndex: UInt16) throws(RingViolation) -> UsedElement {
         let outstanding = deviceIndex &- _lastUsedIndex
-        let given = _availIndexShadow &- _addedSincePublish &- _lastUsedIndex
+        let given = _publishedAvailIndex &- _lastUsedIndex
         if outstanding > given {
             throw fail("used->idx \(deviceIndex) is \(outstanding) entries past used index \(_lastUsedIndex), but only \(given) chains are available to the device", deviceIndex)
         }
@@ -348,7 +369,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
         lastBatch.removeAll(keepingCapacity: true)
         for done in inOrderHeads[inOrderStart...position] {
             lastBatch.append(done)
-            freeChain(done)
+            freeChainInOrder(done)
         }
         inOrderStart = position + 1
         if lastBatch.count > 1 { completedInBatch &+= UInt64(lastBatch.count - 1) }
@@ -364,7 +385,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// With EVENT_IDX, keeps asking for an interrupt at the next entry (virtqueue_get_buf_ctx_split).
     @inlinable @inline(__always)
     func requestNextInterrupt() {
-        if eventIndex && !interruptsSuppressed {
+        if requestsEveryInterrupt {
             // SAFETY: used_event is an Atomic<UInt16> the driver owns; release orders it after
             // our reads of the used entries.
             ring.usedEvent.pointee.store(_lastUsedIndex, ordering: .releasing)
@@ -399,26 +420,28 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// `nextUsed` calls it only when chains were added after the last publish.
     @usableFromInline @inline(never)
     func isUnpublished(_ head: UInt16) -> Bool {
-        let published = _availIndexShadow &- _addedSincePublish
-        for offset in 0..<_addedSincePublish where ring.availEntry(published &+ offset) == head { return true }
+        for offset in 0..<addedSincePublish where ring.availEntry(_publishedAvailIndex &+ offset) == head { return true }
         return false
     }
 
+    /// Returns an IN_ORDER chain: chains complete oldest first, so the free part of the circle
+    /// stays contiguous behind `freeHead` and there is nothing to relink.
+    mutating func freeChainInOrder(_ head: UInt16) {
+        _freeCount &+= Int(chains.count(head))
+        chains.setCount(head, 0)
+    }
+
+    /// Puts a chain's descriptors back on the free list, head first (not IN_ORDER: `nextUsed`'s
+    /// fast path, which knows it).
     @inlinable @inline(__always)
     mutating func freeChain(_ head: UInt16) {
         let count = Int(chains.count(head))
         chains.setCount(head, 0)
-        if inOrder {
-            // Chains complete oldest first, so the free part of the circle stays contiguous
-            // behind `freeHead`: nothing to relink.
-            _freeCount += count
-            return
-        }
         var tail = head
         for _ in 1..<max(count, 1) { tail = chains.next(tail) }
         chains.setNext(tail, freeHead)
         freeHead = head
-        _freeCount += count
+        _freeCount &+= count
     }
 
     /// Asks the device not to interrupt (virtqueue_disable_cb_split).

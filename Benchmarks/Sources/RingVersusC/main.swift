@@ -120,7 +120,7 @@ func swiftLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
         if driver.publish() { outcome.kicks += 1 }
         guard cring_device_run(&device) >= 0 else { return outcome }
         do {
-            while try driver.nextUsed() != nil { outcome.reaped += 1 }
+            while try driver.nextUsed() != nil { outcome.reaped &+= 1 }  // as C's reaped++
         } catch {
             return outcome
         }
