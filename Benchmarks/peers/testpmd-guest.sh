@@ -55,6 +55,13 @@ testpmd() {
     tpid=$(testpmd_pid)
     i=0; while [ $i -lt 100 ] && ! pin_worker "$tpid"; do sleep 0.1; i=$((i + 1)); done
     [ $i -lt 100 ] || echo "peer: the vhost worker of testpmd ($tpid) was not found to pin"
+    # pktgen stops for good on a device without carrier ("odev not running"): wait until
+    # virtio-user has started the port (the tap's carrier comes on when vhost attaches it) and
+    # testpmd forwards, else a run can move nothing (seen on 6.1: 0 and 1 frames in a trial).
+    i=0; while [ $i -lt 600 ] && ! { [ "$(cat /sys/class/net/$tap/carrier 2>/dev/null)" = 1 ] && grep -q "packet forwarding" /tmp/testpmd.log; }; do
+        sleep 0.1; i=$((i + 1))
+    done
+    [ $i -lt 600 ] || echo "peer: testpmd did not start forwarding on $tap within 60 s"
     [ "$mode" = rxonly ] && pktgen_start $tap
     sleep 1  # warm-up
     if [ "$mode" = txonly ]; then counter=rx_packets; else counter=tx_packets; fi
@@ -86,7 +93,8 @@ vhostctl_run() {
 import json, sys
 x = json.load(open("/tmp/v.json"))["results"][0]; t = x["trials"][0]
 far = t["tx_counted_by_tap"] if sys.argv[1] == "tx" else t["rx_tap_passed"]
-print("vhostctl-%s %d %.0f %.0f" % (sys.argv[2], far / t["seconds"], x["driver_ns_per_frame_median"], x.get("worker_ns_per_frame_median", 0)))' \
+print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["driver_ns_per_frame_median"], x.get("worker_ns_per_frame_median", 0),
+      x.get("calls_per_frame_median", 0)))' \
         "$scenario" "$name" >>"$results"
 }
 
@@ -113,15 +121,16 @@ cpu = {}
 for line in open(sys.argv[1]):
     f = line.split()
     runs.setdefault(f[0], []).append(int(f[1]))
-    if len(f) == 4: cpu.setdefault(f[0], []).append((float(f[2]), float(f[3])))
+    if len(f) >= 5: cpu.setdefault(f[0], []).append((float(f[2]), float(f[3]), float(f[4])))
 med = {k: statistics.median(v) for k, v in runs.items()}
-print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | driver/worker |")
-print("|---|---|---|---|---|---|---|")
+print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | driver/worker | calls/frame |")
+print("|---|---|---|---|---|---|---|---|")
 for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll"]:
     if k not in runs: continue
     base = med["testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"]
-    d = w = "-"; share = "-"
+    d = w = c = "-"; share = "-"
     if k in cpu:
         dm = statistics.median(c[0] for c in cpu[k]); wm = statistics.median(c[1] for c in cpu[k])
         d, w = "%.0f" % dm, "%.0f" % wm; share = "%.2f×" % (dm / wm) if wm > 0 else "-"
-    print("| %s | %d | %d–%d | %s | %s | %s | %s |" % (k, med[k], min(runs[k]), max(runs[k]), "%.2f×" % (med[k] / base) if base else "-", d, w, share))' "$results"
+        c = "%.3f" % statistics.median(c[2] for c in cpu[k])
+    print("| %s | %d | %d–%d | %s | %s | %s | %s | %s |" % (k, med[k], min(runs[k]), max(runs[k]), "%.2f×" % (med[k] / base) if base else "-", d, w, share, c))' "$results"

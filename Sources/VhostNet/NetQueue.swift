@@ -135,6 +135,21 @@ public struct NetQueue: ~Copyable {
         }
     }
 
+    /// Puts a device-writable chain on every free head (RX; virtio_net try_fill_recv), without
+    /// publishing. With the header inline each chain is one descriptor over the head's buffer:
+    /// that loop is written out here, since it runs once per received frame.
+    mutating func fillWithReceiveBuffers() {
+        guard layout == .inline && ringObserver == nil else {
+            while canAddChain, addChain(frameLength: frameCapacity, deviceWritable: true) != nil {}
+            return
+        }
+        let length = UInt32(memory.buffers[0].length)
+        while let head = driver.nextFreeHead {
+            let buffer = memory.buffers[Int(head)]
+            _ = driver.add(BufferSegment(address: buffer.guestAddress.rawValue &+ addressOffset, length: length, deviceWritable: true))
+        }
+    }
+
     /// Reaps one used entry; a protocol violation marks the queue broken and throws. Always
     /// inlined: every TX and RX frame is reaped here (12% of the TX driver's samples as a call).
     @inline(__always)
@@ -187,21 +202,29 @@ public struct NetQueue: ~Copyable {
 
     /// Waits until `wanted` entries are used (in interrupt mode; one in poll mode), at most
     /// `milliseconds`, or `maxDelayMilliseconds` when that is shorter; true when any is used.
+    /// A ring error the device signals meanwhile is counted (`counters.ringErrors`): in
+    /// interrupt mode the error eventfd is watched in the same poll(2) as the call eventfd.
     mutating func waitForUsed(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> Bool {
         let wanted = mode == .interrupt ? wanted : 1
         if driver.isBroken || driver.usedPending >= wanted { return true }
-        collectRingErrors()
         switch mode {
         case .interrupt:
             defer { driver.disableInterrupts() }
             if driver.enableInterrupts(after: wanted) { return true }
-            guard call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds)) != nil else { return driver.hasUsed() }
+            guard let wakeup = call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds), orErrorsOn: error) else {
+                return driver.hasUsed()
+            }
+            if let errors = wakeup.errors { counters.ringErrors += errors }
+            guard wakeup.calls != nil else { return driver.hasUsed() }
             counters.calls += 1
             return true
         case .poll:
-            let deadline = MonotonicClock.milliseconds() + Int(milliseconds)
+            // Spinning costs the whole CPU by design; one read(2) of the error eventfd per wait is
+            // nothing beside it.
+            collectRingErrors()
+            let deadline = MonotonicClock.coarseMilliseconds() + Int(milliseconds)
             while !driver.hasUsed() {
-                if MonotonicClock.milliseconds() >= deadline { return false }
+                if MonotonicClock.coarseMilliseconds() >= deadline { return false }
             }
             return true
         }

@@ -1,10 +1,15 @@
 import Vhost
 import Virtio
 
-/// A received frame: the virtio-net header and the frame bytes (valid only during the callback).
+/// A received frame: the virtio-net header and the frame bytes, both valid only during the
+/// callback (the buffers are posted again after it).
 public struct ReceivedFrame {
-    public var header: VirtioNetHeader
+    /// The header as the device wrote it, read when asked for: a handler that never looks at it
+    /// (a counting benchmark) pays nothing for it.
+    public var header: VirtioNetHeader { VirtioNetHeader(reading: headerBytes, length: headerLength) }
     public var frame: UnsafeRawBufferPointer
+    let headerBytes: UnsafeRawPointer
+    let headerLength: Int
 }
 
 /// The RX vring: frames from the device to this driver. It owns its buffers, header length and
@@ -15,7 +20,11 @@ public struct ReceiveQueue: ~Copyable {
     let mergeable: Bool
     private var reassembly: [UInt8] = []
 
+    /// Every frame is one used entry of one chain (neither MRG_RXBUF nor IN_ORDER): the fast path.
+    private let oneChainPerFrame: Bool
+
     init(_ queue: consuming NetQueue, mergeable: Bool) {
+        oneChainPerFrame = !mergeable && !queue.driver.inOrder
         self.queue = queue
         self.mergeable = mergeable
     }
@@ -29,8 +38,7 @@ public struct ReceiveQueue: ~Copyable {
     /// Fills every free descriptor with a device-writable buffer (virtio_net try_fill_recv),
     /// publishes, and kicks when the device asks.
     public mutating func refill() {
-        let capacity = queue.frameCapacity
-        while queue.canAddChain, queue.addChain(frameLength: capacity, deviceWritable: true) != nil {}
+        queue.fillWithReceiveBuffers()
         queue.publishAndKick()
     }
 
@@ -42,59 +50,83 @@ public struct ReceiveQueue: ~Copyable {
     /// delay (at most `milliseconds`) passed.
     public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
-        var received = 0
         _ = queue.waitForUsed(mode: mode, milliseconds: milliseconds, wanted: coalescing?.frames ?? 1,
                               maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
         let headerLength = queue.headerLength
+        let capacity = queue.frameCapacity
+        // Counted here and added once: the counters are not touched per frame.
+        var received = 0, bytes = 0, drops = 0
+        defer {
+            queue.counters.frames &+= UInt64(received)
+            queue.counters.bytes &+= UInt64(bytes)
+            queue.counters.drops &+= UInt64(drops)
+        }
         while received < limit, let used = try queue.nextUsed() {
-            let head = UInt16(used.id)
+            let head = UInt16(truncatingIfNeeded: used.id)
             let length = Int(used.length)
-            let capacity = queue.frameCapacity
-            let inOrderBatch = queue.driver.inOrder ? queue.driver.lastBatch : []
-            guard length >= headerLength || inOrderBatch.count > 1 else {
-                queue.counters.drops += 1
+            if _fastPath(oneChainPerFrame) {
+                // The device's length is not trusted: it must hold a header and fit the buffer
+                // (virtio_net receive_buf: "rx error: len %u exceeds truesize").
+                guard length >= headerLength && length - headerLength <= capacity else { drops += 1; continue }
+                // SAFETY: the device wrote this buffer before it published used->idx (release),
+                // which nextUsed read with an acquire load; the chain is ours again until refilled.
+                handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength),
+                                      headerBytes: queue.headerPointer(head), headerLength: headerLength))
+                bytes += length - headerLength
+                received += 1
                 continue
             }
-            // SAFETY: the device wrote these buffers before it published used->idx (release),
-            // which nextUsed read with an acquire load; the chains are ours again until refilled.
-            let header = VirtioNetHeader(reading: queue.headerPointer(inOrderBatch.first ?? head), length: headerLength)
-            let buffers = mergeable ? Int(header.numBuffers) : 1
-            if inOrderBatch.count <= 1 && buffers <= 1 {
-                guard length - headerLength <= capacity else { queue.counters.drops += 1; continue }
-                let frame = UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength)
-                handler(ReceivedFrame(header: header, frame: frame))
-                queue.counters.bytes += UInt64(frame.count)
-            } else {
-                // A frame in several buffers: (head, bytes written) of each, in order.
-                var pieces: [(UInt16, Int)] = []
-                if inOrderBatch.count > 1 {
-                    // IN_ORDER: one used entry for the whole packet (net.c get_rx_bufs: id of the
-                    // last buffer, nheads = buffers); the buffers are filled in order, each to
-                    // capacity but the last, and the entry's length is what the last one holds.
-                    let full = queue.chainCapacity
-                    pieces = inOrderBatch.enumerated().map { ($1, $0 == inOrderBatch.count - 1 ? length : full) }
-                } else {
-                    // MRG_RXBUF (net.c handle_rx): a frame's buffers are added with one
-                    // vhost_add_used_n, so they are all visible once the first is.
-                    pieces = [(head, length)]
-                    for _ in 1..<buffers {
-                        guard let more = try queue.nextUsed() else { break }
-                        pieces.append((UInt16(more.id), Int(more.length)))
-                    }
-                    guard pieces.count == buffers else { queue.counters.drops += 1; continue }
-                }
-                reassembly.removeAll(keepingCapacity: true)
-                for (h, n) in pieces { queue.appendChainBytes(head: h, length: n, to: &reassembly) }
-                reassembly.removeFirst(min(headerLength, reassembly.count))
-                queue.counters.mergedFrames += 1
-                reassembly.withUnsafeBytes { handler(ReceivedFrame(header: header, frame: $0)) }
-                queue.counters.bytes += UInt64(reassembly.count)
+            guard let frameBytes = try receiveSpanning(head: head, length: length, headerLength: headerLength, capacity: capacity, handler: handler) else {
+                drops += 1
+                continue
             }
-            queue.counters.frames += 1
+            bytes += frameBytes
             received += 1
         }
         refill()
         return received
+    }
+
+    /// A frame that may span several chains (MRG_RXBUF, IN_ORDER): reassembled, then handed to
+    /// `handler`. Returns its length, or nil when it is dropped as malformed.
+    private mutating func receiveSpanning(head: UInt16, length: Int, headerLength: Int, capacity: Int,
+                                          handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int? {
+        let inOrderBatch = queue.driver.inOrder ? queue.driver.lastBatch : []
+        guard length >= headerLength || inOrderBatch.count > 1 else { return nil }
+        // SAFETY: as in receive: the device wrote the buffers before publishing used->idx.
+        let headerBytes = UnsafeRawPointer(queue.headerPointer(inOrderBatch.first ?? head))
+        let buffers = mergeable ? Int(VirtioNetHeader(reading: headerBytes, length: headerLength).numBuffers) : 1
+        if inOrderBatch.count <= 1 && buffers <= 1 {
+            guard length - headerLength <= capacity else { return nil }
+            handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength),
+                                  headerBytes: headerBytes, headerLength: headerLength))
+            return length - headerLength
+        }
+        // A frame in several buffers: (head, bytes written) of each, in order.
+        var pieces: [(UInt16, Int)] = []
+        if inOrderBatch.count > 1 {
+            // IN_ORDER: one used entry for the whole packet (net.c get_rx_bufs: id of the
+            // last buffer, nheads = buffers); the buffers are filled in order, each to
+            // capacity but the last, and the entry's length is what the last one holds.
+            let full = queue.chainCapacity
+            pieces = inOrderBatch.enumerated().map { ($1, $0 == inOrderBatch.count - 1 ? length : full) }
+        } else {
+            // MRG_RXBUF (net.c handle_rx): a frame's buffers are added with one
+            // vhost_add_used_n, so they are all visible once the first is.
+            pieces = [(head, length)]
+            for _ in 1..<buffers {
+                guard let more = try queue.nextUsed() else { break }
+                pieces.append((UInt16(more.id), Int(more.length)))
+            }
+            guard pieces.count == buffers else { return nil }
+        }
+        reassembly.removeAll(keepingCapacity: true)
+        for (h, n) in pieces { queue.appendChainBytes(head: h, length: n, to: &reassembly) }
+        reassembly.removeFirst(min(headerLength, reassembly.count))
+        queue.counters.mergedFrames += 1
+        // The header stays where the device wrote it (the first buffer, not yet refilled).
+        reassembly.withUnsafeBytes { handler(ReceivedFrame(frame: $0, headerBytes: headerBytes, headerLength: headerLength)) }
+        return reassembly.count
     }
 
     /// Prepares to sleep until RX work arrives: re-enables interrupts and re-checks the used

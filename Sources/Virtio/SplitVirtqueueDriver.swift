@@ -153,7 +153,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
 
     /// Places a one-descriptor chain on the ring, as `add(_:)` does for a collection of one:
     /// the hot path of a frame in one buffer (TX with the header inline, every RX buffer).
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func add(_ segment: BufferSegment) -> UInt16? {
         guard _freeCount >= 1 else { return nil }
         let head = freeHead
