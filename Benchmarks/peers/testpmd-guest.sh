@@ -83,7 +83,7 @@ testpmd() {
 # (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
 vhostctl_run() {
     scenario=$1 mode=${2%%+*} coalesce=0 name=$1-$2
-    # MODE+N: RX interrupt coalescing of N frames (--rx-coalesce).
+    # MODE+N: RX interrupt coalescing of N frames, or adaptive (auto) (--rx-coalesce; without it, 0: off).
     case $2 in *+*) coalesce=${2#*+} ;; esac
     if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" --frame-size "$size" --trials 1 \
             --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json /tmp/v.json >/tmp/v.log 2>&1; then
@@ -98,7 +98,7 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
         "$scenario" "$name" >>"$results"
 }
 
-runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+64 vhostctl:rx:poll"
+runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+auto vhostctl:rx:interrupt+64 vhostctl:rx:poll"
 count=$(echo $runs | wc -w)
 echo "peer: kernel $(uname -r), $trials interleaved trials of $seconds s, $size-byte frames; worker on CPU 0, driver on CPU 1"
 t=0
@@ -125,7 +125,7 @@ for line in open(sys.argv[1]):
 med = {k: statistics.median(v) for k, v in runs.items()}
 print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | driver/worker | calls/frame |")
 print("|---|---|---|---|---|---|---|---|")
-for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll"]:
+for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+auto", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll"]:
     if k not in runs: continue
     base = med["testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"]
     d = w = c = "-"; share = "-"

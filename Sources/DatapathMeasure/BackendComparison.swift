@@ -36,6 +36,41 @@ public enum BenchScenario: String, CaseIterable, Sendable {
     public var isRoundTrip: Bool { self == .ping || self == .udpRR }
 }
 
+/// `vhostctl bench backends --rx-coalesce`: how the vhost driver waits for RX frames.
+public enum ReceiveCoalescingSetting: Sendable, Equatable, CustomStringConvertible {
+    /// Wake on the first used frame.
+    case off
+    /// Wake when this many frames are used, or after 1 ms (EVENT_IDX, interrupt mode).
+    case frames(UInt16)
+    /// Adaptive (`ReceiveCoalescing.adaptive`), up to a quarter of the ring, where it applies:
+    /// interrupt mode with EVENT_IDX. Elsewhere the driver wakes on the first frame.
+    case adaptive
+
+    /// "0" (off), a frame count, or "auto".
+    public init?(_ text: String) {
+        if text == "auto" { self = .adaptive; return }
+        guard let frames = UInt16(text) else { return nil }
+        self = frames == 0 ? .off : .frames(frames)
+    }
+
+    public var description: String {
+        switch self {
+        case .off: "0"
+        case .frames(let n): "\(n)"
+        case .adaptive: "auto"
+        }
+    }
+
+    /// The queue pair's setting for a ring of `queueSize` in `mode`.
+    public func coalescing(queueSize: UInt16, eventIndex: Bool, mode: NotificationMode) -> ReceiveCoalescing? {
+        switch self {
+        case .off: nil
+        case .frames(let n): ReceiveCoalescing(frames: n, maxDelayMilliseconds: 1)
+        case .adaptive: eventIndex && mode == .interrupt ? ReceiveCoalescing(frames: max(1, queueSize / 4), maxDelayMilliseconds: 1, adaptive: true) : nil
+        }
+    }
+}
+
 /// One measurement's settings.
 public struct BenchSettings: Sendable, Equatable {
     public var backend: BenchBackend
@@ -57,9 +92,8 @@ public struct BenchSettings: Sendable, Equatable {
     /// Queue pairs, each on its own queue of an IFF_MULTI_QUEUE tap and driven by its own
     /// thread: a vhost device (and worker) per pair, or a tap fd per pair on the userspace path.
     public var queuePairs: Int = 1
-    /// RX interrupt coalescing on vhost: wake on this many used frames or after 1 ms (0: off,
-    /// wake on the first). Needs EVENT_IDX.
-    public var receiveCoalesceFrames: UInt16 = 0
+    /// RX interrupt coalescing on vhost (interrupt mode).
+    public var receiveCoalescing: ReceiveCoalescingSetting = .off
 
     /// The largest frame sent as one plain Ethernet frame (a jumbo frame; the tap's MTU is
     /// raised to carry it). Larger sizes are TCP superframes for TSO.
@@ -388,7 +422,7 @@ public enum BackendComparison {
         config.notificationMode = settings.mode
         config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
         config.multiQueueTap = settings.queuePairs > 1
-        if settings.receiveCoalesceFrames > 0 { config.receiveCoalescing = ReceiveCoalescing(frames: settings.receiveCoalesceFrames, maxDelayMilliseconds: 1) }
+        config.receiveCoalescing = settings.receiveCoalescing.coalescing(queueSize: settings.queueSize, eventIndex: settings.eventIndex, mode: settings.mode)
         return config
     }
 

@@ -202,31 +202,49 @@ public struct NetQueue: ~Copyable {
 
     /// Waits until `wanted` entries are used (in interrupt mode; one in poll mode), at most
     /// `milliseconds`, or `maxDelayMilliseconds` when that is shorter; true when any is used.
-    /// A ring error the device signals meanwhile is counted (`counters.ringErrors`): in
-    /// interrupt mode the error eventfd is watched in the same poll(2) as the call eventfd.
     mutating func waitForUsed(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> Bool {
+        switch wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: maxDelayMilliseconds) {
+        case .ready, .signalled: true
+        case .timedOut: driver.hasUsed()
+        }
+    }
+
+    /// How a wait for used entries ended.
+    enum WaitOutcome {
+        /// Enough entries were used (or the driver is broken) without sleeping.
+        case ready
+        /// The device signalled the call eventfd (interrupt mode) or an entry was used (poll mode).
+        case signalled
+        /// The time (or the coalescing delay) passed first.
+        case timedOut
+    }
+
+    /// `waitForUsed`, saying how the wait ended. A ring error the device signals meanwhile is
+    /// counted (`counters.ringErrors`): in interrupt mode the error eventfd is watched in the
+    /// same poll(2) as the call eventfd.
+    mutating func wait(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> WaitOutcome {
         let wanted = mode == .interrupt ? wanted : 1
-        if driver.isBroken || driver.usedPending >= wanted { return true }
+        if driver.isBroken || driver.usedPending >= wanted { return .ready }
         switch mode {
         case .interrupt:
             defer { driver.disableInterrupts() }
-            if driver.enableInterrupts(after: wanted) { return true }
+            if driver.enableInterrupts(after: wanted) { return .ready }
             guard let wakeup = call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds), orErrorsOn: error) else {
-                return driver.hasUsed()
+                return .timedOut
             }
             if let errors = wakeup.errors { counters.ringErrors += errors }
-            guard wakeup.calls != nil else { return driver.hasUsed() }
+            guard wakeup.calls != nil else { return .timedOut }
             counters.calls += 1
-            return true
+            return .signalled
         case .poll:
             // Spinning costs the whole CPU by design; one read(2) of the error eventfd per wait is
             // nothing beside it.
             collectRingErrors()
             let deadline = MonotonicClock.coarseMilliseconds() + Int(milliseconds)
             while !driver.hasUsed() {
-                if MonotonicClock.coarseMilliseconds() >= deadline { return false }
+                if MonotonicClock.coarseMilliseconds() >= deadline { return .timedOut }
             }
-            return true
+            return .signalled
         }
     }
 

@@ -22,6 +22,8 @@ public struct ReceiveQueue: ~Copyable {
 
     /// Every frame is one used entry of one chain (neither MRG_RXBUF nor IN_ORDER): the fast path.
     private let oneChainPerFrame: Bool
+    /// Adaptive coalescing's current threshold (see `ReceiveCoalescing`).
+    public private(set) var adaptiveThreshold: UInt16 = 1
 
     init(_ queue: consuming NetQueue, mergeable: Bool) {
         oneChainPerFrame = !mergeable && !queue.driver.inOrder
@@ -50,8 +52,9 @@ public struct ReceiveQueue: ~Copyable {
     /// delay (at most `milliseconds`) passed.
     public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
-        _ = queue.waitForUsed(mode: mode, milliseconds: milliseconds, wanted: coalescing?.frames ?? 1,
-                              maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
+        let wanted = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
+        let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
+        if let coalescing, coalescing.adaptive, mode == .interrupt { adapt(to: outcome, wanted: wanted, upTo: coalescing.frames) }
         let headerLength = queue.headerLength
         let capacity = queue.frameCapacity
         // Counted here and added once: the counters are not touched per frame.
@@ -85,6 +88,18 @@ public struct ReceiveQueue: ~Copyable {
         }
         refill()
         return received
+    }
+
+    /// Moves the adaptive threshold after a wait for `wanted` frames (see `ReceiveCoalescing`):
+    /// doubles when they were used within the delay (the stream is at least that fast), falls to
+    /// what the delay brought when it passed first, and to 1 when it brought none.
+    private mutating func adapt(to outcome: NetQueue.WaitOutcome, wanted: UInt16, upTo limit: UInt16) {
+        switch outcome {
+        case .ready, .signalled:
+            adaptiveThreshold = min(limit, wanted &* 2)
+        case .timedOut:
+            adaptiveThreshold = max(1, min(limit, queue.driver.usedPending))
+        }
     }
 
     /// A frame that may span several chains (MRG_RXBUF, IN_ORDER): reassembled, then handed to

@@ -6,12 +6,22 @@ import Virtio
 /// RX interrupt coalescing, as `ethtool -C rx-frames N rx-usecs T` sets on a NIC: the driver
 /// asks the device (through used_event) to signal only once `frames` frames are used, and
 /// sleeps at most `maxDelayMilliseconds` for them, so a sparse stream waits that long at worst.
+///
+/// Adaptive (`ethtool -C adaptive-rx on`): the threshold follows the rate, between 1 and
+/// `frames`. It doubles when that many frames were used within the delay, falls to what one
+/// delay brought when the delay passed first, and to 1 when a delay brought none. A frame after
+/// a delay's silence therefore wakes the driver at once, and a stream wakes it about once per
+/// delay (or per `frames` frames). A frame inside a stream waits the delay at most, so round
+/// trips one at a time, with replies closer together than the delay, should not use it.
 public struct ReceiveCoalescing: Sendable, Equatable {
     public var frames: UInt16
     public var maxDelayMilliseconds: Int32
-    public init(frames: UInt16, maxDelayMilliseconds: Int32 = 1) {
+    /// Adapt the threshold to the traffic, up to `frames`.
+    public var adaptive: Bool
+    public init(frames: UInt16, maxDelayMilliseconds: Int32 = 1, adaptive: Bool = false) {
         self.frames = frames
         self.maxDelayMilliseconds = maxDelayMilliseconds
+        self.adaptive = adaptive
     }
 }
 
@@ -319,6 +329,9 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
 
     public func takeReceiveSignals() -> UInt64? { receiveQueue.queue.call.consume() }
 
+    /// Adaptive RX coalescing's current frame threshold (1 when it is off or the traffic is sparse).
+    public var receiveAdaptiveThreshold: UInt16 { receiveQueue.adaptiveThreshold }
+
     public func withReceiveDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R { body(receiveQueue.driver) }
 
     /// Clears the RX call eventfd after a wake-up, counting the call.
@@ -486,6 +499,8 @@ public protocol QueuePairDatapath: AnyObject {
     /// Reads (and clears) the RX call eventfd without waiting: how many times the device signalled
     /// since it was last read, or nil for none. What the device did, not what the driver counted.
     func takeReceiveSignals() -> UInt64?
+    /// Adaptive RX coalescing's current frame threshold (1 when it is off or the traffic is sparse).
+    var receiveAdaptiveThreshold: UInt16 { get }
 }
 
 extension QueuePairDatapath {

@@ -53,8 +53,8 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
     var batch = "64"
 
-    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: sleep until this many frames are used or 1 ms passed (0: wake on the first frame). Needs --event-idx on and interrupt mode; at most half the ring.")
-    var receiveCoalesce = "0"
+    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to a quarter of the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).")
+    var receiveCoalesce = "auto"
 
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
     var busyloopTimeout = "0"
@@ -105,7 +105,7 @@ struct BenchBackends: ParsableCommand {
     var eventIndexes: [Bool] { BenchBackends.list(eventIndex).compactMap { $0 == "on" ? true : $0 == "off" ? false : nil } }
     var batches: [Int] { BenchBackends.list(batch).compactMap { Int($0) } }
     var busyloops: [UInt32] { BenchBackends.list(busyloopTimeout).compactMap { UInt32($0) } }
-    var coalescings: [UInt16] { BenchBackends.list(receiveCoalesce).compactMap { UInt16($0) } }
+    var coalescings: [ReceiveCoalescingSetting] { BenchBackends.list(receiveCoalesce).compactMap(ReceiveCoalescingSetting.init) }
     /// nil: not pinned.
     var workerCPUs: [Int?] { BenchBackends.list(workerCPU).compactMap { $0 == "none" ? .some(nil) : Int($0).map { .some($0) } } }
 
@@ -126,7 +126,7 @@ struct BenchBackends: ParsableCommand {
         try check("event-idx", eventIndex, eventIndexes, known: "on, off")
         try check("batch", batch, batches, known: "frame counts from 1 to 1024")
         try check("busyloop-timeout", busyloopTimeout, busyloops, known: "microseconds")
-        try check("rx-coalesce", receiveCoalesce, coalescings, known: "frame counts (0: off)")
+        try check("rx-coalesce", receiveCoalesce, coalescings, known: "auto, or frame counts (0: off)")
         try check("worker-cpu", workerCPU, workerCPUs, known: "CPU numbers or none")
         for size in batches where !(1...1024).contains(size) { throw ValidationError("--batch \(size): use 1 to 1024") }
         for size in frameSizes where !(60...BenchSettings.largestSegmentationFrame).contains(size) {
@@ -187,7 +187,7 @@ struct BenchBackends: ParsableCommand {
                     sweep(eventIndexes, appliesHere: vhost) { $0.eventIndex = $1 }
                     sweep(batches, appliesHere: !scenario.isRoundTrip) { $0.batch = $1 }
                     sweep(busyloops, appliesHere: vhost) { $0.busyloopMicroseconds = $1 }
-                    sweep(coalescings, appliesHere: vhost && scenario != .tx && !scenario.isRoundTrip) { $0.receiveCoalesceFrames = $1 }
+                    sweep(coalescings, appliesHere: vhost && scenario != .tx && !scenario.isRoundTrip) { $0.receiveCoalescing = $1 }
                     sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
                     sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
                     for i in partial.indices {
@@ -263,7 +263,14 @@ struct BenchBackends: ParsableCommand {
         "\(s.scenario.rawValue) \(s.backend.rawValue) \(s.frameSize) B" + (s.backend == .vhost ? " ring \(s.queueSize) \(s.mode.rawValue) event-idx \(s.eventIndex ? "on" : "off")" : "")
             + (s.scenario.isRoundTrip ? "" : " batch \(s.batch)") + (s.busyloopMicroseconds > 0 ? " busyloop \(s.busyloopMicroseconds) µs" : "")
             + (s.workerCPU.map { " worker on CPU \($0)" } ?? "") + (s.queuePairs > 1 ? " \(s.queuePairs) queue pairs" : "")
-            + (s.receiveCoalesceFrames > 0 ? " rx-coalesce \(s.receiveCoalesceFrames)" : "")
+            + BenchBackends.coalescingLabel(s)
+    }
+
+    /// " rx-coalesce N" or " rx-coalesce auto" where the setting applies to the run, else "".
+    static func coalescingLabel(_ s: BenchSettings) -> String {
+        guard s.backend == .vhost, s.scenario != .tx, !s.scenario.isRoundTrip,
+              s.receiveCoalescing.coalescing(queueSize: s.queueSize, eventIndex: s.eventIndex, mode: s.mode) != nil else { return "" }
+        return " rx-coalesce \(s.receiveCoalescing)"
     }
 
     func write(_ text: String, to path: String) throws {

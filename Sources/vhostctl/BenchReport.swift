@@ -157,7 +157,7 @@ struct BenchReport {
         }
         struct Result: Encodable {
             var scenario: String, backend: String, frameSize: Int, tso: Bool, queuePairs: Int
-            var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?, rxCoalesceFrames: Int
+            var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?, rxCoalesce: String
             var latencyNs: Latency?
             var pps: Spread, gbpsMedian: Double, ratioToBaseline: Double?
             var driverNsPerFrameMedian: Double, workerNsPerFrameMedian: Double?
@@ -182,7 +182,7 @@ struct BenchReport {
         return JSONDocument.Result(
             scenario: c.scenario.rawValue, backend: c.backend.rawValue, frameSize: c.frameSize, tso: c.segmentationOffload, queuePairs: c.queuePairs,
             queueSize: Int(c.queueSize), mode: c.mode.rawValue, eventIdx: c.eventIndex, batch: c.batch, busyloopUs: c.busyloopMicroseconds,
-            workerCpu: c.workerCPU, rxCoalesceFrames: Int(c.receiveCoalesceFrames), latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
+            workerCpu: c.workerCPU, rxCoalesce: BenchBackends.coalescingLabel(c).isEmpty ? "0" : c.receiveCoalescing.description, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
             pps: JSONDocument.Spread(median: p.median, min: p.min, max: p.max), gbpsMedian: Summary(r.map(\.gigabitsPerSecond)).median,
             ratioToBaseline: ratio(i), driverNsPerFrameMedian: driverCost(i).median, workerNsPerFrameMedian: workerCost(i)?.median,
             kicksPerFrameMedian: vhost ? Summary(r.map(\.kicksPerFrame)).median : nil, callsPerFrameMedian: vhost ? Summary(r.map(\.callsPerFrame)).median : nil,
@@ -310,6 +310,6 @@ struct BenchReport {
     /// The vhost settings that are not table columns, when not at their defaults.
     static func variation(_ c: BenchSettings) -> String {
         (c.busyloopMicroseconds > 0 ? " busyloop \(c.busyloopMicroseconds) µs" : "") + (c.workerCPU.map { " worker CPU \($0)" } ?? "")
-            + (c.receiveCoalesceFrames > 0 ? " rx-coalesce \(c.receiveCoalesceFrames)" : "")
+            + BenchBackends.coalescingLabel(c)
     }
 }
