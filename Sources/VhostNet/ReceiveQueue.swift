@@ -7,6 +7,7 @@ public struct ReceivedFrame {
     /// The header as the device wrote it, read when asked for: a handler that never looks at it
     /// (a counting benchmark) pays nothing for it.
     public var header: VirtioNetHeader { VirtioNetHeader(reading: headerBytes, length: headerLength) }
+    /// The Ethernet frame, without the virtio-net header.
     public var frame: UnsafeRawBufferPointer
     let headerBytes: UnsafeRawPointer
     let headerLength: Int
