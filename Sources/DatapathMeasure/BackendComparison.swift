@@ -42,7 +42,7 @@ public enum ReceiveCoalescingSetting: Sendable, Equatable, CustomStringConvertib
     case off
     /// Wake when this many frames are used, or after 1 ms (EVENT_IDX, interrupt mode).
     case frames(UInt16)
-    /// Adaptive (`ReceiveCoalescing.adaptive`), up to a quarter of the ring, where it applies:
+    /// Adaptive (`ReceiveCoalescing.adaptive`), up to half the ring, where it applies:
     /// interrupt mode with EVENT_IDX. Elsewhere the driver wakes on the first frame.
     case adaptive
 
@@ -66,7 +66,7 @@ public enum ReceiveCoalescingSetting: Sendable, Equatable, CustomStringConvertib
         switch self {
         case .off: nil
         case .frames(let n): ReceiveCoalescing(frames: n, maxDelayMilliseconds: 1)
-        case .adaptive: eventIndex && mode == .interrupt ? ReceiveCoalescing(frames: max(1, queueSize / 4), maxDelayMilliseconds: 1, adaptive: true) : nil
+        case .adaptive: eventIndex && mode == .interrupt ? ReceiveCoalescing(frames: max(1, queueSize / 2), maxDelayMilliseconds: 1, adaptive: true) : nil
         }
     }
 }

@@ -143,10 +143,14 @@ public struct NetQueue: ~Copyable {
             while canAddChain, addChain(frameLength: frameCapacity, deviceWritable: true) != nil {}
             return
         }
-        let length = UInt32(memory.buffers[0].length)
-        while let head = driver.nextFreeHead {
-            let buffer = memory.buffers[Int(head)]
-            _ = driver.add(BufferSegment(address: buffer.guestAddress.rawValue &+ addressOffset, length: length, deviceWritable: true))
+        let buffers = memory.buffers, offset = addressOffset
+        let length = UInt32(buffers[0].length)
+        buffers.withUnsafeBufferPointer { buffers in
+            while let head = driver.nextFreeHead {
+                // A head is below the queue size, and there is a buffer per head (GuestMemoryPlan).
+                let address = buffers[Int(head)].guestAddress.rawValue &+ offset
+                _ = driver.add(BufferSegment(address: address, length: length, deviceWritable: true))
+            }
         }
     }
 

@@ -25,6 +25,8 @@ public struct ReceiveQueue: ~Copyable {
     private let oneChainPerFrame: Bool
     /// Adaptive coalescing's current threshold (see `ReceiveCoalescing`).
     public private(set) var adaptiveThreshold: UInt16 = 1
+    /// The last `receive` stopped at its limit with used frames left: the next one does not wait.
+    private var backlog = false
 
     init(_ queue: consuming NetQueue, mergeable: Bool) {
         oneChainPerFrame = !mergeable && !queue.driver.inOrder
@@ -53,9 +55,14 @@ public struct ReceiveQueue: ~Copyable {
     /// delay (at most `milliseconds`) passed.
     public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
-        let wanted = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
-        let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
-        if let coalescing, coalescing.adaptive, mode == .interrupt { adapt(to: outcome, wanted: wanted, upTo: coalescing.frames) }
+        // The last call stopped at its limit with frames still used: take them now, as NAPI polls
+        // again when it used its whole budget, rather than wait for a coalescing threshold
+        // counted past frames that are already there.
+        if !backlog {
+            let wanted = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
+            let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
+            if let coalescing, coalescing.adaptive, mode == .interrupt { adapt(to: outcome, wanted: wanted, upTo: coalescing.frames) }
+        }
         let headerLength = queue.headerLength
         let capacity = queue.frameCapacity
         // Counted here and added once: the counters are not touched per frame.
@@ -88,6 +95,7 @@ public struct ReceiveQueue: ~Copyable {
             received += 1
         }
         refill()
+        backlog = received == limit && queue.driver.usedPending > 0
         return received
     }
 

@@ -190,13 +190,13 @@ public struct DescriptorFlags: OptionSet, Sendable, Hashable {
     /// The little-endian-decoded bits.
     public var rawValue: UInt16
     /// Flags from their bits.
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
     /// `VRING_DESC_F_NEXT`
-    public static let next = Self(rawValue: 1)
+    @inlinable public static var next: Self { Self(rawValue: 1) }
     /// `VRING_DESC_F_WRITE`: device-writable.
-    public static let write = Self(rawValue: 2)
+    @inlinable public static var write: Self { Self(rawValue: 2) }
     /// `VRING_DESC_F_INDIRECT`: the buffer is a table of descriptors.
-    public static let indirect = Self(rawValue: 4)
+    @inlinable public static var indirect: Self { Self(rawValue: 4) }
 }
 
 /// `vring_avail.flags`.
@@ -204,9 +204,9 @@ public struct AvailFlags: OptionSet, Sendable {
     /// The bits.
     public var rawValue: UInt16
     /// Flags from their bits.
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
     /// `VRING_AVAIL_F_NO_INTERRUPT`
-    public static let noInterrupt = Self(rawValue: 1)
+    @inlinable public static var noInterrupt: Self { Self(rawValue: 1) }
 }
 
 /// `vring_used.flags`.
@@ -214,9 +214,9 @@ public struct UsedFlags: OptionSet, Sendable {
     /// The bits.
     public var rawValue: UInt16
     /// Flags from their bits.
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
     /// `VRING_USED_F_NO_NOTIFY`
-    public static let noNotify = Self(rawValue: 1)
+    @inlinable public static var noNotify: Self { Self(rawValue: 1) }
 }
 
 /// One entry of the used ring (`struct vring_used_elem`).

@@ -53,7 +53,7 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
     var batch = "64"
 
-    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to a quarter of the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).")
+    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to half the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).")
     var receiveCoalesce = "auto"
 
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
