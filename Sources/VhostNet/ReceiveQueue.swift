@@ -52,7 +52,8 @@ public struct ReceiveQueue: ~Copyable {
     /// entry may stand for several; they are reassembled before `handler` sees the frame.
     /// A protocol violation by the device marks the queue broken and throws.
     /// With `coalescing` (interrupt mode) it sleeps until that many frames are used, or its
-    /// delay (at most `milliseconds`) passed.
+    /// delay (at most `milliseconds`) passed. After a call that stopped at `limit` with frames
+    /// left, the next call takes them without waiting.
     public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         // The last call stopped at its limit with frames still used: take them now, as NAPI polls
