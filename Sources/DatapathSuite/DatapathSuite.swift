@@ -368,10 +368,11 @@ public enum DatapathSuite {
 func checkAdaptiveCoalescing(_ harness: some DatapathHarness) throws {
     func stream(_ p: some QueuePairDatapath, _ host: some HostSide, frames total: Int) throws -> UInt64 {
         let callsBefore = p.receiveCounters.calls
-        nonisolated(unsafe) let sender = host
+        // The host side is used by the sender thread alone until it is joined.
+        nonisolated(unsafe) let send: ([UInt8]) throws -> Void = { try host.send($0) }
         let thread = WorkerThread {
             for s in 0..<total {
-                try? sender.send(TestFrame.bytes(1000 + s))
+                try? send(TestFrame.bytes(1000 + s))
                 if s % 4 == 3 { usleep(50) }  // a steady stream: one call per burst is all a burst needs
             }
         }
@@ -381,7 +382,7 @@ func checkAdaptiveCoalescing(_ harness: some DatapathHarness) throws {
         while expected < 1000 + total && now() < deadline {
             // Only the sequence is checked per frame (other cases compare the bytes): a handler
             // slower than the stream would find frames waiting every time and never sleep.
-            try p.receive(limit: 256, milliseconds: 100) { frame in
+            _ = try p.receive(limit: 256, milliseconds: 100) { frame in
                 guard let s = TestFrame.sequence(of: frame.frame) else { return }
                 if mismatch == nil && s != expected { mismatch = "frame \(s) arrived where \(expected) was due" }
                 expected = s + 1
@@ -398,15 +399,15 @@ func checkAdaptiveCoalescing(_ harness: some DatapathHarness) throws {
         while try p.receive(limit: 256, milliseconds: 20, handler: { _ in }) > 0 {}  // idle
         for attempt in 0..<5 {
             let callsBefore = p.receiveCounters.calls
-            nonisolated(unsafe) let sender = host
+            nonisolated(unsafe) let send: ([UInt8]) throws -> Void = { try host.send($0) }
             let thread = WorkerThread {
                 usleep(20_000)  // the driver is in its idle waits by now
-                try? sender.send(TestFrame.bytes(sequence + attempt))
+                try? send(TestFrame.bytes(sequence + attempt))
             }
             defer { thread.join() }
             var got = false
             let deadline = now() + 5
-            while !got && now() < deadline { try p.receive(limit: 1, milliseconds: 1000) { got = TestFrame.sequence(of: $0.frame) == sequence + attempt } }
+            while !got && now() < deadline { _ = try p.receive(limit: 1, milliseconds: 1000) { got = TestFrame.sequence(of: $0.frame) == sequence + attempt } }
             try expect(got, "the lone frame \(sequence + attempt) never arrived")
             if p.receiveCounters.calls > callsBefore { return true }
         }

@@ -52,7 +52,8 @@ public struct EventFD: ~Copyable {
     /// poll(2) for both, and clears whichever was. The driver sleeps on a vring's call eventfd
     /// and learns of a ring error (vhost.c vq_err signals the error eventfd) in the same wait,
     /// without a read(2) of the error eventfd, failing with EAGAIN, before each sleep.
-    /// Nil on timeout.
+    /// Nil on timeout. A `Wakeup` may hold neither count when poll(2) reported an fd ready that
+    /// read(2) then found empty (another reader, POLLERR): the caller treats it as nothing used.
     public func wait(milliseconds: Int32, orErrorsOn errors: borrowing EventFD) -> Wakeup? {
         var entries = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: errors.fd, events: Int16(POLLIN), revents: 0))
         // SAFETY: a homogeneous tuple of two pollfds is laid out as an array of two.

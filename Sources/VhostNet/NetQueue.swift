@@ -67,6 +67,8 @@ public struct NetQueue: ~Copyable {
     var ringObserver: RingObserver? = nil
     /// Frame bytes added since the last publish, for the ring observer.
     private var addedFrameBytes = 0
+    /// Ring errors a wait read from the error eventfd that `takeRingError` has not reported yet.
+    var unreportedRingErrors: UInt64 = 0
 
     init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool, startIndex: UInt16 = 0, addressOffset: UInt64 = 0) throws(VhostError) {
         let kick = try EventFD(), call = try EventFD(), error = try EventFD()
@@ -118,6 +120,7 @@ public struct NetQueue: ~Copyable {
         func device(_ address: GuestAddress) -> UInt64 { address.rawValue + addressOffset }
         switch layout {
         case .inline:
+            // fillWithReceiveBuffers writes this descriptor for RX without coming here.
             return driver.add(BufferSegment(address: device(buffer.guestAddress), length: UInt32(headerLength + frameLength), deviceWritable: deviceWritable))
         case .separateHeader, .indirect:
             let header = memory.headers[Int(head)]
@@ -137,7 +140,8 @@ public struct NetQueue: ~Copyable {
 
     /// Puts a device-writable chain on every free head (RX; virtio_net try_fill_recv), without
     /// publishing. With the header inline each chain is one descriptor over the head's buffer:
-    /// that loop is written out here, since it runs once per received frame.
+    /// that loop is written out here, since it runs once per received frame, and must put the
+    /// same descriptor on the ring as `addChain`'s `.inline` case (address + offset, the whole buffer).
     mutating func fillWithReceiveBuffers() {
         guard layout == .inline && ringObserver == nil else {
             while canAddChain, addChain(frameLength: frameCapacity, deviceWritable: true) != nil {}
@@ -233,13 +237,20 @@ public struct NetQueue: ~Copyable {
         case .interrupt:
             defer { driver.disableInterrupts() }
             if driver.enableInterrupts(after: wanted) { return .ready }
-            guard let wakeup = call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds), orErrorsOn: error) else {
-                return .timedOut
+            let timeout = min(milliseconds, maxDelayMilliseconds ?? milliseconds)
+            let start = MonotonicClock.coarseMilliseconds()
+            var left = timeout
+            while true {
+                guard let wakeup = call.wait(milliseconds: left, orErrorsOn: error) else { return .timedOut }
+                if let errors = wakeup.errors { noteRingErrors(errors) }
+                if wakeup.calls != nil {
+                    counters.calls += 1
+                    return .signalled
+                }
+                // A ring error alone woke us: the wait for used entries goes on for the time left.
+                left = Int32(clamping: max(0, start + Int(timeout) - MonotonicClock.coarseMilliseconds()))
+                if left == 0 { return .timedOut }
             }
-            if let errors = wakeup.errors { counters.ringErrors += errors }
-            guard wakeup.calls != nil else { return .timedOut }
-            counters.calls += 1
-            return .signalled
         case .poll:
             // Spinning costs the whole CPU by design; one read(2) of the error eventfd per wait is
             // nothing beside it.
@@ -253,6 +264,13 @@ public struct NetQueue: ~Copyable {
     }
 
     mutating func collectRingErrors() {
-        if let n = error.consume() { counters.ringErrors += n }
+        if let n = error.consume() { noteRingErrors(n) }
+    }
+
+    /// Counts ring errors read from the error eventfd outside `takeRingError`, and keeps them
+    /// for it, so that its event (and the endpoint's handler) still hears of them.
+    mutating func noteRingErrors(_ count: UInt64) {
+        counters.ringErrors += count
+        unreportedRingErrors += count
     }
 }

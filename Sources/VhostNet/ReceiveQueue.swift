@@ -51,9 +51,9 @@ public struct ReceiveQueue: ~Copyable {
     /// refills. With MRG_RXBUF a frame may span `num_buffers` buffers, and with IN_ORDER one used
     /// entry may stand for several; they are reassembled before `handler` sees the frame.
     /// A protocol violation by the device marks the queue broken and throws.
-    /// With `coalescing` (interrupt mode) it sleeps until that many frames are used, or its
-    /// delay (at most `milliseconds`) passed. After a call that stopped at `limit` with frames
-    /// left, the next call takes them without waiting.
+    /// With `coalescing` (interrupt mode) it sleeps until that many frames are used (adaptive:
+    /// `adaptiveThreshold` many), or its delay (at most `milliseconds`) passed. After a call that
+    /// stopped at `limit` with frames left, the next call takes them without waiting.
     public mutating func receive(limit: Int, milliseconds: Int32, mode: NotificationMode, coalescing: ReceiveCoalescing? = nil,
                                  handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         // The last call stopped at its limit with frames still used: take them now, as NAPI polls
@@ -62,7 +62,9 @@ public struct ReceiveQueue: ~Copyable {
         if !backlog {
             let wanted = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
             let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
-            if let coalescing, coalescing.adaptive, mode == .interrupt { adapt(to: outcome, wanted: wanted, upTo: coalescing.frames) }
+            if let coalescing, coalescing.adaptive, mode == .interrupt {
+                adapt(to: outcome, wanted: wanted, upTo: coalescing.frames, delayPassed: milliseconds >= coalescing.maxDelayMilliseconds)
+            }
         }
         let headerLength = queue.headerLength
         let capacity = queue.frameCapacity
@@ -77,14 +79,9 @@ public struct ReceiveQueue: ~Copyable {
             let head = UInt16(truncatingIfNeeded: used.id)
             let length = Int(used.length)
             if _fastPath(oneChainPerFrame) {
-                // The device's length is not trusted: it must hold a header and fit the buffer
-                // (virtio_net receive_buf: "rx error: len %u exceeds truesize").
-                guard length >= headerLength && length - headerLength <= capacity else { drops += 1; continue }
-                // SAFETY: the device wrote this buffer before it published used->idx (release),
-                // which nextUsed read with an acquire load; the chain is ours again until refilled.
-                handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength),
-                                      headerBytes: queue.headerPointer(head), headerLength: headerLength))
-                bytes += length - headerLength
+                guard let frameBytes = deliver(head: head, length: length, headerBytes: queue.headerPointer(head), headerLength: headerLength,
+                                               capacity: capacity, handler: handler) else { drops += 1; continue }
+                bytes += frameBytes
                 received += 1
                 continue
             }
@@ -102,14 +99,31 @@ public struct ReceiveQueue: ~Copyable {
 
     /// Moves the adaptive threshold after a wait for `wanted` frames (see `ReceiveCoalescing`):
     /// doubles when they were used within the delay (the stream is at least that fast), falls to
-    /// what the delay brought when it passed first, and to 1 when it brought none.
-    private mutating func adapt(to outcome: NetQueue.WaitOutcome, wanted: UInt16, upTo limit: UInt16) {
+    /// what the delay brought when it passed first, and to 1 when it brought none. A wake-up
+    /// with fewer used (vhost's first signal after set-up, a stale count) or a caller's timeout
+    /// shorter than the delay says nothing about the rate, and moves nothing.
+    private mutating func adapt(to outcome: NetQueue.WaitOutcome, wanted: UInt16, upTo limit: UInt16, delayPassed: Bool) {
+        let used = queue.driver.usedPending
         switch outcome {
         case .ready, .signalled:
-            adaptiveThreshold = min(limit, wanted &* 2)
+            if used >= wanted { adaptiveThreshold = wanted > limit / 2 ? limit : wanted &* 2 }
         case .timedOut:
-            adaptiveThreshold = max(1, min(limit, queue.driver.usedPending))
+            if delayPassed { adaptiveThreshold = max(1, min(limit, used)) }
         }
+    }
+
+    /// Hands the frame in chain `head` to `handler` and returns its length, or nil when the
+    /// device's length is not one to trust: it must hold a header and fit the buffer
+    /// (virtio_net receive_buf: "rx error: len %u exceeds truesize").
+    @inline(__always)
+    private func deliver(head: UInt16, length: Int, headerBytes: UnsafeMutableRawPointer, headerLength: Int, capacity: Int,
+                         handler: (ReceivedFrame) -> Void) -> Int? {
+        guard length >= headerLength && length - headerLength <= capacity else { return nil }
+        // SAFETY: the device wrote this buffer before it published used->idx (release), which
+        // nextUsed read with an acquire load; the chain is ours again until refilled.
+        handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength),
+                              headerBytes: UnsafeRawPointer(headerBytes), headerLength: headerLength))
+        return length - headerLength
     }
 
     /// A frame that may span several chains (MRG_RXBUF, IN_ORDER): reassembled, then handed to
@@ -119,13 +133,10 @@ public struct ReceiveQueue: ~Copyable {
         let inOrderBatch = queue.driver.inOrder ? queue.driver.lastBatch : []
         guard length >= headerLength || inOrderBatch.count > 1 else { return nil }
         // SAFETY: as in receive: the device wrote the buffers before publishing used->idx.
-        let headerBytes = UnsafeRawPointer(queue.headerPointer(inOrderBatch.first ?? head))
+        let headerBytes = queue.headerPointer(inOrderBatch.first ?? head)
         let buffers = mergeable ? Int(VirtioNetHeader(reading: headerBytes, length: headerLength).numBuffers) : 1
         if inOrderBatch.count <= 1 && buffers <= 1 {
-            guard length - headerLength <= capacity else { return nil }
-            handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength),
-                                  headerBytes: headerBytes, headerLength: headerLength))
-            return length - headerLength
+            return deliver(head: head, length: length, headerBytes: headerBytes, headerLength: headerLength, capacity: capacity, handler: handler)
         }
         // A frame in several buffers: (head, bytes written) of each, in order.
         var pieces: [(UInt16, Int)] = []
@@ -150,7 +161,7 @@ public struct ReceiveQueue: ~Copyable {
         reassembly.removeFirst(min(headerLength, reassembly.count))
         queue.counters.mergedFrames += 1
         // The header stays where the device wrote it (the first buffer, not yet refilled).
-        reassembly.withUnsafeBytes { handler(ReceivedFrame(frame: $0, headerBytes: headerBytes, headerLength: headerLength)) }
+        reassembly.withUnsafeBytes { handler(ReceivedFrame(frame: $0, headerBytes: UnsafeRawPointer(headerBytes), headerLength: headerLength)) }
         return reassembly.count
     }
 

@@ -60,9 +60,13 @@ public struct InjectedFault: @unchecked Sendable {
 extension NetQueue {
     /// Reads and clears the error eventfd; an event when the device signalled it.
     mutating func takeRingError() -> RingErrorEvent? {
-        guard let count = error.consume() else { return nil }
-        counters.ringErrors += count
-        return RingErrorEvent(queue: name, count: count, availIndex: driver.availIndexShadow, usedIndex: driver.lastUsedIndex,
+        let fresh = error.consume() ?? 0
+        counters.ringErrors += fresh
+        // Errors a wait already read (and counted) belong to this event too.
+        let count = fresh + unreportedRingErrors
+        unreportedRingErrors = 0
+        guard count > 0 else { return nil }
+        return RingErrorEvent(queue: name, count: count, availIndex: driver.publishedAvailIndex, usedIndex: driver.lastUsedIndex,
                               inFlight: driver.inFlight, likelyCause: diagnose())
     }
 
@@ -74,8 +78,9 @@ extension NetQueue {
         // SAFETY: the driver reads its own ring memory; the device only reads the descriptor
         // table and avail ring, and the values are only inspected, never trusted for pointers.
         let published = ring.availIndex.pointee.load(ordering: .acquiring)
-        if published != driver.availIndexShadow {
-            return "avail->idx in memory is \(published), but the driver published \(driver.availIndexShadow) (vhost.c: \"Guest moved avail index\")"
+        // Against what was published, not the shadow: chains added since are not the device's yet.
+        if published != driver.publishedAvailIndex {
+            return "avail->idx in memory is \(published), but the driver published \(driver.publishedAvailIndex) (vhost.c: \"Guest moved avail index\")"
         }
         var slot = driver.lastUsedIndex
         while slot != published {

@@ -70,6 +70,8 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// The avail index the last `publish()` stored: adding a chain moves only the shadow (one
     /// store a frame, and no 32-bit load over two 16-bit stores, which stalls store forwarding).
     @usableFromInline var _publishedAvailIndex: UInt16 = 0
+    /// The avail index the device has been given (`avail->idx` as the last `publish()` stored it).
+    public var publishedAvailIndex: UInt16 { _publishedAvailIndex }
     /// Chains completed implicitly by an IN_ORDER batch (no used entry of their own).
     public private(set) var completedInBatch: UInt64 = 0
     /// The next used index to reap (`last_used_idx`).

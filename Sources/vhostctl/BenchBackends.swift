@@ -187,7 +187,7 @@ struct BenchBackends: ParsableCommand {
                     sweep(eventIndexes, appliesHere: vhost) { $0.eventIndex = $1 }
                     sweep(batches, appliesHere: !scenario.isRoundTrip) { $0.batch = $1 }
                     sweep(busyloops, appliesHere: vhost) { $0.busyloopMicroseconds = $1 }
-                    sweep(coalescings, appliesHere: vhost && scenario != .tx && !scenario.isRoundTrip) { $0.receiveCoalescing = $1 }
+                    sweep(coalescings, appliesHere: BenchBackends.coalescingApplies(backend, scenario)) { $0.receiveCoalescing = $1 }
                     sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
                     sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
                     for i in partial.indices {
@@ -266,9 +266,14 @@ struct BenchBackends: ParsableCommand {
             + BenchBackends.coalescingLabel(s)
     }
 
+    /// Whether `--rx-coalesce` means anything for a run: vhost receiving, not in round trips.
+    static func coalescingApplies(_ backend: BenchBackend, _ scenario: BenchScenario) -> Bool {
+        backend == .vhost && scenario != .tx && !scenario.isRoundTrip
+    }
+
     /// " rx-coalesce N" or " rx-coalesce auto" where the setting applies to the run, else "".
     static func coalescingLabel(_ s: BenchSettings) -> String {
-        guard s.backend == .vhost, s.scenario != .tx, !s.scenario.isRoundTrip,
+        guard coalescingApplies(s.backend, s.scenario),
               s.receiveCoalescing.coalescing(queueSize: s.queueSize, eventIndex: s.eventIndex, mode: s.mode) != nil else { return "" }
         return " rx-coalesce \(s.receiveCoalescing)"
     }
