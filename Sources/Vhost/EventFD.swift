@@ -36,48 +36,70 @@ public struct EventFD: ~Copyable {
     /// the time left (a signal arriving while a TX drain waited once read as a 5 s timeout).
     public func wait(milliseconds: Int32) -> UInt64? {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard Self.poll(&entry, count: 1, milliseconds: milliseconds) else { return nil }
+        let start = Self.start(milliseconds)
+        guard Self.poll(&entry, count: 1, left: milliseconds, total: milliseconds, start: start) else { return nil }
         return consume()
     }
 
     /// What one wait on a vring's call eventfd and its error eventfd saw.
     public struct Wakeup: Sendable, Equatable {
-        /// The call eventfd's count, nil when it was not signalled.
+        /// The call eventfd's count, nil when the wait ended without it (the time passed).
         public var calls: UInt64?
-        /// The error eventfd's count, nil when it was not signalled.
+        /// The error eventfd's count over the whole wait, nil when it was not signalled.
         public var errors: UInt64?
     }
 
-    /// Waits, as `wait(milliseconds:)`, until this eventfd or `errors` is signalled, in one
-    /// poll(2) for both, and clears whichever was. The driver sleeps on a vring's call eventfd
-    /// and learns of a ring error (vhost.c vq_err signals the error eventfd) in the same wait,
-    /// without a read(2) of the error eventfd, failing with EAGAIN, before each sleep.
-    /// Nil on timeout. A `Wakeup` may hold neither count when poll(2) reported an fd ready that
-    /// read(2) then found empty (another reader, POLLERR): the caller treats it as nothing used.
-    public func wait(milliseconds: Int32, orErrorsOn errors: borrowing EventFD) -> Wakeup? {
+    /// Waits, as `wait(milliseconds:)`, until this eventfd is signalled or `milliseconds` pass,
+    /// watching `errors` in the same poll(2) and clearing both. The driver sleeps on a vring's
+    /// call eventfd and learns of a ring error (vhost.c vq_err signals the error eventfd) in the
+    /// same wait, without a read(2) of the error eventfd, failing with EAGAIN, before each
+    /// sleep. A ring error alone does not end the wait: it is counted, and the wait goes on for
+    /// the time left. `calls` is nil when the time passed first.
+    public func wait(milliseconds: Int32, orErrorsOn errors: borrowing EventFD) -> Wakeup {
         var entries = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: errors.fd, events: Int16(POLLIN), revents: 0))
-        // SAFETY: a homogeneous tuple of two pollfds is laid out as an array of two.
-        let ready = withUnsafeMutableBytes(of: &entries) { bytes in
-            Self.poll(bytes.baseAddress!.assumingMemoryBound(to: pollfd.self), count: 2, milliseconds: milliseconds)
+        var wakeup = Wakeup()
+        let start = Self.start(milliseconds)
+        var left = milliseconds
+        while true {
+            // SAFETY: a homogeneous tuple of two pollfds is laid out as an array of two.
+            let ready = withUnsafeMutableBytes(of: &entries) { bytes in
+                Self.poll(bytes.baseAddress!.assumingMemoryBound(to: pollfd.self), count: 2, left: left, total: milliseconds, start: start)
+            }
+            guard ready else { return wakeup }
+            if entries.1.revents != 0, let n = errors.consume() { wakeup.errors = (wakeup.errors ?? 0) + n }
+            if entries.0.revents != 0, let n = consume() {
+                wakeup.calls = n
+                return wakeup
+            }
+            left = Self.remaining(milliseconds, since: start)
+            if left == 0 { return wakeup }
+            entries.0.revents = 0
+            entries.1.revents = 0
         }
-        guard ready else { return nil }
-        return Wakeup(calls: entries.0.revents != 0 ? consume() : nil, errors: entries.1.revents != 0 ? errors.consume() : nil)
     }
 
-    /// poll(2) until an entry is ready (true) or `milliseconds` pass (false).
+    /// The clock at the start of a wait of `milliseconds`, read only when it has an end.
     ///
-    /// poll(2) first: a signalled eventfd is readable at once, so there is no read(2) that fails
-    /// with EAGAIN before it. The clock is the coarse one, read in the vDSO, and only to resume
-    /// after EINTR (then the wait may end up to a tick early or late): every RX wake-up pays for
-    /// what is here (docs/benchmarks.md, the profile).
-    private static func poll(_ entries: UnsafeMutablePointer<pollfd>, count: Int, milliseconds: Int32) -> Bool {
-        let start = milliseconds > 0 ? MonotonicClock.coarseMilliseconds() : 0
-        var left = milliseconds
+    /// The clock is the coarse one, read in the vDSO, once per wait; it is needed again only to
+    /// go on after EINTR or a ring error (then the wait may end up to a tick early or late).
+    /// Every RX wake-up pays for what is here (docs/benchmarks.md, the profile).
+    private static func start(_ milliseconds: Int32) -> Int { milliseconds > 0 ? MonotonicClock.coarseMilliseconds() : 0 }
+
+    /// What is left of a wait of `total` milliseconds begun at `start` (0 and -1 stay as they are).
+    private static func remaining(_ total: Int32, since start: Int) -> Int32 {
+        total > 0 ? Int32(clamping: max(0, start + Int(total) - MonotonicClock.coarseMilliseconds())) : total
+    }
+
+    /// poll(2) for up to `left` milliseconds of a wait of `total` begun at `start`: true when an
+    /// entry is ready, false when the time passed. poll(2) comes first: a signalled eventfd is
+    /// readable at once, so there is no read(2) that fails with EAGAIN before it.
+    private static func poll(_ entries: UnsafeMutablePointer<pollfd>, count: Int, left: Int32, total: Int32, start: Int) -> Bool {
+        var left = left
         while true {
             let rc = Glibc.poll(entries, nfds_t(count), left)
             if rc > 0 { return true }
             guard rc < 0 && errno == EINTR && left != 0 else { return false }
-            if milliseconds > 0 { left = Int32(clamping: max(0, start + Int(milliseconds) - MonotonicClock.coarseMilliseconds())) }
+            left = remaining(total, since: start)
         }
     }
 }

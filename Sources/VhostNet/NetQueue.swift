@@ -237,20 +237,12 @@ public struct NetQueue: ~Copyable {
         case .interrupt:
             defer { driver.disableInterrupts() }
             if driver.enableInterrupts(after: wanted) { return .ready }
-            let timeout = min(milliseconds, maxDelayMilliseconds ?? milliseconds)
-            let start = MonotonicClock.coarseMilliseconds()
-            var left = timeout
-            while true {
-                guard let wakeup = call.wait(milliseconds: left, orErrorsOn: error) else { return .timedOut }
-                if let errors = wakeup.errors { noteRingErrors(errors) }
-                if wakeup.calls != nil {
-                    counters.calls += 1
-                    return .signalled
-                }
-                // A ring error alone woke us: the wait for used entries goes on for the time left.
-                left = Int32(clamping: max(0, start + Int(timeout) - MonotonicClock.coarseMilliseconds()))
-                if left == 0 { return .timedOut }
-            }
+            // A ring error alone does not end the wait (EventFD.wait goes on for the time left).
+            let wakeup = call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds), orErrorsOn: error)
+            if let errors = wakeup.errors { noteRingErrors(errors) }
+            guard wakeup.calls != nil else { return .timedOut }
+            counters.calls += 1
+            return .signalled
         case .poll:
             // Spinning costs the whole CPU by design; one read(2) of the error eventfd per wait is
             // nothing beside it.
