@@ -36,10 +36,15 @@ public struct VringAddresses: Sendable, Equatable {
     public var descriptors: HostAddress
     public var avail: HostAddress
     public var used: HostAddress
-    /// `log_guest_addr` with `VHOST_VRING_F_LOG`: the used ring's GPA, logged on every used write.
+    /// `log_guest_addr`: with `VHOST_VRING_F_LOG`, the used ring's GPA, logged on every used write.
     public var log: GuestAddress?
+    /// The `flags` word: `.log` when `log` is given. Other bits are for probing the kernel
+    /// (EOPNOTSUPP); the library never sets them.
+    public var flags: VringAddressFlags
 
-    public init(descriptors: HostAddress, avail: HostAddress, used: HostAddress, log: GuestAddress? = nil) {
+    /// The addresses, with `VHOST_VRING_F_LOG` set exactly when `log` is given unless `flags` says otherwise.
+    public init(descriptors: HostAddress, avail: HostAddress, used: HostAddress, log: GuestAddress? = nil, flags: VringAddressFlags? = nil) {
         self.descriptors = descriptors; self.avail = avail; self.used = used; self.log = log
+        self.flags = flags ?? (log == nil ? [] : .log)
     }
 }

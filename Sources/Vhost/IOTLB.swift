@@ -76,7 +76,7 @@ extension IOTLBMessage {
             throw .system(call: "read", detail: "IOTLB message", errno: errno)
         }
         let message = IOTLBMessage(decoding: Array(bytes.prefix(n)))
-        if let message { observer?(IoctlEvent(name: "read", arguments: message.description, result: .success(Int32(n)))) }
+        if let message { observer?(IoctlEvent(.iotlbRead(message), result: .success(Int32(n)))) }
         return message
     }
 
@@ -85,7 +85,7 @@ extension IOTLBMessage {
         let bytes = encoded()
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         let result: Result<Int32, Errno> = n < 0 ? .failure(Errno(rawValue: Glibc.errno)) : .success(Int32(n))
-        observer?(IoctlEvent(name: "write", arguments: description, result: result))
+        observer?(IoctlEvent(.iotlbWrite(self), result: result))
         if case .failure(let errno) = result { throw .system(call: "write", detail: "\(self)", errno: errno) }
     }
 }

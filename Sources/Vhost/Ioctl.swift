@@ -1,5 +1,6 @@
 import CVhost
 import SystemPackage
+import Virtio
 
 /// Every ioctl request swift-vhost issues, in one typed table: the kernel's name, the request
 /// number (from the UAPI headers, through CVhost), and the rule behind an errno where we know it.
@@ -100,7 +101,7 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     }
 
     /// Whether the request goes to a `/dev/vhost-net` fd (owner rules apply).
-    public var isVhost: Bool { rawValue.hasPrefix("VHOST_") }
+    public var isVhost: Bool { number >> 8 & 0xff == 0xAF }
 
     /// The kernel's rule behind `errno` for this request, where we know it.
     public func hint(for errno: Errno) -> String? {
@@ -139,73 +140,106 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     }
 }
 
-/// One ioctl as it happened, for `--trace`: the request's name, its decoded arguments and
-/// the result (the return value, or the errno).
+/// One operation on a kernel object as it happened, for `--trace` and `--record`: an ioctl
+/// with its typed request, the answer and the result, or the opening, closing, reading or writing
+/// of a device around it.
 public struct IoctlEvent: Sendable, CustomStringConvertible {
-    /// The request's name, or a pseudo-event such as `open` or `  → features`.
-    public var name: String
-    public var arguments: String
-    public var result: Result<Int32, Errno>
-    /// The request, for a real ioctl (nil for pseudo-events).
-    public var request: IoctlRequest?
-    /// What the ioctl carried, read after it returned (so a GET's answer is in it), for programs
-    /// that replay events: `--record` turns these into script lines.
-    public var payload: IoctlPayload
+    /// What happened.
+    public enum Operation: Sendable, Equatable {
+        /// An ioctl, with its typed request.
+        case request(KernelRequest)
+        /// A device node was opened (`/dev/vhost-net`, `/dev/net/tun`).
+        case open(path: String)
+        /// The vhost fd was closed.
+        case close
+        /// An IOTLB message was read from the vhost fd.
+        case iotlbRead(IOTLBMessage)
+        /// An IOTLB message was written to the vhost fd.
+        case iotlbWrite(IOTLBMessage)
+        /// A request was refused before the ioctl, because the kernel would have written
+        /// through an address outside memory mapped for it (or past a buffer of ours).
+        case refused(KernelRequest, reason: String)
+    }
 
-    public init(name: String, arguments: String, result: Result<Int32, Errno>, request: IoctlRequest? = nil, payload: IoctlPayload = .none) {
-        self.name = name; self.arguments = arguments; self.result = result
-        self.request = request; self.payload = payload
+    public var operation: Operation
+    /// The return value, or the errno.
+    public var result: Result<Int32, Errno>
+    /// What a GET answered (read after the call returned); `.none` for the rest.
+    public var answer: VhostAnswer
+
+    public init(_ operation: Operation, result: Result<Int32, Errno>, answer: VhostAnswer = .none) {
+        self.operation = operation; self.result = result; self.answer = answer
+    }
+
+    /// The typed request, for an ioctl.
+    public var request: KernelRequest? {
+        if case .request(let request) = operation { return request }
+        return nil
+    }
+
+    /// Whether the kernel saw the operation (false for a refusal before the ioctl).
+    public var reachedKernel: Bool {
+        if case .refused = operation { return false }
+        return true
+    }
+
+    /// The request's or operation's name: `VHOST_SET_VRING_NUM`, `open`, `write`.
+    public var name: String {
+        switch operation {
+        case .request(let r), .refused(let r, _): r.kind.name
+        case .open: "open"
+        case .close: "close"
+        case .iotlbRead: "read"
+        case .iotlbWrite: "write"
+        }
+    }
+
+    /// The decoded arguments.
+    public var arguments: String {
+        switch operation {
+        case .request(let r), .refused(let r, _): r.arguments
+        case .open(let path): path
+        case .close: ""
+        case .iotlbRead(let m), .iotlbWrite(let m): m.description
+        }
     }
 
     public var description: String {
+        let head = "\(name)(\(arguments))"
+        if case .refused(_, let reason) = operation { return "\(head) refused before the ioctl: \(reason)" }
         switch result {
-        case .success(let value): return "\(name)(\(arguments)) = \(value)"
-        case .failure(let errno): return "\(name)(\(arguments)) = -\(errno.name)"
+        case .success(let value):
+            guard answer != .none else { return "\(head) = \(value)" }
+            var text = "\(head) = \(value) → \(answer)"
+            if case .request(.vhost(.getFeatures)) = operation { text += " (\(VirtioFeatures(rawValue: answer.value)))" }
+            return text
+        case .failure(let errno): return "\(head) = -\(errno.name)"
         }
     }
-}
-
-/// An ioctl's argument in typed form, as the kernel saw it (or, for a GET, as it answered).
-public enum IoctlPayload: Sendable, Equatable {
-    case none
-    /// A 64-bit word: features, backend features, the log base, a header size, a worker mode.
-    case word(UInt64)
-    /// `VHOST_GET/SET_FEATURES_ARRAY`'s words.
-    case words([UInt64])
-    case memoryTable(MemoryTable)
-    /// `vhost_vring_state`: an index and a number (num, base, busyloop timeout).
-    case vringState(index: UInt32, num: UInt32)
-    /// `vhost_vring_file`: an index and an fd (kick, call, err, backend).
-    case vringFile(index: UInt32, fd: Int32)
-    case vringAddress(index: UInt32, VringAddresses)
-    /// An fd on its own (`VHOST_SET_LOG_FD`).
-    case fd(Int32)
-    /// An interface or device name (`TUNSETIFF`, `open`).
-    case name(String)
 }
 
 /// Receives every ioctl the library issues.
 public typealias IoctlObserver = @Sendable (IoctlEvent) -> Void
 
 /// The one place where ioctls are issued: runs `body` with the request's number (a CVhost
-/// wrapper returning 0 or -errno),
-/// reports the event to `observer`, and throws every errno as `VhostError.ioctl` naming the
-/// request and its arguments. Public so that other backends (the in-process device) report
-/// the same events; `body` returns the result or -errno.
+/// wrapper returning 0 or -errno), reports the event with what `answer` reads back to
+/// `observer`, and throws every errno as `VhostError.ioctl` naming the request and its
+/// arguments. Public so that other backends (the in-process device) report the same events;
+/// `body` returns the result or -errno.
 ///
 /// EFAULT and EBADF are thrown like any other errno: the kernel answers EFAULT legitimately in
 /// some states (vhost-net's `NET_SET_BACKEND` before the ring addresses are set, a script that
 /// orders ioctls wrongly on purpose), so whether one is a bug is the caller's call, made where
 /// it catches the error.
 @discardableResult
-public func performIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, payload: @autoclosure () -> IoctlPayload = .none,
-                  observer: IoctlObserver?, _ body: (UInt) -> Int32) throws(VhostError) -> Int32 {
-    let rc = body(request.number)
+public func performIoctl(_ request: KernelRequest, observer: IoctlObserver?, answer: () -> VhostAnswer = { .none },
+                         _ body: (UInt) -> Int32) throws(VhostError) -> Int32 {
+    let rc = body(request.kind.number)
     let result: Result<Int32, Errno> = rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)
-    // The payload is read after the call, so a GET reports what the kernel wrote.
-    if let observer { observer(IoctlEvent(name: request.name, arguments: arguments(), result: result, request: request, payload: payload())) }
+    // The answer is read after the call, so a GET reports what the kernel wrote.
+    if let observer { observer(IoctlEvent(.request(request), result: result, answer: rc < 0 ? .none : answer())) }
     guard rc < 0 else { return rc }
-    throw .ioctl(IoctlFailure(request: request, arguments: arguments(), errno: Errno(rawValue: -rc)))
+    throw .ioctl(IoctlFailure(request: request, errno: Errno(rawValue: -rc)))
 }
 
 func hex(_ value: some BinaryInteger) -> String { "0x" + String(value, radix: 16) }

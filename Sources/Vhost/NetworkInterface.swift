@@ -32,7 +32,7 @@ public struct NetworkInterface: Sendable {
     public func index() throws(VhostError) -> Int32 {
         try withControlSocket { (socket) throws(VhostError) -> Int32 in
             var value: Int32 = 0
-            try performIoctl(.getInterfaceIndex, name, observer: observer) { cvhost_ioctl_ifreq_int(socket, $0, name, &value) }
+            try performIoctl(.interface(.getIndex(name: name)), observer: observer) { cvhost_ioctl_ifreq_int(socket, $0, name, &value) }
             return value
         }
     }
@@ -40,7 +40,7 @@ public struct NetworkInterface: Sendable {
     public func flags() throws(VhostError) -> Int16 {
         try withControlSocket { (socket) throws(VhostError) -> Int16 in
             var value: Int16 = 0
-            try performIoctl(.getInterfaceFlags, name, observer: observer) { cvhost_ioctl_ifreq_short(socket, $0, name, &value, nil) }
+            try performIoctl(.interface(.getFlags(name: name)), observer: observer) { cvhost_ioctl_ifreq_short(socket, $0, name, &value, nil) }
             return value
         }
     }
@@ -48,7 +48,7 @@ public struct NetworkInterface: Sendable {
     public func setFlags(_ flags: Int16) throws(VhostError) {
         try withControlSocket { (socket) throws(VhostError) in
             var value = flags
-            try performIoctl(.setInterfaceFlags, "\(name), flags: \(hex(UInt16(bitPattern: flags)))", observer: observer) {
+            try performIoctl(.interface(.setFlags(name: name, flags: flags)), observer: observer) {
                 cvhost_ioctl_ifreq_short(socket, $0, name, &value, nil)
             }
         }
@@ -63,22 +63,22 @@ public struct NetworkInterface: Sendable {
     public func mtu() throws(VhostError) -> Int {
         try withControlSocket { (socket) throws(VhostError) -> Int in
             var value: Int32 = 0
-            try performIoctl(.getInterfaceMTU, name, observer: observer) { cvhost_ioctl_ifreq_int(socket, $0, name, &value) }
+            try performIoctl(.interface(.getMTU(name: name)), observer: observer) { cvhost_ioctl_ifreq_int(socket, $0, name, &value) }
             return Int(value)
         }
     }
 
     public func setMTU(_ mtu: Int) throws(VhostError) {
         try withControlSocket { (socket) throws(VhostError) in
-            var value = Int32(mtu)
-            try performIoctl(.setInterfaceMTU, "\(name), mtu: \(mtu)", observer: observer) { cvhost_ioctl_ifreq_int(socket, $0, name, &value) }
+            var value = Int32(clamping: mtu)
+            try performIoctl(.interface(.setMTU(name: name, mtu: Int32(clamping: mtu))), observer: observer) { cvhost_ioctl_ifreq_int(socket, $0, name, &value) }
         }
     }
 
     public func hardwareAddress() throws(VhostError) -> [UInt8] {
         try withControlSocket { (socket) throws(VhostError) -> [UInt8] in
             var mac = [UInt8](repeating: 0, count: 6)
-            try performIoctl(.getInterfaceHardwareAddress, name, observer: observer) { request in
+            try performIoctl(.interface(.getHardwareAddress(name: name)), observer: observer) { request in
                 mac.withUnsafeMutableBufferPointer { cvhost_ioctl_ifreq_hwaddr(socket, request, name, $0.baseAddress) }
             }
             return mac
@@ -89,11 +89,9 @@ public struct NetworkInterface: Sendable {
     public func setIPv4(address: UInt32, netmask: UInt32) throws(VhostError) {
         try withControlSocket { (socket) throws(VhostError) in
             var value = address
-            try performIoctl(.setInterfaceAddress, "\(name), \(dotted(address))", observer: observer) { cvhost_ioctl_ifreq_ipv4(socket, $0, name, &value) }
+            try performIoctl(.interface(.setAddress(name: name, ipv4: address)), observer: observer) { cvhost_ioctl_ifreq_ipv4(socket, $0, name, &value) }
             var mask = netmask
-            try performIoctl(.setInterfaceNetmask, "\(name), \(dotted(netmask))", observer: observer) { cvhost_ioctl_ifreq_ipv4(socket, $0, name, &mask) }
+            try performIoctl(.interface(.setNetmask(name: name, ipv4: netmask)), observer: observer) { cvhost_ioctl_ifreq_ipv4(socket, $0, name, &mask) }
         }
     }
-
-    private func dotted(_ a: UInt32) -> String { "\(a >> 24).\((a >> 16) & 0xff).\((a >> 8) & 0xff).\(a & 0xff)" }
 }

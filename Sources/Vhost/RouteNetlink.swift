@@ -102,7 +102,7 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
             }
             let opened = open(path, O_RDWR | O_CLOEXEC)
             guard opened >= 0 else { throw .system(call: "open", detail: "\(path) (the macvtap \(name))", errno: Errno(rawValue: Glibc.errno)) }
-            observer?(IoctlEvent(name: "open", arguments: path, result: .success(opened)))
+            observer?(IoctlEvent(.open(path: path), result: .success(opened)))
             fd = opened
         } catch {
             if !exists { try? RouteNetlink.removeLink(name) }
@@ -124,15 +124,9 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
         guard let headerLength else {
             throw .invalidArgument("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
         }
-        var value = Int32(headerLength)
-        try performIoctl(.tunSetVnetHeaderSize, "\(headerLength)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
-        var sndbuf = Int32.max
-        try performIoctl(.tunSetSendBuffer, "\(Int32.max)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &sndbuf) }
-        if !receiveOffloads.isEmpty {
-            try performIoctl(.tunSetOffload, "0x" + String(receiveOffloads.rawValue, radix: 16), observer: observer) { request in
-                cvhost_ioctl_ulong(fd, request, UInt(receiveOffloads.rawValue))
-            }
-        }
+        try Tap.perform(.setVnetHeaderSize(Int32(headerLength)), on: fd, observer: observer)
+        try Tap.perform(.setSendBuffer(Int32.max), on: fd, observer: observer)
+        if !receiveOffloads.isEmpty { try Tap.perform(.setOffload(receiveOffloads.rawValue), on: fd, observer: observer) }
         if linkUp { try NetworkInterface(name: name, observer: observer).setLinkUp(true) }
     }
 

@@ -57,7 +57,7 @@ public struct Tap: ~Copyable {
         let opened = open("/dev/net/tun", O_RDWR | O_CLOEXEC)
         guard opened >= 0 else {
             let errno = Errno(rawValue: Glibc.errno)
-            observer?(IoctlEvent(name: "open", arguments: "/dev/net/tun", result: .failure(errno)))
+            observer?(IoctlEvent(.open(path: "/dev/net/tun"), result: .failure(errno)))
             if errno == .noSuchFileOrDirectory || errno == .operationNotSupportedByDevice {
                 throw .tap(name: name, problem: .driverMissing, reason: "/dev/net/tun does not exist; load it with `modprobe tun`")
             }
@@ -66,7 +66,7 @@ public struct Tap: ~Copyable {
         var kernelName = [CChar](repeating: 0, count: Int(CVHOST_IFNAMSIZ))
         var value = flags.rawValue
         do {
-            try performIoctl(.tunSetInterface, "name: \(name), flags: \(hex(UInt16(bitPattern: flags.rawValue)))", payload: .name(name), observer: observer) { request in
+            try performIoctl(.tun(.setInterface(name: name, flags: UInt16(bitPattern: flags.rawValue))), observer: observer) { request in
                 cvhost_ioctl_ifreq_short(opened, request, name, &value, &kernelName)
             }
         } catch .ioctl(let failure) {
@@ -102,9 +102,7 @@ public struct Tap: ~Copyable {
                        reason: "cannot open: \(errno.name) (\(errno))\(errno == .noSuchFileOrDirectory ? "; load it with `modprobe tun`" : "")")
         }
         defer { close(fd) }
-        var value: UInt32 = 0
-        try performIoctl(.tunGetFeatures, "", observer: nil) { request in cvhost_ioctl_ptr(fd, request, &value) }
-        return value
+        return UInt32(truncatingIfNeeded: try Tap.perform(.getFeatures, on: fd, observer: nil).value)
     }
 
     /// Names of TUNSETIFF flags (linux/if_tun.h).
@@ -128,45 +126,63 @@ public struct Tap: ~Copyable {
 
     public func interfaceIndex() throws(VhostError) -> Int32 { try interface.index() }
 
-    /// Sets the length of the virtio-net header the tap prepends and expects
-    /// (vhost-net's sock_hlen: 12 with VERSION_1 or MRG_RXBUF, else 10).
-    public func setVnetHeaderSize(_ size: Int32) throws(VhostError) {
-        var value = size
-        try performIoctl(.tunSetVnetHeaderSize, "\(size)", payload: .word(UInt64(size)), observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
+    /// Issues one tun request on this tap's fd and returns its answer.
+    @discardableResult
+    public func perform(_ request: TunRequest) throws(VhostError) -> VhostAnswer { try Tap.perform(request, on: fd, observer: observer) }
+
+    /// The kernel encoding of every tun request (linux/if_tun.h), on any tun-like fd: a tap
+    /// queue or a macvtap (which takes the same requests, drivers/net/tap.c tap_ioctl).
+    @discardableResult
+    public static func perform(_ request: TunRequest, on fd: Int32, observer: IoctlObserver?) throws(VhostError) -> VhostAnswer {
+        switch request {
+        case .setInterface(let name, let flags):
+            var value = Int16(bitPattern: flags)
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ifreq_short(fd, $0, name, &value, nil) }
+            return .none
+        case .setPersist(let on):
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ulong(fd, $0, on ? 1 : 0) }
+            return .none
+        case .setOwner(let uid):
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ulong(fd, $0, UInt(uid)) }
+            return .none
+        case .setOffload(let bits):
+            // TUNSETOFFLOAD takes the flags as the argument itself, not a pointer (tun.c __tun_chr_ioctl).
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ulong(fd, $0, UInt(bits)) }
+            return .none
+        case .getFeatures:
+            var value: UInt32 = 0
+            try performIoctl(.tun(request), observer: observer, answer: { .value(UInt64(value)) }) { cvhost_ioctl_ptr(fd, $0, &value) }
+            return .value(UInt64(value))
+        case .getVnetHeaderSize:
+            var value: Int32 = 0
+            try performIoctl(.tun(request), observer: observer, answer: { .value(UInt64(UInt32(bitPattern: value))) }) { cvhost_ioctl_ptr(fd, $0, &value) }
+            return .value(UInt64(UInt32(bitPattern: value)))
+        case .setSendBuffer(let bytes), .setVnetHeaderSize(let bytes):
+            var value = bytes
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }
+            return .none
+        }
     }
 
-    public func vnetHeaderSize() throws(VhostError) -> Int32 {
-        var value: Int32 = 0
-        try performIoctl(.tunGetVnetHeaderSize, "", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
-        return value
-    }
+    /// Sets the length of the virtio-net header the tap prepends and expects
+    /// (vhost-net's sock_hlen: 12 with VERSION_1 or MRG_RXBUF, else 10).
+    public func setVnetHeaderSize(_ size: Int32) throws(VhostError) { try perform(.setVnetHeaderSize(size)) }
+
+    public func vnetHeaderSize() throws(VhostError) -> Int32 { Int32(truncatingIfNeeded: try perform(.getVnetHeaderSize).value) }
 
     /// The TX batching path in vhost-net (tun_sendmsg with XDP batching) is taken only when
     /// the tap's sndbuf is INT_MAX; QEMU sets it (net/tap-linux.c tap_fd_set_sndbuf).
-    public func setSendBuffer(_ bytes: Int32 = Int32.max) throws(VhostError) {
-        var value = bytes
-        try performIoctl(.tunSetSendBuffer, "\(bytes)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
-    }
+    public func setSendBuffer(_ bytes: Int32 = Int32.max) throws(VhostError) { try perform(.setSendBuffer(bytes)) }
 
     /// The IFF_* flags this kernel's tun driver supports (TUNGETFEATURES).
-    public func features() throws(VhostError) -> UInt32 {
-        var value: UInt32 = 0
-        try performIoctl(.tunGetFeatures, "", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }
-        return value
-    }
+    public func features() throws(VhostError) -> UInt32 { UInt32(truncatingIfNeeded: try perform(.getFeatures).value) }
 
-    public func setOffloads(_ offloads: Offloads) throws(VhostError) {
-        try performIoctl(.tunSetOffload, hex(offloads.rawValue), payload: .word(UInt64(offloads.rawValue)), observer: observer) { request in cvhost_ioctl_ulong(fd, request, UInt(offloads.rawValue)) }
-    }
+    public func setOffloads(_ offloads: Offloads) throws(VhostError) { try perform(.setOffload(offloads.rawValue)) }
 
-    public func setPersistent(_ persistent: Bool) throws(VhostError) {
-        try performIoctl(.tunSetPersist, persistent ? "1" : "0", observer: observer) { request in cvhost_ioctl_ulong(fd, request, persistent ? 1 : 0) }
-    }
+    public func setPersistent(_ persistent: Bool) throws(VhostError) { try perform(.setPersist(persistent)) }
 
     /// Lets `uid` open the tap later without CAP_NET_ADMIN.
-    public func setOwner(uid: UInt32) throws(VhostError) {
-        try performIoctl(.tunSetOwner, "\(uid)", observer: observer) { request in cvhost_ioctl_ulong(fd, request, UInt(uid)) }
-    }
+    public func setOwner(uid: UInt32) throws(VhostError) { try perform(.setOwner(uid)) }
 
     /// Brings the link up or down (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP).
     public func setLinkUp(_ up: Bool) throws(VhostError) { try interface.setLinkUp(up) }

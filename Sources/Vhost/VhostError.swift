@@ -10,6 +10,10 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
     case permissionDenied(path: String, errno: Errno)
     /// Any other failure of a system call, named.
     case system(call: String, detail: String, errno: Errno)
+    /// A request refused before the ioctl: the kernel would have written through an address
+    /// outside memory mapped for it, or past a buffer of ours. The tool's memory stays safe
+    /// whatever a script asks.
+    case refused(KernelRequest, reason: String)
     /// Something we refused before asking the kernel, with the rule it breaks.
     case invalidArgument(String)
     /// A tap could not be created or attached.
@@ -34,6 +38,8 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
             return "cannot open \(path): \(errno.name) (\(errno)); needs root or access to \(path)"
         case .system(let call, let detail, let errno):
             return "\(call)\(detail.isEmpty ? "" : " " + detail) failed: \(errno.name) (\(errno))"
+        case .refused(let request, let reason):
+            return "\(request) refused before the ioctl: \(reason)"
         case .invalidArgument(let message):
             return message
         case .tap(let name, _, let reason):
@@ -67,21 +73,25 @@ public enum TapProblem: Sendable, Equatable {
     case other
 }
 
-/// A failed ioctl: the request, its decoded arguments and the errno.
+/// A failed ioctl: the typed request (which prints its arguments) and the errno.
 public struct IoctlFailure: Error, Equatable, CustomStringConvertible {
-    public var request: IoctlRequest
-    public var arguments: String
+    /// The request as it was issued.
+    public var issued: KernelRequest
     public var errno: Errno
 
-    public init(request: IoctlRequest, arguments: String, errno: Errno) {
-        self.request = request; self.arguments = arguments; self.errno = errno
+    public init(request: KernelRequest, errno: Errno) {
+        self.issued = request; self.errno = errno
     }
 
+    /// The request's entry in the number table.
+    public var request: IoctlRequest { issued.kind }
+    /// The decoded arguments.
+    public var arguments: String { issued.arguments }
     /// The request's kernel name, e.g. `VHOST_SET_VRING_NUM`.
     public var name: String { request.name }
 
     public var description: String {
-        var text = "\(name)(\(arguments)) failed: \(errno.name) (\(errno))"
+        var text = "\(issued) failed: \(errno.name) (\(errno))"
         if let hint = request.hint(for: errno) { text += "; " + hint }
         return text
     }

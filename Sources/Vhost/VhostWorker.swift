@@ -68,28 +68,21 @@ public struct VhostWorkerThread: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-extension VhostNetDevice {
+extension VhostBackend where Self: ~Copyable {
     /// `VHOST_GET_FORK_FROM_OWNER`: the worker mode the next `SET_OWNER` will use. Works before
     /// and after SET_OWNER on kernels that have it (6.12.y, 6.17 on); on others the kernel treats
     /// it as a vring ioctl and answers EPERM before SET_OWNER, which `workerModeControl` reports.
     public func forkFromOwner() throws(VhostError) -> VhostWorkerMode {
-        var value: UInt8 = 0
-        try performIoctl(.getForkFromOwner, "", payload: .word(UInt64(value)), observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &value) }
-        return value == 0 ? .kthread : .task
+        try perform(.getForkFromOwner).value == 0 ? .kthread : .task
     }
 
     /// `VHOST_SET_FORK_FROM_OWNER`: chooses the worker mode; before SET_OWNER only (EBUSY after).
-    public func setForkFromOwner(_ mode: VhostWorkerMode) throws(VhostError) {
-        var value: UInt8 = mode == .task ? 1 : 0
-        try performIoctl(.setForkFromOwner, mode.rawValue, payload: .word(UInt64(value)), observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &value) }
-    }
+    public func setForkFromOwner(_ mode: VhostWorkerMode) throws(VhostError) { try perform(.setForkFromOwner(mode == .task ? 1 : 0)) }
 
     /// `VHOST_NEW_WORKER` with `workerID` in the argument, for probing: vhost-net does not route
     /// the worker ioctls (only vhost-scsi does), so the kernel answers as for a vring ioctl.
     public func newWorker(workerID: UInt32 = 0) throws(VhostError) -> UInt32 {
-        var state = workerID
-        try performIoctl(.newWorker, "worker_id: \(workerID)", payload: .word(UInt64(state)), observer: observer) { request in cvhost_ioctl_ptr(fd.rawValue, request, &state) }
-        return state
+        UInt32(truncatingIfNeeded: try perform(.newWorker(workerID)).value)
     }
 
     /// Whether this kernel lets the worker mode be chosen, probed on this fd before SET_OWNER

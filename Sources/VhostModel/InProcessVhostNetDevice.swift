@@ -64,221 +64,179 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     /// The last ring error the device model reported on a vring, for messages.
     public func lastRingError(index: UInt32) -> String? { core.withState { $0.vring(index)?.lastError } }
 
-    private func ioctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String,
-                       _ body: (inout InProcessDeviceCore.State) -> Errno?) throws(VhostError) {
-        let failure = core.withState { body(&$0) }
+    // MARK: the one entry point
+
+    /// Decodes `request` as drivers/vhost/vhost.c and net.c would, under the device's lock, and
+    /// reports it to the observer as the kernel encoding does. Requests vhost-net does not route
+    /// (the worker ioctls) get the kernel's answer for an unknown vring ioctl.
+    @discardableResult
+    public func perform(_ request: VhostRequest) throws(VhostError) -> VhostAnswer {
+        var answer = VhostAnswer.none
+        let failure: Errno? = core.withState { state in
+            let (errno, value) = InProcessVhostNetDevice.decode(request, &state)
+            answer = value
+            return errno
+        }
         core.wake()
-        try performIoctl(request, arguments(), observer: observer) { _ in failure.map { -$0.rawValue } ?? 0 }
-    }
-
-    /// A vring ioctl: EPERM before SET_OWNER (vhost_dev_check_owner), ENOBUFS for an index ≥ 2
-    /// (vhost_vring_ioctl), then `body`'s answer.
-    private func vringIoctl(_ request: IoctlRequest, _ arguments: @autoclosure () -> String, index: UInt32,
-                            _ body: (InProcessDeviceCore.Vring) -> Errno?) throws(VhostError) {
-        try ioctl(request, arguments()) { state in
-            guard let vring = state.checkedVring(index) else { return state.owned ? .noBufferSpace : .notPermitted }
-            return body(vring)
+        switch request {
+        case .setOwner where failure == nil: core.startWorker()
+        case .resetOwner where failure == nil:
+            // vhost_net_reset_owner: stop, flush, then vhost_dev_reset_owner drops every setting.
+            core.stopWorker()
+            core.withState { state in
+                state.rx.closeAll()
+                state.tx.closeAll()
+                state = InProcessDeviceCore.State(offered: state.offered, maxMemoryRegions: state.maxMemoryRegions)
+            }
+        default: break
         }
+        try performIoctl(.vhost(request), observer: observer, answer: { answer }) { _ in failure.map { -$0.rawValue } ?? 0 }
+        return answer
     }
 
-    // MARK: owner and features
-
-    public func setOwner() throws(VhostError) {
-        try ioctl(.setOwner, "") { state in
+    /// The model's answer to one request: the errno (nil for success) and what it returns.
+    static func decode(_ request: VhostRequest, _ state: inout InProcessDeviceCore.State) -> (Errno?, VhostAnswer) {
+        // vhost_net_ioctl → vhost_dev_ioctl: SET_OWNER, the feature ioctls and the worker mode
+        // work without an owner; everything else checks the owner first (EPERM).
+        switch request {
+        case .setOwner:
             // vhost.c vhost_dev_set_owner: EBUSY when there is one already.
-            guard !state.owned else { return .resourceBusy }
+            guard !state.owned else { return (.resourceBusy, .none) }
             state.owned = true
-            return nil
-        }
-        core.startWorker()
-    }
-
-    public func resetOwner() throws(VhostError) {
-        try ioctl(.resetOwner, "") { state in
-            guard state.owned else { return .notPermitted }
-            return nil
-        }
-        // vhost_net_reset_owner: stop, flush, then vhost_dev_reset_owner drops every setting.
-        core.stopWorker()
-        core.withState { state in
-            state.rx.closeAll()
-            state.tx.closeAll()
-            state = InProcessDeviceCore.State(offered: state.offered, maxMemoryRegions: state.maxMemoryRegions)
-        }
-    }
-
-    public func features() throws(VhostError) -> VirtioFeatures {
-        let offered = core.withState { $0.offered }
-        try ioctl(.getFeatures, "") { _ in nil }
-        observer?(IoctlEvent(name: "  → features", arguments: offered.description, result: .success(0)))
-        return offered
-    }
-
-    public func setFeatures(_ features: VirtioFeatures) throws(VhostError) {
-        try ioctl(.setFeatures, features.description) { state in
+            return (nil, .none)
+        case .getFeatures:
+            return (nil, .value(state.offered.rawValue))
+        case .setFeatures(let bits):
             // net.c vhost_net_ioctl: EOPNOTSUPP for a bit not offered; vhost_net_set_features:
             // EFAULT for LOG_ALL without a usable log.
-            guard features.isSubset(of: state.offered) else { return .notSupported }
-            if features.contains(.logAll) && state.logBase == nil { return .badAddress }
+            let features = VirtioFeatures(rawValue: bits)
+            guard features.isSubset(of: state.offered) else { return (.notSupported, .none) }
+            if features.contains(.logAll) && state.logBase == nil { return (.badAddress, .none) }
             state.acked = features
-            return nil
+            return (nil, .none)
+        case .getFeaturesArray(let count):
+            // net.c (6.17): the offered words, then zeros up to `count`.
+            let words = Int(Swift.min(count, 1024))
+            return (nil, .words(Array(([state.offered.rawValue] + [UInt64](repeating: 0, count: Swift.max(0, words - 1))).prefix(words))))
+        case .setFeaturesArray(let words):
+            guard words.dropFirst().allSatisfy({ $0 == 0 }) else { return (.notSupported, .none) }
+            return decode(.setFeatures(words.first ?? 0), &state)
+        case .getBackendFeatures:
+            return (nil, .value(0))
+        case .setBackendFeatures(let bits):
+            // vhost-net offers IOTLB_MSG_V2 only with ACCESS_PLATFORM, which this device lacks.
+            return (bits == 0 ? nil : .notSupported, .none)
+        case .getForkFromOwner:
+            return (nil, .value(state.forkFromOwner ? 1 : 0))
+        case .setForkFromOwner(let mode):
+            // vhost.c vhost_dev_ioctl (6.17): EBUSY once there is an owner, EINVAL for a mode not 0 or 1.
+            guard !state.owned else { return (.resourceBusy, .none) }
+            guard mode <= 1 else { return (.invalidArgument, .none) }
+            state.forkFromOwner = mode == 1
+            return (nil, .none)
+        default:
+            break
         }
-    }
-
-    public func backendFeatures() throws(VhostError) -> VhostBackendFeatures {
-        try ioctl(.getBackendFeatures, "") { _ in nil }
-        return []
-    }
-
-    public func setBackendFeatures(_ features: VhostBackendFeatures) throws(VhostError) {
-        try ioctl(.setBackendFeatures, features.description) { _ in features.isEmpty ? nil : .notSupported }
-    }
-
-    // MARK: memory
-
-    public func setMemoryTable(_ table: MemoryTable) throws(VhostError) {
-        try ioctl(.setMemoryTable, table.description) { state in
-            guard state.owned else { return .notPermitted }
-            // vhost.c vhost_set_memory: E2BIG above max_mem_regions.
-            guard table.regions.count <= state.maxMemoryRegions else { return .argListTooLong }
-            // vhost_iotlb_add_range: a region that wraps or is empty is EINVAL... the kernel adds
-            // each region; an empty one is refused there.
-            for region in table.regions where region.size == 0 || region.guestAddress &+ region.size < region.guestAddress {
-                _ = region
-                return .invalidArgument
+        guard state.owned else { return (.notPermitted, .none) }
+        switch request {
+        case .resetOwner:
+            return (nil, .none)
+        case .setMemoryTable(let table):
+            // vhost.c vhost_set_memory: E2BIG above max_mem_regions; a region that is empty or
+            // wraps fails vhost_iotlb_add_range, which vhost_set_memory answers with EFAULT.
+            // Overlapping regions are accepted, as the kernel accepts them.
+            guard table.regions.count <= state.maxMemoryRegions else { return (.argListTooLong, .none) }
+            for region in table.regions {
+                let (_, wraps) = region.guestAddress.addingReportingOverflow(region.size)
+                if region.size == 0 || wraps { return (.badAddress, .none) }
             }
             state.table = table.regions
-            return nil
-        }
-    }
-
-    public func setLogBase(_ address: HostAddress) throws(VhostError) {
-        try ioctl(.setLogBase, address.description) { state in
-            guard state.owned else { return .notPermitted }
+            return (nil, .none)
+        case .setLogBase(let address):
             state.logBase = address
-            return nil
+            return (nil, .none)
+        case .setLogFD(let fd):
+            // Accepted and kept as the kernel keeps it (eventfd_ctx_fdget); nothing is logged here.
+            if fd >= 0 && !InProcessDeviceCore.isEventFD(fd) { return (InProcessDeviceCore.fdProblem(fd), .none) }
+            return (nil, .none)
+        default:
+            break
         }
-    }
-
-    /// Accepted and kept; the in-process device logs nothing (it does not offer LOG_ALL).
-    public func setLogFD(_ event: borrowing EventFD) throws(VhostError) {
-        try ioctl(.setLogFD, "fd: \(event.fd)") { state in state.owned ? nil : .notPermitted }
-    }
-
-    // MARK: vrings
-
-    public func setVringNum(index: UInt32, num: UInt32) throws(VhostError) {
-        try vringIoctl(.setVringNum, "index: \(index), num: \(num)", index: index) { vring in
+        // vhost_vring_ioctl: the index comes first (ENOBUFS for one the device does not have).
+        guard let index = request.vring ?? (request.kind == .newWorker ? VringIndex(0) : nil) else { return (.inappropriateIOCTLForDevice, .none) }
+        if case .newWorker(let id) = request {
+            // vhost-net does not route the worker ioctls: vhost_vring_ioctl reads the first u32
+            // (worker_id) as an index, then finds no such request (ENOTTY).
+            return (id >= 2 ? .noBufferSpace : .inappropriateIOCTLForDevice, .none)
+        }
+        guard let vring = state.vring(index.rawValue) else { return (.noBufferSpace, .none) }
+        switch request {
+        case .setVringNum(_, let num):
             // vhost.c vhost_vring_set_num: EBUSY while attached; EINVAL for 0, > 0xffff, not a power of 2.
-            guard vring.backend < 0 else { return .resourceBusy }
-            guard num > 0, num <= 0xffff, num & (num - 1) == 0 else { return .invalidArgument }
+            guard vring.backend < 0 else { return (.resourceBusy, .none) }
+            guard num > 0, num <= 0xffff, num & (num - 1) == 0 else { return (.invalidArgument, .none) }
             vring.num = num
-            return nil
-        }
-    }
-
-    public func setVringBase(index: UInt32, base: UInt32) throws(VhostError) {
-        try vringIoctl(.setVringBase, "index: \(index), num: \(base)", index: index) { vring in
-            guard vring.backend < 0 else { return .resourceBusy }
-            guard base <= 0xffff else { return .invalidArgument }
+        case .setVringBase(_, let base):
+            guard vring.backend < 0 else { return (.resourceBusy, .none) }
+            guard base <= 0xffff else { return (.invalidArgument, .none) }
             vring.lastAvail = UInt16(base)
-            return nil
-        }
-    }
-
-    public func vringBase(index: UInt32) throws(VhostError) -> UInt32 {
-        var value: UInt32 = 0
-        try vringIoctl(.getVringBase, "index: \(index)", index: index) { vring in
-            value = UInt32(vring.model?.lastAvailIndex ?? vring.lastAvail)
-            return nil
-        }
-        return value
-    }
-
-    public func setVringAddress(index: UInt32, _ addresses: VringAddresses) throws(VhostError) {
-        try vringIoctl(.setVringAddress, "index: \(index), desc: \(addresses.descriptors), avail: \(addresses.avail), used: \(addresses.used)", index: index) { vring in
-            // vhost.c vhost_vring_set_addr: avail 2-aligned, used and log 4-aligned.
+        case .getVringBase:
+            return (nil, .value(UInt64(vring.model?.lastAvailIndex ?? vring.lastAvail)))
+        case .setVringAddress(_, let addresses):
+            // vhost.c vhost_vring_set_addr: EOPNOTSUPP for a flag other than LOG; then avail
+            // 2-aligned, used and log 4-aligned (EINVAL).
+            guard addresses.flags.subtracting(.log).isEmpty else { return (.notSupported, .none) }
             guard addresses.avail.rawValue % 2 == 0, addresses.used.rawValue % 4 == 0,
-                  (addresses.log?.rawValue ?? 0) % 4 == 0 else { return .invalidArgument }
+                  (addresses.log?.rawValue ?? 0) % 4 == 0 else { return (.invalidArgument, .none) }
             vring.addresses = addresses
-            return nil
-        }
-    }
-
-    public func setVringKick(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try bind(.kick, index, event.fd) }
-    public func setVringCall(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try bind(.call, index, event.fd) }
-    public func setVringErr(index: UInt32, _ event: borrowing EventFD) throws(VhostError) { try bind(.error, index, event.fd) }
-    public func unbindVring(index: UInt32, _ doorbell: VringDoorbell) throws(VhostError) { try bind(doorbell, index, -1) }
-
-    private func bind(_ doorbell: VringDoorbell, _ index: UInt32, _ fd: Int32) throws(VhostError) {
-        let request: IoctlRequest = doorbell == .kick ? .setVringKick : doorbell == .call ? .setVringCall : .setVringErr
-        try vringIoctl(request, "index: \(index), fd: \(fd)", index: index) { vring in
-            // The kernel takes its own reference (eventfd_ctx_fdget); a dup is ours.
+        case .setVringKick(_, let fd), .setVringCall(_, let fd), .setVringErr(_, let fd):
+            // The kernel takes its own reference (eventfd_ctx_fdget: EBADF for no file, EINVAL
+            // for a file that is not an eventfd); a dup is ours.
             var own: Int32 = -1
             if fd >= 0 {
+                guard InProcessDeviceCore.isEventFD(fd) else { return (InProcessDeviceCore.fdProblem(fd), .none) }
                 own = dup(fd)
-                guard own >= 0 else { return Errno(rawValue: Glibc.errno) }
+                guard own >= 0 else { return (Errno(rawValue: Glibc.errno), .none) }
             }
-            switch doorbell {
-            case .kick: replace(&vring.kick, own)
-            case .call: replace(&vring.call, own)
-            case .error: replace(&vring.error, own)
+            switch request {
+            case .setVringKick: replace(&vring.kick, own)
+            case .setVringCall: replace(&vring.call, own)
+            default: replace(&vring.error, own)
             }
-            return nil
-        }
-    }
-
-    public func setVringBusyloopTimeout(index: UInt32, microseconds: UInt32) throws(VhostError) {
-        try vringIoctl(.setVringBusyloopTimeout, "index: \(index), num: \(microseconds)", index: index) { vring in
+        case .setVringBusyloopTimeout(_, let microseconds):
             vring.busyloopTimeout = microseconds
-            return nil
+        case .getVringBusyloopTimeout:
+            return (nil, .value(UInt64(vring.busyloopTimeout)))
+        case .netSetBackend(_, let fd):
+            return (setBackend(vring, fd: fd, &state), .none)
+        default:
+            return (.inappropriateIOCTLForDevice, .none)
         }
+        return (nil, .none)
     }
-
-    public func vringBusyloopTimeout(index: UInt32) throws(VhostError) -> UInt32 {
-        var value: UInt32 = 0
-        try vringIoctl(.getVringBusyloopTimeout, "index: \(index)", index: index) { vring in
-            value = vring.busyloopTimeout
-            return nil
-        }
-        return value
-    }
-
-    // MARK: backend
-
-    public func setBackend<Port: NetworkPort & ~Copyable>(index: UInt32, _ port: borrowing Port) throws(VhostError) {
-        try setBackend(index: index, fd: port.fd)
-    }
-
-    public func detachBackend(index: UInt32) throws(VhostError) { try setBackend(index: index, fd: -1) }
 
     /// `VHOST_NET_SET_BACKEND` with any fd, checked as net.c vhost_net_set_backend checks it.
-    public func setBackend(index: UInt32, fd: Int32) throws(VhostError) {
-        try ioctl(.netSetBackend, "index: \(index), fd: \(fd)") { state in
-            guard state.owned else { return .notPermitted }
-            // net.c vhost_net_set_backend: ENOBUFS for an index ≥ 2, then EFAULT when the ring is
-            // not accessible, and only then the fd.
-            guard let vring = state.vring(index) else { return .noBufferSpace }
-            guard vring.num > 0, let addresses = vring.addresses, state.ringIsInTable(addresses, num: Int(vring.num)) else { return .badAddress }
-            if fd < 0 {
-                vring.detach()
-                return nil
-            }
-            guard InProcessDeviceCore.isFramePipe(fd) else { return .notSocket }
+    private static func setBackend(_ vring: InProcessDeviceCore.Vring, fd: Int32, _ state: inout InProcessDeviceCore.State) -> Errno? {
+        // net.c vhost_net_set_backend: EFAULT when the ring is not accessible, and only then the fd.
+        guard vring.num > 0, let addresses = vring.addresses, state.ringIsInTable(addresses, num: Int(vring.num)) else { return .badAddress }
+        if fd < 0 {
             vring.detach()
-            // vhost.c vhost_vq_init_access: last_used_idx comes from used->idx; signalled_used
-            // starts invalid. The model reads them from the ring.
-            guard vring.attach(features: state.acked, translate: state.translator()) else { return .badAddress }
-            let own = dup(fd)
-            guard own >= 0 else { vring.detach(); return Errno(rawValue: Glibc.errno) }
-            vring.backend = own
-            vring.wantsSocket = true
-            // net.c vhost_net_enable_vq → vhost_poll_start: polling the socket starts, and a
-            // socket that is ready already (always, for TX: the pipe is writable) runs the
-            // handler at once, so chains published while detached are taken without a kick.
-            vring.requeued = true
             return nil
         }
+        guard InProcessDeviceCore.isFramePipe(fd) else { return fcntl(fd, F_GETFD) < 0 ? .badFileDescriptor : .notSocket }
+        vring.detach()
+        // vhost.c vhost_vq_init_access: last_used_idx comes from used->idx; signalled_used
+        // starts invalid. The model reads them from the ring.
+        guard vring.attach(features: state.acked, translate: state.translator()) else { return .badAddress }
+        let own = dup(fd)
+        guard own >= 0 else { vring.detach(); return Errno(rawValue: Glibc.errno) }
+        vring.backend = own
+        vring.wantsSocket = true
+        // net.c vhost_net_enable_vq → vhost_poll_start: polling the socket starts, and a
+        // socket that is ready already (always, for TX: the pipe is writable) runs the
+        // handler at once, so chains published while detached are taken without a kick.
+        vring.requeued = true
+        return nil
     }
 }
 
@@ -371,6 +329,9 @@ final class InProcessDeviceCore: @unchecked Sendable {
         let offered: VirtioFeatures
         let maxMemoryRegions: Int
         var owned = false
+        /// `VHOST_SET_FORK_FROM_OWNER`'s mode: true for a task of the owner (the default of
+        /// `fork_from_owner_default`), false for a kthread. The model's worker is a thread either way.
+        var forkFromOwner = true
         var acked: VirtioFeatures = []
         /// The memory table, shared with the device models' translators: SET_MEM_TABLE is
         /// allowed while running, and translation always uses the current table (vhost.c
@@ -443,6 +404,21 @@ final class InProcessDeviceCore: @unchecked Sendable {
 
     /// Whether `fd` is the device end of a frame pipe: an AF_UNIX SOCK_SEQPACKET socket. Anything
     /// else is refused as net.c get_socket refuses what is not a tap, macvtap or packet socket.
+    /// Whether `fd` is an eventfd (what eventfd_ctx_fdget accepts): /proc/self/fd names it
+    /// `anon_inode:[eventfd]`.
+    static func isEventFD(_ fd: Int32) -> Bool {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+        guard n > 0 else { return false }
+        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self) == "anon_inode:[eventfd]"
+    }
+
+    /// The kernel's answer for an fd that is not an eventfd: EBADF when no file is open under
+    /// that number (fdget), EINVAL for another kind of file (eventfd_ctx_fileget).
+    static func fdProblem(_ fd: Int32) -> Errno {
+        fcntl(fd, F_GETFD) < 0 ? .badFileDescriptor : .invalidArgument
+    }
+
     static func isFramePipe(_ fd: Int32) -> Bool {
         var type: Int32 = 0, domain: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)

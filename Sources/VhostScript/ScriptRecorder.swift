@@ -64,89 +64,119 @@ public final class ScriptRecorder: Sendable {
         }
     }
 
-    private static func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
-
     func record(_ event: IoctlEvent) {
         state.withLock { state in
             flush(&state)
-            var lines: [String] = []
-            let failed: Errno? = if case .failure(let errno) = event.result { errno } else { nil }
-            func call(_ line: String, then check: String? = nil) {
-                if let failed { lines.append("expect \(failed.name)") }
-                lines.append(line)
-                if failed == nil, let check { lines.append(check) }
-            }
-            guard let request = event.request else {
-                if event.name == "open", case .name(let path) = event.payload {
-                    call(path == VhostNetDevice.defaultPath ? "open" : "open \(path)")
-                } else if event.name == "close" {
-                    lines.append("close")
-                } else if !event.name.hasPrefix(" ") {
-                    lines.append("# \(event) (not replayed)")
-                }
-                state.lines += lines
-                return
-            }
-            switch (request, event.payload) {
-            case (.setOwner, _): call("set-owner")
-            case (.resetOwner, _): call("reset-owner")
-            case (.getFeatures, .word(let value)): call("get-features", then: "expect features == \(ScriptRecorder.hex(value))")
-            case (.setFeatures, .word(let value)):
-                call("set-features \(ScriptRecorder.hex(value))")
-                if failed == nil { state.features = value; state.highFeatures = 0 }
-            case (.getFeaturesArray, .words(let words)):
-                call("get-features-array \(words.count)", then: words.first.map { "expect features == \(ScriptRecorder.hex($0))" })
-            case (.setFeaturesArray, .words(let words)):
-                let high = HighFeatures(rawValue: words.count > 1 ? words[1] : 0).featureNames
-                call("set-features-array \(ScriptRecorder.hex(words.first ?? 0))" + (high.isEmpty ? "" : " " + high.joined(separator: " ")))
-                if failed == nil { state.features = words.first ?? 0; state.highFeatures = words.count > 1 ? words[1] : 0 }
-            case (.getBackendFeatures, .word(let value)): call("get-backend-features", then: "expect backend-features == \(ScriptRecorder.hex(value))")
-            case (.setBackendFeatures, .word(let value)): call("set-backend-features \(ScriptRecorder.hex(value))")
-            case (.getForkFromOwner, .word(let value)): call("get-fork-owner", then: "expect fork-owner == \(value)")
-            case (.setForkFromOwner, .word(let value)): call("set-fork-owner \(value == 0 ? "kthread" : "task")")
-            case (.newWorker, .word(let value)): call("new-worker", then: "expect worker == \(value)")
-            case (.setMemoryTable, .memoryTable(let table)):
-                // The replay maps its own memory at the same guest-physical addresses.
-                lines.append("memory " + table.regions.map { "\(ScriptRecorder.hex($0.size)) \(ScriptRecorder.hex($0.guestAddress))" }.joined(separator: " "))
-                call("set-mem-table")
-                if failed == nil { state.table = table }
-            case (.setVringNum, .vringState(let index, let num)):
-                call("set-vring-num \(index) \(num)")
-                if failed == nil { state.nums[index] = num }
-            case (.setVringBase, .vringState(let index, let num)): call("set-vring-base \(index) \(num)")
-            case (.getVringBase, .vringState(let index, let num)):
-                if index == VhostNetDevice.receiveQueueIndex {
-                    call("get-vring-base \(index)   # was \(num) when recorded; RX counts the frames the host happened to send")
-                } else {
-                    call("get-vring-base \(index)", then: "expect base \(num)")
-                }
-            case (.setVringAddress, .vringAddress(let index, let addresses)):
-                func gpa(_ address: HostAddress) -> String? {
-                    guard let table = state.table else { return nil }
-                    for region in table.regions where address.rawValue >= region.userspaceAddress && address.rawValue < region.userspaceAddress + region.size {
-                        return ScriptRecorder.hex(region.guestAddress + address.rawValue - region.userspaceAddress)
-                    }
-                    return nil
-                }
-                if let desc = gpa(addresses.descriptors), let avail = gpa(addresses.avail), let used = gpa(addresses.used) {
-                    call("set-vring-addr \(index) desc=\(desc) avail=\(avail) used=\(used)" + (addresses.log.map { " log=\(ScriptRecorder.hex($0.rawValue))" } ?? ""))
-                } else {
-                    lines.append("# \(event) (not replayed: the addresses are outside the recorded memory table)")
-                }
-            case (.setVringKick, .vringFile(let index, let fd)): call("set-vring-kick \(index)" + (fd < 0 ? " -1" : ""))
-            case (.setVringCall, .vringFile(let index, let fd)): call("set-vring-call \(index)" + (fd < 0 ? " -1" : ""))
-            case (.setVringErr, .vringFile(let index, let fd)): call("set-vring-err \(index)" + (fd < 0 ? " -1" : ""))
-            case (.setVringBusyloopTimeout, .vringState(let index, let num)): call("set-vring-busyloop-timeout \(index) \(num)")
-            case (.getVringBusyloopTimeout, .vringState(let index, let num)): call("get-vring-busyloop-timeout \(index)", then: "expect busyloop-timeout == \(num)")
-            case (.netSetBackend, .vringFile(let index, let fd)): call("set-backend \(index) \(fd < 0 ? "-1" : "tap")")
-            case (.setLogFD, .fd(let fd)): call("set-log-fd" + (fd < 0 ? " -1" : ""))
-            case (.tunSetInterface, .name(let name)): call("tap \(name)")
-            case (.tunSetVnetHeaderSize, .word(let size)): call("set-vnet-hdr-size \(size)")
-            case (.tunSetOffload, .word(let bits)): call("set-offloads \(ScriptRecorder.hex(bits))")
-            default:
-                lines.append("# \(event) (not replayed)")
-            }
-            state.lines += lines
+            state.lines += ScriptRecorder.lines(for: event, &state)
         }
     }
+
+    /// The script lines of one event: the request written as its command (the syntax tables'
+    /// names and parameters), preceded by `expect ERRNO` when it failed and followed by a check
+    /// of what a GET answered.
+    static func lines(for event: IoctlEvent, _ state: inout State) -> [String] {
+        let failed: Errno? = if case .failure(let errno) = event.result { errno } else { nil }
+        var lines: [String] = []
+        func call(_ line: String, then check: String? = nil) {
+            if let failed { lines.append("expect \(failed.name)") }
+            lines.append(line)
+            if failed == nil, let check { lines.append(check) }
+        }
+        switch event.operation {
+        case .open(let path) where path != "/dev/net/tun":
+            call(path == VhostNetDevice.defaultPath ? "open" : "open \(path)")
+            return lines
+        case .close:
+            return ["close"]
+        case .request(.vhost(let request)):
+            guard let line = line(for: request, state) else { return ["# \(event) (not replayed: the addresses are outside the recorded memory)"] }
+            var check: String? = nil
+            if let answer = request.syntax.answer {
+                switch request {
+                case .getVringBase(let index) where index == .receive:
+                    // RX's base counts the frames the host happened to send: not an expectation.
+                    return [line + "   # was \(event.answer) when recorded; RX counts the frames the host happened to send"]
+                case .getFeaturesArray:
+                    check = "expect \(answer) == \(hex(event.answer.value))"
+                default:
+                    check = "expect \(answer) == \(event.answer.value > 0xffff ? hex(event.answer.value) : "\(event.answer.value)")"
+                }
+            }
+            if case .setMemoryTable(let table) = request {
+                // The replay maps its own memory at the same guest-physical addresses.
+                lines.append("memory " + table.regions.map { "\(hex($0.size)) \(hex($0.guestAddress))" }.joined(separator: " "))
+                call("set-mem-table")
+                if failed == nil { state.table = table }
+                return lines
+            }
+            call(line, then: check)
+            if failed == nil {
+                switch request {
+                case .setFeatures(let bits): state.features = bits; state.highFeatures = 0
+                case .setFeaturesArray(let words): state.features = words.first ?? 0; state.highFeatures = words.count > 1 ? words[1] : 0
+                case .setVringNum(let index, let num): state.nums[index.rawValue] = num
+                default: break
+                }
+            }
+            return lines
+        case .request(.tun(.setInterface(let name, _))):
+            call("tap \(name)")
+            return lines
+        case .request(.tun(let request)):
+            guard let syntax = request.syntax else { return ["# \(event) (not replayed)"] }
+            call(([syntax.name] + words(syntax.parameters, request.scriptValues, state)).joined(separator: " "))
+            return lines
+        default:
+            return ["# \(event) (not replayed)"]
+        }
+    }
+
+    /// The command line of a vhost request: nil when an address lies outside the recorded table.
+    static func line(for request: VhostRequest, _ state: State) -> String? {
+        let syntax = request.syntax
+        var values = request.scriptValues
+        if case .setMemoryTable = request { values["regions"] = nil }
+        if case .setLogBase = request { values["log"] = nil }
+        for (key, value) in values {
+            if case .host(let address) = value {
+                guard let gpa = guestAddress(of: address, state) else { return nil }
+                values[key] = .number(gpa)
+            }
+        }
+        return ([syntax.name] + words(syntax.parameters, values, state, fdWord: request.kind == .netSetBackend ? "tap" : "eventfd")).joined(separator: " ")
+    }
+
+    /// The words of the parameters, positional while every earlier one is given, then NAME=VALUE.
+    static func words(_ parameters: [RequestParameter], _ values: [String: RequestValue], _ state: State, fdWord: String = "eventfd") -> [String] {
+        var words: [String] = []
+        var positional = true
+        for parameter in parameters {
+            guard let value = values[parameter.name] else { positional = false; continue }
+            let text: String
+            switch value {
+            case .number(let n):
+                if case .choice(let choices) = parameter.kind, let name = choices.first(where: { $0.value == n })?.key { text = name }
+                else if case .vring = parameter.kind { text = "\(n)" }
+                else { text = n > 0xffff || parameter.kind == .features || parameter.kind == .backendFeatures || parameter.kind == .offloads ? hex(n) : "\(n)" }
+            case .words(let w):
+                let high = HighFeatures(rawValue: w.count > 1 ? w[1] : 0).featureNames
+                text = ([hex(w.first ?? 0)] + high).joined(separator: " ")
+            case .fd(let fd): text = fd < 0 ? "-1" : fdWord
+            case .host(let address): text = hex(address.rawValue)
+            case .table: continue
+            }
+            words.append(positional ? text : "\(parameter.name)=\(text)")
+        }
+        return words
+    }
+
+    static func guestAddress(of address: HostAddress, _ state: State) -> UInt64? {
+        guard let table = state.table else { return nil }
+        for region in table.regions where address.rawValue >= region.userspaceAddress && address.rawValue - region.userspaceAddress < region.size {
+            return region.guestAddress + (address.rawValue - region.userspaceAddress)
+        }
+        return nil
+    }
+
+    static func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
 }

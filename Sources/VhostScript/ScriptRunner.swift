@@ -447,7 +447,7 @@ public final class ScriptRunner {
             device = DeviceBox(opened)
         case "close":
             _ = try requireDevice()
-            options.observer?(IoctlEvent(name: "close", arguments: "", result: .success(0)))
+            options.observer?(IoctlEvent(.close, result: .success(0)))
             closeDevice()
         case "set-owner": try requireDevice().device.setOwner()
         case "reset-owner": try requireDevice().device.resetOwner()

@@ -72,8 +72,10 @@ struct VhostUnitTests {
 
     @Test("errors name the ioctl, arguments, errno and the kernel rule")
     func ioctlErrorText() {
-        let failure = IoctlFailure(request: .setMemoryTable, arguments: "nregions: 65", errno: .argListTooLong)
-        #expect("\(failure)" == "VHOST_SET_MEM_TABLE(nregions: 65) failed: E2BIG (Argument list too long); more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)")
+        let failure = IoctlFailure(request: .vhost(.setVringNum(0, 3)), errno: .invalidArgument)
+        #expect("\(failure)" == "VHOST_SET_VRING_NUM(index: 0, num: 3) failed: EINVAL (Invalid argument); vhost.c vhost_vring_set_num: num must be a power of 2 in 1...32768")
+        let table = IoctlFailure(request: .vhost(.setMemoryTable(MemoryTable(regions: []))), errno: .argListTooLong)
+        #expect("\(table)".hasPrefix("VHOST_SET_MEM_TABLE(") && "\(table)".hasSuffix("failed: E2BIG (Argument list too long); more regions than the vhost module parameter max_mem_regions allows (/sys/module/vhost/parameters/max_mem_regions)"))
         #expect(VhostError.deviceMissing(path: "/dev/vhost-net").description.contains("modprobe vhost_net"))
     }
 }
@@ -270,34 +272,36 @@ struct ScriptRecorderTests {
         let recorder = ScriptRecorder()
         let table = MemoryTable(regions: [.init(guestAddress: 0x4000_0000, size: 0x10_0000, userspaceAddress: 0x7f00_0000_0000)])
         let events: [IoctlEvent] = [
-            IoctlEvent(name: "TUNSETIFF", arguments: "", result: .success(0), request: .tunSetInterface, payload: .name("vhrec0")),
-            IoctlEvent(name: "open", arguments: "/dev/vhost-net", result: .success(5), payload: .name("/dev/vhost-net")),
-            IoctlEvent(name: "VHOST_SET_OWNER", arguments: "", result: .success(0), request: .setOwner),
-            IoctlEvent(name: "VHOST_SET_OWNER", arguments: "", result: .failure(.resourceBusy), request: .setOwner),
-            IoctlEvent(name: "VHOST_GET_FEATURES", arguments: "", result: .success(0), request: .getFeatures, payload: .word(0x1_3000_8000)),
-            IoctlEvent(name: "VHOST_SET_FEATURES", arguments: "", result: .success(0), request: .setFeatures, payload: .word(0x1_0000_0000)),
-            IoctlEvent(name: "VHOST_SET_MEM_TABLE", arguments: "", result: .success(0), request: .setMemoryTable, payload: .memoryTable(table)),
-            IoctlEvent(name: "VHOST_SET_VRING_NUM", arguments: "", result: .success(0), request: .setVringNum, payload: .vringState(index: 1, num: 64)),
-            IoctlEvent(name: "VHOST_SET_VRING_ADDR", arguments: "", result: .success(0), request: .setVringAddress,
-                       payload: .vringAddress(index: 1, VringAddresses(descriptors: HostAddress(unchecked: 0x7f00_0000_1000), avail: HostAddress(unchecked: 0x7f00_0000_1400), used: HostAddress(unchecked: 0x7f00_0000_2000)))),
-            IoctlEvent(name: "VHOST_SET_VRING_KICK", arguments: "", result: .success(0), request: .setVringKick, payload: .vringFile(index: 1, fd: 7)),
-            IoctlEvent(name: "VHOST_NET_SET_BACKEND", arguments: "", result: .success(0), request: .netSetBackend, payload: .vringFile(index: 1, fd: 4)),
-            IoctlEvent(name: "TUNSETOFFLOAD", arguments: "0x1", result: .success(0), request: .tunSetOffload, payload: .word(1)),
+            IoctlEvent(.request(.tun(.setInterface(name: "vhrec0", flags: 0x5002))), result: .success(0)),
+            IoctlEvent(.open(path: "/dev/vhost-net"), result: .success(5)),
+            IoctlEvent(.request(.vhost(.setOwner)), result: .success(0)),
+            IoctlEvent(.request(.vhost(.setOwner)), result: .failure(.resourceBusy)),
+            IoctlEvent(.request(.vhost(.getFeatures)), result: .success(0), answer: .value(0x1_3000_8000)),
+            IoctlEvent(.request(.vhost(.setFeatures(0x1_0000_0000))), result: .success(0)),
+            IoctlEvent(.request(.vhost(.setMemoryTable(table))), result: .success(0)),
+            IoctlEvent(.request(.vhost(.setVringNum(1, 64))), result: .success(0)),
+            IoctlEvent(.request(.vhost(.setVringAddress(1, VringAddresses(descriptors: HostAddress(unchecked: 0x7f00_0000_1000), avail: HostAddress(unchecked: 0x7f00_0000_1400),
+                                                                            used: HostAddress(unchecked: 0x7f00_0000_2000))))), result: .success(0)),
+            IoctlEvent(.request(.vhost(.setVringKick(1, fd: 7))), result: .success(0)),
+            IoctlEvent(.request(.vhost(.netSetBackend(1, fd: 4))), result: .success(0)),
+            IoctlEvent(.request(.tun(.setOffload(1))), result: .success(0)),
         ]
         for event in events { recorder.ioctlObserver(event) }
         recorder.ringObserver(.published(queue: 1, chains: 10, frameBytes: 640))
         recorder.ringObserver(.kicked(queue: 1))
         recorder.ringObserver(.published(queue: 1, chains: 6, frameBytes: 384))
-        recorder.ioctlObserver(IoctlEvent(name: "VHOST_GET_VRING_BASE", arguments: "", result: .success(0), request: .getVringBase, payload: .vringState(index: 1, num: 16)))
+        recorder.ioctlObserver(IoctlEvent(.request(.vhost(.getVringBase(1))), result: .success(0), answer: .value(16)))
         let text = recorder.script(header: "test")
         let lines = text.split(separator: "\n").map(String.init)
         #expect(lines.contains("tap vhrec0") && lines.contains("open") && lines.contains("set-owner"))
         #expect(lines.firstIndex(of: "expect EBUSY").map { lines[$0 + 1] == "set-owner" } == true)
         #expect(lines.contains("expect features == 0x130008000"))
         #expect(lines.contains("memory 0x100000 0x40000000"))
-        #expect(lines.contains("set-vring-addr 1 desc=0x40001000 avail=0x40001400 used=0x40002000"))
+        #expect(lines.contains("set-vring-addr 1 0x40001000 0x40001400 0x40002000"))
+        #expect(lines.contains("set-vring-kick 1 eventfd"))
+        #expect(lines.contains("set-backend 1 tap"))
         #expect(lines.contains { $0.hasPrefix("send 1 count=16 size=64") })
-        #expect(lines.contains("expect base 16"))
+        #expect(lines.contains("expect base == 16"))
         #expect(lines.contains("set-offloads 0x1"))
         let script = try Script(parsing: text, name: "recorded")
         #expect(script.commandCount == lines.filter { !$0.hasPrefix("#") && !$0.hasPrefix("expect E") }.count)  // `expect ERRNO` belongs to the next line
