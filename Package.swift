@@ -72,7 +72,7 @@ let package = Package(
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
-            dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure"],
+            dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure"],
             path: "Sources/VhostKernelTests"
         ),
         .testTarget(

@@ -22,6 +22,8 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     case setVringKick = "VHOST_SET_VRING_KICK"
     case setVringCall = "VHOST_SET_VRING_CALL"
     case setVringErr = "VHOST_SET_VRING_ERR"
+    case setVringEndian = "VHOST_SET_VRING_ENDIAN"
+    case getVringEndian = "VHOST_GET_VRING_ENDIAN"
     case setVringBusyloopTimeout = "VHOST_SET_VRING_BUSYLOOP_TIMEOUT"
     case getVringBusyloopTimeout = "VHOST_GET_VRING_BUSYLOOP_TIMEOUT"
     case setBackendFeatures = "VHOST_SET_BACKEND_FEATURES"
@@ -39,6 +41,9 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     case tunGetFeatures = "TUNGETFEATURES"
     case tunSetOffload = "TUNSETOFFLOAD"
     case tunSetSendBuffer = "TUNSETSNDBUF"
+    case tunGetSendBuffer = "TUNGETSNDBUF"
+    case tunSetQueue = "TUNSETQUEUE"
+    case tunSetCarrier = "TUNSETCARRIER"
     case tunGetVnetHeaderSize = "TUNGETVNETHDRSZ"
     case tunSetVnetHeaderSize = "TUNSETVNETHDRSZ"
     // linux/sockios.h, on an AF_INET datagram socket
@@ -71,6 +76,8 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
         case .setVringKick: CVHOST_VHOST_SET_VRING_KICK
         case .setVringCall: CVHOST_VHOST_SET_VRING_CALL
         case .setVringErr: CVHOST_VHOST_SET_VRING_ERR
+        case .setVringEndian: CVHOST_VHOST_SET_VRING_ENDIAN
+        case .getVringEndian: CVHOST_VHOST_GET_VRING_ENDIAN
         case .setVringBusyloopTimeout: CVHOST_VHOST_SET_VRING_BUSYLOOP_TIMEOUT
         case .getVringBusyloopTimeout: CVHOST_VHOST_GET_VRING_BUSYLOOP_TIMEOUT
         case .setBackendFeatures: CVHOST_VHOST_SET_BACKEND_FEATURES
@@ -87,6 +94,9 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
         case .tunGetFeatures: CVHOST_TUNGETFEATURES
         case .tunSetOffload: CVHOST_TUNSETOFFLOAD
         case .tunSetSendBuffer: CVHOST_TUNSETSNDBUF
+        case .tunGetSendBuffer: CVHOST_TUNGETSNDBUF
+        case .tunSetQueue: CVHOST_TUNSETQUEUE
+        case .tunSetCarrier: CVHOST_TUNSETCARRIER
         case .tunGetVnetHeaderSize: CVHOST_TUNGETVNETHDRSZ
         case .tunSetVnetHeaderSize: CVHOST_TUNSETVNETHDRSZ
         case .getInterfaceFlags: CVHOST_SIOCGIFFLAGS
@@ -126,6 +136,12 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
             return "this kernel has no feature array (Linux 6.17): it treats the request as a vring ioctl"
         case (_, .permissionDenied) where isVhost, (_, .notPermitted) where isVhost:
             return "the caller is not the vhost owner; call VHOST_SET_OWNER first from this process"
+        case (.setVringEndian, .inappropriateIOCTLForDevice), (.getVringEndian, .inappropriateIOCTLForDevice):
+            return "this kernel was built without CONFIG_VHOST_CROSS_ENDIAN_LEGACY (vhost.c vhost_set_vring_endian answers ENOIOCTLCMD); Debian's kernels are"
+        case (.tunSetQueue, .invalidArgument):
+            return "tun.c tun_set_queue: only a queue of a multiqueue tap detaches, and only a detached one re-attaches"
+        case (.tunSetSendBuffer, .invalidArgument):
+            return "tun.c: the send buffer must be above 0"
         case (.netSetBackend, .noBufferSpace):
             return "vhost-net has two vrings: 0 (RX) and 1 (TX)"
         case (.netSetBackend, .badAddress):

@@ -157,6 +157,19 @@ public struct Tap: ~Copyable {
             var value: Int32 = 0
             try performIoctl(.tun(request), observer: observer, answer: { .value(UInt64(UInt32(bitPattern: value))) }) { cvhost_ioctl_ptr(fd, $0, &value) }
             return .value(UInt64(UInt32(bitPattern: value)))
+        case .getSendBuffer:
+            var value: Int32 = 0
+            try performIoctl(.tun(request), observer: observer, answer: { .value(UInt64(UInt32(bitPattern: value))) }) { cvhost_ioctl_ptr(fd, $0, &value) }
+            return .value(UInt64(UInt32(bitPattern: value)))
+        case .setQueue(let attach):
+            // struct ifreq with ifr_flags; the name is not read (tun.c tun_set_queue).
+            var flags = Int16(attach ? 0x0200 : 0x0400)
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ifreq_short(fd, $0, "", &flags, nil) }
+            return .none
+        case .setCarrier(let on):
+            var value: Int32 = on ? 1 : 0
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }
+            return .none
         case .setSendBuffer(let bytes), .setVnetHeaderSize(let bytes):
             var value = bytes
             try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }

@@ -108,11 +108,12 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
             var value = file
             try performIoctl(.vhost(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }
             return .none
-        case .setVringNum(let index, let num), .setVringBase(let index, let num), .setVringBusyloopTimeout(let index, let num):
+        case .setVringNum(let index, let num), .setVringBase(let index, let num), .setVringBusyloopTimeout(let index, let num),
+             .setVringEndian(let index, let num):
             var state = vhost_vring_state(index: index.rawValue, num: num)
             try performIoctl(.vhost(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &state) }
             return .none
-        case .getVringBase(let index), .getVringBusyloopTimeout(let index):
+        case .getVringBase(let index), .getVringBusyloopTimeout(let index), .getVringEndian(let index):
             var state = vhost_vring_state(index: index.rawValue, num: 0)
             try performIoctl(.vhost(request), observer: observer, answer: { .value(UInt64(state.num)) }) { cvhost_ioctl_ptr(fd, $0, &state) }
             return .value(UInt64(state.num))

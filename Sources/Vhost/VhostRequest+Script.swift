@@ -170,6 +170,14 @@ extension VhostRequest {
             guard let i = $0.vring(), let f = $0["fd"]?.fd else { return nil }
             return .netSetBackend(i, fd: f)
         },
+        .init(.setVringEndian, "set-vring-endian", [.init("index", .vring), .init("endian", .choice(["little": 0, "big": 1]))],
+              "VHOST_SET_VRING_ENDIAN INDEX little|big|N (kernels with CONFIG_VHOST_CROSS_ENDIAN_LEGACY only)") {
+            guard let i = $0.vring(), let n = $0.u32("endian") else { return nil }
+            return .setVringEndian(i, n)
+        },
+        .init(.getVringEndian, "get-vring-endian", [.init("index", .vring)], answer: "endian", "VHOST_GET_VRING_ENDIAN") {
+            $0.vring().map { .getVringEndian($0) }
+        },
         .init(.setForkFromOwner, "set-fork-owner", [.init("mode", .choice(["task": 1, "kthread": 0]))],
               "VHOST_SET_FORK_FROM_OWNER: task (1) or kthread (0), or any byte; before set-owner") {
             $0["mode"]?.number.map { .setForkFromOwner(UInt8(truncatingIfNeeded: $0)) }
@@ -190,6 +198,8 @@ extension VhostRequest {
         case .setLogBase(let address): ["log": .host(address)]
         case .setLogFD(let fd): ["fd": .fd(fd)]
         case .setVringNum(let i, let n): ["index": .number(UInt64(i.rawValue)), "num": .number(UInt64(n))]
+        case .setVringEndian(let i, let n): ["index": .number(UInt64(i.rawValue)), "endian": .number(UInt64(n))]
+        case .getVringEndian(let i): ["index": .number(UInt64(i.rawValue))]
         case .setVringBase(let i, let n): ["index": .number(UInt64(i.rawValue)), "base": .number(UInt64(n))]
         case .setVringBusyloopTimeout(let i, let n): ["index": .number(UInt64(i.rawValue)), "microseconds": .number(UInt64(n))]
         case .getVringBase(let i), .getVringBusyloopTimeout(let i): ["index": .number(UInt64(i.rawValue))]
@@ -282,6 +292,14 @@ extension TunRequest {
         .init(.tunSetSendBuffer, "set-sndbuf", [.init("bytes", .signed32)], "TUNSETSNDBUF on the tap (2147483647 enables vhost's TX batching)") {
             $0["bytes"]?.number.map { .setSendBuffer(Int32(truncatingIfNeeded: $0)) }
         },
+        .init(.tunGetSendBuffer, "get-sndbuf", answer: "sndbuf", "TUNGETSNDBUF on the tap") { _ in .getSendBuffer },
+        .init(.tunSetQueue, "set-queue", [.init("action", .choice(["attach": 1, "detach": 0]))],
+              "TUNSETQUEUE on the tap: detach this queue of a multiqueue tap, or attach it again") {
+            $0["action"]?.number.map { .setQueue(attach: $0 != 0) }
+        },
+        .init(.tunSetCarrier, "set-carrier", [.init("state", .choice(["on": 1, "off": 0]))], "TUNSETCARRIER on the tap: the carrier on or off") {
+            $0["state"]?.number.map { .setCarrier($0 != 0) }
+        },
         .init(.tunGetFeatures, "get-tun-features", answer: "tun-features", "TUNGETFEATURES on the tap: the IFF_* flags the driver supports") { _ in .getFeatures },
     ]
 
@@ -291,6 +309,8 @@ extension TunRequest {
         case .setVnetHeaderSize(let n): ["size": .number(UInt64(UInt32(bitPattern: n)))]
         case .setSendBuffer(let n): ["bytes": .number(UInt64(UInt32(bitPattern: n)))]
         case .setOffload(let bits): ["offloads": .number(UInt64(bits))]
+        case .setQueue(let attach): ["action": .number(attach ? 1 : 0)]
+        case .setCarrier(let on): ["state": .number(on ? 1 : 0)]
         default: [:]
         }
     }

@@ -79,6 +79,12 @@ public enum VhostRequest: Sendable, Equatable, CustomStringConvertible {
     case getVringBusyloopTimeout(VringIndex)
     /// `VHOST_NET_SET_BACKEND` with an fd (-1 detaches).
     case netSetBackend(VringIndex, fd: Int32)
+    /// `VHOST_SET_VRING_ENDIAN`: 0 little-endian, 1 big-endian, for legacy virtio on a
+    /// cross-endian host. Only kernels built with `CONFIG_VHOST_CROSS_ENDIAN_LEGACY` take it
+    /// (Debian's do not: ENOTTY after the owner and index checks).
+    case setVringEndian(VringIndex, UInt32)
+    /// `VHOST_GET_VRING_ENDIAN`: answers `.value`, where the kernel has it.
+    case getVringEndian(VringIndex)
     /// `VHOST_SET_FORK_FROM_OWNER` (6.17, backported to 6.12.y): 1 task, 0 kthread.
     case setForkFromOwner(UInt8)
     /// `VHOST_GET_FORK_FROM_OWNER`: answers `.value`.
@@ -110,6 +116,8 @@ public enum VhostRequest: Sendable, Equatable, CustomStringConvertible {
         case .setVringBusyloopTimeout: .setVringBusyloopTimeout
         case .getVringBusyloopTimeout: .getVringBusyloopTimeout
         case .netSetBackend: .netSetBackend
+        case .setVringEndian: .setVringEndian
+        case .getVringEndian: .getVringEndian
         case .setForkFromOwner: .setForkFromOwner
         case .getForkFromOwner: .getForkFromOwner
         case .newWorker: .newWorker
@@ -121,7 +129,7 @@ public enum VhostRequest: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .setVringNum(let i, _), .setVringBase(let i, _), .getVringBase(let i), .setVringAddress(let i, _),
              .setVringKick(let i, _), .setVringCall(let i, _), .setVringErr(let i, _), .setVringBusyloopTimeout(let i, _),
-             .getVringBusyloopTimeout(let i), .netSetBackend(let i, _):
+             .getVringBusyloopTimeout(let i), .netSetBackend(let i, _), .setVringEndian(let i, _), .getVringEndian(let i):
             i
         default: nil
         }
@@ -138,8 +146,9 @@ public enum VhostRequest: Sendable, Equatable, CustomStringConvertible {
         case .setMemoryTable(let table): table.description
         case .setLogBase(let address): address.description
         case .setLogFD(let fd): "fd: \(fd)"
-        case .setVringNum(let i, let n), .setVringBase(let i, let n), .setVringBusyloopTimeout(let i, let n): "index: \(i), num: \(n)"
-        case .getVringBase(let i), .getVringBusyloopTimeout(let i): "index: \(i)"
+        case .setVringNum(let i, let n), .setVringBase(let i, let n), .setVringBusyloopTimeout(let i, let n), .setVringEndian(let i, let n):
+            "index: \(i), num: \(n)"
+        case .getVringBase(let i), .getVringBusyloopTimeout(let i), .getVringEndian(let i): "index: \(i)"
         case .setVringAddress(let i, let a):
             "index: \(i), desc: \(a.descriptors), avail: \(a.avail), used: \(a.used), log: \(hex(a.log?.rawValue ?? 0)), flags: \(Self.describe(a.flags))"
         case .setVringKick(let i, let fd), .setVringCall(let i, let fd), .setVringErr(let i, let fd), .netSetBackend(let i, let fd):
@@ -200,6 +209,13 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
     case setOffload(UInt32)
     /// `TUNSETSNDBUF`: the socket's send buffer in bytes (INT_MAX enables vhost's TX batching).
     case setSendBuffer(Int32)
+    /// `TUNGETSNDBUF`: answers `.value`, the socket's send buffer in bytes.
+    case getSendBuffer
+    /// `TUNSETQUEUE`: `attach` true re-attaches a queue detached before (`IFF_ATTACH_QUEUE`),
+    /// false detaches this fd's queue of a multiqueue tap (`IFF_DETACH_QUEUE`): tun.c tun_set_queue.
+    case setQueue(attach: Bool)
+    /// `TUNSETCARRIER`: the link's carrier on or off (tun.c tun_net_change_carrier).
+    case setCarrier(Bool)
     /// `TUNGETVNETHDRSZ`: answers `.value`.
     case getVnetHeaderSize
     /// `TUNSETVNETHDRSZ`.
@@ -214,6 +230,9 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
         case .getFeatures: .tunGetFeatures
         case .setOffload: .tunSetOffload
         case .setSendBuffer: .tunSetSendBuffer
+        case .getSendBuffer: .tunGetSendBuffer
+        case .setQueue: .tunSetQueue
+        case .setCarrier: .tunSetCarrier
         case .getVnetHeaderSize: .tunGetVnetHeaderSize
         case .setVnetHeaderSize: .tunSetVnetHeaderSize
         }
@@ -225,7 +244,9 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
         case .setInterface(let name, let flags): "name: \(name), flags: \(hex(flags))"
         case .setPersist(let on): on ? "1" : "0"
         case .setOwner(let uid): "\(uid)"
-        case .getFeatures, .getVnetHeaderSize: ""
+        case .getFeatures, .getVnetHeaderSize, .getSendBuffer: ""
+        case .setQueue(let attach): attach ? "flags: IFF_ATTACH_QUEUE" : "flags: IFF_DETACH_QUEUE"
+        case .setCarrier(let on): on ? "1" : "0"
         case .setOffload(let bits): hex(bits)
         case .setSendBuffer(let bytes), .setVnetHeaderSize(let bytes): "\(bytes)"
         }

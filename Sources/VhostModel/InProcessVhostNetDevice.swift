@@ -209,6 +209,10 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
             return (nil, .value(UInt64(vring.busyloopTimeout)))
         case .netSetBackend(_, let fd):
             return (setBackend(vring, fd: fd, &state), .none)
+        case .setVringEndian, .getVringEndian:
+            // vhost.c without CONFIG_VHOST_CROSS_ENDIAN_LEGACY (Debian's kernels): ENOIOCTLCMD,
+            // which reaches the caller as ENOTTY, after the owner and index checks.
+            return (.inappropriateIOCTLForDevice, .none)
         default:
             return (.inappropriateIOCTLForDevice, .none)
         }

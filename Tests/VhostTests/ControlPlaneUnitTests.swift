@@ -1,5 +1,7 @@
 import Testing
 @testable import Vhost
+import VhostModel
+import SystemPackage
 import Virtio
 
 @Suite("Control-plane formats against annotated bytes")
@@ -54,5 +56,36 @@ struct ControlPlaneUnitTests {
         #expect(log.sync() == [GuestAddress(0), GuestAddress(2 * 4096), GuestAddress(255 * 4096)])
         #expect(log.sync().isEmpty, "sync clears what it returned")
         #expect(log.dirtyPages == 0)
+    }
+}
+
+@Suite("Typed requests")
+struct TypedRequestTests {
+    @Test("the in-process model answers VHOST_SET/GET_VRING_ENDIAN as a kernel without CONFIG_VHOST_CROSS_ENDIAN_LEGACY: EPERM, ENOBUFS, ENOTTY")
+    func vringEndian() throws {
+        func errno(_ body: () throws(VhostError) -> Void) -> Errno? {
+            do { try body(); return nil } catch .ioctl(let failure) { return failure.errno } catch { return .ioError }
+        }
+        let device = try InProcessVhostNetDevice()
+        #expect(errno { () throws(VhostError) in try device.perform(.setVringEndian(0, 1)) } == .notPermitted)
+        try device.setOwner()
+        #expect(errno { () throws(VhostError) in try device.perform(.setVringEndian(2, 1)) } == .noBufferSpace)
+        #expect(errno { () throws(VhostError) in try device.perform(.setVringEndian(0, 1)) } == .inappropriateIOCTLForDevice)
+        #expect(errno { () throws(VhostError) in try device.perform(.getVringEndian(1)) } == .inappropriateIOCTLForDevice)
+    }
+
+    @Test("every request kind has one script form, its command names are unique, and a request written by the recorder builds back to itself")
+    func syntaxRoundTrip() {
+        let names = VhostRequest.syntax.map(\.name) + TunRequest.syntax.map(\.name)
+        #expect(Set(names).count == names.count)
+        let requests: [VhostRequest] = [.setOwner, .setVringNum(1, 256), .setVringEndian(0, 1), .getVringEndian(1), .setVringBusyloopTimeout(0, 50),
+                                        .setForkFromOwner(0), .setFeatures(0x1_0000_0000), .netSetBackend(1, fd: -1)]
+        for request in requests {
+            #expect(request.syntax.build(request.scriptValues) == request, "\(request)")
+        }
+        let tun: [TunRequest] = [.setSendBuffer(65536), .getSendBuffer, .setQueue(attach: false), .setQueue(attach: true), .setCarrier(false)]
+        for request in tun {
+            #expect(request.syntax?.build(request.scriptValues) == request, "\(request)")
+        }
     }
 }

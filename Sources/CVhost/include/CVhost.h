@@ -63,6 +63,7 @@ extern const unsigned long CVHOST_TUNGETSNDBUF;
 extern const unsigned long CVHOST_TUNGETVNETHDRSZ;
 extern const unsigned long CVHOST_TUNSETVNETHDRSZ;
 extern const unsigned long CVHOST_TUNSETQUEUE;
+extern const unsigned long CVHOST_TUNSETCARRIER;  // _IOW('T', 226, int), Linux 4.16
 extern const unsigned long CVHOST_TUNSETVNETLE;
 extern const unsigned long CVHOST_TUNGETVNETLE;
 
