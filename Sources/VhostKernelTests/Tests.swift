@@ -9,7 +9,7 @@ import VhostNet
 import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + requestTests + soakTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + requestTests + recordParityTests + soakTests
 
 // MARK: helpers
 

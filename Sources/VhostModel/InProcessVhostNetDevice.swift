@@ -30,6 +30,9 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     public static let defaultFeatures: VirtioFeatures = [.netMergeableRxBuffers, .notifyOnEmpty, .anyLayout, .indirectDescriptors,
                                                          .eventIndex, .version1, .inOrder, .ringReset]
 
+    /// What `VHOST_GET_BACKEND_FEATURES` answers: net.c's `VHOST_NET_BACKEND_FEATURES`.
+    public static let backendFeatures: VhostBackendFeatures = .iotlbMessageV2
+
     let core: InProcessDeviceCore
     public var observer: IoctlObserver?
 
@@ -122,10 +125,13 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
             guard words.dropFirst().allSatisfy({ $0 == 0 }) else { return (.notSupported, .none) }
             return decode(.setFeatures(words.first ?? 0), &state)
         case .getBackendFeatures:
-            return (nil, .value(0))
+            // net.c VHOST_NET_BACKEND_FEATURES: IOTLB_MSG_V2, offered whatever the features
+            // (seen on 6.1: the session sets 0x2 on both backends).
+            return (nil, .value(InProcessVhostNetDevice.backendFeatures.rawValue))
         case .setBackendFeatures(let bits):
-            // vhost-net offers IOTLB_MSG_V2 only with ACCESS_PLATFORM, which this device lacks.
-            return (bits == 0 ? nil : .notSupported, .none)
+            // net.c vhost_net_ioctl: EOPNOTSUPP for a bit not offered. Without ACCESS_PLATFORM
+            // (which this device does not offer) no IOTLB message ever flows.
+            return (bits & ~InProcessVhostNetDevice.backendFeatures.rawValue == 0 ? nil : .notSupported, .none)
         case .getForkFromOwner:
             return (nil, .value(state.forkFromOwner ? 1 : 0))
         case .setForkFromOwner(let mode):
