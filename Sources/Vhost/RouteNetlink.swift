@@ -122,7 +122,7 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
     /// offloads (TUNSETOFFLOAD; macvtap takes no UDP-tunnel GSO), and the link.
     public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
         guard let headerLength else {
-            throw .invalidArgument("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
+            throw .invalidConfiguration("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
         }
         var value = Int32(headerLength)
         try performIoctl(.tunSetVnetHeaderSize, "\(headerLength)", observer: observer) { request in cvhost_ioctl_ptr(fd, request, &value) }

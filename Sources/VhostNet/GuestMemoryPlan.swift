@@ -104,7 +104,7 @@ public struct QueueMemory: Sendable {
     func moved(to map: GuestMemoryMap) throws(VhostError) -> QueueMemory {
         func move(_ buffer: GuestBuffer) throws(VhostError) -> GuestBuffer {
             guard let host = map.host(guest: buffer.guestAddress, length: buffer.length) else {
-                throw .invalidArgument("the copy of guest memory has no \(buffer.guestAddress) (+\(buffer.length)): it must have the source's layout")
+                throw .invalidConfiguration("the copy of guest memory has no \(buffer.guestAddress) (+\(buffer.length)): it must have the source's layout")
             }
             return GuestBuffer(guestAddress: buffer.guestAddress, host: host, length: buffer.length)
         }

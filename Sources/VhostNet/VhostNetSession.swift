@@ -212,7 +212,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// unmapped only after the device stopped translating into it.
     func unplug(at address: GuestAddress) throws(VhostError) {
         guard let index = hotplugged.firstIndex(where: { $0.memory.map.regions[0].guestAddress == address }) else {
-            throw .invalidArgument("no hot-plugged region at \(address)")
+            throw .invalidState("no hot-plugged region at \(address)")
         }
         var removed: HotpluggedMemory? = hotplugged.remove(at: index)
         do {

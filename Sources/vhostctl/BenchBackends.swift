@@ -163,8 +163,8 @@ struct BenchBackends: ParsableCommand {
         for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
-        for path in [json, csv, svg].compactMap({ $0 }) {
-            if let problem = OutputFile.problem(path) { throw ValidationError(problem) }
+        for (option, path) in [("--json", json), ("--csv", csv), ("--svg", svg)] {
+            if let path { try OutputFile.check(path, option: option) }
         }
     }
 
@@ -283,7 +283,7 @@ struct BenchBackends: ParsableCommand {
             try OutputFile.write(text, to: path)
             print("wrote \(path)")
         } catch {
-            throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.failure)
+            throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.cannotCreate)
         }
     }
 }
