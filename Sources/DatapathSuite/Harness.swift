@@ -124,9 +124,11 @@ public struct InProcessHarness: DatapathHarness {
         var config = QueuePairConfiguration(tapName: name)
         configure(&config)
         var pipe = try FramePipe(name: name)
-        let host = PipeHostSide(pipe.takeHostEnd()!, headerLength: config.features.contains(.vhostNetVirtioNetHeader) ? 0 : config.headerLength)
+        let hostEnd = pipe.takeHostEnd()!
         let pair = try InProcessQueuePair(config, device: try InProcessVhostNetDevice(features: features, observer: config.observer),
                                           port: pipe.takeDeviceEnd()!)
+        // The host end carries what the port does: the session's socket header (none when vhost adds it).
+        let host = PipeHostSide(hostEnd, headerLength: pair.session.socketHeaderLength ?? 0)
         return (pair, host)
     }
     public func resumeOnFreshDevice(_ pair: InProcessQueuePair) throws {

@@ -69,9 +69,10 @@ public struct QueuePairConfiguration: Sendable {
 
     public init(tapName: String) { self.tapName = tapName }
 
-    /// The virtio-net header length on the rings: 24 with UDP-tunnel GSO, else 12 with VERSION_1
-    /// or MRG_RXBUF, else 10 (net.c vhost_net_set_features).
-    public var headerLength: Int { highFeatures.netHeaderLength ?? features.netHeaderLength }
+    /// The virtio-net header length these features will negotiate (24 with UDP-tunnel GSO, else
+    /// 12 with VERSION_1 or MRG_RXBUF, else 10), for validating and planning memory before there
+    /// is a session; once the pair runs, `VhostNetSession.netHeaderLength` is the one stored value.
+    public var headerLength: Int { features.netHeaderLength(with: highFeatures) }
 
     /// Rejects what the kernel would reject, before any ioctl, naming the rule.
     public func validate() throws(VhostError) {
@@ -144,8 +145,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public let session: VhostNetSession<Backend, Port>
     public internal(set) var receiveQueue: ReceiveQueue
     public internal(set) var transmitQueue: TransmitQueue
-    /// The virtio-net header length on both rings (10 or 12).
-    public let headerLength: Int
+    /// The virtio-net header length on both rings (10, 12 or 24): the session's stored value.
+    public var headerLength: Int { session.netHeaderLength }
     let logger: Logger
 
     /// Sets up the pair on `device` and `port` and starts it: maps guest memory by the plan,
@@ -156,7 +157,9 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         self.configuration = configuration
         self.logger = logger
         let features = configuration.features
-        headerLength = configuration.headerLength
+        // The rings are laid out before the session negotiates (vhost_dev_init needs their
+        // eventfds), by the same rule it stores: VirtioFeatures.netHeaderLength(with:).
+        let headerLength = configuration.headerLength
         // The port's MTU says how big the host's frames get; refuse now, before any vhost ioctl,
         // rather than let the kernel discard the bigger ones without a trace.
         if let mtu = try port.maximumTransmissionUnit(), let problem = configuration.truncationRisk(mtu: mtu, interface: port.name) {
@@ -194,7 +197,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
                           receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
-        logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(headerLength)-byte headers, \(configuration.descriptorLayout) descriptors")
+        logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(session.netHeaderLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         // TX completions are reaped when the ring fills, never waited for one by one; in poll mode
         // RX is spun on too, so neither asks the device for interrupts (virtqueue_disable_cb).
         transmitQueue.queue.driver.disableInterrupts()
