@@ -1,8 +1,6 @@
 import ArgumentParser
-import CVhost
 import DatapathMeasure
 import Glibc
-import SystemPackage
 import Vhost
 import VhostNet
 
@@ -218,10 +216,7 @@ struct BenchBackends: ParsableCommand {
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench backends")
         try requireFreeTapName(tap)
-        if let driverCPU {
-            let rc = cvhost_pin_thread(cvhost_gettid(), Int32(driverCPU))
-            guard rc == 0 else { throw VhostError.system(call: "sched_setaffinity", detail: "this thread to CPU \(driverCPU)", errno: Errno(rawValue: -rc)) }
-        }
+        if let driverCPU { try CurrentThread.pin(to: driverCPU) }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Glibc
-import SystemPackage
 import Vhost
 import VhostScript
 
