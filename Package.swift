@@ -13,6 +13,7 @@ import PackageDescription
 //   VhostNet        – the NIC: queues, the bring-up session, queue pairs, the endpoint, pcap files.
 //   VhostScript     – scripts of vhost ioctls.
 //   DatapathMeasure – frame rates through a queue pair (demo, bench, kernel tests).
+//   VhostTestSupport – fault injection (broken rings, corrupt used entries), for the tests only.
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
 //   vhostctl        – the CLI.
 let package = Package(
@@ -59,7 +60,9 @@ let package = Package(
         .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats",
                                                  .product(name: "Histogram", package: "hdrhistogram-swift"),
                                                  .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "HostNetwork", "NetFormats", "Virtio"]),
+        // Fault injection for the tests only (the test targets, DatapathSuite, vhost-kernel-tests); in no product.
+        .target(name: "VhostTestSupport", dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio"]),
+        .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "VhostTestSupport", "HostNetwork", "NetFormats", "Virtio"]),
         .executableTarget(
             name: "vhostctl",
             dependencies: [
@@ -72,7 +75,7 @@ let package = Package(
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
-            dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure"],
+            dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure", "VhostTestSupport"],
             path: "Sources/VhostKernelTests"
         ),
         .testTarget(
@@ -80,7 +83,7 @@ let package = Package(
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
-        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
+        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
     ],
     swiftLanguageModes: [.v6]

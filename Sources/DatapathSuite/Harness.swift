@@ -6,6 +6,7 @@ import Vhost
 import VhostModel
 import VhostNet
 import Virtio
+import VhostTestSupport
 
 /// The far side of a queue pair: what the host network sees and does. For the kernel it is the
 /// tap's host stack (a packet socket and the tap's statistics); for the in-process device, the
@@ -22,7 +23,7 @@ public protocol HostSide: AnyObject {
 
 /// A world a datapath test runs in: queue pairs on some backend, and their host sides.
 public protocol DatapathHarness: Sendable {
-    associatedtype Pair: QueuePairDatapath
+    associatedtype Pair: QueuePairDatapath & RingFaultInjecting
     associatedtype Host: HostSide
     /// For the suite's summary line: `in-process device`, `kernel 6.1.0-…`.
     var name: String { get }

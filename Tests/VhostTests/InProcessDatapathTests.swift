@@ -5,6 +5,7 @@ import Vhost
 import VhostModel
 import VhostNet
 import Virtio
+import VhostTestSupport
 
 @Suite("The datapath on the in-process device")
 struct InProcessDatapathTests {
