@@ -118,8 +118,8 @@ public struct QueueMemory: Sendable {
                            buffers: try moveAll(buffers), headers: try moveAll(headers), tables: try moveAll(tables), tableRegions: map.regions)
     }
 
-    /// The split ring over the three parts.
-    public var ring: SplitRing {
+    /// The split ring over the three parts (`package`, as `SplitRing` is).
+    package var ring: SplitRing {
         SplitRing(queueSize: UInt16(buffers.count), descriptors: descriptors.host, avail: avail.host, used: used.host)
     }
 
