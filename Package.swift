@@ -2,6 +2,7 @@
 import PackageDescription
 
 // One target per layer, each using only what is below it; see docs/architecture.md.
+// Each target declares exactly the modules its sources import: Scripts/check-imports checks it.
 //   CVhost          – the C ABI: UAPI headers, ioctl numbers, layout asserts, thin wrappers.
 //   Virtio          – pure split-ring logic: layout, driver, device model, virtio-net header. No syscalls.
 //   NetFormats      – Ethernet, IPv4, ARP, ICMP, UDP and pcap: bytes in, bytes out. No syscalls.
@@ -54,10 +55,11 @@ let package = Package(
             dependencies: [
                 "Vhost", "Virtio", "NetFormats",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", "NetFormats", "HostNetwork", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats",
+        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "Virtio", "HostNetwork", "NetFormats",
                                                  .product(name: "Histogram", package: "hdrhistogram-swift"),
                                                  .product(name: "SystemPackage", package: "swift-system")]),
         // Fault injection for the tests only (the test targets, DatapathSuite, vhost-kernel-tests); in no product.
@@ -70,12 +72,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
-            dependencies: ["VhostNet", "Vhost", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure", "VhostTestSupport"],
+            dependencies: ["VhostNet", "Vhost", "Virtio", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure", "VhostTestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")],
             path: "Sources/VhostKernelTests"
         ),
         .testTarget(
@@ -84,6 +88,7 @@ let package = Package(
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
         .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
+                                                       .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
     ],
     swiftLanguageModes: [.v6]
