@@ -10,8 +10,9 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
     case permissionDenied(path: String, errno: Errno)
     /// Any other failure of a system call, named.
     case system(call: String, detail: String, errno: Errno)
-    /// Being replaced; only VhostScript uses it. Every other layer throws one of the cases
-    /// below, which say what kind of failure it is.
+    /// Being replaced; only VhostScript uses it (and, until the rewrite of Tap.swift lands,
+    /// `Tap.validate(name:)` for a malformed tap name). Every other layer throws one of the
+    /// cases below, which say what kind of failure it is.
     case invalidArgument(String)
     /// A configuration the library refuses before the kernel sees it, with the rule it breaks: a
     /// queue or buffer size, a combination of features, a guest memory layout, a tap name, a

@@ -34,6 +34,7 @@ public enum RingFault: String, Sendable, CaseIterable {
 // SAFETY (@unchecked Sendable): the table pointers name indirect-table entries in guest memory
 // the queue pair owns, and are written only by `repair`, on the thread that drives the pair.
 public struct InjectedFault: @unchecked Sendable {
+    /// What was broken.
     public let fault: RingFault
     /// The first chain broken (on TX the only one).
     public var head: UInt16 { chains[0].head }
@@ -58,14 +59,17 @@ public protocol RingFaultInjecting: AnyObject {
 }
 
 extension VirtioNetQueuePair: RingFaultInjecting where Backend: ~Copyable, Port: ~Copyable {
+    /// Breaks one new TX chain (carrying `frame`) as `fault` says, publishes it and kicks.
     public func injectTransmitFault(_ fault: RingFault, frame: [UInt8]) -> InjectedFault? {
         modifyQueue(transmit: true) { $0.inject(fault, frame: frame) }
     }
 
+    /// Breaks every posted RX buffer not yet reaped as `fault` says, and kicks.
     public func injectReceiveFault(_ fault: RingFault) -> InjectedFault? {
         modifyQueue(transmit: false) { $0.inject(fault, frame: []) }
     }
 
+    /// Puts an injected fault right and kicks the queue it was on.
     public func repair(_ injected: InjectedFault, onTransmit: Bool) {
         modifyQueue(transmit: onTransmit) { $0.repair(injected) }
     }
