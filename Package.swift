@@ -2,6 +2,7 @@
 import PackageDescription
 
 // One target per layer, each using only what is below it; see docs/architecture.md.
+// Each target declares exactly the modules its sources import: Scripts/check-imports checks it.
 //   CVhost          – the C ABI: UAPI headers, ioctl numbers, layout asserts, thin wrappers.
 //   Virtio          – pure split-ring logic: layout, driver, device model, virtio-net header. No syscalls.
 //   NetFormats      – Ethernet, IPv4, ARP, ICMP, UDP and pcap: bytes in, bytes out. No syscalls.
@@ -13,6 +14,7 @@ import PackageDescription
 //   VhostNet        – the NIC: queues, the bring-up session, queue pairs, the endpoint, pcap files.
 //   VhostScript     – scripts of vhost ioctls.
 //   DatapathMeasure – frame rates through a queue pair (demo, bench, kernel tests).
+//   VhostTestSupport – fault injection (broken rings, corrupt used entries), for the tests only.
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
 //   vhostctl        – the CLI.
 let package = Package(
@@ -53,13 +55,16 @@ let package = Package(
             dependencies: [
                 "Vhost", "Virtio", "NetFormats",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", "NetFormats", "HostNetwork", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "HostNetwork", "NetFormats",
+        .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "Virtio", "HostNetwork", "NetFormats",
                                                  .product(name: "Histogram", package: "hdrhistogram-swift"),
                                                  .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "HostNetwork", "NetFormats", "Virtio"]),
+        // Fault injection for the tests only (the test targets, DatapathSuite, vhost-kernel-tests); in no product.
+        .target(name: "VhostTestSupport", dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio"]),
+        .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "VhostTestSupport", "HostNetwork", "NetFormats", "Virtio"]),
         .executableTarget(
             name: "vhostctl",
             dependencies: [
@@ -67,12 +72,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
-            dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio", "CVhost", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure"],
+            dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure", "VhostTestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")],
             path: "Sources/VhostKernelTests"
         ),
         .testTarget(
@@ -80,7 +87,8 @@ let package = Package(
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
-        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
+        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
+                                                       .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
     ],
     swiftLanguageModes: [.v6]

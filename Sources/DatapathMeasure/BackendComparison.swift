@@ -1,4 +1,3 @@
-import CVhost
 import Glibc
 import HostNetwork
 import NetFormats
@@ -452,7 +451,7 @@ public enum BackendComparison {
             try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
             let echo = kind == .udp ? try RoundTrips.Echo() : nil
             defer { echo?.stop() }
-            guard let hostMAC = MACAddress(try pair.port.macAddress()) else { throw VhostError.invalidArgument("\(tapName) has no MAC address") }
+            guard let hostMAC = MACAddress(try pair.port.macAddress()) else { throw VhostError.invalidState("\(tapName) has no MAC address") }
             let trips = RoundTrips(kind: kind, frameSize: settings.frameSize, hostMAC: hostMAC, ourMAC: receiverMAC)
             let kicksBefore = pair.transmitCounters.kicks + pair.receiveCounters.kicks
             let callsBefore = pair.transmitCounters.calls + pair.receiveCounters.calls
@@ -472,7 +471,7 @@ public enum BackendComparison {
             try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
             let echo = kind == .udp ? try RoundTrips.Echo() : nil
             defer { echo?.stop() }
-            guard let hostMAC = MACAddress(try tap.macAddress()) else { throw VhostError.invalidArgument("\(tapName) has no MAC address") }
+            guard let hostMAC = MACAddress(try tap.macAddress()) else { throw VhostError.invalidState("\(tapName) has no MAC address") }
             let flags = fcntl(tap.fd, F_GETFL)
             _ = fcntl(tap.fd, F_SETFL, flags | O_NONBLOCK)
             let spin = settings.backend == .tapPoll

@@ -1,4 +1,3 @@
-import CVhost
 import Glibc
 import Vhost
 

@@ -3,6 +3,7 @@ import NetFormats
 import Vhost
 import VhostNet
 import Virtio
+import VhostTestSupport
 
 /// Transmits `total` test frames in batches and checks that each reaches the host side, in order
 /// and byte for byte.

@@ -6,6 +6,7 @@ import Vhost
 import VhostModel
 import VhostNet
 import Virtio
+import VhostTestSupport
 
 /// The far side of a queue pair: what the host network sees and does. For the kernel it is the
 /// tap's host stack (a packet socket and the tap's statistics); for the in-process device, the
@@ -22,7 +23,7 @@ public protocol HostSide: AnyObject {
 
 /// A world a datapath test runs in: queue pairs on some backend, and their host sides.
 public protocol DatapathHarness: Sendable {
-    associatedtype Pair: QueuePairDatapath
+    associatedtype Pair: QueuePairDatapath & RingFaultInjecting
     associatedtype Host: HostSide
     /// For the suite's summary line: `in-process device`, `kernel 6.1.0-…`.
     var name: String { get }
@@ -124,9 +125,11 @@ public struct InProcessHarness: DatapathHarness {
         var config = QueuePairConfiguration(tapName: name)
         configure(&config)
         var pipe = try FramePipe(name: name)
-        let host = PipeHostSide(pipe.takeHostEnd()!, headerLength: config.features.contains(.vhostNetVirtioNetHeader) ? 0 : config.headerLength)
+        let hostEnd = pipe.takeHostEnd()!
         let pair = try InProcessQueuePair(config, device: try InProcessVhostNetDevice(features: features, observer: config.observer),
                                           port: pipe.takeDeviceEnd()!)
+        // The host end carries what the port does: the session's socket header (none when vhost adds it).
+        let host = PipeHostSide(hostEnd, headerLength: pair.session.socketHeaderLength ?? 0)
         return (pair, host)
     }
     public func resumeOnFreshDevice(_ pair: InProcessQueuePair) throws {

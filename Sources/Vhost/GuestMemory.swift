@@ -112,15 +112,15 @@ public struct GuestMemory: ~Copyable {
     }
 
     public init(layout: [Layout], backing: GuestMemoryBacking = .anonymous) throws(VhostError) {
-        guard !layout.isEmpty else { throw .invalidArgument("guest memory needs at least one region") }
+        guard !layout.isEmpty else { throw .invalidConfiguration("guest memory needs at least one region") }
         let granule = backing == .memfd(hugePages: true) ? GuestMemory.hugePageSize : GuestMemory.pageSize
         let sorted = layout.sorted { $0.guestAddress < $1.guestAddress }
         for (i, region) in sorted.enumerated() {
             guard region.size > 0, region.size % granule == 0, region.guestAddress.rawValue % UInt64(granule) == 0 else {
-                throw .invalidArgument("guest memory region at \(hex(region.guestAddress.rawValue)) of \(region.size) bytes must be a non-empty multiple of \(granule) bytes, aligned to it")
+                throw .invalidConfiguration("guest memory region at \(hex(region.guestAddress.rawValue)) of \(region.size) bytes must be a non-empty multiple of \(granule) bytes, aligned to it")
             }
             if i > 0, sorted[i - 1].guestAddress + sorted[i - 1].size > region.guestAddress {
-                throw .invalidArgument("guest memory regions at \(hex(sorted[i - 1].guestAddress.rawValue)) and \(hex(region.guestAddress.rawValue)) overlap")
+                throw .invalidConfiguration("guest memory regions at \(hex(sorted[i - 1].guestAddress.rawValue)) and \(hex(region.guestAddress.rawValue)) overlap")
             }
         }
         var regions: [GuestMemoryRegion] = []
@@ -177,12 +177,12 @@ public struct GuestMemory: ~Copyable {
     public mutating func allocate(_ length: Int, alignment: Int = 64, region index: Int = 0) throws(VhostError) -> GuestBuffer {
         precondition(alignment > 0 && alignment & (alignment - 1) == 0, "alignment must be a power of 2")
         guard index >= 0 && index < map.regions.count else {
-            throw .invalidArgument("guest memory has \(map.regions.count) regions; there is no region \(index)")
+            throw .invalidConfiguration("guest memory has \(map.regions.count) regions; there is no region \(index)")
         }
         let region = map.regions[index]
         let start = (used[index] + alignment - 1) & ~(alignment - 1)
         guard length >= 0, start + length <= region.size else {
-            throw .invalidArgument("guest memory region \(index) (\(region.size) bytes at \(hex(region.guestAddress.rawValue))) has \(region.size - used[index]) bytes left; \(length) more were asked for: give it more memory")
+            throw .outOfGuestMemory("guest memory region \(index) (\(region.size) bytes at \(hex(region.guestAddress.rawValue))) has \(region.size - used[index]) bytes left; \(length) more were asked for: give it more memory")
         }
         used[index] = start + length
         return GuestBuffer(guestAddress: region.guestAddress + start, host: region.host + start, length: length)

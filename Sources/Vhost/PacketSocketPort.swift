@@ -38,7 +38,7 @@ public struct PacketSocketPort: ~Copyable, NetworkPort {
     /// A packet socket has no virtio-net header: only `headerLength == nil` (vhost adds it) works.
     public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
         if headerLength != nil {
-            throw .invalidArgument("a raw packet socket carries no virtio-net header: negotiate VHOST_NET_F_VIRTIO_NET_HDR so that vhost adds and strips it")
+            throw .invalidConfiguration("a raw packet socket carries no virtio-net header: negotiate VHOST_NET_F_VIRTIO_NET_HDR so that vhost adds and strips it")
         }
         if linkUp { try NetworkInterface(name: name, observer: observer).setLinkUp(true) }
     }

@@ -122,7 +122,7 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
     /// offloads (TUNSETOFFLOAD; macvtap takes no UDP-tunnel GSO), and the link.
     public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
         guard let headerLength else {
-            throw .invalidArgument("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
+            throw .invalidConfiguration("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
         }
         try Tap.perform(.setVnetHeaderSize(Int32(headerLength)), on: fd, observer: observer)
         try Tap.perform(.setSendBuffer(Int32.max), on: fd, observer: observer)

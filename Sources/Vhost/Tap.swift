@@ -45,7 +45,7 @@ public struct Tap: ~Copyable {
         guard !bytes.isEmpty, bytes.count < Int(CVHOST_IFNAMSIZ), name != ".", name != "..",
               !bytes.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ":") || $0 <= 0x20 || $0 >= 0x7f })
         else {
-            throw .invalidArgument("invalid tap name \"\(name)\": use 1 to 15 characters without '/', ':' or spaces")
+            throw .invalidConfiguration("invalid tap name \"\(name)\": use 1 to 15 characters without '/', ':' or spaces")
         }
     }
 

@@ -14,8 +14,29 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
     /// outside memory mapped for it, or past a buffer of ours. The tool's memory stays safe
     /// whatever a script asks.
     case refused(KernelRequest, reason: String)
-    /// Something we refused before asking the kernel, with the rule it breaks.
+    /// Being replaced; only VhostScript uses it. Every other layer throws one of the
+    /// cases below, which say what kind of failure it is.
     case invalidArgument(String)
+    /// A configuration the library refuses before the kernel sees it, with the rule it breaks: a
+    /// queue or buffer size, a combination of features, a guest memory layout, a tap name, a
+    /// number of queue pairs. What the user (or the caller) asked for cannot work as given.
+    case invalidConfiguration(String)
+    /// Guest memory has no room for what was asked (a region is full); the message says how
+    /// much was left and what to give it.
+    case outOfGuestMemory(String)
+    /// The call does not fit the state the object is in now: a resume without a stop, a change
+    /// of the TX buffers while chains are in flight, an unplug of a region that was never
+    /// hot-plugged, a migration whose dirty log did not start.
+    case invalidState(String)
+    /// An input file cannot be read: it does not exist, is not permitted, or a read failed.
+    /// `errno` is what the system call said, when one did.
+    case unreadableFile(path: String, problem: String, errno: Errno?)
+    /// An output file cannot be created or written: its directory is missing or not writable,
+    /// or a write failed. `errno` is what the system call said, when one did.
+    case unwritableFile(path: String, problem: String, errno: Errno?)
+    /// An input was read but its bytes are not what they must be (a corrupt, truncated or
+    /// oversized pcap file): `problem` says what and where.
+    case corruptInput(path: String, problem: String)
     /// A tap could not be created or attached.
     case tap(name: String, problem: TapProblem, reason: String)
     /// The kernel does not offer a requested feature.
@@ -40,8 +61,14 @@ public enum VhostError: Error, Equatable, CustomStringConvertible {
             return "\(call)\(detail.isEmpty ? "" : " " + detail) failed: \(errno.name) (\(errno))"
         case .refused(let request, let reason):
             return "\(request) refused before the ioctl: \(reason)"
-        case .invalidArgument(let message):
+        case .invalidArgument(let message), .invalidConfiguration(let message), .outOfGuestMemory(let message), .invalidState(let message):
             return message
+        case .unreadableFile(let path, let problem, let errno):
+            return "cannot read \(path): \(problem)" + (errno.map { " (\($0.name): \($0))" } ?? "")
+        case .unwritableFile(let path, let problem, let errno):
+            return "cannot write \(path): \(problem)" + (errno.map { " (\($0.name): \($0))" } ?? "")
+        case .corruptInput(let path, let problem):
+            return "\(path): \(problem)"
         case .tap(let name, _, let reason):
             return "tap \(name): \(reason)"
         case .featureUnavailable(let requested, let offered):

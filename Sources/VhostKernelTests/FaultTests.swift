@@ -6,6 +6,7 @@ import SystemPackage
 import Vhost
 import VhostNet
 import Virtio
+import VhostTestSupport
 
 // The kernel's rules as a fault-injection suite: one test per case, each printing its answer as
 // a `RULE case: answer` line, from which Scripts/test writes docs/kernel-rules.md per kernel.

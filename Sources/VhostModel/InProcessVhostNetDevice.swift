@@ -57,10 +57,11 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     public var receiveDiscards: UInt64 { core.withState { $0.receiveDiscards } }
     /// How often the worker signalled each vring's error eventfd (`vq_err`).
     public func ringErrors(index: UInt32) -> UInt64 { core.withState { $0.vring(index)?.errors ?? 0 } }
-    /// Fault injection: the next used entry the worker writes on vring `index` carries `id`
-    /// instead of the chain's head, as a device that breaks the protocol would write it. For
-    /// testing that the driver marks the queue broken instead of trusting it.
-    public func corruptNextUsedEntry(index: UInt32, id: UInt32) {
+    /// The hook of VhostTestSupport's `corruptNextUsedEntry(index:id:)`: the next used entry
+    /// the worker writes on vring `index` carries `id` instead of the chain's head. The worker
+    /// applies it where it writes used entries, so the hook stays with it; the API is in the
+    /// test-support target, which no product links.
+    package func setNextUsedID(index: UInt32, id: UInt32) {
         core.withState { $0.vring(index)?.corruptUsedID = id }
     }
 

@@ -104,7 +104,7 @@ public struct QueueMemory: Sendable {
     func moved(to map: GuestMemoryMap) throws(VhostError) -> QueueMemory {
         func move(_ buffer: GuestBuffer) throws(VhostError) -> GuestBuffer {
             guard let host = map.host(guest: buffer.guestAddress, length: buffer.length) else {
-                throw .invalidArgument("the copy of guest memory has no \(buffer.guestAddress) (+\(buffer.length)): it must have the source's layout")
+                throw .invalidConfiguration("the copy of guest memory has no \(buffer.guestAddress) (+\(buffer.length)): it must have the source's layout")
             }
             return GuestBuffer(guestAddress: buffer.guestAddress, host: host, length: buffer.length)
         }
@@ -118,8 +118,8 @@ public struct QueueMemory: Sendable {
                            buffers: try moveAll(buffers), headers: try moveAll(headers), tables: try moveAll(tables), tableRegions: map.regions)
     }
 
-    /// The split ring over the three parts.
-    public var ring: SplitRing {
+    /// The split ring over the three parts (`package`, as `SplitRing` is).
+    package var ring: SplitRing {
         SplitRing(queueSize: UInt16(buffers.count), descriptors: descriptors.host, avail: avail.host, used: used.host)
     }
 

@@ -38,7 +38,7 @@ extension VirtioNetQueuePair where Backend: ~Copyable, Port: ~Copyable {
                         between: () throws -> Void) throws -> MigrationReport {
         let doorbell = try EventFD()
         try enableDirtyLog()
-        guard let log = dirtyLog else { throw VhostError.invalidArgument("the dirty log did not start") }
+        guard let log = dirtyLog else { throw VhostError.invalidState("the dirty log did not start") }
         try session.setLogDoorbell(doorbell)
         let copy = try GuestMemory(layout: session.memory.map.regions.map { GuestMemory.Layout(guestAddress: $0.guestAddress, size: $0.size) },
                                    backing: session.memory.backing)
@@ -69,7 +69,7 @@ extension VirtioNetQueuePair where Backend: ~Copyable, Port: ~Copyable {
         // Stop-and-copy.
         let stopped = MonotonicClock.seconds()
         try stop()
-        guard let bases = session.savedBases else { throw VhostError.invalidArgument("the pair was not running") }
+        guard let bases = session.savedBases else { throw VhostError.invalidState("the pair was not running") }
         let last = log.sync()
         last.forEach(copyPage)
         var identical = true

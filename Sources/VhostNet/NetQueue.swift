@@ -55,7 +55,7 @@ public struct NetQueue: ~Copyable {
     public let kick: EventFD
     public let call: EventFD
     public let error: EventFD
-    public internal(set) var counters = QueueCounters()
+    public package(set) var counters = QueueCounters()
     /// Set when the device broke the protocol on this queue.
     public internal(set) var broken: RingViolation?
     /// Added to every guest-physical address the device is given: the IOVA offset of an
@@ -102,18 +102,18 @@ public struct NetQueue: ~Copyable {
     public var chainCapacity: Int { layout == .inline ? memory.buffers[0].length : memory.buffers[0].length + headerLength }
 
     /// Where the header and the frame of head `h` live.
-    func headerPointer(_ head: UInt16) -> UnsafeMutableRawPointer { layout == .inline ? memory.buffers[Int(head)].host : memory.headers[Int(head)].host }
-    func framePointer(_ head: UInt16) -> UnsafeMutableRawPointer {
+    package func headerPointer(_ head: UInt16) -> UnsafeMutableRawPointer { layout == .inline ? memory.buffers[Int(head)].host : memory.headers[Int(head)].host }
+    package func framePointer(_ head: UInt16) -> UnsafeMutableRawPointer {
         layout == .inline ? memory.buffers[Int(head)].host + headerLength : memory.buffers[Int(head)].host
     }
 
     /// Whether a whole chain fits now: the next head is free (and for a two-descriptor chain, two are).
-    var canAddChain: Bool { driver.nextFreeHead != nil && (layout != .separateHeader || driver.freeCount >= 2) }
+    package var canAddChain: Bool { driver.nextFreeHead != nil && (layout != .separateHeader || driver.freeCount >= 2) }
 
     /// Puts one frame's chain on the ring at the next free head, by layout: the header then
     /// `frameLength` bytes of frame (TX), or room for them (RX). Returns the head it used, or nil
     /// when no descriptor is free (or, for a chain, not enough).
-    mutating func addChain(frameLength: Int, deviceWritable: Bool) -> UInt16? {
+    package mutating func addChain(frameLength: Int, deviceWritable: Bool) -> UInt16? {
         guard let head = driver.nextFreeHead else { return nil }
         let buffer = memory.buffers[Int(head)]
         if ringObserver != nil { addedFrameBytes += frameLength }
@@ -186,7 +186,7 @@ public struct NetQueue: ~Copyable {
     }
 
     /// Publishes what was added and kicks when the device asks for it.
-    mutating func publishAndKick() {
+    package mutating func publishAndKick() {
         guard driver.addedSincePublish > 0 else { return }
         if let ringObserver {
             ringObserver(.published(queue: index, chains: Int(driver.addedSincePublish), frameBytes: addedFrameBytes))

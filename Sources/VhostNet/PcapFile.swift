@@ -17,16 +17,14 @@ public final class PcapWriter {
         let opened: FileDescriptor
         do {
             opened = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
-        } catch let errno as Errno {
-            throw .invalidArgument("cannot write pcap file \(path): \(errno.name) (\(errno)); check that its folder exists and is writable")
         } catch {
-            throw .invalidArgument("cannot write pcap file \(path)")
+            throw .unwritableFile(path: path, problem: "the pcap file cannot be created; check that its folder exists and is writable", errno: error as? Errno)
         }
         do {
             _ = try header.withUnsafeBytes { try opened.writeAll($0) }
         } catch {
             try? opened.close()
-            throw .invalidArgument("cannot write pcap file \(path): \(error)")
+            throw .unwritableFile(path: path, problem: "the pcap file's header cannot be written", errno: error as? Errno)
         }
         fd = opened
         self.path = path
@@ -47,7 +45,7 @@ public final class PcapWriter {
         do {
             _ = try pending.withUnsafeBytes { try fd.writeAll($0) }
         } catch {
-            throw .invalidArgument("cannot write pcap file \(path): \(error)")
+            throw .unwritableFile(path: path, problem: "frames cannot be written to the pcap file", errno: error as? Errno)
         }
         pending.removeAll(keepingCapacity: true)
     }
@@ -63,10 +61,9 @@ public func readPcapFrames(path: String) throws(VhostError) -> [[UInt8]] {
     let fd: FileDescriptor
     do {
         fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
-    } catch let errno as Errno {
-        throw .invalidArgument("cannot read pcap file \(path): \(errno == .noSuchFileOrDirectory ? "it does not exist" : "\(errno.name) (\(errno))")")
     } catch {
-        throw .invalidArgument("cannot read pcap file \(path)")
+        let errno = error as? Errno
+        throw .unreadableFile(path: path, problem: errno == .noSuchFileOrDirectory ? "the pcap file does not exist" : "the pcap file cannot be opened", errno: errno)
     }
     defer { try? fd.close() }
     var data: [UInt8] = []
@@ -74,15 +71,15 @@ public func readPcapFrames(path: String) throws(VhostError) -> [[UInt8]] {
     while true {
         let n: Int
         do { n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) } } catch {
-            throw .invalidArgument("cannot read pcap file \(path): \(error)")
+            throw .unreadableFile(path: path, problem: "the pcap file cannot be read", errno: error as? Errno)
         }
         if n == 0 { break }
         data += chunk.prefix(n)
-        if data.count > 1 << 30 { throw .invalidArgument("pcap file \(path) is larger than 1 GiB") }
+        if data.count > 1 << 30 { throw .corruptInput(path: path, problem: "the pcap file is larger than 1 GiB") }
     }
     do {
         return try Pcap.parse(data)
     } catch {
-        throw .invalidArgument("pcap file \(path) is corrupt: \(error)")
+        throw .corruptInput(path: path, problem: "the pcap file is corrupt: \(error)")
     }
 }

@@ -28,7 +28,7 @@ public struct TransmitQueue: ~Copyable {
     /// device reads the buffers of chains in flight.
     public mutating func fillEveryBuffer(_ body: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) {
         guard queue.driver.inFlight == 0 else {
-            throw .invalidArgument("\(queue.driver.inFlight) TX chains are in flight: their buffers belong to the device until it uses them")
+            throw .invalidState("\(queue.driver.inFlight) TX chains are in flight: their buffers belong to the device until it uses them")
         }
         for head in 0..<queue.driver.queueSize {
             // SAFETY: no chain is in flight, so the device reads none of these buffers now.

@@ -58,7 +58,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     public init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost"),
                 makePair: (QueuePairConfiguration, Logger) throws(VhostError) -> Pair) throws(VhostError) {
         guard (1...256).contains(configuration.queues) else {
-            throw .invalidArgument("--queues \(configuration.queues): use 1 to 256 queue pairs (tun.c MAX_TAP_QUEUES)")
+            throw .invalidConfiguration("--queues \(configuration.queues): use 1 to 256 queue pairs (tun.c MAX_TAP_QUEUES)")
         }
         self.configuration = configuration
         self.logger = logger
@@ -188,7 +188,7 @@ extension VirtioNetEndpoint where Backend == VhostNetDevice, Port == PacketSocke
     /// frame of the interface, so it cannot be split into queues).
     public convenience init(_ configuration: Configuration, packetSocketOn interface: String, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
         guard configuration.queues == 1 else {
-            throw .invalidArgument("--queues \(configuration.queues): a packet socket backend carries one queue pair (every socket bound to \(interface) sees every frame)")
+            throw .invalidConfiguration("--queues \(configuration.queues): a packet socket backend carries one queue pair (every socket bound to \(interface) sees every frame)")
         }
         try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in
             try PacketSocketQueuePair(config, packetSocketOn: interface, logger: logger)

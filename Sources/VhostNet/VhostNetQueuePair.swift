@@ -69,40 +69,41 @@ public struct QueuePairConfiguration: Sendable {
 
     public init(tapName: String) { self.tapName = tapName }
 
-    /// The virtio-net header length on the rings: 24 with UDP-tunnel GSO, else 12 with VERSION_1
-    /// or MRG_RXBUF, else 10 (net.c vhost_net_set_features).
-    public var headerLength: Int { highFeatures.netHeaderLength ?? features.netHeaderLength }
+    /// The virtio-net header length these features will negotiate (24 with UDP-tunnel GSO, else
+    /// 12 with VERSION_1 or MRG_RXBUF, else 10), for validating and planning memory before there
+    /// is a session; once the pair runs, `VhostNetSession.netHeaderLength` is the one stored value.
+    public var headerLength: Int { features.netHeaderLength(with: highFeatures) }
 
     /// Rejects what the kernel would reject, before any ioctl, naming the rule.
     public func validate() throws(VhostError) {
         guard SplitRingLayout.isValidQueueSize(Int(queueSize)), queueSize >= 2 else {
-            throw .invalidArgument("queue size \(queueSize) is invalid: it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
+            throw .invalidConfiguration("queue size \(queueSize) is invalid: it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
         }
         guard bufferSize >= headerLength + EthernetFrame.headerLength, bufferSize <= 1 << 20 else {
-            throw .invalidArgument("buffer size \(bufferSize) must hold at least a \(headerLength)-byte virtio-net header and an Ethernet header, and be at most 1 MiB")
+            throw .invalidConfiguration("buffer size \(bufferSize) must hold at least a \(headerLength)-byte virtio-net header and an Ethernet header, and be at most 1 MiB")
         }
         if features.contains(.logAll) {
-            throw .invalidArgument("VHOST_F_LOG_ALL needs a dirty log (VHOST_SET_LOG_BASE) first, or the kernel fails with EFAULT: start without it and call enableDirtyLog()")
+            throw .invalidConfiguration("VHOST_F_LOG_ALL needs a dirty log (VHOST_SET_LOG_BASE) first, or the kernel fails with EFAULT: start without it and call enableDirtyLog()")
         }
         if (iovaOffset != nil) != features.contains(.accessPlatform) {
-            throw .invalidArgument(iovaOffset != nil ? "an IOMMU (IOVA offset) needs VIRTIO_F_ACCESS_PLATFORM negotiated" : "VIRTIO_F_ACCESS_PLATFORM needs an IOMMU to answer the device's IOTLB misses: give an IOVA offset")
+            throw .invalidConfiguration(iovaOffset != nil ? "an IOMMU (IOVA offset) needs VIRTIO_F_ACCESS_PLATFORM negotiated" : "VIRTIO_F_ACCESS_PLATFORM needs an IOMMU to answer the device's IOTLB misses: give an IOVA offset")
         }
         if descriptorLayout == .indirect && !features.contains(.indirectDescriptors) {
-            throw .invalidArgument("indirect descriptors need VIRTIO_F_INDIRECT_DESC negotiated")
+            throw .invalidConfiguration("indirect descriptors need VIRTIO_F_INDIRECT_DESC negotiated")
         }
         let frameRoom = descriptorLayout == .inline ? bufferSize - headerLength : bufferSize
         if !receiveOffloads.isDisjoint(with: [.tso4, .tso6, .ufo, .uso4, .uso6]) && !features.contains(.netMergeableRxBuffers) && frameRoom < 65536 + 14 {
-            throw .invalidArgument("GSO on RX (TUNSETOFFLOAD TSO/UFO/USO) needs MRG_RXBUF or RX buffers with room for a 64 KiB frame; these hold \(frameRoom) bytes, so the kernel would discard big frames (net.c handle_rx)")
+            throw .invalidConfiguration("GSO on RX (TUNSETOFFLOAD TSO/UFO/USO) needs MRG_RXBUF or RX buffers with room for a 64 KiB frame; these hold \(frameRoom) bytes, so the kernel would discard big frames (net.c handle_rx)")
         }
         if !features.contains(.netMergeableRxBuffers) && frameRoom < 1514 {
-            throw .invalidArgument("without MRG_RXBUF each RX buffer must hold a whole 1514-byte frame, or the kernel truncates and discards it (net.c handle_rx); these hold \(frameRoom)")
+            throw .invalidConfiguration("without MRG_RXBUF each RX buffer must hold a whole 1514-byte frame, or the kernel truncates and discards it (net.c handle_rx); these hold \(frameRoom)")
         }
         if let coalescing = receiveCoalescing {
             guard features.contains(.eventIndex) else {
-                throw .invalidArgument("RX coalescing sets used_event ahead of the ring, which needs VIRTIO_RING_F_EVENT_IDX negotiated (without it the device signals on every used frame)")
+                throw .invalidConfiguration("RX coalescing sets used_event ahead of the ring, which needs VIRTIO_RING_F_EVENT_IDX negotiated (without it the device signals on every used frame)")
             }
             guard coalescing.frames >= 1 && Int(coalescing.frames) <= Int(queueSize) / 2, coalescing.maxDelayMilliseconds >= 1 else {
-                throw .invalidArgument("RX coalescing of \(coalescing.frames) frames and \(coalescing.maxDelayMilliseconds) ms: use 1 to \(queueSize / 2) frames (half the ring, so that enough buffers are posted to reach it) and at least 1 ms")
+                throw .invalidConfiguration("RX coalescing of \(coalescing.frames) frames and \(coalescing.maxDelayMilliseconds) ms: use 1 to \(queueSize / 2) frames (half the ring, so that enough buffers are posted to reach it) and at least 1 ms")
             }
         }
         try Tap.validate(name: tapName)
@@ -144,8 +145,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public let session: VhostNetSession<Backend, Port>
     public internal(set) var receiveQueue: ReceiveQueue
     public internal(set) var transmitQueue: TransmitQueue
-    /// The virtio-net header length on both rings (10 or 12).
-    public let headerLength: Int
+    /// The virtio-net header length on both rings (10, 12 or 24): the session's stored value.
+    public var headerLength: Int { session.netHeaderLength }
     let logger: Logger
 
     /// Sets up the pair on `device` and `port` and starts it: maps guest memory by the plan,
@@ -156,16 +157,18 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         self.configuration = configuration
         self.logger = logger
         let features = configuration.features
-        headerLength = configuration.headerLength
+        // The rings are laid out before the session negotiates (vhost_dev_init needs their
+        // eventfds), by the same rule it stores: VirtioFeatures.netHeaderLength(with:).
+        let headerLength = configuration.headerLength
         // The port's MTU says how big the host's frames get; refuse now, before any vhost ioctl,
         // rather than let the kernel discard the bigger ones without a trace.
         if let mtu = try port.maximumTransmissionUnit(), let problem = configuration.truncationRisk(mtu: mtu, interface: port.name) {
-            throw .invalidArgument(problem)
+            throw .invalidConfiguration(problem)
         }
         let plan = configuration.memoryPlan
         let layout = plan.regions
         if let limit = KernelInfo.maxMemoryRegions(), layout.count > limit {
-            throw .invalidArgument("guest memory has \(layout.count) regions but the vhost module allows \(limit) (max_mem_regions in /sys/module/vhost/parameters)")
+            throw .invalidConfiguration("guest memory has \(layout.count) regions but the vhost module allows \(limit) (max_mem_regions in /sys/module/vhost/parameters)")
         }
         var memory = try GuestMemory(layout: layout, backing: configuration.memoryBacking)
         var pendingIOMMU: EmulatedIOMMU? = nil
@@ -194,7 +197,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
                           receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
-        logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(headerLength)-byte headers, \(configuration.descriptorLayout) descriptors")
+        logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(session.netHeaderLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         // TX completions are reaped when the ring fills, never waited for one by one; in poll mode
         // RX is spun on too, so neither asks the device for interrupts (virtqueue_disable_cb).
         transmitQueue.queue.driver.disableInterrupts()
@@ -231,7 +234,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// where the device left off, so no chain in flight is lost or used twice.
     public func resume() throws(VhostError) {
         guard !session.running else { return }
-        guard let bases = session.savedBases else { throw .invalidArgument("resume needs a stop first: it restores the bases stop read back") }
+        guard let bases = session.savedBases else { throw .invalidState("resume needs a stop first: it restores the bases stop read back") }
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue, bases: bases,
                           receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
         receiveQueue.refill()
@@ -241,7 +244,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// backend): the old device is closed, vhost_dev_init runs on `device`, then vhost_dev_start
     /// from the saved bases.
     public func resume(on device: consuming Backend) throws(VhostError) {
-        guard !session.running else { throw .invalidArgument("stop the queue pair before moving it to another device") }
+        guard !session.running else { throw .invalidState("stop the queue pair before moving it to another device") }
         try session.replaceDevice(with: device, receive: receiveQueue.queue, transmit: transmitQueue.queue)
         try resume()
     }
@@ -354,7 +357,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         return configuration.truncationRisk(mtu: mtu, interface: session.port.name)
     }
 
-    // MARK: ring errors and fault injection
+    // MARK: ring errors
 
     /// Ring errors the device signalled since the last call (vq_err on the error eventfds of RX
     /// and TX), each with the likely cause. The queue the device stopped goes on after a kick.
@@ -373,21 +376,11 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// The error eventfds, for an event loop to watch (readable when the device signals `vq_err`).
     public var ringErrorDescriptors: [Int32] { [receiveQueue.queue.error.fd, transmitQueue.queue.error.fd] }
 
-    /// Breaks one new TX chain (carrying `frame`) as `fault` says, publishes it and kicks: the
-    /// device's answer arrives on the error eventfd. Nil when the ring is full.
-    public func injectTransmitFault(_ fault: RingFault, frame: [UInt8]) -> InjectedFault? {
-        transmitQueue.queue.inject(fault, frame: frame)
-    }
-
-    /// Breaks every posted RX buffer not yet reaped as `fault` says, and kicks (the device finds
-    /// the next one broken when a frame arrives).
-    public func injectReceiveFault(_ fault: RingFault) -> InjectedFault? {
-        receiveQueue.queue.inject(fault, frame: [])
-    }
-
-    /// Puts an injected fault right and kicks the queue it was on.
-    public func repair(_ injected: InjectedFault, onTransmit: Bool) {
-        if onTransmit { transmitQueue.queue.repair(injected) } else { receiveQueue.queue.repair(injected) }
+    /// Lends one of the pair's queues (TX or RX) for a change outside the datapath, on the
+    /// thread that drives the pair: the seam VhostTestSupport's fault injection uses, so that
+    /// no code that breaks rings on purpose ships in this library.
+    package func modifyQueue<R>(transmit: Bool, _ body: (inout NetQueue) -> R) -> R {
+        transmit ? body(&transmitQueue.queue) : body(&receiveQueue.queue)
     }
 
     // MARK: dirty logging
@@ -464,7 +457,7 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == PacketSock
                             logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
         try configuration.validate()
         guard configuration.features.contains(.vhostNetVirtioNetHeader) else {
-            throw .invalidArgument("a packet socket backend needs VHOST_NET_F_VIRTIO_NET_HDR negotiated: the socket carries no virtio-net header, so vhost must add and strip it")
+            throw .invalidConfiguration("a packet socket backend needs VHOST_NET_F_VIRTIO_NET_HDR negotiated: the socket carries no virtio-net header, so vhost must add and strip it")
         }
         let port = try PacketSocketPort(interface: interface, observer: configuration.observer)
         let device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
@@ -484,9 +477,6 @@ public protocol QueuePairDatapath: AnyObject {
     func withTransmitDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R
     func drainTransmit(milliseconds: Int32) throws(VhostError)
     func takeRingErrors() -> [RingErrorEvent]
-    func injectTransmitFault(_ fault: RingFault, frame: [UInt8]) -> InjectedFault?
-    func injectReceiveFault(_ fault: RingFault) -> InjectedFault?
-    func repair(_ injected: InjectedFault, onTransmit: Bool)
     func resume() throws(VhostError)
     func resetOwnerAndRestart() throws(VhostError)
     /// Adds up to `count` frames to the TX ring and publishes them without waiting for the device.

@@ -29,6 +29,16 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     public let negotiatedFeatures: VirtioFeatures
     /// Above bit 63 (VHOST_SET_FEATURES_ARRAY, Linux 6.17): negotiated, always with the array form.
     public let negotiatedHighFeatures: HighFeatures
+    /// The virtio-net header length on both rings, as negotiated: 24 with UDP-tunnel GSO, else
+    /// 12 with VERSION_1 or MRG_RXBUF, else 10 (net.c vhost_net_set_features). Stored once, at
+    /// init; the queue pair, the port's `prepare` and the tools read it here.
+    public let netHeaderLength: Int
+    /// The header length on the port's side (vhost-net's sock_hlen): `netHeaderLength`, or nil
+    /// when vhost adds and strips the header itself (VHOST_NET_F_VIRTIO_NET_HDR), so the port
+    /// carries bare frames.
+    public var socketHeaderLength: Int? {
+        negotiatedFeatures.contains(.vhostNetVirtioNetHeader) ? nil : netHeaderLength
+    }
     public private(set) var running = false
     /// The dirty log, once enabled; released after the device, like `memory`.
     public private(set) var dirtyLog: DirtyLog?
@@ -54,6 +64,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         offeredFeatures = offered
         negotiatedFeatures = features
         negotiatedHighFeatures = highFeatures
+        netHeaderLength = features.netHeaderLength(with: highFeatures)
         self.backend = consume device
         self.port = port
         self.memory = memory
@@ -121,9 +132,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         try configureVring(transmit, base: bases.transmit)
         // vhost-net's sock_hlen: the socket side carries the header unless vhost adds it
         // (VHOST_NET_F_VIRTIO_NET_HDR: net.c vhost_net_set_features).
-        let headerLength = negotiatedHighFeatures.netHeaderLength ?? negotiatedFeatures.netHeaderLength
-        let socketHeader = negotiatedFeatures.contains(.vhostNetVirtioNetHeader) ? nil : Optional(headerLength)
-        try port.prepare(headerLength: socketHeader, receiveOffloads: receiveOffloads, linkUp: linkUp)
+        try port.prepare(headerLength: socketHeaderLength, receiveOffloads: receiveOffloads, linkUp: linkUp)
         // The device reads used->idx when a backend is attached (vhost.c vhost_vq_init_access),
         // so the rings were initialised when the queues were made.
         try device.setBackend(index: receive.index, port)
@@ -212,7 +221,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// unmapped only after the device stopped translating into it.
     func unplug(at address: GuestAddress) throws(VhostError) {
         guard let index = hotplugged.firstIndex(where: { $0.memory.map.regions[0].guestAddress == address }) else {
-            throw .invalidArgument("no hot-plugged region at \(address)")
+            throw .invalidState("no hot-plugged region at \(address)")
         }
         var removed: HotpluggedMemory? = hotplugged.remove(at: index)
         do {

@@ -24,19 +24,30 @@ import Synchronization
 /// `used->idx`, and the driver reads it only after an acquire load. The flags and event words
 /// are hints whose every value is valid, ordered by the full fences in `publish`,
 /// `enableInterrupts`, `enableNotify` and `shouldSignal`.
+///
+/// Access: every member is `package`. A `SplitRing` is raw pointers into memory shared with a
+/// device, and its `@unchecked Sendable` holds only under the rules above, which this package's
+/// driver, device model, queues and tests keep. Outside the package a driver or device is made
+/// from the three parts' pointers (`SplitVirtqueueDriver.init(queueSize:descriptors:avail:used:…)`),
+/// and nothing can be read or written through a ring. The type itself is still `public` only
+/// because `VhostScript.ScriptRunner.ring(_:)` (being rewritten) returns one; it becomes
+/// `@usableFromInline package` once that method is `package` too.
+// SAFETY (@unchecked Sendable): the pointers are shared between the driver's and the device's
+// threads on purpose; every access below is an atomic or touches an entry one side owns at the
+// time (see "Ordering" above).
 public struct SplitRing: @unchecked Sendable {
     /// Entries in each part: a power of 2 in 1...32768.
-    public let queueSize: UInt16
+    @usableFromInline package let queueSize: UInt16
     /// The descriptor table (`n` × 16 bytes).
-    public let descriptors: UnsafeMutableRawPointer
+    @usableFromInline package let descriptors: UnsafeMutableRawPointer
     /// The avail ring (driver → device).
-    public let avail: UnsafeMutableRawPointer
+    @usableFromInline package let avail: UnsafeMutableRawPointer
     /// The used ring (device → driver).
-    public let used: UnsafeMutableRawPointer
+    @usableFromInline package let used: UnsafeMutableRawPointer
 
     /// Wraps three parts laid out as `SplitRingLayout` says; the memory must stay valid while
     /// the ring is used (see the type's comment).
-    public init(queueSize: UInt16, descriptors: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer, used: UnsafeMutableRawPointer) {
+    package init(queueSize: UInt16, descriptors: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer, used: UnsafeMutableRawPointer) {
         precondition(SplitRingLayout.isValidQueueSize(Int(queueSize)), "queue size \(queueSize) is not a power of 2 in 1...32768")
         self.queueSize = queueSize
         self.descriptors = descriptors
@@ -44,12 +55,12 @@ public struct SplitRing: @unchecked Sendable {
         self.used = used
     }
 
-    @inline(__always) var mask: UInt16 { queueSize &- 1 }
+    @usableFromInline @inline(__always) var mask: UInt16 { queueSize &- 1 }
 
     // MARK: descriptor table
 
     /// Reads descriptor `index` (which must be < `queueSize`).
-    @inline(__always) public func descriptor(_ index: UInt16) -> Descriptor {
+    @inlinable @inline(__always) package func descriptor(_ index: UInt16) -> Descriptor {
         // SAFETY: index < queueSize keeps the 16 bytes inside the table, which the ring's owner
         // keeps alive; the reader owns the entry at this point (see the type's comment).
         let base = descriptors + Int(index) * SplitRingLayout.descriptorSize
@@ -62,7 +73,7 @@ public struct SplitRing: @unchecked Sendable {
 
     /// Writes descriptor `index` (which must be < `queueSize`); the driver does so only for
     /// descriptors it has not made available yet.
-    @inline(__always) public func setDescriptor(_ index: UInt16, _ d: Descriptor) {
+    @inlinable @inline(__always) package func setDescriptor(_ index: UInt16, _ d: Descriptor) {
         // SAFETY: in bounds as in `descriptor`; the device reads the entry only after the
         // driver's release store of avail->idx that follows this write.
         let base = descriptors + Int(index) * SplitRingLayout.descriptorSize
@@ -77,23 +88,23 @@ public struct SplitRing: @unchecked Sendable {
     // SAFETY: the avail ring starts 2-aligned (SplitRingLayout.availAlignment), so its u16
     // fields may be bound to UInt16/Atomic<UInt16>; all offsets below stay inside
     // availRingSize(queueSize:).
-    @inline(__always) var availFlagsPointer: UnsafePointer<Atomic<UInt16>> {
+    @usableFromInline @inline(__always) var availFlagsPointer: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer(avail.assumingMemoryBound(to: Atomic<UInt16>.self))
     }
     /// `avail->idx`: written by the driver with a release store, read by the device with an acquire load.
-    @inline(__always) public var availIndex: UnsafePointer<Atomic<UInt16>> {
+    @inlinable @inline(__always) package var availIndex: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer((avail + 2).assumingMemoryBound(to: Atomic<UInt16>.self))
     }
-    @inline(__always) func availSlot(_ slot: UInt16) -> UnsafeMutablePointer<UInt16> {
+    @usableFromInline @inline(__always) func availSlot(_ slot: UInt16) -> UnsafeMutablePointer<UInt16> {
         (avail + 4 + 2 * Int(slot & mask)).assumingMemoryBound(to: UInt16.self)
     }
     /// `used_event` (EVENT_IDX): the used index at which the driver wants the next interrupt.
-    @inline(__always) public var usedEvent: UnsafePointer<Atomic<UInt16>> {
+    @inlinable @inline(__always) package var usedEvent: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer((avail + 4 + 2 * Int(queueSize)).assumingMemoryBound(to: Atomic<UInt16>.self))
     }
 
     /// `avail->flags`: written by the driver, read by the device as a hint (any value is valid).
-    public var availFlags: AvailFlags {
+    package var availFlags: AvailFlags {
         // SAFETY: a 2-aligned u16 inside the avail ring, written by one side while the other
         // reads it, so an atomic (relaxed: a hint ordered by the full fences of
         // disableInterrupts/enableInterrupts and shouldSignal).
@@ -102,14 +113,14 @@ public struct SplitRing: @unchecked Sendable {
     }
 
     /// The head in avail ring slot `index & (queueSize - 1)`.
-    public func availEntry(_ index: UInt16) -> UInt16 {
+    @inlinable package func availEntry(_ index: UInt16) -> UInt16 {
         // SAFETY: the slot is masked into the ring; the device reads it only below an avail->idx
         // it has loaded with acquire, after the driver's write.
         UInt16(littleEndian: availSlot(index).pointee)
     }
     /// Writes `head` into avail ring slot `index & (queueSize - 1)`; the driver does so only
     /// beyond the avail->idx it has published.
-    public func setAvailEntry(_ index: UInt16, head: UInt16) {
+    @inlinable package func setAvailEntry(_ index: UInt16, head: UInt16) {
         // SAFETY: masked into the ring; published later by the release store of avail->idx.
         availSlot(index).pointee = head.littleEndian
     }
@@ -118,20 +129,20 @@ public struct SplitRing: @unchecked Sendable {
 
     // SAFETY: the used ring starts 4-aligned (SplitRingLayout.usedAlignment); all offsets below
     // stay inside usedRingSize(queueSize:).
-    @inline(__always) var usedFlagsPointer: UnsafePointer<Atomic<UInt16>> {
+    @usableFromInline @inline(__always) var usedFlagsPointer: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer(used.assumingMemoryBound(to: Atomic<UInt16>.self))
     }
     /// `used->idx`: written by the device with a release store, read by the driver with an acquire load.
-    @inline(__always) public var usedIndex: UnsafePointer<Atomic<UInt16>> {
+    @inlinable @inline(__always) package var usedIndex: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer((used + 2).assumingMemoryBound(to: Atomic<UInt16>.self))
     }
     /// `avail_event` (EVENT_IDX): the avail index at which the device wants the next kick.
-    @inline(__always) public var availEvent: UnsafePointer<Atomic<UInt16>> {
+    @inlinable @inline(__always) package var availEvent: UnsafePointer<Atomic<UInt16>> {
         UnsafePointer((used + 4 + 8 * Int(queueSize)).assumingMemoryBound(to: Atomic<UInt16>.self))
     }
 
     /// `used->flags`: written by the device, read by the driver as a hint (any value is valid).
-    public var usedFlags: UsedFlags {
+    @inlinable package var usedFlags: UsedFlags {
         // SAFETY: a 4-aligned u16 inside the used ring, written by one side while the other
         // reads it, so an atomic (relaxed: a hint ordered by the full fences of publish and
         // enableNotify).
@@ -140,7 +151,7 @@ public struct SplitRing: @unchecked Sendable {
     }
 
     /// The element in used ring slot `index & (queueSize - 1)`.
-    public func usedEntry(_ index: UInt16) -> UsedElement {
+    @inlinable package func usedEntry(_ index: UInt16) -> UsedElement {
         // SAFETY: masked into the ring; the driver reads it only below a used->idx loaded with
         // acquire, after the device's write and release store.
         let base = used + 4 + 8 * Int(index & mask)
@@ -151,7 +162,7 @@ public struct SplitRing: @unchecked Sendable {
 
     /// Writes `element` into used ring slot `index & (queueSize - 1)`; the device does so only
     /// beyond the used->idx it has published.
-    public func setUsedEntry(_ index: UInt16, _ element: UsedElement) {
+    package func setUsedEntry(_ index: UInt16, _ element: UsedElement) {
         // SAFETY: masked into the ring; published later by the release store of used->idx.
         let base = used + 4 + 8 * Int(index & mask)
         base.storeBytes(of: element.id.littleEndian, as: UInt32.self)
@@ -160,7 +171,7 @@ public struct SplitRing: @unchecked Sendable {
 
     /// Zeroes all three parts (flags, indices, entries), as a fresh ring must be before
     /// `VHOST_NET_SET_BACKEND`: the kernel reads `used->idx` at attach time (vhost.c vhost_vq_init_access).
-    public func reset() {
+    package func reset() {
         // SAFETY: exactly the three parts' sizes; done before either side runs, so no one else
         // reads the memory meanwhile.
         descriptors.initializeMemory(as: UInt8.self, repeating: 0, count: SplitRingLayout.descriptorTableSize(queueSize: Int(queueSize)))

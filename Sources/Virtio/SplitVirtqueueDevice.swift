@@ -26,8 +26,8 @@ public struct SplitVirtqueueDevice: ~Copyable, Sendable {
         case any
     }
 
-    /// The ring memory the device reads and writes.
-    public let ring: SplitRing
+    /// The ring memory the device reads and writes (`package`: see `SplitRing`).
+    package let ring: SplitRing
     /// `VIRTIO_F_RING_EVENT_IDX` negotiated.
     public let eventIndex: Bool
     /// `VIRTIO_F_NOTIFY_ON_EMPTY` negotiated.
@@ -71,11 +71,23 @@ public struct SplitVirtqueueDevice: ~Copyable, Sendable {
     /// vhost.h `struct iovec iov[UIO_MAXIOV]`: segments one pop (and one RX packet) may use.
     public static let maximumSegments = 1024
 
+    /// A device over the three parts of a split ring laid out as `SplitRingLayout` says, in
+    /// memory the caller owns and keeps mapped while the device uses it; attaches as
+    /// `init(ring:…)` does.
+    public init(queueSize: UInt16, descriptors: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer, used: UnsafeMutableRawPointer,
+                direction: Direction, eventIndex: Bool, notifyOnEmpty: Bool = false,
+                inOrder: Bool = false, vhostHeaderLength: Int = 0, base: UInt16 = 0,
+                translate: @escaping @Sendable (UInt64, UInt32) -> UnsafeMutableRawPointer?) {
+        self.init(ring: SplitRing(queueSize: queueSize, descriptors: descriptors, avail: avail, used: used),
+                  direction: direction, eventIndex: eventIndex, notifyOnEmpty: notifyOnEmpty, inOrder: inOrder,
+                  vhostHeaderLength: vhostHeaderLength, base: base, translate: translate)
+    }
+
     /// Attaches to a ring as VHOST_SET_VRING_BASE(`base`) + VHOST_NET_SET_BACKEND would.
     /// vhost_vq_init_access writes used->flags from `used_flags` (0), reads `last_used_idx`
     /// from used->idx and marks `signalled_used` invalid; SET_VRING_BASE sets
     /// `last_avail_idx`, the cached `avail_idx` and (7.x) `next_avail_head` to `base`.
-    public init(ring: SplitRing, direction: Direction, eventIndex: Bool, notifyOnEmpty: Bool = false,
+    package init(ring: SplitRing, direction: Direction, eventIndex: Bool, notifyOnEmpty: Bool = false,
                 inOrder: Bool = false, vhostHeaderLength: Int = 0, base: UInt16 = 0,
                 translate: @escaping @Sendable (UInt64, UInt32) -> UnsafeMutableRawPointer?) {
         self.ring = ring

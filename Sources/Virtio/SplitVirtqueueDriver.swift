@@ -46,8 +46,8 @@ public struct RingViolation: Error, Equatable, CustomStringConvertible, Sendable
 /// BAD_RING sets vq->broken). Only the caller's own mistakes (an empty chain, a readable
 /// segment after a writable one) are preconditions.
 public struct SplitVirtqueueDriver: ~Copyable, Sendable {
-    /// The ring memory the driver writes.
-    public private(set) var ring: SplitRing
+    /// The ring memory the driver writes (`package`: see `SplitRing`).
+    @usableFromInline package private(set) var ring: SplitRing
     /// `VIRTIO_F_RING_EVENT_IDX` negotiated: use used_event/avail_event instead of the flags.
     public let eventIndex: Bool
     /// `VIRTIO_F_IN_ORDER` negotiated: the device uses chains in the order they were made
@@ -99,7 +99,7 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// Goes on over a byte-for-byte copy of its ring at other host addresses, as when
     /// live migration moves guest memory: every index, free list and chain stays as it was.
     /// The caller copied the ring memory first; the device must not be using either ring.
-    public mutating func move(to ring: SplitRing) {
+    package mutating func move(to ring: SplitRing) {
         precondition(ring.queueSize == self.ring.queueSize, "a moved ring keeps its size")
         self.ring = ring
     }
@@ -110,10 +110,20 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// Descriptors given to the device and not yet reaped.
     public var inFlight: Int { Int(queueSize) - _freeCount }
 
+    /// A driver over the three parts of a split ring laid out as `SplitRingLayout` says
+    /// (`offsets(queueSize:)` for one block), in memory the caller owns, shares with the device,
+    /// and keeps mapped for as long as the driver and the device use it. Resets that memory and
+    /// threads every descriptor onto the free list, as `init(ring:…)` does.
+    public init(queueSize: UInt16, descriptors: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer, used: UnsafeMutableRawPointer,
+                eventIndex: Bool, inOrder: Bool = false, startIndex: UInt16 = 0) {
+        self.init(ring: SplitRing(queueSize: queueSize, descriptors: descriptors, avail: avail, used: used),
+                  eventIndex: eventIndex, inOrder: inOrder, startIndex: startIndex)
+    }
+
     /// Resets the ring memory and threads every descriptor onto the free list (LIFO, as
     /// virtio_ring.c; with IN_ORDER, sequential around the table).
     /// `startIndex` is the base handed to `VHOST_SET_VRING_BASE` (both indices start there).
-    public init(ring: SplitRing, eventIndex: Bool, inOrder: Bool = false, startIndex: UInt16 = 0) {
+    package init(ring: SplitRing, eventIndex: Bool, inOrder: Bool = false, startIndex: UInt16 = 0) {
         self.ring = ring
         self.eventIndex = eventIndex
         self.inOrder = inOrder

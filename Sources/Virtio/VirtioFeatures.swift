@@ -134,6 +134,13 @@ public struct VirtioFeatures: OptionSet, Hashable, Sendable, CustomStringConvert
     public var netHeaderLength: Int {
         isDisjoint(with: [.netMergeableRxBuffers, .version1]) ? 10 : 12
     }
+
+    /// The virtio-net header length these features and `high` (bits above 63) imply together:
+    /// 24 with UDP-tunnel GSO, else `netHeaderLength`. The one rule: `VhostNetSession` stores
+    /// what it gives for the negotiated features, and a configuration plans memory with it.
+    public func netHeaderLength(with high: HighFeatures) -> Int {
+        high.netHeaderLength ?? netHeaderLength
+    }
 }
 
 /// Backend features (`VHOST_GET/SET_BACKEND_FEATURES`), linux/vhost_types.h.

@@ -174,7 +174,7 @@ struct Attach: ParsableCommand {
         if let dropTo { try dropTo.drop() }
         let droppedCapabilities = dropTo == nil && !keepCapabilities && geteuid() == 0
         // A macvtap this run created is deleted at exit over rtnetlink, which needs CAP_NET_ADMIN.
-        let keep = macvtap != nil ? [capabilityNetworkAdministration] : []
+        let keep = macvtap != nil ? [Capabilities.networkAdministration] : []
         if droppedCapabilities { try dropCapabilities(keeping: keep) }
 
         let pair = endpoint.pairs[0]

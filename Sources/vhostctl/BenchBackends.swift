@@ -1,8 +1,6 @@
 import ArgumentParser
-import CVhost
 import DatapathMeasure
 import Glibc
-import SystemPackage
 import Vhost
 import VhostNet
 
@@ -163,8 +161,8 @@ struct BenchBackends: ParsableCommand {
         for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
-        for path in [json, csv, svg].compactMap({ $0 }) {
-            if let problem = OutputFile.problem(path) { throw ValidationError(problem) }
+        for (option, path) in [("--json", json), ("--csv", csv), ("--svg", svg)] {
+            if let path { try OutputFile.check(path, option: option) }
         }
     }
 
@@ -218,10 +216,7 @@ struct BenchBackends: ParsableCommand {
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench backends")
         try requireFreeTapName(tap)
-        if let driverCPU {
-            let rc = cvhost_pin_thread(cvhost_gettid(), Int32(driverCPU))
-            guard rc == 0 else { throw VhostError.system(call: "sched_setaffinity", detail: "this thread to CPU \(driverCPU)", errno: Errno(rawValue: -rc)) }
-        }
+        if let driverCPU { try CurrentThread.pin(to: driverCPU) }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }
@@ -283,7 +278,7 @@ struct BenchBackends: ParsableCommand {
             try OutputFile.write(text, to: path)
             print("wrote \(path)")
         } catch {
-            throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.failure)
+            throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.cannotCreate)
         }
     }
 }

@@ -11,6 +11,13 @@ enum OutputFile {
         return access(checked, W_OK) == 0 ? nil : "\(path): cannot write in \(checked); give a path in a writable directory"
     }
 
+    /// For `validate()`: refuses an output path that cannot be created with one line and
+    /// EX_CANTCREAT (73), before anything is set up. `option` names the option it came from.
+    static func check(_ path: String, option: String) throws {
+        guard let problem = problem(path) else { return }
+        throw report(CLIError(message: "\(option) \(problem)", status: ExitStatus.cannotCreate))
+    }
+
     /// Writes `text` to `path`, replacing what was there.
     static func write(_ text: String, to path: String) throws {
         let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])

@@ -1,6 +1,4 @@
-import CVhost
 import Glibc
-import SystemPackage
 import Vhost
 
 /// A user to drop to after setup: a name from /etc/passwd, or a numeric uid[:gid].
@@ -41,20 +39,17 @@ struct UserSpec {
     }
 }
 
-/// CAP_NET_ADMIN (linux/capability.h).
-let capabilityNetworkAdministration = 12
-
 /// Drops every capability but those in `keep` (and forbids regaining any): after set-up `attach`
 /// needs none to run, since the vhost fd, the tap fd and the pcap file are open and vhost's owner
 /// check is by memory, not by privilege. Checked afterwards in /proc/self/status.
 func dropCapabilities(keeping keep: [Int] = []) throws {
-    let mask = keep.reduce(UInt64(0)) { $0 | 1 << UInt64($1) }
-    let rc = cvhost_drop_capabilities(mask)
-    guard rc == 0 else {
-        throw CLIError(message: "cannot drop capabilities: \(Errno(rawValue: -rc).name); pass --keep-capabilities to run with them", status: ExitStatus.failure)
+    do {
+        try Capabilities.drop(keeping: keep)
+    } catch {
+        throw CLIError(message: "cannot drop capabilities: \(error); pass --keep-capabilities to run with them", status: ExitStatus.failure)
     }
-    guard !KernelInfo.hasEffectiveCapability(21 /* CAP_SYS_ADMIN */),
-          keep.contains(capabilityNetworkAdministration) || !KernelInfo.hasEffectiveCapability(capabilityNetworkAdministration) else {
+    guard !Capabilities.isEffective(Capabilities.systemAdministration),
+          keep.contains(Capabilities.networkAdministration) || !Capabilities.isEffective(Capabilities.networkAdministration) else {
         throw CLIError(message: "capabilities remain after dropping them; refusing to continue", status: ExitStatus.failure)
     }
 }

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Glibc
-import SystemPackage
 import Vhost
 import VhostScript
 
@@ -12,7 +11,7 @@ struct RecordOptions: ParsableArguments {
     var path: String?
 
     func validate() throws {
-        if let path, let problem = OutputFile.problem(path) { throw ValidationError("--record \(problem)") }
+        if let path { try OutputFile.check(path, option: "--record") }
     }
 
     /// A recorder when `--record` was given.

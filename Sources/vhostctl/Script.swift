@@ -38,7 +38,7 @@ struct ScriptFileOptions: ParsableArguments {
             text = String(decoding: bytes, as: UTF8.self)
         } else {
             guard let contents = KernelInfo.readFile(file) else {
-                throw CLIError(message: "cannot read script \(file): it does not exist or is not readable", status: ExitStatus.usage)
+                throw CLIError(message: "cannot read script \(file): it does not exist or is not readable", status: ExitStatus.noInput)
             }
             text = contents
         }

@@ -10,10 +10,14 @@ struct VhostCtl: ParsableCommand {
         commandName: "vhostctl",
         abstract: "Drive the Linux kernel's vhost-net from userspace: be the virtio-net driver for a tap.",
         discussion: """
-        Exit codes: 0 success; 1 a runtime failure (a kernel error while running, a demo check \
-        that failed); 64 bad input (malformed IP, MAC, tap name, pcap file, option); 69 vhost-net \
-        or a requested feature is unavailable; 75 the tap is busy; 77 not permitted (needs root \
-        or CAP_NET_ADMIN).
+        Exit codes: 0 success; 1 a runtime failure (a kernel error while running, a call the \
+        state did not allow, guest memory out of room, a demo check that failed); 64 bad usage \
+        or configuration (malformed IP, MAC, tap name, option, a queue or buffer size or feature \
+        combination the library refuses, a malformed script); 65 corrupt input data (a corrupt or \
+        truncated pcap file); 66 an input file cannot be read (a missing pcap or script file); \
+        69 vhost-net or a requested feature is unavailable; 73 an output file cannot be created \
+        or written (--pcap, --json, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
+        root or CAP_NET_ADMIN).
         """,
         subcommands: [Info.self, Attach.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self]
     )
@@ -65,12 +69,24 @@ struct CommonOptions: ParsableArguments {
     }
 }
 
-/// The documented exit codes.
+/// The documented exit codes (sysexits.h names in parentheses).
 enum ExitStatus {
+    /// A runtime failure: a kernel error while running, a call the state did not allow, guest
+    /// memory out of room.
     static let failure: Int32 = 1
+    /// Bad usage or configuration, as the user typed it (EX_USAGE).
     static let usage: Int32 = 64
+    /// Input data that is corrupt (EX_DATAERR).
+    static let dataError: Int32 = 65
+    /// An input file that cannot be read (EX_NOINPUT).
+    static let noInput: Int32 = 66
+    /// vhost-net or a requested feature is unavailable (EX_UNAVAILABLE).
     static let unavailable: Int32 = 69
+    /// An output file that cannot be created or written (EX_CANTCREAT).
+    static let cannotCreate: Int32 = 73
+    /// The tap is busy (EX_TEMPFAIL).
     static let busy: Int32 = 75
+    /// Not permitted: needs root or CAP_NET_ADMIN (EX_NOPERM).
     static let notPermitted: Int32 = 77
 }
 
@@ -84,7 +100,13 @@ func report(_ error: Error) -> ExitCode {
         switch error {
         case .deviceMissing, .featureUnavailable, .unsupportedByKernel: status = ExitStatus.unavailable
         case .permissionDenied: status = ExitStatus.notPermitted
-        case .invalidArgument: status = ExitStatus.usage
+        // What the user typed (or configured) is refused: usage. invalidArgument is VhostScript's
+        // (being replaced), and is a problem of the script the user wrote.
+        case .invalidConfiguration, .invalidArgument: status = ExitStatus.usage
+        case .invalidState, .outOfGuestMemory: status = ExitStatus.failure
+        case .unreadableFile: status = ExitStatus.noInput
+        case .corruptInput: status = ExitStatus.dataError
+        case .unwritableFile: status = ExitStatus.cannotCreate
         case .tap(_, let problem, _):
             switch problem {
             case .driverMissing: status = ExitStatus.unavailable

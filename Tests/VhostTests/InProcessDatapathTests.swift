@@ -5,6 +5,7 @@ import Vhost
 import VhostModel
 import VhostNet
 import Virtio
+import VhostTestSupport
 
 @Suite("The datapath on the in-process device")
 struct InProcessDatapathTests {
@@ -29,6 +30,25 @@ struct InProcessDatapathTests {
         // The worker is alive: a stop answers with the TX base it reached.
         let bases = try pair.stop()
         #expect(bases.transmitBase == 20)
+    }
+
+    @Test("calls the pair's state does not allow are invalidState, and the pair goes on")
+    func invalidState() throws {
+        let (pair, host) = try InProcessHarness().makePair("vhu-state") { $0.queueSize = 16 }
+        do {
+            try pair.resume(on: try InProcessVhostNetDevice())
+            Issue.record("moved a running pair to another device")
+        } catch {
+            guard case .invalidState(let message) = error else { Issue.record("\(error)"); return }
+            #expect(message.contains("stop the queue pair"))
+        }
+        do {
+            try pair.unplugMemory(at: GuestAddress(0x7_0000_0000))
+            Issue.record("unplugged a region that was never hot-plugged")
+        } catch {
+            guard case .invalidState = error else { Issue.record("\(error)"); return }
+        }
+        try transmitAndCompare(pair, host: host, frames: 8)
     }
 
     @Test("a device that corrupts the TX used ring: the queue is reported broken, RX and the process go on")

@@ -1,3 +1,4 @@
+import Glibc
 import CVhost
 import SystemPackage
 import Testing
@@ -68,6 +69,35 @@ struct VhostUnitTests {
         config.tapName = "ok0"
         config.features = [.version1, .logAll]
         do { try config.validate(); Issue.record("accepted LOG_ALL") } catch { #expect("\(error)".contains("LOG")) }
+    }
+
+    @Test("each refusal says what kind of failure it is: configuration, guest memory, state, unreadable, unwritable or corrupt file")
+    func errorKinds() throws {
+        func kind(_ body: () throws -> Void) -> VhostError? {
+            do { try body(); return nil } catch { return error as? VhostError }
+        }
+        var memory = try GuestMemory(size: 1 << 20)
+        guard case .outOfGuestMemory(let full)? = kind({ _ = try memory.allocate(2 << 20) }) else { Issue.record("a full region"); return }
+        #expect(full.contains("give it more memory"))
+        guard case .invalidConfiguration? = kind({ _ = try GuestMemory(layout: [.init(guestAddress: 0, size: 8192), .init(guestAddress: 4096, size: 8192)]) }) else {
+            Issue.record("overlapping regions"); return
+        }
+        var config = VhostNetQueuePair.Configuration(tapName: "vh0")
+        config.queueSize = 3
+        guard case .invalidConfiguration? = kind({ try config.validate() }) else { Issue.record("a queue size of 3"); return }
+        let missing = "/tmp/swift-vhost-no-such-dir-\(getpid())/x.pcap"
+        guard case .unreadableFile(let path, _, let errno)? = kind({ _ = try readPcapFrames(path: missing) }) else { Issue.record("a missing pcap"); return }
+        #expect(path == missing && errno == .noSuchFileOrDirectory)
+        #expect(VhostError.unreadableFile(path: path, problem: "the pcap file does not exist", errno: errno).description.contains("does not exist"))
+        guard case .unwritableFile(_, _, let writeErrno)? = kind({ _ = try PcapWriter(path: missing) }) else { Issue.record("a pcap in a missing folder"); return }
+        #expect(writeErrno == .noSuchFileOrDirectory)
+        let corrupt = "/tmp/swift-vhost-corrupt-\(getpid()).pcap"
+        let fd = try FileDescriptor.open(FilePath(corrupt), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite])
+        _ = try fd.writeAll(Array("this is not a pcap file at all".utf8))
+        try fd.close()
+        defer { unlink(corrupt) }
+        guard case .corruptInput(_, let problem)? = kind({ _ = try readPcapFrames(path: corrupt) }) else { Issue.record("a corrupt pcap"); return }
+        #expect(problem.contains("corrupt"))
     }
 
     @Test("errors name the ioctl, arguments, errno and the kernel rule")

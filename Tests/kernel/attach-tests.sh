@@ -434,7 +434,7 @@ else
 fi
 printf 'open\nset-owner\nexpect EINVAL\nset-vring-num 0 256\n' >/tmp/unmet.vhost
 expect_error "script: an unmet expectation stops with the line" 1 "unmet.vhost:4:1: expected EINVAL" vhostctl script run /tmp/unmet.vhost
-expect_error "script: missing file" 64 "cannot read script" vhostctl script run /tmp/no-such.vhost
+expect_error "script: missing file (EX_NOINPUT)" 66 "cannot read script" vhostctl script run /tmp/no-such.vhost
 
 # ---- record and replay: demo's ioctls and ring operations, replayed with the kernel's answers ----
 if timeout 120 vhostctl demo --tap vhrec0 --seconds 0.3 --record /tmp/demo.vhost >/tmp/demo-rec.txt 2>&1 \
@@ -487,11 +487,13 @@ hostip link del vhbusy0
 expect_error "tap missing without --create" 64 "does not exist; add --create" vhostctl attach --tap vhnone0
 expect_error "malformed IP" 64 "not an IPv4 address" vhostctl attach --tap vhe2 --create --ip 10.0.0.300/24
 expect_error "malformed MAC" 64 "not a MAC address" vhostctl attach --tap vhe2 --create --mac 52:54:zz:00:00:01
-expect_error "pcap missing" 64 "does not exist" vhostctl attach --tap vhe2 --create --replay /tmp/no-such.pcap
+expect_error "pcap missing (EX_NOINPUT)" 66 "does not exist" vhostctl attach --tap vhe2 --create --replay /tmp/no-such.pcap
+expect_error "pcap output in a missing folder (EX_CANTCREAT)" 73 "cannot be created" vhostctl attach --tap vhe2 --create --pcap /tmp/no-such-dir/out.pcap
+if ip link show vhe2 >/dev/null 2>&1; then fail "no tap left after an unwritable --pcap"; else pass "no tap left after an unwritable --pcap"; fi
 printf 'this is not a pcap file at all' >/tmp/corrupt.pcap
-expect_error "pcap corrupt" 64 "corrupt" vhostctl attach --tap vhe2 --create --replay /tmp/corrupt.pcap
+expect_error "pcap corrupt (EX_DATAERR)" 65 "corrupt" vhostctl attach --tap vhe2 --create --replay /tmp/corrupt.pcap
 head -c 100 /tmp/attach.pcap >/tmp/truncated.pcap
-expect_error "pcap truncated" 64 "truncated" vhostctl attach --tap vhe2 --create --replay /tmp/truncated.pcap
+expect_error "pcap truncated (EX_DATAERR)" 65 "truncated" vhostctl attach --tap vhe2 --create --replay /tmp/truncated.pcap
 expect_error "feature the kernel lacks" 69 "does not offer F_RING_PACKED" vhostctl attach --tap vhe3 --create --features VERSION_1 RING_PACKED
 if ip link show vhe3 >/dev/null 2>&1; then fail "no tap left after a feature error"; else pass "no tap left after a feature error"; fi
 expect_error "queue size not a power of 2" 64 "power of 2" vhostctl attach --tap vhe4 --create --queue-size 3

@@ -5,7 +5,11 @@ import Virtio
 
 /// A split ring and buffers in one heap block at a fake guest-physical base.
 final class RingBlock: @unchecked Sendable {
-    let ring: SplitRing
+    /// The three parts of the ring, laid out by SplitRingLayout.offsets at the block's start.
+    let queueSize: UInt16
+    let descriptors: UnsafeMutableRawPointer
+    let avail: UnsafeMutableRawPointer
+    let used: UnsafeMutableRawPointer
     let block: UnsafeMutableRawPointer
     let size: Int
     let buffers: Int
@@ -17,7 +21,10 @@ final class RingBlock: @unchecked Sendable {
         size = buffers + 2 * 1 << 20
         block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
         block.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        ring = SplitRing(queueSize: queueSize, descriptors: block + layout.descriptors, avail: block + layout.avail, used: block + layout.used)
+        self.queueSize = queueSize
+        descriptors = block + layout.descriptors
+        avail = block + layout.avail
+        used = block + layout.used
     }
 
     func address(_ offset: Int) -> UInt64 { RingBlock.guestBase + UInt64(buffers + offset) }
@@ -34,8 +41,10 @@ final class RingBlock: @unchecked Sendable {
 
 /// One full ring's worth of chains through driver → device model → driver.
 func roundTrip(_ memory: RingBlock, eventIndex: Bool, indirect: Bool, batch: Int) {
-    var driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: eventIndex)
-    var device = SplitVirtqueueDevice(ring: memory.ring, direction: .transmit, eventIndex: eventIndex, translate: memory.translate)
+    var driver = SplitVirtqueueDriver(queueSize: memory.queueSize, descriptors: memory.descriptors, avail: memory.avail, used: memory.used,
+                                      eventIndex: eventIndex)
+    var device = SplitVirtqueueDevice(queueSize: memory.queueSize, descriptors: memory.descriptors, avail: memory.avail, used: memory.used,
+                                      direction: .transmit, eventIndex: eventIndex, translate: memory.translate)
     let header = BufferSegment(address: memory.address(0), length: 12, deviceWritable: false)
     let frame = BufferSegment(address: memory.address(64), length: 64, deviceWritable: false)
     for round in 0..<batch {

@@ -60,7 +60,10 @@ final class RingMemory {
     let block: UnsafeMutableRawPointer
     let ringBytes: Int
     let size: Int
-    let ring: SplitRing
+    /// The three parts of the ring, laid out by SplitRingLayout.offsets at the block's start.
+    let descriptors: UnsafeMutableRawPointer
+    let avail: UnsafeMutableRawPointer
+    let used: UnsafeMutableRawPointer
     let next: UnsafeMutablePointer<UInt16>
     let count: UnsafeMutablePointer<UInt16>
 
@@ -70,7 +73,9 @@ final class RingMemory {
         ringBytes = (layout.total + 4095) & ~4095
         size = ringBytes + 4096
         block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        ring = SplitRing(queueSize: queueSize, descriptors: block + layout.descriptors, avail: block + layout.avail, used: block + layout.used)
+        descriptors = block + layout.descriptors
+        avail = block + layout.avail
+        used = block + layout.used
         next = .allocate(capacity: Int(queueSize))
         count = .allocate(capacity: Int(queueSize))
         clear()
@@ -84,7 +89,7 @@ final class RingMemory {
 
     func device(eventIndex: Bool) -> cring_device {
         var device = cring_device()
-        cring_device_init(&device, queueSize, ring.descriptors, ring.avail, ring.used, RingMemory.guestBase, UInt64(size), eventIndex ? 1 : 0)
+        cring_device_init(&device, queueSize, descriptors, avail, used, RingMemory.guestBase, UInt64(size), eventIndex ? 1 : 0)
         return device
     }
 
@@ -106,7 +111,8 @@ struct LoopOutcome: Equatable {
 @inline(never)
 func swiftLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
     memory.clear()
-    var driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: settings.eventIndex)
+    var driver = SplitVirtqueueDriver(queueSize: memory.queueSize, descriptors: memory.descriptors, avail: memory.avail, used: memory.used,
+                                      eventIndex: settings.eventIndex)
     var device = memory.device(eventIndex: settings.eventIndex)
     let segment = BufferSegment(address: memory.frameAddress, length: 64, deviceWritable: false)
     var outcome = LoopOutcome()
@@ -132,7 +138,7 @@ func swiftLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
 func cLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
     memory.clear()
     var driver = cring_driver()
-    cring_driver_init(&driver, memory.queueSize, memory.ring.descriptors, memory.ring.avail, memory.ring.used,
+    cring_driver_init(&driver, memory.queueSize, memory.descriptors, memory.avail, memory.used,
                       settings.eventIndex ? 1 : 0, memory.next, memory.count)
     var device = memory.device(eventIndex: settings.eventIndex)
     var kicks: Int32 = 0

@@ -1,0 +1,10 @@
+import VhostModel
+
+extension InProcessVhostNetDevice {
+    /// Fault injection: the next used entry the worker writes on vring `index` carries `id`
+    /// instead of the chain's head, as a device that breaks the protocol would write it. For
+    /// testing that the driver marks the queue broken instead of trusting it.
+    public func corruptNextUsedEntry(index: UInt32, id: UInt32) {
+        setNextUsedID(index: index, id: id)
+    }
+}
