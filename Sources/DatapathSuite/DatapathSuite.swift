@@ -254,7 +254,7 @@ public enum DatapathSuite {
                 guard let fault = p.injectTransmitFault(.addressOutsideMemory, frame: TestFrame.bytes(1000)) else { throw TestFailure("no free TX descriptor") }
                 let event = try waitForRingError(p)
                 say("  \(event)")
-                try expect(event.queue == "tx" && event.likelyCause.contains("outside the memory table") && event.likelyCause.contains("head \(fault.head)"),
+                try expect(event.queue.direction == .transmit && event.likelyCause.isOutsideMemoryTable && event.likelyCause.head == fault.head,
                            "unexpected event: \(event)")
                 p.repair(fault, onTransmit: true)
                 let repaired = host.nextTestFrame(milliseconds: 5000)
@@ -270,7 +270,7 @@ public enum DatapathSuite {
                 try host.send(TestFrame.bytes(2000))
                 let rxEvent = try waitForRingError(p)
                 say("  \(rxEvent)")
-                try expect(rxEvent.queue == "rx" && rxEvent.likelyCause.contains("outside the memory table"), "unexpected event: \(rxEvent)")
+                try expect(rxEvent.queue.direction == .receive && rxEvent.likelyCause.isOutsideMemoryTable, "unexpected event: \(rxEvent)")
                 p.repair(rxFault, onTransmit: false)
                 var first: [UInt8]? = nil
                 let deadline = now() + 5

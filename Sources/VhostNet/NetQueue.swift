@@ -86,7 +86,9 @@ public struct NetQueue: ~Copyable {
         driver = SplitVirtqueueDriver(ring: memory.ring, eventIndex: eventIndex, inOrder: inOrder, startIndex: startIndex)
     }
 
-    var name: String { index == VhostNetDevice.receiveQueueIndex ? "rx" : "tx" }
+    /// RX or TX, from the vring index.
+    var direction: QueueDirection { index == VhostNetDevice.receiveQueueIndex ? .receive : .transmit }
+    var name: String { direction.rawValue }
 
     /// Moves the queue onto a byte-for-byte copy of guest memory (same guest-physical
     /// addresses, other host addresses): its buffers and its driver follow (live migration).

@@ -87,7 +87,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         var received = 0
         for (index, pair) in pairs.enumerated() {
             for var event in pair.takeRingErrors() {
-                event.queue = "pair \(index) \(event.queue)"
+                event.queue.pair = index
                 logger.warning("\(event)")
                 ringErrorHandler?(index, event)
             }

@@ -366,8 +366,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         if session.iommu != nil {
             // With an IOMMU the device may have been refused an access the rings allow: a
             // write into a read-only page is vq_err "Translation failure" (vhost.c translate_desc, -EPERM).
-            for i in events.indices where events[i].likelyCause.hasPrefix("every published chain follows the rules") {
-                events[i].likelyCause = "every published chain follows the rules; the IOMMU may map a page the device needed without the permission (vhost.c: \"Translation failure\")"
+            for i in events.indices where events[i].likelyCause == .noRuleBroken(iommuMayDenyAccess: false) {
+                events[i].likelyCause = .noRuleBroken(iommuMayDenyAccess: true)
             }
         }
         return events
