@@ -228,7 +228,7 @@ public enum DatapathSuite {
                 guard offered.contains(.inOrder) else {
                     do { _ = try harness.pair("vhd-ino") { $0.features = [.version1, .inOrder] } } catch let error as VhostError {
                         try expect(error.description.contains("F_IN_ORDER"), "unexpected error: \(error)")
-                        say("  not offered here: requesting it fails with: \(error)")
+                        refusalChecked("IN_ORDER is not offered here: requesting it fails with: \(error)")
                         return
                     }
                     throw TestFailure("IN_ORDER is not offered, yet the queue pair started")
@@ -340,18 +340,22 @@ public enum DatapathSuite {
     /// `datapath suite (NAME): N passed, M failed` last. Returns the counts.
     @discardableResult
     public static func run<H: DatapathHarness>(_ harness: H, filter: String? = nil) -> (passed: Int, failed: Int) {
-        var passed = 0, failed = 0
+        var passed = 0, failed = 0, refusals = 0
         for test in cases(harness) where filter == nil || test.name.contains(filter!) {
             let start = now()
+            _ = takeRefusalMark()
             do {
                 try test.body()
                 passed += 1
-                say("PASS datapath: \(test.name) (\(seconds(now() - start)) s)")
+                let refusal = takeRefusalMark()
+                if refusal { refusals += 1 }
+                say("PASS\(refusal ? " (refusal checked)" : "") datapath: \(test.name) (\(seconds(now() - start)) s)")
             } catch {
                 failed += 1
                 say("FAIL datapath: \(test.name) (\(seconds(now() - start)) s): \(error)")
             }
         }
+        sayDetail("datapath suite (\(harness.name))", exercised: passed - refusals, refusals: refusals)
         say("datapath suite (\(harness.name)): \(passed) passed, \(failed) failed")
         return (passed, failed)
     }

@@ -86,7 +86,7 @@ let workerTests: [KernelTest] = [
                 throw KernelTestFailure("unexpected answer to VHOST_GET_FORK_FROM_OWNER: \(error)")
             }
             try expect(kernelVersion() < (6, 12), "kernel \(kernelVersion()) should have worker-mode control")
-            say("  this kernel has none: \(error)")
+            refusalChecked("this kernel has no worker-mode control: \(error)")
             try device.setOwner()
             let worker = VhostWorkerThread.find()
             try expect(worker?.mode == .kthread, "the 6.1 worker should be a kernel thread: \(String(describing: worker))")
@@ -168,7 +168,7 @@ let extendedFeatureTests: [KernelTest] = [
             try expect(kernelVersion() < (6, 17), "kernel \(kernelVersion()) should have the feature array")
             let words = try device.featureWords(count: 2)
             try expect(words == [low.rawValue, 0], "the fallback gave \(words)")
-            say("  this kernel has none: \(error); the 64-bit fallback gives \(words.map { "0x" + String($0, radix: 16) })")
+            refusalChecked("this kernel has no feature array: \(error); the 64-bit fallback gives \(words.map { "0x" + String($0, radix: 16) })")
         }
     },
     KernelTest(name: "tunnel: a VXLAN-encapsulated 64 KiB TCP frame goes out and comes in with the 24-byte header and its GSO fields, checked on the host side (UDP-tunnel GSO, 7.x); elsewhere a clear \"this kernel has no\" message") {
@@ -227,7 +227,7 @@ let extendedFeatureTests: [KernelTest] = [
             }
             try expect(kernelVersion() < (6, 17), "kernel \(kernelVersion()) should offer UDP-tunnel GSO")
             try expect(!Tap.exists(name: "vht-tnl"), "a refused pair left its tap behind")
-            say("  \(error)")
+            refusalChecked("this kernel has no UDP-tunnel GSO: \(error)")
         }
     },
 ]

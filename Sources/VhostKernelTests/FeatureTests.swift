@@ -230,7 +230,7 @@ let featureTests: [KernelTest] = [
         } catch let error as VhostError {
             try expect(version < (6, 2) && error.description.contains("6.2"), "kernel \(version): unexpected error \(error)")
             try expect(p.transmitCounters.frames == 0, "a refused frame was counted as sent")
-            say("  kernel \(version.0).\(version.1): refused before the ring: \(error)")
+            refusalChecked("kernel \(version.0).\(version.1) has no USO: refused before the ring: \(error)")
             // What the kernel itself does with such a frame, past the library's check: post()
             // puts it on the ring as it is. The used entry comes back, and nothing reaches the host.
             let counters = ["rx_packets", "rx_dropped", "rx_errors", "rx_frame_errors"]

@@ -40,7 +40,7 @@ let requestTests: [KernelTest] = [
             say("  exercised: this kernel has cross-endian support; GET_VRING_ENDIAN answered \(value)")
             try expect(value == 1, "SET_VRING_ENDIAN big then GET answered \(value)")
         } else {
-            say("  refusal checked: this kernel has no CONFIG_VHOST_CROSS_ENDIAN_LEGACY: \(name(kernel[3]))")
+            refusalChecked("this kernel has no CONFIG_VHOST_CROSS_ENDIAN_LEGACY: \(name(kernel[3]))")
             try expect(kernel[3] == .inappropriateIOCTLForDevice && kernel[4] == .inappropriateIOCTLForDevice,
                        "expected ENOTTY from SET and GET_VRING_ENDIAN, got \(kernel.map(name))")
         }

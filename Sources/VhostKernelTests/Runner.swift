@@ -24,14 +24,17 @@ enum KernelTestRunner {
         var info = utsname()
         uname(&info)
         say("  kernel release: " + withUnsafeBytes(of: info.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
-        var passed = 0, failed = 0
+        var passed = 0, failed = 0, refusals = 0
         var failures: [String] = []
         for test in tests where filter == nil || test.name.contains(filter!) {
             let start = MonotonicClock.seconds()
+            _ = takeRefusalMark()
             do {
                 try test.body()
                 passed += 1
-                say("PASS \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s)")
+                let refusal = takeRefusalMark()
+                if refusal { refusals += 1 }
+                say("PASS\(refusal ? " (refusal checked)" : "") \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s)")
             } catch {
                 failed += 1
                 failures.append(test.name)
@@ -40,6 +43,7 @@ enum KernelTestRunner {
         }
         let suite = args.contains("--no-datapath-suite") ? (passed: 0, failed: 0) : DatapathSuite.run(KernelHarness(), filter: filter)
         if !failures.isEmpty { say("failed: \(failures.joined(separator: ", "))") }
+        sayDetail("kernel tier", exercised: passed - refusals, refusals: refusals)
         say("kernel tier: \(passed) passed, \(failed) failed")
         exit(failed == 0 && suite.failed == 0 && passed + suite.passed > 0 ? 0 : 1)
     }

@@ -4,6 +4,9 @@
 # busybox ping, bash's /dev/udp, and the host's tshark (through chroot /host).
 # Prints PASS/FAIL per check and "attach tier: N passed, M failed".
 PATH=/opt/bin:$PATH
+# A pipeline fails when any of its commands fails, not only the last (busybox ash has pipefail too,
+# for the guest, where bash is only the host's).
+set -o pipefail
 passed=0; failed=0
 pass() { passed=$((passed + 1)); echo "PASS $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL $1${2:+: $2}"; }
