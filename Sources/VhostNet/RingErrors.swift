@@ -182,7 +182,8 @@ public enum RingErrorCause: Sendable, Equatable, CustomStringConvertible {
     /// The kernel's own words for the fault, as `vq_err` prints them, where it has some.
     public var kernelWords: String? {
         switch self {
-        case .availIndexMoved: "Guest moved avail index"
+        // 6.1 says "Guest moved used index" for the same check; later kernels "avail index".
+        case .availIndexMoved: "Guest moved"
         case .headOutOfRange: "is available"
         case .loop: "Loop detected"
         case .indirectLength: "Invalid length in indirect descriptor"
