@@ -435,9 +435,13 @@ func checkAdaptiveCoalescing(_ harness: some DatapathHarness) throws {
     try expect(signalledBefore, "a lone frame after an idle wait was found by the coalescing delay, not signalled by the device: the threshold did not fall to 1")
     let adaptive = try stream(p, host, frames: total)
     say("  \(total) paced frames: \(first) calls waking on the first frame, \(adaptive) with adaptive coalescing (threshold now \(p.receiveAdaptiveThreshold))")
-    // Absolute, not against the first pair: when the driver falls behind a stream it finds
-    // frames waiting and is signalled seldom without coalescing too (seen once on 6.1 under TCG).
     try expect(adaptive * 8 <= UInt64(total), "adaptive coalescing was signalled \(adaptive) times for \(total) frames, more than one call per 8 frames (without it: \(first))")
+    // The baseline, asserted: without coalescing the same stream must be signalled more than once
+    // per 8 frames, or the stream cannot tell coalescing from a driver that falls behind and finds
+    // frames waiting (once seen on 6.1 under TCG, when the handler compared whole frames); and
+    // coalescing must cut the calls to a quarter of the baseline or less, in the same run.
+    try expect(first * 8 > UInt64(total), "without coalescing the stream was signalled only \(first) times for \(total) frames: the driver fell behind, so this run cannot show what coalescing does")
+    try expect(adaptive * 4 <= first, "adaptive coalescing was signalled \(adaptive) times against \(first) without it: not a quarter or less")
     let signalledAfter = try loneFrameSignalled(p, host, sequence: 910)
     try expect(signalledAfter, "a lone frame after the stream was found by the coalescing delay, not signalled by the device: the threshold did not fall back to 1")
 }

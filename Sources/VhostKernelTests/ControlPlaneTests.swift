@@ -286,17 +286,29 @@ let iotlbTests: [KernelTest] = [
         let p = try pair("vht-iorow") { $0.features = [.version1, .eventIndex, .accessPlatform]; $0.iovaOffset = offset; $0.queueSize = 64 }
         let host = try KernelHostSide(p)
         guard let iommu = p.iommu, let fd = p.device.iotlbDescriptor else { throw KernelTestFailure("no IOMMU") }
-        // Every RX buffer read-only: the device cannot write a received frame anywhere.
-        for buffer in p.receiveQueue.queue.memory.buffers { try iommu.setAccess(.read, pageOf: iommu.iova(buffer.guestAddress), fd: fd) }
+        // Every RX buffer read-only: the device cannot write a received frame anywhere. A sentinel
+        // fills each buffer, so a write that got through anyway would show.
+        let log = try KernelLog.vhost().get()
+        let buffers = p.receiveQueue.queue.memory.buffers
+        for buffer in buffers {
+            // SAFETY: the RX buffers are the driver's memory; the device may only read them now.
+            memset(buffer.host, 0xA5, buffer.length)
+            try iommu.setAccess(.read, pageOf: iommu.iova(buffer.guestAddress), fd: fd)
+        }
         try host.send(TestFrame.bytes(5))
         var events: [RingErrorEvent] = []
         let deadline = MonotonicClock.seconds() + 3
         while events.isEmpty && MonotonicClock.seconds() < deadline { events = p.takeRingErrors(); usleep(5000) }
         try expect(events.first?.queue.direction == .receive, "no RX ring error for a write into a read-only page: \(events)")
+        // The kernel's own words for it (vhost.c translate_desc, -EPERM for a write to a read-only IOTLB entry).
+        let (message, seen) = log.waitForMessage(containing: "Translation failure", seconds: 2)
+        try expect(message != nil, "the kernel logged no \"Translation failure\"; its vhost messages: \(seen.joined(separator: " | "))")
         var got = 0
         try p.receive(milliseconds: 200) { f in if TestFrame.sequence(of: f.frame) == 5 { got += 1 } }
         try expect(got == 0, "the frame was delivered through a read-only mapping")
-        say("  \(events[0])")
+        let touched = buffers.filter { buffer in UnsafeRawBufferPointer(start: buffer.host, count: buffer.length).contains { $0 != 0xA5 } }.count
+        try expect(touched == 0, "\(touched) read-only RX buffers were written to")
+        say("  \(events[0]); kernel: \"\(message!)\"; all \(buffers.count) read-only buffers still hold the sentinel")
     },
     KernelTest(name: "iotlb: beyond max_iotlb_entries the oldest mappings are evicted silently: a second pass over the same pages misses again") {
         let limit = Int(KernelInfo.moduleParameter("vhost", "max_iotlb_entries") ?? "") ?? 2048

@@ -1,3 +1,4 @@
+import DatapathMeasure
 import DatapathSuite
 import Glibc
 import HostNetwork
@@ -107,7 +108,36 @@ let featureTests: [KernelTest] = [
         try expect(p.transmitCounters.calls == 0, "poll mode should not sleep on the call eventfd")
         let rxCalls = p.receiveQueue.queue.call.consume() ?? 0, txCalls = p.transmitQueue.queue.call.consume() ?? 0
         try expect(rxCalls == 0 && txCalls == 0, "the kernel signalled the call eventfds \(rxCalls) (RX) and \(txCalls) (TX) times: interrupts were not suppressed")
-        say("  500 frames out, 128 in, and the kernel signalled neither call eventfd")
+        say("  poll mode: 500 frames out, 128 in, and the kernel signalled neither call eventfd")
+        // The control: the same traffic in interrupt mode, where the kernel must signal RX (the
+        // driver sleeps on the call eventfd there), so "no signal" above says something.
+        do {
+            let control = try pair("vht-irq") { $0.notificationMode = .interrupt }
+            try transmitAndCompare(control, frames: 500)
+            try receiveAndCompare(control, frames: 128)
+            let rxWakeups = control.receiveCounters.calls
+            say("  interrupt mode, the same traffic: the driver woke on the RX call eventfd \(rxWakeups) times")
+            try expect(rxWakeups > 0, "in interrupt mode the kernel never signalled RX: the poll-mode check above proves nothing")
+        }
+    },
+    KernelTest(name: "notifications: VHOST_SET_VRING_BUSYLOOP_TIMEOUT makes the worker spin: a kick on an empty TX ring costs it about the timeout in CPU, and next to nothing without") {
+        let p = try pair("vht-spin") { $0.notificationMode = .poll }
+        guard let worker = VhostWorkerThread.find() else { throw KernelTestFailure("no vhost worker found for this thread") }
+        /// The worker's CPU time over one kick of the empty TX ring and 400 ms of quiet.
+        func workerCPU(afterKickWithBusyloop microseconds: UInt32) throws -> UInt64 {
+            try p.device.setVringBusyloopTimeout(index: 1, microseconds: microseconds)
+            usleep(100_000)
+            let before = ThreadCPUTime.nanoseconds(tid: worker.tid) ?? 0
+            p.transmitQueue.queue.kick.signal()
+            usleep(400_000)
+            return (ThreadCPUTime.nanoseconds(tid: worker.tid) ?? 0) &- before
+        }
+        let idle = try workerCPU(afterKickWithBusyloop: 0)
+        let spinning = try workerCPU(afterKickWithBusyloop: 200_000)
+        let idleAgain = try workerCPU(afterKickWithBusyloop: 0)
+        say("  worker CPU after a kick of the empty TX ring: \(idle / 1_000_000) ms without busyloop, \(spinning / 1_000_000) ms with 200 ms, \(idleAgain / 1_000_000) ms without again")
+        try expect(spinning >= 50_000_000, "with a 200 ms busyloop the worker ran only \(spinning / 1_000_000) ms after the kick")
+        try expect(spinning > 5 * max(idle, idleAgain, 1_000_000), "busyloop changed nothing: \(idle / 1_000_000) ms, \(spinning / 1_000_000) ms, \(idleAgain / 1_000_000) ms")
     },
     KernelTest(name: "receive: buffers too small for a frame without MRG_RXBUF are refused before any ioctl") {
         do {
@@ -217,7 +247,16 @@ let featureTests: [KernelTest] = [
         try expect(bytes == frame, "the frame differs")
         try expect(h.gsoType == VirtioNetHeader.GSOType.tcpV6.rawValue && p.receiveCounters.mergedFrames == 0, "header \(h)")
     },
-    KernelTest(name: "offloads: UDP L4 GSO (USO) is carried whole from 6.2 on, and refused with a clear error before") {
+    KernelTest(name: "offloads: UDP L4 GSO (USO), probed through TUNSETOFFLOAD: carried whole with its GSO fields where the tap takes it, refused with a clear error where not") {
+        // The kernel's own answer decides, not its version: tun's TUNSETOFFLOAD refuses flags it
+        // does not know (EINVAL), and TUN_F_USO4 came with 6.2.
+        let probe = try Tap(name: "vht-usoprobe")
+        let probed = answer { try probe.setOffloads([.checksum, .uso4, .uso6]) }
+        let tapTakesUSO = probed == "ok"
+        say("  TUNSETOFFLOAD csum|uso4|uso6 on a fresh tap: \(probed)")
+        try expect(probed == "ok" || probed == "EINVAL", "TUNSETOFFLOAD answered \(probed)")
+        try expect(tapTakesUSO == KernelInfo.tapSupportsUDPSegmentation,
+                   "the library says this kernel \(KernelInfo.tapSupportsUDPSegmentation ? "has" : "lacks") USO, the tap's TUNSETOFFLOAD says \(probed)")
         let p = try pair("vht-uso") { $0.bufferSize = 65536 + 1024; $0.queueSize = 16 }
         let socket = try PacketSocket(interfaceIndex: try p.tap.interfaceIndex())
         socket.setBuffers(bytes: 16 << 20)
@@ -228,7 +267,7 @@ let featureTests: [KernelTest] = [
         do {
             try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
         } catch let error as VhostError {
-            try expect(version < (6, 2) && error.description.contains("6.2"), "kernel \(version): unexpected error \(error)")
+            try expect(!tapTakesUSO && error.description.contains("6.2"), "kernel \(version): unexpected error \(error)")
             try expect(p.transmitCounters.frames == 0, "a refused frame was counted as sent")
             refusalChecked("kernel \(version.0).\(version.1) has no USO: refused before the ring: \(error)")
             // What the kernel itself does with such a frame, past the library's check: post()
@@ -252,14 +291,22 @@ let featureTests: [KernelTest] = [
             say("  sent anyway (what 6.1 does past the library's check): the kernel used the chain; a packet socket on the tap saw frames of \(sizes) bytes; tap \(deltas)")
             return
         }
-        try expect(version >= (6, 2), "kernel \(version): a USO frame was sent into a tap that drops it silently")
-        var seen: [UInt8]? = nil
+        try expect(tapTakesUSO, "kernel \(version): a USO frame was sent into a tap that refuses TUNSETOFFLOAD USO")
+        // The host side reads the frame with the virtio_net_hdr the stack kept (PACKET_VNET_HDR):
+        // the GSO type and size the kernel saw, not what we meant to send.
+        try socket.enableVnetHeader()
+        var seen: (header: VirtioNetHeader, frame: [UInt8])? = nil
         let deadline = MonotonicClock.seconds() + 3
         while seen == nil && MonotonicClock.seconds() < deadline {
-            if let f = socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 { seen = f }
+            if let f = socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 {
+                seen = (VirtioNetHeader(bytes: Array(f.prefix(10))), Array(f.dropFirst(10)))
+            }
         }
-        try expect(seen == frame, "the USO frame did not arrive whole (\(seen?.count ?? 0) bytes)")
-        say("  kernel \(version.0).\(version.1): one \(frame.count)-byte UDP_L4 GSO frame (gso_size 1400) on the host side")
+        try expect(seen?.frame == frame, "the USO frame did not arrive whole (\(seen?.frame.count ?? 0) bytes)")
+        // VIRTIO_NET_HDR_GSO_UDP_L4 is 5 (linux/virtio_net.h).
+        try expect(seen!.header.gsoType & 0x7f == 5 && seen!.header.gsoSize == 1400,
+                   "the host stack kept gso_type \(seen!.header.gsoType), gso_size \(seen!.header.gsoSize), not UDP_L4 with 1400")
+        say("  kernel \(version.0).\(version.1): one \(frame.count)-byte frame on the host side, gso_type UDP_L4, gso_size \(seen!.header.gsoSize)")
     },
     KernelTest(name: "offloads: TX checksum offload (NEEDS_CSUM) is completed: a host UDP socket gets the datagram; a bad full checksum is dropped") {
         let p = try pair("vht-csum")
