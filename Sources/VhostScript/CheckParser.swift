@@ -109,7 +109,9 @@ struct CheckParser {
             problem(tokens[tokens.count - 1].location, "expected repeat COUNT [as NAME] {, found \(Parser.describe(tokens.count > 1 ? tokens[1] : nil))")
             return nil
         }
-        guard let count = binder.number(tokens[1], .limit(.iterations, minimum: 0), name: "COUNT", command: "repeat") else { return nil }
+        // A COUNT that is no good is reported, and the block still opens, so its } matches.
+        let count = binder.number(tokens[1], .limit(.iterations, minimum: 0), name: "COUNT", command: "repeat")
+            ?? .constant(0, .limit(.iterations, minimum: 0), "COUNT")
         var variable: String? = nil
         var next = 2
         if tokens[2].kind == .word && tokens[2].text == "as" {

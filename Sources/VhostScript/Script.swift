@@ -138,6 +138,8 @@ struct Parser {
     var bytesRead = 0
     /// A limit of the whole parse was hit: stop reading.
     var stopped = false
+    /// Included files read so far, by canonical path: a file included many times is read once.
+    var loaded: [String: String] = [:]
 
     init(loader: @escaping Script.FileLoader, limits: ScriptLimits) { self.loader = loader; self.limits = limits }
 
@@ -206,12 +208,12 @@ struct Parser {
                 continue
             }
             guard let first = tokens.first else { continue }
-            func append(_ statement: Statement) {
+            func append(_ statement: Statement?) {
                 statementCount += 1
-                if statementCount > limits.statements {
+                if statementCount > limits.statements, !stopped {
                     stop(first.location, "expected at most \(limits.statements) statements (the limit; includes count each time they are included), found more")
                 }
-                stack[stack.count - 1].0.append(statement)
+                if let statement { stack[stack.count - 1].0.append(statement) }
             }
             if let (_, location) = pending {
                 // `expect ok|ERRNO` must be followed by the command it is about.
@@ -260,7 +262,9 @@ struct Parser {
                 if let variable = header.variable { defined.insert(variable) }
                 stack.append(([], header))
             case "include":
-                for statement in include(tokens, file: file, depth: depth) { append(statement) }
+                // The include line counts as a statement; the included ones were counted as parsed.
+                append(nil)
+                stack[stack.count - 1].0.append(contentsOf: include(tokens, file: file, depth: depth))
             case "let":
                 guard tokens.count >= 4, tokens[1].kind == .word, Lexer.isName(tokens[1].text), tokens[2].kind == .equals, tokens[3].kind == .word else {
                     let culprit: Token? = tokens.count >= 2 && !(tokens[1].kind == .word && Lexer.isName(tokens[1].text)) ? tokens[1]
@@ -317,7 +321,11 @@ struct Parser {
             problem(tokens[1].location, "expected includes at most \(limits.includeNesting) deep (the limit), found \(tokens[1].text) deeper")
             return []
         }
-        guard let text = loader(path) else { problem(tokens[1].location, "cannot read the included file \(path)"); return [] }
+        guard let text = loaded[canonical] ?? loader(path) else {
+            problem(tokens[1].location, "cannot read the included file \(path) (it does not exist, is not a regular file, or is not readable)")
+            return []
+        }
+        loaded[canonical] = text
         including.append(canonical)
         defer { including.removeLast() }
         return parse(text, file: path, depth: depth + 1)

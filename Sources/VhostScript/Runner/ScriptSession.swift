@@ -139,10 +139,11 @@ final class ScriptSession {
         return value
     }
 
-    /// Milliseconds for a wait, as poll(2) takes them.
+    /// Milliseconds for a wait, as poll(2) takes them: a default (2000 ms) is cut to the limit
+    /// on waits; a value written or from a variable was checked against it.
     func milliseconds(_ operand: Operand) throws(ScriptError) -> Int32 {
-        let n = try number(operand)
-        guard let value = Int32(exactly: n) else { throw .limit("\(operand.name) \(n) ms: expected at most \(limits.milliseconds) (\(limits.describe(.milliseconds)))") }
+        let n = min(try number(operand), limits.milliseconds)
+        guard let value = Int32(exactly: n) else { throw .limit("\(operand.name) \(n) ms: expected at most \(Int32.max) (the limit of poll(2))") }
         return value
     }
 
