@@ -131,7 +131,7 @@ struct ScriptWriter {
         case .unsigned(let bits): return number(maximum.map { .range(0...$0, "") } ?? .bits(bits))
         case .signed32: return number(.signed32)
         case .guestAddress: return number()
-        case .features: return pick(["VERSION_1", "VERSION_1 EVENT_IDX", "INDIRECT_DESC MRG_RXBUF", "0x8000000000000000", "LOG_ALL", "0x0", number()])
+        case .features: return pick(["VERSION_1", "VERSION_1 EVENT_IDX", "INDIRECT_DESC MRG_RXBUF", "0x8000000000000000", "F_LOG_ALL", "0x0", number()])
         case .backendFeatures: return pick(["IOTLB_MSG_V2", "0x0", "0x2", number()])
         case .fd: return pick(["-1", "eventfd", "closed", "file", "tap", "0", "2", "99999", number(.signed32)])
         case .choice(let words): return chance(80) ? pick(Array(words.keys)) : number(.bits(8))

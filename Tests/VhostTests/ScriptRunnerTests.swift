@@ -172,9 +172,28 @@ struct ScriptRequestTests {
         #expect(parseProblems("set-mem-table 0x40000000 0x1000").first?.contains("expected triples GPA SIZE AT") == true)
     }
 
+    @Test("the dirty log must cover what the kernel would log: no log, or one too small for the memory, is refused before the ioctl")
+    func logCoverage() throws {
+        let noLog = try runInProcess(Self.owned + "ring 0 64\nset-vring-num 0 64\nset-vring-addr 0 flags=LOG log=0x40000000\n")
+        #expect(noLog.failure?.description.contains("refused before the ioctl") == true && noLog.failure?.description.contains("no dirty log") == true,
+                "\(String(describing: noLog.failure))")
+        // 64 KiB at GPA 1 GiB needs the log's bytes 32768 to 32769: a 4 KiB log is too small.
+        let small = try runInProcess(Self.owned + "log 4K\nset-log-base\nset-features VERSION_1 F_LOG_ALL\n")
+        #expect(small.failure?.description.contains("VHOST_SET_FEATURES") == true && small.failure?.description.contains("refused before the ioctl") == true,
+                "\(String(describing: small.failure))")
+        // Big enough: the device answers (the in-process device offers no LOG_ALL: EOPNOTSUPP).
+        let big = try runInProcess(Self.owned + "log 64K\nset-log-base\nexpect EOPNOTSUPP\nset-features VERSION_1 F_LOG_ALL\n")
+        #expect(big.failure == nil, "\(String(describing: big.failure))")
+        // A table that grows past the log once LOG_ALL would be on is refused too.
+        #expect(LogReach(base: 0x1000, logAll: true, table: [.init(guestAddress: 0, size: 1 << 30, userspaceAddress: 0)])
+            .problem(mapped: MappedRanges([(0x1000, 4096)])) != nil)
+        #expect(LogReach(base: 0x1000, logAll: true, table: [.init(guestAddress: 0, size: 128 << 20, userspaceAddress: 0)])
+            .problem(mapped: MappedRanges([(0x1000, 4096)])) == nil)
+    }
+
     @Test("raw flags and features reach the device: flags=0x2 is EOPNOTSUPP, an unoffered feature bit is EOPNOTSUPP")
     func rawFlagsAndFeatures() throws {
-        let flags = try runInProcess(Self.owned + "ring 0 64\nset-vring-num 0 64\nexpect EOPNOTSUPP\nset-vring-addr 0 flags=0x2\nset-vring-addr 0 flags=LOG log=0x40000000\n")
+        let flags = try runInProcess(Self.owned + "ring 0 64\nset-vring-num 0 64\nexpect EOPNOTSUPP\nset-vring-addr 0 flags=0x2\nlog 64K\nset-log-base\nset-vring-addr 0 flags=LOG log=0x40000000\n")
         #expect(flags.failure == nil, "\(String(describing: flags.failure))")
         let features = try runInProcess("open\nset-owner\nexpect EOPNOTSUPP\nset-features 0x8000000000000000\n")
         #expect(features.failure == nil, "\(String(describing: features.failure))")

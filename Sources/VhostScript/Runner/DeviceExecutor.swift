@@ -59,9 +59,11 @@ struct DeviceExecutor {
         if case .setFeatures = request, resolved.highFeatures {
             throw .invalidValue("set-features takes bits 0 to 63 (VHOST_SET_FEATURES is 64 bits): use set-features-array for higher ones")
         }
-        // The tool's memory stays safe: no address the kernel could write through may lie
-        // outside memory mapped for it.
-        if let problem = request.writableRangeProblem(mapped: session.mappedRanges, vringSizes: session.vringSizes, addresses: session.vringAddresses) {
+        // The tool's memory stays safe: no address the kernel could write through (the rings,
+        // the table's memory, the dirty log's bits) may lie outside memory mapped for it.
+        let mapped = session.mappedRanges
+        if let problem = request.writableRangeProblem(mapped: mapped, vringSizes: session.vringSizes, addresses: session.vringAddresses)
+            ?? session.logReach.applying(request).problem(mapped: mapped) {
             session.observer(IoctlEvent(.refused(.vhost(request), reason: problem), result: .failure(.invalidArgument)))
             throw .device(.refused(.vhost(request), reason: problem))
         }
@@ -231,6 +233,8 @@ struct DeviceExecutor {
         case .setFeaturesArray(let words): session.featureWords = words + [UInt64](repeating: 0, count: max(0, 2 - words.count))
         case .setVringNum(let index, let num): session.vringSizes[index] = num
         case .setVringBase(let index, let base): session.vringBases[index] = base
+        case .setMemoryTable(let table): session.table = table.regions
+        case .setLogBase(let address): session.logBase = address.rawValue
         case .setVringAddress(let index, let addresses):
             session.vringAddresses[index] = addresses
             if let d = resolved.guestAddresses["desc"], let a = resolved.guestAddresses["avail"], let u = resolved.guestAddresses["used"] {
@@ -244,6 +248,9 @@ struct DeviceExecutor {
             // vhost_dev_reset_owner drops every vring's size and addresses.
             session.vringSizes.removeAll()
             session.vringAddresses.removeAll()
+            session.table.removeAll()
+            session.logBase = 0
+            session.featureWords = [0, 0]
         default: break
         }
     }

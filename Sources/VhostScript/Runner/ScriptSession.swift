@@ -61,6 +61,9 @@ final class ScriptSession {
     var vringSizes: [VringIndex: UInt32] = [:]
     var vringBases: [VringIndex: UInt32] = [:]
     var vringAddresses: [VringIndex: VringAddresses] = [:]
+    /// The memory table and the log base the open device accepted.
+    var table: [MemoryTable.Region] = []
+    var logBase: UInt64 = 0
     var featureWords: [UInt64] = [0, 0]
     var variables: [String: ScriptValue] = [:]
     var ledger = FrameLedger()
@@ -92,6 +95,14 @@ final class ScriptSession {
         log?.handedToDevice = false
         vringSizes.removeAll()
         vringAddresses.removeAll()
+        table.removeAll()
+        logBase = 0
+        featureWords = [0, 0]
+    }
+
+    /// Where the open device may set dirty-log bits, as it holds its settings now.
+    var logReach: LogReach {
+        LogReach(base: logBase, logAll: (featureWords.first ?? 0) & LogReach.logAllBit != 0, table: table, addresses: vringAddresses, sizes: vringSizes)
     }
 
     // MARK: values
