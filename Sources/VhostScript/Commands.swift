@@ -128,8 +128,8 @@ public enum CommandEntry: Sendable {
     /// `name PARAM [param=PARAM] VARIADIC...`, for messages and the manual.
     public var usage: String {
         ([name] + shapes.map { p in
-            let text = p.variadic ? "\(p.name.uppercased())..." : p.name.uppercased()
-            return p.required ? text : "[\(p.name)=\(p.name.uppercased())]"
+            if p.variadic { return p.required ? "\(p.name.uppercased())..." : "[\(p.name.uppercased())...]" }
+            return p.required ? p.name.uppercased() : "[\(p.name)=\(p.name.uppercased())]"
         }).joined(separator: " ")
     }
 }
