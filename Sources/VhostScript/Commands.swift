@@ -15,8 +15,11 @@ public struct ParameterSpec: Sendable {
         case descriptorFlags
     }
 
+    /// The name, as `NAME=` writes it.
     public var name: String
+    /// What may be written for it.
     public var kind: Kind
+    /// Whether a line without it is malformed.
     public var required: Bool
     /// Takes every remaining positional argument.
     public var variadic: Bool
@@ -68,9 +71,13 @@ struct CommandArguments {
 /// One of the script's own commands (those that are not a request): its parameters, the name
 /// its answer is kept under, and how its arguments build the typed `Action`.
 public struct ScriptCommand: Sendable {
+    /// The command as lines start with it.
     public var name: String
+    /// Its parameters, in positional order.
     public var parameters: [ParameterSpec]
+    /// The name its answer is kept under, for commands that answer one.
     public var answer: String?
+    /// One line for `vhostctl script commands`.
     public var summary: String
     let build: @Sendable (CommandArguments) throws(CommandProblem) -> Action
 
@@ -87,10 +94,14 @@ public struct ScriptCommand: Sendable {
 /// Every command a line may start with: the requests of `VhostRequest.syntax` and
 /// `TunRequest.syntax`, and the script's own commands.
 public enum CommandEntry: Sendable {
+    /// A vhost request, from `VhostRequest.syntax`.
     case vhost(RequestSyntax<VhostRequest>)
+    /// A tun request on the tap, from `TunRequest.syntax`.
     case tun(RequestSyntax<TunRequest>)
+    /// One of the script's own commands.
     case script(ScriptCommand)
 
+    /// The command as lines start with it.
     public var name: String {
         switch self {
         case .vhost(let s): s.name
@@ -108,6 +119,7 @@ public enum CommandEntry: Sendable {
         }
     }
 
+    /// One line for `vhostctl script commands`.
     public var summary: String {
         switch self {
         case .vhost(let s): s.summary

@@ -7,9 +7,12 @@ import Virtio
 /// when the line runs.
 public struct Operand: Sendable, Equatable {
     public enum Value: Sendable, Equatable {
+        /// A number written in the script (negative ones as the bits of an `Int64`).
         case literal(UInt64)
+        /// `$name`, `$name+N` or `$name-N`.
         case variable(String, offset: Int64)
     }
+    /// The literal or the variable.
     public var value: Value
     /// What the number must fit.
     public var range: NumberRange
@@ -68,7 +71,9 @@ public enum FileOperand: Sendable, Equatable {
 /// One request statement: the syntax entry (which names the command, its parameters and how
 /// they build the request) and the operands written for its parameters, by name.
 public struct RequestStatement<Request: Sendable>: Sendable {
+    /// The request's entry in `VhostRequest.syntax` or `TunRequest.syntax`.
     public var syntax: RequestSyntax<Request>
+    /// The operands written, by parameter name (absent optional parameters are missing).
     public var operands: [String: RequestOperand]
 }
 
@@ -79,7 +84,9 @@ public enum RingPart: String, Sendable, CaseIterable {
 
 /// A word of `print`: text, or a variable whose value is printed.
 public enum PrintWord: Sendable, Equatable {
+    /// A word printed as written.
     case text(String)
+    /// A variable whose value is printed.
     case variable(String, offset: Int64)
 }
 
@@ -89,45 +96,75 @@ public enum Action: Sendable {
     case vhost(RequestStatement<VhostRequest>)
     /// A tun request on the tap (`TunRequest.syntax`).
     case tun(RequestStatement<TunRequest>)
+    /// `open [PATH]`: the device (`/dev/vhost-net`, PATH, or the in-process device).
     case open(path: String?)
+    /// `close`: the device, then the memory it kept mapped.
     case close
-    /// Guest memory: (SIZE, GPA) per region; the GPA of a lone region defaults.
+    /// `memory SIZE [GPA] [SIZE GPA]...`: (SIZE, GPA) per region; a lone region's GPA defaults.
     case memory([(size: Operand, gpa: Operand)])
+    /// `alloc SIZE [align=N]`: answers the GPA.
     case alloc(size: Operand, alignment: Operand)
+    /// `ring INDEX SIZE [at=GPA]`: answers the GPA.
     case ring(index: Operand, size: Operand, at: Operand?)
+    /// `ring-address INDEX desc|avail|used`.
     case ringAddress(index: Operand, part: RingPart)
+    /// `log SIZE`: answers the log's host address.
     case log(size: Operand)
+    /// `iotlb-update IOVA SIZE GPA [perm=]`.
     case iotlbUpdate(iova: Operand, size: Operand, gpa: Operand, access: IOTLBMessage.Access)
+    /// `iotlb-invalidate IOVA SIZE`.
     case iotlbInvalidate(iova: Operand, size: Operand)
+    /// `iotlb-miss [timeout=]`: answers the IOVA.
     case iotlbMiss(timeout: Operand)
+    /// `tap NAME`: a tap and its host side, or a frame pipe on the in-process device.
     case tap(name: String)
+    /// `link up|down`.
     case link(up: Bool)
+    /// `send Q [count=] [size=] [pattern=] [timeout=]`.
     case send(queue: Operand, count: Operand, size: Operand?, pattern: Operand?, timeout: Operand)
+    /// `post Q [count=] [size=]`.
     case post(queue: Operand, count: Operand, size: Operand)
+    /// `receive Q [count=] [timeout=]`: answers the frames received.
     case receive(queue: Operand, count: Operand, timeout: Operand)
+    /// `host-send [count=] [size=]`.
     case hostSend(count: Operand, size: Operand?)
+    /// `host-expect [count=] [timeout=]`: answers the frames seen.
     case hostExpect(count: Operand, timeout: Operand)
+    /// `wait-call Q [timeout=]`: answers the call count.
     case waitCall(queue: Operand, timeout: Operand)
+    /// `sleep MS`.
     case sleep(milliseconds: Operand)
+    /// `desc Q I [addr=] [len=] [flags=] [next=]`: the fields given.
     case descriptor(queue: Operand, index: Operand, address: Operand?, length: Operand?, flags: Operand?, next: Operand?)
+    /// `avail Q SLOT HEAD`.
     case avail(queue: Operand, slot: Operand, head: Operand)
+    /// `avail-idx Q VALUE`.
     case availIndex(queue: Operand, value: Operand)
+    /// `used-idx Q`: answers used->idx.
     case usedIndex(queue: Operand)
+    /// `write GPA VALUE [width=]`.
     case write(gpa: Operand, value: Operand, width: Int)
+    /// `read GPA [width=]`: answers the value.
     case read(gpa: Operand, width: Int)
+    /// `kick Q`.
     case kick(queue: Operand)
+    /// `print WORD...`.
     case print([PrintWord])
 }
 
 /// What a command must answer: success (the default) or a given errno.
 public enum ExpectedOutcome: Sendable, Equatable {
+    /// `expect ok`, or no expectation.
     case success
+    /// `expect ERRNO`.
     case errno(Errno)
 }
 
 /// A word of a command as written, for the run's output: text, or a variable shown with its value.
 public enum DisplayWord: Sendable, Equatable {
+    /// A word as written (with its `NAME=` when it had one).
     case text(String)
+    /// A variable, after `prefix` (`count=` or nothing).
     case variable(prefix: String, name: String, offset: Int64)
 }
 
@@ -135,7 +172,9 @@ public enum DisplayWord: Sendable, Equatable {
 public struct Invocation: Sendable {
     /// The command's name, as written.
     public var command: String
+    /// What the line does.
     public var action: Action
+    /// Where the line is.
     public var location: SourceLocation
     /// `let NAME = …`: the variable the answer goes into.
     public var binding: String?
@@ -163,15 +202,21 @@ public struct ValueCheck: Sendable {
         case constant(ScriptValue, text: String)
         case variable(String, offset: Int64)
     }
+    /// What is checked.
     public var subject: Subject
+    /// How it is compared.
     public var comparison: Comparison
+    /// What it is compared with (several only for `contains` and `lacks`).
     public var values: [Value]
+    /// Where the `expect` is.
     public var location: SourceLocation
 }
 
 /// One statement of a script.
 public indirect enum Statement: Sendable {
+    /// A command line.
     case invoke(Invocation)
+    /// `expect SUBJECT [OP] VALUE...`.
     case check(ValueCheck)
     /// `expect ring-error QUEUE [within=MS]`: the queue's error eventfd fires.
     case expectRingError(queue: Operand, milliseconds: Operand, location: SourceLocation)
@@ -181,6 +226,7 @@ public indirect enum Statement: Sendable {
 
 /// An answer a script can keep in a variable and check: a number, or feature words.
 public enum ScriptValue: Sendable, Equatable, CustomStringConvertible {
+    /// One number (an address, a base, a count).
     case number(UInt64)
     /// Feature bits, 64 to a word (bit 64 × i + b is bit b of word i).
     case words([UInt64])
