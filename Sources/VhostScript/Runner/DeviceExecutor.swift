@@ -72,6 +72,9 @@ struct DeviceExecutor {
         case .setLogBase: session.log?.handedToDevice = true
         default: break
         }
+        // SAFETY: every host address in the request lies in memory this runner mapped (the
+        // check above), and memory the device was told about stays mapped until it is closed
+        // (`handedToDevice`, `ScriptSession.closeDevice`), so what the device keeps stays valid.
         let answer: VhostAnswer
         do { answer = try device.perform(request) } catch { throw .device(error) }
         remember(request, resolved)

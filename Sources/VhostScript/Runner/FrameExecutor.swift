@@ -60,6 +60,9 @@ struct FrameExecutor {
         guard let gpa = try session.requireMemory().allocate(UInt64(size), alignment: 64) else {
             throw .outOfGuestMemory("guest memory has no room for a \(size)-byte buffer: give it more memory")
         }
+        // SAFETY: the whole buffer lies in one region of guest memory (checked by `host`), which
+        // stays mapped while a device may use it; the allocator hands it to nothing else (a ring
+        // a script places over it with `at=` writes only through the ring's view).
         let buffer = GuestBuffer(guestAddress: GuestAddress(gpa), host: try session.host(gpa, length: UInt64(size)), length: size)
         ring.buffers[slot] = buffer
         return buffer

@@ -87,6 +87,9 @@ struct RawRingExecutor {
         let ring = try session.requireRing(try session.index(queue))
         let i = try narrow(index, as: UInt16.self)
         guard i < ring.size else { throw .invalidValue("descriptor \(i) is outside the ring of \(ring.size) entries (a script writes only inside its rings)") }
+        // SAFETY: `i` is below the ring's size, so the entry lies inside the descriptor table the
+        // view was made over (mapped, and kept mapped while a device may read it); the device
+        // reads what it reads, which is the point of a raw write.
         var d = ring.view.descriptor(i)
         if let address { d.address = try session.number(address) }
         if let length { d.length = try narrow(length, as: UInt32.self) }
@@ -98,7 +101,8 @@ struct RawRingExecutor {
 
     func avail(queue: Operand, slot: Operand, head: Operand) throws(ScriptError) {
         let ring = try session.requireRing(try session.index(queue))
-        // The slot is taken modulo the ring's size by the view.
+        // SAFETY: the view takes the slot modulo the ring's size, so the store stays inside the
+        // avail ring (mapped, and kept mapped while a device may read it).
         ring.view.setAvailEntry(try narrow(slot, as: UInt16.self), head: try narrow(head, as: UInt16.self))
         ring.writtenByHand = true
     }
