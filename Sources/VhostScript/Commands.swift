@@ -62,7 +62,7 @@ struct CommandArguments {
         narrowed.range = range
         narrowed.name = name
         if let n = operand.literal, let problem = range.problem(n, limits: limits) {
-            throw CommandProblem("expected \(name) to be \(problem.expected), found \(n)")
+            throw CommandProblem("expected \(name) to be \(problem.expected), found \(n > 0xffff ? "0x" + String(n, radix: 16) : "\(n)")")
         }
         return narrowed
     }
