@@ -12,7 +12,7 @@ import PackageDescription
 //                     from a thread, with a frame pipe as its backend (for tests and users without a kernel).
 //   HostNetwork     – the host stack's side: packet and UDP/ICMP sockets, addresses, neighbours.
 //   VhostNet        – the NIC: queues, the bring-up session, queue pairs, the endpoint, pcap files.
-//   VhostScript     – scripts of vhost ioctls.
+//   VhostScript     – scripts of vhost ioctls, run on the kernel's device or the in-process one.
 //   DatapathMeasure – frame rates through a queue pair (demo, bench, kernel tests).
 //   VhostTestSupport – fault injection (broken rings, corrupt used entries), for the tests only.
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
@@ -58,7 +58,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
-        .target(name: "VhostScript", dependencies: ["Vhost", "Virtio", "NetFormats", "HostNetwork", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VhostScript", dependencies: ["Vhost", "VhostModel", "Virtio", "NetFormats", "HostNetwork", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "DatapathMeasure", dependencies: ["VhostNet", "Vhost", "Virtio", "HostNetwork", "NetFormats",
                                                  .product(name: "Histogram", package: "hdrhistogram-swift"),
                                                  .product(name: "SystemPackage", package: "swift-system")]),

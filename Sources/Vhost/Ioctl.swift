@@ -175,6 +175,9 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
         /// A request was refused before the ioctl, because the kernel would have written
         /// through an address outside memory mapped for it (or past a buffer of ours).
         case refused(KernelRequest, reason: String)
+        /// An IOTLB message was refused before it was written to the vhost fd, because the
+        /// kernel would have written through its `uaddr` range, which is not mapped for it.
+        case refusedMessage(IOTLBMessage, reason: String)
     }
 
     public var operation: Operation
@@ -195,8 +198,10 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
 
     /// Whether the kernel saw the operation (false for a refusal before the ioctl).
     public var reachedKernel: Bool {
-        if case .refused = operation { return false }
-        return true
+        switch operation {
+        case .refused, .refusedMessage: false
+        default: true
+        }
     }
 
     /// The request's or operation's name: `VHOST_SET_VRING_NUM`, `open`, `write`.
@@ -206,7 +211,7 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
         case .open: "open"
         case .close: "close"
         case .iotlbRead: "read"
-        case .iotlbWrite: "write"
+        case .iotlbWrite, .refusedMessage: "write"
         }
     }
 
@@ -216,13 +221,14 @@ public struct IoctlEvent: Sendable, CustomStringConvertible {
         case .request(let r), .refused(let r, _): r.arguments
         case .open(let path): path
         case .close: ""
-        case .iotlbRead(let m), .iotlbWrite(let m): m.description
+        case .iotlbRead(let m), .iotlbWrite(let m), .refusedMessage(let m, _): m.description
         }
     }
 
     public var description: String {
         let head = "\(name)(\(arguments))"
         if case .refused(_, let reason) = operation { return "\(head) refused before the ioctl: \(reason)" }
+        if case .refusedMessage(_, let reason) = operation { return "\(head) refused before the write: \(reason)" }
         switch result {
         case .success(let value):
             guard answer != .none else { return "\(head) = \(value)" }

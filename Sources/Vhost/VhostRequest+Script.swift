@@ -42,9 +42,12 @@ public struct RequestParameter: Sendable {
     public var required: Bool
     /// Takes every remaining positional argument.
     public var variadic: Bool
+    /// The largest number this tool passes for the parameter, when it is less than the field's
+    /// width allows: a bound of ours (the buffer the answer is read into), not the kernel's rule.
+    public var maximum: UInt64?
 
-    public init(_ name: String, _ kind: Kind, required: Bool = true, variadic: Bool = false) {
-        self.name = name; self.kind = kind; self.required = required; self.variadic = variadic
+    public init(_ name: String, _ kind: Kind, required: Bool = true, variadic: Bool = false, maximum: UInt64? = nil) {
+        self.name = name; self.kind = kind; self.required = required; self.variadic = variadic; self.maximum = maximum
     }
 }
 
@@ -103,7 +106,7 @@ extension VhostRequest {
         .init(.setFeatures, "set-features", [.init("features", .features, variadic: true)], "VHOST_SET_FEATURES: names, or 0x bits") {
             $0["features"]?.number.map { .setFeatures($0) }
         },
-        .init(.getFeaturesArray, "get-features-array", [.init("count", .unsigned(bits: 64), required: false)], answer: "features",
+        .init(.getFeaturesArray, "get-features-array", [.init("count", .unsigned(bits: 64), required: false, maximum: VhostNetDevice.maximumFeatureWords)], answer: "features",
               "VHOST_GET_FEATURES_ARRAY (Linux 6.17): COUNT words, default 2") { .getFeaturesArray(count: $0["count"]?.number ?? 2) },
         .init(.setFeaturesArray, "set-features-array", [.init("features", .features, variadic: true)],
               "VHOST_SET_FEATURES_ARRAY: names (high ones too), or 0x words") {
@@ -178,7 +181,7 @@ extension VhostRequest {
         .init(.getVringEndian, "get-vring-endian", [.init("index", .vring)], answer: "endian", "VHOST_GET_VRING_ENDIAN") {
             $0.vring().map { .getVringEndian($0) }
         },
-        .init(.setForkFromOwner, "set-fork-owner", [.init("mode", .choice(["task": 1, "kthread": 0]))],
+        .init(.setForkFromOwner, "set-fork-owner", [.init("mode", .choice(["task": 1, "kthread": 0]), maximum: 0xff)],
               "VHOST_SET_FORK_FROM_OWNER: task (1) or kthread (0), or any byte; before set-owner") {
             $0["mode"]?.number.map { .setForkFromOwner(UInt8(truncatingIfNeeded: $0)) }
         },

@@ -28,11 +28,13 @@ func scriptFiles(under directory: String) -> [String] {
 }
 
 /// Runs a script on the kernel; returns its output, or throws the runner's failure with it.
+/// `observer` sees every ioctl and every request refused before one.
 @discardableResult
-func runScript(_ text: String, name: String, keepGoing: Bool = false) throws -> [String] {
+func runScript(_ text: String, name: String, keepGoing: Bool = false, observer: IoctlObserver? = nil) throws -> [String] {
     var output: [String] = []
     var options = ScriptRunner.Options()
     options.keepGoing = keepGoing
+    options.observer = observer
     let runner = ScriptRunner(options: options) { output.append($0) }
     do {
         try runner.run(try Script(parsing: text, name: name))
@@ -92,6 +94,56 @@ let inlineQueuePair = """
     """
 
 let inlineScriptTests: [KernelTest] = [
+    KernelTest(name: "script (not shipped): raw set-mem-table: a zero-sized region is the kernel's EFAULT, overlapping regions are accepted") {
+        // vhost.c vhost_set_memory → vhost_iotlb_add_range_ctx: last < start (size 0) is -EFAULT;
+        // the interval tree takes overlapping ranges.
+        try runScript("""
+            open
+            set-owner
+            memory 1M
+            expect EFAULT
+            set-mem-table 0x40000000 0 0x40000000
+            expect ok
+            set-mem-table 0x40000000 0x10000 0x40000000 0x40008000 0x10000 0x40010000
+            """, name: "raw-mem-table.vhost")
+    },
+    KernelTest(name: "script (not shipped): raw set-vring-addr flags=0x2 is the kernel's EOPNOTSUPP (only VHOST_VRING_F_LOG exists)") {
+        try runScript("""
+            open
+            set-owner
+            set-features VERSION_1
+            memory 1M
+            set-mem-table
+            ring 0 256
+            set-vring-num 0 256
+            expect EOPNOTSUPP
+            set-vring-addr 0 flags=0x2
+            set-vring-addr 0
+            """, name: "raw-vring-flags.vhost")
+    },
+    KernelTest(name: "script (not shipped): a used ring past the end of mapped memory is refused before the ioctl; no VHOST_SET_VRING_ADDR reaches the kernel") {
+        let events = Locked<[IoctlEvent]>([])
+        let observer: IoctlObserver = { event in events.withLock { $0.append(event) } }
+        do {
+            // 64 KiB of guest memory; a used ring of 256 entries (2054 bytes) 16 bytes before its end.
+            try runScript("""
+                open
+                set-owner
+                memory 64K
+                set-mem-table
+                set-vring-num 0 256
+                set-vring-addr 0 desc=0x40000000 avail=0x40001000 used=0x4000fff0
+                """, name: "used-past-memory.vhost", observer: observer)
+            throw KernelTestFailure("a used ring running past mapped memory was not refused")
+        } catch let failure as KernelTestFailure {
+            try expect("\(failure)".contains("refused before the ioctl"), "the run failed otherwise: \(failure)")
+        }
+        let seen = events.withLock { $0 }
+        try expect(seen.contains { if case .refused(.vhost(.setVringAddress), _) = $0.operation { true } else { false } },
+                   "the observer saw no refused VHOST_SET_VRING_ADDR: \(seen)")
+        try expect(!seen.contains { $0.reachedKernel && $0.request?.kind == .setVringAddress }, "VHOST_SET_VRING_ADDR reached the kernel: \(seen)")
+        try expect(seen.contains { $0.reachedKernel && $0.request?.kind == .setVringNum }, "the requests before it did not reach the kernel: \(seen)")
+    },
     KernelTest(name: "script (not shipped): a vring ioctl before SET_OWNER is EPERM; a closed fd as kick is EBADF; a regular file as call is EINVAL") {
         try runScript("""
             open

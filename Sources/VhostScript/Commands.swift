@@ -1,29 +1,25 @@
 import Vhost
 import Virtio
 
-/// One parameter of a script command.
+/// One parameter of one of the script's own commands (requests take theirs from the request's
+/// syntax, `RequestParameter`).
 public struct ParameterSpec: Sendable {
     public enum Kind: Sendable, Equatable {
-        /// A whole number: decimal, `0x` hex, or with a K, M or G suffix.
-        case number
-        /// Virtio feature names (`VERSION_1`, `EVENT_IDX`, high ones such as `HOST_UDP_TUNNEL_GSO`) or `0x` bits.
-        case features
-        /// vhost backend feature names (`IOTLB_MSG_V2`, …) or `0x` bits.
-        case backendFeatures
+        /// A whole number (decimal, `0x` hex, or with a K, M or G suffix) that must fit `range`.
+        case number(NumberRange)
         /// One of these words.
         case choice([String])
-        /// A number, or one of these words (`-1`, `eventfd`, …).
-        case numberOrChoice([String])
-        /// Any text: a path, an interface name.
+        /// A word (a path, an interface name); `print` also takes variables.
         case text
-        /// Descriptor flags: `NEXT|WRITE|INDIRECT`, `0`, or a number.
+        /// Descriptor flags: `NEXT|WRITE|INDIRECT`, `0`, or a 16-bit number.
         case descriptorFlags
-        /// IOTLB access: `r`, `w` or `rw`.
-        case access
     }
 
+    /// The name, as `NAME=` writes it.
     public var name: String
+    /// What may be written for it.
     public var kind: Kind
+    /// Whether a line without it is malformed.
     public var required: Bool
     /// Takes every remaining positional argument.
     public var variadic: Bool
@@ -33,129 +29,298 @@ public struct ParameterSpec: Sendable {
     }
 }
 
-/// A command of the script language: its parameters, what it does, and the name under which
-/// its answer is kept (for `expect NAME …` and `let`).
-public struct CommandSpec: Sendable {
+/// A problem a command's arguments have together, found when the script is parsed.
+struct CommandProblem: Error { var message: String; init(_ message: String) { self.message = message } }
+
+/// The arguments bound to a script command's parameters, typed, for its builder.
+struct CommandArguments {
+    enum Bound { case operands([Operand]), words([String]), print([PrintWord]) }
+    var values: [String: Bound]
+    let limits: ScriptLimits
+
+    func operands(_ name: String) -> [Operand] { if case .operands(let o)? = values[name] { return o }; return [] }
+    func optional(_ name: String) -> Operand? { operands(name).first }
+    func number(_ name: String) throws(CommandProblem) -> Operand {
+        guard let operand = optional(name) else { throw CommandProblem("expected \(name.uppercased())") }
+        return operand
+    }
+    func number(_ name: String, default value: UInt64) -> Operand {
+        optional(name) ?? .constant(value, .bits(64), name.uppercased())
+    }
+    func word(_ name: String) -> String? { if case .words(let w)? = values[name] { return w.first }; return nil }
+    func printWords(_ name: String) -> [PrintWord] {
+        switch values[name] {
+        case .print(let words)?: words
+        case .words(let words)?: words.map { .text($0) }
+        default: []
+        }
+    }
+
+    /// The operand with a narrower range; a literal must fit it.
+    func narrowed(_ operand: Operand, _ range: NumberRange, _ name: String) throws(CommandProblem) -> Operand {
+        var narrowed = operand
+        narrowed.range = range
+        narrowed.name = name
+        if let n = operand.literal, let problem = range.problem(n, limits: limits) {
+            throw CommandProblem("expected \(name) to be \(problem.expected), found \(n > 0xffff ? "0x" + String(n, radix: 16) : "\(n)")")
+        }
+        return narrowed
+    }
+}
+
+/// One of the script's own commands (those that are not a request): its parameters, the name
+/// its answer is kept under, and how its arguments build the typed `Action`.
+public struct ScriptCommand: Sendable {
+    /// The command as lines start with it.
     public var name: String
+    /// Its parameters, in positional order.
     public var parameters: [ParameterSpec]
+    /// The name its answer is kept under, for commands that answer one.
+    public var answer: String?
+    /// One line for `vhostctl script commands`.
     public var summary: String
-    /// The result's name, for commands that answer a value.
-    public var result: String?
+    let build: @Sendable (CommandArguments) throws(CommandProblem) -> Action
 
-    init(_ name: String, _ parameters: [ParameterSpec] = [], result: String? = nil, _ summary: String) {
-        self.name = name; self.parameters = parameters; self.summary = summary; self.result = result
+    init(_ name: String, _ parameters: [ParameterSpec], answer: String? = nil, _ summary: String,
+         build: @escaping @Sendable (CommandArguments) throws(CommandProblem) -> Action) {
+        self.name = name; self.parameters = parameters; self.answer = answer; self.summary = summary; self.build = build
     }
 
-    init(_ name: String, result: String? = nil, _ summary: String) {
-        self.init(name, [], result: result, summary)
+    init(_ name: String, _ summary: String, build: @escaping @Sendable (CommandArguments) throws(CommandProblem) -> Action) {
+        self.init(name, [], summary, build: build)
+    }
+}
+
+/// Every command a line may start with: the requests of `VhostRequest.syntax` and
+/// `TunRequest.syntax`, and the script's own commands.
+public enum CommandEntry: Sendable {
+    /// A vhost request, from `VhostRequest.syntax`.
+    case vhost(RequestSyntax<VhostRequest>)
+    /// A tun request on the tap, from `TunRequest.syntax`.
+    case tun(RequestSyntax<TunRequest>)
+    /// One of the script's own commands.
+    case script(ScriptCommand)
+
+    /// The command as lines start with it.
+    public var name: String {
+        switch self {
+        case .vhost(let s): s.name
+        case .tun(let s): s.name
+        case .script(let c): c.name
+        }
     }
 
-    /// `name PARAM [OPTIONAL] VARIADIC...`, for messages and the manual.
+    /// The name the command's answer is kept under, if it answers one.
+    public var answer: String? {
+        switch self {
+        case .vhost(let s): s.answer
+        case .tun(let s): s.answer
+        case .script(let c): c.answer
+        }
+    }
+
+    /// One line for `vhostctl script commands`.
+    public var summary: String {
+        switch self {
+        case .vhost(let s): s.summary
+        case .tun(let s): s.summary
+        case .script(let c): c.summary
+        }
+    }
+
+    /// Each parameter as (name, required, variadic), for binding and the usage line.
+    var shapes: [(name: String, required: Bool, variadic: Bool)] {
+        switch self {
+        case .vhost(let s): s.parameters.map { ($0.name, $0.required, $0.variadic) }
+        case .tun(let s): s.parameters.map { ($0.name, $0.required, $0.variadic) }
+        case .script(let c): c.parameters.map { ($0.name, $0.required, $0.variadic) }
+        }
+    }
+
+    /// `name PARAM [param=PARAM] VARIADIC...`, for messages and the manual.
     public var usage: String {
-        ([name] + parameters.map { p in
-            let text = p.variadic ? "\(p.name.uppercased())..." : p.name.uppercased()
-            return p.required ? text : "[\(p.name)=\(p.name.uppercased())]"
+        ([name] + shapes.map { p in
+            if p.variadic { return p.required ? "\(p.name.uppercased())..." : "[\(p.name.uppercased())...]" }
+            return p.required ? p.name.uppercased() : "[\(p.name)=\(p.name.uppercased())]"
         }).joined(separator: " ")
     }
 }
 
-/// Every command, by name. Each vhost ioctl command is the ioctl's name in lower case without
-/// `VHOST_`, so a reader who knows the kernel's API reads a script without the manual.
+/// The command table: every command by name, in the order `vhostctl script commands` lists them.
 public enum ScriptCommands {
-    static let fileChoices = ["-1", "eventfd", "closed", "file"]
-    static let backendChoices = ["tap", "-1", "eventfd", "closed", "file"]
+    static let queue = ParameterSpec("queue", .number(.bits(32)))
+    static let timeout = ParameterSpec("timeout", .number(.limit(.milliseconds, minimum: 0)), required: false)
+    static let count = ParameterSpec("count", .number(.limit(.frames, minimum: 0)), required: false)
+    static let frameSize = NumberRange.range(UInt64(18)...65535, "a frame's length: the Ethernet header and the sequence number, up to 64 KiB")
+    static let widths = ["1", "2", "4", "8"]
 
-    public static let all: [CommandSpec] = [
-        // The device and its owner.
-        CommandSpec("open", [.init("path", .text, required: false)], "open /dev/vhost-net (or PATH); a second open closes the first device"),
-        CommandSpec("close", "close the vhost fd (the kernel stops its worker and forgets the rings)"),
-        CommandSpec("set-owner", "VHOST_SET_OWNER"),
-        CommandSpec("reset-owner", "VHOST_RESET_OWNER"),
-        CommandSpec("get-features", result: "features", "VHOST_GET_FEATURES"),
-        CommandSpec("set-features", [.init("features", .features, variadic: true)], "VHOST_SET_FEATURES: names, or 0x bits"),
-        CommandSpec("get-features-array", [.init("count", .number, required: false)], result: "features",
-                    "VHOST_GET_FEATURES_ARRAY (Linux 6.17): COUNT words, default 2; the kernel's answer if it has none"),
-        CommandSpec("set-features-array", [.init("features", .features, variadic: true)], "VHOST_SET_FEATURES_ARRAY: names (high ones too), or 0x words"),
-        CommandSpec("get-backend-features", result: "backend-features", "VHOST_GET_BACKEND_FEATURES"),
-        CommandSpec("set-backend-features", [.init("features", .backendFeatures, variadic: true)], "VHOST_SET_BACKEND_FEATURES"),
-        CommandSpec("get-fork-owner", result: "fork-owner", "VHOST_GET_FORK_FROM_OWNER: 1 task, 0 kthread"),
-        CommandSpec("set-fork-owner", [.init("mode", .numberOrChoice(["task", "kthread"]))], "VHOST_SET_FORK_FROM_OWNER: task (1) or kthread (0), before set-owner"),
-        CommandSpec("new-worker", result: "worker", "VHOST_NEW_WORKER"),
-        // Guest memory and rings (no ioctl).
-        CommandSpec("memory", [.init("regions", .number, variadic: true)], "map guest memory: SIZE [GPA] [SIZE GPA]... (GPA default 0x40000000); replaces the previous memory"),
-        CommandSpec("alloc", [.init("size", .number), .init("align", .number, required: false)], result: "address", "take SIZE bytes of guest memory; answers their GPA"),
-        CommandSpec("ring", [.init("index", .number), .init("size", .number), .init("at", .number, required: false)], result: "address",
-                    "lay out a split ring of SIZE entries in guest memory (at GPA AT if given); answers its GPA"),
-        CommandSpec("ring-address", [.init("index", .number), .init("part", .choice(["desc", "avail", "used"]))], result: "address", "the GPA of a ring's descriptor table, avail or used ring"),
-        CommandSpec("set-mem-table", "VHOST_SET_MEM_TABLE with the guest memory's regions"),
-        // Vrings.
-        CommandSpec("set-vring-num", [.init("index", .number), .init("num", .number)], "VHOST_SET_VRING_NUM"),
-        CommandSpec("set-vring-base", [.init("index", .number), .init("base", .number)], "VHOST_SET_VRING_BASE"),
-        CommandSpec("get-vring-base", [.init("index", .number)], result: "base", "VHOST_GET_VRING_BASE: the kernel's last_avail_idx"),
-        CommandSpec("set-vring-addr", [.init("index", .number), .init("desc", .number, required: false), .init("avail", .number, required: false),
-                                       .init("used", .number, required: false), .init("log", .number, required: false)],
-                    "VHOST_SET_VRING_ADDR: the ring laid out by `ring`, or other GPAs (translated to this process's addresses); LOG sets VHOST_VRING_F_LOG"),
-        CommandSpec("set-vring-kick", [.init("index", .number), .init("fd", .numberOrChoice(fileChoices), required: false)], "VHOST_SET_VRING_KICK INDEX [fd=-1|eventfd|closed|file]"),
-        CommandSpec("set-vring-call", [.init("index", .number), .init("fd", .numberOrChoice(fileChoices), required: false)], "VHOST_SET_VRING_CALL INDEX [fd=…]"),
-        CommandSpec("set-vring-err", [.init("index", .number), .init("fd", .numberOrChoice(fileChoices), required: false)], "VHOST_SET_VRING_ERR INDEX [fd=…]"),
-        CommandSpec("set-vring-busyloop-timeout", [.init("index", .number), .init("microseconds", .number)], "VHOST_SET_VRING_BUSYLOOP_TIMEOUT"),
-        CommandSpec("get-vring-busyloop-timeout", [.init("index", .number)], result: "busyloop-timeout", "VHOST_GET_VRING_BUSYLOOP_TIMEOUT"),
-        // Dirty log and IOTLB.
-        CommandSpec("log", [.init("size", .number)], result: "address", "map a dirty log of SIZE bytes (outside guest memory); answers its address"),
-        CommandSpec("set-log-base", "VHOST_SET_LOG_BASE with the log mapped by `log`"),
-        CommandSpec("set-log-fd", [.init("fd", .numberOrChoice(fileChoices), required: false)], "VHOST_SET_LOG_FD [fd=-1|eventfd|…]"),
-        CommandSpec("iotlb-update", [.init("iova", .number), .init("size", .number), .init("gpa", .number), .init("perm", .access, required: false)],
-                    "write a VHOST_IOTLB_UPDATE mapping IOVA..+SIZE to the guest memory at GPA (perm rw by default)"),
-        CommandSpec("iotlb-invalidate", [.init("iova", .number), .init("size", .number)], "write a VHOST_IOTLB_INVALIDATE"),
-        CommandSpec("iotlb-miss", [.init("timeout", .number, required: false)], result: "iova", "wait for the kernel's VHOST_IOTLB_MISS (default 2000 ms); answers its IOVA"),
-        // The tap and the backend.
-        CommandSpec("tap", [.init("name", .text)], "create or attach tap NAME (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), bring it up, and listen on its host side"),
-        CommandSpec("set-vnet-hdr-size", [.init("size", .number)], "TUNSETVNETHDRSZ on the tap"),
-        CommandSpec("link", [.init("state", .choice(["up", "down"]))], "bring the tap up or down"),
-        CommandSpec("set-offloads", [.init("offloads", .numberOrChoice(ScriptCommands.offloadNames), required: false, variadic: true)],
-                    "TUNSETOFFLOAD on the tap: csum tso4 tso6 tso-ecn ufo uso4 uso6 udp-tunnel-gso udp-tunnel-gso-csum, or 0x bits (none: all off)"),
-        CommandSpec("set-backend", [.init("index", .number), .init("fd", .numberOrChoice(backendChoices))], "VHOST_NET_SET_BACKEND INDEX tap|-1|eventfd|closed|file"),
-        // Frames.
-        CommandSpec("send", [.init("queue", .number), .init("count", .number, required: false), .init("size", .number, required: false),
-                             .init("pattern", .number, required: false), .init("timeout", .number, required: false)],
-                    "transmit COUNT numbered frames (default 1; SIZE bytes, or test sizes) and wait until the device used them all"),
-        CommandSpec("post", [.init("queue", .number), .init("count", .number, required: false), .init("size", .number, required: false)],
-                    "make up to COUNT receive buffers of SIZE bytes (default 2048) available (as many as are free), and kick if the device asks"),
-        CommandSpec("receive", [.init("queue", .number), .init("count", .number, required: false), .init("timeout", .number, required: false)], result: "received",
-                    "wait for COUNT frames the host sent (in order, bytes checked); other host traffic is skipped"),
-        CommandSpec("host-send", [.init("count", .number, required: false), .init("size", .number, required: false)],
-                    "the host side sends COUNT numbered frames into the tap (towards the RX ring)"),
-        CommandSpec("host-expect", [.init("count", .number, required: false), .init("timeout", .number, required: false)], result: "host-received",
-                    "the host side must see the next COUNT frames we sent, in order and intact"),
-        CommandSpec("wait-call", [.init("queue", .number), .init("timeout", .number, required: false)], result: "calls",
-                    "wait for the call eventfd (default 2000 ms)"),
-        CommandSpec("sleep", [.init("milliseconds", .number)], "wait"),
-        // Raw ring writes.
-        CommandSpec("desc", [.init("queue", .number), .init("index", .number), .init("addr", .number, required: false), .init("len", .number, required: false),
-                             .init("flags", .descriptorFlags, required: false), .init("next", .number, required: false)],
-                    "set fields of descriptor INDEX (the others keep their value)"),
-        CommandSpec("avail", [.init("queue", .number), .init("slot", .number), .init("head", .number)], "put HEAD in avail ring slot SLOT (mod the ring size)"),
-        CommandSpec("avail-idx", [.init("queue", .number), .init("value", .number)], "store avail->idx (a release store: the device may read the ring at once)"),
-        CommandSpec("used-idx", [.init("queue", .number)], result: "used-idx", "read used->idx"),
-        CommandSpec("write", [.init("gpa", .number), .init("value", .number), .init("width", .choice(["1", "2", "4", "8"]), required: false)],
-                    "store VALUE (little-endian, WIDTH bytes, default 8) at GPA in guest memory: indirect tables, headers, anything the device reads"),
-        CommandSpec("read", [.init("gpa", .number), .init("width", .choice(["1", "2", "4", "8"]), required: false)], result: "value",
-                    "load WIDTH bytes (default 8, little-endian) from GPA in guest memory"),
-        CommandSpec("kick", [.init("queue", .number)], "signal the queue's kick eventfd"),
-        CommandSpec("print", [.init("text", .text, variadic: true)], "print the words (variables substituted)"),
+    /// The device and the memory the script maps (no ioctl but open and close).
+    static let setup: [ScriptCommand] = [
+        ScriptCommand("open", [.init("path", .text, required: false)], "open /dev/vhost-net (or PATH), or the in-process device; a second open closes the first device") { a in
+            .open(path: a.word("path"))
+        },
+        ScriptCommand("close", "close the device (the kernel stops its worker and forgets the rings)") { _ in .close },
     ]
 
-    static let offloadNames = ["csum", "tso4", "tso6", "tso-ecn", "ufo", "uso4", "uso6", "udp-tunnel-gso", "udp-tunnel-gso-csum"]
-    static let offloadBits: [String: UInt32] = ["csum": 0x1, "tso4": 0x2, "tso6": 0x4, "tso-ecn": 0x8, "ufo": 0x10, "uso4": 0x20, "uso6": 0x40,
-                                                 "udp-tunnel-gso": 0x80, "udp-tunnel-gso-csum": 0x100]
+    static let memory: [ScriptCommand] = [
+        ScriptCommand("memory", [.init("regions", .number(.bits(64)), variadic: true)],
+                      "map guest memory: SIZE [GPA] [SIZE GPA]... (GPA default 0x40000000); replaces the previous memory", build: memoryAction),
+        ScriptCommand("alloc", [.init("size", .number(.limit(.memoryBytes, minimum: 1))), .init("align", .number(.bits(64)), required: false)],
+                      answer: "address", "take SIZE bytes of guest memory (aligned to ALIGN, a power of 2, default 64); answers their GPA") { a throws(CommandProblem) in
+            let alignment = a.number("align", default: 64)
+            if let n = alignment.literal, n == 0 || n & (n - 1) != 0 { throw CommandProblem("expected an ALIGN that is a power of 2, found \(n)") }
+            return .alloc(size: try a.number("size"), alignment: alignment)
+        },
+        ScriptCommand("ring", [.init("index", .number(.bits(32))), .init("size", .number(.range(1...32768, "a ring's size"))), .init("at", .number(.bits(64)), required: false)],
+                      answer: "address", "lay out a split ring of SIZE entries (a power of 2) in guest memory (at GPA AT if given); answers its GPA") { a throws(CommandProblem) in
+            let size = try a.number("size")
+            if let n = size.literal, n & (n - 1) != 0 {
+                throw CommandProblem("expected a ring SIZE that is a power of 2 from 1 to 32768 (use set-vring-num to send other numbers to the kernel), found \(n)")
+            }
+            let at = a.optional("at")
+            if let n = at?.literal, n & 15 != 0 { throw CommandProblem("expected AT 16-byte aligned (a descriptor table's alignment), found 0x\(String(n, radix: 16))") }
+            return .ring(index: try a.number("index"), size: size, at: at)
+        },
+        ScriptCommand("ring-address", [.init("index", .number(.bits(32))), .init("part", .choice(RingPart.allCases.map(\.rawValue)))], answer: "address",
+                      "the GPA of a ring's descriptor table, avail or used ring") { a throws(CommandProblem) in
+            .ringAddress(index: try a.number("index"), part: RingPart(rawValue: a.word("part") ?? "") ?? .used)
+        },
+        ScriptCommand("log", [.init("size", .number(.limit(.logBytes, minimum: 1)))], answer: "address",
+                      "map a dirty log of SIZE bytes (outside guest memory); answers its address") { a throws(CommandProblem) in .log(size: try a.number("size")) },
+        ScriptCommand("iotlb-update", [.init("iova", .number(.bits(64))), .init("size", .number(.bits(64))), .init("gpa", .number(.bits(64))),
+                                       .init("perm", .choice(["r", "w", "rw"]), required: false)],
+                      "write a VHOST_IOTLB_UPDATE mapping IOVA..+SIZE to the guest memory at GPA (perm rw by default)") { a throws(CommandProblem) in
+            let access: IOTLBMessage.Access = switch a.word("perm") { case "r": .read; case "w": .write; default: .readWrite }
+            return .iotlbUpdate(iova: try a.number("iova"), size: try a.number("size"), gpa: try a.number("gpa"), access: access)
+        },
+        ScriptCommand("iotlb-invalidate", [.init("iova", .number(.bits(64))), .init("size", .number(.bits(64)))], "write a VHOST_IOTLB_INVALIDATE") { a throws(CommandProblem) in
+            .iotlbInvalidate(iova: try a.number("iova"), size: try a.number("size"))
+        },
+        ScriptCommand("iotlb-miss", [timeout], answer: "iova", "wait for the kernel's VHOST_IOTLB_MISS (default 2000 ms); answers its IOVA") { a in
+            .iotlbMiss(timeout: a.number("timeout", default: 2000))
+        },
+    ]
 
-    public static let byName: [String: CommandSpec] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+    static let tap: [ScriptCommand] = [
+        ScriptCommand("tap", [.init("name", .text)],
+                      "create or attach tap NAME (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), bring it up, and listen on its host side; on the in-process device, a frame pipe") { a throws(CommandProblem) in
+            let name = a.word("name") ?? ""
+            do { try Tap.validate(name: name) } catch { throw CommandProblem("\(error)") }
+            return .tap(name: name)
+        },
+        ScriptCommand("link", [.init("state", .choice(["up", "down"]))], "bring the tap up or down") { a in .link(up: a.word("state") == "up") },
+    ]
 
-    /// The names `expect NAME …` can check: every command's result.
-    public static let resultNames: Set<String> = Set(all.compactMap(\.result))
+    static let frames: [ScriptCommand] = [
+        ScriptCommand("send", [queue, count, .init("size", .number(frameSize), required: false), .init("pattern", .number(.bits(8)), required: false), timeout],
+                      "transmit COUNT numbered frames (default 1; SIZE bytes, or test sizes) and wait until the device used them all") { a throws(CommandProblem) in
+            .send(queue: try a.number("queue"), count: a.number("count", default: 1), size: a.optional("size"), pattern: a.optional("pattern"),
+                  timeout: a.number("timeout", default: 2000))
+        },
+        ScriptCommand("post", [queue, count, .init("size", .number(.range(1...(1 << 20), "a receive buffer, up to 1 MiB")), required: false)],
+                      "make up to COUNT receive buffers of SIZE bytes (default 2048) available (as many as are free), and kick if the device asks") { a throws(CommandProblem) in
+            .post(queue: try a.number("queue"), count: a.number("count", default: 1), size: a.number("size", default: 2048))
+        },
+        ScriptCommand("receive", [queue, count, timeout], answer: "received",
+                      "wait for COUNT frames the host sent (in order, bytes checked); other host traffic is skipped") { a throws(CommandProblem) in
+            .receive(queue: try a.number("queue"), count: a.number("count", default: 1), timeout: a.number("timeout", default: 2000))
+        },
+        ScriptCommand("host-send", [count, .init("size", .number(frameSize), required: false)],
+                      "the host side sends COUNT numbered frames into the tap (towards the RX ring)") { a in
+            .hostSend(count: a.number("count", default: 1), size: a.optional("size"))
+        },
+        ScriptCommand("host-expect", [count, timeout], answer: "host-received", "the host side must see the next COUNT frames we sent, in order and intact") { a in
+            .hostExpect(count: a.number("count", default: 1), timeout: a.number("timeout", default: 2000))
+        },
+        ScriptCommand("wait-call", [queue, timeout], answer: "calls", "wait for the call eventfd (default 2000 ms)") { a throws(CommandProblem) in
+            .waitCall(queue: try a.number("queue"), timeout: a.number("timeout", default: 2000))
+        },
+        ScriptCommand("sleep", [.init("milliseconds", .number(.limit(.milliseconds, minimum: 0)))], "wait") { a throws(CommandProblem) in
+            .sleep(milliseconds: try a.number("milliseconds"))
+        },
+    ]
+
+    static let raw: [ScriptCommand] = [
+        ScriptCommand("desc", [queue, .init("index", .number(.bits(16))), .init("addr", .number(.bits(64)), required: false), .init("len", .number(.bits(32)), required: false),
+                               .init("flags", .descriptorFlags, required: false), .init("next", .number(.bits(16)), required: false)],
+                      "set fields of descriptor INDEX (the others keep their value)") { a throws(CommandProblem) in
+            .descriptor(queue: try a.number("queue"), index: try a.number("index"), address: a.optional("addr"), length: a.optional("len"),
+                        flags: a.optional("flags"), next: a.optional("next"))
+        },
+        ScriptCommand("avail", [queue, .init("slot", .number(.bits(16))), .init("head", .number(.bits(16)))], "put HEAD in avail ring slot SLOT (mod the ring size)") { a throws(CommandProblem) in
+            .avail(queue: try a.number("queue"), slot: try a.number("slot"), head: try a.number("head"))
+        },
+        ScriptCommand("avail-idx", [queue, .init("value", .number(.bits(16)))], "store avail->idx (a release store: the device may read the ring at once)") { a throws(CommandProblem) in
+            .availIndex(queue: try a.number("queue"), value: try a.number("value"))
+        },
+        ScriptCommand("used-idx", [queue], answer: "used-idx", "read used->idx") { a throws(CommandProblem) in .usedIndex(queue: try a.number("queue")) },
+        ScriptCommand("write", [.init("gpa", .number(.bits(64))), .init("value", .number(.bits(64))), .init("width", .choice(widths), required: false)],
+                      "store VALUE (little-endian, WIDTH bytes, default 8) at GPA in guest memory: indirect tables, headers, anything the device reads") { a throws(CommandProblem) in
+            let width = Int(a.word("width") ?? "8") ?? 8
+            let value = try a.narrowed(try a.number("value"), .bits(8 * width), "VALUE of width \(width)")
+            return .write(gpa: try a.number("gpa"), value: value, width: width)
+        },
+        ScriptCommand("read", [.init("gpa", .number(.bits(64))), .init("width", .choice(widths), required: false)], answer: "value",
+                      "load WIDTH bytes (default 8, little-endian) from GPA in guest memory") { a throws(CommandProblem) in
+            .read(gpa: try a.number("gpa"), width: Int(a.word("width") ?? "8") ?? 8)
+        },
+        ScriptCommand("kick", [queue], "signal the queue's kick eventfd") { a throws(CommandProblem) in .kick(queue: try a.number("queue")) },
+        ScriptCommand("print", [.init("text", .text, variadic: true)], "print the words (variables substituted)") { a in .print(a.printWords("text")) },
+    ]
+
+    /// `memory SIZE [GPA] [SIZE GPA]...`: sizes within the limit, in all too, and every region
+    /// page-aligned and inside the 64-bit guest-physical space.
+    @Sendable static func memoryAction(_ a: CommandArguments) throws(CommandProblem) -> Action {
+        let values = a.operands("regions")
+        guard values.count == 1 || values.count % 2 == 0 else {
+            throw CommandProblem("expected memory SIZE [GPA] [SIZE GPA]...: every further region needs a SIZE and a GPA")
+        }
+        var regions: [(size: Operand, gpa: Operand)] = []
+        var total: UInt64 = 0
+        for i in stride(from: 0, to: values.count, by: 2) {
+            let size = try a.narrowed(values[i], .limit(.memoryBytes, minimum: 1), "SIZE of memory")
+            let gpa = i + 1 < values.count ? values[i + 1] : .constant(GuestMemory.defaultGuestBase.rawValue, .bits(64), "GPA")
+            if let s = size.literal {
+                let (sum, overflow) = total.addingReportingOverflow(s)
+                guard !overflow, sum <= a.limits.memoryBytes else {
+                    throw CommandProblem("expected guest memory of at most \(ScriptLimits.bytes(a.limits.memoryBytes)) in all (\(a.limits.describe(.memoryBytes))), found more")
+                }
+                total = sum
+            }
+            if let problem = MemoryLayoutCheck.problem(size: size.literal, gpa: gpa.literal) { throw CommandProblem(problem) }
+            regions.append((size, gpa))
+        }
+        return .memory(regions)
+    }
+
+    /// Every command in the order the manual lists them.
+    public static let all: [CommandEntry] = setup.map(CommandEntry.script) + VhostRequest.syntax.map(CommandEntry.vhost)
+        + memory.map(CommandEntry.script) + TunRequest.syntax.map(CommandEntry.tun) + (tap + frames + raw).map(CommandEntry.script)
+
+    /// Every command by name.
+    public static let byName: [String: CommandEntry] = Dictionary(all.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+
+    /// The names `expect NAME …` can check: every command's answer.
+    public static let answerNames: Set<String> = Set(all.compactMap(\.answer))
 
     /// The keywords of the language besides the commands.
     public static let keywords = ["let", "expect", "repeat", "include"]
+}
+
+/// The rules a guest-memory region's size and GPA must keep, for literals (at parse time) and
+/// variables (when `memory` runs).
+enum MemoryLayoutCheck {
+    static let page = UInt64(GuestMemory.pageSize)
+
+    /// Why a region of `size` bytes at `gpa` cannot be mapped, or nil (unknown values pass).
+    static func problem(size: UInt64?, gpa: UInt64?) -> String? {
+        if let gpa, gpa % page != 0 { return "expected a GPA aligned to the page size (\(page)), found 0x\(String(gpa, radix: 16))" }
+        guard let size, let gpa else { return nil }
+        let (rounded, o1) = size.addingReportingOverflow(page - 1)
+        let (_, o2) = gpa.addingReportingOverflow(rounded & ~(page - 1))
+        if o1 || o2 { return "expected a region inside the 64-bit guest-physical space, found \(size) bytes at 0x\(String(gpa, radix: 16)), which run past its end" }
+        return nil
+    }
 }
 
 /// Parses literal values of the language.
@@ -171,6 +336,13 @@ public enum ScriptLiteral {
             return overflow ? nil : product
         }
         return UInt64(lower)
+    }
+
+    /// A number that may be negative (`-N`), as the two's-complement bits of an `Int64`.
+    static func signedNumber(_ text: String) -> UInt64? {
+        guard text.hasPrefix("-") else { return number(text) }
+        guard let magnitude = number(String(text.dropFirst())), magnitude <= UInt64(Int64.max) else { return nil }
+        return UInt64(bitPattern: -Int64(magnitude))
     }
 
     /// Feature names (low and high) or 0x bits, as words of 64 bits.
@@ -190,10 +362,11 @@ public enum ScriptLiteral {
         return words
     }
 
+    /// Descriptor flags: a 16-bit number, or NEXT, WRITE and INDIRECT joined by `|`.
     static func descriptorFlags(_ text: String) -> UInt16? {
         if let n = number(text) { return n <= UInt64(UInt16.max) ? UInt16(n) : nil }
         var flags: UInt16 = 0
-        for part in text.uppercased().split(separator: "|") {
+        for part in text.uppercased().split(separator: "|", omittingEmptySubsequences: false) {
             switch part {
             case "NEXT": flags |= DescriptorFlags.next.rawValue
             case "WRITE": flags |= DescriptorFlags.write.rawValue
@@ -202,29 +375,6 @@ public enum ScriptLiteral {
             }
         }
         return flags
-    }
-
-    /// Whether `text` is a valid literal of `kind`; nil when it is, else what was expected.
-    static func problem(_ text: String, kind: ParameterSpec.Kind) -> String? {
-        switch kind {
-        case .number:
-            return number(text) == nil ? "a whole number (like 256, 0x1000 or 4M)" : nil
-        case .features:
-            return featureWords([text]) == nil ? "a virtio feature name (like VERSION_1 or EVENT_IDX) or 0x bits" : nil
-        case .backendFeatures:
-            if text.lowercased().hasPrefix("0x") { return number(text) == nil ? "0x bits" : nil }
-            return VhostBackendFeatures.parse(text) == nil ? "a vhost backend feature name (like IOTLB_MSG_V2)" : nil
-        case .choice(let words):
-            return words.contains(text) ? nil : "one of \(words.joined(separator: ", "))"
-        case .numberOrChoice(let words):
-            return words.contains(text) || number(text) != nil ? nil : "a number or one of \(words.joined(separator: ", "))"
-        case .text:
-            return nil
-        case .descriptorFlags:
-            return descriptorFlags(text) == nil ? "descriptor flags (NEXT, WRITE, INDIRECT joined by |, or a number)" : nil
-        case .access:
-            return ["r", "w", "rw"].contains(text) ? nil : "r, w or rw"
-        }
     }
 
     /// The names a misspelt `word` may have meant: those within a small edit distance, closest first.

@@ -9,18 +9,19 @@ import Virtio
 /// `post` lines. Replaying compares the kernel's answers with the recorded ones and stops at the
 /// first difference: the tool for "what changed between kernel A and kernel B".
 ///
-/// What is not replayed is written as a comment: tap and interface ioctls other than the
-/// tap's creation and header size, IOTLB traffic, and values that depend on the outside
-/// world (the RX vring's base counts the frames the host happened to send).
+/// What is not replayed is written as a comment: interface ioctls (the tun requests the language
+/// has commands for are replayed), the dirty log base (a host address), IOTLB traffic, requests
+/// refused before the ioctl, and values that depend on the outside world (the RX vring's base
+/// counts the frames the host happened to send).
 public final class ScriptRecorder: Sendable {
     struct State {
         var lines: [String] = []
         var table: MemoryTable? = nil
-        var nums: [UInt32: UInt32] = [:]
+        var nums: [VringIndex: UInt32] = [:]
         var features: UInt64 = 0
         var highFeatures: UInt64 = 0
         /// Ring operations not yet written, per vring: chains and frame bytes.
-        var pending: [UInt32: (chains: Int, bytes: Int)] = [:]
+        var pending: [VringIndex: (chains: Int, bytes: Int)] = [:]
     }
     private let state = Locked(State())
 
@@ -41,10 +42,9 @@ public final class ScriptRecorder: Sendable {
     }
 
     private func flush(_ state: inout State) {
-        for queue in state.pending.keys.sorted() {
-            let (chains, bytes) = state.pending[queue]!
+        for (queue, (chains, bytes)) in state.pending.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             let header = HighFeatures(rawValue: state.highFeatures).netHeaderLength ?? VirtioFeatures(rawValue: state.features).netHeaderLength
-            if queue == VhostNetDevice.receiveQueueIndex {
+            if queue == .receive {
                 let size = max(bytes / max(chains, 1) + header, header + 14)
                 state.lines.append("post \(queue) count=\(chains) size=\(size)")
             } else {
@@ -58,8 +58,9 @@ public final class ScriptRecorder: Sendable {
     func record(_ event: RingEvent) {
         state.withLock { state in
             if case .published(let queue, let chains, let bytes) = event {
-                let old = state.pending[queue] ?? (0, 0)
-                state.pending[queue] = (old.chains + chains, old.bytes + bytes)
+                let index = VringIndex(queue)
+                let old = state.pending[index] ?? (0, 0)
+                state.pending[index] = (old.chains &+ chains, old.bytes &+ bytes)
             }
         }
     }
@@ -84,10 +85,14 @@ public final class ScriptRecorder: Sendable {
         }
         switch event.operation {
         case .open(let path) where path != "/dev/net/tun":
-            call(path == VhostNetDevice.defaultPath ? "open" : "open \(path)")
+            // A replay opens the device its runner is given; another node is named.
+            call(path == VhostNetDevice.defaultPath || path == ScriptRunner.inProcessDeviceName ? "open" : "open \(path)")
             return lines
         case .close:
             return ["close"]
+        case .request(.vhost(.setLogBase)):
+            // The log is a host address; a replay maps its own with `log SIZE`.
+            return ["# \(event) (not replayed: the dirty log is a host address; write `log SIZE` and `set-log-base` here to log)"]
         case .request(.vhost(let request)):
             guard let line = line(for: request, state) else { return ["# \(event) (not replayed: the addresses are outside the recorded memory)"] }
             var check: String? = nil
@@ -114,7 +119,7 @@ public final class ScriptRecorder: Sendable {
                 switch request {
                 case .setFeatures(let bits): state.features = bits; state.highFeatures = 0
                 case .setFeaturesArray(let words): state.features = words.first ?? 0; state.highFeatures = words.count > 1 ? words[1] : 0
-                case .setVringNum(let index, let num): state.nums[index.rawValue] = num
+                case .setVringNum(let index, let num): state.nums[index] = num
                 default: break
                 }
             }
@@ -136,7 +141,6 @@ public final class ScriptRecorder: Sendable {
         let syntax = request.syntax
         var values = request.scriptValues
         if case .setMemoryTable = request { values["regions"] = nil }
-        if case .setLogBase = request { values["log"] = nil }
         for (key, value) in values {
             if case .host(let address) = value {
                 guard let gpa = guestAddress(of: address, state) else { return nil }
@@ -157,6 +161,7 @@ public final class ScriptRecorder: Sendable {
             case .number(let n):
                 if case .choice(let choices) = parameter.kind, let name = choices.first(where: { $0.value == n })?.key { text = name }
                 else if case .vring = parameter.kind { text = "\(n)" }
+                else if case .signed32 = parameter.kind { text = "\(Int32(truncatingIfNeeded: n))" }
                 else { text = n > 0xffff || parameter.kind == .features || parameter.kind == .backendFeatures || parameter.kind == .offloads ? hex(n) : "\(n)" }
             case .words(let w):
                 let high = HighFeatures(rawValue: w.count > 1 ? w[1] : 0).featureNames

@@ -25,20 +25,24 @@ struct ScriptFileOptions: ParsableArguments {
     var displayName: String { file == "-" ? "stdin" : file }
 
     /// Parses the script; every problem is one `file:line:column` line, and nothing runs.
+    /// Standard input and the file are read up to the limit on script text (one byte more, so
+    /// that a longer one is reported).
     func parse() throws -> Script {
+        let limit = ScriptLimits.standard.inputBytes
         let text: String
         if file == "-" {
             var bytes: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while bytes.count <= limit {
                 let n = read(0, &buffer, buffer.count)
+                if n < 0 && errno == EINTR { continue }
                 if n <= 0 { break }
                 bytes += buffer.prefix(n)
             }
-            text = String(decoding: bytes, as: UTF8.self)
+            text = String(decoding: bytes.prefix(limit + 1), as: UTF8.self)
         } else {
-            guard let contents = KernelInfo.readFile(file) else {
-                throw CLIError(message: "cannot read script \(file): it does not exist or is not readable", status: ExitStatus.noInput)
+            guard let contents = Script.readRegularFile(file, limit: limit) else {
+                throw CLIError(message: "cannot read script \(file): it does not exist, is not a regular file, or is not readable", status: ExitStatus.noInput)
             }
             text = contents
         }
@@ -54,7 +58,10 @@ struct ScriptRun: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
         abstract: "Run a script against the kernel, printing each command with its ioctls and the kernel's answers.",
-        discussion: "Exits 0 when everything did what was expected, 1 when something did not, 64 for a malformed script (then nothing runs).")
+        discussion: """
+        Exits 0 when everything did what was expected, 1 when something did not, 64 for a malformed script (then nothing runs) \
+        or one that asks for more than the tool's limits allow (docs/scripting.md lists them).
+        """)
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var recording: RecordOptions
@@ -63,6 +70,10 @@ struct ScriptRun: ParsableCommand {
     @Flag(help: "Report a missed expectation and go on; the exit status is still 1.")
     var keepGoing = false
 
+    @Flag(help: ArgumentHelp(
+        "Run on the in-process device instead of /dev/vhost-net: the kernel's vhost-net rules on a thread of this process, with a frame pipe for `tap NAME`. Needs no root and no vhost module; IOTLB commands are not available."))
+    var inProcess = false
+
     func run() throws {
         try runReportingErrors {
             let parsed = try script.parse()
@@ -70,17 +81,33 @@ struct ScriptRun: ParsableCommand {
             defer { recording.save(recorder, command: "script run \(script.file)") }
             var options = ScriptRunner.Options()
             options.keepGoing = keepGoing
-            options.devicePath = common.device
+            options.device = inProcess ? .inProcess() : .kernel(path: common.device)
             options.observer = RecordOptions.observer(common, recorder)
             options.ringObserver = recorder?.ringObserver
             let runner = ScriptRunner(options: options) { line in print(Script.escapingNonPrintable(line)); fflush(nil) }
-            do {
+            do throws(ScriptRunner.Failure) {
                 try runner.run(parsed)
             } catch {
-                throw CLIError(message: "\(error)", status: ExitStatus.failure)
+                throw CLIError(message: Script.escapingNonPrintable("\(error)"), status: ScriptRun.exitStatus(error))
             }
             print("\(script.displayName): every command did what was expected")
         }
+    }
+
+    /// The exit status of a failed run, by the kind of failure: a limit of the tool is 64, as a
+    /// parse error (the script asks for more than the tool does); every other failure (a missing
+    /// prerequisite, guest memory exhausted, a timeout, a frame mismatch, an ioctl's answer, a
+    /// missed expectation) is 1.
+    static func exitStatus(_ failure: ScriptRunner.Failure) -> Int32 {
+        for cause in failure.causes {
+            switch cause {
+            case .limit: return ExitStatus.usage
+            case .outOfRange, .missingPrerequisite, .outOfGuestMemory, .invalidValue, .timeout, .frameMismatch, .brokenRing,
+                 .refusedMessage, .device, .unsupported:
+                continue
+            }
+        }
+        return ExitStatus.failure
     }
 }
 
@@ -104,14 +131,14 @@ struct ScriptCommandList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "commands", abstract: "List every command of the script language.")
 
     func run() throws {
-        for spec in ScriptCommands.all {
-            print(spec.usage + String(repeating: " ", count: max(2, 44 - spec.usage.count)) + spec.summary)
+        for entry in ScriptCommands.all {
+            print(entry.usage + String(repeating: " ", count: max(2, 44 - entry.usage.count)) + entry.summary)
         }
         print("""
 
         let NAME = COMMAND …          keep a command's answer in $NAME ($NAME+N adds N)
         expect ok | expect ERRNO      the next command must succeed, or fail with ERRNO
-        expect SUBJECT [OP] VALUE…    SUBJECT: $var or an answer (\(ScriptCommands.resultNames.sorted().joined(separator: ", ")));
+        expect SUBJECT [OP] VALUE…    SUBJECT: $var or an answer (\(ScriptCommands.answerNames.sorted().joined(separator: ", ")));
                                       OP: == (default) != < <= > >= contains lacks
         expect ring-error QUEUE [within=MS]
         repeat COUNT [as NAME] { … }  (the { ends the line; the } is a line of its own)

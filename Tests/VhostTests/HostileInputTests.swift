@@ -114,7 +114,15 @@ struct ScriptParserScaleTests {
         // One enormous line, and a deep nest of repeats.
         let wide = "set-features " + Array(repeating: "VERSION_1", count: 200_000).joined(separator: " ")
         #expect((try? Script(parsing: wide, name: "wide")) != nil)
+        // A deep nest of repeats is refused at the limit, without recursing once per level.
         let deep = String(repeating: "repeat 2 {\n", count: 5000) + "set-owner\n" + String(repeating: "}\n", count: 5000)
-        #expect((try? Script(parsing: deep, name: "deep"))?.statements.count == 1)
+        do {
+            _ = try Script(parsing: deep, name: "deep")
+            Issue.record("5000 nested repeats parsed")
+        } catch {
+            #expect(error.problems.first == "deep:17:1: expected at most 16 repeat blocks inside each other (the limit), found more")
+        }
+        let sixteen = String(repeating: "repeat 2 {\n", count: 16) + "set-owner\n" + String(repeating: "}\n", count: 16)
+        #expect((try? Script(parsing: sixteen, name: "sixteen"))?.commandCount == 1 << 16)
     }
 }

@@ -204,7 +204,10 @@ struct ScriptParsingTests {
         #expect(commands.map(\.command) == ["open", "set-features", "set-vring-num", "get-features", "send", "get-vring-base", "set-backend"])
         #expect(commands[2].expected == .errno(.invalidArgument) && commands[2].location == SourceLocation(file: "main.vhost", line: 4, column: 1))
         #expect(commands[1].expected == .success && commands[3].binding == "f")
-        #expect(commands[4].arguments["count"]?.operands == [.literal("2")] && commands[4].arguments["queue"]?.operands == [.literal("1")])
+        guard case .send(let queue, let count, let size, let pattern, let timeout) = commands[4].action else { Issue.record("send is no send action"); return }
+        #expect(queue.literal == 1 && count.literal == 2 && size?.literal == 64 && pattern == nil && timeout.literal == 2000)
+        guard case .vhost(let request) = commands[2].action, case .number(let num)? = request.operands["num"] else { Issue.record("set-vring-num is no request"); return }
+        #expect(request.syntax.kind == .setVringNum && num.literal == 3 && num.range == .bits(32))
         #expect(commands[5].location.file == "common.vhost")
         #expect(script.commandCount == 13)
     }
