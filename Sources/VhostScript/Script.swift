@@ -256,7 +256,8 @@ struct Parser {
                 let header = checks.parseRepeat(tokens)
                 for (location, message) in checks.problems { problem(location, message) }
                 guard let header else { continue }
-                if stack.count > limits.repeatNesting {
+                // Reported once, at the first block past the limit (the deeper ones say nothing new).
+                if stack.count == limits.repeatNesting + 1 {
                     problem(first.location, "expected at most \(limits.repeatNesting) repeat blocks inside each other (the limit), found more")
                 }
                 if let variable = header.variable { defined.insert(variable) }

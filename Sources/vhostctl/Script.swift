@@ -49,7 +49,12 @@ struct ScriptFileOptions: ParsableArguments {
         do {
             return try Script(parsing: text, name: displayName)
         } catch {
-            throw CLIError(message: "\(displayName): malformed script, nothing was run:\n\(error)", status: ExitStatus.usage)
+            // One problem: one line. Several: a count on the first line, then one line each.
+            let problems = error.problems
+            if problems.count == 1 {
+                throw CLIError(message: "\(Script.escapingNonPrintable(problems[0])) (malformed script, nothing was run)", status: ExitStatus.usage)
+            }
+            throw CLIError(message: "\(displayName): malformed script, nothing was run: \(problems.count) problems:\n\(error)", status: ExitStatus.usage)
         }
     }
 }

@@ -24,11 +24,12 @@ case_() {
     end=$(date +%s%N)
     local ms=$(((end - start) / 1000000))
     out=$(grep -c 'vhostctl: error:' "$work/err")
-    if [[ ($status -eq 64 || $status -eq 1) && $ms -le 1000 && $out -eq 1 ]]; then
+    lines=$(wc -l <"$work/err")
+    if [[ ($status -eq 64 || $status -eq 1) && $ms -le 1000 && $out -eq 1 && $lines -eq 1 ]]; then
         echo "PASS $name ($mode): exit $status in $ms ms: $(grep 'vhostctl: error:' "$work/err" | head -c 200)"
         passed=$((passed + 1))
     else
-        echo "FAIL $name ($mode): exit $status in $ms ms (want 64 or 1 within 1000 ms and one error line)"
+        echo "FAIL $name ($mode): exit $status in $ms ms (want 64 or 1 within 1000 ms and one line on stderr, got $lines)"
         sed -n '1,5p' "$work/err"
         failed=$((failed + 1))
     fi

@@ -101,11 +101,14 @@ final class PortBox {
 
 /// The tun requests a script issues, answered for a frame pipe as drivers/net/tun.c answers them
 /// for a tap, and reported to the observer the same way: TUNSETVNETHDRSZ below 10 is EINVAL,
-/// TUNSETOFFLOAD with an unknown bit is EINVAL, TUNSETSNDBUF of 0 or less is EINVAL. The pipe's
+/// TUNSETOFFLOAD with an unknown bit is EINVAL, TUNSETSNDBUF of 0 or less is EINVAL and TUNGETSNDBUF
+/// reads it back, TUNSETQUEUE is EINVAL (a single-queue tap). The pipe's
 /// header length follows the device's features, whatever the tap would have been told.
 final class PipeTunModel {
     let observer: IoctlObserver?
     private var headerSize: Int32 = 10
+    /// What TUNSETSNDBUF set (tun.c starts a tap at INT_MAX).
+    private var sendBuffer: Int32 = Int32.max
     /// TUN_FEATURES of a 6.x tun: IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_ONE_QUEUE, IFF_VNET_HDR,
     /// IFF_MULTI_QUEUE, IFF_NAPI, IFF_NAPI_FRAGS, IFF_NO_CARRIER.
     static let features: UInt64 = 0x7173
@@ -121,7 +124,11 @@ final class PipeTunModel {
         case .setOffload(let bits):
             let known = TunRequest.offloadNames.values.reduce(UInt64(0), |)
             if UInt64(bits) & ~known != 0 { failure = .invalidArgument }
-        case .setSendBuffer(let bytes): if bytes <= 0 { failure = .invalidArgument }
+        case .setSendBuffer(let bytes): if bytes <= 0 { failure = .invalidArgument } else { sendBuffer = bytes }
+        case .getSendBuffer: answer = .value(UInt64(UInt32(bitPattern: sendBuffer)))
+        // tun.c tun_set_queue: a single-queue tap neither detaches nor re-attaches (EINVAL).
+        case .setQueue: failure = .invalidArgument
+        case .setCarrier: break
         case .getVnetHeaderSize: answer = .value(UInt64(UInt32(bitPattern: headerSize)))
         case .setVnetHeaderSize(let size): if size < 10 { failure = .invalidArgument } else { headerSize = size }
         }
