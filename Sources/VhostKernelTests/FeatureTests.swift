@@ -113,15 +113,27 @@ let featureTests: [KernelTest] = [
         // driver sleeps on the call eventfd there), so "no signal" above says something.
         do {
             let control = try pair("vht-irq") { $0.notificationMode = .interrupt }
-            try transmitAndCompare(control, frames: 500)
-            try receiveAndCompare(control, frames: 128)
-            let rxWakeups = control.receiveCounters.calls
-            say("  interrupt mode, the same traffic: the driver woke on the RX call eventfd \(rxWakeups) times")
-            try expect(rxWakeups > 0, "in interrupt mode the kernel never signalled RX: the poll-mode check above proves nothing")
+            let host = try KernelHostSide(control)
+            quietHostStack(interface: "vht-irq")
+            try transmitAndCompare(control, host: host, frames: 500)
+            try receiveAndCompare(control, host: host, frames: 128)
+            while try control.receive(limit: 64, milliseconds: 100, handler: { _ in }) > 0 {}
+            // Interrupts re-enabled as an interrupt-mode driver does before it sleeps; one frame.
+            _ = control.takeReceiveSignals()
+            _ = control.armReceiveNotification()
+            try host.send(TestFrame.bytes(77))
+            var signals: UInt64 = 0
+            let until = MonotonicClock.seconds() + 2
+            while signals == 0 && MonotonicClock.seconds() < until { signals = control.takeReceiveSignals() ?? 0; usleep(2000) }
+            say("  interrupt mode: one frame after the driver re-enabled interrupts, and the kernel signalled the RX call eventfd \(signals) time(s)")
+            try expect(signals > 0, "in interrupt mode the kernel never signalled RX: the poll-mode check above proves nothing")
         }
     },
     KernelTest(name: "notifications: VHOST_SET_VRING_BUSYLOOP_TIMEOUT makes the worker spin: a kick on an empty TX ring costs it about the timeout in CPU, and next to nothing without") {
         let p = try pair("vht-spin") { $0.notificationMode = .poll }
+        // vhost_net_busy_poll stops spinning when the RX socket has data: keep the host stack's
+        // own frames (IPv6 neighbour discovery) off the tap.
+        quietHostStack(interface: "vht-spin")
         guard let worker = VhostWorkerThread.find() else { throw KernelTestFailure("no vhost worker found for this thread") }
         /// The worker's CPU time over one kick of the empty TX ring and 400 ms of quiet.
         func workerCPU(afterKickWithBusyloop microseconds: UInt32) throws -> UInt64 {
@@ -136,7 +148,9 @@ let featureTests: [KernelTest] = [
         let spinning = try workerCPU(afterKickWithBusyloop: 200_000)
         let idleAgain = try workerCPU(afterKickWithBusyloop: 0)
         say("  worker CPU after a kick of the empty TX ring: \(idle / 1_000_000) ms without busyloop, \(spinning / 1_000_000) ms with 200 ms, \(idleAgain / 1_000_000) ms without again")
-        try expect(spinning >= 50_000_000, "with a 200 ms busyloop the worker ran only \(spinning / 1_000_000) ms after the kick")
+        // The spin also ends at need_resched() (vhost_can_busy_poll), so under emulation it runs
+        // for less than the timeout: what counts is that the timeout makes the worker run at all.
+        try expect(spinning >= 10_000_000, "with a 200 ms busyloop the worker ran only \(spinning / 1_000_000) ms after the kick")
         try expect(spinning > 5 * max(idle, idleAgain, 1_000_000), "busyloop changed nothing: \(idle / 1_000_000) ms, \(spinning / 1_000_000) ms, \(idleAgain / 1_000_000) ms")
     },
     KernelTest(name: "receive: buffers too small for a frame without MRG_RXBUF are refused before any ioctl") {

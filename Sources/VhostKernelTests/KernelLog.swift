@@ -53,15 +53,36 @@ final class KernelLog {
         return messages
     }
 
+    static let mark = "swift-vhost kernel tier: log mark"
+
+    /// Ends a message the kernel left open. Some of vhost's `vq_err` texts have no trailing
+    /// newline ("Guest says index %u > %u is available", "Guest moved used index from %u to %u"),
+    /// so printk keeps the record open for a continuation and /dev/kmsg shows it only once
+    /// another record begins: a line of ours begins one.
+    func endOpenMessage() {
+        let fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        let line = "<7>\(KernelLog.mark)\n"
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+
     /// Waits up to `seconds` for a message that contains `words`; returns it, or every message
     /// seen (for the failure's text).
     func waitForMessage(containing words: String, seconds: Double) -> (match: String?, seen: [String]) {
+        waitForMessage(containingAnyOf: [words], seconds: seconds)
+    }
+
+    /// Waits up to `seconds` for a message that contains any of `alternatives`.
+    func waitForMessage(containingAnyOf alternatives: [String], seconds: Double) -> (match: String?, seen: [String]) {
         var seen: [String] = []
         let until = MonotonicClock.seconds() + seconds
+        var nextMark = 0.0
         repeat {
-            let fresh = newMessages()
+            if MonotonicClock.seconds() >= nextMark { endOpenMessage(); nextMark = MonotonicClock.seconds() + 0.2 }
+            let fresh = newMessages().filter { !$0.contains(KernelLog.mark) }
             seen += fresh
-            if let match = fresh.first(where: { $0.contains(words) }) { return (match, seen) }
+            if let match = fresh.first(where: { message in alternatives.contains { message.contains($0) } }) { return (match, seen) }
             usleep(20_000)
         } while MonotonicClock.seconds() < until
         return (nil, seen)

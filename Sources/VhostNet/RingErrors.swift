@@ -141,7 +141,8 @@ public enum RingErrorCause: Sendable, Equatable, CustomStringConvertible {
         case indirectEntry(Int)
     }
 
-    /// avail->idx in memory differs from what the driver published ("Guest moved avail index").
+    /// avail->idx in memory differs from what the driver published ("Invalid available index
+    /// change"; "Guest moved used index" before).
     case availIndexMoved(inMemory: UInt16, published: UInt16)
     /// An avail slot names a head beyond the ring ("Guest says index %u > %u is available").
     case headOutOfRange(slot: UInt16, head: UInt16, size: UInt16)
@@ -179,21 +180,23 @@ public enum RingErrorCause: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The kernel's own words for the fault, as `vq_err` prints them, where it has some.
-    public var kernelWords: String? {
+    /// The kernel's own words for the fault, as `vq_err` prints them: any one of these is in the
+    /// kernel's message (kernels word some faults differently). Empty where it says nothing.
+    public var kernelWords: [String] {
         switch self {
-        // 6.1 says "Guest moved used index" for the same check; later kernels "avail index".
-        case .availIndexMoved: "Guest moved"
-        case .headOutOfRange: "is available"
-        case .loop: "Loop detected"
-        case .indirectLength: "Invalid length in indirect descriptor"
-        case .nestedIndirect: "Nested indirect descriptor"
-        case .outsideMemoryTable: "Translation failure"
-        case .readableAfterWritable: "Descriptor has out after in"
-        case .writableOnTransmit: "Unexpected descriptor format for TX"
-        case .readableOnReceive: "unexpected descriptor format for RX"
-        case .nextOutOfRange: "Desc index is"
-        case .noRuleBroken(let iommu): iommu ? "Translation failure" : nil
+        // 6.1.0-57, 6.12.117 and 7.2.13 say "Invalid available index change from %u to %u";
+        // older kernels "Guest moved used index from %u to %u".
+        case .availIndexMoved: ["Invalid available index change", "Guest moved"]
+        case .headOutOfRange: ["is available"]
+        case .loop: ["Loop detected"]
+        case .indirectLength: ["Invalid length in indirect descriptor"]
+        case .nestedIndirect: ["Nested indirect descriptor"]
+        case .outsideMemoryTable: ["Translation failure"]
+        case .readableAfterWritable: ["Descriptor has out after in"]
+        case .writableOnTransmit: ["Unexpected descriptor format for TX"]
+        case .readableOnReceive: ["unexpected descriptor format for RX"]
+        case .nextOutOfRange: ["Desc index is"]
+        case .noRuleBroken(let iommu): iommu ? ["Translation failure"] : []
         }
     }
 
@@ -201,7 +204,7 @@ public enum RingErrorCause: Sendable, Equatable, CustomStringConvertible {
         func gpa(_ a: UInt64) -> String { "gpa 0x" + String(a, radix: 16) }
         switch self {
         case .availIndexMoved(let memory, let published):
-            return "avail->idx in memory is \(memory), but the driver published \(published) (vhost.c: \"Guest moved avail index\")"
+            return "avail->idx in memory is \(memory), but the driver published \(published) (vhost.c: \"Invalid available index change\")"
         case .headOutOfRange(let slot, let head, let size):
             return "avail slot \(slot) names head \(head), but the ring has \(size) descriptors (vhost.c: \"Guest says index \(head) > \(size) is available\")"
         case .loop(let head):
