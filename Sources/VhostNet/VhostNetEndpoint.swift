@@ -80,7 +80,8 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     public var interfaceName: String { pairs[0].port.name }
 
     /// Runs one turn: receives on every queue, answers what the responder answers, and when
-    /// nothing arrived sleeps up to `milliseconds` on the RX call eventfds (plus `extraFDs`).
+    /// nothing arrived sleeps up to `milliseconds` on the RX call eventfds (plus `extraFDs`);
+    /// in poll mode it returns at once instead, so that the caller's loop spins.
     /// Returns the number of frames received.
     @discardableResult
     public func service(milliseconds: Int32, extraFDs: [Int32] = []) throws(VhostError) -> Int {
@@ -107,6 +108,9 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             }
         }
         guard received == 0, milliseconds != 0 else { return received }
+        // Poll mode (as DPDK's drivers run): RX interrupts stay off and nothing sleeps; the
+        // caller's loop comes straight back and looks again.
+        if pairs.allSatisfy({ $0.configuration.notificationMode == .poll }) { return received }
         // Interrupt mode: re-enable RX interrupts on every queue (returning at once when one
         // has work already), then sleep in epoll on all call eventfds.
         for (index, pair) in pairs.enumerated() where !brokenPairs.contains(index) && pair.armReceiveNotification() == nil { return received }

@@ -29,7 +29,8 @@ wait_for_exit() { i=0; while [ $i -lt 100 ]; do kill -0 "$1" 2>/dev/null || retu
 expect_error() {
     name=$1; want=$2; text=$3; shift 3
     timeout 30 "$@" >/tmp/out.txt 2>/tmp/err.txt; got=$?
-    if [ "$got" = "$want" ] && cat /tmp/out.txt /tmp/err.txt | grep -q -- "$text" && [ "$(wc -l </tmp/err.txt)" -le 1 ]; then
+    # grep reads the files itself: under pipefail, `cat | grep -q` fails when grep stops early.
+    if [ "$got" = "$want" ] && grep -q -- "$text" /tmp/out.txt /tmp/err.txt && [ "$(wc -l </tmp/err.txt)" -le 1 ]; then
         pass "$name (exit $got: $(head -c 160 /tmp/err.txt | tr '\n' ' '))"
     else
         fail "$name" "exit $got (want $want), stderr: $(head -c 300 /tmp/err.txt | tr '\n' ' ')"
@@ -67,7 +68,8 @@ if ping -c 3 -W 3 10.0.0.2 >/tmp/ping.txt 2>&1; then
 else
     fail "ping from the host stack gets replies" "$(cat /tmp/ping.txt)"
 fi
-if ip neigh show 10.0.0.2 | grep -q "52:54:00:12:34:56"; then pass "ARP resolved the endpoint's MAC"; else fail "ARP resolved the endpoint's MAC" "$(ip neigh)"; fi
+ip neigh show 10.0.0.2 >/tmp/neigh.txt 2>&1
+if grep -q "52:54:00:12:34:56" /tmp/neigh.txt; then pass "ARP resolved the endpoint's MAC"; else fail "ARP resolved the endpoint's MAC" "$(ip neigh)"; fi
 reply=$(host bash -c 'exec 3<>/dev/udp/10.0.0.2/7; printf "hello-vhost-udp" >&3; IFS= read -r -t 5 -N 15 r <&3; printf "%s" "$r"' 2>&1)
 if [ "$reply" = "hello-vhost-udp" ]; then pass "a UDP datagram is echoed (bash /dev/udp)"; else fail "a UDP datagram is echoed" "got '$reply'"; fi
 sleep 1.2
@@ -118,7 +120,8 @@ wait_for_tap vhusr0; ip addr add 10.0.1.1/24 dev vhusr0; ip link set vhusr0 up
 sleep 0.5
 uids=$(grep '^Uid:' /proc/$pid/status | tr -s '\t ' ' ')
 owner=$(cat /sys/class/net/vhusr0/owner 2>/dev/null)
-if echo "$uids" | grep -q "^Uid: 65534 65534 65534 65534" && [ "$owner" = 65534 ] && ping -c 2 -W 3 10.0.1.2 >/dev/null 2>&1; then
+printf '%s\n' "$uids" >/tmp/uids.txt
+if grep -q "^Uid: 65534 65534 65534 65534" /tmp/uids.txt && [ "$owner" = 65534 ] && ping -c 2 -W 3 10.0.1.2 >/dev/null 2>&1; then
     pass "--user drops to uid 65534 after setup, owns the tap, and still answers ping"
 else
     fail "--user drops root" "status '$uids', tap owner '$owner', $(cat /tmp/user.log)"
@@ -223,7 +226,9 @@ for sig in INT TERM HUP KILL; do
     ip addr add 10.0.10.1/24 dev vhsig0; ip link set vhsig0 up
     ping -A -c 100000 -W 1 10.0.10.2 >/tmp/sigping.log 2>&1 &
     ppid=$!
-    sleep 1.5
+    # Traffic first: wait for the first reply (ARP and the first echo), then let it run a while.
+    i=0; while [ $i -lt 100 ] && ! grep -q "bytes from" /tmp/sigping.log; do sleep 0.1; i=$((i + 1)); done
+    sleep 1
     replies=$(grep -c "bytes from" /tmp/sigping.log)
     kill -$sig $pid
     (sleep 15; kill -9 $pid 2>/dev/null) & watchdog=$!
@@ -294,7 +299,8 @@ fi
 hugefree=$(awk '/^HugePages_Free/ {print $2}' /proc/meminfo)
 ticks_before=$(awk '{print $14 + $15}' /proc/$pid/stat); sleep 1; ticks_after=$(awk '{print $14 + $15}' /proc/$pid/stat)
 missing=""
-setfeat=$(grep -m1 'trace: VHOST_SET_FEATURES(' /tmp/full.log)
+# Every SET_FEATURES the run made (the dirty log adds LOG_ALL in a later one).
+setfeat=$(grep 'trace: VHOST_SET_FEATURES(' /tmp/full.log | tr '\n' ' ')
 for name in F_VERSION_1 F_EVENT_IDX NET_F_MRG_RXBUF F_INDIRECT_DESC VHOST_F_LOG_ALL; do
     case $setfeat in *"$name"*) ;; *) missing="$missing feature:$name" ;; esac
 done
