@@ -76,7 +76,7 @@ public final class ScriptRunner {
     /// Guest memory and logs mapped now, kept ones included, in bytes.
     public var mappedBytes: UInt64 { session.mappedBytes }
     /// The ring laid out for a vring, while its memory is current.
-    public func ring(_ index: UInt32) -> SplitRing? { session.rings[VringIndex(index)]?.view }
+    package func ring(_ index: UInt32) -> SplitRing? { session.rings[VringIndex(index)]?.view }
     /// A variable's value after the run.
     public func variable(_ name: String) -> ScriptValue? { session.variables[name] }
 

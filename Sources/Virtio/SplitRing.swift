@@ -35,7 +35,7 @@ import Synchronization
 // SAFETY (@unchecked Sendable): the pointers are shared between the driver's and the device's
 // threads on purpose; every access below is an atomic or touches an entry one side owns at the
 // time (see "Ordering" above).
-public struct SplitRing: @unchecked Sendable {
+@usableFromInline package struct SplitRing: @unchecked Sendable {
     /// Entries in each part: a power of 2 in 1...32768.
     @usableFromInline package let queueSize: UInt16
     /// The descriptor table (`n` × 16 bytes).
