@@ -150,8 +150,10 @@ struct Bench: ParsableCommand {
         var histogram = Histogram<UInt64>(highestTrackableValue: 10_000_000, numberOfSignificantValueDigits: .three)
         var awaited: UInt16 = 0
         var replied = false
-        endpoint.frameObserver = { direction, frame in
-            guard direction == .received, let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
+        endpoint.frameObserver = { observed in
+            guard observed.direction == .received else { return }
+            let frame = [UInt8](observed.bytes)
+            guard let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
                   ip.source == host.address, ICMPEcho.reply(in: frame[ip.payload])?.sequence == awaited else { return }
             replied = true
         }
