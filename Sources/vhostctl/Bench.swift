@@ -14,8 +14,8 @@ import VhostScript
 struct BenchGroup: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Benchmark the in-kernel datapath: driver configurations side by side (the default), or vhost-net against the userspace tap path (bench backends).",
-        subcommands: [Bench.self, BenchBackends.self],
+        abstract: "Benchmark the in-kernel datapath: driver configurations side by side (the default), vhost-net against the userspace tap path (bench backends), or attach as an echo server under load with each reply path (bench echo).",
+        subcommands: [Bench.self, BenchBackends.self, BenchEcho.self],
         defaultSubcommand: Bench.self)
 }
 
