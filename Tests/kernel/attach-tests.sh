@@ -226,6 +226,10 @@ else
     fail "the tun's pcapng" "$tunframes echo replies, $nd ND frames; $(host tshark -r /tmp/tun.pcapng -T fields -e frame.protocols 2>&1 | head -n 2 | tr '\n' ' ')"
 fi
 
+# What tun wrote in num_buffers of the headers it handed over (no MRG_RXBUF: vhost leaves the field
+# to tun). Not a check: docs/kernel-findings.md reads it per kernel.
+echo "INFO tun's num_buffers on received frames, kernel $(uname -r): $(host tshark -r /tmp/tun.pcapng -Y 'frame.packet_flags_direction == 1' -T fields -e frame.comment 2>/dev/null | sed -n 's/.*num_buffers \([0-9]*\).*/\1/p' | sort | uniq -c | tr -s ' \n' ' ')"
+
 # ---- offloads for what we send: TUNSETOFFLOAD follows the GUEST_ features; --offloads overrides ------
 timeout 30 vhostctl attach --tap vhoff0 --create --features VERSION_1 EVENT_IDX MRG_RXBUF GUEST_CSUM GUEST_TSO4 --trace --duration 0.3 --stats 0 >/tmp/off.log 2>/tmp/off.trace
 timeout 30 vhostctl attach --tap vhoff1 --create --features VERSION_1 EVENT_IDX MRG_RXBUF GUEST_CSUM GUEST_TSO4 --offloads csum --trace --duration 0.3 --stats 0 >/dev/null 2>/tmp/off1.trace
