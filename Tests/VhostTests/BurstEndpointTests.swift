@@ -58,7 +58,7 @@ struct BurstEndpointTests {
         try #require(endpoint.pairs[0].withReceiveDriver({ $0.usedPending }) == frames.count)
     }
 
-    @Test("a batch of 16 requests is answered with one publish of the TX ring (one kick at most), each reply written in place in its TX buffer")
+    @Test("a batch of 16 requests is answered with one publish of the TX ring (one kick at most), each reply seen in the TX buffer it goes out from")
     func oneFlushPerBatch() throws {
         let (endpoint, host) = try makeInProcessEndpoint { _ in }
         var transmittedInPlace = 0, transmitted = 0
