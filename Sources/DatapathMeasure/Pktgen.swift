@@ -69,8 +69,12 @@ public final class PacketGenerator {
 
     /// Packets pktgen sent so far on this run (`pkts-sofar` of its device file), or nil.
     public var sent: UInt64? {
-        guard let text = KernelInfo.readFile("/proc/net/pktgen/\(device)"), let range = text.firstRange(of: "pkts-sofar: ") else { return nil }
-        return UInt64(text[range.upperBound...].prefix { $0.isNumber })
+        guard let text = KernelInfo.readFile("/proc/net/pktgen/\(device)") else { return nil }
+        for line in text.split(separator: "\n") {
+            let words = line.split(separator: " ")
+            if let at = words.firstIndex(of: "pkts-sofar:"), at + 1 < words.count { return UInt64(words[at + 1]) }
+        }
+        return nil
     }
 
     deinit {

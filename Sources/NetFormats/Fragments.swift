@@ -8,10 +8,15 @@ public struct FragmentReassembler: Sendable {
     /// What identifies a datagram's fragments: both addresses (an IPv4 address in the low 32
     /// bits), the identification and, for IPv4, the protocol.
     public struct Key: Hashable, Sendable {
+        /// 4 or 6.
         public var version: UInt8
+        /// The source address (IPv4 in the low 32 bits).
         public var source: IPv6Address
+        /// The destination address (IPv4 in the low 32 bits).
         public var destination: IPv6Address
+        /// The identification field.
         public var identification: UInt32
+        /// The upper-layer protocol (IPv4's field; for IPv6 the fragment header's next header).
         public var protocolNumber: UInt8
         /// The key of an IPv4 fragment.
         public init(_ ip: IPv4Packet) {
@@ -59,6 +64,7 @@ public struct FragmentReassembler: Sendable {
     /// Datagrams given up to make room for newer ones.
     public private(set) var evicted: UInt64 = 0
 
+    /// A reassembler with nothing pending.
     public init() {}
 
     /// Datagrams waiting for fragments.

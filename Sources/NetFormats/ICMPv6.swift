@@ -1,18 +1,26 @@
 /// ICMPv6 (RFC 4443) and neighbour discovery (RFC 4861): the messages, their checksum over the
 /// IPv6 pseudo-header, and the validity rules a node applies before it believes one.
 public enum ICMPv6 {
-    /// Message types.
+    /// Destination unreachable (1, RFC 4443 §3.1).
     public static let destinationUnreachable: UInt8 = 1
+    /// Echo request (128, RFC 4443 §4.1).
     public static let echoRequest: UInt8 = 128
+    /// Echo reply (129, RFC 4443 §4.2).
     public static let echoReply: UInt8 = 129
+    /// Multicast listener query (130, RFC 2710).
     public static let multicastListenerQuery: UInt8 = 130
+    /// Router solicitation (133, RFC 4861 §4.1).
     public static let routerSolicitation: UInt8 = 133
+    /// Router advertisement (134, RFC 4861 §4.2).
     public static let routerAdvertisement: UInt8 = 134
+    /// Neighbour solicitation (135, RFC 4861 §4.3).
     public static let neighborSolicitation: UInt8 = 135
+    /// Neighbour advertisement (136, RFC 4861 §4.4).
     public static let neighborAdvertisement: UInt8 = 136
 
-    /// ND option types (RFC 4861 §4.6).
+    /// ND option types (RFC 4861 §4.6): the source link-layer address option (1).
     public static let sourceLinkLayerOption: UInt8 = 1
+    /// The target link-layer address option (2).
     public static let targetLinkLayerOption: UInt8 = 2
 
     /// Whether the message's checksum (over the pseudo-header and the message) is right.

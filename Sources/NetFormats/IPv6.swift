@@ -166,15 +166,22 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension String {
-    /// Splits on a separator string (Foundation-free).
+    /// Splits on a two-character separator such as `::` (no Foundation, no string processing
+    /// library): the pieces between its occurrences, left to right.
     func components(separatedByString separator: String) -> [String] {
+        let text = Array(utf8), sep = Array(separator.utf8)
         var result: [String] = []
-        var rest = Substring(self)
-        while let range = rest.firstRange(of: separator) {
-            result.append(String(rest[..<range.lowerBound]))
-            rest = rest[range.upperBound...]
+        var start = 0, i = 0
+        while i + sep.count <= text.count {
+            if Array(text[i..<(i + sep.count)]) == sep {
+                result.append(String(decoding: text[start..<i], as: UTF8.self))
+                i += sep.count
+                start = i
+            } else {
+                i += 1
+            }
         }
-        result.append(String(rest))
+        result.append(String(decoding: text[start...], as: UTF8.self))
         return result
     }
 }
@@ -212,14 +219,21 @@ public struct IPv6Interface: Hashable, Sendable, CustomStringConvertible {
 /// An IPv6 packet: its header, the extension headers walked to the upper layer, and where that
 /// layer's bytes lie. Positions are offsets into the bytes given to `init`.
 public struct IPv6Packet: Sendable, Equatable {
-    /// Next-header values this parser knows.
+    /// Next-header values this parser knows: hop-by-hop options (0).
     public static let hopByHop: UInt8 = 0
+    /// TCP (6).
     public static let protocolTCP: UInt8 = 6
+    /// UDP (17).
     public static let protocolUDP: UInt8 = 17
+    /// The routing header (43).
     public static let routing: UInt8 = 43
+    /// The fragment header (44).
     public static let fragmentHeader: UInt8 = 44
+    /// ICMPv6 (58).
     public static let protocolICMPv6: UInt8 = 58
+    /// No next header (59): nothing follows.
     public static let noNextHeader: UInt8 = 59
+    /// Destination options (60).
     public static let destinationOptions: UInt8 = 60
     /// Bytes of the fixed header.
     public static let headerLength = 40

@@ -3,23 +3,32 @@
 /// nanosecond timestamp (`if_tsresol` 9) and a comment (`opt_comment`). Written little-endian;
 /// read in either byte order, with every length checked against the block it lies in.
 public enum Pcapng {
-    /// Block types.
+    /// Block types: the section header block (0x0A0D0D0A).
     public static let sectionHeaderBlock: UInt32 = 0x0A0D_0D0A
+    /// Interface description block (1).
     public static let interfaceDescriptionBlock: UInt32 = 1
+    /// The obsolete packet block (2), read only.
     public static let obsoletePacketBlock: UInt32 = 2
+    /// Simple packet block (3), read only.
     public static let simplePacketBlock: UInt32 = 3
+    /// Enhanced packet block (6).
     public static let enhancedPacketBlock: UInt32 = 6
     /// The byte-order magic of a section header.
     public static let byteOrderMagic: UInt32 = 0x1A2B_3C4D
 
-    /// Option codes: `opt_endofopt`, `opt_comment` (every block), `shb_userappl`,
-    /// `if_name`, `if_description`, `if_tsresol`, `epb_flags`.
+    /// Option codes: `opt_endofopt` (0) ends a block's options.
     public static let endOfOptions: UInt16 = 0
+    /// `opt_comment` (1).
     public static let commentOption: UInt16 = 1
+    /// `shb_userappl` (4).
     public static let userApplicationOption: UInt16 = 4
+    /// `if_name` (2).
     public static let interfaceNameOption: UInt16 = 2
+    /// `if_description` (3).
     public static let interfaceDescriptionOption: UInt16 = 3
+    /// `if_tsresol` (9).
     public static let timestampResolutionOption: UInt16 = 9
+    /// `epb_flags` (2).
     public static let flagsOption: UInt16 = 2
 
     /// The largest packet a reader accepts (as pcap: 256 KiB).

@@ -42,8 +42,11 @@ public struct TransmitOffloads: Sendable, Equatable {
 public struct NetworkResponder: Sendable {
     /// What the responder did.
     public struct Counters: Sendable, Equatable {
+        /// ARP replies sent.
         public var arpReplies: UInt64 = 0
+        /// ICMP echo replies sent.
         public var icmpEchoReplies: UInt64 = 0
+        /// UDP datagrams echoed over IPv4.
         public var udpEchoes: UInt64 = 0
         /// ICMPv6 echo replies.
         public var icmp6EchoReplies: UInt64 = 0
@@ -67,23 +70,30 @@ public struct NetworkResponder: Sendable {
         public var checksumErrors: UInt64 = 0
         /// Frames not answered (not for us, not a request, malformed).
         public var ignored: UInt64 = 0
+        /// All zero.
         public init() {}
     }
 
     /// Writes one frame of `length` bytes with `header` into the buffer it is sent from.
     public typealias Emit = (_ length: Int, _ header: VirtioNetHeader, _ write: (UnsafeMutableRawBufferPointer) -> Void) -> Void
 
+    /// The endpoint's MAC (and the source of its link-local address).
     public var mac: MACAddress
+    /// The IPv4 address answered (ARP, ICMP echo, UDP), if any.
     public var ipv4: IPv4Interface?
     /// The IPv6 addresses given (with `ipv6Enabled`, the link-local address is added to them).
     public var ipv6: [IPv6Interface]
     /// IPv6 is on: the link-local address from the MAC (EUI-64) and `ipv6` are answered.
     public var ipv6Enabled: Bool
+    /// The UDP port echoed over both IP versions, if any.
     public var udpEchoPort: UInt16?
+    /// What frames look like on the port.
     public var linkLayer: LinkLayer
     /// The link's MTU: the largest IP packet sent without fragments or segmentation.
     public var mtu: Int
+    /// What replies may leave to the host.
     public var offloads: TransmitOffloads
+    /// What was answered, sent and dropped.
     public internal(set) var counters = Counters()
     /// Addresses of ours that another node advertised (a duplicate), with its MAC.
     public private(set) var duplicates: [IPv6Address: MACAddress] = [:]

@@ -17,9 +17,12 @@ public final class PcapWriter {
     }
 
     private let fd: FileDescriptor
+    /// The file written.
     public let path: String
+    /// pcap or pcapng.
     public let format: Format
     private var pending: [UInt8] = []
+    /// Frames recorded so far.
     public private(set) var frames = 0
 
     /// Creates (or truncates) `path` and writes the file's header: for pcapng a section header
@@ -81,6 +84,7 @@ public final class PcapWriter {
         frame.withUnsafeBytes { write($0) }
     }
 
+    /// Writes what is pending to the file.
     public func flush() throws(VhostError) {
         guard !pending.isEmpty else { return }
         do {

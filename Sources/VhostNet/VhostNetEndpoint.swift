@@ -54,6 +54,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     public typealias Configuration = EndpointConfiguration
     public typealias Pair = VirtioNetQueuePair<Backend, Port>
 
+    /// Which way a frame crossed the rings.
     public enum Direction: Sendable { case received, transmitted }
 
     /// A frame as it crosses the endpoint's rings, for a capture: valid only during the call.
