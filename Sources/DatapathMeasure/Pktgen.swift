@@ -12,10 +12,13 @@ public final class PacketGenerator {
     public let device: String
     private var runner: WorkerThread?
 
-    /// Configures kpktgend_0 to send `frameSize`-byte UDP frames to `destination` on `device`,
-    /// without end, until `stop`. With `queues` above 1 each frame goes to one of the tap's
-    /// first `queues` queues at random.
-    public init(device: String, frameSize: Int, destination: MACAddress, queues: Int = 1) throws(VhostError) {
+    /// Configures kpktgend_0 to send `frameSize`-byte UDP frames to `destination` on `device`
+    /// (10.79.0.1 → 10.79.0.2, to `udpPort`), without end, until `stop`. With `queues` above 1
+    /// each frame goes to one of the tap's first `queues` queues at random. With
+    /// `packetsPerSecond` pktgen paces itself to that rate (`ratep`) instead of sending as fast
+    /// as the tap takes them.
+    public init(device: String, frameSize: Int, destination: MACAddress, queues: Int = 1, udpPort: UInt16 = 9,
+                packetsPerSecond: Int? = nil) throws(VhostError) {
         self.device = device
         func write(_ file: String, _ command: String) throws(VhostError) {
             // pktgen answers a bad command by failing the write; its reason is in the file.
@@ -31,9 +34,10 @@ public final class PacketGenerator {
         // clone_skb 0: a tap consumes each skb, so pktgen must build every one (pktgen refuses
         // cloning on devices without IFF_TX_SKB_SHARING).
         for command in ["count 0", "clone_skb 0", "delay 0", "pkt_size \(frameSize)", "dst_mac \(destination)", "src_min 10.79.0.1", "src_max 10.79.0.1",
-                        "dst_min 10.79.0.2", "dst_max 10.79.0.2", "udp_dst_min 9", "udp_dst_max 9"] {
+                        "dst_min 10.79.0.2", "dst_max 10.79.0.2", "udp_dst_min \(udpPort)", "udp_dst_max \(udpPort)"] {
             try write(control, command)
         }
+        if let packetsPerSecond { try write(control, "ratep \(packetsPerSecond)") }
         if queues > 1 {
             // pktgen calls ndo_start_xmit itself with the queue it chose (pktgen.c pktgen_xmit:
             // skb_get_queue_mapping), so the tap's own queue selection never runs; without a
@@ -61,6 +65,16 @@ public final class PacketGenerator {
         _ = PacketGenerator.write("/proc/net/pktgen/pgctrl", "stop")
         runner?.join()
         runner = nil
+    }
+
+    /// Packets pktgen sent so far on this run (`pkts-sofar` of its device file), or nil.
+    public var sent: UInt64? {
+        guard let text = KernelInfo.readFile("/proc/net/pktgen/\(device)") else { return nil }
+        for line in text.split(separator: "\n") {
+            let words = line.split(separator: " ")
+            if let at = words.firstIndex(of: "pkts-sofar:"), at + 1 < words.count { return UInt64(words[at + 1]) }
+        }
+        return nil
     }
 
     deinit {

@@ -55,15 +55,7 @@ public struct IPv4Interface: Hashable, Sendable, CustomStringConvertible {
 
 /// RFC 1071 one's-complement checksum.
 public func internetChecksum(_ bytes: ArraySlice<UInt8>, initial: UInt32 = 0) -> UInt16 {
-    var sum = initial
-    var i = bytes.startIndex
-    while i + 1 < bytes.endIndex {
-        sum &+= UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
-        i += 2
-    }
-    if i < bytes.endIndex { sum &+= UInt32(bytes[i]) << 8 }
-    while sum >> 16 != 0 { sum = (sum & 0xffff) &+ (sum >> 16) }
-    return ~UInt16(sum)
+    bytes.withUnsafeBytes { internetChecksum($0, initial: UInt64(initial)) }
 }
 
 extension Array where Element == UInt8 {
@@ -108,36 +100,84 @@ public struct ARPPacket: Equatable, Sendable {
     }
 }
 
-/// An IPv4 packet inside an Ethernet frame: header fields and where the payload lies.
+/// An IPv4 packet: header fields and where the payload lies, as offsets into the bytes parsed.
 public struct IPv4Packet: Sendable {
     public static let protocolICMP: UInt8 = 1
     public static let protocolTCP: UInt8 = 6
     public static let protocolUDP: UInt8 = 17
+    /// Bytes of a header without options.
+    public static let minimumHeaderLength = 20
 
     public var source: IPv4Address
     public var destination: IPv4Address
     public var protocolNumber: UInt8
     public var ttl: UInt8
-    /// Range of the IP payload within the frame.
+    /// Range of the IP payload (for a fragment: this fragment's part of it).
     public var payload: Range<Int>
+    /// Where the header starts.
+    public var start: Int = 0
+    /// The identification field (which fragments belong together).
+    public var identification: UInt16 = 0
+    /// The fragment offset, in bytes.
+    public var fragmentOffset: Int = 0
+    /// The MF flag.
+    public var moreFragments: Bool = false
+    /// Whether this is a fragment of a larger datagram (an offset or MF).
+    public var isFragment: Bool { fragmentOffset != 0 || moreFragments }
 
-    /// Parses and checks the header (version, length, checksum); nil for anything malformed.
+    /// Parses and checks the header at `offset` (version, lengths, header checksum); nil for
+    /// anything malformed. Fragments are parsed (see `isFragment`), not refused.
+    public init?(_ bytes: UnsafeRawBufferPointer, at offset: Int) {
+        guard offset >= 0, let first = bytes.byte(at: offset), first >> 4 == 4,
+              let total = bytes.be16(at: offset &+ 2), let fragment = bytes.be16(at: offset &+ 6),
+              let ttl = bytes.byte(at: offset &+ 8), let proto = bytes.byte(at: offset &+ 9),
+              let src = bytes.be32(at: offset &+ 12), let dst = bytes.be32(at: offset &+ 16),
+              let identification = bytes.be16(at: offset &+ 4) else { return nil }
+        let headerLength = Int(first & 0x0f) &* 4
+        let totalLength = Int(total)
+        guard headerLength >= IPv4Packet.minimumHeaderLength, totalLength >= headerLength, totalLength <= bytes.count &- offset,
+              let header = bytes.bytes(offset..<(offset &+ headerLength)), internetChecksum(header) == 0 else { return nil }
+        // The reserved flag must be clear.
+        guard fragment & 0x8000 == 0 else { return nil }
+        source = IPv4Address(src)
+        destination = IPv4Address(dst)
+        protocolNumber = proto
+        self.ttl = ttl
+        payload = (offset &+ headerLength)..<(offset &+ totalLength)
+        start = offset
+        self.identification = identification
+        fragmentOffset = Int(fragment & 0x1fff) &* 8
+        moreFragments = fragment & 0x2000 != 0
+    }
+
+    /// Parses and checks the header of an Ethernet frame carrying IPv4; nil for anything
+    /// malformed, and for a fragment: only whole datagrams are parsed here.
     public init?(frame: [UInt8]) {
-        let p = EthernetFrame.headerLength
-        guard frame.count >= p + 20, EthernetFrame.etherType(of: frame) == EthernetFrame.ipv4Type,
-              frame[p] >> 4 == 4 else { return nil }
-        let headerLength = Int(frame[p] & 0x0f) * 4
-        let totalLength = Int(frame.be16(p + 2))
-        guard headerLength >= 20, totalLength >= headerLength, p + totalLength <= frame.count,
-              internetChecksum(frame[p..<(p + headerLength)]) == 0 else { return nil }
-        // Fragments are not reassembled: only whole datagrams are answered.
-        let fragment = frame.be16(p + 6)
-        guard fragment & 0x3fff == 0 else { return nil }
-        source = IPv4Address(bytes: frame[(p + 12)..<(p + 16)])
-        destination = IPv4Address(bytes: frame[(p + 16)..<(p + 20)])
-        protocolNumber = frame[p + 9]
-        ttl = frame[p + 8]
-        payload = (p + headerLength)..<(p + totalLength)
+        guard EthernetFrame.etherType(of: frame) == EthernetFrame.ipv4Type,
+              let packet = frame.withUnsafeBytes({ IPv4Packet($0, at: EthernetFrame.headerLength) }), !packet.isFragment else { return nil }
+        self = packet
+    }
+
+    /// Writes a 20-byte header with its checksum: DF unless `fragmentOffset` or `moreFragments`
+    /// say it is a fragment (then DF is clear).
+    public static func writeHeader(to writer: inout ByteWriter, totalLength: Int, identification: UInt16, protocolNumber: UInt8,
+                                   source: IPv4Address, destination: IPv4Address, ttl: UInt8 = 64,
+                                   fragmentOffset: Int = 0, moreFragments: Bool = false) {
+        let start = writer.offset
+        writer.u8(0x45); writer.u8(0)
+        writer.be16(UInt16(truncatingIfNeeded: totalLength))
+        writer.be16(identification)
+        let fragment = fragmentOffset == 0 && !moreFragments ? 0x4000 : UInt16(truncatingIfNeeded: fragmentOffset / 8) & 0x1fff | (moreFragments ? 0x2000 : 0)
+        writer.be16(fragment)
+        writer.u8(ttl); writer.u8(protocolNumber)
+        writer.be16(0)
+        writer.be32(source.value); writer.be32(destination.value)
+        writer.put16(internetChecksum(writer.written(from: start)), at: start &+ 10)
+    }
+
+    /// The sum of the upper-layer pseudo-header (RFC 768): both addresses, the protocol and the length.
+    public static func pseudoHeaderSum(source: IPv4Address, destination: IPv4Address, protocolNumber: UInt8, length: Int) -> UInt64 {
+        UInt64(source.value) &+ UInt64(destination.value) &+ UInt64(protocolNumber) &+ UInt64(UInt32(truncatingIfNeeded: length))
     }
 
     /// Builds an Ethernet frame with a 20-byte IPv4 header around `payload`.
@@ -205,5 +245,37 @@ public enum UDPDatagram {
     static func pseudoHeaderSum(source: IPv4Address, destination: IPv4Address, length: Int) -> UInt32 {
         (source.value >> 16) + (source.value & 0xffff) + (destination.value >> 16) + (destination.value & 0xffff)
             + UInt32(IPv4Packet.protocolUDP) + UInt32(length)
+    }
+}
+
+extension UDPDatagram {
+    /// A UDP header and where its payload lies.
+    public struct Header: Sendable, Equatable {
+        public var sourcePort: UInt16
+        public var destinationPort: UInt16
+        /// The length field: header and payload.
+        public var length: Int
+        /// The checksum field (0: none, allowed over IPv4 only).
+        public var checksum: UInt16
+        /// The payload, as offsets into the bytes parsed.
+        public var payload: Range<Int>
+        /// Where the header starts.
+        public var start: Int { payload.lowerBound &- 8 }
+    }
+
+    /// Parses the UDP header at the start of `segment` (an IP payload): its length field must
+    /// be at least 8 and fit the segment. The checksum is not looked at (see `checksumIsValid`).
+    public static func header(_ bytes: UnsafeRawBufferPointer, in segment: Range<Int>) -> Header? {
+        let u = segment.lowerBound
+        guard segment.count >= 8, segment.upperBound <= bytes.count, let source = bytes.be16(at: u), let destination = bytes.be16(at: u &+ 2),
+              let length = bytes.be16(at: u &+ 4), let checksum = bytes.be16(at: u &+ 6),
+              Int(length) >= 8, Int(length) <= segment.count else { return nil }
+        return Header(sourcePort: source, destinationPort: destination, length: Int(length), checksum: checksum, payload: (u &+ 8)..<(u &+ Int(length)))
+    }
+
+    /// Whether the datagram's checksum is right, given its pseudo-header sum.
+    public static func checksumIsValid(_ bytes: UnsafeRawBufferPointer, _ header: Header, pseudoHeader: UInt64) -> Bool {
+        guard let datagram = bytes.bytes(header.start..<header.payload.upperBound) else { return false }
+        return internetChecksum(datagram, initial: pseudoHeader) == 0
     }
 }

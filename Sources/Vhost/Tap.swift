@@ -11,6 +11,8 @@ public struct Tap: ~Copyable {
         public var rawValue: Int16
         public init(rawValue: Int16) { self.rawValue = rawValue }
         public static let tap = Self(rawValue: Int16(IFF_TAP))
+        /// `IFF_TUN`: an L3 tun, IP packets without an Ethernet header.
+        public static let tun = Self(rawValue: Int16(IFF_TUN))
         public static let noPacketInfo = Self(rawValue: Int16(IFF_NO_PI))
         public static let vnetHeader = Self(rawValue: Int16(IFF_VNET_HDR))
         public static let multiQueue = Self(rawValue: Int16(IFF_MULTI_QUEUE))
@@ -191,6 +193,21 @@ public struct Tap: ~Copyable {
     public func features() throws(VhostError) -> UInt32 { UInt32(truncatingIfNeeded: try perform(.getFeatures).value) }
 
     public func setOffloads(_ offloads: Offloads) throws(VhostError) { try perform(.setOffload(offloads.rawValue)) }
+
+    /// Checks that the tap takes UDP_L4 GSO frames (USO, Linux 6.2), as QEMU's tap_probe_has_uso
+    /// does: `TUNSETOFFLOAD` with TUN_F_CSUM, TUN_F_USO4 and TUN_F_USO6, then back to none. A
+    /// kernel without USO refuses the flags (EINVAL): that is `unsupportedByKernel`.
+    public func requireUDPSegmentation() throws(VhostError) { try Tap.requireUDPSegmentation(on: fd, name: name, observer: observer) }
+
+    /// `requireUDPSegmentation` on any tun-like fd (a tap queue or a macvtap).
+    public static func requireUDPSegmentation(on fd: Int32, name: String, observer: IoctlObserver?) throws(VhostError) {
+        do {
+            try perform(.setOffload(Offloads([.checksum, .uso4, .uso6]).rawValue), on: fd, observer: observer)
+        } catch .ioctl(let failure) where failure.errno == .invalidArgument {
+            throw .unsupportedByKernel("VIRTIO_NET_F_HOST_USO: \(name) refuses TUN_F_USO4|TUN_F_USO6 (TUNSETOFFLOAD: EINVAL), so this kernel cannot segment UDP_L4 GSO frames; USO came to tun and vhost-net in Linux 6.2")
+        }
+        try perform(.setOffload(0), on: fd, observer: observer)
+    }
 
     public func setPersistent(_ persistent: Bool) throws(VhostError) { try perform(.setPersist(persistent)) }
 

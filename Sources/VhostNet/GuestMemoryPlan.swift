@@ -34,10 +34,14 @@ public struct GuestMemoryPlan: Sendable, Equatable {
     public var layout: DescriptorLayout
     public var placement: MemoryPlacement
     public var extraMemory: Int
+    /// Bytes of the one large TX buffer (frames bigger than a buffer), 0 for none.
+    public var largeTransmitBuffer: Int
 
-    public init(queueSize: Int, bufferSize: Int, headerLength: Int, layout: DescriptorLayout, placement: MemoryPlacement, extraMemory: Int = 0) {
+    public init(queueSize: Int, bufferSize: Int, headerLength: Int, layout: DescriptorLayout, placement: MemoryPlacement, extraMemory: Int = 0,
+                largeTransmitBuffer: Int = 0) {
         self.queueSize = queueSize; self.bufferSize = bufferSize; self.headerLength = headerLength
         self.layout = layout; self.placement = placement; self.extraMemory = extraMemory
+        self.largeTransmitBuffer = largeTransmitBuffer
     }
 
     /// One queue's ring block: descriptors, avail and used rings, in whole pages so that no
@@ -51,20 +55,22 @@ public struct GuestMemoryPlan: Sendable, Equatable {
     public var regions: [GuestMemory.Layout] {
         let rings = 2 * (ringBlockSize + 4096)
         let buffers = 2 * queueSize * perHead
+        let large = largeTransmitBuffer > 0 ? (largeTransmitBuffer + 63) & ~63 : 0
         func rounded(_ n: Int) -> Int { (n + GuestMemory.hugePageSize - 1) & ~(GuestMemory.hugePageSize - 1) }
         switch placement {
         case .single:
-            return [GuestMemory.Layout(guestAddress: GuestMemory.defaultGuestBase, size: rounded(rings + buffers + extraMemory + 4096))]
+            return [GuestMemory.Layout(guestAddress: GuestMemory.defaultGuestBase, size: rounded(rings + buffers + large + extraMemory + 4096))]
         case .belowAndAbove4GiB:
             // Rings and half the buffers low, half the buffers above the 4 GiB boundary.
-            return [GuestMemory.Layout(guestAddress: 0x20_0000, size: rounded(rings + buffers / 2 + extraMemory + 8192)),
+            return [GuestMemory.Layout(guestAddress: 0x20_0000, size: rounded(rings + buffers / 2 + large + extraMemory + 8192)),
                     GuestMemory.Layout(guestAddress: 0x1_0000_0000, size: rounded(buffers / 2 + 8192))]
         }
     }
 
     /// Carves one queue's ring block and per-head buffers out of `memory` (made from `regions`).
-    /// With several regions, heads alternate between them.
-    public func carveQueue(from memory: inout GuestMemory) throws(VhostError) -> QueueMemory {
+    /// With several regions, heads alternate between them. With `largeBuffer` (the TX queue) the
+    /// plan's large buffer is carved too, in the first region.
+    public func carveQueue(from memory: inout GuestMemory, largeBuffer: Bool = false) throws(VhostError) -> QueueMemory {
         let ringBlock = try memory.allocate(ringBlockSize, alignment: 4096)
         let offsets = SplitRingLayout.offsets(queueSize: queueSize)
         let regionCount = memory.map.regions.count
@@ -76,10 +82,11 @@ public struct GuestMemoryPlan: Sendable, Equatable {
             if layout != .inline { headers.append(try memory.allocate(headerLength, alignment: 16, region: region)) }
             if layout == .indirect { tables.append(try memory.allocate(2 * SplitRingLayout.descriptorSize, alignment: 16, region: region)) }
         }
+        let large = largeBuffer && largeTransmitBuffer > 0 ? try memory.allocate(largeTransmitBuffer, alignment: 64, region: 0) : nil
         return QueueMemory(ringBlock: ringBlock, descriptors: ringBlock.slice(offset: offsets.descriptors, length: SplitRingLayout.descriptorTableSize(queueSize: queueSize)),
                            avail: ringBlock.slice(offset: offsets.avail, length: SplitRingLayout.availRingSize(queueSize: queueSize)),
                            used: ringBlock.slice(offset: offsets.used, length: SplitRingLayout.usedRingSize(queueSize: queueSize)),
-                           buffers: buffers, headers: headers, tables: tables, tableRegions: memory.map.regions)
+                           buffers: buffers, headers: headers, tables: tables, tableRegions: memory.map.regions, large: large)
     }
 }
 
@@ -98,6 +105,9 @@ public struct QueueMemory: Sendable {
     public let tables: [GuestBuffer]
     /// The regions of the memory table the queue's memory belongs to.
     public let tableRegions: [GuestMemoryRegion]
+    /// The large buffer for frames bigger than a buffer (TX, when the plan has one): laid out
+    /// as a head's buffer (the header inline first for `.inline`).
+    public var large: GuestBuffer? = nil
 
     /// The same queue memory in a copy of guest memory: every buffer at the same guest-physical
     /// address, at the copy's host address.
@@ -115,7 +125,8 @@ public struct QueueMemory: Sendable {
             return result
         }
         return QueueMemory(ringBlock: try move(ringBlock), descriptors: try move(descriptors), avail: try move(avail), used: try move(used),
-                           buffers: try moveAll(buffers), headers: try moveAll(headers), tables: try moveAll(tables), tableRegions: map.regions)
+                           buffers: try moveAll(buffers), headers: try moveAll(headers), tables: try moveAll(tables), tableRegions: map.regions,
+                           large: try large.map { buffer throws(VhostError) in try move(buffer) })
     }
 
     /// The split ring over the three parts (`package`, as `SplitRing` is).

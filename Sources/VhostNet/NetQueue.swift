@@ -140,6 +140,34 @@ public struct NetQueue: ~Copyable {
         }
     }
 
+    /// Puts one TX frame's chain at the next free head with the frame in the large buffer instead
+    /// of the head's own (the header inline before it, or in the head's header buffer, by
+    /// layout). Returns the head, or nil when there is no large buffer or no chain fits.
+    package mutating func addLargeChain(frameLength: Int) -> UInt16? {
+        guard let large = memory.large, canAddChain, let head = driver.nextFreeHead else { return nil }
+        if ringObserver != nil { addedFrameBytes += frameLength }
+        let offset = addressOffset
+        switch layout {
+        case .inline:
+            return driver.add(BufferSegment(address: large.guestAddress.rawValue &+ offset, length: UInt32(headerLength + frameLength), deviceWritable: false))
+        case .separateHeader, .indirect:
+            let header = memory.headers[Int(head)]
+            let segments = [BufferSegment(address: header.guestAddress.rawValue &+ offset, length: UInt32(headerLength), deviceWritable: false),
+                            BufferSegment(address: large.guestAddress.rawValue &+ offset, length: UInt32(frameLength), deviceWritable: false)]
+            guard layout == .indirect else { return driver.add(segments) }
+            let table = memory.tables[Int(head)]
+            // SAFETY: the table is this head's, not in flight (as in addChain).
+            return driver.addIndirect(segments, table: table.host, tableAddress: table.guestAddress.rawValue &+ offset)
+        }
+    }
+
+    /// Where the header and the frame go in the large buffer (TX), by layout; nil without one.
+    package func largeFramePointers(head: UInt16) -> (header: UnsafeMutableRawPointer, frame: UnsafeMutableRawPointer, capacity: Int)? {
+        guard let large = memory.large else { return nil }
+        if layout == .inline { return (large.host, large.host + headerLength, large.length - headerLength) }
+        return (memory.headers[Int(head)].host, large.host, large.length)
+    }
+
     /// Puts a device-writable chain on every free head (RX; virtio_net try_fill_recv), without
     /// publishing. With the header inline each chain is one descriptor over the head's buffer:
     /// that loop is written out here, since it runs once per received frame, and must put the

@@ -5,8 +5,14 @@ import Virtio
 /// `send` keeps the ring full, kicks only when the device asks, and waits when it is full.
 public struct TransmitQueue: ~Copyable {
     public internal(set) var queue: NetQueue
+    /// The head whose chain holds the large buffer, while the device has it.
+    private var largeHead: UInt16? = nil
 
     init(_ queue: consuming NetQueue) { self.queue = queue }
+
+    /// Bytes of frame the large buffer holds (0 without one): frames up to this size go out
+    /// whole, one at a time.
+    public var largeFrameCapacity: Int { queue.memory.large.map { queue.layout == .inline ? $0.length - queue.headerLength : $0.length } ?? 0 }
 
     /// The ring driver, for inspection.
     public var driver: SplitVirtqueueDriver { _read { yield queue.driver } }
@@ -18,8 +24,76 @@ public struct TransmitQueue: ~Copyable {
     @discardableResult
     public mutating func reap() throws(VhostError) -> Int {
         var count = 0
-        while try queue.nextUsed() != nil { count += 1 }
+        while let used = try queue.nextUsed() {
+            count += 1
+            if let large = largeHead, used.id == UInt32(large) || (queue.driver.inOrder && queue.driver.lastBatch.contains(large)) { largeHead = nil }
+        }
         return count
+    }
+
+    /// What `enqueue` did with a frame.
+    public enum EnqueueOutcome: Sendable, Equatable {
+        /// On the ring (not yet published).
+        case added
+        /// No chain is free now (or the large buffer is the device's): reap, or wait, and retry.
+        case full
+        /// Larger than any buffer of this queue holds.
+        case tooLarge
+    }
+
+    /// Adds one frame of `length` bytes, without publishing: `write` fills the guest buffer it
+    /// goes out from (its own head's, or the large buffer when it is longer than that), with
+    /// `header` before it. The frame is written once, where the device reads it. See `flush`.
+    public mutating func enqueue(length: Int, header: VirtioNetHeader, write: (UnsafeMutableRawBufferPointer) -> Void) -> EnqueueOutcome {
+        guard length >= 0 else { return .tooLarge }
+        if length <= queue.frameCapacity {
+            guard queue.canAddChain, let head = queue.driver.nextFreeHead else { return .full }
+            // SAFETY: head `head` is free, so the device reads none of its buffers until the
+            // avail entry naming it is published (release store, after these writes).
+            header.write(to: queue.headerPointer(head), length: queue.headerLength)
+            write(UnsafeMutableRawBufferPointer(start: queue.framePointer(head), count: length))
+            _ = queue.addChain(frameLength: length, deviceWritable: false)
+        } else {
+            guard length <= largeFrameCapacity else { return .tooLarge }
+            guard largeHead == nil, queue.canAddChain, let head = queue.driver.nextFreeHead, let place = queue.largeFramePointers(head: head) else { return .full }
+            // SAFETY: the large buffer is not in flight (largeHead is nil once the device used its
+            // chain), and neither is head `head`; the device reads them after the publish.
+            header.write(to: place.header, length: queue.headerLength)
+            write(UnsafeMutableRawBufferPointer(start: place.frame, count: length))
+            largeHead = queue.addLargeChain(frameLength: length)
+        }
+        queue.counters.frames += 1
+        queue.counters.bytes += UInt64(length)
+        return .added
+    }
+
+    /// Publishes what `enqueue` added, kicking when the device asks: once per batch.
+    public mutating func flush() { queue.publishAndKick() }
+
+    /// `enqueue`, and when the ring (or the large buffer) is the device's: publishes what was
+    /// added, reaps, and waits for the device to use chains, up to `milliseconds` in all.
+    /// Returns false (and counts a drop) when the frame is too large or the time passed.
+    public mutating func enqueue(length: Int, header: VirtioNetHeader, mode: NotificationMode, milliseconds: Int32,
+                                 write: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) -> Bool {
+        switch enqueue(length: length, header: header, write: write) {
+        case .added: return true
+        case .tooLarge: queue.counters.drops += 1; return false
+        case .full: break
+        }
+        // The chains added so far must reach the device before it can use any.
+        flush()
+        let deadline = MonotonicClock.coarseMilliseconds() + Int(milliseconds)
+        while true {
+            try reap()
+            switch enqueue(length: length, header: header, write: write) {
+            case .added: return true
+            case .tooLarge: queue.counters.drops += 1; return false
+            case .full: break
+            }
+            let left = deadline - MonotonicClock.coarseMilliseconds()
+            guard left > 0 else { queue.counters.drops += 1; return false }
+            _ = queue.waitForUsed(mode: mode, milliseconds: Int32(clamping: left))
+        }
     }
 
     /// Runs `body` once on the frame area of every TX buffer, for frames that stay in place (a

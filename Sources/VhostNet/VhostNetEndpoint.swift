@@ -4,6 +4,17 @@ import NetFormats
 import Vhost
 import Virtio
 
+/// How the endpoint sends its replies.
+public enum ReplyPath: String, Sendable, CaseIterable {
+    /// A batch of received frames is answered into the TX ring, written once where the device
+    /// reads them, and published with one kick per batch (as a NAPI poll ends with one flush).
+    case burst
+    /// The path before batching, kept to measure against (`vhostctl bench echo`): each frame
+    /// copied out of its RX buffer, each reply built in its own array and sent alone (copied into
+    /// a TX buffer, published, kicked) and then drained until the device used it.
+    case single
+}
+
 /// How an endpoint is set up: its queue pairs' datapath, how many, and its identity.
 public struct EndpointConfiguration: Sendable {
     /// The datapath of every queue pair: tap name, features, ring size, layout, memory, …
@@ -12,17 +23,26 @@ public struct EndpointConfiguration: Sendable {
     public var queues: Int = 1
     public var mac: MACAddress = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x56)
     public var ipv4: IPv4Interface? = nil
+    /// IPv6 addresses; with any, IPv6 is on and the link-local address from the MAC is answered too.
+    public var ipv6: [IPv6Interface] = []
     public var udpEchoPort: UInt16? = nil
+    /// How replies are sent (batched by default).
+    public var replyPath: ReplyPath = .burst
+    /// Frames on the port: Ethernet, or bare IP on an L3 tun (`datapath.tunMode`).
+    public var linkLayer: LinkLayer { datapath.tunMode ? .none : .ethernet }
 
     public init(tapName: String) {
         datapath = QueuePairConfiguration(tapName: tapName)
         datapath.features = [.version1, .eventIndex]
     }
 
-    /// The configuration of each queue pair.
+    /// The configuration of each queue pair: with a large TX buffer for frames bigger than a
+    /// TX buffer holds (a USO superframe, a replayed GSO frame) unless the buffers hold 64 KiB.
     public func pairConfiguration() -> QueuePairConfiguration {
         var config = datapath
         config.multiQueueTap = queues > 1
+        let largest = 65_535 + EthernetFrame.headerLength + config.headerLength
+        if config.largeTransmitBuffer == 0 && config.bufferSize < largest { config.largeTransmitBuffer = largest }
         return config
     }
 }
@@ -34,25 +54,42 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     public typealias Configuration = EndpointConfiguration
     public typealias Pair = VirtioNetQueuePair<Backend, Port>
 
+    /// Which way a frame crossed the rings.
     public enum Direction: Sendable { case received, transmitted }
+
+    /// A frame as it crosses the endpoint's rings, for a capture: valid only during the call.
+    public struct ObservedFrame {
+        /// Received from the device (RX ring) or transmitted to it (TX ring).
+        public var direction: Direction
+        /// The queue pair.
+        public var queue: Int
+        /// The frame's virtio-net header.
+        public var header: VirtioNetHeader
+        /// The frame, without the header: in the RX buffer, or in the TX buffer it goes out from.
+        public var bytes: UnsafeRawBufferPointer
+    }
 
     public let configuration: Configuration
     public let pairs: [Pair]
     public var responder: NetworkResponder
-    /// Sees every frame received from and transmitted to the tap (for pcap).
-    public var frameObserver: ((Direction, [UInt8]) -> Void)?
+    /// Sees every frame received from and transmitted to the backend (for pcap), in place.
+    public var frameObserver: ((ObservedFrame) -> Void)?
     /// Told once when a queue pair's device breaks the virtio protocol (`VhostError.brokenQueue`).
     /// That pair is left alone from then on; the others go on, and so does the process.
     public var brokenQueueHandler: ((Int, VhostError) -> Void)?
     /// Told about every ring error a device signals (vq_err), with the queue pair's index. The
     /// device stopped that queue until the next kick; the endpoint goes on.
     public var ringErrorHandler: ((Int, RingErrorEvent) -> Void)?
+    /// Told when another node advertises an IPv6 address of ours (duplicate address detection).
+    public var duplicateAddressHandler: ((IPv6Address, MACAddress) -> Void)?
     /// The queue pairs whose device broke the protocol.
     public private(set) var brokenPairs: Set<Int> = []
     let logger: Logger
     /// The RX call eventfds of every queue pair (token = pair index), plus extra fds.
     private let poller: EventPoller
     private var watchedExtras: Set<Int32> = []
+    /// How long a reply waits for room in a full TX ring before it is dropped.
+    static var transmitWaitMilliseconds: Int32 { 1000 }
 
     /// Sets up `configuration.queues` pairs with `makePair`, each from `pairConfiguration()`.
     public init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost"),
@@ -73,16 +110,34 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             try poller.add(pair.receiveQueue.queue.call.fd, token: UInt64(index))
             for fd in pair.ringErrorDescriptors { try poller.add(fd, token: VhostNetEndpoint.ringErrorToken) }
         }
-        responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, udpEchoPort: configuration.udpEchoPort)
+        let features = configuration.datapath.features
+        let mtu = (try? pairs[0].port.maximumTransmissionUnit()) ?? nil
+        let largest = max(pairs[0].transmitQueue.frameCapacity, pairs[0].transmitQueue.largeFrameCapacity)
+        responder = NetworkResponder(mac: configuration.mac, ipv4: configuration.ipv4, ipv6: configuration.ipv6, udpEchoPort: configuration.udpEchoPort,
+                                     linkLayer: configuration.linkLayer, mtu: mtu ?? 1500,
+                                     offloads: TransmitOffloads(checksum: features.contains(.netCsum), udpSegmentation: features.contains(.netHostUSO),
+                                                                largestFrame: largest))
     }
 
     /// The backend interface's name (the tap, macvtap or packet socket's interface).
     public var interfaceName: String { pairs[0].port.name }
 
+    /// Sends what a NIC sends when it comes up: a duplicate-address-detection probe for each
+    /// IPv6 address (see `NetworkResponder.start`), on queue pair 0.
+    public func announce() throws(VhostError) {
+        var failure: VhostError? = nil
+        responder.start { length, header, write in
+            if failure == nil { do throws(VhostError) { try self.enqueue(length: length, header: header, queue: 0, write: write) } catch { failure = error } }
+        }
+        pairs[0].flushTransmit()
+        if let failure { throw failure }
+    }
+
     /// Runs one turn: receives on every queue, answers what the responder answers, and when
     /// nothing arrived sleeps up to `milliseconds` on the RX call eventfds (plus `extraFDs`);
-    /// in poll mode it returns at once instead, so that the caller's loop spins.
-    /// Returns the number of frames received.
+    /// in poll mode it returns at once instead, so that the caller's loop spins. With the burst
+    /// path a queue's replies go out with one publish (and at most one kick) per batch of
+    /// received frames. Returns the number of frames received.
     @discardableResult
     public func service(milliseconds: Int32, extraFDs: [Int32] = []) throws(VhostError) -> Int {
         var received = 0
@@ -93,19 +148,19 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
                 ringErrorHandler?(index, event)
             }
         }
+        let duplicatesBefore = responder.counters.duplicateAddressesDetected
         for (index, pair) in pairs.enumerated() where !brokenPairs.contains(index) {
-            var frames: [(VirtioNetHeader, [UInt8])] = []
             do {
-                received += try pair.receive(limit: 256, milliseconds: 0) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
-                for (header, frame) in frames {
-                    frameObserver?(.received, frame)
-                    if let reply = responder.respond(to: frame, header: header) {
-                        try send(reply, queue: index)
-                    }
+                switch configuration.replyPath {
+                case .burst: received += try serviceBurst(pair, index: index)
+                case .single: received += try serviceSingle(pair, index: index)
                 }
             } catch .brokenQueue(let queue, let reason) {
                 markBroken(index, .brokenQueue(queue: queue, reason: reason))
             }
+        }
+        if responder.counters.duplicateAddressesDetected != duplicatesBefore, let handler = duplicateAddressHandler {
+            for (address, link) in responder.duplicates { handler(address, link) }
         }
         guard received == 0, milliseconds != 0 else { return received }
         // Poll mode (as DPDK's drivers run): RX interrupts stay off and nothing sleeps; the
@@ -124,6 +179,49 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         return received
     }
 
+    /// One batch on one pair: every reply is written straight into the TX buffer it goes out
+    /// from (no copy of the request or the reply), and the TX ring is published once at the end.
+    private func serviceBurst(_ pair: Pair, index: Int) throws(VhostError) -> Int {
+        var failure: VhostError? = nil
+        let observer = frameObserver
+        let received = try pair.receive(limit: 256, milliseconds: 0) { frame in
+            let header = frame.header
+            observer?(ObservedFrame(direction: .received, queue: index, header: header, bytes: frame.frame))
+            responder.respond(to: frame.frame, header: header) { length, header, write in
+                guard failure == nil else { return }
+                do throws(VhostError) { try enqueue(length: length, header: header, queue: index, write: write) } catch { failure = error }
+            }
+        }
+        pair.flushTransmit()
+        if let failure { throw failure }
+        return received
+    }
+
+    /// One batch on one pair the way it was done before batching (`ReplyPath.single`).
+    private func serviceSingle(_ pair: Pair, index: Int) throws(VhostError) -> Int {
+        var frames: [(VirtioNetHeader, [UInt8])] = []
+        let received = try pair.receive(limit: 256, milliseconds: 0) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
+        for (header, frame) in frames {
+            if let frameObserver { frame.withUnsafeBytes { frameObserver(ObservedFrame(direction: .received, queue: index, header: header, bytes: $0)) } }
+            for reply in responder.replies(to: frame, header: header) {
+                try pair.transmit(frame: reply.frame, header: reply.header)
+                if let frameObserver { reply.frame.withUnsafeBytes { frameObserver(ObservedFrame(direction: .transmitted, queue: index, header: reply.header, bytes: $0)) } }
+            }
+        }
+        return received
+    }
+
+    /// Adds one frame to queue pair `queue`'s TX ring, written by `write` where the device will
+    /// read it (waiting for room when the ring is full), and shows it to the observer. Not
+    /// published: see `flush`.
+    private func enqueue(length: Int, header: VirtioNetHeader, queue: Int, write: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) {
+        let observer = frameObserver
+        _ = try pairs[queue].enqueueTransmit(length: length, header: header, milliseconds: Self.transmitWaitMilliseconds) { buffer in
+            write(buffer)
+            observer?(ObservedFrame(direction: .transmitted, queue: queue, header: header, bytes: UnsafeRawBufferPointer(buffer)))
+        }
+    }
+
     /// The epoll token of the error eventfds: a wake-up only, handled at the next turn.
     static var ringErrorToken: UInt64 { UInt64.max - 1 }
 
@@ -133,25 +231,32 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         brokenQueueHandler?(index, error)
     }
 
-    /// Transmits one frame on a queue.
-    public func send(_ frame: [UInt8], queue: Int = 0) throws(VhostError) {
-        try pairs[queue % pairs.count].transmit(frame: frame)
-        frameObserver?(.transmitted, frame)
+    /// Transmits one frame on a queue, with `header` (zero by default), and publishes it.
+    public func send(_ frame: [UInt8], header: VirtioNetHeader = VirtioNetHeader(), queue: Int = 0) throws(VhostError) {
+        let index = queue % pairs.count
+        try enqueue(copying: frame, header: header, queue: index)
+        pairs[index].flushTransmit()
     }
 
     /// Transmits frames round-robin over the queues, keeping each ring full.
     public func send(frames: [[UInt8]]) throws(VhostError) {
-        for (index, pair) in pairs.enumerated() {
-            let mine = stride(from: index, to: frames.count, by: pairs.count).map { frames[$0] }
-            guard !mine.isEmpty else { continue }
-            try pair.transmit(count: mine.count) { i, buffer in
-                let frame = mine[i]
-                let n = min(frame.count, buffer.count)
-                buffer.copyBytes(from: frame.prefix(n))
-                return n
-            }
-            for frame in mine { frameObserver?(.transmitted, frame) }
+        try send(frames.enumerated().map { (frame: $1, header: VirtioNetHeader(), queue: $0 % pairs.count) })
+    }
+
+    /// Transmits frames, each with its header on its queue (modulo the queue count): a ring is
+    /// published when it fills and at the end. A frame larger than the largest TX buffer is
+    /// dropped and counted.
+    public func send(_ frames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)]) throws(VhostError) {
+        for item in frames { try enqueue(copying: item.frame, header: item.header, queue: item.queue % pairs.count) }
+        for pair in pairs { pair.flushTransmit() }
+    }
+
+    /// `enqueue` of a frame that is already in an array (a replayed or a caller's frame).
+    private func enqueue(copying frame: [UInt8], header: VirtioNetHeader, queue: Int) throws(VhostError) {
+        let outcome = frame.withUnsafeBytes { bytes in
+            Result { () throws(VhostError) in try enqueue(length: bytes.count, header: header, queue: queue) { $0.copyMemory(from: bytes) } }
         }
+        try outcome.get()
     }
 
     /// Detaches every backend (NET_SET_BACKEND -1) and reads back the vring bases.

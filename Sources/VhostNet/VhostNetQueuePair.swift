@@ -45,7 +45,15 @@ public struct QueuePairConfiguration: Sendable {
     public var descriptorLayout: DescriptorLayout = .inline
     /// What the driver accepts on RX (TUNSETOFFLOAD): checksum offload and GSO/GRO frames.
     /// TSO needs room for 64 KiB frames: MRG_RXBUF, or buffers of at least 65562 bytes.
-    public var receiveOffloads: Tap.Offloads = []
+    /// Nil: derived from the GUEST_ offload features, as QEMU derives it from the guest's
+    /// (see `effectiveReceiveOffloads`).
+    public var receiveOffloads: Tap.Offloads? = nil
+    /// Open the tap in `IFF_TUN` mode: bare IP packets, no Ethernet header (an L3 tun), still
+    /// with the virtio-net header.
+    public var tunMode: Bool = false
+    /// Bytes of the one large TX buffer for frames bigger than a TX buffer holds (a USO
+    /// superframe, a replayed GSO frame), header included; 0 for none.
+    public var largeTransmitBuffer: Int = 0
     public var notificationMode: NotificationMode = .interrupt
     /// RX interrupt coalescing (interrupt mode, EVENT_IDX): nil wakes the driver on the first
     /// used frame, as virtio-net does.
@@ -74,6 +82,27 @@ public struct QueuePairConfiguration: Sendable {
     /// is a session; once the pair runs, `VhostNetSession.netHeaderLength` is the one stored value.
     public var headerLength: Int { features.netHeaderLength(with: highFeatures) }
 
+    /// The features vhost is asked for: `features` without the device offloads, which are the
+    /// VMM's and the tap's, not vhost's (as QEMU sends vhost only its kernel_feature_bits).
+    public var vhostFeatures: VirtioFeatures { features.subtracting(.deviceOffloads) }
+
+    /// The offload features the driver negotiated (checksum and segmentation, each way).
+    public var offloadFeatures: VirtioFeatures { features.intersection(.deviceOffloads) }
+
+    /// What the tap is told the driver accepts on RX: `receiveOffloads` when given, else derived
+    /// from the GUEST_ features as QEMU's virtio_net_apply_guest_offloads and tap_fd_set_offload
+    /// do: GUEST_CSUM gives TUN_F_CSUM, and only with it each of GUEST_TSO4, TSO6, ECN, UFO,
+    /// USO4 and USO6 its flag.
+    public var effectiveReceiveOffloads: Tap.Offloads {
+        if let receiveOffloads { return receiveOffloads }
+        guard features.contains(.netGuestCsum) else { return [] }
+        var offloads: Tap.Offloads = .checksum
+        let pairs: [(VirtioFeatures, Tap.Offloads)] = [(.netGuestTSO4, .tso4), (.netGuestTSO6, .tso6), (.netGuestECN, .tsoECN),
+                                                       (.netGuestUFO, .ufo), (.netGuestUSO4, .uso4), (.netGuestUSO6, .uso6)]
+        for (feature, flag) in pairs where features.contains(feature) { offloads.insert(flag) }
+        return offloads
+    }
+
     /// Rejects what the kernel would reject, before any ioctl, naming the rule.
     public func validate() throws(VhostError) {
         guard SplitRingLayout.isValidQueueSize(Int(queueSize)), queueSize >= 2 else {
@@ -91,7 +120,21 @@ public struct QueuePairConfiguration: Sendable {
         if descriptorLayout == .indirect && !features.contains(.indirectDescriptors) {
             throw .invalidConfiguration("indirect descriptors need VIRTIO_F_INDIRECT_DESC negotiated")
         }
+        // The virtio spec's dependencies (5.1.3.1): segmentation each way needs checksum offload that way.
+        if !features.isDisjoint(with: [.netHostTSO4, .netHostTSO6, .netHostUFO, .netHostUSO, .netHostECN]) && !features.contains(.netCsum) {
+            throw .invalidConfiguration("HOST_TSO4, HOST_TSO6, HOST_UFO, HOST_USO and HOST_ECN need NET_F_CSUM negotiated too (virtio 1.x 5.1.3.1): a segmented frame's checksums are the host's to fill in")
+        }
+        if !features.isDisjoint(with: [.netGuestTSO4, .netGuestTSO6, .netGuestUFO, .netGuestUSO4, .netGuestUSO6, .netGuestECN]) && !features.contains(.netGuestCsum) {
+            throw .invalidConfiguration("GUEST_TSO4, GUEST_TSO6, GUEST_UFO, GUEST_USO4, GUEST_USO6 and GUEST_ECN need NET_F_GUEST_CSUM negotiated too (virtio 1.x 5.1.3.1)")
+        }
+        if !offloadFeatures.isEmpty && features.contains(.vhostNetVirtioNetHeader) {
+            throw .invalidConfiguration("offload features (\(offloadFeatures.featureNames.joined(separator: ", "))) need the virtio-net header on the socket, but with VHOST_NET_F_VIRTIO_NET_HDR vhost strips it (a packet socket backend): the host would get partial checksums and unsegmented superframes")
+        }
+        guard largeTransmitBuffer == 0 || (largeTransmitBuffer >= bufferSize && largeTransmitBuffer <= 65_536 + 64) else {
+            throw .invalidConfiguration("a large TX buffer of \(largeTransmitBuffer) bytes: it must be larger than a buffer (\(bufferSize)) and at most 64 KiB and a header")
+        }
         let frameRoom = descriptorLayout == .inline ? bufferSize - headerLength : bufferSize
+        let receiveOffloads = effectiveReceiveOffloads
         if !receiveOffloads.isDisjoint(with: [.tso4, .tso6, .ufo, .uso4, .uso6]) && !features.contains(.netMergeableRxBuffers) && frameRoom < 65536 + 14 {
             throw .invalidConfiguration("GSO on RX (TUNSETOFFLOAD TSO/UFO/USO) needs MRG_RXBUF or RX buffers with room for a 64 KiB frame; these hold \(frameRoom) bytes, so the kernel would discard big frames (net.c handle_rx)")
         }
@@ -112,7 +155,7 @@ public struct QueuePairConfiguration: Sendable {
     /// The guest memory plan these settings give.
     public var memoryPlan: GuestMemoryPlan {
         GuestMemoryPlan(queueSize: Int(queueSize), bufferSize: bufferSize, headerLength: headerLength,
-                        layout: descriptorLayout, placement: memoryPlacement, extraMemory: extraMemory)
+                        layout: descriptorLayout, placement: memoryPlacement, extraMemory: extraMemory, largeTransmitBuffer: largeTransmitBuffer)
     }
 
     /// The largest Ethernet frame one RX chain takes, or nil when MRG_RXBUF lets a frame span
@@ -156,7 +199,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
-        let features = configuration.features
+        // vhost gets the ring and transport features; the offloads stay with us and the tap.
+        let features = configuration.vhostFeatures
         // The rings are laid out before the session negotiates (vhost_dev_init needs their
         // eventfds), by the same rule it stores: VirtioFeatures.netHeaderLength(with:).
         let headerLength = configuration.headerLength
@@ -176,7 +220,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         let rx = try NetQueue(index: VhostNetDevice.receiveQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
                               addressOffset: configuration.iovaOffset ?? 0)
-        let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
+        let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory, largeBuffer: true), layout: configuration.descriptorLayout,
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
                               addressOffset: configuration.iovaOffset ?? 0)
         if let offset = configuration.iovaOffset {
@@ -196,7 +240,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         receiveQueue.queue.ringObserver = configuration.ringObserver
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
-                          receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
+                          receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: configuration.bringLinkUp)
         logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(session.netHeaderLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         // TX completions are reaped when the ring fills, never waited for one by one; in poll mode
         // RX is spun on too, so neither asks the device for interrupts (virtqueue_disable_cb).
@@ -217,6 +261,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     /// The emulated IOMMU (with VIRTIO_F_ACCESS_PLATFORM), for inspection and fault tests.
     public var iommu: EmulatedIOMMU? { session.iommu }
     public var negotiatedFeatures: VirtioFeatures { session.negotiatedFeatures }
+    /// The offload features the driver negotiated with the VMM's side (the tap), not with vhost.
+    public var negotiatedOffloads: VirtioFeatures { configuration.offloadFeatures }
     /// What was negotiated above bit 63.
     public var negotiatedHighFeatures: HighFeatures { session.negotiatedHighFeatures }
     public var running: Bool { session.running }
@@ -236,7 +282,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         guard !session.running else { return }
         guard let bases = session.savedBases else { throw .invalidState("resume needs a stop first: it restores the bases stop read back") }
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue, bases: bases,
-                          receiveOffloads: configuration.receiveOffloads, linkUp: configuration.bringLinkUp)
+                          receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: configuration.bringLinkUp)
         receiveQueue.refill()
     }
 
@@ -310,6 +356,32 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
             return n
         }
     }
+
+    /// Adds one frame to the TX ring without publishing it: `write` fills the guest buffer the
+    /// frame goes out from (a frame larger than a buffer goes in the large buffer, one at a time).
+    /// When the ring is full it publishes what it has, and waits for room up to `milliseconds`
+    /// (in the configured mode). False when the frame was dropped (too large, or no room in time).
+    /// `flushTransmit` publishes, once per batch.
+    @discardableResult
+    public func enqueueTransmit(length: Int, header: VirtioNetHeader = VirtioNetHeader(), milliseconds: Int32 = 1000,
+                                write: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) -> Bool {
+        // A driver sends only the offloads it negotiated (virtio 1.x 5.1.6.2): the tap was
+        // probed for each when the pair was set up.
+        if header.gsoType != 0 || header.flags.contains(.needsChecksum) {
+            let type = header.gsoType & ~VirtioNetHeader.gsoECN
+            let needed: VirtioFeatures = type == VirtioNetHeader.GSOType.tcpV4.rawValue ? [.netCsum, .netHostTSO4]
+                : type == VirtioNetHeader.GSOType.tcpV6.rawValue ? [.netCsum, .netHostTSO6]
+                : type == VirtioNetHeader.GSOType.udpL4.rawValue ? [.netCsum, .netHostUSO]
+                : type == VirtioNetHeader.GSOType.udp.rawValue ? [.netCsum, .netHostUFO] : [.netCsum]
+            guard configuration.features.isSuperset(of: needed) else {
+                throw .invalidState("a frame with NEEDS_CSUM or gso_type \(header.gsoType) needs \(needed.featureNames.joined(separator: " and ")) negotiated (virtio 1.x 5.1.6.2)")
+            }
+        }
+        return try transmitQueue.enqueue(length: length, header: header, mode: configuration.notificationMode, milliseconds: milliseconds, write: write)
+    }
+
+    /// Publishes the frames `enqueueTransmit` added, and kicks when the device asks.
+    public func flushTransmit() { transmitQueue.flush() }
 
     /// Waits until the device has consumed every TX chain.
     public func drainTransmit(milliseconds: Int32 = 5000) throws(VhostError) {
@@ -419,10 +491,12 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == Tap {
         try configuration.validate()
         // With VHOST_NET_F_VIRTIO_NET_HDR the kernel's vhost adds the header itself and the
         // tap carries none.
-        var tapFlags: Tap.Flags = [.tap, .noPacketInfo]
+        var tapFlags: Tap.Flags = [configuration.tunMode ? .tun : .tap, .noPacketInfo]
         if !configuration.features.contains(.vhostNetVirtioNetHeader) { tapFlags.insert(.vnetHeader) }
         if configuration.multiQueueTap { tapFlags.insert(.multiQueue) }
         let tap = try Tap(name: configuration.tapName, flags: tapFlags, observer: configuration.observer)
+        // QEMU's tap_probe_has_uso: the tap must take UDP_L4 GSO frames before HOST_USO is offered.
+        if configuration.features.contains(.netHostUSO) { try tap.requireUDPSegmentation() }
         let device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
         try self.init(configuration, device: device, port: tap, logger: logger)
     }
@@ -441,6 +515,7 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == MacvtapPor
                             logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
         try configuration.validate()
         let port = try MacvtapPort(name: name, parent: parent, hardwareAddress: hardwareAddress, observer: configuration.observer)
+        if configuration.features.contains(.netHostUSO) { try Tap.requireUDPSegmentation(on: port.fd, name: name, observer: configuration.observer) }
         let device = try VhostNetDevice(path: configuration.devicePath, observer: configuration.observer)
         try self.init(configuration, device: device, port: port, logger: logger)
     }

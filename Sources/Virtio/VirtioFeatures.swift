@@ -88,6 +88,15 @@ public struct VirtioFeatures: OptionSet, Hashable, Sendable, CustomStringConvert
     /// `VIRTIO_F_ADMIN_VQ`: there is an admin queue (bit 41).
     public static let adminVQ = Self(bit: 41)
 
+    /// The virtio-net offload features: checksum and segmentation offload each way. They are the
+    /// VMM's device features, backed by the tap (QEMU derives `TUNSETOFFLOAD` from the GUEST_
+    /// ones, and the tap takes NEEDS_CSUM and GSO headers for the HOST_ ones); vhost-net neither
+    /// offers nor takes them (net.c `VHOST_NET_FEATURES`), so they are never sent to it.
+    public static let deviceOffloads: VirtioFeatures = [
+        .netCsum, .netGuestCsum, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
+        .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO, .netGuestUSO4, .netGuestUSO6, .netHostUSO,
+    ]
+
     /// Names of the known bits, by bit number. Bit 27 is named for both meanings.
     public static let names: [Int: String] = [
         0: "NET_F_CSUM", 1: "NET_F_GUEST_CSUM", 2: "NET_F_CTRL_GUEST_OFFLOADS", 3: "NET_F_MTU",

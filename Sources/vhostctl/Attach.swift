@@ -7,12 +7,15 @@ import HostNetwork
 import NetFormats
 import Virtio
 
+extension ReplyPath: ExpressibleByArgument {}
+
 struct Attach: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Attach to a tap as the guest's NIC, through the kernel's vhost-net, until stopped.",
         discussion: """
-        Answers ARP and ICMP echo for --ip, echoes UDP on --udp-echo, records frames with --pcap \
-        and sends the frames of --replay. Prints counters every --stats seconds. SIGINT or \
+        Answers ARP and ICMP echo for --ip, neighbour discovery and ICMPv6 echo for --ip6 and the \
+        link-local address from the MAC, echoes UDP on --udp-echo over both, records frames with \
+        --pcap (pcapng for a name ending in .pcapng) and sends the frames of --replay (pcap or pcapng). Prints counters every --stats seconds. SIGINT or \
         SIGTERM stops it cleanly: the backends are detached and a tap it created is removed \
         (unless --keep). Needs root or CAP_NET_ADMIN; --user drops to another user after setup.
         """)
@@ -38,8 +41,17 @@ struct Attach: ParsableCommand {
     @Option(help: "The endpoint's MAC address.")
     var mac = "52:54:00:12:34:56"
 
-    @Option(help: "The endpoint's IPv4 address with prefix, e.g. 10.0.0.2/24. Without it nothing is answered.")
+    @Option(help: "The endpoint's IPv4 address with prefix, e.g. 10.0.0.2/24. Without it (and without --ip6) nothing is answered.")
     var ip: String?
+
+    @Option(name: .customLong("ip6"), help: "An IPv6 address of the endpoint with prefix, e.g. fd00::2/64 (repeat for more). With it IPv6 is on, and the link-local address from the MAC (EUI-64) is answered too.")
+    var ip6: [String] = []
+
+    @Flag(help: "Use a tun in IFF_TUN mode (bare IP packets, no Ethernet header) as --tap, with the virtio-net header: an L3 endpoint, without ARP or neighbour discovery.")
+    var tun = false
+
+    @Option(name: .customLong("reply-path"), help: "How replies are sent: burst (a batch's replies published together, the default) or single (each reply copied and sent alone, then drained: the path before batching, to measure against).")
+    var replyPath: ReplyPath = .burst
 
     @Option(name: .customLong("udp-echo"), help: "Echo UDP datagrams sent to this port.")
     var udpEcho: UInt16?
@@ -50,10 +62,10 @@ struct Attach: ParsableCommand {
     @OptionGroup(title: "Datapath")
     var datapath: DatapathOptions
 
-    @Option(help: "Write every received and transmitted frame to this pcap file.")
+    @Option(help: "Write every received and transmitted frame to this capture file: pcapng when the name ends in .pcapng (an interface per queue pair, each frame's direction, nanosecond timestamps, the virtio-net header as a comment), pcap otherwise.")
     var pcap: String?
 
-    @Option(help: "Transmit the frames of this pcap file once attached.")
+    @Option(help: "Transmit the frames of this pcap or pcapng file once attached (from pcapng: each on its queue pair, with its virtio-net header).")
     var replay: String?
 
     @Option(help: "After setup, drop root and run as this user (name, or uid[:gid]); a created tap is owned by it.")
@@ -84,6 +96,10 @@ struct Attach: ParsableCommand {
         if let ip, IPv4Interface(parsing: ip) == nil {
             throw ValidationError("--ip \(ip) is not an IPv4 address with prefix: write e.g. 10.0.0.2/24")
         }
+        for address in ip6 where IPv6Interface(parsing: address) == nil {
+            throw ValidationError("--ip6 \(address) is not a unicast IPv6 address with prefix: write e.g. fd00::2/64")
+        }
+        if tun && (macvtap != nil || packetSocket != nil) { throw ValidationError("--tun makes --tap an L3 tun; it does not apply to --macvtap or --packet-socket") }
         guard (tap == nil) != (packetSocket == nil) else {
             throw ValidationError("give --tap NAME (a tap, or with --macvtap PARENT the macvtap's name), or --packet-socket IFACE")
         }
@@ -129,17 +145,25 @@ struct Attach: ParsableCommand {
                 throw VhostError.tap(name: tap, problem: .permission, reason: "is a persistent tap owned by uid \(owner): refusing to take it over; pass --force to attach anyway")
             }
         }
-        // Read and open files before any setup, so that a bad file leaves nothing half set up.
-        let replayFrames = try replay.map { path throws(VhostError) in try readPcapFrames(path: path) } ?? []
-        let writer = try pcap.map { path throws(VhostError) in try PcapWriter(path: path) }
         let dropTo = user.flatMap(UserSpec.init(parsing:))
-
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queues
         datapath.apply(to: &config.datapath)
+        config.datapath.tunMode = tun
+        if packetSocket != nil { config.datapath.features.insert(.vhostNetVirtioNetHeader) }
         config.mac = MACAddress(parsing: mac)!
         config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
+        config.ipv6 = ip6.compactMap(IPv6Interface.init(parsing:))
         config.udpEchoPort = udpEcho
+        config.replyPath = replyPath
+        // Read and open files before any setup, so that a bad file leaves nothing half set up.
+        let replayFrames = try replay.map { path throws(VhostError) in
+            try Replay.frames(of: try readCaptureFile(path: path), path: path, linkLayer: config.linkLayer, features: config.datapath.features, queues: queues)
+        } ?? []
+        let interfaceName = tap ?? packetSocket!
+        let writer = try pcap.map { path throws(VhostError) in
+            try PcapWriter(path: path, linkType: tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet, interfaces: (0..<queues).map { "\(interfaceName) queue \($0)" })
+        }
         config.datapath.observer = RecordOptions.observer(common, recorder)
         config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
@@ -147,8 +171,7 @@ struct Attach: ParsableCommand {
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, MacvtapPort>(config, macvtapOn: parent, logger: logger)
             try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
         } else if let interface = packetSocket {
-            // A packet socket carries no virtio-net header: vhost adds and strips it.
-            config.datapath.features.insert(.vhostNetVirtioNetHeader)
+            // A packet socket carries no virtio-net header: vhost adds and strips it (above).
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, PacketSocketPort>(config, packetSocketOn: interface, logger: logger)
             try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "a packet socket on \(interface)")
         } else {
@@ -163,7 +186,7 @@ struct Attach: ParsableCommand {
 
     /// Runs the endpoint until stopped: workers pinned, privileges dropped, replay, the event
     /// loop with counter lines, then the stop.
-    func serve<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [[UInt8]],
+    func serve<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
                                                                       writer: PcapWriter?, dropTo: UserSpec?, backend: String) throws {
         let config = endpoint.configuration
         try datapath.finishSetup(endpoint)
@@ -178,8 +201,15 @@ struct Attach: ParsableCommand {
         if droppedCapabilities { try dropCapabilities(keeping: keep) }
 
         let pair = endpoint.pairs[0]
-        print("attached to \(endpoint.interfaceName) (\(backend)): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode")
+        let ip6Text = endpoint.responder.ipv6Enabled ? endpoint.responder.ipv6Addresses.map { address in
+            config.ipv6.first { $0.address == address }?.description ?? "\(address)/64"
+        }.joined(separator: " ") : "none"
+        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode, \(replyPath) replies")
         print("negotiated: \(pair.negotiatedFeatures)")
+        if !pair.negotiatedOffloads.isEmpty {
+            let rx = pair.configuration.effectiveReceiveOffloads
+            print("offloads: \(pair.negotiatedOffloads.featureNames.joined(separator: " ")); tap RX offloads (TUNSETOFFLOAD) 0x\(String(rx.rawValue, radix: 16))\(datapath.offloads.isEmpty ? " from the GUEST_ features" : " from --offloads"); MTU \(endpoint.responder.mtu)")
+        }
         for worker in workers { print("worker \(worker)") }
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
         if droppedCapabilities {
@@ -187,7 +217,15 @@ struct Attach: ParsableCommand {
                                : "dropped every capability but CAP_NET_ADMIN, which removing the macvtap at exit needs")
         }
         if let writer {
-            endpoint.frameObserver = { _, frame in writer.write(frame) }
+            let headerLength = pair.headerLength
+            endpoint.frameObserver = { observed in
+                writer.write(observed.bytes, direction: observed.direction == .received ? .inbound : .outbound, queue: observed.queue,
+                             header: observed.header, headerLength: headerLength)
+            }
+        }
+        endpoint.duplicateAddressHandler = { address, link in
+            print("warning: duplicate address: \(address) is also advertised by \(link)")
+            fflush(nil)
         }
         // The device's complaints about our rings (vq_err), with the likely cause.
         endpoint.ringErrorHandler = { _, event in
@@ -200,8 +238,10 @@ struct Attach: ParsableCommand {
             fflush(nil)
         }
         fflush(nil)
+        // Duplicate-address-detection probes for the IPv6 addresses, as a NIC coming up sends.
+        try endpoint.announce()
         if !replayFrames.isEmpty {
-            try endpoint.send(frames: replayFrames)
+            try endpoint.send(replayFrames)
             print("replayed \(replayFrames.count) frames from \(replay!)")
         }
 
@@ -233,6 +273,6 @@ struct Attach: ParsableCommand {
 
     func counterLine<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>) -> String {
         let rx = endpoint.receiveCounters, tx = endpoint.transmitCounters, r = endpoint.responder.counters
-        return "rx \(rx.frames) frames \(rx.bytes) bytes drops \(rx.drops) | tx \(tx.frames) frames \(tx.bytes) bytes drops \(tx.drops) | kicks \(rx.kicks + tx.kicks) calls \(rx.calls + tx.calls) | arp \(r.arpReplies) icmp \(r.icmpEchoReplies) udp \(r.udpEchoes)"
+        return "rx \(rx.frames) frames \(rx.bytes) bytes drops \(rx.drops) | tx \(tx.frames) frames \(tx.bytes) bytes drops \(tx.drops) | kicks \(rx.kicks + tx.kicks) calls \(rx.calls + tx.calls) | arp \(r.arpReplies) icmp \(r.icmpEchoReplies) udp \(r.udpEchoes) | nd \(r.neighborAdvertisements)/\(r.neighborSolicitations) dad \(r.duplicateAddressProbesAnswered) icmp6 \(r.icmp6EchoReplies) udp6 \(r.udp6Echoes) | frag \(r.reassembled)/\(r.fragmentsSent) uso \(r.segmentationOffloads) csum-errors \(r.checksumErrors)"
     }
 }

@@ -14,8 +14,8 @@ import VhostScript
 struct BenchGroup: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Benchmark the in-kernel datapath: driver configurations side by side (the default), or vhost-net against the userspace tap path (bench backends).",
-        subcommands: [Bench.self, BenchBackends.self],
+        abstract: "Benchmark the in-kernel datapath: driver configurations side by side (the default), vhost-net against the userspace tap path (bench backends), or attach as an echo server under load with each reply path (bench echo).",
+        subcommands: [Bench.self, BenchBackends.self, BenchEcho.self],
         defaultSubcommand: Bench.self)
 }
 
@@ -150,8 +150,10 @@ struct Bench: ParsableCommand {
         var histogram = Histogram<UInt64>(highestTrackableValue: 10_000_000, numberOfSignificantValueDigits: .three)
         var awaited: UInt16 = 0
         var replied = false
-        endpoint.frameObserver = { direction, frame in
-            guard direction == .received, let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
+        endpoint.frameObserver = { observed in
+            guard observed.direction == .received else { return }
+            let frame = [UInt8](observed.bytes)
+            guard let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
                   ip.source == host.address, ICMPEcho.reply(in: frame[ip.payload])?.sequence == awaited else { return }
             replied = true
         }

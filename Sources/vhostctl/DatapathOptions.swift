@@ -12,7 +12,7 @@ extension NotificationMode: ExpressibleByArgument {}
 /// How the datapath is configured: the options `attach` and `bench` share, so a run can
 /// reproduce the configuration a real VM uses.
 struct DatapathOptions: ParsableArguments {
-    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX).")
+    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX). The offload features (CSUM, GUEST_CSUM, HOST_USO, GUEST_TSO4, …) are negotiated with the tap's side, not sent to vhost.")
     var features: [String] = []
 
     @Option(name: .customLong("queue-size"), help: "Descriptors per ring: a power of 2 from 2 to 32768.")
@@ -36,14 +36,14 @@ struct DatapathOptions: ParsableArguments {
     @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
     var busyloopTimeout: UInt32?
 
-    @Option(parsing: .upToNextOption, help: "RX offloads the driver accepts (TUNSETOFFLOAD): csum tso4 tso6 ecn ufo uso4 uso6.")
+    @Option(parsing: .upToNextOption, help: "RX offloads the driver accepts (TUNSETOFFLOAD): csum tso4 tso6 ecn ufo uso4 uso6, or none. Without it they follow the GUEST_ offload features (GUEST_CSUM, GUEST_TSO4, …), as QEMU derives them from the guest's.")
     var offloads: [String] = []
 
     @Flag(name: .customLong("dirty-log"), help: "Turn on VHOST_F_LOG_ALL dirty logging after start.")
     var dirtyLog = false
 
     static let offloadNames: [String: Tap.Offloads] = [
-        "csum": .checksum, "tso4": .tso4, "tso6": .tso6, "ecn": .tsoECN, "ufo": .ufo, "uso4": .uso4, "uso6": .uso6,
+        "csum": .checksum, "tso4": .tso4, "tso6": .tso6, "ecn": .tsoECN, "ufo": .ufo, "uso4": .uso4, "uso6": .uso6, "none": [],
     ]
 
     func validate() throws {
@@ -77,7 +77,8 @@ struct DatapathOptions: ParsableArguments {
         config.memoryPlacement = memory
         config.memoryBacking = hugepages ? .memfd(hugePages: true) : .anonymous
         config.notificationMode = notify
-        config.receiveOffloads = offloads.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()]!) }
+        // --offloads overrides what the GUEST_ features give (nil: derived from them).
+        config.receiveOffloads = offloads.isEmpty ? nil : offloads.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()]!) }
     }
 
     /// What `apply` cannot set before start: busy-loop timeout and dirty logging.

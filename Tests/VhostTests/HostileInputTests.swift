@@ -11,6 +11,12 @@ import Virtio
 struct HostileInputTests {
     static let me = IPv4Address(10, 0, 0, 2)
     static let mac = MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56)
+    static let me6 = IPv6Address(parsing: "fd00:6::2")!
+
+    /// A responder with IPv4 and IPv6 on.
+    static func responder() -> NetworkResponder {
+        NetworkResponder(mac: mac, ipv4: IPv4Interface(address: me, prefixLength: 24), ipv6: [IPv6Interface(address: me6, prefixLength: 64)], udpEchoPort: 7)
+    }
 
     /// Well-formed requests the responder answers: ARP for us, an ICMP echo, a UDP echo.
     static let seeds: [[UInt8]] = {
@@ -21,13 +27,25 @@ struct HostileInputTests {
         let ping = IPv4Packet.frame(destinationMAC: mac, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 1, payload: icmp)
         let udp = UDPDatagram.build(source: peer, destination: me, sourcePort: 40000, destinationPort: 7, payload: Array("echo".utf8)[...])
         let echo = IPv4Packet.frame(destinationMAC: mac, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 17, payload: udp)
-        return [arp, ping, echo]
+        typealias H = HostFrames
+        let ns = H.ethernet(H.linkLocal.solicitedNodeMulticast.multicastMAC, EthernetFrame.ipv6Type, H.solicitation(from: H.host, target: H.linkLocal, link: H.hostMAC))
+        let dad = H.ethernet(me6.solicitedNodeMulticast.multicastMAC, EthernetFrame.ipv6Type, H.solicitation(from: .unspecified, target: me6, link: nil))
+        let ping6 = H.ethernet(mac, EthernetFrame.ipv6Type, H.echo6(from: H.hostGlobal, to: me6))
+        let udp6 = H.ethernet(mac, EthernetFrame.ipv6Type, H.udp6(from: H.hostGlobal, to: me6, payload: Array("echo".utf8)))
+        return [arp, ping, echo, ns, dad, ping6, udp6]
     }()
 
     /// Whether `frame` is a request the responder may answer: an ARP request for us, or an IPv4
     /// packet to us (ICMP or UDP; the responder checks the rest).
     static func mayBeAnswered(_ frame: [UInt8]) -> Bool {
         if let arp = ARPPacket(frame: frame) { return arp.operation == .request && arp.targetIP == me }
+        if EthernetFrame.etherType(of: frame) == EthernetFrame.ipv6Type {
+            // An IPv6 packet to one of our addresses or groups, carrying ICMPv6 or UDP.
+            guard let ip = frame.withUnsafeBytes({ IPv6Packet($0, at: 14) }) else { return false }
+            let ours = [IPv6Address.linkLocal(mac: mac), me6]
+            let forUs = ours.contains(ip.destination) || ip.destination == .allNodes || ours.contains { $0.solicitedNodeMulticast == ip.destination }
+            return forUs && (ip.upperLayer == 58 || ip.upperLayer == 17)
+        }
         guard let ip = IPv4Packet(frame: frame) else { return false }
         return ip.destination == me && (ip.protocolNumber == 1 || ip.protocolNumber == 17)
     }
@@ -36,30 +54,32 @@ struct HostileInputTests {
     func randomFrames() async {
         await propertyCheck(count: 2000, input: Gen.int(in: 0...255).array(of: 0...1600), Gen.int(in: 0...255), Gen.int(in: 0...255)) { bytes, flags, gso in
             let frame = bytes.map { UInt8(truncatingIfNeeded: $0) }
-            var responder = NetworkResponder(mac: Self.mac, ipv4: IPv4Interface(address: Self.me, prefixLength: 24), udpEchoPort: 7)
+            var responder = Self.responder()
             let header = VirtioNetHeader(flags: .init(rawValue: UInt8(flags)), gsoType: UInt8(gso))
             if let reply = responder.respond(to: frame, header: header) {
                 #expect(Self.mayBeAnswered(frame), "a reply of \(reply.count) bytes to a frame that is no request to us")
             }
+            // The same bytes as an L3 tun carries them (no Ethernet header).
+            var tun = Self.responder(); tun.linkLayer = .none
+            _ = tun.replies(to: Array(frame.dropFirst(14)), header: header)
             _ = IPv4Packet(frame: frame).map { UDPDatagram.parse(frame: frame, ip: $0) }
         }
     }
 
     @Test("well-formed requests truncated and with flipped bytes: no crash, no read out of bounds, replies only to requests")
     func mutatedRequests() async {
-        await propertyCheck(count: 3000, input: Gen.int(in: 0...2), Gen.int(in: 0...2000), Gen.int(in: 0...255).array(of: 0...6), Gen.bool) { seed, cut, flips, trustChecksum in
+        await propertyCheck(count: 5000, input: Gen.int(in: 0...(Self.seeds.count - 1)), Gen.int(in: 0...2000), Gen.int(in: 0...255).array(of: 0...6), Gen.bool) { seed, cut, flips, trustChecksum in
             var frame = Self.seeds[seed]
             frame = Array(frame.prefix(cut % (frame.count + 1)))
             for (i, value) in flips.enumerated() where !frame.isEmpty { frame[(value &* 31 &+ i) % frame.count] ^= UInt8(truncatingIfNeeded: value | 1) }
-            var responder = NetworkResponder(mac: Self.mac, ipv4: IPv4Interface(address: Self.me, prefixLength: 24), udpEchoPort: 7)
+            var responder = Self.responder()
             let header = VirtioNetHeader(flags: trustChecksum ? .needsChecksum : [])
             if responder.respond(to: frame, header: header) != nil {
                 #expect(Self.mayBeAnswered(frame), "a reply to a broken frame")
             }
         }
         // The intact seeds are answered (the property above must not pass by answering nothing).
-        var responder = NetworkResponder(mac: Self.mac, ipv4: IPv4Interface(address: Self.me, prefixLength: 24), udpEchoPort: 7)
-        #expect(Self.seeds.allSatisfy { responder.respond(to: $0) != nil })
+        #expect(Self.seeds.allSatisfy { var responder = Self.responder(); return responder.respond(to: $0) != nil })
     }
 
     @Test("random and truncated pcap files: parsed or refused with a reason, never a crash")
@@ -72,6 +92,44 @@ struct HostileInputTests {
                 #expect(frames.allSatisfy { $0.count <= data.count })
             } catch {
                 #expect(!"\(error)".isEmpty)
+            }
+        }
+    }
+
+    @Test("random and mutated pcapng files: parsed or refused with a reason, never a crash, never a packet larger than the file")
+    func randomPcapng() async {
+        var good = Pcapng.sectionHeader(application: "fuzz") + Pcapng.interfaceDescription(linkType: 1, name: "q0")
+        good += Pcapng.enhancedPacket(interface: 0, timestamp: 5, packet: [UInt8](repeating: 7, count: 61), direction: .inbound,
+                                      comment: Pcapng.virtioNetHeaderComment([1, 5, 42, 0, 0xc0, 5, 34, 0, 6, 0, 1, 0]))
+        good += [3, 0, 0, 0, 20, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4, 20, 0, 0, 0]
+        await propertyCheck(count: 3000, input: Gen.int(in: 0...255).array(of: 0...12), Gen.int(in: 0...400), Gen.int(in: 0...255).array(of: 0...64)) { flips, cut, tail in
+            var data = Array(good.prefix(cut)) + tail.map { UInt8(truncatingIfNeeded: $0) }
+            for (i, value) in flips.enumerated() where !data.isEmpty { data[(value &* 37 &+ i &* 11) % data.count] ^= UInt8(truncatingIfNeeded: value | 1) }
+            do {
+                let capture = try CaptureFile(parsing: data)
+                #expect(capture.packets.allSatisfy { $0.bytes.count <= data.count })
+                _ = capture.packets.map(\.virtioNetHeaderBytes)
+            } catch {
+                #expect(!"\(error)".isEmpty)
+            }
+        }
+    }
+
+    @Test("random fragments into the reassembler: never a crash, memory bounded, a completed datagram no larger than 64 KiB")
+    func randomFragments() async {
+        await propertyCheck(count: 500, input: Gen.int(in: 0...70_000).array(of: 0...60), Gen.int(in: 0...1500).array(of: 0...60), Gen.int(in: 0...5)) { offsets, lengths, ids in
+            var reassembler = FragmentReassembler()
+            let header = [UInt8](writing: 20) { w in
+                IPv4Packet.writeHeader(to: &w, totalLength: 20, identification: 1, protocolNumber: 17, source: Self.me, destination: Self.me)
+            }
+            var key = FragmentReassembler.Key(header.withUnsafeBytes { IPv4Packet($0, at: 0)! })
+            for (i, (offset, length)) in zip(offsets, lengths).enumerated() {
+                key.identification = UInt32(i % (ids + 1))
+                let outcome = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: length).withUnsafeBytes {
+                    reassembler.add(key, offset: offset & ~7, more: i % 3 != 0, data: $0)
+                }
+                if case .complete(let whole) = outcome { #expect(whole.count <= 65_535) }
+                #expect(reassembler.pendingCount <= reassembler.maximumPending)
             }
         }
     }

@@ -71,6 +71,27 @@ struct VhostUnitTests {
         do { try config.validate(); Issue.record("accepted LOG_ALL") } catch { #expect("\(error)".contains("LOG")) }
     }
 
+    @Test("offload features: vhost is not asked for them, TUNSETOFFLOAD follows the GUEST_ ones (as QEMU derives it) unless given, and the virtio spec's dependencies hold")
+    func offloadFeatures() throws {
+        var config = VhostNetQueuePair.Configuration(tapName: "vh0")
+        config.features = [.version1, .eventIndex, .netMergeableRxBuffers, .netCsum, .netHostUSO, .netGuestCsum, .netGuestTSO4, .netGuestUSO6]
+        try config.validate()
+        #expect(config.vhostFeatures == [.version1, .eventIndex, .netMergeableRxBuffers])
+        #expect(config.offloadFeatures == [.netCsum, .netHostUSO, .netGuestCsum, .netGuestTSO4, .netGuestUSO6])
+        #expect(config.effectiveReceiveOffloads == [.checksum, .tso4, .uso6])
+        config.receiveOffloads = [.checksum]
+        #expect(config.effectiveReceiveOffloads == [.checksum], "--offloads overrides")
+        config.receiveOffloads = nil
+        config.features = [.version1, .netGuestTSO4, .netMergeableRxBuffers]
+        #expect(throws: VhostError.self, "GUEST_TSO4 without GUEST_CSUM") { try config.validate() }
+        config.features = [.version1, .netHostUSO]
+        #expect(throws: VhostError.self, "HOST_USO without CSUM") { try config.validate() }
+        config.features = [.version1, .netCsum, .vhostNetVirtioNetHeader]
+        #expect(throws: VhostError.self, "offloads with the header stripped by vhost") { try config.validate() }
+        config.features = [.version1]
+        #expect(config.effectiveReceiveOffloads == [], "nothing negotiated, nothing told")
+    }
+
     @Test("each refusal says what kind of failure it is: configuration, guest memory, state, unreadable, unwritable or corrupt file")
     func errorKinds() throws {
         func kind(_ body: () throws -> Void) -> VhostError? {
