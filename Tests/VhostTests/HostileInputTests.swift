@@ -14,6 +14,17 @@ struct HostileInputTests {
     static let me6 = IPv6Address(parsing: "fd00:6::2")!
 
     /// A responder with IPv4 and IPv6 on.
+    /// A pcap or pcapng refusal names a place inside the file (a record or block offset), never
+    /// one past its end, and a reason where the format has one.
+    static func expectWithinFile(_ error: Pcap.ParseError, size: Int) {
+        switch error {
+        case .tooShort, .badMagic, .unsupportedLinkType: break
+        case .truncatedRecord(let index, let offset): #expect(index >= 0 && offset >= 0 && offset <= size, "\(error)")
+        case .recordTooLarge(let index, let length): #expect(index >= 0 && length > 0, "\(error)")
+        case .malformedBlock(let offset, let reason): #expect(offset >= 0 && offset <= size && !reason.isEmpty, "\(error)")
+        }
+    }
+
     static func responder() -> NetworkResponder {
         NetworkResponder(mac: mac, ipv4: IPv4Interface(address: me, prefixLength: 24), ipv6: [IPv6Interface(address: me6, prefixLength: 64)], udpEchoPort: 7)
     }
@@ -87,12 +98,17 @@ struct HostileInputTests {
         let good = Pcap.globalHeader() + Pcap.recordHeader(seconds: 1, microseconds: 2, capturedLength: 60, originalLength: 60) + [UInt8](repeating: 7, count: 60)
         await propertyCheck(count: 2000, input: Gen.int(in: 0...255).array(of: 0...200), Gen.int(in: 0...200), Gen.bool) { bytes, cut, startGood in
             let data = startGood ? Array(good.prefix(cut)) + bytes.map { UInt8(truncatingIfNeeded: $0) } : bytes.map { UInt8(truncatingIfNeeded: $0) }
+            let started = ContinuousClock.now
             do {
                 let frames = try Pcap.parse(data)
                 #expect(frames.allSatisfy { $0.count <= data.count })
+            } catch let error as Pcap.ParseError {
+                // A typed refusal that points inside the file, never past it.
+                Self.expectWithinFile(error, size: data.count)
             } catch {
-                #expect(!"\(error)".isEmpty)
+                Issue.record("an error that is no Pcap.ParseError: \(error)")
             }
+            #expect(ContinuousClock.now - started < .seconds(1), "parsing \(data.count) bytes took \(ContinuousClock.now - started)")
         }
     }
 
@@ -105,13 +121,17 @@ struct HostileInputTests {
         await propertyCheck(count: 3000, input: Gen.int(in: 0...255).array(of: 0...12), Gen.int(in: 0...400), Gen.int(in: 0...255).array(of: 0...64)) { flips, cut, tail in
             var data = Array(good.prefix(cut)) + tail.map { UInt8(truncatingIfNeeded: $0) }
             for (i, value) in flips.enumerated() where !data.isEmpty { data[(value &* 37 &+ i &* 11) % data.count] ^= UInt8(truncatingIfNeeded: value | 1) }
+            let started = ContinuousClock.now
             do {
                 let capture = try CaptureFile(parsing: data)
                 #expect(capture.packets.allSatisfy { $0.bytes.count <= data.count })
                 _ = capture.packets.map(\.virtioNetHeaderBytes)
+            } catch let error as Pcap.ParseError {
+                Self.expectWithinFile(error, size: data.count)
             } catch {
-                #expect(!"\(error)".isEmpty)
+                Issue.record("an error that is no Pcap.ParseError: \(error)")
             }
+            #expect(ContinuousClock.now - started < .seconds(1), "parsing \(data.count) bytes took \(ContinuousClock.now - started)")
         }
     }
 
@@ -142,10 +162,15 @@ struct HostileInputTests {
             let soup = tokens.map { words[$0] }.joined(separator: " ")
             let bytes = String(decoding: raw.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
             for text in [soup, bytes, soup + "\n" + bytes] {
+                let started = ContinuousClock.now
+                defer { #expect(ContinuousClock.now - started < .seconds(1), "parsing \(text.utf8.count) bytes took \(ContinuousClock.now - started)") }
                 do {
                     let script = try Script(parsing: text, name: "fuzz") { _ in nil }
-                    #expect(script.commandCount >= 0)
+                    // What parsed is whole: no more statements than lines, none from an include
+                    // (the loader reads nothing).
+                    #expect(script.statements.count <= text.split(separator: "\n", omittingEmptySubsequences: false).count)
                 } catch let error as Script.ParseError {
+                    #expect(!error.problems.isEmpty && error.problems.count <= 100, "\(error.problems.count) problems")
                     for problem in error.problems {
                         #expect(problem.hasPrefix("fuzz:"), "a problem without its place: \(problem)")
                         #expect(!problem.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7f }, "raw control characters echoed: \(problem.debugDescription)")
