@@ -284,33 +284,34 @@ public struct NetworkResponder: Sendable {
     private mutating func sendAdvertisement(target: IPv6Address, to destination: IPv6Address, mac destinationMAC: MACAddress, solicited: Bool, emit: Emit) {
         let advertisement = NeighborAdvertisement(solicited: solicited, override: true, target: target, targetLinkLayer: mac)
         counters.neighborAdvertisements += 1
-        let l3 = IPv6Packet.headerLength + advertisement.length
-        emit(EthernetFrame.headerLength + l3, VirtioNetHeader()) { buffer in
-            var writer = ByteWriter(buffer)
-            writeEthernet(&writer, to: destinationMAC, type: EthernetFrame.ipv6Type)
-            IPv6Packet.writeHeader(to: &writer, payloadLength: advertisement.length, nextHeader: IPv6Packet.protocolICMPv6, hopLimit: 255,
-                                   source: target, destination: destination)
-            let start = writer.offset
-            advertisement.write(to: &writer)
-            ICMPv6.storeChecksum(in: writer, messageStart: start, source: target, destination: destination)
-        }
+        emitNeighborDiscovery(length: advertisement.length, from: target, to: destination, mac: destinationMAC, emit: emit) { advertisement.write(to: &$0) }
     }
 
     /// A solicitation for `target`: with our link-layer address unless it is a DAD probe (from `::`).
     mutating func sendSolicitation(for target: IPv6Address, from source: IPv6Address, to destination: IPv6Address, mac destinationMAC: MACAddress, emit: Emit) {
         let solicitation = NeighborSolicitation(target: target, sourceLinkLayer: source.isUnspecified ? nil : mac)
         counters.neighborSolicitations += 1
-        let l3 = IPv6Packet.headerLength + solicitation.length
-        emit(EthernetFrame.headerLength + l3, VirtioNetHeader()) { buffer in
-            var writer = ByteWriter(buffer)
-            writeEthernet(&writer, to: destinationMAC, type: EthernetFrame.ipv6Type)
-            IPv6Packet.writeHeader(to: &writer, payloadLength: solicitation.length, nextHeader: IPv6Packet.protocolICMPv6, hopLimit: 255,
-                                   source: source, destination: destination)
-            let start = writer.offset
-            solicitation.write(to: &writer)
-            ICMPv6.storeChecksum(in: writer, messageStart: start, source: source, destination: destination)
+        emitNeighborDiscovery(length: solicitation.length, from: source, to: destination, mac: destinationMAC, emit: emit) { solicitation.write(to: &$0) }
+    }
+
+    /// One neighbour-discovery message of `length` bytes in IPv6 (hop limit 255, RFC 4861 §7.1)
+    /// in Ethernet, its ICMPv6 checksum computed over the pseudo-header.
+    private func emitNeighborDiscovery(length: Int, from source: IPv6Address, to destination: IPv6Address, mac destinationMAC: MACAddress,
+                                       emit: Emit, message: (inout ByteWriter) -> Void) {
+        // `emit` calls its writer before it returns, so `message` never outlives this call.
+        withoutActuallyEscaping(message) { message in
+            emit(EthernetFrame.headerLength + IPv6Packet.headerLength + length, VirtioNetHeader()) { buffer in
+                var writer = ByteWriter(buffer)
+                writeEthernet(&writer, to: destinationMAC, type: EthernetFrame.ipv6Type)
+                IPv6Packet.writeHeader(to: &writer, payloadLength: length, nextHeader: IPv6Packet.protocolICMPv6, hopLimit: 255,
+                                       source: source, destination: destination)
+                let start = writer.offset
+                message(&writer)
+                ICMPv6.storeChecksum(in: writer, messageStart: start, source: source, destination: destination)
+            }
         }
     }
+
 
     /// Our address to answer `peer` from when the request went to a group: the link-local one
     /// for a link-local peer, else the first given address whose prefix holds the peer, else
