@@ -24,6 +24,9 @@ private let examplesDirectory: String = {
     return path.joined(separator: "/") + "/Examples"
 }()
 
+/// The repository's docs/scripting.md, from this file's path.
+private let scriptingManual: String = examplesDirectory.dropLast("Examples".count) + "docs/scripting.md"
+
 /// The shipped scripts the kernel tier runs: every `.vhost` file under Examples/ but the `lib/`
 /// includes (as the tier's `scriptFiles` finds them).
 private func shippedScripts(under directory: String = examplesDirectory) -> [String] {
@@ -68,6 +71,17 @@ struct ScriptCoverageTests {
         for script in KernelTierScripts.all { used.formUnion(commands(in: try Script(parsing: script.text, name: script.name).statements)) }
         let missing = ScriptCommands.all.map(\.name).filter { !used.contains($0) }
         #expect(missing.isEmpty, "no shipped or inline kernel-tier script uses: \(missing.joined(separator: ", "))")
+    }
+
+    @Test("docs/scripting.md's command table lists every command of the language")
+    func manualListsEveryCommand() throws {
+        let text = try #require(Script.readRegularFile(scriptingManual, limit: 1 << 20), "cannot read \(scriptingManual)")
+        let start = try #require(text.range(of: "\n## Commands\n"), "no Commands section")
+        let rest = text[start.upperBound...]
+        let table = rest.range(of: "\n## ").map { rest[..<$0.lowerBound] } ?? rest
+        // Each command appears as `name` or `name ARG…` in the table.
+        let missing = ScriptCommands.all.map(\.name).filter { !table.contains("`\($0)`") && !table.contains("`\($0) ") }
+        #expect(missing.isEmpty, "docs/scripting.md's Commands section does not list: \(missing.joined(separator: ", "))")
     }
 
     @Test("the command observer hears each line that ran, as expected or not, and none that did not run")
