@@ -16,6 +16,8 @@ import PackageDescription
 //   DatapathMeasure – frame rates through a queue pair (demo, bench, kernel tests).
 //   VhostTestSupport – fault injection (broken rings, corrupt used entries), for the tests only.
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
+//   KernelTierScripts – the kernel tier's inline scripts (the unit tier parses them) and its record of
+//                     which script commands ran; for the tests only.
 //   vhostctl        – the CLI.
 let package = Package(
     name: "swift-vhost",
@@ -65,6 +67,8 @@ let package = Package(
         // Fault injection for the tests only (the test targets, DatapathSuite, vhost-kernel-tests); in no product.
         .target(name: "VhostTestSupport", dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio"]),
         .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "VhostTestSupport", "HostNetwork", "NetFormats", "Virtio"]),
+        // The kernel tier's inline scripts and its coverage record, shared with the unit tier; in no product.
+        .target(name: "KernelTierScripts", dependencies: ["Vhost", "VhostScript"]),
         .executableTarget(
             name: "vhostctl",
             dependencies: [
@@ -78,7 +82,7 @@ let package = Package(
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
-            dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure", "VhostTestSupport",
+            dependencies: ["VhostNet", "Vhost", "VhostModel", "Virtio", "NetFormats", "HostNetwork", "VhostScript", "DatapathSuite", "DatapathMeasure", "VhostTestSupport", "KernelTierScripts",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Sources/VhostKernelTests"
         ),
@@ -87,7 +91,7 @@ let package = Package(
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
-        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "Virtio", "NetFormats", "CVhost",
+        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
     ],

@@ -1,5 +1,6 @@
 import Glibc
 import DatapathSuite
+import KernelTierScripts
 import Vhost
 import VhostScript
 
@@ -27,17 +28,28 @@ func scriptFiles(under directory: String) -> [String] {
     return found.sorted()
 }
 
-/// Runs a script on the kernel; returns its output, or throws the runner's failure with it.
-/// `observer` sees every ioctl and every request refused before one.
-@discardableResult
-func runScript(_ text: String, name: String, keepGoing: Bool = false, observer: IoctlObserver? = nil) throws -> [String] {
-    var output: [String] = []
+/// The commands the scripts of this tier ran: every script, shipped or inline, runs on a runner
+/// from `scriptRunner`, and the tier's last test (`scriptCoverageTests`) fails for each command
+/// of the language that none of them ran as expected.
+let scriptCoverage = ScriptCoverage()
+
+/// The one way this tier makes a script runner (on the kernel's device): every command line it
+/// runs is recorded in `scriptCoverage`.
+func scriptRunner(keepGoing: Bool = false, observer: IoctlObserver? = nil, output: @escaping (String) -> Void) -> ScriptRunner {
     var options = ScriptRunner.Options()
     options.keepGoing = keepGoing
     options.observer = observer
-    let runner = ScriptRunner(options: options) { output.append($0) }
+    return scriptCoverage.runner(options: options, output: output)
+}
+
+/// Runs an inline script on the kernel; returns its output, or throws the runner's failure with
+/// it. `observer` sees every ioctl and every request refused before one.
+@discardableResult
+func runScript(_ script: KernelTierScript, keepGoing: Bool = false, observer: IoctlObserver? = nil) throws -> [String] {
+    var output: [String] = []
+    let runner = scriptRunner(keepGoing: keepGoing, observer: observer) { output.append($0) }
     do {
-        try runner.run(try Script(parsing: text, name: name))
+        try runner.run(try Script(parsing: script.text, name: script.name))
     } catch let failure as ScriptRunner.Failure {
         throw KernelTestFailure("\(failure)\n  output:\n    " + output.suffix(12).joined(separator: "\n    "))
     }
@@ -55,7 +67,7 @@ let shippedScriptTests: [KernelTest] = {
         KernelTest(name: "shipped script \(path.dropFirst(examplesDirectory.count + 1)) passes") {
             let script = try Script(contentsOf: path)
             var output: [String] = []
-            let runner = ScriptRunner { output.append($0) }
+            let runner = scriptRunner { output.append($0) }
             do {
                 try runner.run(script)
             } catch {
@@ -67,73 +79,18 @@ let shippedScriptTests: [KernelTest] = {
     }
 }()
 
-/// The beginning of a queue pair with a tap, for the inline scripts (tap vhscript9).
-let inlineQueuePair = """
-    tap vhscript9
-    open
-    set-owner
-    set-features VERSION_1 EVENT_IDX INDIRECT_DESC
-    memory 4M
-    set-mem-table
-    ring 0 64
-    ring 1 64
-    set-vring-num 0 64
-    set-vring-num 1 64
-    set-vring-addr 0
-    set-vring-addr 1
-    set-vring-kick 0
-    set-vring-kick 1
-    set-vring-call 0
-    set-vring-call 1
-    set-vring-err 0
-    set-vring-err 1
-    set-vnet-hdr-size 12
-    set-backend 0 tap
-    set-backend 1 tap
-
-    """
-
 let inlineScriptTests: [KernelTest] = [
     KernelTest(name: "script (not shipped): raw set-mem-table: a zero-sized region is the kernel's EFAULT, overlapping regions are accepted") {
-        // vhost.c vhost_set_memory → vhost_iotlb_add_range_ctx: last < start (size 0) is -EFAULT;
-        // the interval tree takes overlapping ranges.
-        try runScript("""
-            open
-            set-owner
-            memory 1M
-            expect EFAULT
-            set-mem-table 0x40000000 0 0x40000000
-            expect ok
-            set-mem-table 0x40000000 0x10000 0x40000000 0x40008000 0x10000 0x40010000
-            """, name: "raw-mem-table.vhost")
+        try runScript(KernelTierScripts.rawMemoryTable)
     },
     KernelTest(name: "script (not shipped): raw set-vring-addr flags=0x2 is the kernel's EOPNOTSUPP (only VHOST_VRING_F_LOG exists)") {
-        try runScript("""
-            open
-            set-owner
-            set-features VERSION_1
-            memory 1M
-            set-mem-table
-            ring 0 256
-            set-vring-num 0 256
-            expect EOPNOTSUPP
-            set-vring-addr 0 flags=0x2
-            set-vring-addr 0
-            """, name: "raw-vring-flags.vhost")
+        try runScript(KernelTierScripts.rawVringFlags)
     },
     KernelTest(name: "script (not shipped): a used ring past the end of mapped memory is refused before the ioctl; no VHOST_SET_VRING_ADDR reaches the kernel") {
         let events = Locked<[IoctlEvent]>([])
         let observer: IoctlObserver = { event in events.withLock { $0.append(event) } }
         do {
-            // 64 KiB of guest memory; a used ring of 256 entries (2054 bytes) 16 bytes before its end.
-            try runScript("""
-                open
-                set-owner
-                memory 64K
-                set-mem-table
-                set-vring-num 0 256
-                set-vring-addr 0 desc=0x40000000 avail=0x40001000 used=0x4000fff0
-                """, name: "used-past-memory.vhost", observer: observer)
+            try runScript(KernelTierScripts.usedRingPastMemory, observer: observer)
             throw KernelTestFailure("a used ring running past mapped memory was not refused")
         } catch let failure as KernelTestFailure {
             try expect("\(failure)".contains("refused before the ioctl"), "the run failed otherwise: \(failure)")
@@ -145,73 +102,86 @@ let inlineScriptTests: [KernelTest] = [
         try expect(seen.contains { $0.reachedKernel && $0.request?.kind == .setVringNum }, "the requests before it did not reach the kernel: \(seen)")
     },
     KernelTest(name: "script (not shipped): a vring ioctl before SET_OWNER is EPERM; a closed fd as kick is EBADF; a regular file as call is EINVAL") {
-        try runScript("""
-            open
-            expect EPERM
-            set-vring-num 0 256
-            set-owner
-            expect EBADF
-            set-vring-kick 0 closed
-            expect EINVAL
-            set-vring-call 0 file
-            set-vring-call 0
-            """, name: "fds.vhost")
+        try runScript(KernelTierScripts.fileDescriptors)
     },
     KernelTest(name: "script (not shipped): a device-writable TX descriptor and an avail index jump are ring errors") {
-        try runScript(inlineQueuePair + """
-            let buffer = alloc 2048
-            desc 1 0 addr=$buffer len=64 flags=WRITE
-            avail 1 0 0
-            avail-idx 1 1
-            kick 1
-            expect ring-error 1
-            """, name: "writable-tx.vhost")
-        try runScript(inlineQueuePair + """
-            avail-idx 1 200
-            kick 1
-            expect ring-error 1
-            """, name: "avail-jump.vhost")
+        try runScript(KernelTierScripts.writableTransmitDescriptor)
+        try runScript(KernelTierScripts.availIndexJump)
     },
     KernelTest(name: "script (not shipped): variables, repeat and value expectations drive frames both ways; the kernel's bases match") {
-        let output = try runScript(inlineQueuePair + """
-            repeat 5 as i {
-                send 1 count=7 size=100
-                host-expect count=7
-            }
-            let b = get-vring-base 1
-            expect $b == 35
-            post 0 count=16
-            host-send count=10 size=300
-            receive 0 count=10
-            let features = get-features
-            expect $features contains VERSION_1 EVENT_IDX
-            expect features lacks 0x1000000000000000
-            """, name: "frames.vhost")
+        let output = try runScript(KernelTierScripts.frames)
         try expect(output.contains { $0.contains("$b == 35: yes") }, "no value check in the output: \(output.suffix(5))")
     },
     KernelTest(name: "script (not shipped): a wrong expectation fails the run; with keep-going every miss is reported and the run goes on") {
-        let wrong = """
-            open
-            expect EBUSY
-            set-owner
-            let f = get-features
-            expect $f contains 0x8000000000000000
-            expect ok
-            set-owner
-            """
+        let wrong = KernelTierScripts.wrongExpectations
         do {
-            try runScript(wrong, name: "wrong.vhost")
+            try runScript(wrong)
             throw KernelTestFailure("a script expecting EBUSY from the first SET_OWNER passed")
         } catch let failure as KernelTestFailure {
             try expect("\(failure)".contains("wrong.vhost:3:1: expected EBUSY from set-owner, found success"), "unexpected failure text: \(failure)")
         }
         do {
-            try runScript(wrong, name: "wrong.vhost", keepGoing: true)
+            try runScript(wrong, keepGoing: true)
             throw KernelTestFailure("keep-going passed a script with misses")
         } catch let failure as KernelTestFailure {
             let text = "\(failure)"
             try expect(text.contains("3 expectation(s) missed") && text.contains("wrong.vhost:5:1: expected $f contains") && text.contains("wrong.vhost:7:1: set-owner failed"),
                        "keep-going did not report all three misses: \(text)")
         }
+    },
+]
+
+// MARK: a use of every command on the kernel
+
+/// The features-array requests on this kernel: 6.17 has them (sid's 7.x), older kernels do not.
+let featuresArrayScriptTest: KernelTest = kernelVersion() >= (6, 17)
+    ? KernelTest(name: "script (not shipped, kernel 6.17 or later): VHOST_GET_FEATURES_ARRAY answers bits 65 and 67 (not 66, 68) without an owner; SET_FEATURES_ARRAY refuses bit 68 (EOPNOTSUPP) and takes 65 and 67") {
+        try runScript(KernelTierScripts.featuresArray)
+    }
+    : KernelTest(name: "script (not shipped, kernel before 6.17): no feature-array requests — GET and SET_FEATURES_ARRAY are EPERM before SET_OWNER, ENOBUFS after (COUNT read as a vring index)") {
+        try runScript(KernelTierScripts.featuresArrayAbsent)
+    }
+
+/// The worker-mode requests on this kernel: 6.12.y (trixie) and 6.17 (sid) have them, 6.1 does not.
+let forkOwnerScriptTest: KernelTest = kernelVersion() >= (6, 12)
+    ? KernelTest(name: "script (not shipped, kernel 6.12 or later): VHOST_SET/GET_FORK_FROM_OWNER — kthread and task read back before SET_OWNER, 2 is EINVAL; after it SET is EBUSY and GET still answers") {
+        try runScript(KernelTierScripts.forkOwner)
+    }
+    : KernelTest(name: "script (not shipped, kernel before 6.12): no worker-mode requests — GET and SET_FORK_FROM_OWNER are EPERM before SET_OWNER") {
+        try runScript(KernelTierScripts.forkOwnerAbsent)
+    }
+
+/// Inline scripts that give the commands no other script of this tier runs a use on the
+/// kernel (`scriptCoverageTests` checks that every command has one).
+let commandScriptTests: [KernelTest] = [
+    KernelTest(name: "script (not shipped): RESET_OWNER drops the owner and every vring setting (EPERM until a new SET_OWNER, which is not EBUSY; base back to 0); close, then open, gives a device with no owner") {
+        try runScript(KernelTierScripts.resetOwnerAndClose)
+    },
+    KernelTest(name: "script (not shipped): VHOST_NEW_WORKER is not routed by vhost-net — EPERM before SET_OWNER, ENOTTY for worker 0, ENOBUFS for worker 5") {
+        try runScript(KernelTierScripts.newWorker)
+    },
+    KernelTest(name: "script (not shipped, Debian's kernels: no CONFIG_VHOST_CROSS_ENDIAN_LEGACY): VHOST_SET/GET_VRING_ENDIAN are EPERM before SET_OWNER, ENOBUFS for index 2, ENOTTY otherwise") {
+        try runScript(KernelTierScripts.vringEndianWithoutCrossEndian)
+    },
+    featuresArrayScriptTest,
+    forkOwnerScriptTest,
+    KernelTest(name: "script (not shipped): VHOST_SET/GET_VRING_BUSYLOOP_TIMEOUT — EPERM before SET_OWNER, 0 by default, 50 read back, ENOBUFS for index 2; frames both ways while the worker busy-polls") {
+        try runScript(KernelTierScripts.busyloop)
+    },
+    KernelTest(name: "script (not shipped): the tap's requests (TUNGETVNETHDRSZ, TUNSETSNDBUF 0 EINVAL and 65536 read back, TUNSETOFFLOAD TSO without CSUM EINVAL, TUNGETFEATURES, TUNSETQUEUE EINVAL on a single-queue tap); the RX call waited for; TX's used index read with used-idx and read; TUNSETCARRIER and the link off and on") {
+        try runScript(KernelTierScripts.tapRequests)
+    },
+]
+
+/// The tier's last test: every command of the script language ran, as its script expected, in
+/// a script of this tier. It reads what `scriptCoverage` recorded, so it comes after every test
+/// that runs a script.
+let scriptCoverageTests: [KernelTest] = [
+    KernelTest(name: "script coverage: every command of the script language (ScriptCommands.all) ran, as its script expected, in a shipped or inline script of this tier") {
+        let counts = scriptCoverage.counts, missing = scriptCoverage.missing
+        say("  \(ScriptCommands.all.count - missing.count) of \(ScriptCommands.all.count) commands ran in \(scriptCoverage.runners) script runs; least used: "
+            + counts.sorted { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }.prefix(5).map { "\($0.key) \($0.value)×" }.joined(separator: ", "))
+        try expect(missing.isEmpty, "\(missing.count) command(s) never ran as expected in this tier's scripts: \(missing.joined(separator: ", ")) "
+                   + "(give each a use in Examples/ or Sources/KernelTierScripts; a test filter that skips script tests leaves their commands out)")
     },
 ]

@@ -2,6 +2,7 @@ import DatapathMeasure
 import DatapathSuite
 import Glibc
 import HostNetwork
+import KernelTierScripts
 import NetFormats
 import SystemPackage
 import Vhost
@@ -9,7 +10,8 @@ import VhostNet
 import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + requestTests + recordParityTests + soakTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + commandScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + requestTests + recordParityTests + soakTests
+    + scriptCoverageTests  // last: it reads what every script before it ran
 
 // MARK: helpers
 
@@ -122,37 +124,13 @@ let scriptTests: [KernelTest] = [
         // with EVENT_IDX): a write we can see. The avail index is 7 before the backend is attached:
         // the host stack's own frames (IPv6 ND when the tap comes up) reach handle_rx at once, and an
         // avail index behind the base is "Guest moved used index" (a ring error, nothing written).
-        let setup = try Script(parsing: """
-            open
-            set-owner
-            set-features VERSION_1 EVENT_IDX
-            memory 1M
-            set-mem-table
-            ring 0 64
-            ring 1 64
-            set-vring-num 0 64
-            set-vring-num 1 64
-            set-vring-base 0 7
-            set-vring-addr 0
-            set-vring-addr 1
-            set-vring-kick 0
-            set-vring-kick 1
-            set-vring-call 0
-            set-vring-call 1
-            set-vring-err 0
-            set-vring-err 1
-            avail-idx 0 7
-            tap vht-remap
-            set-vnet-hdr-size 12
-            set-backend 0 tap
-            set-backend 1 tap
-            """, name: "setup")
+        let setup = try Script(parsing: KernelTierScripts.remapSetup.text, name: KernelTierScripts.remapSetup.name)
         var output: [String] = []
-        let runner = ScriptRunner { output.append($0) }
+        let runner = scriptRunner { output.append($0) }
         try runner.run(setup)
         guard let oldRing = runner.ring(0), let oldRegion = runner.memoryRegions.first else { throw KernelTestFailure("no ring 0 after set-up") }
         // Part 2: map memory again while the kernel still holds vring 0's addresses in the old one.
-        try runner.run(Script(parsing: "memory 1M", name: "remap"))
+        try runner.run(Script(parsing: KernelTierScripts.remapMemory.text, name: KernelTierScripts.remapMemory.name))
         try expect(runner.retiredMappings == [oldRegion], "the old mapping was not kept: \(runner.retiredMappings)")
         try expect(output.contains { $0.contains("stays mapped") }, "the runner did not say it keeps the old mapping: \(output.suffix(2))")
         guard let newRegion = runner.memoryRegions.first else { throw KernelTestFailure("no new memory") }
@@ -168,7 +146,7 @@ let scriptTests: [KernelTest] = [
         // it found frames but no buffers (it re-arms only when the socket is empty), so after that
         // first time only a kick runs it again.
         let socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: "vht-remap").index())
-        let kick = try Script(parsing: "kick 0", name: "kick")
+        let kick = try Script(parsing: KernelTierScripts.kickReceive.text, name: KernelTierScripts.kickReceive.name)
         let deadline = MonotonicClock.seconds() + 5
         while oldRing.availEvent.pointee.load(ordering: .acquiring) != 7 && MonotonicClock.seconds() < deadline {
             try socket.send(TestFrame.bytes(1))

@@ -22,6 +22,10 @@ public struct RingErrorEvent: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "ring error on \(queue) (\(count)×): driver published avail idx \(availIndex), reaped used idx \(usedIndex), \(inFlight) in flight; likely cause: \(likelyCause)"
     }
+
+    /// The one line `vhostctl attach` prints for the event: the queue and its pair, what the
+    /// driver had published, the likely cause, and that the device waits for the next kick.
+    public var report: String { "warning: \(self); the device waits for the next kick" }
 }
 
 extension NetQueue {

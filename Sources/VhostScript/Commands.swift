@@ -187,6 +187,10 @@ public enum ScriptCommands {
         },
         ScriptCommand("log", [.init("size", .number(.limit(.logBytes, minimum: 1)))], answer: "address",
                       "map a dirty log of SIZE bytes (outside guest memory); answers its address") { a throws(CommandProblem) in .log(size: try a.number("size")) },
+        ScriptCommand("read-log", [.init("offset", .number(.limit(.logBytes, minimum: 0))), .init("width", .choice(widths), required: false)], answer: "value",
+                      "load WIDTH bytes (default 1, little-endian) at byte OFFSET of the dirty log: bit b of byte B is guest page 8·B + b (4 KiB pages)") { a throws(CommandProblem) in
+            .readLog(offset: try a.number("offset"), width: Int(a.word("width") ?? "1") ?? 1)
+        },
         ScriptCommand("iotlb-update", [.init("iova", .number(.bits(64))), .init("size", .number(.bits(64))), .init("gpa", .number(.bits(64))),
                                        .init("perm", .choice(["r", "w", "rw"]), required: false)],
                       "write a VHOST_IOTLB_UPDATE mapping IOVA..+SIZE to the guest memory at GPA (perm rw by default)") { a throws(CommandProblem) in

@@ -47,8 +47,31 @@ public final class ScriptRunner {
         public var ringObserver: RingObserver? = nil
         /// The limits applied while running (the parser applies the script's own).
         public var limits = ScriptLimits.standard
+        /// Told of every command line as it runs (see `CommandRun`): a coverage record, a
+        /// progress display. Nil costs nothing.
+        public var commandObserver: CommandObserver? = nil
         public init() {}
     }
+
+    /// A command line that ran: its command and whether it did what the script expected. Lines
+    /// that only parsed never make one: those after the run stopped, those in a `repeat` of 0
+    /// iterations, those after a failure without `keepGoing`.
+    public struct CommandRun: Sendable, Equatable {
+        /// The command's name, as `ScriptCommands.all` names it (`set-owner`, `send`).
+        public var command: String
+        /// Where the line is (the included file's, for a line of an include).
+        public var location: SourceLocation
+        /// Whether the outcome was the one expected: success, or the errno of its `expect ERRNO`.
+        public var asExpected: Bool
+
+        public init(command: String, location: SourceLocation, asExpected: Bool) {
+            self.command = command; self.location = location; self.asExpected = asExpected
+        }
+    }
+
+    /// Told of each command line once it ran and its outcome was compared with the expectation,
+    /// before the run reports or stops on a miss.
+    public typealias CommandObserver = @Sendable (CommandRun) -> Void
 
     /// The name an in-process device's `open` is reported under.
     public static let inProcessDeviceName = "in-process"
@@ -169,6 +192,14 @@ public final class ScriptRunner {
         // An answer the trace shows already (a GET's) is not repeated.
         let shown = events.contains { $0.answer != .none }
         let location = invocation.location
+        if let observer = options.commandObserver {
+            let asExpected = switch (outcome, invocation.expected) {
+            case (.success, .success): true
+            case (.failure(let error), .errno(let expected)): error.errno == expected
+            default: false
+            }
+            observer(CommandRun(command: invocation.command, location: location, asExpected: asExpected))
+        }
         let text = describe(invocation)
         switch (outcome, invocation.expected) {
         case (.success(let value), .success):
@@ -216,6 +247,7 @@ public final class ScriptRunner {
         case .memory(let regions): try memory.map(regions)
         case .alloc(let size, let alignment): return try memory.alloc(size: size, alignment: alignment)
         case .log(let size): return try memory.mapLog(size: size)
+        case .readLog(let offset, let width): return try memory.readLog(offset: offset, width: width)
         case .write(let gpa, let value, let width): try memory.write(gpa: gpa, value: value, width: width)
         case .read(let gpa, let width): return try memory.read(gpa: gpa, width: width)
         case .ring(let index, let size, let at): return try rings.layOut(index: index, size: size, at: at)

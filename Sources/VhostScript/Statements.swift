@@ -110,6 +110,8 @@ public enum Action: Sendable {
     case ringAddress(index: Operand, part: RingPart)
     /// `log SIZE`: answers the log's host address.
     case log(size: Operand)
+    /// `read-log OFFSET [width=]`: answers the bytes at OFFSET of the dirty log.
+    case readLog(offset: Operand, width: Int)
     /// `iotlb-update IOVA SIZE GPA [perm=]`.
     case iotlbUpdate(iova: Operand, size: Operand, gpa: Operand, access: IOTLBMessage.Access)
     /// `iotlb-invalidate IOVA SIZE`.

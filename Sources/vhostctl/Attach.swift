@@ -229,7 +229,7 @@ struct Attach: ParsableCommand {
         }
         // The device's complaints about our rings (vq_err), with the likely cause.
         endpoint.ringErrorHandler = { _, event in
-            print("warning: \(event); the device waits for the next kick")
+            print(event.report)
             fflush(nil)
         }
         // A device that breaks the virtio protocol costs its queue pair, never the process.

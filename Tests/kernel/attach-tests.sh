@@ -738,6 +738,96 @@ else
     fail "replay reports a difference" "exit $got; $(cat /tmp/err.txt)"
 fi
 
+# ---- --record on attach, bench and script run: each recording is well formed and replays ------
+# recorded_ok NAME FILE: FILE holds a recording (vhost commands and the kernel's answers) that
+# `script check` accepts; then `script run` replays it on this kernel (a tap it names is made
+# anew and removed after).
+recorded_ok() {
+    name=$1; file=$2
+    if [ -s "$file" ] && grep -q "^set-backend 1 tap" "$file" && grep -q "^expect features == " "$file" \
+        && timeout 30 vhostctl script check "$file" >/tmp/check.txt 2>&1 && grep -q "well formed" /tmp/check.txt; then
+        pass "$name --record writes a script that script check accepts ($(grep -cv '^#' "$file") lines, $(grep -c '^expect' "$file") of them the kernel's answers)"
+    else
+        fail "$name --record writes a well-formed script" "$(cat /tmp/check.txt 2>/dev/null) $(head -c 600 "$file" 2>/dev/null)"
+        return
+    fi
+    tapname=$(sed -n 's/^tap //p' "$file" | head -n 1)
+    if timeout 300 vhostctl script run "$file" >/tmp/replay-rec.txt 2>&1 && grep -q "every command did what was expected" /tmp/replay-rec.txt \
+        && { [ -z "$tapname" ] || ! ip link show "$tapname" >/dev/null 2>&1; }; then
+        pass "script run replays $name's recording: the same ioctls, frames and answers ($(grep -c ': yes (' /tmp/replay-rec.txt) values and $(grep -c 'as expected' /tmp/replay-rec.txt) errnos compared)"
+    else
+        fail "script run replays $name's recording" "$(grep -v '^#' /tmp/replay-rec.txt | tail -n 6)"
+    fi
+}
+timeout 60 vhostctl attach --tap vhrec1 --create --duration 0.5 --stats 0 --record /tmp/attach-rec.vhost >/tmp/attach-rec.txt 2>&1; status=$?
+if [ "$status" = 0 ] && grep -q "^recorded [0-9]* lines to /tmp/attach-rec.vhost" /tmp/attach-rec.txt; then
+    recorded_ok attach /tmp/attach-rec.vhost
+else
+    fail "attach --record" "exit $status; $(tail -n 3 /tmp/attach-rec.txt)"
+fi
+timeout 300 vhostctl bench --tap vhbrec0 --configs event-idx --trials 1 --seconds 0.2 --latency 0 --record /tmp/bench-rec.vhost >/tmp/bench-rec.txt 2>&1; status=$?
+if [ "$status" = 0 ] && grep -q "^recorded [0-9]* lines to /tmp/bench-rec.vhost" /tmp/bench-rec.txt; then
+    recorded_ok bench /tmp/bench-rec.vhost
+else
+    fail "bench --record" "exit $status; $(tail -n 3 /tmp/bench-rec.txt)"
+fi
+# script run --record: a run of a script is recorded as the script's own requests and frames.
+cat >/tmp/to-record.vhost <<'SCRIPT'
+tap vhrec2
+open
+set-owner
+get-features
+set-features VERSION_1 EVENT_IDX
+memory 4M
+set-mem-table
+ring 0 64
+ring 1 64
+set-vring-num 0 64
+set-vring-num 1 64
+set-vring-addr 0
+set-vring-addr 1
+set-vring-kick 0
+set-vring-kick 1
+set-vring-call 0
+set-vring-call 1
+set-vnet-hdr-size 12
+set-backend 0 tap
+set-backend 1 tap
+send 1 count=20
+host-expect count=20
+post 0 count=8
+set-backend 0 -1
+set-backend 1 -1
+get-vring-base 1
+expect base 20
+expect EBUSY
+set-owner
+SCRIPT
+timeout 60 vhostctl script run /tmp/to-record.vhost --record /tmp/script-rec.vhost >/tmp/script-rec.txt 2>&1; status=$?
+if [ "$status" = 0 ] && grep -q "^send 1 count=20 " /tmp/script-rec.vhost && grep -q "^expect base == 20" /tmp/script-rec.vhost \
+    && grep -q "^expect EBUSY" /tmp/script-rec.vhost; then
+    recorded_ok "script run" /tmp/script-rec.vhost
+else
+    fail "script run --record" "exit $status; $(tail -n 3 /tmp/script-rec.txt) $(head -c 600 /tmp/script-rec.vhost 2>/dev/null)"
+fi
+
+# ---- --keep-going: every missed expectation is reported with MISSED, the run goes on, exit 1 ----
+printf 'open\nset-owner\nlet f = get-features\nexpect $f contains 0x8000000000000000\nexpect ok\nset-owner\nget-features\n' >/tmp/misses.vhost
+timeout 30 vhostctl script run --keep-going /tmp/misses.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
+if [ "$got" = 1 ] && [ "$(grep -c '^MISSED ' /tmp/out.txt)" = 2 ] && grep -q '^MISSED /tmp/misses.vhost:4:1: expected .f contains 0x8000000000000000' /tmp/out.txt \
+    && grep -q '^MISSED /tmp/misses.vhost:6:1: set-owner failed: .*EBUSY' /tmp/out.txt && grep -q '^/tmp/misses.vhost:7:1: get-features' /tmp/out.txt \
+    && grep -q '2 expectation(s) missed' /tmp/err.txt; then
+    pass "script run --keep-going: both missed expectations reported with MISSED (lines 4 and 6), the line after them ran, exit 1"
+else
+    fail "script run --keep-going" "exit $got; $(grep MISSED /tmp/out.txt | tr '\n' ' ') $(head -c 300 /tmp/err.txt)"
+fi
+timeout 30 vhostctl script run /tmp/misses.vhost >/tmp/out.txt 2>/tmp/err.txt; got=$?
+if [ "$got" = 1 ] && ! grep -q '^MISSED' /tmp/out.txt && ! grep -q '^/tmp/misses.vhost:7:1:' /tmp/out.txt && grep -q '/tmp/misses.vhost:4:1: expected .f contains' /tmp/err.txt; then
+    pass "script run without --keep-going stops at the first miss (line 4; line 7 never ran), exit 1"
+else
+    fail "script run stops at the first miss" "exit $got; $(tail -n 2 /tmp/out.txt) $(head -c 300 /tmp/err.txt)"
+fi
+
 # ---- every error case: one clear line, a non-zero documented exit code, nothing left behind ----
 grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
 expect_error "not root" 77 "needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl attach --tap vhe0 --create"

@@ -101,7 +101,7 @@ final class PortBox {
 
 /// The tun requests a script issues, answered for a frame pipe as drivers/net/tun.c answers them
 /// for a tap, and reported to the observer the same way: TUNSETVNETHDRSZ below 10 is EINVAL,
-/// TUNSETOFFLOAD with an unknown bit is EINVAL, TUNSETSNDBUF of 0 or less is EINVAL and TUNGETSNDBUF
+/// TUNSETOFFLOAD takes what tun.c `set_offload` takes (`acceptsOffloads`), TUNSETSNDBUF of 0 or less is EINVAL and TUNGETSNDBUF
 /// reads it back, TUNSETQUEUE is EINVAL (a single-queue tap). The pipe's
 /// header length follows the device's features, whatever the tap would have been told.
 final class PipeTunModel {
@@ -115,15 +115,38 @@ final class PipeTunModel {
 
     init(observer: IoctlObserver?) { self.observer = observer }
 
+    /// Whether tun.c `set_offload` (6.17) takes `bits`: every offload needs CSUM; TSO_ECN needs
+    /// TSO4 or TSO6; USO4 and USO6 go together; UDP-tunnel GSO (and its CSUM) needs a plain GSO
+    /// (TSO4, TSO6 or USO); UFO is dropped. A bit left over is EINVAL ("a way to test for new
+    /// features in future by trying to set them").
+    static func acceptsOffloads(_ bits: UInt32) -> Bool {
+        let csum: UInt32 = 0x1, tso4: UInt32 = 0x2, tso6: UInt32 = 0x4, tsoECN: UInt32 = 0x8, ufo: UInt32 = 0x10
+        let uso4: UInt32 = 0x20, uso6: UInt32 = 0x40, tunnel: UInt32 = 0x80, tunnelCsum: UInt32 = 0x100
+        var rest = bits
+        if rest & csum != 0 {
+            rest &= ~csum
+            var plainGSO = false
+            if rest & (tso4 | tso6) != 0 {
+                rest &= ~(tsoECN | tso4 | tso6)
+                plainGSO = true
+            }
+            rest &= ~ufo
+            if rest & uso4 != 0 && rest & uso6 != 0 {
+                rest &= ~(uso4 | uso6)
+                plainGSO = true
+            }
+            if plainGSO && rest & tunnel != 0 { rest &= ~(tunnel | tunnelCsum) }
+        }
+        return rest == 0
+    }
+
     func perform(_ request: TunRequest) throws(VhostError) -> VhostAnswer {
         var answer = VhostAnswer.none
         var failure: Errno? = nil
         switch request {
         case .setInterface, .setPersist, .setOwner: break
         case .getFeatures: answer = .value(PipeTunModel.features)
-        case .setOffload(let bits):
-            let known = TunRequest.offloadNames.values.reduce(UInt64(0), |)
-            if UInt64(bits) & ~known != 0 { failure = .invalidArgument }
+        case .setOffload(let bits): if !PipeTunModel.acceptsOffloads(bits) { failure = .invalidArgument }
         case .setSendBuffer(let bytes): if bytes <= 0 { failure = .invalidArgument } else { sendBuffer = bytes }
         case .getSendBuffer: answer = .value(UInt64(UInt32(bitPattern: sendBuffer)))
         // tun.c tun_set_queue: a single-queue tap neither detaches nor re-attaches (EINVAL).

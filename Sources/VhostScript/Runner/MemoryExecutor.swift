@@ -81,6 +81,22 @@ struct MemoryExecutor {
         return .number(mapped.hostRanges.first?.start ?? 0)
     }
 
+    /// `read-log OFFSET [width=]`: loads WIDTH bytes of the dirty log at byte OFFSET,
+    /// little-endian: what the kernel logged there (bit b of byte B is guest page 8·B + b).
+    func readLog(offset: Operand, width: Int) throws(ScriptError) -> ScriptValue {
+        guard let log = session.log else { throw .missingPrerequisite("read-log needs a log: put `log SIZE` first") }
+        let offset = try session.number(offset)
+        // The log is mapped at GPA 0 of its own arena, so an offset is its address there.
+        guard let pointer = log.memory.map.host(guest: GuestAddress(offset), length: width) else {
+            throw .outOfGuestMemory("byte \(offset)+\(width) is outside the dirty log of \(log.bytes) bytes")
+        }
+        var value: UInt64 = 0
+        // SAFETY: `host` checked that all WIDTH bytes lie in the log this runner maps; the kernel
+        // sets bits in it at any time (set_bit_to_user), so the bytes are read as they are.
+        for i in 0..<width { value |= UInt64(pointer.load(fromByteOffset: i, as: UInt8.self)) << UInt64(8 * i) }
+        return .number(value)
+    }
+
     /// `write GPA VALUE [width=]`: stores WIDTH bytes, little-endian.
     func write(gpa: Operand, value: Operand, width: Int) throws(ScriptError) {
         let pointer = try session.host(try session.number(gpa), length: UInt64(width))
