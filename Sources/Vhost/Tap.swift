@@ -38,6 +38,8 @@ public struct Tap: ~Copyable {
 
     public let fd: Int32
     public let name: String
+    /// The `TUNSETIFF` flags it was opened with.
+    public let flags: Flags
     public var observer: IoctlObserver?
 
     /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1) and contain no '/', ':' or
@@ -89,6 +91,7 @@ public struct Tap: ~Copyable {
         }
         fd = opened
         self.name = String(decoding: kernelName.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.flags = flags
         self.observer = observer
     }
 
@@ -244,10 +247,16 @@ extension Tap: NetworkPort {
     /// vhost-net's sock_hlen: the tap must prepend and expect the header length the features
     /// give (net.c vhost_net_set_features), or none when vhost adds it (the tap was then opened
     /// without IFF_VNET_HDR). TUNSETSNDBUF INT_MAX enables vhost's batched TX path (QEMU's
-    /// tap_fd_set_sndbuf); TUNSETOFFLOAD says what the driver accepts on RX.
+    /// tap_fd_set_sndbuf), except on an L3 tun (see below); TUNSETOFFLOAD says what the driver accepts on RX.
     public func prepare(headerLength: Int?, receiveOffloads: Offloads, linkUp: Bool) throws(VhostError) {
         if let headerLength { try setVnetHeaderSize(Int32(headerLength)) }
-        try setSendBuffer(Int32.max)
+        // An L3 tun must not have INT_MAX, which tun_chr_open gives every tun fd: with it
+        // vhost-net batches TX through XDP (net.c vhost_net_build_xdp, taken when sk_sndbuf is
+        // INT_MAX), and tun.c tun_xdp_one parses every packet as an Ethernet frame
+        // (eth_type_trans), so the tun drops each one. One byte less keeps the send buffer
+        // unbounded in practice and sends packets through tun_sendmsg, which takes the protocol
+        // from the IP version as an IFF_TUN tun should.
+        try setSendBuffer(flags.contains(.tun) ? Int32.max - 1 : Int32.max)
         if !receiveOffloads.isEmpty { try setOffloads(receiveOffloads) }
         if linkUp { try setLinkUp(true) }
     }

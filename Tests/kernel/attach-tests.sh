@@ -7,6 +7,9 @@ PATH=/opt/bin:$PATH
 # A pipeline fails when any of its commands fails, not only the last (busybox ash has pipefail too,
 # for the guest, where bash is only the host's).
 set -o pipefail
+# `CMD | has PATTERN` is `CMD | grep -q PATTERN` that reads all its input: under pipefail,
+# grep -q stops at the first match and CMD then dies of SIGPIPE, failing the pipeline.
+has() { grep -c "$@" >/dev/null; }
 passed=0; failed=0
 pass() { passed=$((passed + 1)); echo "PASS $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL $1${2:+: $2}"; }
@@ -116,7 +119,7 @@ fi
 # The endpoint's link-local address is the EUI-64 of its MAC: 52:54:00:12:34:56 → fe80::5054:ff:fe12:3456.
 ll6=fe80::5054:ff:fe12:3456
 # wait_for_ipv6 IFACE: the host's own IPv6 addresses on IFACE have finished DAD (none tentative).
-wait_for_ipv6() { i=0; while [ $i -lt 100 ]; do hostip -6 addr show dev "$1" 2>/dev/null | grep -q "inet6 fe80" && ! hostip -6 addr show dev "$1" | grep -q tentative && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
+wait_for_ipv6() { i=0; while [ $i -lt 100 ]; do hostip -6 addr show dev "$1" 2>/dev/null | has "inet6 fe80" && ! hostip -6 addr show dev "$1" | has tentative && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
 vhostctl attach --tap vht6 --create --queues 2 --ip 10.0.6.2/24 --ip6 fd00:6::2/64 --udp-echo 7 --pcap /tmp/attach6.pcapng --stats 1 >/tmp/attach6.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/attach6.log
@@ -134,7 +137,7 @@ else
     fail "ping -6 to the endpoint's global address" "$(cat /tmp/ping6g.txt)"
 fi
 # The host resolved the endpoint by neighbour discovery (its solicitation, the endpoint's advertisement).
-if hostip -6 neigh show dev vht6 | grep -q "^fd00:6::2 lladdr 52:54:00:12:34:56"; then pass "neighbour discovery resolved the endpoint's MAC on the host"; else fail "the host's neighbour entry for fd00:6::2" "$(hostip -6 neigh show dev vht6 | tr '\n' ' ')"; fi
+if hostip -6 neigh show dev vht6 | has "^fd00:6::2 lladdr 52:54:00:12:34:56"; then pass "neighbour discovery resolved the endpoint's MAC on the host"; else fail "the host's neighbour entry for fd00:6::2" "$(hostip -6 neigh show dev vht6 | tr '\n' ' ')"; fi
 reply=$(host bash -c 'exec 3<>/dev/udp/fd00:6::2/7; printf "hello-vhost-udp6" >&3; IFS= read -r -t 5 -N 16 r <&3; printf "%s" "$r"' 2>&1)
 if [ "$reply" = "hello-vhost-udp6" ]; then pass "a UDP datagram over IPv6 is echoed (bash /dev/udp)"; else fail "a UDP datagram over IPv6 is echoed" "got '$reply'"; fi
 reply=$(host bash -c "exec 3<>/dev/udp/$ll6%vht6/7; printf 'hello-link-local' >&3; IFS= read -r -t 5 -N 16 r <&3; printf '%s' \"\$r\"" 2>&1)
@@ -142,8 +145,8 @@ if [ "$reply" = "hello-link-local" ]; then pass "a UDP datagram to the link-loca
 # Duplicate-address detection: the host claims the endpoint's own address with DAD; the endpoint's
 # advertisement makes the host give it up (dadfailed).
 hostip -6 addr add fd00:6::2/64 dev vht6
-i=0; while [ $i -lt 80 ] && ! hostip -6 addr show dev vht6 | grep -q "fd00:6::2/64.*dadfailed"; do sleep 0.1; i=$((i + 1)); done
-if hostip -6 addr show dev vht6 | grep -q "fd00:6::2/64.*dadfailed"; then
+i=0; while [ $i -lt 80 ] && ! hostip -6 addr show dev vht6 | has "fd00:6::2/64.*dadfailed"; do sleep 0.1; i=$((i + 1)); done
+if hostip -6 addr show dev vht6 | has "fd00:6::2/64.*dadfailed"; then
     pass "duplicate-address detection by the host for fd00:6::2, which the endpoint owns, is answered: the host marks it dadfailed"
 else
     fail "DAD for the endpoint's address is answered" "$(hostip -6 addr show dev vht6 | tr '\n' ' ')"
@@ -227,7 +230,7 @@ if [ "$reply" = "tun-udp6" ]; then pass "attach --tun echoes UDP over IPv6"; els
 kill -TERM $pid; wait_for_exit $pid
 tunframes=$(host tshark -r /tmp/tun.pcapng -Y 'frame.packet_flags_direction == 2 && (icmp.type == 0 || icmpv6.type == 129)' 2>/dev/null | wc -l)
 nd=$(host tshark -r /tmp/tun.pcapng -Y 'icmpv6.type >= 133 && icmpv6.type <= 137 && frame.packet_flags_direction == 2' 2>/dev/null | wc -l)
-if [ "$tunframes" -ge 6 ] && [ "$nd" = 0 ] && host tshark -r /tmp/tun.pcapng -T fields -e frame.protocols 2>/dev/null | head -n 1 | grep -q "^raw:ip"; then
+if [ "$tunframes" -ge 6 ] && [ "$nd" = 0 ] && host tshark -r /tmp/tun.pcapng -T fields -e frame.protocols 2>/dev/null | head -n 1 | has "^raw:ip"; then
     pass "the tun's pcapng is raw IP (LINKTYPE_RAW): $tunframes echo replies, no neighbour discovery sent"
 else
     fail "the tun's pcapng" "$tunframes echo replies, $nd ND frames; $(host tshark -r /tmp/tun.pcapng -T fields -e frame.protocols 2>&1 | head -n 2 | tr '\n' ' ')"
@@ -241,7 +244,7 @@ echo "INFO tun's num_buffers on received frames, kernel $(uname -r): $(host tsha
 timeout 30 vhostctl attach --tap vhoff0 --create --features VERSION_1 EVENT_IDX MRG_RXBUF GUEST_CSUM GUEST_TSO4 --trace --duration 0.3 --stats 0 >/tmp/off.log 2>/tmp/off.trace
 timeout 30 vhostctl attach --tap vhoff1 --create --features VERSION_1 EVENT_IDX MRG_RXBUF GUEST_CSUM GUEST_TSO4 --offloads csum --trace --duration 0.3 --stats 0 >/dev/null 2>/tmp/off1.trace
 # VHOST_SET_FEATURES prints the features by name: vhost must not be asked for an offload (net.c would refuse it).
-if grep -q '^trace: TUNSETOFFLOAD(0x3) = 0' /tmp/off.trace && grep -q '^trace: VHOST_SET_FEATURES(' /tmp/off.trace && ! grep '^trace: VHOST_SET_FEATURES(' /tmp/off.trace | grep -q 'CSUM\|TSO' \
+if grep -q '^trace: TUNSETOFFLOAD(0x3) = 0' /tmp/off.trace && grep -q '^trace: VHOST_SET_FEATURES(' /tmp/off.trace && ! grep '^trace: VHOST_SET_FEATURES(' /tmp/off.trace | has 'CSUM\|TSO' \
     && grep -q '^trace: TUNSETOFFLOAD(0x1) = 0' /tmp/off1.trace \
     && ! grep -q 'TUNSETOFFLOAD(0x3)' /tmp/off1.trace && grep -q "^offloads: NET_F_GUEST_CSUM NET_F_GUEST_TSO4" /tmp/off.log; then
     pass "the tap's TUNSETOFFLOAD follows the GUEST_ features (GUEST_CSUM GUEST_TSO4 → 0x3, as QEMU derives it), vhost is not asked for them, and --offloads csum overrides (0x1)"
@@ -465,12 +468,16 @@ kill -TERM $pid; wait_for_exit $pid
 hostip link del vhve0
 
 # ---- teardown mid-traffic: SIGINT, SIGTERM, SIGHUP stop cleanly; after kill -9 the name is free --
+net=20
 for sig in INT TERM HUP KILL; do
-    vhostctl attach --tap vhsig0 --create --ip 10.0.10.2/24 --stats 0 >/tmp/sig.log 2>&1 &
+    # A subnet of its own per signal: nothing the host kept from the run before (a neighbour
+    # entry, a route on the interface that is going away) can stand in the way.
+    net=$((net + 1))
+    vhostctl attach --tap vhsig0 --create --ip 10.0.$net.2/24 --stats 0 >/tmp/sig.log 2>&1 &
     pid=$!
     wait_for_attached /tmp/sig.log
-    ip addr add 10.0.10.1/24 dev vhsig0; ip link set vhsig0 up
-    ping -A -c 100000 -W 1 10.0.10.2 >/tmp/sigping.log 2>&1 &
+    ip addr add 10.0.$net.1/24 dev vhsig0; ip link set vhsig0 up
+    ping -A -c 100000 -W 1 10.0.$net.2 >/tmp/sigping.log 2>&1 &
     ppid=$!
     # Traffic first: wait for the first reply (ARP and the first echo), then let it run a while.
     i=0; while [ $i -lt 100 ] && ! grep -q "bytes from" /tmp/sigping.log; do sleep 0.1; i=$((i + 1)); done
@@ -492,7 +499,7 @@ for sig in INT TERM HUP KILL; do
     elif [ $left = no ] && [ $status -eq 0 ] && [ "$replies" -gt 0 ] && grep -q "stopped on signal" /tmp/sig.log; then
         pass "SIG$sig in the middle of traffic ($replies replies so far) stops cleanly (exit 0, backends detached) and leaves no tap"
     else
-        fail "SIG$sig mid-traffic" "exit $status, tap left: $left, replies $replies: $(tail -n 3 /tmp/sig.log | tr '\n' ' ')"
+        fail "SIG$sig mid-traffic" "exit $status, tap left: $left, replies $replies: $(tail -n 3 /tmp/sig.log | tr '\n' ' '); ping: $(head -c 300 /tmp/sigping.log | tr '\n' ' ')"
     fi
 done
 
