@@ -281,3 +281,19 @@ struct ScriptExpectationTests {
         #expect(success.failure?.description.contains("expected EINVAL from set-vring-num, found success") == true, "\(String(describing: success.failure))")
     }
 }
+
+@Suite("Script memory limit: memory kept for the open device counts")
+struct ScriptMemoryLimitTests {
+    @Test("mapping memory again while the device may still use the old memory is refused as a limit when both would pass it; after close it is not")
+    func keptMemoryCounts() throws {
+        var limits = ScriptLimits()
+        limits.memoryBytes = 1 << 20
+        limits.logBytes = 64 << 10
+        let kept = try runInProcess("open\nset-owner\nmemory 1M\nset-mem-table\nmemory 1M\n", limits: limits)
+        #expect(kept.failure?.isLimit == true && kept.failure?.description.contains("memory kept for the open device included") == true,
+                "\(String(describing: kept.failure))")
+        #expect(kept.runner.mappedBytes <= limits.memoryBytes + limits.logBytes, "\(kept.runner.mappedBytes) bytes mapped")
+        let closed = try runInProcess("open\nset-owner\nmemory 1M\nset-mem-table\nclose\nmemory 1M\n", limits: limits)
+        #expect(closed.failure == nil, "\(String(describing: closed.failure))")
+    }
+}
