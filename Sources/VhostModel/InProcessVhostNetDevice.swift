@@ -64,6 +64,11 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
     package func setNextUsedID(index: UInt32, id: UInt32) {
         core.withState { $0.vring(index)?.corruptUsedID = id }
     }
+    /// The hook of VhostTestSupport's `corruptNextUsedLength(length:)`: the next RX packet's
+    /// last used entry says `length` bytes instead of what the device wrote.
+    package func setNextUsedLength(_ length: UInt32) {
+        core.withState { $0.rx.corruptUsedLength = length }
+    }
 
     /// The last ring error the device model reported on a vring, for messages.
     public func lastRingError(index: UInt32) -> String? { core.withState { $0.vring(index)?.lastError } }
@@ -276,6 +281,8 @@ final class InProcessDeviceCore: @unchecked Sendable {
         var lastError: String?
         /// Fault injection: the id to write in the next used entry instead of the head.
         var corruptUsedID: UInt32?
+        /// Fault injection (RX): the length to write in the next packet's last used entry.
+        var corruptUsedLength: UInt32?
 
         /// The head to report for `head`: itself, unless a corruption was injected.
         func reportedHead(_ head: UInt16) -> UInt16 {
@@ -625,6 +632,11 @@ final class InProcessDeviceCore: @unchecked Sendable {
                 vring.corruptUsedID = nil
                 buffers.usedElements[0].id = id
                 buffers.inOrderUsed.element.id = id
+            }
+            if let length = vring.corruptUsedLength {
+                vring.corruptUsedLength = nil
+                buffers.usedElements[buffers.usedElements.count - 1].length = length
+                buffers.inOrderUsed.element.length = length
             }
             vring.model!.push(received: buffers)
             if vring.model!.shouldSignal() { vring.signal(vring.call) }

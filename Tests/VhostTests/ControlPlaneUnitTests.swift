@@ -74,6 +74,20 @@ struct TypedRequestTests {
         #expect(errno { () throws(VhostError) in try device.perform(.getVringEndian(1)) } == .inappropriateIOCTLForDevice)
     }
 
+    @Test("the in-process model's SET_VRING_NUM: every power of 2 from 1 to 32768 is accepted, 0, 3, 6, 32769, 65535 and 65536 are EINVAL (vhost.c vhost_vring_set_num)")
+    func vringNum() throws {
+        func errno(_ num: UInt32) -> Errno? {
+            do throws(VhostError) { try device.setVringNum(index: 0, num: num); return nil } catch {
+                if case .ioctl(let failure) = error { return failure.errno }
+                return .ioError
+            }
+        }
+        let device = try InProcessVhostNetDevice()
+        try device.setOwner()
+        for shift in 0...15 { #expect(errno(1 << shift) == nil, "a ring of \(1 << shift)") }
+        for num: UInt32 in [0, 3, 6, 32769, 65535, 65536] { #expect(errno(num) == .invalidArgument, "a ring of \(num)") }
+    }
+
     @Test("every request kind has one script form, its command names are unique, and a request written by the recorder builds back to itself")
     func syntaxRoundTrip() {
         let names = VhostRequest.syntax.map(\.name) + TunRequest.syntax.map(\.name)

@@ -92,6 +92,26 @@ struct InProcessDatapathTests {
         #expect(queue == "rx" && reason.contains("40000"))
     }
 
+    @Test("a device that reports a used length past the RX buffer: the frame is dropped and counted, never read past the buffer, and the next frames arrive")
+    func usedLengthPastTheBuffer() throws {
+        let (pair, host) = try InProcessHarness().makePair("vhu-len") { $0.queueSize = 16 }
+        try receiveAndCompare(pair, host: host, frames: 8)
+        let capacity = pair.receiveQueue.frameCapacity
+        let dropsBefore = pair.receiveCounters.drops
+        // One byte more than the buffer holds after the header: still inside guest memory (the
+        // next buffer), so a driver that trusted it would hand that byte to the caller.
+        pair.device.corruptNextUsedLength(UInt32(pair.receiveQueue.queue.chainCapacity + 1))
+        try host.send(TestFrame.bytes(1))
+        var delivered: [Int] = []
+        let deadline = ContinuousClock.now + .seconds(5)
+        while pair.receiveCounters.drops == dropsBefore && ContinuousClock.now < deadline {
+            try pair.receive(milliseconds: 100) { delivered.append($0.frame.count) }
+        }
+        #expect(pair.receiveCounters.drops == dropsBefore + 1, "the frame with a used length past its buffer was not dropped")
+        #expect(delivered.allSatisfy { $0 <= capacity }, "a frame of \(delivered.max() ?? 0) bytes was delivered from a \(capacity)-byte buffer")
+        try receiveAndCompare(pair, host: host, frames: 8)
+    }
+
     @Test("the in-process device answers the vhost ioctls with the kernel's errnos")
     func ioctlRules() throws {
         func errno(_ body: () throws -> Void) -> String? {

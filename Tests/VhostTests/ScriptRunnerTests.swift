@@ -247,3 +247,53 @@ struct ScriptRecorderRoundTripTests {
         #expect(replay.failure == nil, "the replay failed: \(String(describing: replay.failure))\n\(text)")
     }
 }
+
+@Suite("Script expectations: each holds where it should and is missed where it should not")
+struct ScriptExpectationTests {
+    /// A value of 5 in `$v`, and the in-process device's features as the answer `features`.
+    static let setUp = "open\nset-owner\nget-features\nmemory 1M\nlet a = alloc 64\nwrite $a 5\nlet v = read $a\n"
+
+    @Test("every comparison passes when it holds and is missed, with what was found, when it does not")
+    func comparisons() throws {
+        let holding = ["$v == 5", "$v != 4", "$v < 6", "$v <= 5", "$v > 4", "$v >= 5",
+                       "features contains EVENT_IDX VERSION_1", "features lacks F_LOG_ALL"]
+        for check in holding {
+            let run = try runInProcess(Self.setUp + "expect \(check)\n")
+            #expect(run.failure == nil, "expect \(check): \(String(describing: run.failure))")
+            #expect(run.output.contains { $0.contains(": \(check): yes") }, "expect \(check): \(run.output.suffix(2))")
+        }
+        let missed = ["$v == 4", "$v != 5", "$v < 5", "$v <= 4", "$v > 5", "$v >= 6",
+                      "features contains F_LOG_ALL", "features lacks EVENT_IDX", "features contains EVENT_IDX F_LOG_ALL"]
+        for check in missed {
+            let run = try runInProcess(Self.setUp + "expect \(check)\n")
+            #expect(run.failure?.description.contains("expected \(check), found") == true, "expect \(check): \(String(describing: run.failure))")
+        }
+    }
+
+    @Test("an errno expectation holds only for that errno: another errno, or success, is missed")
+    func errnos() throws {
+        let right = try runInProcess("open\nset-owner\nexpect EINVAL\nset-vring-num 0 3\n")
+        #expect(right.failure == nil, "\(String(describing: right.failure))")
+        #expect(right.output.contains { $0.contains("EINVAL as expected") })
+        let wrong = try runInProcess("open\nset-owner\nexpect EBUSY\nset-vring-num 0 3\n")
+        #expect(wrong.failure?.description.contains("expected EBUSY from set-vring-num, found") == true, "\(String(describing: wrong.failure))")
+        let success = try runInProcess("open\nset-owner\nexpect EINVAL\nset-vring-num 0 4\n")
+        #expect(success.failure?.description.contains("expected EINVAL from set-vring-num, found success") == true, "\(String(describing: success.failure))")
+    }
+}
+
+@Suite("Script memory limit: memory kept for the open device counts")
+struct ScriptMemoryLimitTests {
+    @Test("mapping memory again while the device may still use the old memory is refused as a limit when both would pass it; after close it is not")
+    func keptMemoryCounts() throws {
+        var limits = ScriptLimits()
+        limits.memoryBytes = 1 << 20
+        limits.logBytes = 64 << 10
+        let kept = try runInProcess("open\nset-owner\nmemory 1M\nset-mem-table\nmemory 1M\n", limits: limits)
+        #expect(kept.failure?.isLimit == true && kept.failure?.description.contains("memory kept for the open device included") == true,
+                "\(String(describing: kept.failure))")
+        #expect(kept.runner.mappedBytes <= limits.memoryBytes + limits.logBytes, "\(kept.runner.mappedBytes) bytes mapped")
+        let closed = try runInProcess("open\nset-owner\nmemory 1M\nset-mem-table\nclose\nmemory 1M\n", limits: limits)
+        #expect(closed.failure == nil, "\(String(describing: closed.failure))")
+    }
+}

@@ -187,6 +187,23 @@ struct NetworkResponderTests {
         let validatedAnswer = r.respond(to: partial, header: VirtioNetHeader(flags: .dataValid))
         #expect(validatedAnswer != nil)
     }
+
+    @Test("every reply goes to the asker's MAC from ours: ARP, ICMP echo and UDP echo")
+    func repliesGoToTheAsker() throws {
+        var r = responder()
+        let arp = ARPPacket(operation: .request, senderMAC: peerMAC, senderIP: peer, targetMAC: MACAddress(0, 0, 0, 0, 0, 0), targetIP: me).frame()
+        var icmp: [UInt8] = [8, 0, 0, 0, 0x12, 0x34, 0, 1] + Array("payload".utf8)
+        let sum = internetChecksum(icmp[...]); icmp[2] = UInt8(sum >> 8); icmp[3] = UInt8(sum & 0xff)
+        let ping = IPv4Packet.frame(destinationMAC: myMAC, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 1, payload: icmp)
+        let segment = UDPDatagram.build(source: peer, destination: me, sourcePort: 40000, destinationPort: 7, payload: Array("hi".utf8)[...])
+        let udp = IPv4Packet.frame(destinationMAC: myMAC, sourceMAC: peerMAC, source: peer, destination: me, protocolNumber: 17, payload: segment)
+        for (name, request) in [("ARP", arp), ("ICMP echo", ping), ("UDP echo", udp)] {
+            let replyValue = r.respond(to: request)
+            let reply = try #require(replyValue, "no reply to the \(name) request")
+            #expect(Array(reply[0..<6]) == peerMAC.array, "the \(name) reply goes to \(MACAddress(reply[0..<6]).map { "\($0)" } ?? "?"), not the asker")
+            #expect(Array(reply[6..<12]) == myMAC.array, "the \(name) reply is not from our MAC")
+        }
+    }
 }
 
 @Suite("Script parsing")
