@@ -10,23 +10,6 @@ import VhostScript
 /// them in the VM).
 let examplesDirectory = getenv("VHOST_EXAMPLES").map { String(cString: $0) } ?? "/opt/examples"
 
-/// Every `.vhost` file under `directory`, except the `lib/` includes, sorted.
-func scriptFiles(under directory: String) -> [String] {
-    guard let dir = opendir(directory) else { return [] }
-    defer { closedir(dir) }
-    var found: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard !name.hasPrefix(".") else { continue }
-        let path = directory + "/" + name
-        if entry.pointee.d_type == UInt8(DT_DIR) {
-            if name != "lib" { found += scriptFiles(under: path) }
-        } else if name.hasSuffix(".vhost") {
-            found.append(path)
-        }
-    }
-    return found.sorted()
-}
 
 /// The commands the scripts of this tier ran: every script, shipped or inline, runs on a runner
 /// from `scriptRunner`, and the tier's last test (`scriptCoverageTests`) fails for each command

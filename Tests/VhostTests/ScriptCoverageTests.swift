@@ -28,23 +28,8 @@ private let examplesDirectory: String = {
 private let scriptingManual: String = examplesDirectory.dropLast("Examples".count) + "docs/scripting.md"
 
 /// The shipped scripts the kernel tier runs: every `.vhost` file under Examples/ but the `lib/`
-/// includes (as the tier's `scriptFiles` finds them).
-private func shippedScripts(under directory: String = examplesDirectory) -> [String] {
-    guard let dir = opendir(directory) else { return [] }
-    defer { closedir(dir) }
-    var found: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard !name.hasPrefix(".") else { continue }
-        let path = directory + "/" + name
-        if entry.pointee.d_type == UInt8(DT_DIR) {
-            if name != "lib" { found += shippedScripts(under: path) }
-        } else if name.hasSuffix(".vhost") {
-            found.append(path)
-        }
-    }
-    return found.sorted()
-}
+/// includes (the tier's own `scriptFiles`).
+private func shippedScripts(under directory: String = examplesDirectory) -> [String] { scriptFiles(under: directory) }
 
 @Suite("Coverage of the script language by the kernel tier's scripts")
 struct ScriptCoverageTests {
