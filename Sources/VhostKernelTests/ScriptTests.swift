@@ -168,3 +168,55 @@ let scriptCoverageTests: [KernelTest] = [
                    + "(give each a use in Examples/ or Sources/KernelTierScripts; a test filter that skips script tests leaves their commands out)")
     },
 ]
+
+/// The scripts that crashed (SIGILL) or hung the runner before the typed rewrite, run against the
+/// real `/dev/vhost-net`: each must end in a parse error or a run failure that names what was
+/// wrong, within a second, and the process must go on (Tests/cli/hostile-scripts.sh checks the
+/// CLI's exit codes and single error line for the same scripts on the host).
+let crashScriptTests: [KernelTest] = [
+    KernelTest(name: "script (not shipped): the scripts that once crashed or hung the runner end in one typed error within a second on the kernel's device") {
+        let scripts: [(name: String, text: String)] = [
+            ("memory near the top of the address space", "memory 0x7ffffffffffff001"),
+            ("alloc of 2^64 - 1 bytes", "memory 1M\nalloc 0xffffffffffffffff"),
+            ("sleep of 2^62 ms", "sleep 0x4000000000000000"),
+            ("memory at the top of the GPA space", "memory 4K 0xfffffffffffff000\nalloc 16"),
+            ("features array of 2^64 - 1 words", "open\nset-owner\nget-features-array 0xffffffffffffffff"),
+            ("an IOTLB wait of 2^64 - 1 ms", "open\nset-owner\niotlb-miss timeout=0xffffffffffffffff"),
+            ("a ring size of $i-1 with $i = 0", "open\nset-owner\nmemory 1M\nrepeat 2 as i {\nring 0 $i-1\n}"),
+        ]
+        for (name, text) in scripts {
+            let started = MonotonicClock.seconds()
+            var outcome = ""
+            do {
+                let script = try Script(parsing: text, name: "crash")
+                try scriptRunner { _ in }.run(script)
+                outcome = "ran to the end"
+            } catch let error as Script.ParseError {
+                outcome = "refused at parse: \(error.problems.first ?? "")"
+                try expect(error.problems.count == 1 && error.problems[0].hasPrefix("crash:"), "\(name): \(error.problems)")
+            } catch {
+                outcome = "stopped: \(error)"
+            }
+            let seconds = MonotonicClock.seconds() - started
+            say("  \(name): \(outcome.prefix(140)) (\(KernelTestRunner.formatted(seconds)) s)")
+            try expect(outcome != "ran to the end", "\(name) ran to the end")
+            try expect(seconds < 1, "\(name) took \(seconds) s")
+        }
+        // Include fan-out: six includes of itself and one through ./, cycles found on canonical paths.
+        let directory = "/tmp/vht-fanout"
+        mkdir(directory, 0o755)
+        let file = directory + "/a.vhost"
+        let text = String(repeating: "include \"./a.vhost\"\n", count: 6) + "include \"././a.vhost\"\n"
+        guard let handle = fopen(file, "w") else { throw KernelTestFailure("cannot write \(file)") }
+        fputs(text, handle); fclose(handle)
+        let started = MonotonicClock.seconds()
+        do {
+            _ = try Script(contentsOf: file)
+            throw KernelTestFailure("the include fan-out parsed")
+        } catch let error as Script.ParseError {
+            let seconds = MonotonicClock.seconds() - started
+            say("  include fan-out: \(error.problems.count) problems, the first \(error.problems[0]) (\(KernelTestRunner.formatted(seconds)) s)")
+            try expect(seconds < 1 && error.problems.allSatisfy { $0.contains("would include itself") }, "\(error.problems)")
+        }
+    },
+]

@@ -10,7 +10,7 @@ import VhostNet
 import VhostScript
 import Virtio
 
-let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + commandScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + requestTests + recordParityTests + soakTests
+let allKernelTests: [KernelTest] = deviceTests + datapathTests + featureTests + scriptTests + shippedScriptTests + inlineScriptTests + commandScriptTests + backendTests + controlPlaneTests + workerTests + extendedFeatureTests + iotlbTests + dirtyLogResizeTests + faultTests + teardownTests + crashScriptTests + requestTests + recordParityTests + soakTests
     + scriptCoverageTests  // last: it reads what every script before it ran
 
 // MARK: helpers
