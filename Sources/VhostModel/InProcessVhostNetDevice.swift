@@ -125,7 +125,7 @@ public struct InProcessVhostNetDevice: ~Copyable, VhostBackend {
             return (nil, .none)
         case .getFeaturesArray(let count):
             // net.c (6.17): the offered words, then zeros up to `count`.
-            let words = Int(Swift.min(count, 1024))
+            let words = Int(Swift.min(count, VhostNetDevice.maximumFeatureWords))
             return (nil, .words(Array(([state.offered.rawValue] + [UInt64](repeating: 0, count: Swift.max(0, words - 1))).prefix(words))))
         case .setFeaturesArray(let words):
             guard words.dropFirst().allSatisfy({ $0 == 0 }) else { return (.notSupported, .none) }

@@ -87,6 +87,8 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     let logger: Logger
     /// The RX call eventfds of every queue pair (token = pair index), plus extra fds.
     private let poller: EventPoller
+    /// Every pair runs in poll mode: the idle turn spins instead of sleeping (fixed at set-up).
+    private let pollsReceive: Bool
     private var watchedExtras: Set<Int32> = []
     /// How long a reply waits for room in a full TX ring before it is dropped.
     static var transmitWaitMilliseconds: Int32 { 1000 }
@@ -105,6 +107,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             pairs.append(try makePair(configuration.pairConfiguration(), logger))
         }
         self.pairs = pairs
+        pollsReceive = pairs.allSatisfy { $0.configuration.notificationMode == .poll }
         poller = try EventPoller()
         for (index, pair) in pairs.enumerated() {
             try poller.add(pair.receiveQueue.queue.call.fd, token: UInt64(index))
@@ -165,7 +168,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         guard received == 0, milliseconds != 0 else { return received }
         // Poll mode (as DPDK's drivers run): RX interrupts stay off and nothing sleeps; the
         // caller's loop comes straight back and looks again.
-        if pairs.allSatisfy({ $0.configuration.notificationMode == .poll }) { return received }
+        if pollsReceive { return received }
         // Interrupt mode: re-enable RX interrupts on every queue (returning at once when one
         // has work already), then sleep in epoll on all call eventfds.
         for (index, pair) in pairs.enumerated() where !brokenPairs.contains(index) && pair.armReceiveNotification() == nil { return received }
