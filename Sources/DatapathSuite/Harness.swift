@@ -79,9 +79,10 @@ public class KernelHostSideOnInterface: HostSide {
     public func nextTestFrame(milliseconds: Int32) -> [UInt8]? {
         let deadline = now() + Double(milliseconds) / 1000
         repeat {
-            guard let frame = socket.receive(milliseconds: max(1, Int32((deadline - now()) * 1000))) else { return nil }
+            // 0 ms is one look without waiting (a soak polls so between bursts).
+            guard let frame = socket.receive(milliseconds: milliseconds == 0 ? 0 : max(1, Int32((deadline - now()) * 1000))) else { return nil }
             if EthernetFrame.etherType(of: frame) == EthernetFrame.experimentalType { return frame }
-        } while now() < deadline
+        } while milliseconds == 0 || now() < deadline
         return nil
     }
 

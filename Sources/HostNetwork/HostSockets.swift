@@ -47,10 +47,13 @@ public struct PacketSocket: ~Copyable {
     /// Receives one frame, waiting up to `milliseconds`; nil on timeout.
     public func receive(milliseconds: Int32, capacity: Int = 65536) -> [UInt8]? {
         guard waitReadable(fd, milliseconds: milliseconds) else { return nil }
-        var buffer = [UInt8](repeating: 0, count: capacity)
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        guard n >= 0 else { return nil }
-        return Array(buffer.prefix(n))
+        // Into scratch space that is neither zero-filled nor kept: the frame is copied out at its
+        // own length (a zeroed 64 KiB array per frame cost a soak's host side more than the frame).
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { scratch -> [UInt8]? in
+            let n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+            guard n >= 0 else { return nil }
+            return Array(scratch.prefix(min(n, scratch.count)))
+        }
     }
 }
 
