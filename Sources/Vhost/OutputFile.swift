@@ -81,8 +81,8 @@ public final class OutputFile {
         }
         guard let created else {
             close(directory)
-            let who = user.map { " as \($0.name) (uid \($0.uid)), the user this process runs as after set-up," } ?? ""
-            throw .unwritableFile(path: path, problem: "cannot be created in \(directoryPath)\(who); give a path in a folder \(user.map { "\($0.name)" } ?? "you") can write", errno: lastError)
+            let who = user.map { " as \($0.name) (uid \($0.uid)), the user this process runs as after set-up" } ?? ""
+            throw .unwritableFile(path: path, problem: "cannot be created in \(directoryPath)\(who); give a path in a folder \(user?.name ?? "you") can write", errno: lastError)
         }
         // The umask may have taken bits off; 0600 exactly, whatever it is.
         _ = fchmod(created.fd, 0o600)
