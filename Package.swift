@@ -76,7 +76,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).

@@ -187,6 +187,7 @@ const int CVHOST_SOL_PACKET = SOL_PACKET;
 const int CVHOST_PACKET_VNET_HDR = PACKET_VNET_HDR;
 const int CVHOST_PACKET_IGNORE_OUTGOING = PACKET_IGNORE_OUTGOING;
 const int CVHOST_SO_RCVBUF = SO_RCVBUF;
+const int CVHOST_O_PATH = O_PATH;
 const int CVHOST_SO_SNDBUF = SO_SNDBUF;
 const int CVHOST_SO_RCVBUFFORCE = SO_RCVBUFFORCE;
 const int CVHOST_SO_SNDBUFFORCE = SO_SNDBUFFORCE;
@@ -265,14 +266,24 @@ int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor) 
 
 #include <linux/capability.h>
 #include <sys/prctl.h>
-int cvhost_drop_capabilities(uint64_t keep) {
+int cvhost_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable) {
     struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
-    data[0].effective = data[0].permitted = (uint32_t)keep;
-    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
-    if (syscall(SYS_capset, &header, data) < 0) return -errno;
-    return result(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    data[0].effective = (uint32_t)effective; data[1].effective = (uint32_t)(effective >> 32);
+    data[0].permitted = (uint32_t)permitted; data[1].permitted = (uint32_t)(permitted >> 32);
+    data[0].inheritable = (uint32_t)inheritable; data[1].inheritable = (uint32_t)(inheritable >> 32);
+    return result((int)syscall(SYS_capset, &header, data));
+}
+
+int cvhost_capability_bounding_drop(int capability) { return result(prctl(PR_CAPBSET_DROP, capability, 0, 0, 0)); }
+
+int cvhost_capability_ambient_clear(void) { return result(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)); }
+
+int cvhost_set_no_new_privileges(void) { return result(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)); }
+
+int cvhost_rename_noreplace(int from_dir, const char *from, int to_dir, const char *to) {
+    return result(renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE));
 }
 
 int cvhost_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -17,6 +17,10 @@ public struct Tap: ~Copyable {
         public static let vnetHeader = Self(rawValue: Int16(IFF_VNET_HDR))
         public static let multiQueue = Self(rawValue: Int16(IFF_MULTI_QUEUE))
         public static let oneQueue = Self(rawValue: Int16(IFF_ONE_QUEUE))
+        /// `IFF_TUN_EXCL`: create only; when an interface of the name exists TUNSETIFF fails with
+        /// EBUSY instead of attaching (drivers/net/tun.c tun_set_iff: `if (ifr->ifr_flags &
+        /// IFF_TUN_EXCL) return -EBUSY;` for an existing device, of any kind).
+        public static let exclusive = Self(rawValue: Int16(bitPattern: 0x8000))
     }
 
     /// TUNSETOFFLOAD flags: what the reader of the tap (us) accepts.
@@ -78,6 +82,8 @@ public struct Tap: ~Copyable {
             switch failure.errno {
             case .notPermitted, .permissionDenied:
                 throw .tap(name: name, problem: .permission, reason: "TUNSETIFF refused (\(failure.errno.name)): creating or attaching a tap needs CAP_NET_ADMIN (run as root), or the tap belongs to another user")
+            case .resourceBusy where flags.contains(.exclusive):
+                throw .tap(name: name, problem: .exists, reason: "already exists (TUNSETIFF with IFF_TUN_EXCL: EBUSY); drop --create to attach to it, or choose another name")
             case .resourceBusy:
                 throw .tap(name: name, problem: .busy, reason: "busy (EBUSY): another process has it open; close it or choose another name")
             case .invalidArgument:

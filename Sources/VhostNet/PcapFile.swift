@@ -6,8 +6,9 @@ import Virtio
 
 /// Writes frames to a capture file that tshark and Wireshark read: pcap, or pcapng with one
 /// interface per queue pair, each frame's direction (`epb_flags`), a nanosecond timestamp and
-/// its virtio-net header as a comment. Flushes on `flush()` and when it goes away. A class,
-/// because the endpoint's frame observer closure shares it.
+/// its virtio-net header as a comment. The frames go to an `OutputFile` (a temporary name, mode
+/// 0600) and reach the final name only at `finish()`: a writer that goes away unfinished leaves
+/// no file. A class, because the endpoint's frame observer closure shares it.
 public final class PcapWriter {
     /// The file format.
     public enum Format: String, Sendable {
@@ -16,20 +17,23 @@ public final class PcapWriter {
         public init(path: String) { self = path.hasSuffix(".pcapng") ? .pcapng : .pcap }
     }
 
-    private let fd: FileDescriptor
-    /// The file written.
-    public let path: String
+    private let file: OutputFile
+    /// The file's final name.
+    public var path: String { file.path }
     /// pcap or pcapng.
     public let format: Format
     private var pending: [UInt8] = []
     /// Frames recorded so far.
     public private(set) var frames = 0
+    /// Whether `finish()` renamed the file to its name.
+    public var isFinished: Bool { file.state == .committed }
 
-    /// Creates (or truncates) `path` and writes the file's header: for pcapng a section header
-    /// and one interface description per name in `interfaces` (one per queue pair), with
-    /// nanosecond timestamps. `linkType` is Ethernet, or raw IP for an L3 tun.
-    public init(path: String, format: Format? = nil, linkType: UInt32 = Pcap.linkTypeEthernet, interfaces: [String] = ["queue 0"]) throws(VhostError) {
-        let format = format ?? Format(path: path)
+    /// Writes the file's header into `file`: for pcapng a section header and one interface
+    /// description per name in `interfaces` (one per queue pair), with nanosecond timestamps.
+    /// `linkType` is Ethernet, or raw IP for an L3 tun. The format defaults to the one
+    /// `file.path`'s name gives.
+    public init(file: OutputFile, format: Format? = nil, linkType: UInt32 = Pcap.linkTypeEthernet, interfaces: [String] = ["queue 0"]) throws(VhostError) {
+        let format = format ?? Format(path: file.path)
         var header: [UInt8]
         switch format {
         case .pcap:
@@ -41,27 +45,29 @@ public final class PcapWriter {
                                                       description: "\(name): the virtio-net driver's side of a vhost-net queue pair")
             }
         }
-        let opened: FileDescriptor
         do {
-            opened = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            try file.write(header)
         } catch {
-            throw .unwritableFile(path: path, problem: "the capture file cannot be created; check that its folder exists and is writable", errno: error as? Errno)
+            file.discard()
+            throw .unwritableFile(path: file.path, problem: "the capture file's header cannot be written", errno: error.fileErrno)
         }
-        do {
-            _ = try header.withUnsafeBytes { try opened.writeAll($0) }
-        } catch {
-            try? opened.close()
-            throw .unwritableFile(path: path, problem: "the capture file's header cannot be written", errno: error as? Errno)
-        }
-        fd = opened
-        self.path = path
+        self.file = file
         self.format = format
+    }
+
+    /// Creates the capture file for `path` (an `OutputFile`: refused when something is there
+    /// unless `replacingExisting`, a symbolic link always) and writes its header.
+    public convenience init(path: String, replacingExisting: Bool = false, format: Format? = nil, linkType: UInt32 = Pcap.linkTypeEthernet,
+                            interfaces: [String] = ["queue 0"]) throws(VhostError) {
+        let file = try OutputFile(path: path, replacingExisting: replacingExisting)
+        try self.init(file: file, format: format, linkType: linkType, interfaces: interfaces)
     }
 
     /// Records a frame seen now: in pcapng with its queue pair's interface, its direction and
     /// its virtio-net header (`headerLength` bytes of it) as a comment; pcap keeps the bytes only.
     public func write(_ frame: UnsafeRawBufferPointer, direction: Pcapng.Direction = .unknown, queue: Int = 0,
                       header: VirtioNetHeader? = nil, headerLength: Int = VirtioNetHeader.mergeableLength) {
+        guard file.state == .open else { return }
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         switch format {
@@ -84,20 +90,34 @@ public final class PcapWriter {
         frame.withUnsafeBytes { write($0) }
     }
 
-    /// Writes what is pending to the file.
+    /// Writes what is pending to the (temporary) file.
     public func flush() throws(VhostError) {
-        guard !pending.isEmpty else { return }
+        guard !pending.isEmpty, file.state == .open else { return }
         do {
-            _ = try pending.withUnsafeBytes { try fd.writeAll($0) }
+            try file.write(pending)
         } catch {
-            throw .unwritableFile(path: path, problem: "frames cannot be written to the capture file", errno: error as? Errno)
+            throw .unwritableFile(path: path, problem: "frames cannot be written to the capture file", errno: error.fileErrno)
         }
         pending.removeAll(keepingCapacity: true)
     }
 
-    deinit {
-        if !pending.isEmpty { _ = try? pending.withUnsafeBytes { try fd.writeAll($0) } }
-        try? fd.close()
+    /// Flushes, fsyncs and renames the file to `path`: the capture is complete under its name.
+    /// Later frames are ignored. A second call does nothing.
+    public func finish() throws(VhostError) {
+        guard file.state == .open else { return }
+        try flush()
+        try file.commit()
+    }
+
+    /// Gives the capture up: the temporary file is removed.
+    public func discard() { file.discard() }
+}
+
+extension VhostError {
+    /// The errno of an `unwritableFile` error.
+    fileprivate var fileErrno: Errno? {
+        if case .unwritableFile(_, _, let errno) = self { return errno }
+        return nil
     }
 }
 

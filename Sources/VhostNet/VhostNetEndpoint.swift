@@ -104,7 +104,10 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         var pairs: [Pair] = []
         for index in 0..<configuration.queues {
             logger.debug("setting up queue pair \(index) on \(configuration.datapath.tapName)")
-            pairs.append(try makePair(configuration.pairConfiguration(), logger))
+            var pairConfiguration = configuration.pairConfiguration()
+            // Only the first queue creates the tap; the others join it.
+            if index > 0 { pairConfiguration.exclusiveTapCreation = false }
+            pairs.append(try makePair(pairConfiguration, logger))
         }
         self.pairs = pairs
         pollsReceive = pairs.allSatisfy { $0.configuration.notificationMode == .poll }

@@ -69,6 +69,10 @@ public struct QueuePairConfiguration: Sendable {
     public var ringBase: UInt16 = 0
     /// Open the tap with IFF_MULTI_QUEUE (one queue of it per pair).
     public var multiQueueTap: Bool = false
+    /// Create the tap, failing when the name exists (TUNSETIFF with IFF_TUN_EXCL), instead of
+    /// attaching to whatever is there. An endpoint sets it for its first queue only: the other
+    /// queues of a multi-queue tap attach to the tap the first one made.
+    public var exclusiveTapCreation: Bool = false
     public var bringLinkUp: Bool = true
     public var devicePath: String = VhostNetDevice.defaultPath
     public var observer: IoctlObserver? = nil
@@ -494,6 +498,7 @@ extension VirtioNetQueuePair where Backend == VhostNetDevice, Port == Tap {
         var tapFlags: Tap.Flags = [configuration.tunMode ? .tun : .tap, .noPacketInfo]
         if !configuration.features.contains(.vhostNetVirtioNetHeader) { tapFlags.insert(.vnetHeader) }
         if configuration.multiQueueTap { tapFlags.insert(.multiQueue) }
+        if configuration.exclusiveTapCreation { tapFlags.insert(.exclusive) }
         let tap = try Tap(name: configuration.tapName, flags: tapFlags, observer: configuration.observer)
         // QEMU's tap_probe_has_uso: the tap must take UDP_L4 GSO frames before HOST_USO is offered.
         if configuration.features.contains(.netHostUSO) { try tap.requireUDPSegmentation() }

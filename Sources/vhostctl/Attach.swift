@@ -15,9 +15,11 @@ struct Attach: ParsableCommand {
         discussion: """
         Answers ARP and ICMP echo for --ip, neighbour discovery and ICMPv6 echo for --ip6 and the \
         link-local address from the MAC, echoes UDP on --udp-echo over both, records frames with \
-        --pcap (pcapng for a name ending in .pcapng) and sends the frames of --replay (pcap or pcapng). Prints counters every --stats seconds. SIGINT or \
-        SIGTERM stops it cleanly: the backends are detached and a tap it created is removed \
-        (unless --keep). Needs root or CAP_NET_ADMIN; --user drops to another user after setup.
+        --pcap (pcapng for a name ending in .pcapng) and sends the frames of --replay (pcap or pcapng). Prints counters every --stats seconds. SIGINT, \
+        SIGTERM, SIGHUP or a closed standard output (SIGPIPE) stops it cleanly: the backends are detached, the capture is \
+        completed and a tap it created is removed (unless --keep). Needs root or CAP_NET_ADMIN for set-up; after it, attach \
+        runs as the user nobody (or --user) with no capabilities and no-new-privs. Output files are created with mode 0600, \
+        never through a symbolic link, never over an existing file without --force, and appear under their name only once complete.
         """)
 
     @OptionGroup var common: CommonOptions
@@ -32,7 +34,7 @@ struct Attach: ParsableCommand {
     @Option(name: .customLong("packet-socket"), help: "Use a raw packet socket bound to this interface as the backend (vhost adds the virtio-net header: VHOST_NET_F_VIRTIO_NET_HDR is negotiated).")
     var packetSocket: String?
 
-    @Flag(help: "Create the tap (it must not exist yet). Without it, the tap must exist.")
+    @Flag(help: "Create the tap; it must not exist yet (TUNSETIFF with IFF_TUN_EXCL, so one made meanwhile by someone else is never attached). Without it, the tap must exist.")
     var create = false
 
     @Flag(help: "With --create: keep the tap when stopping (TUNSETPERSIST).")
@@ -62,20 +64,23 @@ struct Attach: ParsableCommand {
     @OptionGroup(title: "Datapath")
     var datapath: DatapathOptions
 
-    @Option(help: "Write every received and transmitted frame to this capture file: pcapng when the name ends in .pcapng (an interface per queue pair, each frame's direction, nanosecond timestamps, the virtio-net header as a comment), pcap otherwise.")
+    @Option(help: "Write every received and transmitted frame to this capture file: pcapng when the name ends in .pcapng (an interface per queue pair, each frame's direction, nanosecond timestamps, the virtio-net header as a comment), pcap otherwise. Mode 0600, owned by the user attach runs as (who must be able to write in its folder); it appears under its name when attach stops.")
     var pcap: String?
 
     @Option(help: "Transmit the frames of this pcap or pcapng file once attached (from pcapng: each on its queue pair, with its virtio-net header).")
     var replay: String?
 
-    @Option(help: "After setup, drop root and run as this user (name, or uid[:gid]); a created tap is owned by it.")
+    @Option(help: "After set-up, run as this user (a name, or uid[:gid]) with no capabilities; a tap attach creates is owned by it. Default when started as root: nobody. --user root keeps uid 0 (still without capabilities).")
     var user: String?
 
-    @Flag(name: .customLong("keep-capabilities"), help: "Keep root's capabilities after set-up (by default attach drops them all: it needs none to run).")
+    @Flag(name: .customLong("keep-capabilities"), help: "With --user root: keep root's capabilities after set-up (by default attach drops them all: it needs none to run).")
     var keepCapabilities = false
 
-    @Flag(help: "Attach to a persistent tap owned by another user (refused otherwise).")
-    var force = false
+    @Flag(name: .customLong("take-over-tap"), help: "Attach to a persistent tap owned by another user (refused otherwise).")
+    var takeOverTap = false
+
+    @Flag(name: .customLong("existing-macvtap"), help: "With --macvtap: attach to a macvtap named by --tap that already exists (one this run did not create, perhaps another guest's NIC); refused otherwise.")
+    var existingMacvtap = false
 
     @Option(name: .customLong("worker-cpu"), help: "Pin each queue pair's vhost worker thread (vhost-<pid>) to this CPU.")
     var workerCPU: Int?
@@ -113,9 +118,9 @@ struct Attach: ParsableCommand {
         }
         guard (1...256).contains(queues) else { throw ValidationError("--queues \(queues): use 1 to 256") }
         if keep && !create { throw ValidationError("--keep only applies with --create") }
-        if let user, UserSpec(parsing: user) == nil {
-            throw ValidationError("--user \(user): no such user in /etc/passwd; give a name or uid[:gid]")
-        }
+        _ = try RunAsPlan.resolve(user: user, keepCapabilities: keepCapabilities)
+        if existingMacvtap && macvtap == nil { throw ValidationError("--existing-macvtap applies to --macvtap only") }
+        if let pcap { try recording.output.check(pcap, option: "--pcap") }
         guard stats >= 0, duration >= 0 else { throw ValidationError("--stats and --duration take seconds ≥ 0") }
         if let workerCPU {
             let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
@@ -128,28 +133,35 @@ struct Attach: ParsableCommand {
     }
 
     func attach() throws {
+        // Before anything is created: a signal from here on stops attach cleanly.
+        installStopHandlers()
         let logger = common.makeLogger()
-        let recorder = recording.makeRecorder()
-        defer { recording.save(recorder, command: "attach") }
         try requireNetworkAdministration("vhostctl attach")
+        let plan = try RunAsPlan.resolve(user: user, keepCapabilities: keepCapabilities)
+        // Outputs are created now, as the user attach runs as later, and written through these fds.
+        let recordFile = try recording.openFile(creatingAs: plan.fileCreator)
+        let recorder = recording.makeRecorder()
+        defer { recording.save(recorder, to: recordFile, command: "attach") }
         if let tap, macvtap == nil {
-            let exists = Tap.exists(name: tap)
-            if create && exists {
-                throw VhostError.tap(name: tap, problem: .exists, reason: "already exists; drop --create to attach to it, or choose another name")
-            }
-            if !create && !exists {
+            // --create needs no check here: the tap is created with IFF_TUN_EXCL, and the kernel
+            // refuses an existing name (Tap.Flags.exclusive).
+            if !create && !Tap.exists(name: tap) {
                 throw VhostError.tap(name: tap, problem: .missing, reason: "does not exist; add --create to create it")
             }
             // Root may open any tap; taking over a user's persistent tap is refused unless asked.
-            if exists, !force, let owner = tapOwner(tap), owner != geteuid() {
-                throw VhostError.tap(name: tap, problem: .permission, reason: "is a persistent tap owned by uid \(owner): refusing to take it over; pass --force to attach anyway")
+            if !create, !takeOverTap, let owner = tapOwner(tap), owner != geteuid() {
+                throw VhostError.tap(name: tap, problem: .permission, reason: "is a persistent tap owned by uid \(owner): refusing to take it over; pass --take-over-tap to attach anyway")
             }
         }
-        let dropTo = user.flatMap(UserSpec.init(parsing:))
+        if let tap, let parent = macvtap, !existingMacvtap, Tap.exists(name: tap) {
+            throw CLIError(message: "macvtap \(tap) already exists, and this run would not have created it (it may be another guest's NIC): pass --existing-macvtap to attach to it anyway, or give --tap a free name to create one on \(parent)",
+                           status: ExitStatus.usage)
+        }
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queues
         datapath.apply(to: &config.datapath)
         config.datapath.tunMode = tun
+        config.datapath.exclusiveTapCreation = create
         if packetSocket != nil { config.datapath.features.insert(.vhostNetVirtioNetHeader) }
         config.mac = MACAddress(parsing: mac)!
         config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
@@ -161,24 +173,28 @@ struct Attach: ParsableCommand {
             try Replay.frames(of: try readCaptureFile(path: path), path: path, linkLayer: config.linkLayer, features: config.datapath.features, queues: queues)
         } ?? []
         let interfaceName = tap ?? packetSocket!
-        let writer = try pcap.map { path throws(VhostError) in
-            try PcapWriter(path: path, linkType: tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet, interfaces: (0..<queues).map { "\(interfaceName) queue \($0)" })
+        // Unfinished (a failed set-up, an error before serve), the writer removes its temporary file.
+        let writer = try pcap.map { path in
+            try PcapWriter(file: try recording.output.create(path, option: "--pcap", creatingAs: plan.fileCreator),
+                           linkType: tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet, interfaces: (0..<queues).map { "\(interfaceName) queue \($0)" })
         }
         config.datapath.observer = RecordOptions.observer(common, recorder)
         config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
         if let parent = macvtap {
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, MacvtapPort>(config, macvtapOn: parent, logger: logger)
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
         } else if let interface = packetSocket {
             // A packet socket carries no virtio-net header: vhost adds and strips it (above).
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, PacketSocketPort>(config, packetSocketOn: interface, logger: logger)
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "a packet socket on \(interface)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "a packet socket on \(interface)")
         } else {
             let endpoint = try VhostNetEndpoint(config, logger: logger)
-            if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
+            // The user --user names may open the tap again; the default user (shared by many
+            // daemons) is given nothing.
+            if create, plan.chosenByUser, let owner = plan.user { try endpoint.pairs[0].tap.setOwner(uid: owner.uid) }
             if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "tap \(endpoint.tapName)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "tap \(endpoint.tapName)")
             if create && !keep { print("tap \(tap!) removed") }
         }
         // The endpoint, its taps and fds go away here: a created, non-persistent tap disappears.
@@ -187,18 +203,14 @@ struct Attach: ParsableCommand {
     /// Runs the endpoint until stopped: workers pinned, privileges dropped, replay, the event
     /// loop with counter lines, then the stop.
     func serve<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
-                                                                      writer: PcapWriter?, dropTo: UserSpec?, backend: String) throws {
+                                                                      writer: PcapWriter?, plan: RunAsPlan, backend: String) throws {
         let config = endpoint.configuration
         try datapath.finishSetup(endpoint)
         // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
         if let workerCPU { for worker in VhostWorkerThread.findAll() { try worker.pin(to: workerCPU) } }
         let workers = VhostWorkerThread.findAll()
-        installStopHandlers()
-        if let dropTo { try dropTo.drop() }
-        let droppedCapabilities = dropTo == nil && !keepCapabilities && geteuid() == 0
-        // A macvtap this run created is deleted at exit over rtnetlink, which needs CAP_NET_ADMIN.
-        let keep = macvtap != nil ? [Capabilities.networkAdministration] : []
-        if droppedCapabilities { try dropCapabilities(keeping: keep) }
+        // Everything that needs root is done: the fds are open, the outputs created.
+        let credentials = try plan.drop()
 
         let pair = endpoint.pairs[0]
         let ip6Text = endpoint.responder.ipv6Enabled ? endpoint.responder.ipv6Addresses.map { address in
@@ -211,11 +223,8 @@ struct Attach: ParsableCommand {
             print("offloads: \(pair.negotiatedOffloads.featureNames.joined(separator: " ")); tap RX offloads (TUNSETOFFLOAD) 0x\(String(rx.rawValue, radix: 16))\(datapath.offloads.isEmpty ? " from the GUEST_ features" : " from --offloads"); MTU \(endpoint.responder.mtu)")
         }
         for worker in workers { print("worker \(worker)") }
-        if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
-        if droppedCapabilities {
-            print(keep.isEmpty ? "dropped every capability: nothing after set-up needs root"
-                               : "dropped every capability but CAP_NET_ADMIN, which removing the macvtap at exit needs")
-        }
+        print(plan.summary(credentials))
+        if common.verbose, let now = try? ProcessCredentials.current() { print("credentials: \(now)") }
         if let writer {
             let headerLength = pair.headerLength
             endpoint.frameObserver = { observed in
@@ -238,6 +247,23 @@ struct Attach: ParsableCommand {
             fflush(nil)
         }
         fflush(nil)
+        do {
+            try run(endpoint, replayFrames: replayFrames, writer: writer)
+        } catch {
+            // An error mid-run: what was captured until then is complete, and kept.
+            endpoint.frameObserver = nil
+            try? writer?.finish()
+            throw error
+        }
+        let signal = stopSignal.load(ordering: .relaxed)
+        print(counterLine(endpoint))
+        print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached")
+        if let writer { print("wrote \(writer.frames) frames to \(writer.path)") }
+    }
+
+    /// The event loop until a stop signal or --duration, then the stop and the capture completed.
+    func run<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
+                                                                    writer: PcapWriter?) throws {
         // Duplicate-address-detection probes for the IPv6 addresses, as a NIC coming up sends.
         try endpoint.announce()
         if !replayFrames.isEmpty {
@@ -263,12 +289,8 @@ struct Attach: ParsableCommand {
             if duration > 0 && now - start >= duration { break }
         }
         endpoint.frameObserver = nil
-        try writer?.flush()
         try endpoint.stop()
-        let signal = stopSignal.load(ordering: .relaxed)
-        print(counterLine(endpoint))
-        print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached")
-        if let writer { print("wrote \(writer.frames) frames to \(writer.path)") }
+        try writer?.finish()
     }
 
     func counterLine<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>) -> String {

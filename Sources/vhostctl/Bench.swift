@@ -94,8 +94,9 @@ struct Bench: ParsableCommand {
         try requireNetworkAdministration("vhostctl bench")
         try requireFreeTapName(tap)
         let variants = configs.map { name in Variant.all.first { $0.name == name }! }
+        let recordFile = try recording.openFile()
         let recorder = recording.makeRecorder()
-        defer { recording.save(recorder, command: "bench") }
+        defer { recording.save(recorder, to: recordFile, command: "bench") }
         var tx = [[Double]](repeating: [], count: variants.count)
         var rx = [[Double]](repeating: [], count: variants.count)
         if !json { print("vhostctl bench: \(frameSize)-byte frames, \(trials) interleaved trials of \(seconds) s per direction, kernel \(KernelInfo.release())") }

@@ -23,6 +23,7 @@ struct BenchBackends: ParsableCommand {
         """)
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var output: OutputOptions
 
     @Option(help: "Tap to create for each measurement (it must not exist).")
     var tap = "vhbench0"
@@ -162,7 +163,7 @@ struct BenchBackends: ParsableCommand {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
         for (option, path) in [("--json", json), ("--csv", csv), ("--svg", svg)] {
-            if let path { try OutputFile.check(path, option: option) }
+            if let path { try output.check(path, option: option) }
         }
     }
 
@@ -249,9 +250,9 @@ struct BenchBackends: ParsableCommand {
                                  driverCPU: driverCPU)
         print(report.table())
         if stats { print(report.statisticsBlocks()) }
-        if let json { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: json) }
-        if let csv { try write(report.csv(), to: csv) }
-        if let svg { try write(report.svg(), to: svg) }
+        if let json { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: json, option: "--json") }
+        if let csv { try write(report.csv(), to: csv, option: "--csv") }
+        if let svg { try write(report.svg(), to: svg, option: "--svg") }
     }
 
     static func describe(_ s: BenchSettings) -> String {
@@ -273,13 +274,8 @@ struct BenchBackends: ParsableCommand {
         return " rx-coalesce \(s.receiveCoalescing)"
     }
 
-    func write(_ text: String, to path: String) throws {
-        do {
-            try OutputFile.write(text, to: path)
-            print("wrote \(path)")
-        } catch {
-            throw CLIError(message: "cannot write \(path): \(error)", status: ExitStatus.cannotCreate)
-        }
+    func write(_ text: String, to path: String, option: String) throws {
+        try output.write(text, to: path, option: option)
     }
 }
 

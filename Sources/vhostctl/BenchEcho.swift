@@ -25,6 +25,7 @@ struct BenchEcho: ParsableCommand {
         """)
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var output: OutputOptions
 
     @Option(help: "Tap to create for the run (it must not exist).")
     var tap = "vhecho0"
@@ -72,7 +73,7 @@ struct BenchEcho: ParsableCommand {
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard ["auto", "pktgen", "socket"].contains(source) else { throw ValidationError("--source takes pktgen, socket or auto") }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
-        if let json { try OutputFile.check(json, option: "--json") }
+        if let json { try output.check(json, option: "--json") }
     }
 
     func run() throws {
@@ -133,7 +134,7 @@ struct BenchEcho: ParsableCommand {
             print("\(path.rawValue.padding(12))\(String(Int(medians[i])).padding(20))\(ratio.map { String(format3($0)) } ?? "-")")
             report.paths.append(.init(replyPath: path.rawValue, repliesPerSecondMedian: medians[i], ratioToSingle: ratio, trials: results[i]))
         }
-        if let json { try OutputFile.write(try JSONOutput.text(report) + "\n", to: json) }
+        if let json { try output.write(try JSONOutput.text(report) + "\n", to: json, option: "--json") }
     }
 
     func format3(_ value: Double) -> String {

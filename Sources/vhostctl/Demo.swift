@@ -49,8 +49,9 @@ struct Demo: ParsableCommand {
     func demo() throws -> Bool {
         try requireNetworkAdministration("vhostctl demo")
         try requireFreeTapName(tap)
+        let recordFile = try recording.openFile()
         let recorder = recording.makeRecorder()
-        defer { recording.save(recorder, command: "demo") }
+        defer { recording.save(recorder, to: recordFile, command: "demo") }
         let host = IPv4Interface(parsing: hostIP)!
         let me = IPv4Address(parsing: ip)!
         let udpPort: UInt16 = 7

@@ -1,27 +1,44 @@
-import Glibc
-import SystemPackage
+import ArgumentParser
+import Vhost
 
-/// Files the CLI writes (`--record`, `--json`, `--csv`, `--svg`): checked in `validate()`,
-/// before anything is set up, and written whole at the end.
-enum OutputFile {
-    /// Why `path` cannot be written, or nil when its directory is writable.
-    static func problem(_ path: String) -> String? {
-        let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-        let checked = directory.isEmpty ? "/" : directory
-        return access(checked, W_OK) == 0 ? nil : "\(path): cannot write in \(checked); give a path in a writable directory"
-    }
+/// `--force`, shared by every command that writes files (`--pcap`, `--record`, `--json`, `--csv`,
+/// `--svg`). Every such file is a `Vhost.OutputFile`: made under a temporary name with mode 0600,
+/// never through a symbolic link, renamed to its name once complete.
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Replace output files that already exist (--pcap, --record, --json, --csv, --svg). A symbolic link at an output path is refused even then.")
+    var force = false
 
-    /// For `validate()`: refuses an output path that cannot be created with one line and
+    /// For `validate()`: refuses an output path that cannot be written (a symbolic link, a file
+    /// that exists without --force, a missing or read-only folder) with one line and
     /// EX_CANTCREAT (73), before anything is set up. `option` names the option it came from.
-    static func check(_ path: String, option: String) throws {
-        guard let problem = problem(path) else { return }
-        throw report(CLIError(message: "\(option) \(problem)", status: ExitStatus.cannotCreate))
+    func check(_ path: String, option: String) throws {
+        guard let problem = OutputFile.problem(path: path, replacingExisting: force) else { return }
+        throw report(CLIError(message: "\(option) \(path): \(problem)", status: ExitStatus.cannotCreate))
     }
 
-    /// Writes `text` to `path`, replacing what was there.
-    static func write(_ text: String, to path: String) throws {
-        let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
-        defer { try? fd.close() }
-        _ = try fd.writeAll(Array(text.utf8))
+    /// Creates `path`'s temporary file now (as `user`, when the process will run as that user
+    /// later): an error is one line naming `option`, with EX_CANTCREAT (73).
+    func create(_ path: String, option: String, creatingAs user: UserIdentity? = nil) throws -> OutputFile {
+        do {
+            return try OutputFile(path: path, replacingExisting: force, creatingAs: user)
+        } catch {
+            throw CLIError(message: "\(option) \(path): \(OutputOptions.problem(of: error))", status: ExitStatus.cannotCreate)
+        }
+    }
+
+    /// Writes `text` to `path` whole (temporary file, fsync, rename) and says so.
+    func write(_ text: String, to path: String, option: String) throws {
+        do {
+            try OutputFile.write(text, to: path, replacingExisting: force)
+            print("wrote \(path)")
+        } catch {
+            throw CLIError(message: "\(option) \(path): \(OutputOptions.problem(of: error))", status: ExitStatus.cannotCreate)
+        }
+    }
+
+    /// The problem an `OutputFile` error names, with its errno.
+    static func problem(of error: VhostError) -> String {
+        guard case .unwritableFile(_, let problem, let errno) = error else { return "\(error)" }
+        return problem + (errno.map { " (\($0.name))" } ?? "")
     }
 }

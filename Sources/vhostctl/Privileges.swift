@@ -1,56 +1,73 @@
+import ArgumentParser
 import Glibc
 import Vhost
 
-/// A user to drop to after setup: a name from /etc/passwd, or a numeric uid[:gid].
-/// /etc/passwd is read directly so that a static binary needs no NSS libraries.
-struct UserSpec {
-    var uid: UInt32
-    var gid: UInt32
-    var name: String
+/// Who `attach` runs as after set-up, chosen the way tcpdump chooses (`-Z`, default user
+/// `tcpdump`): as root, by default the user `nobody`; `--user NAME|uid[:gid]` for another;
+/// `--user root` to keep uid 0. Every capability is dropped in each case (effective, permitted,
+/// inheritable, ambient and the bounding set) and no-new-privs is set, except with
+/// `--user root --keep-capabilities`. A process that is not root keeps its own uid.
+struct RunAsPlan {
+    /// The user the default is, when attach is started as root without `--user`.
+    static let defaultUserName = "nobody"
 
-    init?(parsing text: String) {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        if let uid = UInt32(parts[0]) {
-            guard parts.count <= 2 else { return nil }
-            let gid = parts.count == 2 ? UInt32(parts[1]) : uid
-            guard let gid else { return nil }
-            self.uid = uid; self.gid = gid; self.name = text
-            return
-        }
-        guard parts.count == 1, let passwd = KernelInfo.readFile("/etc/passwd") else { return nil }
-        for line in passwd.split(separator: "\n") {
-            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
-            if fields.count >= 4, fields[0] == parts[0], let uid = UInt32(fields[2]), let gid = UInt32(fields[3]) {
-                self.uid = uid; self.gid = gid; self.name = String(fields[0])
-                return
+    /// The user to switch to, or nil to keep the current uid and gid.
+    var user: UserIdentity?
+    /// Keep root's capabilities (`--user root --keep-capabilities`): no drop at all.
+    var keepCapabilities: Bool
+    /// Whether `--user` named the user (a tap attach creates is then owned by it).
+    var chosenByUser: Bool
+
+    /// The plan for `--user` (nil: the default) and `--keep-capabilities`. Throws a
+    /// `ValidationError` (exit 64) with one line: an unknown user, the default user missing,
+    /// `--keep-capabilities` with a switch to another user.
+    static func resolve(user text: String?, keepCapabilities: Bool) throws -> RunAsPlan {
+        let runningAsRoot = getuid() == 0 && geteuid() == 0
+        guard let text else {
+            guard runningAsRoot else { return RunAsPlan(user: nil, keepCapabilities: keepCapabilities, chosenByUser: false) }
+            if keepCapabilities {
+                throw ValidationError("--keep-capabilities needs --user root: by default attach switches to \(defaultUserName) after set-up, which keeps no capability")
             }
+            guard let identity = try lookup(defaultUserName) else {
+                throw ValidationError("the default user \(defaultUserName), whom attach runs as after set-up, does not exist here: pass --user NAME (an unprivileged user), or --user root to stay root")
+            }
+            return RunAsPlan(user: identity, keepCapabilities: false, chosenByUser: false)
         }
-        return nil
+        guard let identity = try lookup(text) else {
+            throw ValidationError("--user \(text): no such user; give a user name, or uid[:gid]")
+        }
+        if keepCapabilities && !identity.isRoot {
+            throw ValidationError("--keep-capabilities needs --user root: switching to \(identity.name) (uid \(identity.uid)) keeps no capability")
+        }
+        // Root stays root (capabilities dropped unless kept): nothing to switch.
+        return RunAsPlan(user: identity.isRoot ? nil : identity, keepCapabilities: keepCapabilities, chosenByUser: true)
     }
 
-    /// setgroups, setgid, setuid — and checks that root cannot be regained.
-    func drop() throws {
-        guard setgroups(0, nil) == 0, setgid(gid) == 0, setuid(uid) == 0 else {
-            throw CLIError(message: "cannot drop privileges to \(name) (uid \(uid), gid \(gid)): errno \(errno)", status: ExitStatus.failure)
-        }
-        if uid != 0 && setuid(0) == 0 {
-            throw CLIError(message: "dropped to uid \(uid) but could regain root; refusing to continue", status: ExitStatus.failure)
-        }
+    private static func lookup(_ text: String) throws -> UserIdentity? {
+        do { return try UserIdentity.lookup(text) } catch { throw ValidationError("--user \(text): \(error)") }
     }
-}
 
-/// Drops every capability but those in `keep` (and forbids regaining any): after set-up `attach`
-/// needs none to run, since the vhost fd, the tap fd and the pcap file are open and vhost's owner
-/// check is by memory, not by privilege. Checked afterwards in /proc/self/status.
-func dropCapabilities(keeping keep: [Int] = []) throws {
-    do {
-        try Capabilities.drop(keeping: keep)
-    } catch {
-        throw CLIError(message: "cannot drop capabilities: \(error); pass --keep-capabilities to run with them", status: ExitStatus.failure)
+    /// The user files are created as, so that they are this run's after the drop (nil: as the
+    /// process is now).
+    var fileCreator: UserIdentity? { user.flatMap { $0.uid == geteuid() ? nil : $0 } }
+
+    /// Drops privileges for good (unless they are kept) and returns the credentials the kernel
+    /// shows afterwards, or nil when nothing was dropped.
+    func drop() throws -> ProcessCredentials? {
+        guard !keepCapabilities else { return nil }
+        do {
+            return try PrivilegeDrop.perform(switchingTo: user)
+        } catch {
+            throw CLIError(message: "cannot drop privileges\(user.map { " to \($0.name) (uid \($0.uid), gid \($0.gid))" } ?? ""): \(error)", status: ExitStatus.failure)
+        }
     }
-    guard !Capabilities.isEffective(Capabilities.systemAdministration),
-          keep.contains(Capabilities.networkAdministration) || !Capabilities.isEffective(Capabilities.networkAdministration) else {
-        throw CLIError(message: "capabilities remain after dropping them; refusing to continue", status: ExitStatus.failure)
+
+    /// "running as NAME (uid N)…", said after the drop.
+    func summary(_ credentials: ProcessCredentials?) -> String {
+        let name = user?.name ?? (getuid() == 0 ? "root" : nil)
+        let who = name.map { "running as \($0) (uid \(getuid()), gid \(getgid()))" } ?? "running as uid \(getuid()) (gid \(getgid()))"
+        guard credentials != nil else { return "\(who) with every capability (--keep-capabilities)" }
+        return "\(who): dropped every capability and set no-new-privs (nothing after set-up needs root)"
     }
 }
 

@@ -82,8 +82,9 @@ struct ScriptRun: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let parsed = try script.parse()
+            let recordFile = try recording.openFile()
             let recorder = recording.makeRecorder()
-            defer { recording.save(recorder, command: "script run \(script.file)") }
+            defer { recording.save(recorder, to: recordFile, command: "script run \(script.file)") }
             var options = ScriptRunner.Options()
             options.keepGoing = keepGoing
             options.device = inProcess ? .inProcess() : .kernel(path: common.device)

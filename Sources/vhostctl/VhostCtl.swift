@@ -25,6 +25,7 @@ struct VhostCtl: ParsableCommand {
     /// ArgumentParser's own main, except that a bad argument prints one line
     /// (`vhostctl: error: …`) instead of the error plus the usage text.
     static func main() {
+        ignoreBrokenPipes()
         do {
             var command = try parseAsRoot()
             try command.run()

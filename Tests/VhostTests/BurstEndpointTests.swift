@@ -165,7 +165,7 @@ struct CaptureReplayTests {
             #expect(writer.format == .pcapng)
             frame.withUnsafeBytes { writer.write($0, direction: .inbound, queue: 1, header: VirtioNetHeader(flags: .dataValid, numBuffers: 1)) }
             frame.withUnsafeBytes { writer.write($0, direction: .outbound, queue: 0, header: VirtioNetHeader(flags: .needsChecksum, checksumStart: 34, checksumOffset: 2)) }
-            try writer.flush()
+            try writer.finish()
         }
         let capture = try readCaptureFile(path: path)
         #expect(capture.format == .pcapng && capture.packets.count == 2)
@@ -178,6 +178,7 @@ struct CaptureReplayTests {
             let writer = try PcapWriter(path: pcapPath)
             #expect(writer.format == .pcap)
             writer.write(frame)
+            try writer.finish()
         }
         #expect(try readPcapFrames(path: pcapPath) == [frame])
     }

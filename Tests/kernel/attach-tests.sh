@@ -41,6 +41,14 @@ expect_error() {
 }
 
 echo "attach tests on $(uname -r)"
+# attach runs as nobody after set-up unless told otherwise: the user must exist (the VM's /etc is bare).
+grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
+# status_field PID FIELD: the value of FIELD in /proc/PID/status, white space squeezed to one space.
+status_field() { sed -n "s/^$2:[[:space:]]*//p" /proc/$1/status | tr -s '\t ' '  ' | sed 's/ *$//'; }
+# mode_owner FILE: "MODE UID" (e.g. "600 65534"), or "missing".
+mode_owner() { stat -c '%a %u' "$1" 2>/dev/null || echo missing; }
+# leftovers PATH: the temporary files an output at PATH could have left beside it.
+leftovers() { ls -a "$(dirname "$1")" | grep -c "^\.$(basename "$1")\.vhostctl-"; }
 
 # ---- info: usable, features and parameters by name, as text and JSON ---------------------------
 if vhostctl info >/tmp/info.txt 2>&1 && grep -q "vhost-net: usable" /tmp/info.txt && grep -q "F_VERSION_1" /tmp/info.txt \
@@ -411,10 +419,10 @@ case $all in
     "TUNSETIFF "*"SIOCGIFMTU "*"VHOST_SET_MEM_TABLE "*"TUNSETSNDBUF "*"SIOCGIFFLAGS "*"SIOCSIFFLAGS "*"VHOST_NET_SET_BACKEND "*) sioc=yes ;;
     *) sioc=no ;;
 esac
-if [ $sioc = yes ] && grep -q '^trace: SIOCSIFFLAGS(vhtr0, flags: 0x[0-9a-f]*) = 0' /tmp/trace.txt && grep -q '^trace: TUNSETIFF(name: vhtr0, flags: 0x5002) = ' /tmp/trace.txt; then
-    pass "--trace shows TUNSETIFF and the SIOC* interface requests beside the vhost ioctls"
+if [ $sioc = yes ] && grep -q '^trace: SIOCSIFFLAGS(vhtr0, flags: 0x[0-9a-f]*) = 0' /tmp/trace.txt && grep -q '^trace: TUNSETIFF(name: vhtr0, flags: 0xd002) = ' /tmp/trace.txt; then
+    pass "--trace shows TUNSETIFF (--create: IFF_TAP|IFF_NO_PI|IFF_VNET_HDR|IFF_TUN_EXCL) and the SIOC* interface requests beside the vhost ioctls"
 else
-    fail "--trace shows TUNSETIFF and SIOC*" "got: $all"
+    fail "--trace shows TUNSETIFF (with IFF_TUN_EXCL: 0xd002) and SIOC*" "got: $all"
 fi
 
 # ---- migrate-test: rounds, pages per round, downtime; the copy equal and no frame lost ---------
@@ -454,6 +462,15 @@ else
 fi
 kill -TERM $pid; wait_for_exit $pid
 if ip link show vhmvt1 >/dev/null 2>&1; then fail "--macvtap removes the macvtap it created"; else pass "--macvtap removes the macvtap it created"; fi
+# A macvtap this run did not create (another guest's NIC, say) is refused unless asked for, and left in place.
+hostip link add vhmvx0 link vhdum1 type macvtap mode bridge
+expect_error "an existing macvtap is refused without --existing-macvtap" 64 "pass --existing-macvtap" vhostctl attach --tap vhmvx0 --macvtap vhdum1
+if timeout 30 vhostctl attach --tap vhmvx0 --macvtap vhdum1 --existing-macvtap --duration 0.5 --stats 0 >/tmp/mvx.log 2>&1 && ip link show vhmvx0 >/dev/null 2>&1; then
+    pass "--existing-macvtap attaches to it, and leaves the macvtap it did not create"
+else
+    fail "--existing-macvtap" "$(ip link show vhmvx0 2>&1 | head -n 1); $(cat /tmp/mvx.log | tr '\n' ' ')"
+fi
+hostip link del vhmvx0 2>/dev/null
 hostip link del vhmvl1; hostip link del vhdum1
 hostip link add vhve0 type veth peer name vhve1 && ip link set vhve0 up && ip addr add 10.0.8.1/24 dev vhve1 && ip link set vhve1 up
 vhostctl attach --packet-socket vhve0 --ip 10.0.8.2/24 --stats 0 >/tmp/ps.log 2>&1 &
@@ -468,12 +485,14 @@ kill -TERM $pid; wait_for_exit $pid
 hostip link del vhve0
 
 # ---- teardown mid-traffic: SIGINT, SIGTERM, SIGHUP stop cleanly; after kill -9 the name is free --
+# Each run writes a pcap and a recording: complete and mode 0600 after each signal; after kill -9
+# nothing carries the final name.
 net=20
 for sig in INT TERM HUP KILL; do
     # A subnet of its own per signal: nothing the host kept from the run before (a neighbour
     # entry, a route on the interface that is going away) can stand in the way.
     net=$((net + 1))
-    vhostctl attach --tap vhsig0 --create --ip 10.0.$net.2/24 --stats 0 >/tmp/sig.log 2>&1 &
+    vhostctl attach --tap vhsig0 --create --ip 10.0.$net.2/24 --stats 0 --pcap /tmp/sig-$sig.pcap --record /tmp/sig-$sig.vhost >/tmp/sig.log 2>&1 &
     pid=$!
     wait_for_attached /tmp/sig.log
     ip addr add 10.0.$net.1/24 dev vhsig0; ip link set vhsig0 up
@@ -496,29 +515,87 @@ for sig in INT TERM HUP KILL; do
         else
             fail "kill -9 mid-traffic" "tap left: $left, replies $replies"
         fi
+        if [ ! -e /tmp/sig-KILL.pcap ] && [ ! -e /tmp/sig-KILL.vhost ]; then
+            pass "kill -9: no partial pcap or recording under the final names ($(leftovers /tmp/sig-KILL.pcap) temporary pcap left, as a kill leaves)"
+        else
+            fail "kill -9 leaves a partial file under the final name" "$(ls -la /tmp/sig-KILL.* 2>&1 | tr '\n' ' ')"
+        fi
+        rm -f /tmp/.sig-KILL.*
     elif [ $left = no ] && [ $status -eq 0 ] && [ "$replies" -gt 0 ] && grep -q "stopped on signal" /tmp/sig.log; then
         pass "SIG$sig in the middle of traffic ($replies replies so far) stops cleanly (exit 0, backends detached) and leaves no tap"
     else
         fail "SIG$sig mid-traffic" "exit $status, tap left: $left, replies $replies: $(tail -n 3 /tmp/sig.log | tr '\n' ' '); ping: $(head -c 300 /tmp/sigping.log | tr '\n' ' ')"
     fi
+    if [ $sig != KILL ]; then
+        # Complete: tshark reads it to the end (a cut-short file is an error) and holds an echo
+        # reply for every reply ping had seen before the signal.
+        captured=$(host tshark -r /tmp/sig-$sig.pcap -Y 'icmp.type == 0' 2>/tmp/sigtshark.err | wc -l)
+        if [ "$(mode_owner /tmp/sig-$sig.pcap)" = "600 65534" ] && [ "$(mode_owner /tmp/sig-$sig.vhost)" = "600 65534" ] && ! grep -qiE "cut short|damaged|corrupt|truncated" /tmp/sigtshark.err \
+            && [ "$captured" -ge "$replies" ] && [ "$(leftovers /tmp/sig-$sig.pcap)" = 0 ] && [ "$(leftovers /tmp/sig-$sig.vhost)" = 0 ] \
+            && timeout 30 vhostctl script check /tmp/sig-$sig.vhost 2>&1 | has "well formed"; then
+            pass "SIG$sig: the pcap ($captured echo replies, ping saw $replies) and the recording are complete, mode 0600, owned by nobody, no temporary file left"
+        else
+            fail "SIG$sig: pcap and recording complete and 0600" "pcap $(mode_owner /tmp/sig-$sig.pcap), record $(mode_owner /tmp/sig-$sig.vhost), $captured replies captured of $replies, leftovers $(leftovers /tmp/sig-$sig.pcap)/$(leftovers /tmp/sig-$sig.vhost), tshark: $(head -c 200 /tmp/sigtshark.err)"
+        fi
+    fi
 done
 
-# ---- privileges: every capability dropped after set-up; a user's persistent tap is not taken over --
-vhostctl attach --tap vhcap0 --create --ip 10.0.9.2/24 --stats 0 >/tmp/cap.log 2>&1 &
+# A closed standard output (`| head -1`): SIGPIPE stops attach like the others; the pcap and the
+# recording are complete and renamed, the tap removed. The first counter line (at 4 s) is the
+# first write after head has gone.
+rm -f /tmp/pipe.status
+( vhostctl attach --tap vhpipe0 --create --ip 10.0.31.2/24 --pcap /tmp/pipe.pcap --record /tmp/pipe.vhost --stats 4 2>/tmp/pipe.err; echo $? >/tmp/pipe.status ) | head -n 1 >/tmp/pipe.first &
+wait_for_tap vhpipe0; ip addr add 10.0.31.1/24 dev vhpipe0; ip link set vhpipe0 up
+ping -A -c 3 -W 2 10.0.31.2 >/tmp/pipeping.txt 2>&1
+i=0; while [ $i -lt 150 ] && [ ! -s /tmp/pipe.status ]; do sleep 0.1; i=$((i + 1)); done
+captured=$(host tshark -r /tmp/pipe.pcap -Y 'icmp.type == 0' 2>/tmp/pipetshark.err | wc -l)
+if [ "$(cat /tmp/pipe.status 2>/dev/null)" = 0 ] && grep -q "^attached to vhpipe0" /tmp/pipe.first && ! ip link show vhpipe0 >/dev/null 2>&1 \
+    && [ "$captured" -ge 3 ] && ! grep -qiE "cut short|damaged|corrupt|truncated" /tmp/pipetshark.err && [ "$(mode_owner /tmp/pipe.pcap)" = "600 65534" ] && [ "$(mode_owner /tmp/pipe.vhost)" = "600 65534" ] \
+    && grep -q "^recorded [0-9]* lines to /tmp/pipe.vhost" /tmp/pipe.err && [ "$(leftovers /tmp/pipe.pcap)" = 0 ] \
+    && timeout 30 vhostctl script check /tmp/pipe.vhost 2>&1 | has "well formed"; then
+    pass "attach | head -1: SIGPIPE stops it (exit 0), the tap is removed, the pcap ($captured echo replies) and the recording are complete and 0600"
+else
+    fail "attach | head -1" "status '$(cat /tmp/pipe.status 2>/dev/null)', first '$(cat /tmp/pipe.first)', tap $(ip link show vhpipe0 >/dev/null 2>&1 && echo left || echo gone), $captured replies, pcap $(mode_owner /tmp/pipe.pcap), record $(mode_owner /tmp/pipe.vhost), $(cat /tmp/pipe.err | tr '\n' ' ')"
+fi
+
+# ---- least privilege: without options attach runs as nobody, with no capability and no-new-privs --
+vhostctl attach --tap vhcap0 --create --ip 10.0.9.2/24 --stats 0 --verbose --pcap /tmp/cap.pcap --record /tmp/cap.vhost >/tmp/cap.log 2>/tmp/cap.err &
 pid=$!
 wait_for_attached /tmp/cap.log
 ip addr add 10.0.9.1/24 dev vhcap0; ip link set vhcap0 up
-capeff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/$pid/status)
-if [ "$capeff" = 0000000000000000 ] && ping -c 2 -W 3 10.0.9.2 >/dev/null 2>&1 && grep -q "dropped every capability" /tmp/cap.log; then
-    pass "attach drops every capability after set-up (CapEff $capeff) and still answers ping"
+uids=$(status_field $pid Uid); capeff=$(status_field $pid CapEff); capprm=$(status_field $pid CapPrm); capinh=$(status_field $pid CapInh)
+capbnd=$(status_field $pid CapBnd); capamb=$(status_field $pid CapAmb); nnp=$(status_field $pid NoNewPrivs)
+if [ "$uids" = "65534 65534 65534 65534" ] && [ "$capeff$capprm$capinh$capamb" = 0000000000000000000000000000000000000000000000000000000000000000 ] \
+    && [ "$capbnd" = 0000000000000000 ] && [ "$nnp" = 1 ] && ping -c 3 -W 3 10.0.9.2 >/dev/null 2>&1 \
+    && grep -q "^running as nobody (uid 65534, gid 65534): dropped every capability" /tmp/cap.log \
+    && grep -q "^credentials: uid 65534/65534/65534/65534 gid 65534/65534/65534/65534 .*CapEff 0000000000000000 CapBnd 0000000000000000 CapAmb 0000000000000000 NoNewPrivs 1$" /tmp/cap.log; then
+    pass "attach without options runs as nobody (Uid $uids), CapEff/CapPrm/CapInh/CapAmb/CapBnd 0, NoNewPrivs 1, says so (--verbose: $(grep '^credentials:' /tmp/cap.log | cut -c1-60)…), and answers ping"
 else
-    fail "capabilities after set-up" "CapEff $capeff; $(cat /tmp/cap.log | tr '\n' ' ')"
+    fail "least privilege after set-up" "Uid '$uids' CapEff $capeff CapPrm $capprm CapInh $capinh CapBnd $capbnd CapAmb $capamb NoNewPrivs $nnp; $(cat /tmp/cap.log | tr '\n' ' ')"
 fi
-kill -TERM $pid; wait_for_exit $pid
-if ip link show vhcap0 >/dev/null 2>&1; then fail "the tap is removed without capabilities"; else pass "the tap is removed at exit without capabilities"; fi
+kill -TERM $pid; if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
+if [ "$status" = 0 ] && ! ip link show vhcap0 >/dev/null 2>&1; then pass "SIGTERM as nobody: clean stop, the tap is removed"; else fail "the tap is removed at exit without privileges" "status $status"; fi
+requests=$(host tshark -r /tmp/cap.pcap -Y 'icmp.type == 8 && ip.dst == 10.0.9.2' 2>/dev/null | wc -l)
+replies=$(host tshark -r /tmp/cap.pcap -Y 'icmp.type == 0 && ip.src == 10.0.9.2' 2>/dev/null | wc -l)
+if [ "$(mode_owner /tmp/cap.pcap)" = "600 65534" ] && [ "$requests" -ge 3 ] && [ "$replies" -ge 3 ] && [ "$(mode_owner /tmp/cap.vhost)" = "600 65534" ] \
+    && timeout 30 vhostctl script check /tmp/cap.vhost 2>&1 | has "well formed"; then
+    pass "its pcap ($requests echo requests, $replies replies) and recording are complete, mode 0600, owned by nobody"
+else
+    fail "pcap and recording as nobody" "pcap $(mode_owner /tmp/cap.pcap) with $requests requests, $replies replies; record $(mode_owner /tmp/cap.vhost); $(cat /tmp/cap.err | tr '\n' ' ')"
+fi
+# A symbolic link at an output path is refused before anything is set up, even with --force; its target is untouched.
+echo keep >/tmp/victim.txt; ln -sf /tmp/victim.txt /tmp/planted.pcap
+expect_error "a symbolic link at the --pcap path is refused" 73 "is a symbolic link" vhostctl attach --tap vhsym0 --create --pcap /tmp/planted.pcap
+expect_error "a symbolic link at the --record path is refused even with --force" 73 "is a symbolic link" vhostctl attach --tap vhsym0 --create --record /tmp/planted.pcap --force
+if [ "$(cat /tmp/victim.txt)" = keep ] && [ "$(mode_owner /tmp/victim.txt | cut -d' ' -f2)" = 0 ] && ! ip link show vhsym0 >/dev/null 2>&1; then
+    pass "the link's target is untouched and no tap was made"
+else
+    fail "a refused symbolic link leaves its target and nothing else" "$(cat /tmp/victim.txt); $(ip link show vhsym0 2>&1 | head -n 1)"
+fi
+expect_error "an existing output file is refused without --force" 73 "already exists; pass --force" vhostctl attach --tap vhsym0 --create --pcap /tmp/victim.txt
 hostip tuntap add dev vhown0 mode tap user 1000
 expect_error "a persistent tap owned by another user is not taken over" 77 "owned by uid 1000" vhostctl attach --tap vhown0
-if timeout 30 vhostctl attach --tap vhown0 --force --duration 0.5 --stats 0 >/tmp/force.log 2>&1; then pass "--force attaches to it"; else fail "--force" "$(cat /tmp/force.log | tr '\n' ' ')"; fi
+if timeout 30 vhostctl attach --tap vhown0 --take-over-tap --duration 0.5 --stats 0 >/tmp/force.log 2>&1; then pass "--take-over-tap attaches to it"; else fail "--take-over-tap" "$(cat /tmp/force.log | tr '\n' ' ')"; fi
 hostip link del vhown0
 
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
@@ -836,7 +913,6 @@ else
 fi
 
 # ---- every error case: one clear line, a non-zero documented exit code, nothing left behind ----
-grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
 expect_error "not root" 77 "needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl attach --tap vhe0 --create"
 expect_error "not root: info" 77 "needs root or access to /dev/vhost-net" su -s /bin/sh nobody -c "vhostctl info"
 expect_error "no /dev/vhost-net (--device)" 69 "modprobe vhost_net" vhostctl attach --device /dev/no-vhost-net --tap vhe1 --create
@@ -853,7 +929,10 @@ expect_error "tap name invalid" 64 "invalid tap name" vhostctl attach --tap "bad
 expect_error "tap name too long" 64 "1 to 15 characters" vhostctl attach --tap "a-very-long-tap-name" --create
 expect_error "tap name taken by a non-tap" 64 "not a tap" vhostctl attach --tap lo
 hostip tuntap add dev vhbusy0 mode tap
-expect_error "--create on an existing tap" 64 "already exists" vhostctl attach --tap vhbusy0 --create
+# IFF_TUN_EXCL: the kernel refuses the existing name (tun.c tun_set_iff), whatever its kind or queues.
+expect_error "--create on an existing tap" 64 "already exists (TUNSETIFF with IFF_TUN_EXCL: EBUSY); drop --create" vhostctl attach --tap vhbusy0 --create
+expect_error "--create --queues 2 on an existing tap" 64 "already exists (TUNSETIFF with IFF_TUN_EXCL" vhostctl attach --tap vhbusy0 --create --queues 2
+expect_error "--create on an existing interface that is not a tap" 64 "already exists (TUNSETIFF with IFF_TUN_EXCL" vhostctl attach --tap lo --create
 vhostctl attach --tap vhbusy0 --stats 0 >/dev/null 2>&1 &
 pid=$!; sleep 1
 expect_error "tap busy (another process has it)" 75 "busy" vhostctl attach --tap vhbusy0

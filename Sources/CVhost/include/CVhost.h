@@ -128,6 +128,8 @@ extern const int CVHOST_SOL_PACKET;
 extern const int CVHOST_PACKET_VNET_HDR;
 extern const int CVHOST_PACKET_IGNORE_OUTGOING;
 extern const int CVHOST_SO_RCVBUF;
+// open(2)'s O_PATH (a _GNU_SOURCE name Swift's Glibc does not show).
+extern const int CVHOST_O_PATH;
 extern const int CVHOST_SO_SNDBUF;
 extern const int CVHOST_SO_RCVBUFFORCE;
 extern const int CVHOST_SO_SNDBUFFORCE;
@@ -138,9 +140,16 @@ int cvhost_pin_thread(int tid, int cpu);
 long long cvhost_thread_affinity(int tid);
 // mknod(2) of a character device from its major and minor (makedev is a macro).
 int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor);
-// capset(2) leaving only the capabilities in `keep` (a mask of the first 64) in the effective and
-// permitted sets, none inheritable; then prctl(PR_SET_NO_NEW_PRIVS).
-int cvhost_drop_capabilities(uint64_t keep);
+// capset(2) of this thread's effective, permitted and inheritable sets (masks of the first 64).
+int cvhost_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
+// prctl(PR_CAPBSET_DROP, capability): removes it from the bounding set (needs CAP_SETPCAP).
+int cvhost_capability_bounding_drop(int capability);
+// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL).
+int cvhost_capability_ambient_clear(void);
+// prctl(PR_SET_NO_NEW_PRIVS, 1).
+int cvhost_set_no_new_privileges(void);
+// renameat2(2) with RENAME_NOREPLACE: EEXIST when `to` exists (a symbolic link too).
+int cvhost_rename_noreplace(int from_dir, const char *from, int to_dir, const char *to);
 // gettid(2).
 int cvhost_gettid(void);
 
