@@ -17,7 +17,9 @@ struct Attach: ParsableCommand {
         link-local address from the MAC, echoes UDP on --udp-echo over both, records frames with \
         --pcap (pcapng for a name ending in .pcapng) and sends the frames of --replay (pcap or pcapng). Prints counters every --stats seconds. SIGINT or \
         SIGTERM stops it cleanly: the backends are detached and a tap it created is removed \
-        (unless --keep). Needs root or CAP_NET_ADMIN; --user drops to another user after setup.
+        (unless --keep). A macvtap it creates is removed by a small privileged helper process \
+        even when attach is killed; `vhostctl cleanup` removes what a kill of both left. Needs \
+        root or CAP_NET_ADMIN; --user drops to another user after setup.
         """)
 
     @OptionGroup var common: CommonOptions
@@ -145,6 +147,15 @@ struct Attach: ParsableCommand {
                 throw VhostError.tap(name: tap, problem: .permission, reason: "is a persistent tap owned by uid \(owner): refusing to take it over; pass --force to attach anyway")
             }
         }
+        // ---- nothing left behind (issue 21 item 3) ----
+        // The stop handlers go in before anything is created, so an early signal stops set-up
+        // cleanly; a macvtap gets a reaper before it exists (see Reaper.swift), which deletes it
+        // once this process is gone, whatever the exit, kill -9 included. The defer runs before
+        // runReportingErrors reports an error, so a failed set-up has removed it by then.
+        installStopHandlers()
+        let reaper = try macvtap.map { _ in try ReaperProcess.spawn(links: [tap!]) }
+        defer { reaper?.finish() }
+        // ---- end of nothing left behind ----
         let dropTo = user.flatMap(UserSpec.init(parsing:))
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queues
@@ -178,6 +189,8 @@ struct Attach: ParsableCommand {
             let endpoint = try VhostNetEndpoint(config, logger: logger)
             if create, let dropTo { try endpoint.pairs[0].tap.setOwner(uid: dropTo.uid) }
             if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
+            // A tap it made and does not keep carries its mark (a --keep tap is deliberately left: unmarked).
+            if create && !keep { try RouteNetlink.setAlias(index: try endpoint.pairs[0].tap.interfaceIndex(), InterfaceMark.current().description) }
             try serve(endpoint, replayFrames: replayFrames, writer: writer, dropTo: dropTo, backend: "tap \(endpoint.tapName)")
             if create && !keep { print("tap \(tap!) removed") }
         }
@@ -196,8 +209,8 @@ struct Attach: ParsableCommand {
         installStopHandlers()
         if let dropTo { try dropTo.drop() }
         let droppedCapabilities = dropTo == nil && !keepCapabilities && geteuid() == 0
-        // A macvtap this run created is deleted at exit over rtnetlink, which needs CAP_NET_ADMIN.
-        let keep = macvtap != nil ? [Capabilities.networkAdministration] : []
+        // A macvtap this run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.
+        let keep: [Int] = []
         if droppedCapabilities { try dropCapabilities(keeping: keep) }
 
         let pair = endpoint.pairs[0]

@@ -143,6 +143,8 @@ int cvhost_mknod_char(const char *path, unsigned int major, unsigned int minor);
 int cvhost_drop_capabilities(uint64_t keep);
 // gettid(2).
 int cvhost_gettid(void);
+// pipe2(2) with O_CLOEXEC on both ends (pipe2 needs _GNU_SOURCE, which Swift's Glibc lacks); 0 or -errno.
+int cvhost_pipe_cloexec(int fds[2]);
 
 // epoll (struct epoll_event is packed on x86_64, so Swift sees only tokens).
 int cvhost_epoll_create(void);
