@@ -210,8 +210,7 @@ struct Attach: ParsableCommand {
         if let dropTo { try dropTo.drop() }
         let droppedCapabilities = dropTo == nil && !keepCapabilities && geteuid() == 0
         // A macvtap this run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.
-        let keep: [Int] = []
-        if droppedCapabilities { try dropCapabilities(keeping: keep) }
+        if droppedCapabilities { try dropCapabilities() }
 
         let pair = endpoint.pairs[0]
         let ip6Text = endpoint.responder.ipv6Enabled ? endpoint.responder.ipv6Addresses.map { address in
@@ -226,8 +225,7 @@ struct Attach: ParsableCommand {
         for worker in workers { print("worker \(worker)") }
         if let dropTo { print("running as \(dropTo.name) (uid \(getuid()))") }
         if droppedCapabilities {
-            print(keep.isEmpty ? "dropped every capability: nothing after set-up needs root"
-                               : "dropped every capability but CAP_NET_ADMIN, which removing the macvtap at exit needs")
+            print("dropped every capability: nothing after set-up needs root\(macvtap != nil ? " (a helper process deletes the macvtap at exit)" : "")")
         }
         if let writer {
             let headerLength = pair.headerLength
