@@ -48,19 +48,22 @@ struct Reaper: ParsableCommand {
             chdir("/")
             // Nothing but deleting links is left to do: keep CAP_NET_ADMIN alone, no new privileges.
             try Capabilities.drop(keeping: [Capabilities.networkAdministration])
-            waitForEndOfFile(pipeFD)
+            waitForEndOfFile(pipeFD, parent: parent)
             try reap(parent: parent)
         }
     }
 
-    /// Blocks until every write end of the pipe is closed; anything written is ignored.
-    func waitForEndOfFile(_ fd: Int32) {
+    /// Blocks until every write end of the pipe is closed; anything written is ignored. Should the
+    /// pipe fail otherwise (it cannot, short of a kernel bug), it watches the parent in /proc
+    /// instead: deleting a running parent's link would be worse than waiting.
+    func waitForEndOfFile(_ fd: Int32, parent: InterfaceMark) {
         var scratch = [UInt8](repeating: 0, count: 64)
         while true {
             let n = scratch.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n == 0 { return }
-            if n < 0 && errno != EINTR && errno != EAGAIN { return }
+            if n < 0 && errno != EINTR { break }
         }
+        while Leftovers.creatorState(of: parent, ourPidNamespace: parent.pidNamespace) == .running { usleep(500_000) }
     }
 
     func reap(parent: InterfaceMark) throws {
