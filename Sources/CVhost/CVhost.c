@@ -288,6 +288,8 @@ int cvhost_rename_noreplace(int from_dir, const char *from, int to_dir, const ch
 
 int cvhost_gettid(void) { return (int)syscall(SYS_gettid); }
 
+int cvhost_pipe_cloexec(int fds[2]) { return result(pipe2(fds, O_CLOEXEC)); }
+
 // ---- epoll ----
 int cvhost_epoll_create(void) { return result(epoll_create1(EPOLL_CLOEXEC)); }
 

@@ -199,10 +199,15 @@ public struct ProcessCredentials: Sendable, Equatable, CustomStringConvertible {
 public enum PrivilegeDrop {
     /// Empties the bounding set (when CAP_SETPCAP allows it) and the ambient set, sets
     /// `PR_SET_NO_NEW_PRIVS`, switches to `user` (setgroups, setgid, setuid; nil keeps the uid and
-    /// gid), then empties the effective, permitted and inheritable sets. Checks the outcome in
+    /// gid), then empties the effective, permitted and inheritable sets but for `keep` (the
+    /// capability numbers a privileged helper still needs; empty for attach). Checks the outcome in
     /// /proc/self/status (and that root cannot be regained), and returns it. Throws
     /// `VhostError.system` naming the call that failed, or `invalidState` when a privilege is left.
-    public static func perform(switchingTo user: UserIdentity?) throws(VhostError) -> ProcessCredentials {
+    public static func perform(switchingTo user: UserIdentity?, keeping keep: [Int] = []) throws(VhostError) -> ProcessCredentials {
+        guard keep.allSatisfy({ (0...Capabilities.lastCapability).contains($0) }) else {
+            throw .invalidConfiguration("capabilities to keep are numbers from 0 to \(Capabilities.lastCapability): \(keep)")
+        }
+        let kept = keep.reduce(UInt64(0)) { $0 | 1 << UInt64($1) }
         // The shim answers -errno; libc answers -1 and sets errno.
         func check(_ rc: Int32, _ call: String, _ detail: String) throws(VhostError) {
             guard rc == 0 else { throw .system(call: call, detail: detail, errno: Errno(rawValue: -rc)) }
@@ -214,7 +219,7 @@ public enum PrivilegeDrop {
         // (kernel/commoncap.c cap_prctl_drop), which a process without it cannot do anyway.
         let canEmptyBoundingSet = Capabilities.isEffective(Capabilities.setCapabilities)
         if canEmptyBoundingSet {
-            for capability in 0...Capabilities.lastCapability {
+            for capability in 0...Capabilities.lastCapability where !keep.contains(capability) {
                 try check(cvhost_capability_bounding_drop(Int32(capability)), "prctl(PR_CAPBSET_DROP)", "capability \(capability)")
             }
         }
@@ -226,12 +231,14 @@ public enum PrivilegeDrop {
             try checkLibc(setgid(user.gid), "setgid", "to \(user.gid)")
             try checkLibc(setuid(user.uid), "setuid", "to \(user.uid) (\(user.name))")
         }
-        try check(cvhost_capset(0, 0, 0), "capset", "(every set empty)")
+        try check(cvhost_capset(kept, kept, 0), "capset", kept == 0 ? "(every set empty)" : "(keeping \(keep))")
 
         let credentials = try ProcessCredentials.current()
         var left: [String] = []
-        if !credentials.holdsNoCapability { left.append("capabilities (\(credentials))") }
-        if canEmptyBoundingSet && credentials.bounding != 0 { left.append("a bounding set") }
+        if credentials.effective != kept || credentials.permitted != kept || credentials.inheritable != 0 || credentials.ambient != 0 {
+            left.append("capabilities (\(credentials))")
+        }
+        if canEmptyBoundingSet && credentials.bounding & ~kept != 0 { left.append("a bounding set") }
         if !credentials.noNewPrivileges { left.append("no NoNewPrivs") }
         if let user, credentials.uids.contains(where: { $0 != user.uid }) || credentials.gids.contains(where: { $0 != user.gid }) {
             left.append("ids other than \(user.uid):\(user.gid) (\(credentials))")

@@ -43,7 +43,7 @@ public enum RouteNetlink {
         try send(type: deleteLink, flags: request | acknowledge, body: header + attribute(interfaceName, string: name), what: "delete link \(name)")
     }
 
-    private static func send(type: UInt16, flags: UInt16, body: [UInt8], what: String) throws(VhostError) {
+    static func send(type: UInt16, flags: UInt16, body: [UInt8], what: String) throws(VhostError) {
         let fd = cvhost_socket(16 /* AF_NETLINK */, CVHOST_SOCK_RAW, 0 /* NETLINK_ROUTE */)
         guard fd >= 0 else { throw .system(call: "socket(AF_NETLINK)", detail: what, errno: Errno(rawValue: -fd)) }
         defer { close(fd) }
@@ -58,20 +58,20 @@ public enum RouteNetlink {
         let replyType = UInt16(reply[4]) | UInt16(reply[5]) << 8
         let code = Int32(bitPattern: UInt32(reply[16]) | UInt32(reply[17]) << 8 | UInt32(reply[18]) << 16 | UInt32(reply[19]) << 24)
         guard replyType == 2 else { return }
-        guard code == 0 else { throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : "DELLINK")", detail: what, errno: Errno(rawValue: -code)) }
+        guard code == 0 else { throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : type == deleteLink ? "DELLINK" : "SETLINK")", detail: what, errno: Errno(rawValue: -code)) }
     }
 
-    private static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
-    private static func le32(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xff), UInt8((v >> 8) & 0xff), UInt8((v >> 16) & 0xff), UInt8(v >> 24)] }
+    static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
+    static func le32(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xff), UInt8((v >> 8) & 0xff), UInt8((v >> 16) & 0xff), UInt8(v >> 24)] }
 
     /// struct rtattr (length, type) and the value, padded to 4 bytes.
-    private static func attribute(_ type: UInt16, _ value: [UInt8]) -> [UInt8] {
+    static func attribute(_ type: UInt16, _ value: [UInt8]) -> [UInt8] {
         var bytes = le16(UInt16(4 + value.count)) + le16(type) + value
         while bytes.count % 4 != 0 { bytes.append(0) }
         return bytes
     }
-    private static func attribute(_ type: UInt16, string: String) -> [UInt8] { attribute(type, Array(string.utf8) + [0]) }
-    private static func attribute(_ type: UInt16, u32: UInt32) -> [UInt8] { attribute(type, le32(u32)) }
+    static func attribute(_ type: UInt16, string: String) -> [UInt8] { attribute(type, Array(string.utf8) + [0]) }
+    static func attribute(_ type: UInt16, u32: UInt32) -> [UInt8] { attribute(type, le32(u32)) }
 }
 
 /// A macvtap queue as the backend of a vhost-net vring (net.c get_tap_socket → tap_get_socket):
@@ -87,21 +87,31 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
     /// Creates the macvtap `name` on `parent` (bridge mode) unless it exists, and opens a queue of
     /// it. A macvlan delivers unicast frames only to the MAC of the link, so the guest side must
     /// use the macvtap's own MAC (as libvirt does): give it as `hardwareAddress` at creation.
+    /// A link it creates carries this process's `InterfaceMark` as its alias, so a reaper or
+    /// `vhostctl cleanup` can remove it should the process die without deleting it. Without a
+    /// /dev/tapN (no devtmpfs or udev), the queue is opened through a `TransientDeviceNode`.
     public init(name: String, parent: String, hardwareAddress: [UInt8]? = nil, observer: IoctlObserver? = nil) throws(VhostError) {
         let exists = NetworkInterface(name: name).exists
+        let mark = try InterfaceMark.current()
         if !exists { try RouteNetlink.createLink(name, kind: "macvtap", parent: parent, hardwareAddress: hardwareAddress) }
         do throws(VhostError) {
             let index = try NetworkInterface(name: name, observer: observer).index()
+            if !exists { try RouteNetlink.setAlias(index: index, mark.description) }
             let path = "/dev/tap\(index)"
-            if access(path, F_OK) != 0 {
-                // No devtmpfs: make the node from the numbers sysfs gives (macvtap.c device_create).
-                if let numbers = KernelInfo.readFile("/sys/class/net/\(name)/macvtap/tap\(index)/dev")?.trimmingTrailingNewlines(),
-                   let colon = numbers.firstIndex(of: ":"), let major = UInt32(numbers[..<colon]), let minor = UInt32(numbers[numbers.index(after: colon)...]) {
-                    _ = cvhost_mknod_char(path, major, minor)
+            let opened: Int32
+            if access(path, F_OK) == 0 {
+                opened = open(path, O_RDWR | O_CLOEXEC)
+                guard opened >= 0 else { throw .system(call: "open", detail: "\(path) (the macvtap \(name))", errno: Errno(rawValue: Glibc.errno)) }
+            } else {
+                // No devtmpfs: the node from the numbers sysfs gives (macvtap.c device_create),
+                // made for the open alone.
+                let sysfs = "/sys/class/net/\(name)/macvtap/tap\(index)/dev"
+                guard let numbers = KernelInfo.readFile(sysfs)?.trimmingTrailingNewlines(), let colon = numbers.firstIndex(of: ":"),
+                      let major = UInt32(numbers[..<colon]), let minor = UInt32(numbers[numbers.index(after: colon)...]) else {
+                    throw .system(call: "read", detail: "\(sysfs): no major:minor for the macvtap \(name)'s device, and no \(path)", errno: .noSuchFileOrDirectory)
                 }
+                opened = try TransientDeviceNode.open(major: major, minor: minor, name: mark.nodeName(for: "tap\(index)"))
             }
-            let opened = open(path, O_RDWR | O_CLOEXEC)
-            guard opened >= 0 else { throw .system(call: "open", detail: "\(path) (the macvtap \(name))", errno: Errno(rawValue: Glibc.errno)) }
             observer?(IoctlEvent(.open(path: path), result: .success(opened)))
             fd = opened
         } catch {
@@ -115,6 +125,7 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
 
     deinit {
         close(fd)
+        // After a drop of CAP_NET_ADMIN this fails (EPERM); the process's reaper deletes it then.
         if createdLink { try? RouteNetlink.removeLink(name) }
     }
 

@@ -19,7 +19,9 @@ struct Attach: ParsableCommand {
         SIGTERM, SIGHUP or a closed standard output (SIGPIPE) stops it cleanly: the backends are detached, the capture is \
         completed and a tap it created is removed (unless --keep). Needs root or CAP_NET_ADMIN for set-up; after it, attach \
         runs as the user nobody (or --user) with no capabilities and no-new-privs. Output files are created with mode 0600, \
-        never through a symbolic link, never over an existing file without --force, and appear under their name only once complete.
+        never through a symbolic link, never over an existing file without --force, and appear under their name only once complete. \
+        A macvtap it creates is removed by a small privileged helper process even when attach is killed; \
+        `vhostctl cleanup` removes what a kill of both left.
         """)
 
     @OptionGroup var common: CommonOptions
@@ -157,6 +159,11 @@ struct Attach: ParsableCommand {
             throw CLIError(message: "macvtap \(tap) already exists, and this run would not have created it (it may be another guest's NIC): pass --existing-macvtap to attach to it anyway, or give --tap a free name to create one on \(parent)",
                            status: ExitStatus.usage)
         }
+        // A macvtap gets a reaper before it exists (see Reaper.swift), which deletes it once this
+        // process is gone, whatever the exit, kill -9 included. The defer runs before
+        // runReportingErrors reports an error, so a failed set-up has removed it by then.
+        let reaper = try macvtap.map { _ in try ReaperProcess.spawn(links: [tap!]) }
+        defer { reaper?.finish() }
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queues
         datapath.apply(to: &config.datapath)
@@ -194,6 +201,8 @@ struct Attach: ParsableCommand {
             // daemons) is given nothing.
             if create, plan.chosenByUser, let owner = plan.user { try endpoint.pairs[0].tap.setOwner(uid: owner.uid) }
             if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
+            // A tap it made and does not keep carries its mark (a --keep tap is deliberately left: unmarked).
+            if create && !keep { try RouteNetlink.setAlias(index: try endpoint.pairs[0].tap.interfaceIndex(), InterfaceMark.current().description) }
             try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "tap \(endpoint.tapName)")
             if create && !keep { print("tap \(tap!) removed") }
         }
@@ -209,7 +218,8 @@ struct Attach: ParsableCommand {
         // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
         if let workerCPU { for worker in VhostWorkerThread.findAll() { try worker.pin(to: workerCPU) } }
         let workers = VhostWorkerThread.findAll()
-        // Everything that needs root is done: the fds are open, the outputs created.
+        // Everything that needs root is done: the fds are open, the outputs created. A macvtap this
+        // run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.
         let credentials = try plan.drop()
 
         let pair = endpoint.pairs[0]
@@ -223,7 +233,7 @@ struct Attach: ParsableCommand {
             print("offloads: \(pair.negotiatedOffloads.featureNames.joined(separator: " ")); tap RX offloads (TUNSETOFFLOAD) 0x\(String(rx.rawValue, radix: 16))\(datapath.offloads.isEmpty ? " from the GUEST_ features" : " from --offloads"); MTU \(endpoint.responder.mtu)")
         }
         for worker in workers { print("worker \(worker)") }
-        print(plan.summary(credentials))
+        print(plan.summary(credentials) + (macvtap != nil ? " (a helper process deletes the macvtap at exit)" : ""))
         if common.verbose, let now = try? ProcessCredentials.current() { print("credentials: \(now)") }
         if let writer {
             let headerLength = pair.headerLength

@@ -19,7 +19,7 @@ struct VhostCtl: ParsableCommand {
         or written (--pcap, --json, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
         root or CAP_NET_ADMIN).
         """,
-        subcommands: [Info.self, Attach.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self]
+        subcommands: [Info.self, Attach.self, Cleanup.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self, Reaper.self]
     )
 
     /// ArgumentParser's own main, except that a bad argument prints one line

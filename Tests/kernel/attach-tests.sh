@@ -484,6 +484,136 @@ fi
 kill -TERM $pid; wait_for_exit $pid
 hostip link del vhve0
 
+# ---- nothing left behind: marks, the reaper, vhostctl cleanup (issue 21 item 3) ----------------
+# children_of PID: the pids whose parent is PID (the host's procps, reading this machine's /proc).
+children_of() { host ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' | tr '\n' ' '; }
+# exited PID: no such process, or a zombie (the init of the VM may not reap an orphan at once).
+exited() { [ ! -e "/proc/$1" ] || grep -q ') [ZX] ' "/proc/$1/stat" 2>/dev/null; }
+# leftovers NAME...: what is left of a run: those links, /dev/tap nodes, entries of /run/vhostctl.
+leftovers() {
+    for n in "$@"; do ip link show "$n" >/dev/null 2>&1 && printf 'link %s; ' "$n"; done
+    ls /dev/tap[0-9]* 2>/dev/null | tr '\n' ' '; ls -A /run/vhostctl 2>/dev/null | sed 's|^|/run/vhostctl/|' | tr '\n' ' '
+}
+# is_mark_of PID NAME: the link's alias is the creator mark of process PID.
+is_mark_of() { grep -qx "vhostctl pid $1 start $(cut -d')' -f2 /proc/$1/stat | cut -d' ' -f21) pidns [0-9]*" "/sys/class/net/$2/ifalias" 2>/dev/null; }
+grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
+hostip link add vhdum2 type dummy && hostip link set vhdum2 up
+
+# (a) kill -9 of attach and its reaper together (their own process group): the macvtap stays,
+# marked; cleanup --dry-run lists it and removes nothing; cleanup removes it; nothing is left.
+setsid vhostctl attach --tap vhlb1 --macvtap vhdum2 --stats 0 >/tmp/lb1.log 2>&1 &
+pid=$!
+wait_for_attached /tmp/lb1.log
+reaper=$(children_of $pid); reaper=${reaper%% *}
+reaperargs=$(tr '\0' ' ' <"/proc/$reaper/cmdline" 2>/dev/null)
+if is_mark_of $pid vhlb1; then marked=yes; else marked="no: '$(cat /sys/class/net/vhlb1/ifalias 2>&1)'"; fi
+kill -9 -$pid; wait $pid 2>/dev/null; sleep 0.5
+if [ "$marked" = yes ] && [ -n "$reaper" ] && printf '%s' "$reaperargs" | has "_reaper --pipe-fd [0-9]* --mark vhostctl pid $pid start" \
+    && exited "$reaper" && ip link show vhlb1 >/dev/null 2>&1; then
+    pass "a macvtap attach made carries its mark ($(cat /sys/class/net/vhlb1/ifalias)); kill -9 of attach and its reaper (pid $reaper) leaves it"
+else
+    fail "the macvtap's mark and the reaper" "marked $marked; reaper '$reaper' ($reaperargs); $(ip link show vhlb1 2>&1 | head -n 1); $(cat /tmp/lb1.log | tr '\n' ' ')"
+fi
+timeout 30 vhostctl cleanup --dry-run >/tmp/cleanup-a.txt 2>&1; dry=$?
+if [ "$dry" = 0 ] && grep -q "^would remove macvtap vhlb1 (index [0-9]*): its creator, pid $pid started at tick [0-9]*, is gone" /tmp/cleanup-a.txt \
+    && ip link show vhlb1 >/dev/null 2>&1; then
+    pass "cleanup --dry-run lists the orphaned macvtap and removes nothing"
+else
+    fail "cleanup --dry-run" "exit $dry; $(cat /tmp/cleanup-a.txt | tr '\n' ' ')"
+fi
+timeout 30 vhostctl cleanup >/tmp/cleanup-a.txt 2>&1; status=$?
+left=$(leftovers vhlb1)
+if [ "$status" = 0 ] && grep -q "^removed macvtap vhlb1 (index [0-9]*): its creator, pid $pid " /tmp/cleanup-a.txt \
+    && grep -q "^cleanup: 1 leftover removed" /tmp/cleanup-a.txt && [ -z "$left" ]; then
+    pass "after kill -9 of both, vhostctl cleanup removes the macvtap: no link, no /dev/tap node, nothing in /run/vhostctl"
+else
+    fail "cleanup after kill -9 of attach and its reaper" "exit $status; left: $left; $(cat /tmp/cleanup-a.txt | tr '\n' ' ')"
+fi
+
+# (b) kill -9 of attach alone: its reaper deletes the macvtap within a second or two, then exits.
+vhostctl attach --tap vhlb2 --macvtap vhdum2 --stats 0 >/tmp/lb2.log 2>&1 &
+pid=$!
+wait_for_attached /tmp/lb2.log
+reaper=$(children_of $pid); reaper=${reaper%% *}
+kill -9 $pid; wait $pid 2>/dev/null
+i=0; while [ $i -lt 30 ] && ip link show vhlb2 >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
+sleep 0.2
+left=$(leftovers vhlb2)
+if [ -n "$reaper" ] && [ -z "$left" ] && exited "$reaper"; then
+    pass "kill -9 of attach alone: its reaper (pid $reaper) deleted the macvtap within $((i / 10)).$((i % 10)) s and exited; nothing left"
+else
+    fail "the reaper after kill -9 of attach" "reaper '$reaper' exited: $(exited "$reaper" && echo yes || echo no); left: $left"
+fi
+
+# (c) SIGTERM with a macvtap, with and without --user: attach keeps no capability (the reaper
+# deletes the macvtap), the run ends with status 0, and nothing is left.
+for user in "" "--user 65534:65534"; do
+    vhostctl attach --tap vhlb3 --macvtap vhdum2 $user --stats 0 >/tmp/lb3.log 2>&1 &
+    pid=$!
+    wait_for_attached /tmp/lb3.log
+    capeff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/$pid/status)
+    reaper=$(children_of $pid); reaper=${reaper%% *}
+    kill -TERM $pid
+    if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
+    left=$(leftovers vhlb3)
+    if [ "$status" = 0 ] && [ "$capeff" = 0000000000000000 ] && [ -z "$left" ] && [ -n "$reaper" ] && exited "$reaper"; then
+        pass "macvtap attach ${user:-without --user}: no capability after set-up, and SIGTERM leaves no link, node or process (reaper $reaper exited)"
+    else
+        fail "macvtap attach ${user:-without --user} on SIGTERM" "status $status, CapEff $capeff, reaper '$reaper', left: $left; $(tail -n 3 /tmp/lb3.log | tr '\n' ' ')"
+    fi
+done
+
+# (d) tap, multiqueue tap and packet socket: no child process (no reaper is needed), a created tap
+# carries the mark, and SIGTERM leaves no link, node or process.
+hostip link add vhve2 type veth peer name vhve3 && ip link set vhve2 up
+for backend in "--tap vhlb4 --create" "--tap vhlb5 --create --queues 2" "--packet-socket vhve2"; do
+    vhostctl attach $backend --stats 0 >/tmp/lb4.log 2>&1 &
+    pid=$!
+    wait_for_attached /tmp/lb4.log
+    kids=$(children_of $pid)
+    name=$(printf '%s' "$backend" | sed -n 's/^--tap \([^ ]*\).*/\1/p')
+    if [ -z "$name" ] || is_mark_of $pid "$name"; then marked=yes; else marked=no; fi
+    kill -TERM $pid
+    if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
+    left=$(leftovers vhlb4 vhlb5)
+    if [ "$status" = 0 ] && [ -z "$kids" ] && [ "$marked" = yes ] && [ -z "$left" ]; then
+        pass "attach $backend: no child process, ${name:+the tap marked, }SIGTERM leaves no link, node or process"
+    else
+        fail "attach $backend leaves nothing" "status $status, children '$kids', marked $marked, left: $left"
+    fi
+done
+hostip link del vhve2
+
+# (e) a set-up that fails after the macvtap was made and opened (a feature the kernel lacks):
+# the macvtap is gone before the error is reported, and the reaper has exited.
+timeout 30 vhostctl attach --tap vhlb6 --macvtap vhdum2 --features VERSION_1 RING_PACKED --trace >/dev/null 2>/tmp/lb6.err; status=$?
+left=$(leftovers vhlb6)
+reapers=$(host ps -eo args 2>/dev/null | grep -c "[_]reaper")
+if [ "$status" = 69 ] && grep -q "^trace: open(/dev/tap[0-9]*)" /tmp/lb6.err && tail -n 1 /tmp/lb6.err | has "does not offer F_RING_PACKED" \
+    && [ -z "$left" ] && [ "$reapers" = 0 ]; then
+    pass "a set-up failing after the macvtap was opened (exit 69) leaves no link, node or reaper"
+else
+    fail "a failed set-up with a macvtap" "exit $status; left: $left; reapers $reapers; $(grep -v '^trace' /tmp/lb6.err | head -c 300)"
+fi
+
+# (f) cleanup never removes a link whose creator runs, an unmarked macvtap, or a --keep tap.
+vhostctl attach --tap vhlb7 --macvtap vhdum2 --stats 0 >/tmp/lb7.log 2>&1 &
+pid=$!
+wait_for_attached /tmp/lb7.log
+hostip link add vhlb8 link vhdum2 type macvtap
+timeout 30 vhostctl attach --tap vhkeep1 --create --keep --duration 0.3 --stats 0 >/dev/null 2>&1
+timeout 30 vhostctl cleanup >/tmp/cleanup-f.txt 2>&1; status=$?
+if [ "$status" = 0 ] && ip link show vhlb7 >/dev/null 2>&1 && ip link show vhlb8 >/dev/null 2>&1 && ip link show vhkeep1 >/dev/null 2>&1 \
+    && grep -q "^kept macvtap vhlb7: its creator (pid $pid) is running" /tmp/cleanup-f.txt && ! grep -q "vhlb8\|vhkeep1" /tmp/cleanup-f.txt \
+    && [ -z "$(cat /sys/class/net/vhkeep1/ifalias 2>/dev/null)" ]; then
+    pass "cleanup keeps the macvtap of a running attach, an unmarked macvtap (ip link add) and a --keep tap (unmarked)"
+else
+    fail "cleanup spares what is in use or not ours" "exit $status; $(cat /tmp/cleanup-f.txt | tr '\n' ' '); $(ip -o link show 2>&1 | grep -o 'vhlb[78]\|vhkeep1' | tr '\n' ' ')"
+fi
+kill -TERM $pid; wait_for_exit $pid
+hostip link del vhlb8; hostip link del vhkeep1; hostip link del vhdum2
+expect_error "cleanup without root" 77 "cleanup needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl cleanup"
+
 # ---- teardown mid-traffic: SIGINT, SIGTERM, SIGHUP stop cleanly; after kill -9 the name is free --
 # Each run writes a pcap and a recording: complete and mode 0600 after each signal; after kill -9
 # nothing carries the final name.

@@ -152,6 +152,8 @@ int cvhost_set_no_new_privileges(void);
 int cvhost_rename_noreplace(int from_dir, const char *from, int to_dir, const char *to);
 // gettid(2).
 int cvhost_gettid(void);
+// pipe2(2) with O_CLOEXEC on both ends (pipe2 needs _GNU_SOURCE, which Swift's Glibc lacks); 0 or -errno.
+int cvhost_pipe_cloexec(int fds[2]);
 
 // epoll (struct epoll_event is packed on x86_64, so Swift sees only tokens).
 int cvhost_epoll_create(void);

@@ -1,0 +1,84 @@
+import ArgumentParser
+import Glibc
+import HostNetwork
+import Vhost
+
+/// `vhostctl cleanup`: removes what a vhostctl that is gone left behind (a macvtap or tap whose
+/// alias is a vhostctl mark, a device node in the tool's directory), as after a `kill -9` of
+/// attach and its reaper together.
+struct Cleanup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove the links and device nodes a vhostctl that is no longer running left behind.",
+        discussion: """
+        Every macvtap (and tap) vhostctl creates carries its creator in the interface alias \
+        (vhostctl pid P start S pidns N), and every device node it had to make lives in \
+        \(TransientDeviceNode.directory) under a name with the same mark. cleanup removes those \
+        whose creator has exited (a pid that is free, reused by a later process, or a zombie) and \
+        keeps those of a running vhostctl, printing one line for each, then a summary. Links \
+        without a mark, or of another kind than macvtap or tun, are never touched. Exit status \
+        0 when nothing is left; 1 when a removal failed. Needs root or CAP_NET_ADMIN.
+        """)
+
+    @Flag(name: .customLong("dry-run"), help: "Only list what would be removed.")
+    var dryRun = false
+
+    func run() throws {
+        try runReportingErrors { try cleanup() }
+    }
+
+    func cleanup() throws {
+        guard HostNetwork.canAdministerNetwork else {
+            throw CLIError(message: "vhostctl cleanup needs root or CAP_NET_ADMIN (it deletes links and device nodes): run it as root, e.g. with sudo", status: ExitStatus.notPermitted)
+        }
+        let ourNamespace = try InterfaceMark.current().pidNamespace
+        let state = { (mark: InterfaceMark) in Leftovers.creatorState(of: mark, ourPidNamespace: ourNamespace) }
+        let verb = dryRun ? "would remove" : "removed"
+        var removed = 0, kept = 0, failed = 0
+
+        for decision in Leftovers.plan(links: try RouteNetlink.links(), state: state) {
+            switch decision {
+            case .keep(let link, let mark, let creator):
+                kept += 1
+                let why = creator == .running ? "its creator (pid \(mark.pid)) is running" : "its creator is in another pid namespace (\(mark.pidNamespace)), whose pids this one cannot check"
+                print("kept \(link.kind ?? "link") \(link.name): \(why)")
+            case .remove(let link, let mark):
+                if !dryRun {
+                    do throws(VhostError) {
+                        try RouteNetlink.removeLink(index: link.index)
+                    } catch .system(_, _, let errno) where errno.rawValue == ENODEV {
+                        // Gone meanwhile: nothing left, as asked.
+                    } catch {
+                        failed += 1
+                        print("could not remove \(link.kind ?? "link") \(link.name): \(error)")
+                        continue
+                    }
+                }
+                removed += 1
+                print("\(verb) \(link.kind ?? "link") \(link.name) (index \(link.index)): its creator, pid \(mark.pid) started at tick \(mark.startTime), is gone")
+            }
+        }
+
+        let directory = TransientDeviceNode.directory
+        for name in TransientDeviceNode.entries(of: directory) {
+            guard let stale = Leftovers.isStaleNode(named: name, state: state) else { continue }
+            guard stale else { kept += 1; print("kept \(directory)/\(name): its creator is running"); continue }
+            if !dryRun && unlink("\(directory)/\(name)") != 0 && errno != ENOENT {
+                failed += 1
+                print("could not remove \(directory)/\(name): \(String(cString: strerror(errno)))")
+                continue
+            }
+            removed += 1
+            print("\(verb) node \(directory)/\(name): its creator is gone")
+        }
+        // The directory itself, once empty (attach makes it again when it needs it).
+        if !dryRun { rmdir(directory) }
+
+        let things = removed == 1 ? "1 leftover" : "\(removed) leftovers"
+        if dryRun {
+            print("cleanup --dry-run: \(removed == 0 ? "nothing to remove" : "\(things) to remove"); \(kept) kept (in use)")
+        } else {
+            print("cleanup: \(removed == 0 ? "nothing to remove" : "\(things) removed")\(failed > 0 ? ", \(failed) could not be removed" : ""); \(kept) kept (in use)")
+        }
+        if failed > 0 { throw ExitCode(ExitStatus.failure) }
+    }
+}
