@@ -77,8 +77,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            plugins: ["GitRevision"]
         ),
+        // Writes the git revision vhostctl was built from (for --version) before each build.
+        .plugin(name: "GitRevision", capability: .buildTool()),
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
