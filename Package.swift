@@ -94,6 +94,8 @@ let package = Package(
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
+        // The CLI's parsing: global options before and after the subcommand, --version.
+        .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
