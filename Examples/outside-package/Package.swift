@@ -17,6 +17,7 @@ let package = Package(
                 .product(name: "VhostModel", package: "swift-vhost"),
                 .product(name: "Vhost", package: "swift-vhost"),
                 .product(name: "NetFormats", package: "swift-vhost"),
+                .product(name: "VhostScript", package: "swift-vhost"),
             ]
         ),
     ],

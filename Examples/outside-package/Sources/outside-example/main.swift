@@ -1,12 +1,13 @@
 // Uses swift-vhost from outside, through its public API only: opens a queue pair on the
-// in-process device (no root, no /dev/vhost-net), sends a frame and receives one, and exits 1
-// when either is not the frame that was sent. With `--kernel TAP` it does the same on the
+// in-process device (no root, no /dev/vhost-net), sends a frame and receives one, runs a script, and exits 1
+// when a frame is not the one that was sent or the script fails. With `--kernel TAP` it does the same on the
 // kernel's /dev/vhost-net and a new tap named TAP (as root, where vhost_net is loaded).
 import Glibc
 import NetFormats
 import Vhost
 import VhostModel
 import VhostNet
+import VhostScript
 
 struct ExampleFailure: Error, CustomStringConvertible {
     var description: String
@@ -48,6 +49,23 @@ func sendAndReceiveInProcess() throws {
 }
 // getting-started: in-process end
 
+// scripting-guide: run begin
+/// Runs a script of vhost ioctls on the in-process device, with an expectation on the kernel's answer.
+func runAScript() throws {
+    let script = try Script(parsing: """
+        open
+        set-owner
+        expect EBUSY          # vhost_dev_set_owner: a device has one owner
+        set-owner
+        """, name: "owner.vhost")
+    var options = ScriptRunner.Options()
+    options.device = .inProcess()       // or .kernel(path: "/dev/vhost-net"), the default
+    var lines: [String] = []
+    try ScriptRunner(options: options) { line in lines.append(line) }.run(script)
+    guard lines.count >= 3 else { throw ExampleFailure("the script printed \(lines.count) lines, not one per command") }
+}
+// scripting-guide: run end
+
 // getting-started: kernel begin
 /// The same on the kernel: `/dev/vhost-net` and a new tap named `tapName` (needs root or
 /// CAP_NET_ADMIN, and the vhost_net module). Frames sent go out of the tap into the host's
@@ -74,7 +92,8 @@ do {
         try sendOnTheKernel(tapName: tapName)
     } else {
         try sendAndReceiveInProcess()
-        print("outside-example: sent a frame and received one through a queue pair on the in-process device")
+        try runAScript()
+        print("outside-example: sent a frame and received one through a queue pair on the in-process device, and ran a script")
     }
 } catch {
     var line = "outside-example: error: \(error)\n"
