@@ -18,7 +18,7 @@ import PackageDescription
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
 //   KernelTierScripts – the kernel tier's inline scripts (the unit tier parses them) and its record of
 //                     which script commands ran; for the tests only.
-//   vhostctl        – the CLI.
+//   vhostctl        – the CLI; Plugins/GitRevision writes the git revision it was built from (--version).
 let package = Package(
     name: "swift-vhost",
     platforms: [.macOS(.v15)],
@@ -97,7 +97,7 @@ let package = Package(
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
         // The CLI's parsing: global options before and after the subcommand, --version.
-        .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", "Virtio", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
