@@ -18,7 +18,7 @@ import PackageDescription
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
 //   KernelTierScripts – the kernel tier's inline scripts (the unit tier parses them) and its record of
 //                     which script commands ran; for the tests only.
-//   vhostctl        – the CLI.
+//   vhostctl        – the CLI; Plugins/GitRevision writes the git revision it was built from (--version).
 let package = Package(
     name: "swift-vhost",
     platforms: [.macOS(.v15)],
@@ -33,11 +33,13 @@ let package = Package(
         .library(name: "HostNetwork", targets: ["HostNetwork"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        // `swift package generate-documentation`: the DocC archives of the library targets.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .target(name: "CVhost"),
@@ -76,8 +78,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-            ]
+            ],
+            plugins: ["GitRevision"]
         ),
+        // Writes the git revision vhostctl was built from (for --version) before each build.
+        .plugin(name: "GitRevision", capability: .buildTool()),
         // The kernel tier: runs against a real /dev/vhost-net (on the host or under Scripts/vm).
         .executableTarget(
             name: "vhost-kernel-tests",
@@ -90,6 +95,8 @@ let package = Package(
             dependencies: ["Virtio", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
+        // The CLI's parsing: global options before and after the subcommand, --version.
+        .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", "Virtio", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),

@@ -27,13 +27,13 @@ struct Attach: ParsableCommand {
     @OptionGroup var common: CommonOptions
     @OptionGroup var recording: RecordOptions
 
-    @Option(help: "The tap interface to attach to (with --macvtap: the macvtap's name).")
+    @Option(help: "The tap interface to attach to (with --macvtap: the macvtap's name).", completion: CompletionHints.interfaceNames)
     var tap: String?
 
-    @Option(help: "Use a macvtap named by --tap on this parent interface as the backend (created in bridge mode when missing, and removed at exit then).")
+    @Option(help: "Use a macvtap named by --tap on this parent interface as the backend (created in bridge mode when missing, and removed at exit then).", completion: CompletionHints.interfaceNames)
     var macvtap: String?
 
-    @Option(name: .customLong("packet-socket"), help: "Use a raw packet socket bound to this interface as the backend (vhost adds the virtio-net header: VHOST_NET_F_VIRTIO_NET_HDR is negotiated).")
+    @Option(name: .customLong("packet-socket"), help: "Use a raw packet socket bound to this interface as the backend (vhost adds the virtio-net header: VHOST_NET_F_VIRTIO_NET_HDR is negotiated).", completion: CompletionHints.interfaceNames)
     var packetSocket: String?
 
     @Flag(help: "Create the tap; it must not exist yet (TUNSETIFF with IFF_TUN_EXCL, so one made meanwhile by someone else is never attached). Without it, the tap must exist.")
@@ -66,10 +66,10 @@ struct Attach: ParsableCommand {
     @OptionGroup(title: "Datapath")
     var datapath: DatapathOptions
 
-    @Option(help: "Write every received and transmitted frame to this capture file: pcapng when the name ends in .pcapng (an interface per queue pair, each frame's direction, nanosecond timestamps, the virtio-net header as a comment), pcap otherwise. Mode 0600, owned by the user attach runs as (who must be able to write in its folder); it appears under its name when attach stops.")
+    @Option(help: "Write every received and transmitted frame to this capture file: pcapng when the name ends in .pcapng (an interface per queue pair, each frame's direction, nanosecond timestamps, the virtio-net header as a comment), pcap otherwise. Mode 0600, owned by the user attach runs as (who must be able to write in its folder); it appears under its name when attach stops.", completion: .file(extensions: ["pcap", "pcapng"]))
     var pcap: String?
 
-    @Option(help: "Transmit the frames of this pcap or pcapng file once attached (from pcapng: each on its queue pair, with its virtio-net header).")
+    @Option(help: "Transmit the frames of this pcap or pcapng file once attached (from pcapng: each on its queue pair, with its virtio-net header).", completion: .file(extensions: ["pcap", "pcapng"]))
     var replay: String?
 
     @Option(help: "After set-up, run as this user (a name, or uid[:gid]) with no capabilities; a tap attach creates is owned by it. Default when started as root: nobody. --user root keeps uid 0 (still without capabilities).")
@@ -84,7 +84,7 @@ struct Attach: ParsableCommand {
     @Flag(name: .customLong("existing-macvtap"), help: "With --macvtap: attach to a macvtap named by --tap that already exists (one this run did not create, perhaps another guest's NIC); refused otherwise.")
     var existingMacvtap = false
 
-    @Option(name: .customLong("worker-cpu"), help: "Pin each queue pair's vhost worker thread (vhost-<pid>) to this CPU.")
+    @Option(name: .customLong("worker-cpu"), help: "Pin each queue pair's vhost worker thread (vhost-<pid>) to this CPU.", completion: CompletionHints.cpus)
     var workerCPU: Int?
 
     @Option(help: "Seconds between counter lines (0: only at the end).")

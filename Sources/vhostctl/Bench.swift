@@ -37,7 +37,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Tap to create for the run (it must not exist).")
     var tap = "vhbench0"
 
-    @Option(parsing: .upToNextOption, help: "Configurations to compare; the first is the baseline. Known: \(Variant.all.map(\.name).joined(separator: " ")).")
+    @Option(parsing: .upToNextOption, help: "Configurations to compare; the first is the baseline. Known: \(Variant.all.map(\.name).joined(separator: " ")).",
+            completion: .list(Variant.all.map(\.name)))
     var configs: [String] = ["event-idx", "flags", "poll", "indirect", "chained"]
 
     @Option(name: .customLong("frame-size"), help: "Ethernet frame size in bytes (60 to 1514).")

@@ -28,10 +28,12 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Tap to create for each measurement (it must not exist).")
     var tap = "vhbench0"
 
-    @Option(help: "Scenarios: tx, rx, bidir; ping and udp-rr (round trips with the host's stack: latency); latency means ping,udp-rr.")
+    @Option(help: "Scenarios: tx, rx, bidir; ping and udp-rr (round trips with the host's stack: latency); latency means ping,udp-rr.",
+            completion: .list(["tx", "rx", "bidir", "ping", "udp-rr", "latency"]))
     var scenario = "tx"
 
-    @Option(help: "Backends: vhost, tap (this process reads and writes the tap fd, sleeping in poll), tap-poll (the same, spinning).")
+    @Option(help: "Backends: vhost, tap (this process reads and writes the tap fd, sleeping in poll), tap-poll (the same, spinning).",
+            completion: .list(["vhost", "tap", "tap-poll"]))
     var backend = "vhost,tap"
 
     @Option(name: .customLong("frame-size"), help: "Ethernet frame sizes in bytes: 60 to 9000 (above 1514 the tap's MTU is raised), or 9001 to 65549 (64k: 65536) for TCPv4 TSO superframes the host segments (tx only).")
@@ -43,16 +45,17 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("queue-size"), help: "vhost ring sizes (powers of 2 from 64 to 32768).")
     var queueSize = "256"
 
-    @Option(help: "vhost driver modes: interrupt, poll.")
+    @Option(help: "vhost driver modes: interrupt, poll.", completion: .list(["interrupt", "poll"]))
     var mode = "interrupt"
 
-    @Option(name: .customLong("event-idx"), help: "VIRTIO_RING_F_EVENT_IDX for vhost: on, off.")
+    @Option(name: .customLong("event-idx"), help: "VIRTIO_RING_F_EVENT_IDX for vhost: on, off.", completion: .list(["on", "off"]))
     var eventIndex = "on"
 
     @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
     var batch = "64"
 
-    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to half the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).")
+    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to half the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).",
+            completion: .list(["auto", "0"]))
     var receiveCoalesce = "auto"
 
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
@@ -73,19 +76,21 @@ struct BenchBackends: ParsableCommand {
     @Flag(name: .customLong("xdp-drop"), help: "Attach an XDP program that drops every frame to the tap, so TX measures vhost without the host stack.")
     var xdpDrop = false
 
-    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU; none leaves it unpinned (none,1 compares both).")
+    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU; none leaves it unpinned (none,1 compares both).",
+            completion: CompletionHints.cpusOrNone)
     var workerCPU = "none"
 
-    @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread to this CPU.")
+    @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread to this CPU.", completion: CompletionHints.cpus)
     var driverCPU: Int?
 
-    @Option(help: ArgumentHelp("Write the report as JSON.", valueName: "file"))
+    @Option(help: ArgumentHelp("Write the report as JSON.", valueName: "file"), completion: .file(extensions: ["json"]))
     var json: String?
 
-    @Option(help: ArgumentHelp("Write one CSV row per measurement.", valueName: "file"))
+    @Option(help: ArgumentHelp("Write one CSV row per measurement.", valueName: "file"), completion: .file(extensions: ["csv"]))
     var csv: String?
 
-    @Option(help: ArgumentHelp("Write SVG charts: pps by frame size per backend, CPU per frame per backend.", valueName: "file"))
+    @Option(help: ArgumentHelp("Write SVG charts: pps by frame size per backend, CPU per frame per backend.", valueName: "file"),
+            completion: .file(extensions: ["svg"]))
     var svg: String?
 
     @Flag(help: "Print a testpmd-style statistics block per combination.")

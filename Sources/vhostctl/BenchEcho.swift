@@ -30,7 +30,8 @@ struct BenchEcho: ParsableCommand {
     @Option(help: "Tap to create for the run (it must not exist).")
     var tap = "vhecho0"
 
-    @Option(name: .customLong("reply-path"), help: "Reply paths to compare, comma-separated (burst, single); ratios are to single.")
+    @Option(name: .customLong("reply-path"), help: "Reply paths to compare, comma-separated (burst, single); ratios are to single.",
+            completion: .list(["single", "burst"]))
     var replyPaths = "single,burst"
 
     @Option(help: "Offered requests per second.")
@@ -48,16 +49,17 @@ struct BenchEcho: ParsableCommand {
     @Option(help: "Interleaved trials per reply path (the median is reported).")
     var trials = 5
 
-    @Option(help: "Where requests come from: pktgen (kernel, ratep), socket (a paced packet socket), or auto (pktgen when loaded).")
+    @Option(help: "Where requests come from: pktgen (kernel, ratep), socket (a paced packet socket), or auto (pktgen when loaded).",
+            completion: .list(["auto", "pktgen", "socket"]))
     var source = "auto"
 
-    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU.")
+    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU.", completion: CompletionHints.cpus)
     var workerCPU: Int?
 
-    @Option(name: .customLong("driver-cpu"), help: "Pin the endpoint's thread to this CPU.")
+    @Option(name: .customLong("driver-cpu"), help: "Pin the endpoint's thread to this CPU.", completion: CompletionHints.cpus)
     var driverCPU: Int?
 
-    @Option(help: "Also write the results as JSON to this file.")
+    @Option(help: "Also write the results as JSON to this file.", completion: .file(extensions: ["json"]))
     var json: String?
 
     var paths: [ReplyPath] { replyPaths.split(separator: ",").compactMap { ReplyPath(rawValue: String($0)) } }

@@ -12,7 +12,8 @@ extension NotificationMode: ExpressibleByArgument {}
 /// How the datapath is configured: the options `attach` and `bench` share, so a run can
 /// reproduce the configuration a real VM uses.
 struct DatapathOptions: ParsableArguments {
-    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX). The offload features (CSUM, GUEST_CSUM, HOST_USO, GUEST_TSO4, …) are negotiated with the tap's side, not sent to vhost.")
+    @Option(parsing: .upToNextOption, help: "virtio features to negotiate, by name (default: VERSION_1 EVENT_IDX). The offload features (CSUM, GUEST_CSUM, HOST_USO, GUEST_TSO4, …) are negotiated with the tap's side, not sent to vhost.",
+            completion: CompletionHints.features)
     var features: [String] = []
 
     @Option(name: .customLong("queue-size"), help: "Descriptors per ring: a power of 2 from 2 to 32768.")
@@ -36,7 +37,8 @@ struct DatapathOptions: ParsableArguments {
     @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
     var busyloopTimeout: UInt32?
 
-    @Option(parsing: .upToNextOption, help: "RX offloads the driver accepts (TUNSETOFFLOAD): csum tso4 tso6 ecn ufo uso4 uso6, or none. Without it they follow the GUEST_ offload features (GUEST_CSUM, GUEST_TSO4, …), as QEMU derives them from the guest's.")
+    @Option(parsing: .upToNextOption, help: "RX offloads the driver accepts (TUNSETOFFLOAD): csum tso4 tso6 ecn ufo uso4 uso6, or none. Without it they follow the GUEST_ offload features (GUEST_CSUM, GUEST_TSO4, …), as QEMU derives them from the guest's.",
+            completion: .list(DatapathOptions.offloadNames.keys.sorted()))
     var offloads: [String] = []
 
     @Flag(name: .customLong("dirty-log"), help: "Turn on VHOST_F_LOG_ALL dirty logging after start.")

@@ -7,7 +7,7 @@ import VhostScript
 struct RecordOptions: ParsableArguments {
     @Option(name: .customLong("record"), help: ArgumentHelp(
         "Write every vhost ioctl and ring operation this command makes to FILE, as a script that `vhostctl script run FILE` replays, comparing the kernel's answers.",
-        valueName: "file"))
+        valueName: "file"), completion: CompletionHints.scriptFiles)
     var path: String?
 
     @OptionGroup var output: OutputOptions

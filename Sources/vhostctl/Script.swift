@@ -19,7 +19,7 @@ struct ScriptGroup: ParsableCommand {
 
 /// The script argument, and reading it.
 struct ScriptFileOptions: ParsableArguments {
-    @Argument(help: "The script file, or - for standard input.")
+    @Argument(help: "The script file, or - for standard input.", completion: CompletionHints.scriptFiles)
     var file: String
 
     var displayName: String { file == "-" ? "stdin" : file }

@@ -19,8 +19,16 @@ struct VhostCtl: ParsableCommand {
         or written (--pcap, --json, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
         root or CAP_NET_ADMIN).
         """,
+        version: VhostCtlVersion.description,
         subcommands: [Info.self, Attach.self, Cleanup.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self, Reaper.self]
     )
+
+    /// `--verbose`, `--quiet` and `--trace` before the subcommand (`vhostctl --trace info`). The
+    /// root parses the whole command line first and takes them wherever they stand; each
+    /// subcommand's `CommonOptions` then reuses this same `GlobalOptions` value (swift-argument-parser
+    /// hands a group already decoded by a parent command to a child's `@OptionGroup` of that type).
+    /// `--version` is the parser's own: it is honoured after a subcommand too.
+    @OptionGroup(title: "Global options") var global: GlobalOptions
 
     /// ArgumentParser's own main, except that a bad argument prints one line
     /// (`vhostctl: error: …`) instead of the error plus the usage text.
@@ -44,20 +52,45 @@ struct VhostCtl: ParsableCommand {
     }
 }
 
-/// Options every command shares.
-struct CommonOptions: ParsableArguments {
+/// The options every command accepts, before or after the subcommand's name.
+struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Log what is being set up.")
     var verbose = false
+
+    @Flag(name: .shortAndLong, help: "Print errors only: no warnings or notes on standard error (the command's results still print).")
+    var quiet = false
 
     @Flag(help: "Print every ioctl with its decoded arguments and result, to standard error.")
     var trace = false
 
-    @Option(help: "The vhost-net device node.")
+    func validate() throws {
+        guard !(verbose && quiet) else {
+            throw ValidationError("--verbose and --quiet contradict each other: pass one of them")
+        }
+    }
+
+    /// The log level these flags ask for.
+    var logLevel: Logger.Level {
+        if verbose { return .debug }
+        if quiet { return .error }
+        return .info
+    }
+}
+
+/// Options every command that opens a device shares: the global ones and `--device`.
+struct CommonOptions: ParsableArguments {
+    @OptionGroup(title: "Global options") var global: GlobalOptions
+
+    @Option(help: "The vhost-net device node.", completion: .file())
     var device = VhostNetDevice.defaultPath
+
+    var verbose: Bool { global.verbose }
+    var quiet: Bool { global.quiet }
+    var trace: Bool { global.trace }
 
     func makeLogger() -> Logger {
         var logger = Logger(label: "vhostctl") { StreamLogHandler.standardError(label: $0) }
-        logger.logLevel = verbose ? .debug : .info
+        logger.logLevel = global.logLevel
         return logger
     }
 
