@@ -17,6 +17,8 @@ public struct Tap: ~Copyable {
         public static let vnetHeader = Self(rawValue: Int16(IFF_VNET_HDR))
         public static let multiQueue = Self(rawValue: Int16(IFF_MULTI_QUEUE))
         public static let oneQueue = Self(rawValue: Int16(IFF_ONE_QUEUE))
+        /// `IFF_TUN_EXCL`: create, never attach. tun.c tun_set_iff: EBUSY when the name exists.
+        public static let exclusive = Self(rawValue: Int16(bitPattern: UInt16(IFF_TUN_EXCL)))
     }
 
     /// TUNSETOFFLOAD flags: what the reader of the tap (us) accepts.
