@@ -53,7 +53,7 @@ public enum FuzzTargets {
     /// `file:line:column`, at most 100 are reported, and an escaped message has no control byte.
     public static let script = FuzzTarget(name: "script", summary: "vhostctl script check: the lexer, parser, argument checks and includes") { bytes in
         let text = String(decoding: bytes, as: UTF8.self)
-        do {
+        do throws(Script.ParseError) {
             let parsed = try Script(parsing: text, name: "fuzz.vhost", limits: scriptLimits, loader: { path in
                 path.hasSuffix(".missing") ? nil : text
             })
@@ -76,7 +76,7 @@ public enum FuzzTargets {
     public static let pcap = FuzzTarget(name: "pcap", summary: "capture files: pcap and pcapng reading, then replay's virtio-net headers") { bytes in
         let data = Array(bytes)
         let capture: CaptureFile
-        do {
+        do throws(Pcap.ParseError) {
             capture = try CaptureFile(parsing: data)
         } catch {
             switch error {

@@ -160,6 +160,7 @@ struct Parser {
     /// The canonical paths of the files being parsed, outermost first, for cycle detection.
     var including: [String] = []
     var statementCount = 0
+    var includeCount = 0
     var bytesRead = 0
     /// A limit of the whole parse was hit: stop reading.
     var stopped = false
@@ -348,6 +349,11 @@ struct Parser {
     mutating func include(_ tokens: [Token], file: String, depth: Int) -> [Statement] {
         guard tokens.count == 2, tokens[1].kind == .string || tokens[1].kind == .word else {
             problem(tokens.count > 1 ? tokens[1].location : tokens[0].location, "expected include \"FILE\", found \(Parser.describe(tokens.count > 1 ? tokens[1] : nil))")
+            return []
+        }
+        includeCount += 1
+        guard includeCount <= limits.includes else {
+            stop(tokens[1].location, "expected at most \(limits.includes) includes in all (the limit; an include counts each time it is followed), found more")
             return []
         }
         let path = Parser.resolve(tokens[1].text, relativeTo: file)

@@ -8,6 +8,12 @@
 import FuzzTargets
 import Glibc
 
+/// Writes one line to standard error (fd 2: Glibc's `stderr` is shared mutable state to Swift 6).
+func printError(_ line: String) {
+    var text = line + "\n"
+    text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
 #if VHOST_FUZZ
 nonisolated(unsafe) var selectedTarget: FuzzTarget? = nil
 
@@ -15,11 +21,11 @@ nonisolated(unsafe) var selectedTarget: FuzzTarget? = nil
 public func fuzzerInitialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> Int32 {
     let names = FuzzTargets.all.map(\.name).joined(separator: ", ")
     guard let name = getenv("VHOST_FUZZ_TARGET").map({ String(cString: $0) }) else {
-        fputs("vhost-fuzz: set VHOST_FUZZ_TARGET to one of \(names) (Scripts/fuzz does)\n", stderr)
+        printError("vhost-fuzz: set VHOST_FUZZ_TARGET to one of \(names) (Scripts/fuzz does)")
         exit(64)
     }
     guard let target = FuzzTargets.named(name) else {
-        fputs("vhost-fuzz: no target \(name): the targets are \(names)\n", stderr)
+        printError("vhost-fuzz: no target \(name): the targets are \(names)")
         exit(64)
     }
     selectedTarget = target
@@ -40,14 +46,14 @@ struct ReplayCorpus {
         let arguments = Array(CommandLine.arguments.dropFirst())
         let names = FuzzTargets.all.map(\.name).joined(separator: ", ")
         guard arguments.count >= 2, let target = FuzzTargets.named(arguments[0]) else {
-            fputs("usage: vhost-fuzz TARGET FILE|DIR... (TARGET: \(names)); Scripts/fuzz builds the fuzzer itself\n", stderr)
+            printError("usage: vhost-fuzz TARGET FILE|DIR... (TARGET: \(names)); Scripts/fuzz builds the fuzzer itself")
             exit(64)
         }
         var count = 0
         for path in arguments.dropFirst() {
             for file in files(at: path) {
                 guard let bytes = contents(of: file) else {
-                    fputs("vhost-fuzz: cannot read \(file)\n", stderr)
+                    printError("vhost-fuzz: cannot read \(file)")
                     exit(66)
                 }
                 bytes.withUnsafeBytes { target.run($0) }

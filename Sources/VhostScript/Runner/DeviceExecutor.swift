@@ -51,7 +51,6 @@ struct DeviceExecutor {
                 throw .device(.permissionDenied(path: path, errno: errno))
             case .system(_, let errno): throw .device(.system(call: "open", detail: path, errno: errno))
             case .wrongKind, .otherDevice, .replaced, .outside:
-                session.observer(IoctlEvent(.open(path: path), result: .failure(.notPermitted)))
                 throw .notAllowed("open \(path) refused: \(error); \(rule)")
             }
         }
