@@ -44,6 +44,7 @@ public enum FuzzTargets {
         var limits = ScriptLimits.standard
         limits.statements = 20_000
         limits.inputBytes = 1 << 20
+        limits.includes = 100
         return limits
     }()
 

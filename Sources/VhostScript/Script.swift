@@ -171,9 +171,15 @@ struct Parser {
 
     init(loader: @escaping Script.FileLoader, limits: ScriptLimits) { self.loader = loader; self.limits = limits }
 
+    /// The most problems a parse reports; past it, messages are not even built.
+    static let reportedProblems = 100
+
     mutating func problem(_ location: SourceLocation, _ message: String) {
-        if problems.count < 100 { problems.append("\(location): \(message)") }
+        if problems.count < Parser.reportedProblems { problems.append("\(location): \(message)") }
     }
+
+    /// Whether every problem that will be reported is found (later ones only stop the parse).
+    var muted: Bool { problems.count >= Parser.reportedProblems }
 
     /// Stops the parse at a limit of the whole script.
     mutating func stop(_ location: SourceLocation, _ message: String) {
@@ -286,12 +292,12 @@ struct Parser {
                     pending = (expected, first.location)
                     continue
                 }
-                var checks = CheckParser(limits: limits, defined: defined)
+                var checks = CheckParser(limits: limits, defined: defined, muted: muted)
                 let statement = checks.parse(tokens)
                 for (location, message) in checks.problems { problem(location, message) }
                 if let statement { append(statement) }
             case "repeat":
-                var checks = CheckParser(limits: limits, defined: defined)
+                var checks = CheckParser(limits: limits, defined: defined, muted: muted)
                 let header = checks.parseRepeat(tokens)
                 for (location, message) in checks.problems { problem(location, message) }
                 guard let header else { continue }
@@ -339,6 +345,7 @@ struct Parser {
 
     mutating func invocation(_ tokens: ArraySlice<Token>) -> Invocation? {
         var binder = ArgumentBinder(limits: limits, defined: defined)
+        binder.muted = muted
         let invocation = binder.invocation(tokens)
         for (location, message) in binder.problems { problem(location, message) }
         return invocation
