@@ -169,6 +169,14 @@ struct ScriptTrustTests {
         #expect(problems.count == 1 && problems[0].contains("(none)"), "\(problems)")
     }
 
+    @Test("a word over 1,024 characters is one lexer problem naming the limit (no string of megabytes is built); 1,024 is still a word")
+    func longestWord() {
+        let long = parseProblems(String(repeating: "a", count: 1025) + "\n")
+        #expect(long.count == 1 && long[0].contains("expected a word of at most 1024 characters, found one of 1025"), "\(long)")
+        let atLimit = parseProblems(String(repeating: "a", count: 1024) + "\n")
+        #expect(atLimit.count == 1 && atLimit[0].contains("expected a command") && atLimit[0].contains("(1024 characters)"), "\(atLimit)")
+    }
+
     @Test("device numbers decode as glibc encodes them (makedev), small and large")
     func deviceNumbers() {
         #expect(DeviceNumber(UInt64(10) << 8 | 238) == .vhostNet)
