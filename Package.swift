@@ -18,6 +18,8 @@ import PackageDescription
 //   DatapathSuite   – the datapath tests that run against any backend (unit tier and kernel tier).
 //   KernelTierScripts – the kernel tier's inline scripts (the unit tier parses them) and its record of
 //                     which script commands ran; for the tests only.
+//   FuzzTargets     – every parser of untrusted input as a fuzzing target (script, pcap, frames,
+//                     netlink answers); vhost-fuzz is its libFuzzer driver (Scripts/fuzz). In no product.
 //   vhostctl        – the CLI; Plugins/GitRevision writes the git revision it was built from (--version).
 let package = Package(
     name: "swift-vhost",
@@ -71,6 +73,9 @@ let package = Package(
         .target(name: "DatapathSuite", dependencies: ["VhostNet", "Vhost", "VhostModel", "VhostTestSupport", "HostNetwork", "NetFormats", "Virtio"]),
         // The kernel tier's inline scripts and its coverage record, shared with the unit tier; in no product.
         .target(name: "KernelTierScripts", dependencies: ["Vhost", "VhostScript"]),
+        // The fuzzing targets (Scripts/fuzz builds vhost-fuzz with -sanitize=fuzzer); in no product.
+        .target(name: "FuzzTargets", dependencies: ["VhostScript", "VhostNet", "Vhost", "NetFormats", "Virtio"]),
+        .executableTarget(name: "vhost-fuzz", dependencies: ["FuzzTargets"]),
         .executableTarget(
             name: "vhostctl",
             dependencies: [
@@ -97,7 +102,7 @@ let package = Package(
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
         // The CLI's parsing: global options before and after the subcommand, --version.
         .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", "Virtio", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "Virtio", "NetFormats", "CVhost",
+        .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "FuzzTargets", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
     ],

@@ -53,12 +53,55 @@ public enum RouteNetlink {
         guard sent == message.count else { throw .system(call: "send(netlink)", detail: what, errno: Errno(rawValue: Glibc.errno)) }
         var reply = [UInt8](repeating: 0, count: 4096)
         let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n >= 20 else { throw .system(call: "recv(netlink)", detail: what, errno: Errno(rawValue: n < 0 ? Glibc.errno : EIO)) }
-        // NLMSG_ERROR (2) carries the answer: 0, or -errno.
-        let replyType = UInt16(reply[4]) | UInt16(reply[5]) << 8
-        let code = Int32(bitPattern: UInt32(reply[16]) | UInt32(reply[17]) << 8 | UInt32(reply[18]) << 16 | UInt32(reply[19]) << 24)
-        guard replyType == 2 else { return }
-        guard code == 0 else { throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : type == deleteLink ? "DELLINK" : "SETLINK")", detail: what, errno: Errno(rawValue: -code)) }
+        guard n >= 0 else { throw .system(call: "recv(netlink)", detail: what, errno: Errno(rawValue: Glibc.errno)) }
+        let answer: Acknowledgement
+        do {
+            answer = try reply.withUnsafeBytes { bytes throws(MalformedAnswer) in try RouteNetlink.acknowledgement(in: UnsafeRawBufferPointer(rebasing: bytes.prefix(n))) }
+        } catch {
+            throw .system(call: "recv(netlink)", detail: "\(what): \(error)", errno: .ioError)
+        }
+        if case .failed(let errno) = answer {
+            throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : type == deleteLink ? "DELLINK" : "SETLINK")", detail: what, errno: errno)
+        }
+    }
+
+    /// The kernel's answer to a request sent with NLM_F_ACK.
+    public enum Acknowledgement: Equatable, Sendable {
+        /// NLMSG_ERROR with error 0: done.
+        case acknowledged
+        /// NLMSG_ERROR with a negative error: the request failed with that errno.
+        case failed(Errno)
+        /// Another message first (the request's own answer, before the acknowledgement).
+        case other(type: UInt16)
+    }
+
+    /// An answer that is not a netlink message: its header's length runs past what was received
+    /// or is shorter than a header, or an NLMSG_ERROR too short for its error code.
+    public struct MalformedAnswer: Error, Equatable, CustomStringConvertible {
+        public let reason: String
+        public var description: String { "a malformed netlink answer: \(reason)" }
+    }
+
+    /// Reads the first message of a netlink answer (`struct nlmsghdr`, linux/netlink.h, in host
+    /// byte order): an NLMSG_ERROR's code, or the type of another message. Nothing in `bytes`
+    /// is trusted: every length is checked against what was received.
+    public static func acknowledgement(in bytes: UnsafeRawBufferPointer) throws(MalformedAnswer) -> Acknowledgement {
+        // struct nlmsghdr: __u32 nlmsg_len, __u16 nlmsg_type, __u16 nlmsg_flags, __u32 nlmsg_seq, __u32 nlmsg_pid.
+        let headerLength = 16
+        guard bytes.count >= headerLength else { throw MalformedAnswer(reason: "\(bytes.count) bytes, less than a 16-byte nlmsghdr") }
+        let length = Int(bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+        let type = bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
+        guard length >= headerLength, length <= bytes.count else {
+            throw MalformedAnswer(reason: "nlmsg_len \(length) outside 16...\(bytes.count), the bytes received")
+        }
+        // NLMSG_ERROR (2) carries struct nlmsgerr: int error (0 or -errno), then the request's header.
+        guard type == 2 else { return .other(type: type) }
+        guard length >= headerLength + 4 else { throw MalformedAnswer(reason: "an NLMSG_ERROR of \(length) bytes, too short for its error code") }
+        let code = bytes.loadUnaligned(fromByteOffset: headerLength, as: Int32.self)
+        guard code != 0 else { return .acknowledged }
+        // net/netlink/af_netlink.c netlink_ack: the error is a negative errno; a positive one is no errno.
+        guard code < 0, code > Int32.min else { throw MalformedAnswer(reason: "NLMSG_ERROR code \(code), not 0 or a negative errno") }
+        return .failed(Errno(rawValue: -code))
     }
 
     static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }

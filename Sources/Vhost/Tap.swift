@@ -17,10 +17,9 @@ public struct Tap: ~Copyable {
         public static let vnetHeader = Self(rawValue: Int16(IFF_VNET_HDR))
         public static let multiQueue = Self(rawValue: Int16(IFF_MULTI_QUEUE))
         public static let oneQueue = Self(rawValue: Int16(IFF_ONE_QUEUE))
-        /// `IFF_TUN_EXCL`: create only; when an interface of the name exists TUNSETIFF fails with
-        /// EBUSY instead of attaching (drivers/net/tun.c tun_set_iff: `if (ifr->ifr_flags &
-        /// IFF_TUN_EXCL) return -EBUSY;` for an existing device, of any kind).
-        public static let exclusive = Self(rawValue: Int16(bitPattern: 0x8000))
+        /// `IFF_TUN_EXCL`: create only; when an interface of the name exists, of any kind, TUNSETIFF
+        /// fails with EBUSY instead of attaching (drivers/net/tun.c tun_set_iff).
+        public static let exclusive = Self(rawValue: Int16(bitPattern: UInt16(IFF_TUN_EXCL)))
     }
 
     /// TUNSETOFFLOAD flags: what the reader of the tap (us) accepts.

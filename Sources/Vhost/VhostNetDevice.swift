@@ -45,6 +45,15 @@ public struct VhostNetDevice: ~Copyable, VhostBackend {
         observer?(IoctlEvent(.open(path: path), result: .success(fd.rawValue)))
     }
 
+    /// Takes a descriptor already opened on a vhost-net device (`CheckedOpen.characterDevice`),
+    /// reporting the open of `path` to the observer as `init(path:)` does.
+    public init(descriptor: FileDescriptor, path: String, observer: IoctlObserver? = nil) {
+        fd = descriptor
+        self.path = path
+        self.observer = observer
+        observer?(IoctlEvent(.open(path: path), result: .success(descriptor.rawValue)))
+    }
+
     deinit { try? fd.close() }
 
     private var raw: Int32 { fd.rawValue }

@@ -48,7 +48,9 @@ let shippedScriptTests: [KernelTest] = {
     }
     return files.map { path in
         KernelTest(name: "shipped script \(path.dropFirst(examplesDirectory.count + 1)) passes") {
-            let script = try Script(contentsOf: path)
+            // The kernel-rules scripts include ../lib: the examples' root is allowed, as
+            // `--include-path Examples` allows it on the command line.
+            let script = try Script(contentsOf: path, includeDirectories: [Script.directory(of: path), examplesDirectory])
             var output: [String] = []
             let runner = scriptRunner { output.append($0) }
             do {

@@ -13,14 +13,21 @@ struct ArgumentBinder {
 
     init(limits: ScriptLimits, defined: Set<String>) { self.limits = limits; self.defined = defined }
 
+    /// The parse has all the problems it reports (100): no suggestion is looked for (their edit
+    /// distances, per unknown word, made a fuzzed script take seconds).
+    var muted = false
+
     mutating func problem(_ location: SourceLocation, _ message: String) { problems.append((location, message)) }
+
+    /// `Parser.hint`, or nothing once the parse is muted.
+    func hint(_ word: String, among candidates: some Sequence<String>) -> String { muted ? "" : Parser.hint(word, among: candidates) }
 
     /// The invocation of `tokens` (the command and its arguments), or nil after reporting why not.
     mutating func invocation(_ tokens: ArraySlice<Token>) -> Invocation? {
         guard let head = tokens.first else { return nil }
         guard let entry = ScriptCommands.byName[head.text], head.kind == .word else {
             problem(head.location, "expected a command, found \(Parser.describe(head))"
-                    + Parser.hint(head.text, among: ScriptCommands.byName.keys.map { $0 } + ScriptCommands.keywords))
+                    + hint(head.text, among: ScriptCommands.byName.keys.map { $0 } + ScriptCommands.keywords))
             return nil
         }
         guard let (bound, words) = bind(tokens.dropFirst(), entry: entry, head: head) else { return nil }
@@ -71,7 +78,7 @@ struct ArgumentBinder {
                 // NAME=VALUE
                 guard let shape = shapes.first(where: { $0.name == token.text }) else {
                     problem(token.location, "expected a parameter of \(entry.name) (\(shapes.map(\.name).joined(separator: ", "))), found '\(token.text)'"
-                            + Parser.hint(token.text, among: shapes.map(\.name)))
+                            + hint(token.text, among: shapes.map(\.name)))
                     failed = true; i += 3; continue
                 }
                 guard i + 2 < tokens.endIndex else { problem(tokens[i + 1].location, "expected a value after \(token.text)=, found the end of the line"); return nil }
@@ -146,7 +153,7 @@ struct ArgumentBinder {
             return nil
         }
         guard defined.contains(name) else {
-            problem(token.location, "expected a variable set earlier by let or repeat … as, found $\(name), which is not set" + Parser.hint(name, among: defined))
+            problem(token.location, "expected a variable set earlier by let or repeat … as, found $\(name), which is not set" + hint(name, among: defined))
             return nil
         }
         return (name, offset)
@@ -172,7 +179,7 @@ struct ArgumentBinder {
             guard let token = tokens.first, token.kind != .variable, choices.contains(token.text) else {
                 let token = tokens.first
                 problem(token?.location ?? SourceLocation(file: "", line: 0, column: 0), "expected one of \(choices.joined(separator: ", ")) for \(label) of \(command), found \(Parser.describe(token))"
-                        + Parser.hint(token?.text ?? "", among: choices))
+                        + hint(token?.text ?? "", among: choices))
                 return nil
             }
             return .words([token.text])
@@ -239,7 +246,7 @@ struct ArgumentBinder {
             if first.kind == .word, let value = choices[first.text] { return .number(Operand(.literal(value), range: capped ?? .bits(64), name: label)) }
             if first.kind == .word, ScriptLiteral.number(first.text) == nil {
                 problem(first.location, "expected one of \(choices.keys.sorted().joined(separator: ", ")) or a number for \(label) of \(command), found \(Parser.describe(first))"
-                        + Parser.hint(first.text, among: choices.keys))
+                        + hint(first.text, among: choices.keys))
                 return nil
             }
             return number(first, capped ?? .bits(64), name: label, command: command).map(RequestOperand.number)
@@ -273,7 +280,7 @@ struct ArgumentBinder {
                     case .backendFeatures: ("a vhost backend feature name (like IOTLB_MSG_V2) or 0x bits", VhostBackendFeatures.names.values.map { $0 })
                     default: ("an offload (\(TunRequest.offloadNames.keys.sorted().joined(separator: " "))) or 0x bits up to 32 bits", Array(TunRequest.offloadNames.keys))
                     }
-                    problem(token.location, "expected \(what) for \(label) of \(command), found \(Parser.describe(token))" + Parser.hint(token.text, among: names))
+                    problem(token.location, "expected \(what) for \(label) of \(command), found \(Parser.describe(token))" + hint(token.text, among: names))
                     return nil
                 }
                 features.append(.words(words))

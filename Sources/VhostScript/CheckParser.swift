@@ -9,9 +9,10 @@ struct CheckParser {
     var binder: ArgumentBinder
     var problems: [(SourceLocation, String)] { binder.problems }
 
-    init(limits: ScriptLimits, defined: Set<String>) {
+    init(limits: ScriptLimits, defined: Set<String>, muted: Bool = false) {
         self.limits = limits
         binder = ArgumentBinder(limits: limits, defined: defined)
+        binder.muted = muted
     }
 
     mutating func problem(_ location: SourceLocation, _ message: String) { binder.problem(location, message) }
@@ -34,11 +35,11 @@ struct CheckParser {
         case .word where ScriptCommands.answerNames.contains(subject.text):
             subjectValue = .answer(subject.text)
         case .word where subject.text.hasPrefix("E") && subject.text == subject.text.uppercased():
-            problem(subject.location, "expected ok or an errno name after expect, found '\(subject.text)', which is not an errno" + Parser.hint(subject.text, among: CheckParser.errnoNames))
+            problem(subject.location, "expected ok or an errno name after expect, found '\(subject.text)', which is not an errno" + binder.hint(subject.text, among: CheckParser.errnoNames))
             return nil
         default:
             problem(subject.location, "expected ok, an errno, ring-error, $var or an answer's name (\(ScriptCommands.answerNames.sorted().joined(separator: ", "))) after expect, found \(Parser.describe(subject))"
-                    + Parser.hint(subject.text, among: Array(ScriptCommands.answerNames) + ["ok", "ring-error"]))
+                    + binder.hint(subject.text, among: Array(ScriptCommands.answerNames) + ["ok", "ring-error"]))
             return nil
         }
         var rest = Array(tokens.dropFirst(2))
@@ -72,7 +73,7 @@ struct CheckParser {
                 } else if let backend = VhostBackendFeatures.parse(token.text) {
                     values.append(.constant(.number(backend.rawValue), text: token.text))
                 } else {
-                    problem(token.location, "expected a number or a feature name, found \(Parser.describe(token))" + Parser.hint(token.text, among: Parser.featureNames))
+                    problem(token.location, "expected a number or a feature name, found \(Parser.describe(token))" + binder.hint(token.text, among: Parser.featureNames))
                     return nil
                 }
             default:

@@ -383,8 +383,12 @@ public enum ScriptLiteral {
 
     /// The names a misspelt `word` may have meant: those within a small edit distance, closest first.
     static func suggestions(for word: String, among candidates: some Sequence<String>) -> [String] {
+        // A word longer than any name is no misspelling of one: nothing to compare (a word of
+        // megabytes lowercased once per candidate took seconds).
+        guard word.utf8.count <= 64 else { return [] }
         let limit = word.count <= 4 ? 1 : 2
-        let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }.filter { $0.1 <= limit }
+        let lowered = word.lowercased()
+        let scored = candidates.map { ($0, editDistance(lowered, $0.lowercased())) }.filter { $0.1 <= limit }
         return scored.sorted { $0.1 != $1.1 ? $0.1 < $1.1 : $0.0 < $1.0 }.prefix(3).map(\.0)
     }
 

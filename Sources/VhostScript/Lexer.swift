@@ -64,6 +64,11 @@ enum Lexer {
             default:
                 let start = i
                 while i < scalars.count, !isDelimiter(scalars[i]) { i += 1 }
+                // No command, name, number or feature is this long; refusing it here saves building
+                // a string of megabytes from a hostile line (an 8 MiB word took a second).
+                guard i - start <= Lexer.longestWord else {
+                    throw Failure(location: location(start), message: "expected a word of at most \(Lexer.longestWord) characters, found one of \(i - start)")
+                }
                 // The comparisons !=, <= and >= end in what is otherwise a delimiter.
                 if i - start == 1, ["!", "<", ">"].contains(scalars[start]), i < scalars.count, scalars[i] == "=" { i += 1 }
                 var text = String.UnicodeScalarView()
@@ -84,6 +89,9 @@ enum Lexer {
         }
         return tokens
     }
+
+    /// The longest word the lexer takes (paths go in strings, which may be longer).
+    static let longestWord = 1024
 
     static func isNameStart(_ s: Unicode.Scalar) -> Bool { ("a"..."z").contains(s) || ("A"..."Z").contains(s) || s == "_" }
     static func isNameCharacter(_ s: Unicode.Scalar) -> Bool { isNameStart(s) || ("0"..."9").contains(s) }

@@ -9,6 +9,9 @@ public struct ScriptLimits: Sendable, Equatable {
     public var repeatNesting = 16
     /// Includes inside each other.
     public var includeNesting = 16
+    /// Include lines followed in all (each costs a path resolution: 100 files each including
+    /// the 100 took 9 s through the statement limit alone).
+    public var includes = 1_000
     /// Bytes of script text read in all (includes count each time they are included).
     public var inputBytes = 16 << 20
     /// Repeat iterations executed in one run, all loops together (and so the COUNT of one repeat).

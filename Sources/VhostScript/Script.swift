@@ -19,6 +19,11 @@ import Virtio
 /// Parsing is bounded by `ScriptLimits`: statements, bytes read, nesting of repeats and of
 /// includes; includes are followed by their canonical path, so a cycle is found however the
 /// path is spelt.
+///
+/// A script is input, not code the tool trusts (docs/security.md, "Scripts as input"): an
+/// include reads only a regular file inside the include directories (by default the script's
+/// own directory; `..` and symbolic links are resolved first, and the file actually opened is
+/// checked again), so no problem message can quote a file from anywhere else.
 public struct Script: Sendable {
     public var statements: [Statement]
     /// The file the script came from.
@@ -34,9 +39,14 @@ public struct Script: Sendable {
     public typealias FileLoader = @Sendable (String) -> String?
 
     /// Parses `text`. Nothing runs here, and a script with any problem is rejected whole.
-    public init(parsing text: String, name: String = "script", limits: ScriptLimits = .standard, loader: FileLoader? = nil) throws(ParseError) {
-        let reader: FileLoader = { path in Script.readRegularFile(path, limit: limits.inputBytes) }
+    /// `includeDirectories` are the directories includes may read from; nil means the
+    /// directory of `name` alone (an empty list allows no include at all).
+    public init(parsing text: String, name: String = "script", limits: ScriptLimits = .standard, loader: FileLoader? = nil,
+                includeDirectories: [String]? = nil) throws(ParseError) {
+        let directories = (includeDirectories ?? [Script.directory(of: name)]).map(Script.absoluteCanonicalPath)
+        let reader: FileLoader = { path in Script.readRegularFile(path, limit: limits.inputBytes, inside: directories) }
         var parser = Parser(loader: loader ?? reader, limits: limits)
+        parser.includeDirectories = directories
         parser.including = [Script.canonicalPath(name)]
         let statements = parser.parse(text, file: name, depth: 0)
         guard parser.problems.isEmpty else { throw ParseError(problems: parser.problems.map(Script.escapingNonPrintable)) }
@@ -44,23 +54,23 @@ public struct Script: Sendable {
         self.name = name
     }
 
-    /// Reads and parses a file.
-    public init(contentsOf path: String, limits: ScriptLimits = .standard) throws(ParseError) {
+    /// Reads and parses a file; `includeDirectories` as for `init(parsing:)`.
+    public init(contentsOf path: String, limits: ScriptLimits = .standard, includeDirectories: [String]? = nil) throws(ParseError) {
         guard let text = Script.readRegularFile(path, limit: limits.inputBytes) else {
             throw ParseError(problems: ["\(path): cannot read the script: it does not exist, is not a regular file, or is not readable"])
         }
-        try self.init(parsing: text, name: path, limits: limits)
+        try self.init(parsing: text, name: path, limits: limits, includeDirectories: includeDirectories)
     }
 
     /// The text of the regular file at `path`, read up to one byte past `limit` (so the parser
     /// sees that it is too long); nil for anything else (a FIFO, a device, a directory), which
-    /// could block or never end.
-    public static func readRegularFile(_ path: String, limit: Int) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
+    /// could block, never end, or act when opened: the file is checked before it is opened
+    /// (`CheckedOpen.regularFile`). With `inside`, the file opened must lie in one of those
+    /// canonical directories.
+    public static func readRegularFile(_ path: String, limit: Int, inside directories: [String]? = nil) -> String? {
+        guard let opened = try? CheckedOpen.regularFile(at: path, inside: directories) else { return nil }
+        let fd = opened.rawValue
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return nil }
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while bytes.count <= limit {
@@ -88,6 +98,21 @@ public struct Script: Sendable {
             }
         }
         return (path.hasPrefix("/") ? "/" : "") + parts.joined(separator: "/")
+    }
+
+    /// The directory a script named `name` includes from by default: the one it is in.
+    public static func directory(of name: String) -> String {
+        guard let slash = name.lastIndex(of: "/") else { return "." }
+        return slash == name.startIndex ? "/" : String(name[..<slash])
+    }
+
+    /// `canonicalPath`, made absolute against the working directory when it is relative.
+    public static func absoluteCanonicalPath(_ path: String) -> String {
+        let canonical = canonicalPath(path)
+        if canonical.hasPrefix("/") { return canonical }
+        guard let cwd = getcwd(nil, 0) else { return canonical }
+        defer { free(cwd) }
+        return canonicalPath(String(cString: cwd) + "/" + canonical)
     }
 
     /// The text with every control character (and DEL, and the C1 controls) written as
@@ -135,17 +160,26 @@ struct Parser {
     /// The canonical paths of the files being parsed, outermost first, for cycle detection.
     var including: [String] = []
     var statementCount = 0
+    var includeCount = 0
     var bytesRead = 0
     /// A limit of the whole parse was hit: stop reading.
     var stopped = false
     /// Included files read so far, by canonical path: a file included many times is read once.
     var loaded: [String: String] = [:]
+    /// The canonical directories includes may read from.
+    var includeDirectories: [String] = []
 
     init(loader: @escaping Script.FileLoader, limits: ScriptLimits) { self.loader = loader; self.limits = limits }
 
+    /// The most problems a parse reports; past it, messages are not even built.
+    static let reportedProblems = 100
+
     mutating func problem(_ location: SourceLocation, _ message: String) {
-        if problems.count < 100 { problems.append("\(location): \(message)") }
+        if problems.count < Parser.reportedProblems { problems.append("\(location): \(message)") }
     }
+
+    /// Whether every problem that will be reported is found (later ones only stop the parse).
+    var muted: Bool { problems.count >= Parser.reportedProblems }
 
     /// Stops the parse at a limit of the whole script.
     mutating func stop(_ location: SourceLocation, _ message: String) {
@@ -155,11 +189,22 @@ struct Parser {
 
     static func describe(_ token: Token?) -> String {
         guard let token else { return "the end of the line" }
+        let text = shortened(token.text)
         switch token.kind {
-        case .variable: return "'$\(token.text)'"
-        case .string: return "the string \"\(token.text)\""
-        default: return "'\(token.text)'"
+        case .variable: return "'$\(text)'"
+        case .string: return "the string \"\(text)\""
+        default: return "'\(text)'"
         }
+    }
+
+    /// Words quoted in messages are cut to 40 characters, so that a problem line stays a line
+    /// however long the word (a 16 MiB line quoted 100 times would be 1.6 GB of messages).
+    static func shortened(_ text: String) -> String {
+        let scalars = text.unicodeScalars
+        guard scalars.count > 40 else { return text }
+        var head = String.UnicodeScalarView()
+        head.append(contentsOf: scalars.prefix(32))
+        return String(head) + "… (\(scalars.count) characters)"
     }
 
     static func hint(_ word: String, among candidates: some Sequence<String>) -> String {
@@ -247,12 +292,12 @@ struct Parser {
                     pending = (expected, first.location)
                     continue
                 }
-                var checks = CheckParser(limits: limits, defined: defined)
+                var checks = CheckParser(limits: limits, defined: defined, muted: muted)
                 let statement = checks.parse(tokens)
                 for (location, message) in checks.problems { problem(location, message) }
                 if let statement { append(statement) }
             case "repeat":
-                var checks = CheckParser(limits: limits, defined: defined)
+                var checks = CheckParser(limits: limits, defined: defined, muted: muted)
                 let header = checks.parseRepeat(tokens)
                 for (location, message) in checks.problems { problem(location, message) }
                 guard let header else { continue }
@@ -300,6 +345,7 @@ struct Parser {
 
     mutating func invocation(_ tokens: ArraySlice<Token>) -> Invocation? {
         var binder = ArgumentBinder(limits: limits, defined: defined)
+        binder.muted = muted
         let invocation = binder.invocation(tokens)
         for (location, message) in binder.problems { problem(location, message) }
         return invocation
@@ -312,8 +358,20 @@ struct Parser {
             problem(tokens.count > 1 ? tokens[1].location : tokens[0].location, "expected include \"FILE\", found \(Parser.describe(tokens.count > 1 ? tokens[1] : nil))")
             return []
         }
+        includeCount += 1
+        guard includeCount <= limits.includes else {
+            stop(tokens[1].location, "expected at most \(limits.includes) includes in all (the limit; an include counts each time it is followed), found more")
+            return []
+        }
         let path = Parser.resolve(tokens[1].text, relativeTo: file)
         let canonical = Script.canonicalPath(path)
+        // Only files inside the include directories are read (docs/security.md, "Scripts as
+        // input"); the default loader checks the file it opened once more.
+        let absolute = Script.absoluteCanonicalPath(path)
+        guard includeDirectories.contains(where: { CheckedOpen.path(absolute, isInside: $0) }) else {
+            problem(tokens[1].location, "include \"\(Parser.shortened(tokens[1].text))\" is outside the directories a script may include from (\(includeDirectories.isEmpty ? "none" : includeDirectories.joined(separator: ", "))); name its directory with --include-path DIR to allow it")
+            return []
+        }
         guard !including.contains(canonical) else {
             problem(tokens[1].location, "include \(tokens[1].text) would include itself (\(canonical) is already being read)")
             return []

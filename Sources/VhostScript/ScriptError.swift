@@ -31,11 +31,15 @@ public enum ScriptError: Error, Equatable, CustomStringConvertible {
     case device(VhostError)
     /// The chosen device cannot do this (the in-process device has no IOTLB and no node to open).
     case unsupported(String)
+    /// The script asked for what a script may not do unless the command line allows it
+    /// (docs/security.md, "Scripts as input"): open a file that is not a vhost device, attach
+    /// to a tap it did not create. The message names the rule and the option that allows it.
+    case notAllowed(String)
 
     public var description: String {
         switch self {
         case .limit(let text), .outOfRange(let text), .missingPrerequisite(let text), .outOfGuestMemory(let text),
-             .invalidValue(let text), .frameMismatch(let text), .unsupported(let text):
+             .invalidValue(let text), .frameMismatch(let text), .unsupported(let text), .notAllowed(let text):
             text
         case .timeout(let text): "timed out: \(text)"
         case .brokenRing(let index, let cause): "vring \(index) is broken: \(cause)"

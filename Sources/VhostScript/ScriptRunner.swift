@@ -50,6 +50,13 @@ public final class ScriptRunner {
         /// Told of every command line as it runs (see `CommandRun`): a coverage record, a
         /// progress display. Nil costs nothing.
         public var commandObserver: CommandObserver? = nil
+        /// The character devices `open` may open on the kernel: /dev/vhost-net's number, and
+        /// those the command line adds (`--allow-device`). Anything else is refused before it is
+        /// opened (`ScriptError.notAllowed`).
+        public var acceptedDevices: Set<DeviceNumber> = [.vhostNet]
+        /// Whether `tap NAME` may attach to an interface the script did not create in this run
+        /// (`--allow-existing-tap`). Without it, a tap is created with IFF_TUN_EXCL.
+        public var allowExistingTaps = false
         public init() {}
     }
 

@@ -22,7 +22,25 @@ struct ScriptFileOptions: ParsableArguments {
     @Argument(help: "The script file, or - for standard input.", completion: CompletionHints.scriptFiles)
     var file: String
 
+    @Option(name: .customLong("include-path"), help: ArgumentHelp(
+        "A directory includes may read from, besides the script's own (repeatable). A script from standard input includes only from these.",
+        valueName: "DIR"))
+    var includePaths: [String] = []
+
     var displayName: String { file == "-" ? "stdin" : file }
+
+    func validate() throws {
+        for directory in includePaths {
+            var info = stat()
+            guard stat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+                throw ValidationError("--include-path \(directory): not a directory; name a directory that exists")
+            }
+        }
+    }
+
+    /// The directories includes may read from: the script's own (not for standard input) and
+    /// every --include-path.
+    var includeDirectories: [String] { (file == "-" ? [] : [Script.directory(of: file)]) + includePaths }
 
     /// Parses the script; every problem is one `file:line:column` line, and nothing runs.
     /// Standard input and the file are read up to the limit on script text (one byte more, so
@@ -47,7 +65,7 @@ struct ScriptFileOptions: ParsableArguments {
             text = contents
         }
         do {
-            return try Script(parsing: text, name: displayName)
+            return try Script(parsing: text, name: displayName, includeDirectories: includeDirectories)
         } catch {
             // One problem: one line. Several: a count on the first line, then one line each.
             let problems = error.problems
@@ -65,7 +83,8 @@ struct ScriptRun: ParsableCommand {
         abstract: "Run a script against the kernel, printing each command with its ioctls and the kernel's answers.",
         discussion: """
         Exits 0 when everything did what was expected, 1 when something did not, 64 for a malformed script (then nothing runs) \
-        or one that asks for more than the tool's limits allow (docs/scripting.md lists them).
+        or one that asks for more than the tool's limits allow (docs/scripting.md lists them), 77 when it asks for what a \
+        script may not do: open a file that is not a vhost device, or attach to a tap it did not create (docs/security.md).
         """)
 
     @OptionGroup var common: CommonOptions
@@ -79,6 +98,22 @@ struct ScriptRun: ParsableCommand {
         "Run on the in-process device instead of /dev/vhost-net: the kernel's vhost-net rules on a thread of this process, with a frame pipe for `tap NAME`. Needs no root and no vhost module; IOTLB commands are not available."))
     var inProcess = false
 
+    @Option(name: .customLong("allow-device"), help: ArgumentHelp(
+        "Let `open` open this character device too (repeatable); without it a script opens only /dev/vhost-net's device (10:238).",
+        valueName: "PATH"))
+    var allowedDevices: [String] = []
+
+    @Flag(help: "Let `tap NAME` attach to an interface that exists already; without it a script uses only taps it creates.")
+    var allowExistingTap = false
+
+    func validate() throws {
+        for path in allowedDevices {
+            do { _ = try CheckedOpen.characterDeviceNumber(at: path) } catch {
+                throw ValidationError("--allow-device \(path): \(error); name a vhost character device")
+            }
+        }
+    }
+
     func run() throws {
         try runReportingErrors {
             let parsed = try script.parse()
@@ -90,6 +125,12 @@ struct ScriptRun: ParsableCommand {
             options.device = inProcess ? .inProcess() : .kernel(path: common.device)
             options.observer = RecordOptions.observer(common, recorder)
             options.ringObserver = recorder?.ringObserver
+            options.allowExistingTaps = allowExistingTap
+            for path in allowedDevices {
+                do { options.acceptedDevices.insert(try CheckedOpen.characterDeviceNumber(at: path)) } catch {
+                    throw CLIError(message: "--allow-device \(path): \(error); name a vhost character device", status: ExitStatus.usage)
+                }
+            }
             let runner = ScriptRunner(options: options) { line in print(Script.escapingNonPrintable(line)); fflush(nil) }
             do throws(ScriptRunner.Failure) {
                 try runner.run(parsed)
@@ -108,6 +149,7 @@ struct ScriptRun: ParsableCommand {
         for cause in failure.causes {
             switch cause {
             case .limit: return ExitStatus.usage
+            case .notAllowed: return ExitStatus.notPermitted
             case .outOfRange, .missingPrerequisite, .outOfGuestMemory, .invalidValue, .timeout, .frameMismatch, .brokenRing,
                  .refusedMessage, .device, .unsupported:
                 continue

@@ -52,7 +52,7 @@ struct ScriptCoverageTests {
         #expect(shipped.count >= 14, "found only \(shipped.count) scripts under \(examplesDirectory)")
         #expect(shipped.contains { $0.hasSuffix("/dirty-log.vhost") } && shipped.contains { $0.hasSuffix("/iotlb.vhost") })
         var used: Set<String> = []
-        for path in shipped { used.formUnion(commands(in: try Script(contentsOf: path).statements)) }
+        for path in shipped { used.formUnion(commands(in: try Script(contentsOf: path, includeDirectories: [Script.directory(of: path), examplesDirectory]).statements)) }
         for script in KernelTierScripts.all { used.formUnion(commands(in: try Script(parsing: script.text, name: script.name).statements)) }
         let missing = ScriptCommands.all.map(\.name).filter { !used.contains($0) }
         #expect(missing.isEmpty, "no shipped or inline kernel-tier script uses: \(missing.joined(separator: ", "))")

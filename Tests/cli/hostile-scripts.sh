@@ -57,5 +57,60 @@ else
     echo "FAIL include fan-out (check): exit $status in $ms ms"; sed -n '1,5p' "$work/err"; failed=$((failed + 1))
 fi
 
+# bounded NAME FILE [OPTIONS...]: `script check` on a hostile file ends with exit 64 (or 77) within
+# a second, with at most 101 lines on stderr (100 problems and a count), and never echoes the
+# secret marker planted in the file outside the script's directory.
+secret=SECRET_MARKER_7c1e
+mkdir -p "$work/scripts" "$work/outside"
+printf '%s root:x:0:0\n' "$secret" > "$work/outside/secret.vhost"
+bounded() {
+    local name=$1 file=$2; shift 2
+    local start end status ms lines
+    start=$(date +%s%N)
+    timeout 10 "$CTL" script check "$@" "$file" >"$work/out" 2>"$work/err"; status=$?
+    end=$(date +%s%N); ms=$(((end - start) / 1000000))
+    lines=$(wc -l <"$work/err")
+    if [[ ($status -eq 64 || $status -eq 77) && $ms -le 1000 && $lines -le 101 ]] && ! grep -q "$secret" "$work/out" "$work/err"; then
+        echo "PASS $name (check): exit $status in $ms ms: $(head -n1 "$work/err" | head -c 200)"
+        passed=$((passed + 1))
+    else
+        echo "FAIL $name (check): exit $status in $ms ms, $lines lines (want 64 within 1000 ms, at most 101 lines, no $secret)"
+        head -c 600 "$work/err"; echo
+        failed=$((failed + 1))
+    fi
+}
+
+# Includes 40 deep (the limit is 16): a chain of files.
+for i in $(seq 0 40); do printf 'include "n%d.vhost"\n' $((i + 1)) > "$work/scripts/n$i.vhost"; done
+bounded include-deep "$work/scripts/n0.vhost"
+# Include fan-out: 100 includes of 100 different files, each including all of them again.
+for i in $(seq 0 99); do for j in $(seq 0 99); do echo "include \"f$j.vhost\""; done > "$work/scripts/f$i.vhost"; done
+bounded include-fan-out-100x100 "$work/scripts/f0.vhost"
+# Huge numbers: past 2^64, past every limit, in every place a number goes.
+printf 'memory 99999999999999999999999999999\nalloc 0x1ffffffffffffffff\nsleep 18446744073709551616\nrepeat 99999999999999999999 {\n}\nset-vring-num 4294967296 1\n' > "$work/scripts/huge.vhost"
+bounded huge-numbers "$work/scripts/huge.vhost"
+# Binary garbage: 1 MiB of pseudo-random bytes (fixed seed).
+awk 'BEGIN { srand(21); for (i = 0; i < 1048576; i++) printf "%c", int(rand() * 256) }' LC_ALL=C > "$work/scripts/garbage.vhost"
+bounded binary-garbage "$work/scripts/garbage.vhost"
+# One line of 8 MiB, and 100 lines of 80 KiB words (each quoted in a problem, shortened).
+head -c 8388608 /dev/zero | tr '\0' 'a' > "$work/scripts/long-line.vhost"
+bounded long-line "$work/scripts/long-line.vhost"
+for i in $(seq 100); do head -c 81920 /dev/zero | tr '\0' 'q'; echo; done > "$work/scripts/long-words.vhost"
+bounded long-words "$work/scripts/long-words.vhost"
+# NUL bytes and invalid UTF-8 in commands, strings and includes.
+printf 'memory\0 1M\n\xc3\x28 tap\n\xff\xfe\xfd\ninclude "\0/etc/passwd"\nopen /dev/\xc0\xaf\n' > "$work/scripts/nul-utf8.vhost"
+bounded nul-and-invalid-utf8 "$work/scripts/nul-utf8.vhost"
+# Includes of a file outside the script's directory: ../, absolute, through a symbolic link, and
+# the same file a line inside an allowed include; the secret never appears.
+printf 'include "../outside/secret.vhost"\n' > "$work/scripts/out-relative.vhost"
+bounded include-outside-relative "$work/scripts/out-relative.vhost"
+printf 'include "%s/outside/secret.vhost"\n' "$work" > "$work/scripts/out-absolute.vhost"
+bounded include-outside-absolute "$work/scripts/out-absolute.vhost"
+ln -sf ../outside/secret.vhost "$work/scripts/link.vhost"
+printf 'include "link.vhost"\n' > "$work/scripts/out-link.vhost"
+bounded include-outside-symlink "$work/scripts/out-link.vhost"
+printf 'include "/etc/shadow"\ninclude "/proc/self/environ"\n' > "$work/scripts/out-system.vhost"
+bounded include-system-files "$work/scripts/out-system.vhost"
+
 echo "hostile scripts: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

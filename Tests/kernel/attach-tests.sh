@@ -928,6 +928,37 @@ printf 'open\nset-owner\nexpect EINVAL\nset-vring-num 0 256\n' >/tmp/unmet.vhost
 expect_error "script: an unmet expectation stops with the line" 1 "unmet.vhost:4:1: expected EINVAL" vhostctl script run /tmp/unmet.vhost
 expect_error "script: missing file (EX_NOINPUT)" 66 "cannot read script" vhostctl script run /tmp/no-such.vhost
 
+# ---- scripts as input: a script's tap is one it creates, its open the vhost-net device ----------
+hostip tuntap add dev vhexist0 mode tap
+printf 'tap vhexist0\n' >/tmp/exist.vhost
+expect_error "script: tap NAME on an existing tap the script did not create is refused (exit 77)" 77 "did not create it" vhostctl script run /tmp/exist.vhost
+if timeout 30 vhostctl script run --allow-existing-tap /tmp/exist.vhost >/tmp/out.txt 2>&1 && grep -q "every command did what was expected" /tmp/out.txt \
+    && ip link show vhexist0 >/dev/null 2>&1; then
+    pass "script: --allow-existing-tap attaches to the existing tap (and leaves it: it is not the script's)"
+else
+    fail "script --allow-existing-tap" "$(tail -3 /tmp/out.txt)"
+fi
+hostip tuntap del dev vhexist0 mode tap
+printf 'tap vhmine0\ntap vhmine0\nlink up\n' >/tmp/mine.vhost
+if timeout 30 vhostctl script run /tmp/mine.vhost >/tmp/out.txt 2>&1 && ! ip link show vhmine0 >/dev/null 2>&1; then
+    pass "script: tap NAME again on the tap it created in this run is allowed, and the tap is gone after the run"
+else
+    fail "script: its own tap twice" "$(tail -3 /tmp/out.txt)"
+fi
+printf 'open /dev/null\n' >/tmp/open-null.vhost
+expect_error "script: open of another character device is refused before it is opened (exit 77)" 77 "opens only the vhost-net character device" vhostctl script run /tmp/open-null.vhost
+printf 'root:x:0:0\n' >/tmp/not-a-device
+printf 'open /tmp/not-a-device\n' >/tmp/open-file.vhost
+expect_error "script: open of a regular file is refused (exit 77)" 77 "is a regular file, not a character device" vhostctl script run /tmp/open-file.vhost
+ln -sf /dev/vhost-net /tmp/vhost-net-link
+printf 'open /tmp/vhost-net-link\nset-owner\n' >/tmp/open-link.vhost
+if timeout 30 vhostctl script run /tmp/open-link.vhost >/tmp/out.txt 2>&1 && grep -q "every command did what was expected" /tmp/out.txt; then
+    pass "script: open of a link to /dev/vhost-net is the vhost-net device (10:238) and works"
+else
+    fail "script: open through a link to /dev/vhost-net" "$(tail -3 /tmp/out.txt)"
+fi
+rm -f /tmp/vhost-net-link /tmp/not-a-device
+
 # ---- record and replay: demo's ioctls and ring operations, replayed with the kernel's answers ----
 if timeout 120 vhostctl demo --tap vhrec0 --seconds 0.3 --record /tmp/demo.vhost >/tmp/demo-rec.txt 2>&1 \
     && grep -q "^set-backend 1 tap" /tmp/demo.vhost && grep -q "^expect features == " /tmp/demo.vhost \

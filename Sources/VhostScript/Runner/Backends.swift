@@ -70,8 +70,9 @@ final class PortBox {
 
     /// Creates or attaches tap `name`, brings it up, and listens on its host side with a packet
     /// socket that hears only test frames' EtherType (host-stack chatter does not fill it).
-    static func tap(name: String, observer: IoctlObserver?) throws(VhostError) -> PortBox {
-        let tap = Holder(try Tap(name: name, observer: observer))
+    static func tap(name: String, exclusive: Bool, observer: IoctlObserver?) throws(VhostError) -> PortBox {
+        let flags: Tap.Flags = exclusive ? [.tap, .noPacketInfo, .vnetHeader, .exclusive] : [.tap, .noPacketInfo, .vnetHeader]
+        let tap = Holder(try Tap(name: name, flags: flags, observer: observer))
         try tap.value.setLinkUp(true)
         let socket = Holder(try PacketSocket(interfaceIndex: try tap.value.interfaceIndex(), etherType: EthernetFrame.experimentalType))
         socket.value.setBuffers(bytes: 16 << 20)

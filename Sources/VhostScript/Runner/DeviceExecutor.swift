@@ -19,7 +19,8 @@ struct DeviceExecutor {
         do {
             switch session.options.device {
             case .kernel(let defaultPath):
-                opened = DeviceBox(try VhostNetDevice(path: path ?? defaultPath, observer: session.observer))
+                let target = path ?? defaultPath
+                opened = DeviceBox(VhostNetDevice(descriptor: try checkedOpen(target), path: target, observer: session.observer))
             case .inProcess(let features):
                 if let path { throw ScriptError.unsupported("open \(path): the in-process device has no device node to open; write `open`") }
                 opened = DeviceBox(try InProcessVhostNetDevice(features: features, observer: session.observer))
@@ -34,6 +35,25 @@ struct DeviceExecutor {
         }
         session.closeDevice()
         session.device = opened
+    }
+
+    /// Opens `path` read-write only when it is a character device the options accept
+    /// (/dev/vhost-net's 10:238, and `--allow-device`): a regular file, `/dev/watchdog` or a
+    /// link to one is refused before anything opens it (`CheckedOpen`).
+    func checkedOpen(_ path: String) throws(ScriptError) -> FileDescriptor {
+        do {
+            return try CheckedOpen.characterDevice(at: path, accepting: session.options.acceptedDevices)
+        } catch {
+            let rule = "a script opens only the vhost-net character device (\(DeviceNumber.vhostNet)) or one named with --allow-device PATH"
+            switch error {
+            case .missing: throw .device(.deviceMissing(path: path))
+            case .system(_, let errno) where errno == .permissionDenied || errno == .notPermitted:
+                throw .device(.permissionDenied(path: path, errno: errno))
+            case .system(_, let errno): throw .device(.system(call: "open", detail: path, errno: errno))
+            case .wrongKind, .otherDevice, .replaced, .outside:
+                throw .notAllowed("open \(path) refused: \(error); \(rule)")
+            }
+        }
     }
 
     func close() throws(ScriptError) {

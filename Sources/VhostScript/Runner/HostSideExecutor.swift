@@ -7,14 +7,31 @@ import Vhost
 struct HostSideExecutor {
     let session: ScriptSession
 
-    /// `tap NAME`.
+    /// `tap NAME`: on the kernel, a tap this run creates (IFF_TUN_EXCL: tun.c tun_set_iff
+    /// answers EBUSY when the name exists, so no interface of another's is taken over, even one
+    /// made between a check and the create), or one it created earlier; any existing tap only
+    /// with `allowExistingTaps`.
     func tap(name: String) throws(ScriptError) {
+        let rule = "a script attaches only to a tap it created in this run; --allow-existing-tap allows others"
+        let exclusive = !session.options.allowExistingTaps && !session.createdTaps.contains(name)
         do {
             switch session.options.device {
-            case .kernel: session.port = try PortBox.tap(name: name, observer: session.observer)
+            case .kernel:
+                if exclusive && Tap.exists(name: name) { throw ScriptError.notAllowed("tap \(name) refused: an interface of that name exists and this script did not create it; \(rule)") }
+                session.port = try PortBox.tap(name: name, exclusive: exclusive, observer: session.observer)
+                if exclusive { session.createdTaps.insert(name) }
             case .inProcess: session.port = try PortBox.pipe(name: name, observer: session.observer)
             }
-        } catch { throw .device(error) }
+        } catch let error as ScriptError {
+            throw error
+        } catch let error as VhostError {
+            if exclusive, case .tap(_, .busy, _) = error {
+                throw .notAllowed("tap \(name) refused: an interface of that name appeared before the script could create it (EBUSY with IFF_TUN_EXCL); \(rule)")
+            }
+            throw .device(error)
+        } catch {
+            throw .unsupported("\(error)")
+        }
     }
 
     /// `link up|down` (a frame pipe has no link: nothing to do).

@@ -67,6 +67,8 @@ final class ScriptSession {
     var featureWords: [UInt64] = [0, 0]
     var variables: [String: ScriptValue] = [:]
     var ledger = FrameLedger()
+    /// The taps this run created (with IFF_TUN_EXCL): `tap NAME` may attach to them again.
+    var createdTaps: Set<String> = []
 
     /// Told of every operation: the command's event log first, then the caller's observer.
     let observer: IoctlObserver
