@@ -489,8 +489,8 @@ hostip link del vhve0
 children_of() { host ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' | tr '\n' ' '; }
 # exited PID: no such process, or a zombie (the init of the VM may not reap an orphan at once).
 exited() { [ ! -e "/proc/$1" ] || grep -q ') [ZX] ' "/proc/$1/stat" 2>/dev/null; }
-# leftovers NAME...: what is left of a run: those links, /dev/tap nodes, entries of /run/vhostctl.
-leftovers() {
+# left_behind NAME...: what is left of a run: those links, /dev/tap nodes, entries of /run/vhostctl.
+left_behind() {
     for n in "$@"; do ip link show "$n" >/dev/null 2>&1 && printf 'link %s; ' "$n"; done
     ls /dev/tap[0-9]* 2>/dev/null | tr '\n' ' '; ls -A /run/vhostctl 2>/dev/null | sed 's|^|/run/vhostctl/|' | tr '\n' ' '
 }
@@ -522,7 +522,7 @@ else
     fail "cleanup --dry-run" "exit $dry; $(cat /tmp/cleanup-a.txt | tr '\n' ' ')"
 fi
 timeout 30 vhostctl cleanup >/tmp/cleanup-a.txt 2>&1; status=$?
-left=$(leftovers vhlb1)
+left=$(left_behind vhlb1)
 if [ "$status" = 0 ] && grep -q "^removed macvtap vhlb1 (index [0-9]*): its creator, pid $pid " /tmp/cleanup-a.txt \
     && grep -q "^cleanup: 1 leftover removed" /tmp/cleanup-a.txt && [ -z "$left" ]; then
     pass "after kill -9 of both, vhostctl cleanup removes the macvtap: no link, no /dev/tap node, nothing in /run/vhostctl"
@@ -538,7 +538,7 @@ reaper=$(children_of $pid); reaper=${reaper%% *}
 kill -9 $pid; wait $pid 2>/dev/null
 i=0; while [ $i -lt 30 ] && ip link show vhlb2 >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
 sleep 0.2
-left=$(leftovers vhlb2)
+left=$(left_behind vhlb2)
 if [ -n "$reaper" ] && [ -z "$left" ] && exited "$reaper"; then
     pass "kill -9 of attach alone: its reaper (pid $reaper) deleted the macvtap within $((i / 10)).$((i % 10)) s and exited; nothing left"
 else
@@ -555,7 +555,7 @@ for user in "" "--user 65534:65534"; do
     reaper=$(children_of $pid); reaper=${reaper%% *}
     kill -TERM $pid
     if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
-    left=$(leftovers vhlb3)
+    left=$(left_behind vhlb3)
     if [ "$status" = 0 ] && [ "$capeff" = 0000000000000000 ] && [ -z "$left" ] && [ -n "$reaper" ] && exited "$reaper"; then
         pass "macvtap attach ${user:-without --user}: no capability after set-up, and SIGTERM leaves no link, node or process (reaper $reaper exited)"
     else
@@ -575,7 +575,7 @@ for backend in "--tap vhlb4 --create" "--tap vhlb5 --create --queues 2" "--packe
     if [ -z "$name" ] || is_mark_of $pid "$name"; then marked=yes; else marked=no; fi
     kill -TERM $pid
     if wait_for_exit $pid; then wait $pid; status=$?; else status=timeout; fi
-    left=$(leftovers vhlb4 vhlb5)
+    left=$(left_behind vhlb4 vhlb5)
     if [ "$status" = 0 ] && [ -z "$kids" ] && [ "$marked" = yes ] && [ -z "$left" ]; then
         pass "attach $backend: no child process, ${name:+the tap marked, }SIGTERM leaves no link, node or process"
     else
@@ -587,7 +587,7 @@ hostip link del vhve2
 # (e) a set-up that fails after the macvtap was made and opened (a feature the kernel lacks):
 # the macvtap is gone before the error is reported, and the reaper has exited.
 timeout 30 vhostctl attach --tap vhlb6 --macvtap vhdum2 --features VERSION_1 RING_PACKED --trace >/dev/null 2>/tmp/lb6.err; status=$?
-left=$(leftovers vhlb6)
+left=$(left_behind vhlb6)
 reapers=$(host ps -eo args 2>/dev/null | grep -c "[_]reaper")
 if [ "$status" = 69 ] && grep -q "^trace: open(/dev/tap[0-9]*)" /tmp/lb6.err && tail -n 1 /tmp/lb6.err | has "does not offer F_RING_PACKED" \
     && [ -z "$left" ] && [ "$reapers" = 0 ]; then
