@@ -125,8 +125,11 @@ final class ReaperProcess {
         // SAFETY: strdup'd C strings live until the free below, after posix_spawn has copied them.
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for argument in argv { free(argument) } }
+        // The privileged reaper starts with an empty environment: nothing of the caller's (no
+        // variable a runtime or a library could read) reaches a process that keeps CAP_NET_ADMIN.
+        var environment: [UnsafeMutablePointer<CChar>?] = [nil]
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, &argv, environ)
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, &argv, &environment)
         guard rc == 0 else {
             close(writeEnd)
             throw CLIError(message: "cannot start the reaper (posix_spawn /proc/self/exe): \(String(cString: strerror(rc)))", status: ExitStatus.failure)
