@@ -52,7 +52,7 @@ struct ReplayCorpus {
         var count = 0
         for path in arguments.dropFirst() {
             for file in files(at: path) {
-                guard let bytes = contents(of: file) else {
+                guard let bytes = CorpusFiles.contents(of: file) else {
                     printError("vhost-fuzz: cannot read \(file)")
                     exit(66)
                 }
@@ -63,29 +63,9 @@ struct ReplayCorpus {
         print("vhost-fuzz: \(target.name): \(count) inputs ran")
     }
 
-    /// The regular files in `path` (one level), or `path` itself.
+    /// The files in `path` (one level), or `path` itself when it is no directory.
     static func files(at path: String) -> [String] {
-        guard let directory = opendir(path) else { return [path] }
-        defer { closedir(directory) }
-        var found: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if !name.hasPrefix(".") { found.append(path + "/" + name) }
-        }
-        return found.sorted()
-    }
-
-    static func contents(of path: String) -> [UInt8]? {
-        guard let file = fopen(path, "rb") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n == 0 { break }
-            bytes += chunk.prefix(n)
-        }
-        return bytes
+        CorpusFiles.names(in: path).map { $0.map { path + "/" + $0 } } ?? [path]
     }
 }
 #endif

@@ -9,30 +9,10 @@ private let corpusDirectory: String = {
     return path.joined(separator: "/") + "/Fuzz/corpus"
 }()
 
-/// The names in a directory, hidden ones aside, sorted.
-private func entries(_ directory: String) -> [String] {
-    guard let handle = opendir(directory) else { return [] }
-    defer { closedir(handle) }
-    var names: [String] = []
-    while let entry = readdir(handle) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if !name.hasPrefix(".") { names.append(name) }
-    }
-    return names.sorted()
-}
+/// The names in a directory, hidden ones aside, sorted (none when it is missing).
+private func entries(_ directory: String) -> [String] { CorpusFiles.names(in: directory) ?? [] }
 
-private func contents(_ path: String) -> [UInt8]? {
-    guard let file = fopen(path, "rb") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, file)
-        if n == 0 { break }
-        bytes += chunk.prefix(n)
-    }
-    return bytes
-}
+private func contents(_ path: String) -> [UInt8]? { CorpusFiles.contents(of: path) }
 
 /// The short fuzzing run of CI: every seed and every crasher the campaigns kept (Fuzz/corpus/<target>/)
 /// goes through its target as libFuzzer would feed it, with the target's own checks; a crash,
