@@ -18,6 +18,11 @@ struct HostSideExecutor {
             switch session.options.device {
             case .kernel:
                 if exclusive && Tap.exists(name: name) { throw ScriptError.notAllowed("tap \(name) refused: an interface of that name exists and this script did not create it; \(rule)") }
+                // The port this replaces is closed first: a single-queue tap takes one fd, so
+                // `tap NAME` again on the script's own tap would be EBUSY while the old fd is open
+                // (tun.c tun_attach). Closing the last fd of a tap the script made removes it, and
+                // the TUNSETIFF below makes it again.
+                session.port = nil
                 session.port = try PortBox.tap(name: name, exclusive: exclusive, observer: session.observer)
                 if exclusive { session.createdTaps.insert(name) }
             case .inProcess: session.port = try PortBox.pipe(name: name, observer: session.observer)
