@@ -25,7 +25,7 @@ PATH=/tmp/bin:$PATH
 # The host's own tools for what busybox lacks (ip tuntap, tshark, bash's /dev/udp).
 hostip() { host ip "$@"; }
 wait_for_tap() { i=0; while [ $i -lt 100 ]; do ip link show "$1" >/dev/null 2>&1 && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
-wait_for_attached() { i=0; while [ $i -lt 100 ] && ! grep -q "^attached to" "$1"; do sleep 0.1; i=$((i + 1)); done; }
+wait_for_attached() { i=0; while [ $i -lt 300 ] && ! grep -q "^attached to" "$1"; do sleep 0.1; i=$((i + 1)); done; }
 wait_for_exit() { i=0; while [ $i -lt 100 ]; do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; i=$((i + 1)); done; kill -9 "$1"; return 1; }
 
 # expect_error NAME STATUS TEXT COMMAND...: COMMAND fails with STATUS and prints TEXT on stderr.
