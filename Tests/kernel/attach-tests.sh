@@ -613,6 +613,10 @@ fi
 kill -TERM $pid; wait_for_exit $pid
 hostip link del vhlb8; hostip link del vhkeep1; hostip link del vhdum2
 expect_error "cleanup without root" 77 "cleanup needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl cleanup"
+# After every run above has ended, no reaper lives on (a zombie of a killed one aside).
+sleep 1
+lingering=$(host ps -eo pid,ppid,stat,args 2>/dev/null | awk '$3 !~ /^Z/' | grep "[_]reaper" | tr '\n' ';')
+if [ -z "$lingering" ]; then pass "no reaper outlives the attach runs of this block"; else fail "a reaper outlived its attach" "$lingering"; fi
 
 # ---- teardown mid-traffic: SIGINT, SIGTERM, SIGHUP stop cleanly; after kill -9 the name is free --
 # Each run writes a pcap and a recording: complete and mode 0600 after each signal; after kill -9
