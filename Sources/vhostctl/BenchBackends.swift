@@ -83,8 +83,9 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread to this CPU.", completion: CompletionHints.cpus)
     var driverCPU: Int?
 
-    @Option(help: ArgumentHelp("Write the report as JSON.", valueName: "file"), completion: .file(extensions: ["json"]))
-    var json: String?
+    @Option(name: .customLong("json-file"), help: ArgumentHelp("Write the report as JSON to this file (the --json schema).", valueName: "file"),
+            completion: .file(extensions: ["json"]))
+    var jsonFile: String?
 
     @Option(help: ArgumentHelp("Write one CSV row per measurement.", valueName: "file"), completion: .file(extensions: ["csv"]))
     var csv: String?
@@ -93,8 +94,8 @@ struct BenchBackends: ParsableCommand {
             completion: .file(extensions: ["svg"]))
     var svg: String?
 
-    @Flag(help: "Print a testpmd-style statistics block per combination.")
-    var stats = false
+    @Flag(name: .customLong("stats-blocks"), help: "Print a testpmd-style statistics block per combination.")
+    var statsBlocks = false
 
     static func list(_ text: String) -> [String] { text.split(separator: ",").map { String($0).trimmingCharacters(in: " ") }.filter { !$0.isEmpty } }
 
@@ -167,7 +168,7 @@ struct BenchBackends: ParsableCommand {
         for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
-        for (option, path) in [("--json", json), ("--csv", csv), ("--svg", svg)] {
+        for (option, path) in [("--json-file", jsonFile), ("--csv", csv), ("--svg", svg)] {
             if let path { try output.check(path, option: option) }
         }
     }
@@ -222,6 +223,7 @@ struct BenchBackends: ParsableCommand {
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench backends")
         try requireFreeTapName(tap)
+        let data = DataOutput(json: common.json)
         if let driverCPU { try CurrentThread.pin(to: driverCPU) }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
@@ -254,8 +256,9 @@ struct BenchBackends: ParsableCommand {
                                  environment: environment, trials: trials, seconds: seconds, warmup: warmup, xdpDrop: xdpDrop,
                                  driverCPU: driverCPU)
         print(report.table())
-        if stats { print(report.statisticsBlocks()) }
-        if let json { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: json, option: "--json") }
+        if statsBlocks { print(report.statisticsBlocks()) }
+        if let jsonFile { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: jsonFile, option: "--json-file") }
+        if data.json { try data.emit(report.jsonDocument()) }
         if let csv { try write(report.csv(), to: csv, option: "--csv") }
         if let svg { try write(report.svg(), to: svg, option: "--svg") }
     }

@@ -46,8 +46,26 @@ struct Demo: ParsableCommand {
 
     func step(_ text: String) { print(text); fflush(nil) }
 
+    /// `demo --json` (docs/json.md): the checks and the measurements, one object.
+    struct Report: Encodable {
+        struct Check: Encodable { var name: String; var passed: Bool }
+        struct RoundTrips: Encodable { var min: Double; var avg: Double; var max: Double }
+        struct Rate: Encodable { var framesPerSecond: Double; var sent: UInt64; var counted: UInt64 }
+        var kernel: String
+        var tap: String
+        var negotiatedFeatures: [String]
+        var pingsSent: Int
+        var pingReplies: Int
+        var rttMs: RoundTrips?
+        var tx: Rate
+        var rx: Rate
+        var checks: [Check]
+        var passed: Bool
+    }
+
     func demo() throws -> Bool {
         try requireNetworkAdministration("vhostctl demo")
+        let data = DataOutput(json: common.json)
         try requireFreeTapName(tap)
         let recordFile = try recording.openFile()
         let recorder = recording.makeRecorder()
@@ -134,6 +152,14 @@ struct Demo: ParsableCommand {
             step("summary: all \(checks.count) checks passed — ARP, ping and UDP went host stack → tap → vhost-net → this driver and back; the tap \(tap) is removed on exit.")
         } else {
             step("summary: \(failed.count) of \(checks.count) checks FAILED: \(failed.joined(separator: ", ")).")
+        }
+        if data.json {
+            let rtt = rtts.isEmpty ? nil : Report.RoundTrips(min: rtts.min()!, avg: rtts.reduce(0, +) / Double(rtts.count), max: rtts.max()!)
+            try data.emit(Report(kernel: KernelInfo.release(), tap: tap, negotiatedFeatures: pair.negotiatedFeatures.featureNames,
+                                 pingsSent: pings, pingReplies: rtts.count, rttMs: rtt,
+                                 tx: .init(framesPerSecond: tx.framesPerSecond, sent: UInt64(tx.sent), counted: UInt64(tx.counted)),
+                                 rx: .init(framesPerSecond: rx.framesPerSecond, sent: UInt64(rx.sent), counted: UInt64(rx.counted)),
+                                 checks: checks.map { Report.Check(name: $0.0, passed: $0.1) }, passed: failed.isEmpty))
         }
         return failed.isEmpty
     }

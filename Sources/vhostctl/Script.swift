@@ -106,7 +106,12 @@ struct ScriptRun: ParsableCommand {
     @Flag(help: "Let `tap NAME` attach to an interface that exists already; without it a script uses only taps it creates.")
     var allowExistingTap = false
 
+    @Option(help: ArgumentHelp("Also write the results as a JUnit XML report to this file (a test case per statement), for CI systems.", valueName: "file"),
+            completion: .file(extensions: ["xml"]))
+    var junit: String?
+
     func validate() throws {
+        if let junit { try recording.output.check(junit, option: "--junit") }
         for path in allowedDevices {
             do { _ = try CheckedOpen.characterDeviceNumber(at: path) } catch {
                 throw ValidationError("--allow-device \(path): \(error); name a vhost character device")
@@ -116,29 +121,87 @@ struct ScriptRun: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let parsed = try script.parse()
-            let recordFile = try recording.openFile()
-            let recorder = recording.makeRecorder()
-            defer { recording.save(recorder, to: recordFile, command: "script run \(script.file)") }
-            var options = ScriptRunner.Options()
-            options.keepGoing = keepGoing
-            options.device = inProcess ? .inProcess() : .kernel(path: common.device)
-            options.observer = RecordOptions.observer(common, recorder)
-            options.ringObserver = recorder?.ringObserver
-            options.allowExistingTaps = allowExistingTap
-            for path in allowedDevices {
-                do { options.acceptedDevices.insert(try CheckedOpen.characterDeviceNumber(at: path)) } catch {
-                    throw CLIError(message: "--allow-device \(path): \(error); name a vhost character device", status: ExitStatus.usage)
-                }
-            }
-            let runner = ScriptRunner(options: options) { line in print(Script.escapingNonPrintable(line)); fflush(nil) }
-            do throws(ScriptRunner.Failure) {
-                try runner.run(parsed)
+            // With --json: a statement object per line as it runs, then a summary (docs/json.md).
+            let data = DataOutput(json: common.json)
+            let log = ScriptRunLog()
+            do {
+                try execute(log: log, data: data)
             } catch {
-                throw CLIError(message: Script.escapingNonPrintable("\(error)"), status: ScriptRun.exitStatus(error))
+                let exit = report(error)
+                try finish(log: log, data: data, exitStatus: exit.rawValue, error: ScriptRun.firstLine(of: error))
+                throw exit
             }
-            print("\(script.displayName): every command did what was expected")
+            try finish(log: log, data: data, exitStatus: 0, error: nil)
         }
+    }
+
+    /// The summary object and the JUnit report, once the run is over (passed or not).
+    func finish(log: ScriptRunLog, data: DataOutput, exitStatus: Int32, error: String?) throws {
+        let statements = log.statements
+        let summary = ScriptRunLog.Summary(script: script.displayName, statements: statements.count, missed: statements.filter { !$0.asExpected }.count,
+                                           passed: exitStatus == 0, exitStatus: exitStatus, error: error)
+        if data.json { try data.emitLine(summary) }
+        if let junit {
+            do {
+                try OutputFile.write(log.junit(script: script.displayName, summary: summary), to: junit, replacingExisting: recording.output.force)
+            } catch {
+                throw CLIError(message: "--junit \(junit): \(OutputOptions.problem(of: error))", status: ExitStatus.cannotCreate)
+            }
+        }
+    }
+
+    /// An error's message without the run's details after the first line.
+    static func firstLine(of error: Error) -> String {
+        let text = (error as? CLIError)?.message ?? "\(error)"
+        return String(text.prefix { $0 != "\n" })
+    }
+
+    func execute(log: ScriptRunLog, data: DataOutput) throws {
+        let parsed = try script.parse()
+        let recordFile = try recording.openFile()
+        let recorder = recording.makeRecorder()
+        defer { recording.save(recorder, to: recordFile, command: "script run \(script.file)") }
+        var options = ScriptRunner.Options()
+        options.keepGoing = keepGoing
+        options.device = inProcess ? .inProcess() : .kernel(path: common.device)
+        options.observer = RecordOptions.observer(common, recorder)
+        options.ringObserver = recorder?.ringObserver
+        options.allowExistingTaps = allowExistingTap
+        options.commandObserver = { log.commandRan($0) }
+        for path in allowedDevices {
+            do { options.acceptedDevices.insert(try CheckedOpen.characterDeviceNumber(at: path)) } catch {
+                throw CLIError(message: "--allow-device \(path): \(error); name a vhost character device", status: ExitStatus.usage)
+            }
+        }
+        var writeFailure: Error? = nil
+        let runner = ScriptRunner(options: options) { line in
+            let text = Script.escapingNonPrintable(line)
+            print(text)
+            fflush(nil)
+            if data.json, writeFailure == nil {
+                do {
+                    if let statement = log.lineOutput(text) { try data.emitLine(statement) } else { try data.emitLine(ScriptRun.OutputLine(text: text)) }
+                } catch { writeFailure = error }
+            } else {
+                log.lineOutput(text)
+            }
+        }
+        do throws(ScriptRunner.Failure) {
+            try runner.run(parsed)
+        } catch {
+            let message = Script.escapingNonPrintable("\(error)")
+            // The statement the run stopped at (a keep-going run's misses are recorded already).
+            if !keepGoing, let statement = log.failed(message), data.json { try data.emitLine(statement) }
+            throw CLIError(message: message, status: ScriptRun.exitStatus(error))
+        }
+        if let writeFailure { throw writeFailure }
+        print("\(script.displayName): every command did what was expected")
+    }
+
+    /// A line of the run's output that reports no statement (`--json`).
+    struct OutputLine: Encodable {
+        var event = "output"
+        var text: String
     }
 
     /// The exit status of a failed run, by the kind of failure: a limit of the tool is 64, as a

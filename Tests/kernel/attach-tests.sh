@@ -128,7 +128,7 @@ fi
 ll6=fe80::5054:ff:fe12:3456
 # wait_for_ipv6 IFACE: the host's own IPv6 addresses on IFACE have finished DAD (none tentative).
 wait_for_ipv6() { i=0; while [ $i -lt 100 ]; do hostip -6 addr show dev "$1" 2>/dev/null | has "inet6 fe80" && ! hostip -6 addr show dev "$1" | has tentative && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
-vhostctl attach --tap vht6 --create --queues 2 --ip 10.0.6.2/24 --ip6 fd00:6::2/64 --udp-echo 7 --pcap /tmp/attach6.pcapng --stats 1 >/tmp/attach6.log 2>&1 &
+vhostctl attach --tap vht6 --create --queue-pairs 2 --ip 10.0.6.2/24 --ip6 fd00:6::2/64 --udp-echo 7 --pcap /tmp/attach6.pcapng --stats 1 >/tmp/attach6.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/attach6.log
 hostip -6 addr add fd00:6::1/64 dev vht6 nodad
@@ -387,15 +387,16 @@ kill -INT $pid; if wait_for_exit $pid; then wait $pid; status=$?; else status=ti
 if [ "$status" = 0 ] && ! ip link show vhusr0 >/dev/null 2>&1; then pass "SIGINT after dropping root still detaches and removes the tap"; else fail "SIGINT after dropping root" "status $status"; fi
 
 # ---- a raised MTU that the RX buffers cannot take is reported ----------------------------------
-vhostctl attach --tap vhmtu0 --create --stats 0.3 >/tmp/mtu.log 2>&1 &
+# The warning is a diagnostic: on standard error, never among the data on standard output.
+vhostctl attach --tap vhmtu0 --create --stats 0.3 >/tmp/mtu.log 2>/tmp/mtu.err &
 pid=$!
 wait_for_attached /tmp/mtu.log
 ip link set vhmtu0 mtu 9000
-i=0; while [ $i -lt 50 ] && ! grep -q "^warning: tap vhmtu0 has MTU 9000" /tmp/mtu.log; do sleep 0.1; i=$((i + 1)); done
-if grep -q "^warning: tap vhmtu0 has MTU 9000.*MRG_RXBUF" /tmp/mtu.log; then
-    pass "attach warns when the tap's MTU outgrows the RX buffers"
+i=0; while [ $i -lt 50 ] && ! grep -q "^vhostctl: warning: tap vhmtu0 has MTU 9000" /tmp/mtu.err; do sleep 0.1; i=$((i + 1)); done
+if grep -q "^vhostctl: warning: tap vhmtu0 has MTU 9000.*MRG_RXBUF" /tmp/mtu.err && ! grep -q "warning" /tmp/mtu.log; then
+    pass "attach warns on standard error (not standard output) when the tap's MTU outgrows the RX buffers"
 else
-    fail "attach warns about a raised MTU" "$(cat /tmp/mtu.log)"
+    fail "attach warns about a raised MTU on standard error" "stdout: $(cat /tmp/mtu.log) stderr: $(cat /tmp/mtu.err)"
 fi
 kill -TERM $pid; wait_for_exit $pid
 
@@ -729,7 +730,7 @@ if timeout 30 vhostctl attach --tap vhown0 --take-over-tap --duration 0.5 --stat
 hostip link del vhown0
 
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
-vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
+vhostctl attach --tap vhmq0 --create --queue-pairs 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/mq.log
 ip addr add 10.0.2.1/24 dev vhmq0; ip link set vhmq0 up
@@ -791,7 +792,7 @@ if ip link show vhbench0 >/dev/null 2>&1; then fail "bench removes its tap"; els
 
 # ---- bench backends: vhost against the userspace tap path; JSON, CSV, SVG; pktgen; XDP drop -----
 if timeout 600 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64,1500 --trials 2 --seconds 0.3 --warmup 0.1 \
-        --json /tmp/b.json --csv /tmp/b.csv --svg /tmp/b.svg >/tmp/bb.txt 2>&1; then
+        --json-file /tmp/b.json --csv /tmp/b.csv --svg /tmp/b.svg >/tmp/bb.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 d = json.load(open("/tmp/b.json")); r = d["results"]
@@ -809,7 +810,7 @@ print(len(r) == 4 and {(x["backend"], x["frame_size"]) for x in r} == {("vhost",
 else
     fail "bench backends runs" "$(tail -20 /tmp/bb.txt)"
 fi
-if timeout 300 vhostctl bench backends --scenario rx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.5 --warmup 0 --json /tmp/r.json >/tmp/br.txt 2>&1; then
+if timeout 300 vhostctl bench backends --scenario rx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.5 --warmup 0 --json-file /tmp/r.json >/tmp/br.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 d = json.load(open("/tmp/r.json")); r = d["results"]
@@ -819,7 +820,7 @@ print(d["environment"]["rx_source"] == "pktgen" and all(x["pps"]["median"] > 0 a
 else
     fail "bench backends rx runs" "$(tail -20 /tmp/br.txt)"
 fi
-if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.3 --warmup 0 --xdp-drop --json /tmp/x.json >/tmp/bx.txt 2>&1; then
+if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.3 --warmup 0 --xdp-drop --json-file /tmp/x.json >/tmp/bx.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 r = json.load(open("/tmp/x.json"))["results"]
@@ -831,7 +832,7 @@ fi
 # Queue pairs: each pair on its own queue of a multiqueue tap, driven by its own thread. The tap
 # counts every TX frame of both queues; pktgen's flows reach both RX queues.
 if timeout 600 vhostctl bench backends --scenario tx,rx --backend vhost,tap --frame-size 64 --queue-pairs 1,2 --trials 1 --seconds 0.4 --warmup 0 \
-        --json /tmp/q.json --svg /tmp/q.svg >/tmp/bq.txt 2>&1; then
+        --json-file /tmp/q.json --svg /tmp/q.svg >/tmp/bq.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 r = json.load(open("/tmp/q.json"))["results"]
@@ -850,7 +851,7 @@ fi
 # 64 KiB TSO: TCPv4 superframes with a GSO header; the tap counts each whole (rx_bytes = 65536 a
 # frame), and a PACKET_VNET_HDR socket on the tap sees a first one as one GSO packet (gso_type
 # TCPV4, gso_size 1448): an oversized frame without GSO would be counted the same way.
-if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 1500,64k --trials 1 --seconds 0.3 --warmup 0 --json /tmp/t.json >/tmp/bt.txt 2>&1; then
+if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 1500,64k --trials 1 --seconds 0.3 --warmup 0 --json-file /tmp/t.json >/tmp/bt.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 r = json.load(open("/tmp/t.json"))["results"]
@@ -871,7 +872,7 @@ expect_error "bench backends refuses TSO frame sizes with --xdp-drop, which woul
 snmp() { awk -v key="$1:" -v name="$2" '$1 == key { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else { print $col[name]; exit } }' /proc/net/snmp; }
 echo_replies=$(snmp Icmp OutEchoReps); udp_in=$(snmp Udp InDatagrams)
 if timeout 300 vhostctl bench backends --scenario latency --backend vhost,tap --frame-size 64 --trials 2 --seconds 0.5 --warmup 0 \
-        --json /tmp/l.json --svg /tmp/l.svg >/tmp/bl.txt 2>&1; then
+        --json-file /tmp/l.json --svg /tmp/l.svg >/tmp/bl.txt 2>&1; then
     echo_replies=$(($(snmp Icmp OutEchoReps) - echo_replies)); udp_in=$(($(snmp Udp InDatagrams) - udp_in))
     ok=$(host python3 -c '
 import json, sys
