@@ -128,7 +128,7 @@ struct ScriptRun: ParsableCommand {
                 try execute(log: log, data: data)
             } catch {
                 let exit = report(error)
-                try finish(log: log, data: data, exitStatus: exit.rawValue, error: ScriptRun.firstLine(of: error))
+                try finish(log: log, data: data, exitStatus: exit.rawValue, error: ScriptRun.oneLine(error))
                 throw exit
             }
             try finish(log: log, data: data, exitStatus: 0, error: nil)
@@ -150,10 +150,10 @@ struct ScriptRun: ParsableCommand {
         }
     }
 
-    /// An error's message without the run's details after the first line.
-    static func firstLine(of error: Error) -> String {
+    /// An error's message on one line (a run's several misses joined with "; ").
+    static func oneLine(_ error: Error) -> String {
         let text = (error as? CLIError)?.message ?? "\(error)"
-        return String(text.prefix { $0 != "\n" })
+        return text.split(separator: "\n").joined(separator: "; ")
     }
 
     func execute(log: ScriptRunLog, data: DataOutput) throws {
@@ -228,12 +228,23 @@ struct ScriptCheck: ParsableCommand {
         abstract: "Parse and check a script without touching the kernel.",
         discussion: "Prints every problem as file:line:column and exits 64 when there is one; 0 when the script is well formed.")
 
+    @OptionGroup(title: "Global options") var global: GlobalOptions
     @OptionGroup var script: ScriptFileOptions
+
+    /// `script check --json` (docs/json.md). A malformed script prints nothing on standard output:
+    /// its problems go to standard error, with exit status 64.
+    struct Report: Encodable {
+        var script: String
+        var wellFormed: Bool
+        var statements: Int
+    }
 
     func run() throws {
         try runReportingErrors {
+            let data = DataOutput(json: global.json)
             let parsed = try script.parse()
             print("\(script.displayName): well formed; it would run \(parsed.commandCount) statements")
+            if data.json { try data.emit(Report(script: script.displayName, wellFormed: true, statements: parsed.commandCount)) }
         }
     }
 }
