@@ -1124,5 +1124,71 @@ expect_error "indirect layout without INDIRECT_DESC" 64 "INDIRECT_DESC" vhostctl
 expect_error "unknown offload" 64 "unknown offload" vhostctl attach --tap vhe5 --create --offloads tso9
 expect_error "bench: unknown configuration" 64 "unknown configuration" vhostctl bench --configs nonsense
 
+# ---- --json on every command: standard output parses and matches docs/json.md ----------------
+# (Tests/kernel/json-schemas.py, run with the host's python3). Short runs: a few seconds in all.
+cp "${JSON_SCHEMAS:-/opt/bin/json-schemas.py}" /tmp/json-schemas.py
+# schema_ok NAME COMMAND FILE [PYTHON-CONDITION]: FILE matches COMMAND's schema and, with a
+# condition, python's `d` (the document; for JSON Lines the list of objects) satisfies it.
+schema_ok() {
+    name=$1; command=$2; file=$3; condition=${4:-True}
+    problem=$(host python3 /tmp/json-schemas.py "$command" "$file" 2>&1) || { fail "$name" "$problem: $(head -c 400 "$file")"; return; }
+    ok=$(host python3 -c 'import json,sys
+t=open(sys.argv[1]).read()
+try: d=json.loads(t)
+except ValueError: d=[json.loads(l) for l in t.splitlines()]
+print(bool(eval(sys.argv[2])))' "$file" "$condition" 2>&1)
+    if [ "$ok" = True ]; then pass "$name"; else fail "$name" "$ok: $(head -c 400 "$file")"; fi
+}
+vhostctl info --json >/tmp/j-info.json 2>/tmp/j-info.err
+schema_ok "info --json matches its schema" info /tmp/j-info.json 'd["usable"]'
+# attach: JSON Lines on stdout (attached, stats per interval, stopped); the text on stderr.
+timeout 30 vhostctl attach --tap vhjs0 --create --ip 10.0.19.2/24 --stats 0.3 --duration 1.2 --json >/tmp/j-attach.json 2>/tmp/j-attach.err
+if grep -q "^attached to vhjs0" /tmp/j-attach.err && ! grep -q "^attached to\|^rx " /tmp/j-attach.json; then pass "attach --json: the text lines go to stderr"; else fail "attach --json: the text lines go to stderr" "$(head -c 300 /tmp/j-attach.json)"; fi
+schema_ok "attach --json: attached, a stats object per 0.3 s and stopped (no signal), matching the schema" attach /tmp/j-attach.json \
+    'd[0]["event"]=="attached" and d[0]["interface"]=="vhjs0" and d[0]["queue_pairs"]==1 and sum(x["event"]=="stats" for x in d)>=2 and "signal" not in d[-1] and d[-1]["elapsed_seconds"]>=1.2'
+# Global --json before the subcommand; stopped by SIGTERM, which the stopped object names.
+vhostctl --json attach --tap vhjs1 --create --stats 0.3 >/tmp/j-attach2.json 2>/tmp/j-attach2.err &
+pid=$!
+wait_for_attached /tmp/j-attach2.err; sleep 0.8
+kill -TERM $pid; wait_for_exit $pid
+schema_ok "vhostctl --json attach, stopped by SIGTERM: the stopped object carries signal 15" attach /tmp/j-attach2.json 'd[-1]["event"]=="stopped" and d[-1]["signal"]==15'
+timeout 120 vhostctl demo --tap vhjs2 --seconds 0.2 --json >/tmp/j-demo.json 2>/tmp/j-demo.err
+schema_ok "demo --json matches its schema, every check passed, the steps on stderr" demo /tmp/j-demo.json 'd["passed"] and len(d["checks"])==5 and d["ping_replies"]==5'
+timeout 120 vhostctl migrate-test --tap vhjs3 --rounds 2 --frames-per-round 4 --json >/tmp/j-mig.json 2>/tmp/j-mig.err
+schema_ok "migrate-test --json matches its schema and passed" migrate-test /tmp/j-mig.json 'd["passed"] and d["identical"] and len(d["pages_per_round"])>=1'
+timeout 120 vhostctl bench configs --tap vhjs4 --configs event-idx --trials 1 --seconds 0.1 --latency 10 --json >/tmp/j-configs.json 2>/tmp/j-configs.err
+schema_ok "bench configs --json matches its schema" bench-configs /tmp/j-configs.json 'd["configs"][0]["name"]=="event-idx" and d["rtt_ns"]["count"]==10'
+timeout 120 vhostctl bench backends --tap vhjs5 --scenario tx --backend vhost --frame-size 64 --trials 1 --seconds 0.1 --warmup 0 --json --json-file /tmp/j-backends-file.json >/tmp/j-backends.json 2>/tmp/j-backends.err
+schema_ok "bench backends --json matches its schema (the table on stderr), --json-file holds the same" bench-backends /tmp/j-backends.json \
+    'd["results"][0]["backend"]=="vhost" and d["results"][0]["pps"]["median"]>0 and json.load(open("/tmp/j-backends-file.json"))["results"][0]["scenario"]=="tx"'
+timeout 120 vhostctl bench echo --tap vhjs6 --reply-path single --rate 2000 --source socket --trials 1 --seconds 0.2 --warmup 0 --json >/tmp/j-echo.json 2>/tmp/j-echo.err
+schema_ok "bench echo --json matches its schema" bench-echo /tmp/j-echo.json 'd["paths"][0]["reply_path"]=="single" and len(d["paths"][0]["trials"])==1'
+timeout 30 vhostctl cleanup --dry-run --json >/tmp/j-cleanup.json 2>/tmp/j-cleanup.err
+schema_ok "cleanup --dry-run --json matches its schema" cleanup /tmp/j-cleanup.json 'd["dry_run"] and d["failed"]==0'
+timeout 30 vhostctl script run --json ${EXAMPLES:-/opt/bin}/qemu-vhost-net-start.vhost >/tmp/j-script.json 2>/tmp/j-script.err
+schema_ok "script run --json on the kernel matches its schema and passed" script-run /tmp/j-script.json 'd[-1]["passed"] and d[-1]["statements"]>5'
+
+# ---- failures: the error on standard error, nothing on standard output, the documented code ----
+# expect_stderr NAME STATUS TEXT COMMAND...
+expect_stderr() {
+    name=$1; want=$2; text=$3; shift 3
+    timeout 30 "$@" >/tmp/out.txt 2>/tmp/err.txt; got=$?
+    # With --json the human lines go to stderr too: the error is its one error line, and the last.
+    if [ "$got" = "$want" ] && tail -n 1 /tmp/err.txt | grep -q -- "^vhostctl: error: .*$text" && [ "$(grep -c '^vhostctl: error:' /tmp/err.txt)" = 1 ] && [ ! -s /tmp/out.txt ]; then
+        pass "$name: exit $got, the error on stderr, stdout empty"
+    else
+        fail "$name" "exit $got (want $want), stdout: $(head -c 200 /tmp/out.txt | tr '\n' ' '), stderr: $(head -c 300 /tmp/err.txt | tr '\n' ' ')"
+    fi
+}
+expect_stderr "attach --json on a missing tap" 64 "does not exist" vhostctl attach --json --tap vhnone1
+expect_stderr "demo --json on a taken name" 64 "already exists" vhostctl demo --json --tap lo
+expect_stderr "migrate-test on a taken name" 64 "already exists" vhostctl migrate-test --tap lo
+expect_stderr "bench backends --json on a taken name" 64 "already exists" vhostctl bench backends --json --tap lo
+expect_stderr "bench echo without vhost-net (--device)" 69 "" vhostctl bench echo --json --device /dev/no-vhost-net --tap vhjs7
+expect_stderr "cleanup --json without root" 77 "needs root" su -s /bin/sh nobody -c "vhostctl cleanup --json"
+# info is a report: without root it still prints its JSON (usable false, the problem named), exit 77.
+su -s /bin/sh nobody -c "vhostctl info --json" >/tmp/j-info2.json 2>/tmp/j-info2.err; status=$?
+if [ "$status" = 77 ]; then schema_ok "info --json without root: exit 77, usable false with the problem" info /tmp/j-info2.json 'not d["usable"] and d["problem"]'; else fail "info --json without root" "exit $status"; fi
+
 echo "attach tier: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
