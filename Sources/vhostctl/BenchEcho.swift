@@ -32,7 +32,7 @@ struct BenchEcho: ParsableCommand {
 
     @Option(name: .customLong("reply-path"), help: "Reply paths to compare, comma-separated (burst, single); ratios are to single.",
             completion: .list(["single", "burst"]))
-    var replyPaths = "single,burst"
+    var replyPaths = SweepList<ReplyPath>([.single, .burst])
 
     @Option(help: "Offered requests per second.")
     var rate = 20_000
@@ -63,13 +63,9 @@ struct BenchEcho: ParsableCommand {
             completion: .file(extensions: ["json"]))
     var jsonFile: String?
 
-    var paths: [ReplyPath] { replyPaths.split(separator: ",").compactMap { ReplyPath(rawValue: String($0)) } }
+    var paths: [ReplyPath] { replyPaths.values }
 
     func validate() throws {
-        let names = replyPaths.split(separator: ",").map(String.init)
-        guard !names.isEmpty, names.allSatisfy({ ReplyPath(rawValue: $0) != nil }) else {
-            throw ValidationError("--reply-path \(replyPaths): give burst and/or single, comma-separated")
-        }
         guard (1...10_000_000).contains(rate) else { throw ValidationError("--rate takes 1 to 10000000 requests per second") }
         guard (60...1514).contains(frameSize) else { throw ValidationError("--frame-size \(frameSize): use 60 to 1514") }
         guard seconds > 0 && seconds <= 60, warmup >= 0 && warmup <= 60 else { throw ValidationError("--seconds takes more than 0 and at most 60, --warmup 0 to 60") }

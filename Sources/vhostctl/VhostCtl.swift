@@ -16,7 +16,7 @@ struct VhostCtl: ParsableCommand {
         combination the library refuses, a malformed script); 65 corrupt input data (a corrupt or \
         truncated pcap file); 66 an input file cannot be read (a missing pcap or script file); \
         69 vhost-net or a requested feature is unavailable; 73 an output file cannot be created \
-        or written (--pcap, --json, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
+        or written (--pcap, --record, --json-file, --junit, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
         root or CAP_NET_ADMIN).
         """,
         version: VhostCtlVersion.description,
