@@ -21,15 +21,21 @@ struct Demo: ParsableCommand {
     @Option(name: .customLong("host-ip"), help: "The host side's address on the tap, with prefix.")
     var hostIP = "10.77.0.1/24"
 
-    @Option(help: "The endpoint's address (same subnet).")
-    var ip = "10.77.0.2"
+    @Option(help: "The endpoint's IPv4 address, in --host-ip's subnet; a prefix, as attach --ip takes, must be --host-ip's.")
+    var ip = "10.77.0.2/24"
+
+    /// --ip's address: with or without a prefix.
+    var endpointAddress: IPv4Address? { IPv4Interface(parsing: ip)?.address ?? IPv4Address(parsing: ip) }
 
     @Option(help: "Seconds for each benchmark direction.")
     var seconds = 1.0
 
     func validate() throws {
         guard let host = IPv4Interface(parsing: hostIP) else { throw ValidationError("--host-ip \(hostIP) is not an address with prefix, e.g. 10.77.0.1/24") }
-        guard let me = IPv4Address(parsing: ip) else { throw ValidationError("--ip \(ip) is not an IPv4 address, e.g. 10.77.0.2") }
+        guard let me = endpointAddress else { throw ValidationError("--ip \(ip) is not an IPv4 address, e.g. 10.77.0.2/24") }
+        if let prefix = IPv4Interface(parsing: ip)?.prefixLength, prefix != host.prefixLength {
+            throw ValidationError("--ip \(ip): the prefix must be --host-ip's (/\(host.prefixLength)), or leave it out")
+        }
         guard me != host.address, me.value & host.netmask.value == host.address.value & host.netmask.value else {
             throw ValidationError("--ip \(ip) must be another address in \(hostIP)'s subnet")
         }
@@ -71,7 +77,7 @@ struct Demo: ParsableCommand {
         let recorder = recording.makeRecorder()
         defer { recording.save(recorder, to: recordFile, command: "demo") }
         let host = IPv4Interface(parsing: hostIP)!
-        let me = IPv4Address(parsing: ip)!
+        let me = endpointAddress!
         let udpPort: UInt16 = 7
         step("vhostctl demo: this process is the virtio-net driver; the kernel's vhost-net worker moves the frames.")
         step("kernel \(KernelInfo.release())")
