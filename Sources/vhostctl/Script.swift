@@ -252,7 +252,22 @@ struct ScriptCheck: ParsableCommand {
 struct ScriptCommandList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "commands", abstract: "List every command of the script language.")
 
+    @OptionGroup(title: "Global options") var global: GlobalOptions
+
+    /// `script commands --json` (docs/json.md): every command of the language.
+    struct Entry: Encodable {
+        var name: String
+        var usage: String
+        /// The name its answer is kept under (`expect NAME …`), for commands that answer one.
+        var answer: String?
+        var summary: String
+    }
+
     func run() throws {
+        if global.json {
+            try DataOutput(json: true).emit(ScriptCommands.all.map { Entry(name: $0.name, usage: $0.usage, answer: $0.answer, summary: $0.summary) })
+            return
+        }
         for entry in ScriptCommands.all {
             print(entry.usage + String(repeating: " ", count: max(2, 44 - entry.usage.count)) + entry.summary)
         }

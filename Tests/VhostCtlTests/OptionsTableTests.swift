@@ -17,12 +17,12 @@ import Testing
     /// The table's rows: `| command | option | aliases | concept | type | meaning |`.
     static func tableRows() throws -> [Row] {
         let path = String(#filePath.dropLast("Tests/VhostCtlTests/OptionsTableTests.swift".count)) + "docs/options.md"
-        let text = try #require(readTextFile(path), "cannot read \(path)")
-        return text.split(separator: "\n").compactMap { line -> Row? in
+        let text: String = try #require(readTextFile(path), "cannot read \(path)")
+        return text.split(separator: "\n").map(String.init).compactMap { line -> Row? in
             guard line.hasPrefix("| vhostctl") else { return nil }
-            let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: " ") }
+            let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { String($0).trimmingCharacters(in: " ") }
             guard cells.count >= 7 else { return nil }
-            let names = { (cell: String) in cell.split(separator: ",").map { $0.trimmingCharacters(in: " ").filter { $0 != "`" } }.filter { !$0.isEmpty } }
+            let names = { (cell: String) in cell.split(separator: ",").map { String($0).trimmingCharacters(in: " ").filter { $0 != "`" } }.filter { !$0.isEmpty } }
             return Row(command: cells[1], option: names(cells[2]).first ?? "", aliases: names(cells[3]), concept: cells[4], type: cells[5])
         }
     }
@@ -30,7 +30,7 @@ import Testing
     /// Every command with its name as typed (`vhostctl bench backends`), but the hidden reaper.
     static func commands(_ command: ParsableCommand.Type = VhostCtl.self, path: String = "vhostctl") -> [(String, ParsableCommand.Type)] {
         [(path, command)] + command.configuration.subcommands.filter { $0 != Reaper.self }.flatMap { sub in
-            commands(sub, path: path + " " + (sub.configuration.commandName ?? ""))
+            commands(sub, path: path + " " + sub._commandName)
         }
     }
 
@@ -38,10 +38,10 @@ import Testing
     static func optionNames(_ command: ParsableCommand.Type) -> Set<String> {
         var names: Set<String> = []
         for line in VhostCtl.helpMessage(for: command, columns: 10_000).split(separator: "\n") {
-            let entry = line.trimmingCharacters(in: " ")
+            let entry = String(line).trimmingCharacters(in: " ")
             guard entry.hasPrefix("-") else { continue }
             // The names and value come before the two spaces that start the help text.
-            let head = entry.components(separatedBy: "  ")[0]
+            let head = entry.firstRange(of: "  ").map { entry[..<$0.lowerBound] } ?? entry[...]
             for token in head.split(whereSeparator: { $0 == " " || $0 == "," }) where token.hasPrefix("-") {
                 names.insert(String(token))
             }

@@ -103,6 +103,13 @@ else
     fail "script check --json (malformed)" "exit $status; stdout: $(head -c 200 "$work/out")"
 fi
 
+if run 0 "$CTL" --json script commands && matches script-commands \
+    && python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(not any(c["name"]=="set-owner" for c in d))' "$work/out"; then
+    pass "script commands --json matches its schema and lists set-owner"
+else
+    fail "script commands --json" "exit $status; $(cat "$work/schema")"
+fi
+
 # ---- usage errors: exit 64, one line on stderr, nothing on stdout ----
 for args in "bench backends --frame-size 64,x" "--verbose --quiet info" "attach --queue-pairs 0 --tap x" "script run --no-such-option x"; do
     # shellcheck disable=SC2086

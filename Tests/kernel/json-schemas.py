@@ -78,6 +78,7 @@ SCHEMAS = {
                     "exit_status": "int", "error?": "string"},
     },
     "script-check": {"script": "string", "well_formed": "bool", "statements": "int"},
+    "script-commands": [{"name": "string", "usage": "string", "answer?": "string", "summary": "string"}],
     "migrate-test": {"kernel": "string", "tap": "string", "queue_size": "int", "pages_per_round": ["int"], "stop_and_copy_pages": "int",
                      "downtime_ms": "number", "identical": "bool",
                      "tx": {"sent": "int", "received": "int", "each_once_in_order": "bool"},
