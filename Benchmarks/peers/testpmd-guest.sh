@@ -86,7 +86,7 @@ vhostctl_run() {
     # MODE+N: RX interrupt coalescing of N frames, or adaptive (auto) (--rx-coalesce; without it, 0: off).
     case $2 in *+*) coalesce=${2#*+} ;; esac
     if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" --frame-size "$size" --trials 1 \
-            --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json /tmp/v.json --force >/tmp/v.log 2>&1; then
+            --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json-file /tmp/v.json --force >/tmp/v.log 2>&1; then
         echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$name 0" >>"$results"; return
     fi
     host python3 -c '

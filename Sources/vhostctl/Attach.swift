@@ -60,8 +60,8 @@ struct Attach: ParsableCommand {
     @Option(name: .customLong("udp-echo"), help: "Echo UDP datagrams sent to this port.")
     var udpEcho: UInt16?
 
-    @Option(help: "Queue pairs (more than 1 uses an IFF_MULTI_QUEUE tap).")
-    var queues = 1
+    @Option(name: [.customLong("queue-pairs"), .customLong("queues")], help: "Queue pairs (more than 1 uses an IFF_MULTI_QUEUE tap). --queues is an older alias.")
+    var queuePairs = 1
 
     @OptionGroup(title: "Datapath")
     var datapath: DatapathOptions
@@ -114,11 +114,11 @@ struct Attach: ParsableCommand {
         if macvtap != nil || packetSocket != nil {
             if create || keep { throw ValidationError("--create and --keep apply to taps; a macvtap is created when missing, a packet socket's interface must exist") }
         }
-        if packetSocket != nil && queues != 1 { throw ValidationError("--packet-socket carries one queue pair: every socket bound to an interface sees every frame") }
+        if packetSocket != nil && queuePairs != 1 { throw ValidationError("--packet-socket carries one queue pair: every socket bound to an interface sees every frame") }
         for name in [macvtap, packetSocket].compactMap({ $0 }) where !Tap.exists(name: name) {
             throw ValidationError("\(name): no such interface")
         }
-        guard (1...256).contains(queues) else { throw ValidationError("--queues \(queues): use 1 to 256") }
+        guard (1...256).contains(queuePairs) else { throw ValidationError("--queue-pairs \(queuePairs): use 1 to 256") }
         if keep && !create { throw ValidationError("--keep only applies with --create") }
         _ = try RunAsPlan.resolve(user: user, keepCapabilities: keepCapabilities)
         if existingMacvtap && macvtap == nil { throw ValidationError("--existing-macvtap applies to --macvtap only") }
@@ -138,6 +138,8 @@ struct Attach: ParsableCommand {
         // Before anything is created: a signal from here on stops attach cleanly.
         installStopHandlers()
         let logger = common.makeLogger()
+        // With --json the human lines below go to standard error; the events to standard output.
+        let data = DataOutput(json: common.json)
         try requireNetworkAdministration("vhostctl attach")
         let plan = try RunAsPlan.resolve(user: user, keepCapabilities: keepCapabilities)
         // Outputs are created now, as the user attach runs as later, and written through these fds.
@@ -165,7 +167,7 @@ struct Attach: ParsableCommand {
         let reaper = try macvtap.map { _ in try ReaperProcess.spawn(links: [tap!]) }
         defer { reaper?.finish() }
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
-        config.queues = queues
+        config.queues = queuePairs
         datapath.apply(to: &config.datapath)
         config.datapath.tunMode = tun
         config.datapath.exclusiveTapCreation = create
@@ -177,24 +179,24 @@ struct Attach: ParsableCommand {
         config.replyPath = replyPath
         // Read and open files before any setup, so that a bad file leaves nothing half set up.
         let replayFrames = try replay.map { path throws(VhostError) in
-            try Replay.frames(of: try readCaptureFile(path: path), path: path, linkLayer: config.linkLayer, features: config.datapath.features, queues: queues)
+            try Replay.frames(of: try readCaptureFile(path: path), path: path, linkLayer: config.linkLayer, features: config.datapath.features, queues: queuePairs)
         } ?? []
         let interfaceName = tap ?? packetSocket!
         // Unfinished (a failed set-up, an error before serve), the writer removes its temporary file.
         let writer = try pcap.map { path in
             try PcapWriter(file: try recording.output.create(path, option: "--pcap", creatingAs: plan.fileCreator),
-                           linkType: tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet, interfaces: (0..<queues).map { "\(interfaceName) queue \($0)" })
+                           linkType: tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet, interfaces: (0..<queuePairs).map { "\(interfaceName) queue \($0)" })
         }
         config.datapath.observer = RecordOptions.observer(common, recorder)
         config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
         if let parent = macvtap {
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, MacvtapPort>(config, macvtapOn: parent, logger: logger)
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
         } else if let interface = packetSocket {
             // A packet socket carries no virtio-net header: vhost adds and strips it (above).
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, PacketSocketPort>(config, packetSocketOn: interface, logger: logger)
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "a packet socket on \(interface)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, backend: "a packet socket on \(interface)")
         } else {
             let endpoint = try VhostNetEndpoint(config, logger: logger)
             // The user --user names may open the tap again; the default user (shared by many
@@ -203,7 +205,7 @@ struct Attach: ParsableCommand {
             if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
             // A tap it made and does not keep carries its mark (a --keep tap is deliberately left: unmarked).
             if create && !keep { try RouteNetlink.setAlias(index: try endpoint.pairs[0].tap.interfaceIndex(), InterfaceMark.current().description) }
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, backend: "tap \(endpoint.tapName)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, backend: "tap \(endpoint.tapName)")
             if create && !keep { print("tap \(tap!) removed") }
         }
         // The endpoint, its taps and fds go away here: a created, non-persistent tap disappears.
@@ -212,7 +214,7 @@ struct Attach: ParsableCommand {
     /// Runs the endpoint until stopped: workers pinned, privileges dropped, replay, the event
     /// loop with counter lines, then the stop.
     func serve<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
-                                                                      writer: PcapWriter?, plan: RunAsPlan, backend: String) throws {
+                                                                      writer: PcapWriter?, plan: RunAsPlan, data: DataOutput, backend: String) throws {
         let config = endpoint.configuration
         try datapath.finishSetup(endpoint)
         // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
@@ -226,13 +228,17 @@ struct Attach: ParsableCommand {
         let ip6Text = endpoint.responder.ipv6Enabled ? endpoint.responder.ipv6Addresses.map { address in
             config.ipv6.first { $0.address == address }?.description ?? "\(address)/64"
         }.joined(separator: " ") : "none"
-        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queues) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode, \(replyPath) replies")
+        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queuePairs) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode, \(replyPath) replies")
         print("negotiated: \(pair.negotiatedFeatures)")
         if !pair.negotiatedOffloads.isEmpty {
             let rx = pair.configuration.effectiveReceiveOffloads
             print("offloads: \(pair.negotiatedOffloads.featureNames.joined(separator: " ")); tap RX offloads (TUNSETOFFLOAD) 0x\(String(rx.rawValue, radix: 16))\(datapath.offloads.isEmpty ? " from the GUEST_ features" : " from --offloads"); MTU \(endpoint.responder.mtu)")
         }
         for worker in workers { print("worker \(worker)") }
+        if data.json {
+            try data.emitLine(AttachEvent(event: "attached", interface: endpoint.interfaceName, backend: backend, mac: config.mac.description,
+                                          queuePairs: queuePairs, negotiatedFeatures: pair.negotiatedFeatures.featureNames))
+        }
         print(plan.summary(credentials) + (macvtap != nil ? " (a helper process deletes the macvtap at exit)" : ""))
         if common.verbose, let now = try? ProcessCredentials.current() { print("credentials: \(now)") }
         if let writer {
@@ -243,22 +249,20 @@ struct Attach: ParsableCommand {
             }
         }
         endpoint.duplicateAddressHandler = { address, link in
-            print("warning: duplicate address: \(address) is also advertised by \(link)")
-            fflush(nil)
+            printDiagnostic("vhostctl: warning: duplicate address: \(address) is also advertised by \(link)")
         }
         // The device's complaints about our rings (vq_err), with the likely cause.
         endpoint.ringErrorHandler = { _, event in
-            print(event.report)
-            fflush(nil)
+            printDiagnostic("vhostctl: " + event.report)
         }
         // A device that breaks the virtio protocol costs its queue pair, never the process.
         endpoint.brokenQueueHandler = { index, error in
-            print("error: queue pair \(index): \(error); serving the other queue pairs until stopped")
-            fflush(nil)
+            printDiagnostic("vhostctl: error: queue pair \(index): \(error); serving the other queue pairs until stopped")
         }
         fflush(nil)
+        let loopStart = MonotonicClock.seconds()
         do {
-            try run(endpoint, replayFrames: replayFrames, writer: writer)
+            try run(endpoint, replayFrames: replayFrames, writer: writer, data: data)
         } catch {
             // An error mid-run: what was captured until then is complete, and kept.
             endpoint.frameObserver = nil
@@ -267,13 +271,17 @@ struct Attach: ParsableCommand {
         }
         let signal = stopSignal.load(ordering: .relaxed)
         print(counterLine(endpoint))
+        if data.json {
+            try data.emitLine(AttachEvent(event: "stopped", elapsedSeconds: MonotonicClock.seconds() - loopStart, counters: AttachEvent.Counters(endpoint),
+                                          signal: signal != 0 ? signal : nil, pcapFrames: writer?.frames, pcapPath: writer?.path))
+        }
         print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached")
         if let writer { print("wrote \(writer.frames) frames to \(writer.path)") }
     }
 
     /// The event loop until a stop signal or --duration, then the stop and the capture completed.
     func run<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
-                                                                    writer: PcapWriter?) throws {
+                                                                    writer: PcapWriter?, data: DataOutput) throws {
         // Duplicate-address-detection probes for the IPv6 addresses, as a NIC coming up sends.
         try endpoint.announce()
         if !replayFrames.isEmpty {
@@ -289,9 +297,10 @@ struct Attach: ParsableCommand {
             let now = MonotonicClock.seconds()
             if now >= nextStats {
                 let risk = endpoint.pairs[0].receiveTruncationRisk()
-                if let risk, risk != reportedRisk { print("warning: \(risk)") }
+                if let risk, risk != reportedRisk { printDiagnostic("vhostctl: warning: \(risk)") }
                 reportedRisk = risk
                 print(counterLine(endpoint))
+                if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: now - start, counters: AttachEvent.Counters(endpoint))) }
                 fflush(nil)
                 try writer?.flush()
                 nextStats = now + stats

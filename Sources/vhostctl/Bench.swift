@@ -53,8 +53,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Round trips to time with ICMP echo through the host stack (0: skip).")
     var latency = 1000
 
-    @Flag(help: "Print one JSON object instead of a table.")
-    var json = false
+    /// `--json` is the global flag (GlobalOptions): one JSON object instead of a table.
+    var json: Bool { common.json }
 
     struct Variant: Sendable {
         var name: String
@@ -209,8 +209,8 @@ struct Bench: ParsableCommand {
             }
             let round = rtt.map { ConfigsJSON.RoundTrips(count: $0.totalCount, p50: $0.valueAtPercentile(50), p90: $0.valueAtPercentile(90),
                                                          p99: $0.valueAtPercentile(99), max: $0.maxRecorded) }
-            print(try JSONOutput.text(ConfigsJSON(kernel: KernelInfo.release(), frameSize: frameSize, trials: trials, seconds: seconds,
-                                                  configs: configs, rttNs: round)))
+            try DataOutput(json: true).emit(ConfigsJSON(kernel: KernelInfo.release(), frameSize: frameSize, trials: trials, seconds: seconds,
+                                                        configs: configs, rttNs: round))
             return
         }
         print("")

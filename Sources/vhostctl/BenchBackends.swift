@@ -29,37 +29,37 @@ struct BenchBackends: ParsableCommand {
     var tap = "vhbench0"
 
     @Option(help: "Scenarios: tx, rx, bidir; ping and udp-rr (round trips with the host's stack: latency); latency means ping,udp-rr.",
-            completion: .list(["tx", "rx", "bidir", "ping", "udp-rr", "latency"]))
-    var scenario = "tx"
+            completion: .list(ScenarioChoice.allValueStrings))
+    var scenario = SweepList<ScenarioChoice>([.scenario(.tx)])
 
     @Option(help: "Backends: vhost, tap (this process reads and writes the tap fd, sleeping in poll), tap-poll (the same, spinning).",
-            completion: .list(["vhost", "tap", "tap-poll"]))
-    var backend = "vhost,tap"
+            completion: .list(BenchBackend.allValueStrings))
+    var backend = SweepList<BenchBackend>([.vhost, .tap])
 
     @Option(name: .customLong("frame-size"), help: "Ethernet frame sizes in bytes: 60 to 9000 (above 1514 the tap's MTU is raised), or 9001 to 65549 (64k: 65536) for TCPv4 TSO superframes the host segments (tx only).")
-    var frameSize = "64,1500"
+    var frameSize = SweepList<FrameSize>([FrameSize(bytes: 64), FrameSize(bytes: 1500)])
 
-    @Option(name: .customLong("queue-pairs"), help: "Queue pairs, each on its own queue of a multiqueue tap and driven by its own thread (1,2,4 sweeps the scaling).")
-    var queuePairs = "1"
+    @Option(name: [.customLong("queue-pairs"), .customLong("queues")], help: "Queue pairs, each on its own queue of a multiqueue tap and driven by its own thread (1,2,4 sweeps the scaling). --queues is an alias.")
+    var queuePairs = SweepList<Int>([1])
 
     @Option(name: .customLong("queue-size"), help: "vhost ring sizes (powers of 2 from 64 to 32768).")
-    var queueSize = "256"
+    var queueSize = SweepList<UInt16>([256])
 
-    @Option(help: "vhost driver modes: interrupt, poll.", completion: .list(["interrupt", "poll"]))
-    var mode = "interrupt"
+    @Option(name: [.customLong("notify"), .customLong("mode")], help: "How the vhost driver waits: interrupt, poll. --mode is an alias.", completion: .list(["interrupt", "poll"]))
+    var mode = SweepList<NotificationMode>([.interrupt])
 
     @Option(name: .customLong("event-idx"), help: "VIRTIO_RING_F_EVENT_IDX for vhost: on, off.", completion: .list(["on", "off"]))
-    var eventIndex = "on"
+    var eventIndex = SweepList<Switch>([.on])
 
     @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
-    var batch = "64"
+    var batch = SweepList<Int>([64])
 
     @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to half the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).",
             completion: .list(["auto", "0"]))
-    var receiveCoalesce = "auto"
+    var receiveCoalesce = SweepList<ReceiveCoalescingSetting>([.adaptive])
 
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
-    var busyloopTimeout = "0"
+    var busyloopTimeout = SweepList<UInt32>([0])
 
     @Option(help: "Interleaved trials per combination (the median is reported; at least 5 for numbers to cite).")
     var trials = 5
@@ -78,13 +78,14 @@ struct BenchBackends: ParsableCommand {
 
     @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU; none leaves it unpinned (none,1 compares both).",
             completion: CompletionHints.cpusOrNone)
-    var workerCPU = "none"
+    var workerCPU = SweepList<CPUChoice>([.unpinned])
 
     @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread to this CPU.", completion: CompletionHints.cpus)
     var driverCPU: Int?
 
-    @Option(help: ArgumentHelp("Write the report as JSON.", valueName: "file"), completion: .file(extensions: ["json"]))
-    var json: String?
+    @Option(name: .customLong("json-file"), help: ArgumentHelp("Write the report as JSON to this file (the --json schema).", valueName: "file"),
+            completion: .file(extensions: ["json"]))
+    var jsonFile: String?
 
     @Option(help: ArgumentHelp("Write one CSV row per measurement.", valueName: "file"), completion: .file(extensions: ["csv"]))
     var csv: String?
@@ -93,45 +94,24 @@ struct BenchBackends: ParsableCommand {
             completion: .file(extensions: ["svg"]))
     var svg: String?
 
-    @Flag(help: "Print a testpmd-style statistics block per combination.")
-    var stats = false
+    @Flag(name: .customLong("stats-blocks"), help: "Print a testpmd-style statistics block per combination.")
+    var statsBlocks = false
 
-    static func list(_ text: String) -> [String] { text.split(separator: ",").map { String($0).trimmingCharacters(in: " ") }.filter { !$0.isEmpty } }
-
-    var scenarios: [BenchScenario] {
-        BenchBackends.list(scenario).flatMap { $0 == "latency" ? [BenchScenario.ping, .udpRR] : BenchScenario(rawValue: $0).map { [$0] } ?? [] }
-    }
-    var backends: [BenchBackend] { BenchBackends.list(backend).compactMap(BenchBackend.init(rawValue:)) }
-    var frameSizes: [Int] { BenchBackends.list(frameSize).compactMap { $0.lowercased() == "64k" ? 65536 : Int($0) } }
-    var queuePairCounts: [Int] { BenchBackends.list(queuePairs).compactMap { Int($0) } }
-    var queueSizes: [UInt16] { BenchBackends.list(queueSize).compactMap { UInt16($0) } }
-    var modes: [NotificationMode] { BenchBackends.list(mode).compactMap(NotificationMode.init(rawValue:)) }
-    var eventIndexes: [Bool] { BenchBackends.list(eventIndex).compactMap { $0 == "on" ? true : $0 == "off" ? false : nil } }
-    var batches: [Int] { BenchBackends.list(batch).compactMap { Int($0) } }
-    var busyloops: [UInt32] { BenchBackends.list(busyloopTimeout).compactMap { UInt32($0) } }
-    var coalescings: [ReceiveCoalescingSetting] { BenchBackends.list(receiveCoalesce).compactMap(ReceiveCoalescingSetting.init) }
+    var scenarios: [BenchScenario] { scenario.values.flatMap(\.scenarios) }
+    var backends: [BenchBackend] { backend.values }
+    var frameSizes: [Int] { frameSize.values.map(\.bytes) }
+    var queuePairCounts: [Int] { queuePairs.values }
+    var queueSizes: [UInt16] { queueSize.values }
+    var modes: [NotificationMode] { mode.values }
+    var eventIndexes: [Bool] { eventIndex.values.map(\.isOn) }
+    var batches: [Int] { batch.values }
+    var busyloops: [UInt32] { busyloopTimeout.values }
+    var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
     /// nil: not pinned.
-    var workerCPUs: [Int?] { BenchBackends.list(workerCPU).compactMap { $0 == "none" ? .some(nil) : Int($0).map { .some($0) } } }
+    var workerCPUs: [Int?] { workerCPU.values.map(\.number) }
 
     func validate() throws {
-        func check<T>(_ option: String, _ text: String, _ parsed: [T], known: String) throws {
-            guard !parsed.isEmpty, parsed.count == BenchBackends.list(text).count else {
-                throw ValidationError("--\(option) \(text): give a comma-separated list of \(known)")
-            }
-        }
-        try check("scenario", scenario, BenchBackends.list(scenario).filter { $0 == "latency" || BenchScenario(rawValue: $0) != nil },
-                  known: (BenchScenario.allCases.map(\.rawValue) + ["latency"]).joined(separator: ", "))
-        try check("backend", backend, backends, known: BenchBackend.allCases.map(\.rawValue).joined(separator: ", "))
-        try check("frame-size", frameSize, frameSizes, known: "sizes in bytes (or 64k)")
-        try check("queue-pairs", queuePairs, queuePairCounts, known: "queue pair counts from 1 to 16")
         for count in queuePairCounts where !(1...16).contains(count) { throw ValidationError("--queue-pairs \(count): use 1 to 16") }
-        try check("queue-size", queueSize, queueSizes, known: "ring sizes")
-        try check("mode", mode, modes, known: "interrupt, poll")
-        try check("event-idx", eventIndex, eventIndexes, known: "on, off")
-        try check("batch", batch, batches, known: "frame counts from 1 to 1024")
-        try check("busyloop-timeout", busyloopTimeout, busyloops, known: "microseconds")
-        try check("rx-coalesce", receiveCoalesce, coalescings, known: "auto, or frame counts (0: off)")
-        try check("worker-cpu", workerCPU, workerCPUs, known: "CPU numbers or none")
         for size in batches where !(1...1024).contains(size) { throw ValidationError("--batch \(size): use 1 to 1024") }
         for size in frameSizes where !(60...BenchSettings.largestSegmentationFrame).contains(size) {
             throw ValidationError("--frame-size \(size): use 60 to 9000, or up to \(BenchSettings.largestSegmentationFrame) (64k) for TSO")
@@ -161,13 +141,13 @@ struct BenchBackends: ParsableCommand {
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard seconds > 0 && seconds <= 60, warmup >= 0 && warmup <= 60 else { throw ValidationError("--seconds takes more than 0 to 60, --warmup 0 to 60") }
         if let baseline, BenchBackend(rawValue: baseline).map(backends.contains) != true {
-            throw ValidationError("--baseline \(baseline): name one of the backends being run (\(backend))")
+            throw ValidationError("--baseline \(baseline): name one of the backends being run (\(backend.defaultValueDescription))")
         }
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
             if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
         }
-        for (option, path) in [("--json", json), ("--csv", csv), ("--svg", svg)] {
+        for (option, path) in [("--json-file", jsonFile), ("--csv", csv), ("--svg", svg)] {
             if let path { try output.check(path, option: option) }
         }
     }
@@ -222,6 +202,7 @@ struct BenchBackends: ParsableCommand {
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench backends")
         try requireFreeTapName(tap)
+        let data = DataOutput(json: common.json)
         if let driverCPU { try CurrentThread.pin(to: driverCPU) }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
@@ -254,8 +235,9 @@ struct BenchBackends: ParsableCommand {
                                  environment: environment, trials: trials, seconds: seconds, warmup: warmup, xdpDrop: xdpDrop,
                                  driverCPU: driverCPU)
         print(report.table())
-        if stats { print(report.statisticsBlocks()) }
-        if let json { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: json, option: "--json") }
+        if statsBlocks { print(report.statisticsBlocks()) }
+        if let jsonFile { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: jsonFile, option: "--json-file") }
+        if data.json { try data.emit(report.jsonDocument()) }
         if let csv { try write(report.csv(), to: csv, option: "--csv") }
         if let svg { try write(report.svg(), to: svg, option: "--svg") }
     }

@@ -32,7 +32,7 @@ struct BenchEcho: ParsableCommand {
 
     @Option(name: .customLong("reply-path"), help: "Reply paths to compare, comma-separated (burst, single); ratios are to single.",
             completion: .list(["single", "burst"]))
-    var replyPaths = "single,burst"
+    var replyPaths = SweepList<ReplyPath>([.single, .burst])
 
     @Option(help: "Offered requests per second.")
     var rate = 20_000
@@ -59,23 +59,20 @@ struct BenchEcho: ParsableCommand {
     @Option(name: .customLong("driver-cpu"), help: "Pin the endpoint's thread to this CPU.", completion: CompletionHints.cpus)
     var driverCPU: Int?
 
-    @Option(help: "Also write the results as JSON to this file.", completion: .file(extensions: ["json"]))
-    var json: String?
+    @Option(name: .customLong("json-file"), help: ArgumentHelp("Also write the results as JSON to this file (the --json schema).", valueName: "file"),
+            completion: .file(extensions: ["json"]))
+    var jsonFile: String?
 
-    var paths: [ReplyPath] { replyPaths.split(separator: ",").compactMap { ReplyPath(rawValue: String($0)) } }
+    var paths: [ReplyPath] { replyPaths.values }
 
     func validate() throws {
-        let names = replyPaths.split(separator: ",").map(String.init)
-        guard !names.isEmpty, names.allSatisfy({ ReplyPath(rawValue: $0) != nil }) else {
-            throw ValidationError("--reply-path \(replyPaths): give burst and/or single, comma-separated")
-        }
         guard (1...10_000_000).contains(rate) else { throw ValidationError("--rate takes 1 to 10000000 requests per second") }
         guard (60...1514).contains(frameSize) else { throw ValidationError("--frame-size \(frameSize): use 60 to 1514") }
         guard seconds > 0 && seconds <= 60, warmup >= 0 && warmup <= 60 else { throw ValidationError("--seconds takes more than 0 and at most 60, --warmup 0 to 60") }
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard ["auto", "pktgen", "socket"].contains(source) else { throw ValidationError("--source takes pktgen, socket or auto") }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
-        if let json { try output.check(json, option: "--json") }
+        if let jsonFile { try output.check(jsonFile, option: "--json-file") }
     }
 
     func run() throws {
@@ -111,6 +108,7 @@ struct BenchEcho: ParsableCommand {
 
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench echo")
+        let data = DataOutput(json: common.json)
         try requireFreeTapName(tap)
         if let driverCPU { try CurrentThread.pin(to: driverCPU) }
         let usePktgen = source == "pktgen" || (source == "auto" && PacketGenerator.isAvailable)
@@ -136,7 +134,8 @@ struct BenchEcho: ParsableCommand {
             print("\(path.rawValue.padding(12))\(String(Int(medians[i])).padding(20))\(ratio.map { String(format3($0)) } ?? "-")")
             report.paths.append(.init(replyPath: path.rawValue, repliesPerSecondMedian: medians[i], ratioToSingle: ratio, trials: results[i]))
         }
-        if let json { try output.write(try JSONOutput.text(report) + "\n", to: json, option: "--json") }
+        if let jsonFile { try output.write(try JSONOutput.text(report) + "\n", to: jsonFile, option: "--json-file") }
+        if data.json { try data.emit(report) }
     }
 
     func format3(_ value: Double) -> String {

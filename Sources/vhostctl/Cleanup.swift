@@ -19,8 +19,26 @@ struct Cleanup: ParsableCommand {
         0 when nothing is left; 1 when a removal failed. Needs root or CAP_NET_ADMIN.
         """)
 
+    @OptionGroup(title: "Global options") var global: GlobalOptions
+
     @Flag(name: .customLong("dry-run"), help: "Only list what would be removed.")
     var dryRun = false
+
+    /// `cleanup --json` (docs/json.md): one object with an item per link or node looked at.
+    struct Report: Encodable {
+        struct Item: Encodable {
+            /// removed, would-remove, kept or failed.
+            var action: String
+            /// macvtap, tun, link, or node.
+            var kind: String
+            var name: String
+            var index: Int32?
+            var reason: String
+        }
+        var dryRun: Bool
+        var items: [Item] = []
+        var removed = 0, kept = 0, failed = 0
+    }
 
     func run() throws {
         try runReportingErrors { try cleanup() }
@@ -33,6 +51,9 @@ struct Cleanup: ParsableCommand {
         let ourNamespace = try InterfaceMark.current().pidNamespace
         let state = { (mark: InterfaceMark) in Leftovers.creatorState(of: mark, ourPidNamespace: ourNamespace) }
         let verb = dryRun ? "would remove" : "removed"
+        let data = DataOutput(json: global.json)
+        var report = Report(dryRun: dryRun)
+        let action = dryRun ? "would-remove" : "removed"
         var removed = 0, kept = 0, failed = 0
 
         for decision in Leftovers.plan(links: try RouteNetlink.links(), state: state) {
@@ -41,6 +62,7 @@ struct Cleanup: ParsableCommand {
                 kept += 1
                 let why = creator == .running ? "its creator (pid \(mark.pid)) is running" : "its creator is in another pid namespace (\(mark.pidNamespace)), whose pids this one cannot check"
                 print("kept \(link.kind ?? "link") \(link.name): \(why)")
+                report.items.append(.init(action: "kept", kind: link.kind ?? "link", name: link.name, index: link.index, reason: why))
             case .remove(let link, let mark):
                 if !dryRun {
                     do throws(VhostError) {
@@ -49,26 +71,37 @@ struct Cleanup: ParsableCommand {
                         // Gone meanwhile: nothing left, as asked.
                     } catch {
                         failed += 1
-                        print("could not remove \(link.kind ?? "link") \(link.name): \(error)")
+                        printDiagnostic("vhostctl: error: could not remove \(link.kind ?? "link") \(link.name): \(error)")
+                        report.items.append(.init(action: "failed", kind: link.kind ?? "link", name: link.name, index: link.index, reason: "\(error)"))
                         continue
                     }
                 }
                 removed += 1
-                print("\(verb) \(link.kind ?? "link") \(link.name) (index \(link.index)): its creator, pid \(mark.pid) started at tick \(mark.startTime), is gone")
+                let why = "its creator, pid \(mark.pid) started at tick \(mark.startTime), is gone"
+                print("\(verb) \(link.kind ?? "link") \(link.name) (index \(link.index)): \(why)")
+                report.items.append(.init(action: action, kind: link.kind ?? "link", name: link.name, index: link.index, reason: why))
             }
         }
 
         let directory = TransientDeviceNode.directory
         for name in TransientDeviceNode.entries(of: directory) {
             guard let stale = Leftovers.isStaleNode(named: name, state: state) else { continue }
-            guard stale else { kept += 1; print("kept \(directory)/\(name): its creator is running"); continue }
+            guard stale else {
+                kept += 1
+                print("kept \(directory)/\(name): its creator is running")
+                report.items.append(.init(action: "kept", kind: "node", name: "\(directory)/\(name)", reason: "its creator is running"))
+                continue
+            }
             if !dryRun && unlink("\(directory)/\(name)") != 0 && errno != ENOENT {
+                let problem = String(cString: strerror(errno))
                 failed += 1
-                print("could not remove \(directory)/\(name): \(String(cString: strerror(errno)))")
+                printDiagnostic("vhostctl: error: could not remove \(directory)/\(name): \(problem)")
+                report.items.append(.init(action: "failed", kind: "node", name: "\(directory)/\(name)", reason: problem))
                 continue
             }
             removed += 1
             print("\(verb) node \(directory)/\(name): its creator is gone")
+            report.items.append(.init(action: action, kind: "node", name: "\(directory)/\(name)", reason: "its creator is gone"))
         }
         // The directory itself, once empty (attach makes it again when it needs it).
         if !dryRun { rmdir(directory) }
@@ -78,6 +111,10 @@ struct Cleanup: ParsableCommand {
             print("cleanup --dry-run: \(removed == 0 ? "nothing to remove" : "\(things) to remove"); \(kept) kept (in use)")
         } else {
             print("cleanup: \(removed == 0 ? "nothing to remove" : "\(things) removed")\(failed > 0 ? ", \(failed) could not be removed" : ""); \(kept) kept (in use)")
+        }
+        if data.json {
+            report.removed = removed; report.kept = kept; report.failed = failed
+            try data.emit(report)
         }
         if failed > 0 { throw ExitCode(ExitStatus.failure) }
     }

@@ -21,15 +21,21 @@ struct Demo: ParsableCommand {
     @Option(name: .customLong("host-ip"), help: "The host side's address on the tap, with prefix.")
     var hostIP = "10.77.0.1/24"
 
-    @Option(help: "The endpoint's address (same subnet).")
-    var ip = "10.77.0.2"
+    @Option(help: "The endpoint's IPv4 address, in --host-ip's subnet; a prefix, as attach --ip takes, must be --host-ip's.")
+    var ip = "10.77.0.2/24"
+
+    /// --ip's address: with or without a prefix.
+    var endpointAddress: IPv4Address? { IPv4Interface(parsing: ip)?.address ?? IPv4Address(parsing: ip) }
 
     @Option(help: "Seconds for each benchmark direction.")
     var seconds = 1.0
 
     func validate() throws {
         guard let host = IPv4Interface(parsing: hostIP) else { throw ValidationError("--host-ip \(hostIP) is not an address with prefix, e.g. 10.77.0.1/24") }
-        guard let me = IPv4Address(parsing: ip) else { throw ValidationError("--ip \(ip) is not an IPv4 address, e.g. 10.77.0.2") }
+        guard let me = endpointAddress else { throw ValidationError("--ip \(ip) is not an IPv4 address, e.g. 10.77.0.2/24") }
+        if let prefix = IPv4Interface(parsing: ip)?.prefixLength, prefix != host.prefixLength {
+            throw ValidationError("--ip \(ip): the prefix must be --host-ip's (/\(host.prefixLength)), or leave it out")
+        }
         guard me != host.address, me.value & host.netmask.value == host.address.value & host.netmask.value else {
             throw ValidationError("--ip \(ip) must be another address in \(hostIP)'s subnet")
         }
@@ -46,14 +52,32 @@ struct Demo: ParsableCommand {
 
     func step(_ text: String) { print(text); fflush(nil) }
 
+    /// `demo --json` (docs/json.md): the checks and the measurements, one object.
+    struct Report: Encodable {
+        struct Check: Encodable { var name: String; var passed: Bool }
+        struct RoundTrips: Encodable { var min: Double; var avg: Double; var max: Double }
+        struct Rate: Encodable { var framesPerSecond: Double; var sent: UInt64; var counted: UInt64 }
+        var kernel: String
+        var tap: String
+        var negotiatedFeatures: [String]
+        var pingsSent: Int
+        var pingReplies: Int
+        var rttMs: RoundTrips?
+        var tx: Rate
+        var rx: Rate
+        var checks: [Check]
+        var passed: Bool
+    }
+
     func demo() throws -> Bool {
         try requireNetworkAdministration("vhostctl demo")
+        let data = DataOutput(json: common.json)
         try requireFreeTapName(tap)
         let recordFile = try recording.openFile()
         let recorder = recording.makeRecorder()
         defer { recording.save(recorder, to: recordFile, command: "demo") }
         let host = IPv4Interface(parsing: hostIP)!
-        let me = IPv4Address(parsing: ip)!
+        let me = endpointAddress!
         let udpPort: UInt16 = 7
         step("vhostctl demo: this process is the virtio-net driver; the kernel's vhost-net worker moves the frames.")
         step("kernel \(KernelInfo.release())")
@@ -134,6 +158,14 @@ struct Demo: ParsableCommand {
             step("summary: all \(checks.count) checks passed — ARP, ping and UDP went host stack → tap → vhost-net → this driver and back; the tap \(tap) is removed on exit.")
         } else {
             step("summary: \(failed.count) of \(checks.count) checks FAILED: \(failed.joined(separator: ", ")).")
+        }
+        if data.json {
+            let rtt = rtts.isEmpty ? nil : Report.RoundTrips(min: rtts.min()!, avg: rtts.reduce(0, +) / Double(rtts.count), max: rtts.max()!)
+            try data.emit(Report(kernel: KernelInfo.release(), tap: tap, negotiatedFeatures: pair.negotiatedFeatures.featureNames,
+                                 pingsSent: pings, pingReplies: rtts.count, rttMs: rtt,
+                                 tx: .init(framesPerSecond: tx.framesPerSecond, sent: UInt64(tx.sent), counted: UInt64(tx.counted)),
+                                 rx: .init(framesPerSecond: rx.framesPerSecond, sent: UInt64(rx.sent), counted: UInt64(rx.counted)),
+                                 checks: checks.map { Report.Check(name: $0.0, passed: $0.1) }, passed: failed.isEmpty))
         }
         return failed.isEmpty
     }

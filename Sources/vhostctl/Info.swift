@@ -11,8 +11,8 @@ struct Info: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Flag(help: "Print one JSON object instead of text.")
-    var json = false
+    /// `--json` is the global flag (GlobalOptions): one JSON object instead of text.
+    var json: Bool { common.json }
 
     struct Report {
         var kernel = KernelInfo.release()

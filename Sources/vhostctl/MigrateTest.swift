@@ -40,8 +40,24 @@ struct MigrateTest: ParsableCommand {
         }
     }
 
+    /// `migrate-test --json` (docs/json.md): the rounds, the switch-over and the frames, one object.
+    struct Report: Encodable {
+        struct Frames: Encodable { var sent: Int; var received: Int; var eachOnceInOrder: Bool }
+        var kernel: String
+        var tap: String
+        var queueSize: UInt16
+        var pagesPerRound: [Int]
+        var stopAndCopyPages: Int
+        var downtimeMs: Double
+        var identical: Bool
+        var tx: Frames
+        var rx: Frames
+        var passed: Bool
+    }
+
     func migrate() throws -> Bool {
         try requireNetworkAdministration("vhostctl migrate-test")
+        let data = DataOutput(json: common.json)
         try requireFreeTapName(tap)
         var config = VhostNetQueuePair.Configuration(tapName: tap)
         config.queueSize = 1024
@@ -80,6 +96,12 @@ struct MigrateTest: ParsableCommand {
         try pair.stop()
         let passed = report.identical && txOK && rxOK
         print(passed ? "migration passed" : "migration FAILED")
+        if data.json {
+            try data.emit(Report(kernel: KernelInfo.release(), tap: tap, queueSize: config.queueSize, pagesPerRound: report.pagesPerRound,
+                                 stopAndCopyPages: report.finalPages, downtimeMs: report.downtime * 1000, identical: report.identical,
+                                 tx: .init(sent: posted, received: tx.count, eachOnceInOrder: txOK),
+                                 rx: .init(sent: nextRX - 100_000, received: rx.count, eachOnceInOrder: rxOK), passed: passed))
+        }
         return passed
     }
 }

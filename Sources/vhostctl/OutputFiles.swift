@@ -1,11 +1,11 @@
 import ArgumentParser
 import Vhost
 
-/// `--force`, shared by every command that writes files (`--pcap`, `--record`, `--json`, `--csv`,
+/// `--force`, shared by every command that writes files (`--pcap`, `--record`, `--json-file`, `--junit`, `--csv`,
 /// `--svg`). Every such file is a `Vhost.OutputFile`: made under a temporary name with mode 0600,
 /// never through a symbolic link, renamed to its name once complete.
 struct OutputOptions: ParsableArguments {
-    @Flag(help: "Replace output files that already exist (--pcap, --record, --json, --csv, --svg). A symbolic link at an output path is refused even then.")
+    @Flag(help: "Replace output files that already exist (--pcap, --record, --json-file, --junit, --csv, --svg). A symbolic link at an output path is refused even then.")
     var force = false
 
     /// For `validate()`: refuses an output path that cannot be written (a symbolic link, a file

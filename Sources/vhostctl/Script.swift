@@ -106,7 +106,12 @@ struct ScriptRun: ParsableCommand {
     @Flag(help: "Let `tap NAME` attach to an interface that exists already; without it a script uses only taps it creates.")
     var allowExistingTap = false
 
+    @Option(help: ArgumentHelp("Also write the results as a JUnit XML report to this file (a test case per statement), for CI systems.", valueName: "file"),
+            completion: .file(extensions: ["xml"]))
+    var junit: String?
+
     func validate() throws {
+        if let junit { try recording.output.check(junit, option: "--junit") }
         for path in allowedDevices {
             do { _ = try CheckedOpen.characterDeviceNumber(at: path) } catch {
                 throw ValidationError("--allow-device \(path): \(error); name a vhost character device")
@@ -116,29 +121,87 @@ struct ScriptRun: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let parsed = try script.parse()
-            let recordFile = try recording.openFile()
-            let recorder = recording.makeRecorder()
-            defer { recording.save(recorder, to: recordFile, command: "script run \(script.file)") }
-            var options = ScriptRunner.Options()
-            options.keepGoing = keepGoing
-            options.device = inProcess ? .inProcess() : .kernel(path: common.device)
-            options.observer = RecordOptions.observer(common, recorder)
-            options.ringObserver = recorder?.ringObserver
-            options.allowExistingTaps = allowExistingTap
-            for path in allowedDevices {
-                do { options.acceptedDevices.insert(try CheckedOpen.characterDeviceNumber(at: path)) } catch {
-                    throw CLIError(message: "--allow-device \(path): \(error); name a vhost character device", status: ExitStatus.usage)
-                }
-            }
-            let runner = ScriptRunner(options: options) { line in print(Script.escapingNonPrintable(line)); fflush(nil) }
-            do throws(ScriptRunner.Failure) {
-                try runner.run(parsed)
+            // With --json: a statement object per line as it runs, then a summary (docs/json.md).
+            let data = DataOutput(json: common.json)
+            let log = ScriptRunLog()
+            do {
+                try execute(log: log, data: data)
             } catch {
-                throw CLIError(message: Script.escapingNonPrintable("\(error)"), status: ScriptRun.exitStatus(error))
+                let exit = report(error)
+                try finish(log: log, data: data, exitStatus: exit.rawValue, error: ScriptRun.oneLine(error))
+                throw exit
             }
-            print("\(script.displayName): every command did what was expected")
+            try finish(log: log, data: data, exitStatus: 0, error: nil)
         }
+    }
+
+    /// The summary object and the JUnit report, once the run is over (passed or not).
+    func finish(log: ScriptRunLog, data: DataOutput, exitStatus: Int32, error: String?) throws {
+        let statements = log.statements
+        let summary = ScriptRunLog.Summary(script: script.displayName, statements: statements.count, missed: statements.filter { !$0.asExpected }.count,
+                                           passed: exitStatus == 0, exitStatus: exitStatus, error: error)
+        if data.json { try data.emitLine(summary) }
+        if let junit {
+            do {
+                try OutputFile.write(log.junit(script: script.displayName, summary: summary), to: junit, replacingExisting: recording.output.force)
+            } catch {
+                throw CLIError(message: "--junit \(junit): \(OutputOptions.problem(of: error))", status: ExitStatus.cannotCreate)
+            }
+        }
+    }
+
+    /// An error's message on one line (a run's several misses joined with "; ").
+    static func oneLine(_ error: Error) -> String {
+        let text = (error as? CLIError)?.message ?? "\(error)"
+        return text.split(separator: "\n").joined(separator: "; ")
+    }
+
+    func execute(log: ScriptRunLog, data: DataOutput) throws {
+        let parsed = try script.parse()
+        let recordFile = try recording.openFile()
+        let recorder = recording.makeRecorder()
+        defer { recording.save(recorder, to: recordFile, command: "script run \(script.file)") }
+        var options = ScriptRunner.Options()
+        options.keepGoing = keepGoing
+        options.device = inProcess ? .inProcess() : .kernel(path: common.device)
+        options.observer = RecordOptions.observer(common, recorder)
+        options.ringObserver = recorder?.ringObserver
+        options.allowExistingTaps = allowExistingTap
+        options.commandObserver = { log.commandRan($0) }
+        for path in allowedDevices {
+            do { options.acceptedDevices.insert(try CheckedOpen.characterDeviceNumber(at: path)) } catch {
+                throw CLIError(message: "--allow-device \(path): \(error); name a vhost character device", status: ExitStatus.usage)
+            }
+        }
+        var writeFailure: Error? = nil
+        let runner = ScriptRunner(options: options) { line in
+            let text = Script.escapingNonPrintable(line)
+            print(text)
+            fflush(nil)
+            if data.json, writeFailure == nil {
+                do {
+                    if let statement = log.lineOutput(text) { try data.emitLine(statement) } else { try data.emitLine(ScriptRun.OutputLine(text: text)) }
+                } catch { writeFailure = error }
+            } else {
+                log.lineOutput(text)
+            }
+        }
+        do throws(ScriptRunner.Failure) {
+            try runner.run(parsed)
+        } catch {
+            let message = Script.escapingNonPrintable("\(error)")
+            // The statement the run stopped at (a keep-going run's misses are recorded already).
+            if !keepGoing, let statement = log.failed(message), data.json { try data.emitLine(statement) }
+            throw CLIError(message: message, status: ScriptRun.exitStatus(error))
+        }
+        if let writeFailure { throw writeFailure }
+        print("\(script.displayName): every command did what was expected")
+    }
+
+    /// A line of the run's output that reports no statement (`--json`).
+    struct OutputLine: Encodable {
+        var event = "output"
+        var text: String
     }
 
     /// The exit status of a failed run, by the kind of failure: a limit of the tool is 64, as a
@@ -165,12 +228,23 @@ struct ScriptCheck: ParsableCommand {
         abstract: "Parse and check a script without touching the kernel.",
         discussion: "Prints every problem as file:line:column and exits 64 when there is one; 0 when the script is well formed.")
 
+    @OptionGroup(title: "Global options") var global: GlobalOptions
     @OptionGroup var script: ScriptFileOptions
+
+    /// `script check --json` (docs/json.md). A malformed script prints nothing on standard output:
+    /// its problems go to standard error, with exit status 64.
+    struct Report: Encodable {
+        var script: String
+        var wellFormed: Bool
+        var statements: Int
+    }
 
     func run() throws {
         try runReportingErrors {
+            let data = DataOutput(json: global.json)
             let parsed = try script.parse()
             print("\(script.displayName): well formed; it would run \(parsed.commandCount) statements")
+            if data.json { try data.emit(Report(script: script.displayName, wellFormed: true, statements: parsed.commandCount)) }
         }
     }
 }
@@ -178,7 +252,22 @@ struct ScriptCheck: ParsableCommand {
 struct ScriptCommandList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "commands", abstract: "List every command of the script language.")
 
+    @OptionGroup(title: "Global options") var global: GlobalOptions
+
+    /// `script commands --json` (docs/json.md): every command of the language.
+    struct Entry: Encodable {
+        var name: String
+        var usage: String
+        /// The name its answer is kept under (`expect NAME …`), for commands that answer one.
+        var answer: String?
+        var summary: String
+    }
+
     func run() throws {
+        if global.json {
+            try DataOutput(json: true).emit(ScriptCommands.all.map { Entry(name: $0.name, usage: $0.usage, answer: $0.answer, summary: $0.summary) })
+            return
+        }
         for entry in ScriptCommands.all {
             print(entry.usage + String(repeating: " ", count: max(2, 44 - entry.usage.count)) + entry.summary)
         }

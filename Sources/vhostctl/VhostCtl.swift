@@ -16,14 +16,14 @@ struct VhostCtl: ParsableCommand {
         combination the library refuses, a malformed script); 65 corrupt input data (a corrupt or \
         truncated pcap file); 66 an input file cannot be read (a missing pcap or script file); \
         69 vhost-net or a requested feature is unavailable; 73 an output file cannot be created \
-        or written (--pcap, --json, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
+        or written (--pcap, --record, --json-file, --junit, --csv, --svg); 75 the tap is busy; 77 not permitted (needs \
         root or CAP_NET_ADMIN).
         """,
         version: VhostCtlVersion.description,
         subcommands: [Info.self, Attach.self, Cleanup.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self, Reaper.self]
     )
 
-    /// `--verbose`, `--quiet` and `--trace` before the subcommand (`vhostctl --trace info`). The
+    /// `--verbose`, `--quiet`, `--trace` and `--json` before the subcommand (`vhostctl --trace info`). The
     /// root parses the whole command line first and takes them wherever they stand; each
     /// subcommand's `CommonOptions` then reuses this same `GlobalOptions` value (swift-argument-parser
     /// hands a group already decoded by a parent command to a child's `@OptionGroup` of that type).
@@ -52,7 +52,7 @@ struct VhostCtl: ParsableCommand {
     }
 }
 
-/// The options every command accepts, before or after the subcommand's name.
+/// The options every command accepts (`--json` included: every command prints JSON with it), before or after the subcommand's name.
 struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Log what is being set up.")
     var verbose = false
@@ -62,6 +62,9 @@ struct GlobalOptions: ParsableArguments {
 
     @Flag(help: "Print every ioctl with its decoded arguments and result, to standard error.")
     var trace = false
+
+    @Flag(name: [.customShort("j"), .long], help: "Print the command's results as JSON on standard output (docs/json.md has each command's schema); the human lines go to standard error.")
+    var json = false
 
     func validate() throws {
         guard !(verbose && quiet) else {
@@ -87,6 +90,7 @@ struct CommonOptions: ParsableArguments {
     var verbose: Bool { global.verbose }
     var quiet: Bool { global.quiet }
     var trace: Bool { global.trace }
+    var json: Bool { global.json }
 
     func makeLogger() -> Logger {
         var logger = Logger(label: "vhostctl") { StreamLogHandler.standardError(label: $0) }

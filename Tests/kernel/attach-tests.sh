@@ -128,7 +128,7 @@ fi
 ll6=fe80::5054:ff:fe12:3456
 # wait_for_ipv6 IFACE: the host's own IPv6 addresses on IFACE have finished DAD (none tentative).
 wait_for_ipv6() { i=0; while [ $i -lt 100 ]; do hostip -6 addr show dev "$1" 2>/dev/null | has "inet6 fe80" && ! hostip -6 addr show dev "$1" | has tentative && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
-vhostctl attach --tap vht6 --create --queues 2 --ip 10.0.6.2/24 --ip6 fd00:6::2/64 --udp-echo 7 --pcap /tmp/attach6.pcapng --stats 1 >/tmp/attach6.log 2>&1 &
+vhostctl attach --tap vht6 --create --queue-pairs 2 --ip 10.0.6.2/24 --ip6 fd00:6::2/64 --udp-echo 7 --pcap /tmp/attach6.pcapng --stats 1 >/tmp/attach6.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/attach6.log
 hostip -6 addr add fd00:6::1/64 dev vht6 nodad
@@ -387,15 +387,16 @@ kill -INT $pid; if wait_for_exit $pid; then wait $pid; status=$?; else status=ti
 if [ "$status" = 0 ] && ! ip link show vhusr0 >/dev/null 2>&1; then pass "SIGINT after dropping root still detaches and removes the tap"; else fail "SIGINT after dropping root" "status $status"; fi
 
 # ---- a raised MTU that the RX buffers cannot take is reported ----------------------------------
-vhostctl attach --tap vhmtu0 --create --stats 0.3 >/tmp/mtu.log 2>&1 &
+# The warning is a diagnostic: on standard error, never among the data on standard output.
+vhostctl attach --tap vhmtu0 --create --stats 0.3 >/tmp/mtu.log 2>/tmp/mtu.err &
 pid=$!
 wait_for_attached /tmp/mtu.log
 ip link set vhmtu0 mtu 9000
-i=0; while [ $i -lt 50 ] && ! grep -q "^warning: tap vhmtu0 has MTU 9000" /tmp/mtu.log; do sleep 0.1; i=$((i + 1)); done
-if grep -q "^warning: tap vhmtu0 has MTU 9000.*MRG_RXBUF" /tmp/mtu.log; then
-    pass "attach warns when the tap's MTU outgrows the RX buffers"
+i=0; while [ $i -lt 50 ] && ! grep -q "^vhostctl: warning: tap vhmtu0 has MTU 9000" /tmp/mtu.err; do sleep 0.1; i=$((i + 1)); done
+if grep -q "^vhostctl: warning: tap vhmtu0 has MTU 9000.*MRG_RXBUF" /tmp/mtu.err && ! grep -q "warning" /tmp/mtu.log; then
+    pass "attach warns on standard error (not standard output) when the tap's MTU outgrows the RX buffers"
 else
-    fail "attach warns about a raised MTU" "$(cat /tmp/mtu.log)"
+    fail "attach warns about a raised MTU on standard error" "stdout: $(cat /tmp/mtu.log) stderr: $(cat /tmp/mtu.err)"
 fi
 kill -TERM $pid; wait_for_exit $pid
 
@@ -733,7 +734,7 @@ if timeout 30 vhostctl attach --tap vhown0 --take-over-tap --duration 0.5 --stat
 hostip link del vhown0
 
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
-vhostctl attach --tap vhmq0 --create --queues 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
+vhostctl attach --tap vhmq0 --create --queue-pairs 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/mq.log
 ip addr add 10.0.2.1/24 dev vhmq0; ip link set vhmq0 up
@@ -795,7 +796,7 @@ if ip link show vhbench0 >/dev/null 2>&1; then fail "bench removes its tap"; els
 
 # ---- bench backends: vhost against the userspace tap path; JSON, CSV, SVG; pktgen; XDP drop -----
 if timeout 600 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64,1500 --trials 2 --seconds 0.3 --warmup 0.1 \
-        --json /tmp/b.json --csv /tmp/b.csv --svg /tmp/b.svg >/tmp/bb.txt 2>&1; then
+        --json-file /tmp/b.json --csv /tmp/b.csv --svg /tmp/b.svg >/tmp/bb.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 d = json.load(open("/tmp/b.json")); r = d["results"]
@@ -813,7 +814,7 @@ print(len(r) == 4 and {(x["backend"], x["frame_size"]) for x in r} == {("vhost",
 else
     fail "bench backends runs" "$(tail -20 /tmp/bb.txt)"
 fi
-if timeout 300 vhostctl bench backends --scenario rx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.5 --warmup 0 --json /tmp/r.json >/tmp/br.txt 2>&1; then
+if timeout 300 vhostctl bench backends --scenario rx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.5 --warmup 0 --json-file /tmp/r.json >/tmp/br.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 d = json.load(open("/tmp/r.json")); r = d["results"]
@@ -823,7 +824,7 @@ print(d["environment"]["rx_source"] == "pktgen" and all(x["pps"]["median"] > 0 a
 else
     fail "bench backends rx runs" "$(tail -20 /tmp/br.txt)"
 fi
-if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.3 --warmup 0 --xdp-drop --json /tmp/x.json >/tmp/bx.txt 2>&1; then
+if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.3 --warmup 0 --xdp-drop --json-file /tmp/x.json >/tmp/bx.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 r = json.load(open("/tmp/x.json"))["results"]
@@ -835,7 +836,7 @@ fi
 # Queue pairs: each pair on its own queue of a multiqueue tap, driven by its own thread. The tap
 # counts every TX frame of both queues; pktgen's flows reach both RX queues.
 if timeout 600 vhostctl bench backends --scenario tx,rx --backend vhost,tap --frame-size 64 --queue-pairs 1,2 --trials 1 --seconds 0.4 --warmup 0 \
-        --json /tmp/q.json --svg /tmp/q.svg >/tmp/bq.txt 2>&1; then
+        --json-file /tmp/q.json --svg /tmp/q.svg >/tmp/bq.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 r = json.load(open("/tmp/q.json"))["results"]
@@ -854,7 +855,7 @@ fi
 # 64 KiB TSO: TCPv4 superframes with a GSO header; the tap counts each whole (rx_bytes = 65536 a
 # frame), and a PACKET_VNET_HDR socket on the tap sees a first one as one GSO packet (gso_type
 # TCPV4, gso_size 1448): an oversized frame without GSO would be counted the same way.
-if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 1500,64k --trials 1 --seconds 0.3 --warmup 0 --json /tmp/t.json >/tmp/bt.txt 2>&1; then
+if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 1500,64k --trials 1 --seconds 0.3 --warmup 0 --json-file /tmp/t.json >/tmp/bt.txt 2>&1; then
     ok=$(host python3 -c '
 import json
 r = json.load(open("/tmp/t.json"))["results"]
@@ -875,7 +876,7 @@ expect_error "bench backends refuses TSO frame sizes with --xdp-drop, which woul
 snmp() { awk -v key="$1:" -v name="$2" '$1 == key { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else { print $col[name]; exit } }' /proc/net/snmp; }
 echo_replies=$(snmp Icmp OutEchoReps); udp_in=$(snmp Udp InDatagrams)
 if timeout 300 vhostctl bench backends --scenario latency --backend vhost,tap --frame-size 64 --trials 2 --seconds 0.5 --warmup 0 \
-        --json /tmp/l.json --svg /tmp/l.svg >/tmp/bl.txt 2>&1; then
+        --json-file /tmp/l.json --svg /tmp/l.svg >/tmp/bl.txt 2>&1; then
     echo_replies=$(($(snmp Icmp OutEchoReps) - echo_replies)); udp_in=$(($(snmp Udp InDatagrams) - udp_in))
     ok=$(host python3 -c '
 import json, sys
@@ -1126,6 +1127,72 @@ expect_error "queue size not a power of 2" 64 "power of 2" vhostctl attach --tap
 expect_error "indirect layout without INDIRECT_DESC" 64 "INDIRECT_DESC" vhostctl attach --tap vhe5 --create --descriptors indirect
 expect_error "unknown offload" 64 "unknown offload" vhostctl attach --tap vhe5 --create --offloads tso9
 expect_error "bench: unknown configuration" 64 "unknown configuration" vhostctl bench --configs nonsense
+
+# ---- --json on every command: standard output parses and matches docs/json.md ----------------
+# (Tests/kernel/json-schemas.py, run with the host's python3). Short runs: a few seconds in all.
+cp "${JSON_SCHEMAS:-/opt/bin/json-schemas.py}" /tmp/json-schemas.py
+# schema_ok NAME COMMAND FILE [PYTHON-CONDITION]: FILE matches COMMAND's schema and, with a
+# condition, python's `d` (the document; for JSON Lines the list of objects) satisfies it.
+schema_ok() {
+    name=$1; command=$2; file=$3; condition=${4:-True}
+    problem=$(host python3 /tmp/json-schemas.py "$command" "$file" 2>&1) || { fail "$name" "$problem: $(head -c 400 "$file")"; return; }
+    ok=$(host python3 -c 'import json,sys
+t=open(sys.argv[1]).read()
+try: d=json.loads(t)
+except ValueError: d=[json.loads(l) for l in t.splitlines()]
+print(bool(eval(sys.argv[2])))' "$file" "$condition" 2>&1)
+    if [ "$ok" = True ]; then pass "$name"; else fail "$name" "$ok: $(head -c 400 "$file")"; fi
+}
+vhostctl info --json >/tmp/j-info.json 2>/tmp/j-info.err
+schema_ok "info --json matches its schema" info /tmp/j-info.json 'd["usable"]'
+# attach: JSON Lines on stdout (attached, stats per interval, stopped); the text on stderr.
+timeout 30 vhostctl attach --tap vhjs0 --create --ip 10.0.19.2/24 --stats 0.3 --duration 1.2 --json >/tmp/j-attach.json 2>/tmp/j-attach.err
+if grep -q "^attached to vhjs0" /tmp/j-attach.err && ! grep -q "^attached to\|^rx " /tmp/j-attach.json; then pass "attach --json: the text lines go to stderr"; else fail "attach --json: the text lines go to stderr" "$(head -c 300 /tmp/j-attach.json)"; fi
+schema_ok "attach --json: attached, a stats object per 0.3 s and stopped (no signal), matching the schema" attach /tmp/j-attach.json \
+    'd[0]["event"]=="attached" and d[0]["interface"]=="vhjs0" and d[0]["queue_pairs"]==1 and sum(x["event"]=="stats" for x in d)>=2 and "signal" not in d[-1] and d[-1]["elapsed_seconds"]>=1.2'
+# Global --json before the subcommand; stopped by SIGTERM, which the stopped object names.
+vhostctl --json attach --tap vhjs1 --create --stats 0.3 >/tmp/j-attach2.json 2>/tmp/j-attach2.err &
+pid=$!
+wait_for_attached /tmp/j-attach2.err; sleep 0.8
+kill -TERM $pid; wait_for_exit $pid
+schema_ok "vhostctl --json attach, stopped by SIGTERM: the stopped object carries signal 15" attach /tmp/j-attach2.json 'd[-1]["event"]=="stopped" and d[-1]["signal"]==15'
+timeout 120 vhostctl demo --tap vhjs2 --seconds 0.2 --json >/tmp/j-demo.json 2>/tmp/j-demo.err
+schema_ok "demo --json matches its schema, every check passed, the steps on stderr" demo /tmp/j-demo.json 'd["passed"] and len(d["checks"])==5 and d["ping_replies"]==5'
+timeout 120 vhostctl migrate-test --tap vhjs3 --rounds 2 --frames-per-round 4 --json >/tmp/j-mig.json 2>/tmp/j-mig.err
+schema_ok "migrate-test --json matches its schema and passed" migrate-test /tmp/j-mig.json 'd["passed"] and d["identical"] and len(d["pages_per_round"])>=1'
+timeout 120 vhostctl bench configs --tap vhjs4 --configs event-idx --trials 1 --seconds 0.1 --latency 10 --json >/tmp/j-configs.json 2>/tmp/j-configs.err
+schema_ok "bench configs --json matches its schema" bench-configs /tmp/j-configs.json 'd["configs"][0]["name"]=="event-idx" and d["rtt_ns"]["count"]==10'
+timeout 120 vhostctl bench backends --tap vhjs5 --scenario tx --backend vhost --frame-size 64 --trials 1 --seconds 0.1 --warmup 0 --json --json-file /tmp/j-backends-file.json >/tmp/j-backends.json 2>/tmp/j-backends.err
+schema_ok "bench backends --json matches its schema (the table on stderr), --json-file holds the same" bench-backends /tmp/j-backends.json \
+    'd["results"][0]["backend"]=="vhost" and d["results"][0]["pps"]["median"]>0 and json.load(open("/tmp/j-backends-file.json"))["results"][0]["scenario"]=="tx"'
+timeout 120 vhostctl bench echo --tap vhjs6 --reply-path single --rate 2000 --source socket --trials 1 --seconds 0.2 --warmup 0 --json >/tmp/j-echo.json 2>/tmp/j-echo.err
+schema_ok "bench echo --json matches its schema" bench-echo /tmp/j-echo.json 'd["paths"][0]["reply_path"]=="single" and len(d["paths"][0]["trials"])==1'
+timeout 30 vhostctl cleanup --dry-run --json >/tmp/j-cleanup.json 2>/tmp/j-cleanup.err
+schema_ok "cleanup --dry-run --json matches its schema" cleanup /tmp/j-cleanup.json 'd["dry_run"] and d["failed"]==0'
+timeout 30 vhostctl script run --json ${EXAMPLES:-/opt/bin}/qemu-vhost-net-start.vhost >/tmp/j-script.json 2>/tmp/j-script.err
+schema_ok "script run --json on the kernel matches its schema and passed" script-run /tmp/j-script.json 'd[-1]["passed"] and d[-1]["statements"]>5'
+
+# ---- failures: the error on standard error, nothing on standard output, the documented code ----
+# expect_stderr NAME STATUS TEXT COMMAND...
+expect_stderr() {
+    name=$1; want=$2; text=$3; shift 3
+    timeout 30 "$@" >/tmp/out.txt 2>/tmp/err.txt; got=$?
+    # With --json the human lines go to stderr too: the error is its one error line, and the last.
+    if [ "$got" = "$want" ] && tail -n 1 /tmp/err.txt | grep -q -- "^vhostctl: error: .*$text" && [ "$(grep -c '^vhostctl: error:' /tmp/err.txt)" = 1 ] && [ ! -s /tmp/out.txt ]; then
+        pass "$name: exit $got, the error on stderr, stdout empty"
+    else
+        fail "$name" "exit $got (want $want), stdout: $(head -c 200 /tmp/out.txt | tr '\n' ' '), stderr: $(head -c 300 /tmp/err.txt | tr '\n' ' ')"
+    fi
+}
+expect_stderr "attach --json on a missing tap" 64 "does not exist" vhostctl attach --json --tap vhnone1
+expect_stderr "demo --json on a taken name" 64 "already exists" vhostctl demo --json --tap lo
+expect_stderr "migrate-test on a taken name" 64 "already exists" vhostctl migrate-test --tap lo
+expect_stderr "bench backends --json on a taken name" 64 "already exists" vhostctl bench backends --json --tap lo
+expect_stderr "bench echo without vhost-net (--device)" 69 "" vhostctl bench echo --json --device /dev/no-vhost-net --tap vhjs7
+expect_stderr "cleanup --json without root" 77 "needs root" su -s /bin/sh nobody -c "vhostctl cleanup --json"
+# info is a report: without root it still prints its JSON (usable false, the problem named), exit 77.
+su -s /bin/sh nobody -c "vhostctl info --json" >/tmp/j-info2.json 2>/tmp/j-info2.err; status=$?
+if [ "$status" = 77 ]; then schema_ok "info --json without root: exit 77, usable false with the problem" info /tmp/j-info2.json 'not d["usable"] and d["problem"]'; else fail "info --json without root" "exit $status"; fi
 
 echo "attach tier: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
