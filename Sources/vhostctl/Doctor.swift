@@ -185,7 +185,7 @@ enum Doctor {
         }
         guard let flags = t.flags else {
             return Finding(name: name, status: .problem, fact: "\(t.name) is not a tun/tap device (no tun_flags in /sys/class/net/\(t.name))",
-                           fix: "use another name, or: ip link delete \(t.name) && ip tuntap add dev \(t.name) mode tap")
+                           fix: "give attach the name of a tap, or a free name with --create (e.g. ip tuntap add dev vhost0 mode tap)")
         }
         guard flags & 0x0002 != 0 else {  // IFF_TAP
             return Finding(name: name, status: .problem, fact: "\(t.name) is a tun (layer 3), not a tap: it carries no Ethernet frames",
