@@ -281,22 +281,22 @@ struct Attach: ParsableCommand {
             print("replayed \(replayFrames.count) frames from \(replay!)")
         }
 
-        let start = MonotonicClock.seconds()
-        var nextStats = start + (stats > 0 ? stats : .infinity)
+        let start = ContinuousClock.now
+        var nextStats: ContinuousClock.Instant? = stats > 0 ? start + .clampedSeconds(stats) : nil
         var reportedRisk: String? = nil
         while !stopRequested {
             try endpoint.service(milliseconds: 200)
-            let now = MonotonicClock.seconds()
-            if now >= nextStats {
+            let now = ContinuousClock.now
+            if let due = nextStats, now >= due {
                 let risk = endpoint.pairs[0].receiveTruncationRisk()
                 if let risk, risk != reportedRisk { print("warning: \(risk)") }
                 reportedRisk = risk
                 print(counterLine(endpoint))
                 fflush(nil)
                 try writer?.flush()
-                nextStats = now + stats
+                nextStats = now + .clampedSeconds(stats)
             }
-            if duration > 0 && now - start >= duration { break }
+            if duration > 0 && start.duration(to: now).inSeconds >= duration { break }
         }
         endpoint.frameObserver = nil
         try endpoint.stop()
