@@ -72,7 +72,8 @@ enum Doctor {
             return Finding(name: "tun", status: .problem, fact: "/dev/net/tun does not exist: no tap can be made or opened", fix: fix)
         }
         if let problem = f.tunProblem {
-            let fix = f.tunModule == .absent ? "modprobe tun" : (node.accessible ? nil : "chmod 0666 /dev/net/tun")
+            // Not ours to open: the mode, whatever the module; opened but not answering: the module.
+            let fix = !node.accessible ? "chmod 0666 /dev/net/tun" : f.tunModule == .absent ? "modprobe tun" : nil
             return Finding(name: "tun", status: .problem, fact: "/dev/net/tun \(node.summary): \(problem)", fix: fix)
         }
         return Finding(name: "tun", status: .ok, fact: "/dev/net/tun \(node.summary), answers TUNGETFEATURES")
@@ -108,15 +109,16 @@ enum Doctor {
     }
 
     static func workerMode(_ f: DoctorFacts) -> Finding {
-        // Since 6.4 (vhost_task) the worker is a thread of the owner; before, a kthread.
-        let base = f.kernelVersion >= (6, 4)
-            ? "the worker vhost-<pid> is a thread of the owner process (Linux 6.4+: it counts in the owner's cgroup and limits)"
-            : "the worker vhost-<pid> is a kernel thread (Linux before 6.4: outside the owner's cgroup)"
+        let task = "the worker vhost-<pid> is a thread of the owner process (it counts in the owner's cgroup and limits)"
+        let kthread = "the worker vhost-<pid> is a kernel thread (outside the owner's cgroup)"
+        // VHOST_SET_FORK_FROM_OWNER (6.17, backported to 6.12.y) chooses per device before SET_OWNER.
         if let mode = f.selectableWorkerMode {
             let fallback = f.forkFromOwnerDefault.map { ", module default fork_from_owner_default=\($0)" } ?? ""
-            return Finding(name: "worker-mode", status: .ok, fact: "\(base); selectable with VHOST_SET_FORK_FROM_OWNER (now \(mode.rawValue)\(fallback))")
+            return Finding(name: "worker-mode", status: .ok,
+                           fact: "\(mode == .task ? task : kthread); selectable with VHOST_SET_FORK_FROM_OWNER before SET_OWNER (now \(mode.rawValue)\(fallback))")
         }
-        return Finding(name: "worker-mode", status: .ok, fact: base)
+        // vhost.c: since 6.4 the worker is a vhost_task of the owner; before, a kthread.
+        return Finding(name: "worker-mode", status: .ok, fact: f.kernelVersion >= (6, 4) ? "\(task), as on every Linux from 6.4" : "\(kthread), as on every Linux before 6.4")
     }
 
     /// vhost.c vhost_set_memory: more regions than max_mem_regions is E2BIG.
@@ -325,8 +327,8 @@ extension DoctorFacts {
         return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    static func tapFacts(_ name: String) -> TapFacts {
-        let directory = "/sys/class/net/\(name)"
+    static func tapFacts(_ name: String, classDirectory: String = "/sys/class/net") -> TapFacts {
+        let directory = "\(classDirectory)/\(name)"
         func read(_ attribute: String) -> String? { KernelInfo.readFile("\(directory)/\(attribute)")?.trimmed() }
         let flags = read("tun_flags").flatMap { text in text.hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : nil }
         return TapFacts(name: name, exists: access(directory, F_OK) == 0, flags: flags, mtu: read("mtu").flatMap { Int($0) },

@@ -88,7 +88,7 @@ struct Info: ParsableCommand {
             maxMemoryRegions: KernelInfo.maxMemoryRegions(), lockedMemoryLimit: (limit(memlock.rlim_cur), limit(memlock.rlim_max)),
             cgroupPath: cgroup, cgroupPidsMax: cgroupValue("pids.max"), cgroupMemoryMax: cgroupValue("memory.max"),
             networkNamespace: DoctorFacts.link("/proc/self/ns/net"), initialNetworkNamespace: DoctorFacts.link("/proc/1/ns/net"),
-            kvmPresent: access("/dev/kvm", F_OK) == 0, tap: tap.map(DoctorFacts.tapFacts))
+            kvmPresent: access("/dev/kvm", F_OK) == 0, tap: tap.map { DoctorFacts.tapFacts($0) })
         report.checks = Doctor.findings(facts)
         return report
     }

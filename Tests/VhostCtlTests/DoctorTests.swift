@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import vhostctl
 
@@ -60,6 +61,11 @@ import Testing
         #expect(tun.status == .problem && tun.fix == "modprobe tun")
         let unreadable = try finding("tun") { $0.tunNode?.accessible = false; $0.tunProblem = "EACCES" }
         #expect(unreadable.status == .problem && unreadable.fix == "chmod 0666 /dev/net/tun")
+        // A built-in tun has no /sys/module/tun: a node we may not open is still a matter of its mode.
+        let builtIn = try finding("tun") { $0.tunModule = .absent; $0.tunNode?.accessible = false; $0.tunProblem = "EACCES" }
+        #expect(builtIn.fix == "chmod 0666 /dev/net/tun")
+        let silent = try finding("tun") { $0.tunModule = .absent; $0.tunProblem = "ENODEV" }
+        #expect(silent.fix == "modprobe tun")
     }
 
     @Test func noNetAdminPointsAtAnOwnedTap() throws {
@@ -81,7 +87,9 @@ import Testing
         let task = try finding("worker-mode") { $0.kernelVersion = (6, 4) }
         #expect(task.fact.contains("thread of the owner") && !task.fact.contains("selectable"))
         let selectable = try finding("worker-mode") { $0.kernelVersion = (6, 12); $0.selectableWorkerMode = .task; $0.forkFromOwnerDefault = "Y" }
-        #expect(selectable.fact.contains("VHOST_SET_FORK_FROM_OWNER (now task, module default fork_from_owner_default=Y)"))
+        #expect(selectable.fact.contains("thread of the owner") && selectable.fact.contains("VHOST_SET_FORK_FROM_OWNER before SET_OWNER (now task, module default fork_from_owner_default=Y)"))
+        let chosenKthread = try finding("worker-mode") { $0.kernelVersion = (7, 2); $0.selectableWorkerMode = .kthread; $0.forkFromOwnerDefault = "N" }
+        #expect(chosenKthread.fact.hasPrefix("the worker vhost-<pid> is a kernel thread") && chosenKthread.fact.contains("(now kthread"))
     }
 
     @Test func tooFewMemoryRegionsIsAProblem() throws {
@@ -150,5 +158,19 @@ import Testing
         #expect(DoctorFacts.cgroupPath("0::/user.slice/session-1.scope\n") == "/user.slice/session-1.scope")
         #expect(DoctorFacts.cgroupPath("12:pids:/a\n0::/b\n") == "/b")
         #expect(DoctorFacts.cgroupPath("") == nil)
+    }
+
+    /// tun.c's sysfs attributes as the kernel writes them ("0x%x\n", "%d\n"), in a scratch directory.
+    @Test func tapFactsFromSysfsAttributes() throws {
+        var template = Array("/tmp/doctor-sysfs-XXXXXX".utf8CString)
+        let root = try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }.map { String(cString: $0) })
+        defer { for f in ["tun_flags", "mtu", "owner", "group"] { unlink("\(root)/vt0/\(f)") }; rmdir("\(root)/vt0"); rmdir(root) }
+        mkdir("\(root)/vt0", 0o755)
+        for (file, text) in [("tun_flags", "0x5102\n"), ("mtu", "1500\n"), ("owner", "1000\n"), ("group", "-1\n")] {
+            let stream = try #require(fopen("\(root)/vt0/\(file)", "w"))
+            fputs(text, stream); fclose(stream)
+        }
+        #expect(DoctorFacts.tapFacts("vt0", classDirectory: root) == DoctorFacts.TapFacts(name: "vt0", exists: true, flags: 0x5102, mtu: 1500, owner: 1000, group: -1))
+        #expect(DoctorFacts.tapFacts("none0", classDirectory: root) == DoctorFacts.TapFacts(name: "none0", exists: false, flags: nil, mtu: nil, owner: nil, group: nil))
     }
 }

@@ -81,7 +81,8 @@ bad = [c for c in checks if c["status"] not in ("ok", "warning", "problem") or n
 worker = [c["fact"] for c in checks if c["name"] == "worker-mode"][0]
 major, minor = (int(x) for x in d["kernel"].split(".")[:2])
 want_worker = "thread of the owner" if (major, minor) >= (6, 4) else "kernel thread"
-print(got == names and not bad and want_worker in worker or "got %s, bad %s, worker %r" % (got, bad, worker))' "$doctor_checks" 2>&1)
+selectable = "VHOST_SET_FORK_FROM_OWNER" in worker and (major, minor) >= (6, 12)
+print(got == names and not bad and (want_worker in worker or selectable) or "got %s, bad %s, worker %r" % (got, bad, worker))' "$doctor_checks" 2>&1)
 if [ "$ok" = True ]; then pass "info --json: a checks array with every check, status and fact, the worker mode this kernel has"; else fail "info --json checks" "$ok"; fi
 hostip tuntap add dev vhdoc0 mode tap multi_queue && hostip link set dev vhdoc0 mtu 1280
 vhostctl info --tap vhdoc0 >/tmp/info-tap.txt 2>&1
