@@ -190,8 +190,8 @@ public enum BackendComparison {
         try socket.enableVnetHeader()
         socket.setBuffers(bytes: 16 << 20)
         try send()
-        let deadline = MonotonicClock.seconds() + 5
-        while MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
             guard let seen = socket.receive(milliseconds: 500, capacity: frameLength + 64), seen.count > 10 + 1514 else { continue }
             let host = VirtioNetHeader(bytes: Array(seen.prefix(10)))
             result.segmentationSeen = "one \(seen.count - 10)-byte GSO packet on the host side, gso_type \(host.gsoType), gso_size \(host.gsoSize)"
@@ -311,7 +311,7 @@ public enum BackendComparison {
         let kicksBefore = pairs.map { $0.transmitCounters.kicks + $0.receiveCounters.kicks }.reduce(0, +)
         let callsBefore = pairs.map { $0.transmitCounters.calls + $0.receiveCounters.calls }.reduce(0, +)
         let meter = CPUCost.Meter(workers: workers)
-        let start = MonotonicClock.seconds()
+        let start = ContinuousClock.now
         // SAFETY: each queue's thread is the only one to touch its pair until QueueThreads.run
         // has joined them all; this thread touches none of them meanwhile.
         let handedOver = HandedOver(pairs)
@@ -341,7 +341,7 @@ public enum BackendComparison {
             outcome.driverNanoseconds = ThreadCPUTime.currentThread() &- cpuStart
             return outcome
         }
-        result.seconds = MonotonicClock.seconds() - start
+        result.seconds = start.duration(to: .now).inSeconds
         result.cpu = CPUCost(driverNanoseconds: outcomes.map(\.driverNanoseconds).reduce(0, +), workerNanoseconds: meter.read().workerNanoseconds)
         source?.stop()
         counters.delta(into: &result, xdpDrop: settings.xdpDrop)
@@ -456,11 +456,11 @@ public enum BackendComparison {
             let kicksBefore = pair.transmitCounters.kicks + pair.receiveCounters.kicks
             let callsBefore = pair.transmitCounters.calls + pair.receiveCounters.calls
             let meter = CPUCost.Meter(workers: workers)
-            let start = MonotonicClock.seconds()
+            let start = ContinuousClock.now
             result.roundTrips = try trips.run(seconds: settings.seconds, send: { try pair.transmit(frame: $0) }, receive: { milliseconds, handler in
                 try pair.receive(limit: 64, milliseconds: milliseconds) { handler(Array($0.frame)) }
             })
-            result.seconds = MonotonicClock.seconds() - start
+            result.seconds = start.duration(to: .now).inSeconds
             result.cpu = meter.read()
             result.kicks = pair.transmitCounters.kicks + pair.receiveCounters.kicks - kicksBefore
             result.calls = pair.transmitCounters.calls + pair.receiveCounters.calls - callsBefore
@@ -479,7 +479,7 @@ public enum BackendComparison {
             var buffer = [UInt8](repeating: 0, count: 65536 + 12)
             var poller = pollfd(fd: tap.fd, events: Int16(POLLIN), revents: 0)
             let meter = CPUCost.Meter(workers: [])
-            let start = MonotonicClock.seconds()
+            let start = ContinuousClock.now
             result.roundTrips = try trips.run(seconds: settings.seconds, send: { frame in
                 // The same bytes the vhost path sends: a zeroed 12-byte virtio-net header, then the frame.
                 let packet = [UInt8](repeating: 0, count: 12) + frame
@@ -493,7 +493,7 @@ public enum BackendComparison {
                     handler(Array(buffer[12..<n]))
                 }
             })
-            result.seconds = MonotonicClock.seconds() - start
+            result.seconds = start.duration(to: .now).inSeconds
             result.cpu = meter.read()
         }
         return result
@@ -529,13 +529,13 @@ public enum BackendComparison {
         let counters = TapCounters(tapName)  // before the source starts, as in runVhost
         let source = settings.scenario == .tx ? nil : try Source(tapName: tapName, frameSize: settings.frameSize, queues: settings.queuePairs)
         result.receiveSource = source?.name ?? ""
-        let start = MonotonicClock.seconds()
+        let start = ContinuousClock.now
         let queues = [tap.fd] + extraQueues.map { $0.tap.fd }
         let outcomes = try QueueThreads.run(count: settings.queuePairs) { queue, ready in
             ready()
             return userspaceLoop(fd: queues[queue], packet: packet, settings: settings)
         }
-        result.seconds = MonotonicClock.seconds() - start
+        result.seconds = start.duration(to: .now).inSeconds
         result.cpu = CPUCost(driverNanoseconds: outcomes.map(\.driverNanoseconds).reduce(0, +), workerNanoseconds: nil)
         source?.stop()
         counters.delta(into: &result, xdpDrop: settings.xdpDrop)
@@ -564,8 +564,8 @@ public enum BackendComparison {
         var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         var outcome = QueueOutcome()
         let cpuStart = ThreadCPUTime.currentThread()
-        let deadline = MonotonicClock.seconds() + settings.seconds
-        while MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .clampedSeconds(settings.seconds)
+        while ContinuousClock.now < deadline {
             if settings.scenario != .rx {
                 // tun takes one frame per write(2) (tun_chr_write_iter); there is no batched write.
                 for _ in 0..<settings.batch {

@@ -39,13 +39,13 @@ public enum DatapathRate {
         let before = KernelInfo.interfaceStatistic(pair.tap.name, "rx_packets") ?? 0
         let kicksBefore = pair.transmitCounters.kicks
         var sent: UInt64 = 0
-        let start = MonotonicClock.seconds()
-        while until(sent, MonotonicClock.seconds() - start) {
+        let start = ContinuousClock.now
+        while until(sent, start.duration(to: .now).inSeconds) {
             let first = Int(sent)
             try pair.transmit(count: chunk) { i, buffer in fill(first + i, buffer) }
             sent += UInt64(chunk)
         }
-        let elapsed = MonotonicClock.seconds() - start
+        let elapsed = start.duration(to: .now).inSeconds
         let counted = (KernelInfo.interfaceStatistic(pair.tap.name, "rx_packets") ?? 0) - before
         return Measurement(sent: sent, counted: counted, seconds: elapsed, kicks: pair.transmitCounters.kicks - kicksBefore)
     }
@@ -58,18 +58,18 @@ public enum DatapathRate {
         let socket = try PacketSocket(interfaceIndex: try pair.tap.interfaceIndex())
         let etherType = EthernetFrame.etherType(of: frame)
         var sent: UInt64 = 0, received: UInt64 = 0
-        let start = MonotonicClock.seconds()
-        while MonotonicClock.seconds() - start < seconds {
+        let start = ContinuousClock.now
+        while start.duration(to: .now).inSeconds < seconds {
             for _ in 0..<burst { try socket.send(frame) }
             sent += UInt64(burst)
             let target = received + UInt64(burst)
-            let deadline = MonotonicClock.seconds() + burstWait
-            while received < target && MonotonicClock.seconds() < deadline {
+            let deadline = ContinuousClock.now + .clampedSeconds(burstWait)
+            while received < target && ContinuousClock.now < deadline {
                 try pair.receive(milliseconds: 50) { f in
                     if EthernetFrame.etherType(of: f.frame) == etherType { received += 1 }
                 }
             }
         }
-        return Measurement(sent: sent, counted: received, seconds: MonotonicClock.seconds() - start)
+        return Measurement(sent: sent, counted: received, seconds: start.duration(to: .now).inSeconds)
     }
 }

@@ -50,8 +50,8 @@ public final class PacketGenerator {
     /// thread), and waits until kpktgend_0 lists the device as running.
     public func start() throws(VhostError) {
         runner = WorkerThread { _ = PacketGenerator.write("/proc/net/pktgen/pgctrl", "start") }
-        let deadline = MonotonicClock.seconds() + 2
-        while MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < deadline {
             let state = KernelInfo.readFile("/proc/net/pktgen/kpktgend_0") ?? ""
             if state.split(separator: "\n").contains(where: { $0.hasPrefix("Running:") && $0.split(separator: " ").contains { $0 == device } }) { return }
             usleep(10_000)

@@ -96,25 +96,24 @@ public struct RoundTrips {
     public func run(seconds: Double, send: ([UInt8]) throws -> Void,
                     receive: (Int32, ([UInt8]) -> Void) throws -> Void) throws -> Outcome {
         var outcome = Outcome()
-        let start = MonotonicClock.nanoseconds()
-        let end = start + UInt64(seconds * 1e9)
+        let end = ContinuousClock.now + .clampedSeconds(seconds)
         var sequence: UInt16 = 0
         var index = 0
-        while MonotonicClock.nanoseconds() < end {
+        while ContinuousClock.now < end {
             sequence &+= 1
             let frame = request(sequence)
-            let sent = MonotonicClock.nanoseconds()
+            let sent = ContinuousClock.now
             try send(frame)
             outcome.framesSent += 1
-            var replied: UInt64? = nil
+            var replied: ContinuousClock.Instant? = nil
             var answers: [[UInt8]] = []
-            let deadline = sent + UInt64(RoundTrips.replyTimeout * 1e9)
+            let deadline = sent + .clampedSeconds(RoundTrips.replyTimeout)
             while replied == nil {
-                let now = MonotonicClock.nanoseconds()
+                let now = ContinuousClock.now
                 guard now < deadline else { break }
-                try receive(Int32(min(100, (deadline - now) / 1_000_000 + 1))) { frame in
+                try receive(Int32(min(100, now.duration(to: deadline).inMilliseconds + 1))) { frame in
                     outcome.framesReceived += 1
-                    if replied == nil && isReply(frame, to: sequence) { replied = MonotonicClock.nanoseconds() }
+                    if replied == nil && isReply(frame, to: sequence) { replied = ContinuousClock.now }
                     else if let answer = arpAnswer(frame) { answers.append(answer) }
                 }
                 for answer in answers { try send(answer); outcome.framesSent += 1 }
@@ -122,7 +121,7 @@ public struct RoundTrips {
             }
             if let replied {
                 outcome.completed += 1
-                if index >= RoundTrips.unrecorded { _ = outcome.histogram.record(replied - sent) }
+                if index >= RoundTrips.unrecorded { _ = outcome.histogram.record(sent.duration(to: replied).inNanoseconds) }
             } else {
                 outcome.lost += 1
             }

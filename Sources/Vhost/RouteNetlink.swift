@@ -47,6 +47,11 @@ public enum RouteNetlink {
         let fd = cvhost_socket(16 /* AF_NETLINK */, CVHOST_SOCK_RAW, 0 /* NETLINK_ROUTE */)
         guard fd >= 0 else { throw .system(call: "socket(AF_NETLINK)", detail: what, errno: Errno(rawValue: -fd)) }
         defer { close(fd) }
+        // Extended acknowledgements (linux/netlink.h NETLINK_EXT_ACK, Linux 4.12): an error comes
+        // with the kernel's own words (NLMSGERR_ATTR_MSG). A kernel without it refuses the option
+        // (ENOPROTOOPT), and the answer is then a plain errno: nothing is lost, so go on.
+        var enable: Int32 = 1
+        _ = setsockopt(fd, solNetlink, netlinkExtendedAcknowledgement, &enable, socklen_t(MemoryLayout<Int32>.size))
         // struct nlmsghdr: length, type, flags, sequence, port (0: the kernel).
         let message = le32(UInt32(16 + body.count)) + le16(type) + le16(flags) + le32(1) + le32(0) + body
         let sent = message.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
@@ -60,8 +65,50 @@ public enum RouteNetlink {
         } catch {
             throw .system(call: "recv(netlink)", detail: "\(what): \(error)", errno: .ioError)
         }
-        if case .failed(let errno) = answer {
-            throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : type == deleteLink ? "DELLINK" : "SETLINK")", detail: what, errno: errno)
+        if case .failed(let errno, let explanation) = answer {
+            throw .system(call: "RTM_\(type == newLink ? "NEWLINK" : type == deleteLink ? "DELLINK" : "SETLINK")",
+                          detail: what + explanation.summary(request: message), errno: errno)
+        }
+    }
+
+    /// linux/netlink.h: SOL_NETLINK and its option NETLINK_EXT_ACK.
+    static let solNetlink: Int32 = 270, netlinkExtendedAcknowledgement: Int32 = 11
+    /// linux/netlink.h nlmsg_flags of an NLMSG_ERROR: the request echoed as its header only, and TLVs after it.
+    static let capped: UInt16 = 0x100, acknowledgementTLVs: UInt16 = 0x200
+    /// linux/netlink.h enum nlmsgerr_attrs: the message, and the offset of the attribute it is about.
+    static let errorMessageAttribute: UInt16 = 1, errorOffsetAttribute: UInt16 = 2
+    /// The longest kernel message kept (NL_SET_ERR_MSG takes string literals; the longest are < 100 bytes).
+    static let longestKernelMessage = 200
+
+    /// What the kernel says about a failed request in an extended acknowledgement (NETLINK_EXT_ACK):
+    /// its message (NLMSGERR_ATTR_MSG) and where in the request the fault is (NLMSGERR_ATTR_OFFS).
+    /// Both nil when the kernel said nothing more than the errno.
+    public struct KernelExplanation: Equatable, Sendable {
+        /// The kernel's message (NL_SET_ERR_MSG), e.g. "Unknown device type"; control characters
+        /// are replaced with spaces and it is cut at `longestKernelMessage` bytes.
+        public var message: String?
+        /// The byte offset, from the start of the request's nlmsghdr, of the attribute at fault.
+        public var attributeOffset: UInt32?
+
+        public init(message: String? = nil, attributeOffset: UInt32? = nil) {
+            self.message = message
+            self.attributeOffset = attributeOffset
+        }
+
+        /// " (kernel: MESSAGE, at attribute TYPE, byte N of the request)", or "" when there is nothing
+        /// to add. The attribute's type is read from `request` when the offset points inside it.
+        func summary(request: [UInt8]) -> String {
+            var parts: [String] = []
+            if let message { parts.append("kernel: \(message)") }
+            if let offset = attributeOffset.map(Int.init) {
+                if offset >= 0, offset <= request.count - 4 {
+                    let type = UInt16(request[offset + 2]) | UInt16(request[offset + 3]) << 8
+                    parts.append("at attribute type \(type & 0x3fff), byte \(offset) of the request")
+                } else {
+                    parts.append("at byte \(offset) of the request")
+                }
+            }
+            return parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")"
         }
     }
 
@@ -69,14 +116,16 @@ public enum RouteNetlink {
     public enum Acknowledgement: Equatable, Sendable {
         /// NLMSG_ERROR with error 0: done.
         case acknowledged
-        /// NLMSG_ERROR with a negative error: the request failed with that errno.
-        case failed(Errno)
+        /// NLMSG_ERROR with a negative error: the request failed with that errno, and what the
+        /// kernel said about it in an extended acknowledgement (empty without one).
+        case failed(Errno, KernelExplanation)
         /// Another message first (the request's own answer, before the acknowledgement).
         case other(type: UInt16)
     }
 
     /// An answer that is not a netlink message: its header's length runs past what was received
-    /// or is shorter than a header, or an NLMSG_ERROR too short for its error code.
+    /// or is shorter than a header, an NLMSG_ERROR too short for its error code, or extended
+    /// acknowledgement attributes that run past the message.
     public struct MalformedAnswer: Error, Equatable, CustomStringConvertible {
         public let reason: String
         public var description: String { "a malformed netlink answer: \(reason)" }
@@ -101,8 +150,55 @@ public enum RouteNetlink {
         guard code != 0 else { return .acknowledged }
         // net/netlink/af_netlink.c netlink_ack: the error is a negative errno; a positive one is no errno.
         guard code < 0, code > Int32.min else { throw MalformedAnswer(reason: "NLMSG_ERROR code \(code), not 0 or a negative errno") }
-        return .failed(Errno(rawValue: -code))
+        let flags = bytes.loadUnaligned(fromByteOffset: 6, as: UInt16.self)
+        guard flags & acknowledgementTLVs != 0 else { return .failed(Errno(rawValue: -code), KernelExplanation()) }
+        return .failed(Errno(rawValue: -code), try explanation(in: UnsafeRawBufferPointer(rebasing: bytes[..<length]), capped: flags & capped != 0))
     }
+
+    /// The TLVs of an NLMSG_ERROR `message` flagged NLM_F_ACK_TLVS. net/netlink/af_netlink.c
+    /// netlink_ack: after struct nlmsgerr (int error, then the request's nlmsghdr) comes the
+    /// request's payload unless NLM_F_CAPPED, padded to 4 bytes (nlmsg_append), then the
+    /// attributes (struct nlattr: __u16 nla_len, __u16 nla_type, the value padded to 4).
+    static func explanation(in message: UnsafeRawBufferPointer, capped: Bool) throws(MalformedAnswer) -> KernelExplanation {
+        let echoedHeader = 16 + 4, nlmsghdrLength = 16
+        guard message.count >= echoedHeader + nlmsghdrLength else {
+            throw MalformedAnswer(reason: "an NLMSG_ERROR of \(message.count) bytes with NLM_F_ACK_TLVS, too short for the request's header")
+        }
+        // UInt32 → Int: no overflow on a 64-bit Int; the sums below stay far below Int.max.
+        let echoedLength = capped ? nlmsghdrLength : Int(message.loadUnaligned(fromByteOffset: echoedHeader, as: UInt32.self))
+        guard echoedLength >= nlmsghdrLength else { throw MalformedAnswer(reason: "an echoed request of \(echoedLength) bytes, shorter than its header") }
+        var offset = echoedHeader + padded(echoedLength)
+        guard offset <= message.count else {
+            throw MalformedAnswer(reason: "an echoed request of \(echoedLength) bytes runs past the \(message.count)-byte NLMSG_ERROR")
+        }
+        var result = KernelExplanation()
+        while offset < message.count {
+            guard message.count - offset >= 4 else { throw MalformedAnswer(reason: "\(message.count - offset) bytes at \(offset), too short for an attribute header") }
+            let length = Int(message.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            // NLA_TYPE_MASK: without NLA_F_NESTED and NLA_F_NET_BYTEORDER.
+            let type = message.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) & 0x3fff
+            guard length >= 4, length <= message.count - offset else {
+                throw MalformedAnswer(reason: "an attribute of nla_len \(length) at \(offset), outside 4...\(message.count - offset)")
+            }
+            let value = UnsafeRawBufferPointer(rebasing: message[(offset + 4)..<(offset + length)])
+            switch type {
+            case errorMessageAttribute:
+                // A NUL-terminated string (nla_put_string); its bytes are shown to a person: one line, no control characters.
+                let text = value.prefix { $0 != 0 }.prefix(longestKernelMessage).map { $0 < 0x20 || $0 == 0x7f ? UInt8(ascii: " ") : $0 }
+                result.message = String(decoding: text, as: UTF8.self)
+            case errorOffsetAttribute:
+                guard value.count >= 4 else { throw MalformedAnswer(reason: "an NLMSGERR_ATTR_OFFS of \(value.count) bytes, not a __u32") }
+                result.attributeOffset = value.loadUnaligned(as: UInt32.self)
+            default:
+                break  // NLMSGERR_ATTR_COOKIE, _POLICY, _MISS_TYPE, _MISS_NEST: not shown.
+            }
+            offset += padded(length)
+        }
+        return result
+    }
+
+    /// NLMSG_ALIGN / NLA_ALIGN: up to a multiple of 4 (n is at most 2³² here, so no overflow).
+    static func padded(_ n: Int) -> Int { (n + 3) & ~3 }
 
     static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
     static func le32(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xff), UInt8((v >> 8) & 0xff), UInt8((v >> 16) & 0xff), UInt8(v >> 24)] }

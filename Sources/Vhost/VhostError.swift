@@ -151,6 +151,7 @@ extension Errno {
         case .noSuchAddressOrDevice: return "ENXIO"
         case .timedOut: return "ETIMEDOUT"
         case .messageTooLong: return "EMSGSIZE"
+        case .outOfRange: return "ERANGE"
         default: return "errno \(rawValue)"
         }
     }

@@ -19,8 +19,8 @@ let backendTests: [KernelTest] = [
         let pair = try PacketSocketQueuePair(config, packetSocketOn: "vht-wire")
         try pair.transmit(count: 300) { i, buffer in TestFrame.write(i, into: buffer) }
         var next = 0
-        let deadline = MonotonicClock.seconds() + 10
-        while next < 300 && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while next < 300 && ContinuousClock.now < deadline {
             guard let frame = wire.readFrame(milliseconds: 500) else { continue }
             guard EthernetFrame.etherType(of: frame) == EthernetFrame.experimentalType else { continue }
             try expect(frame == TestFrame.bytes(next), "TX frame \(next) differs on the wire (\(frame.count) bytes)")
@@ -30,9 +30,9 @@ let backendTests: [KernelTest] = [
         var received = 0
         for s in 0..<200 {
             try wire.writeFrame(TestFrame.bytes(s))
-            let until = MonotonicClock.seconds() + 5
+            let until = ContinuousClock.now + .seconds(5)
             var got = false
-            while !got && MonotonicClock.seconds() < until {
+            while !got && ContinuousClock.now < until {
                 try pair.receive(milliseconds: 200) { f in
                     let bytes = [UInt8](f.frame)
                     guard EthernetFrame.etherType(of: bytes) == EthernetFrame.experimentalType else { return }

@@ -36,8 +36,8 @@ let controlPlaneTests: [KernelTest] = [
         try expect(host.nextTestFrame(milliseconds: 100) == nil, "a TX frame arrived twice")
         // …the RX frames written into the source during pre-copy, read from the copy…
         var sequences: [Int] = []
-        let deadline = MonotonicClock.seconds() + 10
-        while sequences.count < nextRX - 10_000 && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while sequences.count < nextRX - 10_000 && ContinuousClock.now < deadline {
             try pair.receive(milliseconds: 200) { f in
                 if let s = TestFrame.sequence(of: f.frame) {
                     sequences.append([UInt8](f.frame) == TestFrame.bytes(s) ? s : -s)
@@ -196,8 +196,8 @@ let extendedFeatureTests: [KernelTest] = [
             let (frame, header) = vxlanTCPFrame(payload: 60_000)
             try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             var seen: [UInt8]? = nil
-            let deadline = MonotonicClock.seconds() + 5
-            while seen == nil && MonotonicClock.seconds() < deadline {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while seen == nil && ContinuousClock.now < deadline {
                 if let message = far.readFrame(milliseconds: 500), message.count > 60_000 { seen = message }
             }
             let errors = try statistic(p.tap.name, "rx_frame_errors") - errorsBefore
@@ -212,8 +212,8 @@ let extendedFeatureTests: [KernelTest] = [
             // In: the host side sends the same GSO frame; it must arrive in our ring as one frame.
             try far.writeFrame(header.bytes(length: 24) + frame)
             var received: (VirtioNetHeader, [UInt8])? = nil
-            let until = MonotonicClock.seconds() + 5
-            while received == nil && MonotonicClock.seconds() < until {
+            let until = ContinuousClock.now + .seconds(5)
+            while received == nil && ContinuousClock.now < until {
                 try p.receive(milliseconds: 300) { f in if f.frame.count > 60_000 { received = (f.header, [UInt8](f.frame)) } }
             }
             guard let (inHeader, inFrame) = received else { throw KernelTestFailure("no VXLAN GSO frame arrived in the RX ring") }
@@ -266,8 +266,8 @@ let iotlbTests: [KernelTest] = [
         let missesBefore = iommu.misses.count
         _ = try p.post(count: 1) { _, b in TestFrame.write(777, into: b) }
         var missed = false
-        let deadline = MonotonicClock.seconds() + 3
-        while !missed && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(3)
+        while !missed && ContinuousClock.now < deadline {
             missed = iommu.misses.dropFirst(missesBefore).contains { $0.iova & ~4095 == iova & ~4095 }
             usleep(5000)
         }
@@ -297,8 +297,8 @@ let iotlbTests: [KernelTest] = [
         }
         try host.send(TestFrame.bytes(5))
         var events: [RingErrorEvent] = []
-        let deadline = MonotonicClock.seconds() + 3
-        while events.isEmpty && MonotonicClock.seconds() < deadline { events = p.takeRingErrors(); usleep(5000) }
+        let deadline = ContinuousClock.now + .seconds(3)
+        while events.isEmpty && ContinuousClock.now < deadline { events = p.takeRingErrors(); usleep(5000) }
         try expect(events.first?.queue.direction == .receive, "no RX ring error for a write into a read-only page: \(events)")
         // The kernel's own words for it (vhost.c translate_desc, -EPERM for a write to a read-only IOTLB entry).
         let (message, seen) = log.waitForMessage(containing: "Translation failure", seconds: 2)

@@ -69,8 +69,8 @@ func ringFaultTest(_ name: String, _ fault: RingFault, onTransmit: Bool, _ confi
         if onTransmit {
             delivered = host.nextTestFrame(milliseconds: 1500) == TestFrame.bytes(900)
         } else {
-            let until = MonotonicClock.seconds() + 1.5
-            while !delivered && MonotonicClock.seconds() < until {
+            let until = ContinuousClock.now + .seconds(1.5)
+            while !delivered && ContinuousClock.now < until {
                 try p.receive(milliseconds: 100) { f in if TestFrame.sequence(of: f.frame) == 901 { delivered = true } }
             }
         }

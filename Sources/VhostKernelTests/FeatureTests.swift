@@ -36,8 +36,8 @@ func receiveGSOFrame(_ p: VhostNetQueuePair, frame: [UInt8], header: VirtioNetHe
     try socket.enableVnetHeader()
     try socket.send(header.bytes(length: 10) + frame)
     var got: (VirtioNetHeader, [UInt8])? = nil
-    let deadline = MonotonicClock.seconds() + 5
-    while got == nil && MonotonicClock.seconds() < deadline {
+    let deadline = ContinuousClock.now + .seconds(5)
+    while got == nil && ContinuousClock.now < deadline {
         try p.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = (f.header, [UInt8](f.frame)) } }
     }
     guard let got else { throw KernelTestFailure("no frame over 1514 bytes arrived: the host segmented it (tap offloads not applied?)") }
@@ -123,8 +123,8 @@ let featureTests: [KernelTest] = [
             _ = control.armReceiveNotification()
             try host.send(TestFrame.bytes(77))
             var signals: UInt64 = 0
-            let until = MonotonicClock.seconds() + 2
-            while signals == 0 && MonotonicClock.seconds() < until { signals = control.takeReceiveSignals() ?? 0; usleep(2000) }
+            let until = ContinuousClock.now + .seconds(2)
+            while signals == 0 && ContinuousClock.now < until { signals = control.takeReceiveSignals() ?? 0; usleep(2000) }
             say("  interrupt mode: one frame after the driver re-enabled interrupts, and the kernel signalled the RX call eventfd \(signals) time(s)")
             try expect(signals > 0, "in interrupt mode the kernel never signalled RX: the poll-mode check above proves nothing")
         }
@@ -184,8 +184,8 @@ let featureTests: [KernelTest] = [
             let socket = try PacketSocket(interfaceIndex: try merged.tap.interfaceIndex())
             try socket.send(jumbo)
             var got: [UInt8]? = nil
-            let deadline = MonotonicClock.seconds() + 5
-            while got == nil && MonotonicClock.seconds() < deadline {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while got == nil && ContinuousClock.now < deadline {
                 try merged.receive(milliseconds: 500) { f in if f.frame.count > 1514 { got = [UInt8](f.frame) } }
             }
             try expect(got == jumbo, "the 9014-byte frame did not arrive whole with MRG_RXBUF (\(got?.count ?? 0) bytes)")
@@ -201,8 +201,8 @@ let featureTests: [KernelTest] = [
         try socket.send(jumbo)
         try socket.send(TestFrame.bytes(7))
         var big = 0, small = 0
-        let deadline = MonotonicClock.seconds() + 2
-        while small == 0 && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(2)
+        while small == 0 && ContinuousClock.now < deadline {
             try p.receive(milliseconds: 200) { f in
                 if f.frame.count > 1514 { big += 1 } else if [UInt8](f.frame) == TestFrame.bytes(7) { small += 1 }
             }
@@ -223,8 +223,8 @@ let featureTests: [KernelTest] = [
             let bytesBefore = try statistic(p.tap.name, "rx_bytes")
             try p.transmit(count: 1, header: header) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             var seen: (VirtioNetHeader, [UInt8])? = nil
-            let deadline = MonotonicClock.seconds() + 5
-            while seen == nil && MonotonicClock.seconds() < deadline {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while seen == nil && ContinuousClock.now < deadline {
                 if let f = socket.receive(milliseconds: 500, capacity: 70_000), f.count > 60_000 {
                     seen = (VirtioNetHeader(bytes: Array(f.prefix(10))), Array(f.dropFirst(10)))
                 }
@@ -291,8 +291,8 @@ let featureTests: [KernelTest] = [
             let posted = try p.post(count: 1) { _, buffer in buffer.copyBytes(from: frame); return frame.count }
             try p.drainTransmit(milliseconds: 3000)
             var sizes: [Int] = []
-            let until = MonotonicClock.seconds() + 1
-            while MonotonicClock.seconds() < until {
+            let until = ContinuousClock.now + .seconds(1)
+            while ContinuousClock.now < until {
                 if let f = socket.receive(milliseconds: 100, capacity: 70_000), f.count > 1_000 { sizes.append(f.count) }
             }
             let after = try counters.map { try statistic(p.tap.name, $0) }
@@ -310,8 +310,8 @@ let featureTests: [KernelTest] = [
         // the GSO type and size the kernel saw, not what we meant to send.
         try socket.enableVnetHeader()
         var seen: (header: VirtioNetHeader, frame: [UInt8])? = nil
-        let deadline = MonotonicClock.seconds() + 3
-        while seen == nil && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(3)
+        while seen == nil && ContinuousClock.now < deadline {
             if let f = socket.receive(milliseconds: 200, capacity: 70_000), f.count > 60_000 {
                 seen = (VirtioNetHeader(bytes: Array(f.prefix(10))), Array(f.dropFirst(10)))
             }
@@ -357,8 +357,8 @@ let featureTests: [KernelTest] = [
         while sent < total {
             for s in sent..<(sent + 64) { try socket.send(udpFlowFrame(sequence: s, sourcePort: UInt16(20000 + s % 64))) }
             sent += 64
-            let deadline = MonotonicClock.seconds() + 5
-            while seen.count < sent && MonotonicClock.seconds() < deadline {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while seen.count < sent && ContinuousClock.now < deadline {
                 for (q, p) in endpoint.pairs.enumerated() {
                     try p.receive(milliseconds: 0) { f in
                         let b = [UInt8](f.frame)

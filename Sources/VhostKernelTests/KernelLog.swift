@@ -76,15 +76,15 @@ final class KernelLog {
     /// Waits up to `seconds` for a message that contains any of `alternatives`.
     func waitForMessage(containingAnyOf alternatives: [String], seconds: Double) -> (match: String?, seen: [String]) {
         var seen: [String] = []
-        let until = MonotonicClock.seconds() + seconds
-        var nextMark = 0.0
+        let until = ContinuousClock.now + .clampedSeconds(seconds)
+        var nextMark = ContinuousClock.now
         repeat {
-            if MonotonicClock.seconds() >= nextMark { endOpenMessage(); nextMark = MonotonicClock.seconds() + 0.2 }
+            if ContinuousClock.now >= nextMark { endOpenMessage(); nextMark = ContinuousClock.now + .milliseconds(200) }
             let fresh = newMessages().filter { !$0.contains(KernelLog.mark) }
             seen += fresh
             if let match = fresh.first(where: { message in alternatives.contains { message.contains($0) } }) { return (match, seen) }
             usleep(20_000)
-        } while MonotonicClock.seconds() < until
+        } while ContinuousClock.now < until
         return (nil, seen)
     }
 }

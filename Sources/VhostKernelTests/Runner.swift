@@ -27,18 +27,18 @@ enum KernelTestRunner {
         var passed = 0, failed = 0, refusals = 0
         var failures: [String] = []
         for test in tests where filter == nil || test.name.contains(filter!) {
-            let start = MonotonicClock.seconds()
+            let start = ContinuousClock.now
             _ = takeRefusalMark()
             do {
                 try test.body()
                 passed += 1
                 let refusal = takeRefusalMark()
                 if refusal { refusals += 1 }
-                say("PASS\(refusal ? " (refusal checked)" : "") \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s)")
+                say("PASS\(refusal ? " (refusal checked)" : "") \(test.name) (\(formatted(start.duration(to: .now).inSeconds)) s)")
             } catch {
                 failed += 1
                 failures.append(test.name)
-                say("FAIL \(test.name) (\(formatted(MonotonicClock.seconds() - start)) s): \(error)")
+                say("FAIL \(test.name) (\(formatted(start.duration(to: .now).inSeconds)) s): \(error)")
             }
         }
         let suite = args.contains("--no-datapath-suite") ? (passed: 0, failed: 0) : DatapathSuite.run(KernelHarness(), filter: filter)

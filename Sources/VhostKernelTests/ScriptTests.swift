@@ -187,7 +187,7 @@ let crashScriptTests: [KernelTest] = [
             ("a ring size of $i-1 with $i = 0", "open\nset-owner\nmemory 1M\nrepeat 2 as i {\nring 0 $i-1\n}"),
         ]
         for (name, text) in scripts {
-            let started = MonotonicClock.seconds()
+            let started = ContinuousClock.now
             var outcome = ""
             do {
                 let script = try Script(parsing: text, name: "crash")
@@ -199,7 +199,7 @@ let crashScriptTests: [KernelTest] = [
             } catch {
                 outcome = "stopped: \(error)"
             }
-            let seconds = MonotonicClock.seconds() - started
+            let seconds = started.duration(to: .now).inSeconds
             say("  \(name): \(outcome.prefix(140)) (\(KernelTestRunner.formatted(seconds)) s)")
             try expect(outcome != "ran to the end", "\(name) ran to the end")
             try expect(seconds < 1, "\(name) took \(seconds) s")
@@ -211,12 +211,12 @@ let crashScriptTests: [KernelTest] = [
         let text = String(repeating: "include \"./a.vhost\"\n", count: 6) + "include \"././a.vhost\"\n"
         guard let handle = fopen(file, "w") else { throw KernelTestFailure("cannot write \(file)") }
         fputs(text, handle); fclose(handle)
-        let started = MonotonicClock.seconds()
+        let started = ContinuousClock.now
         do {
             _ = try Script(contentsOf: file)
             throw KernelTestFailure("the include fan-out parsed")
         } catch let error as Script.ParseError {
-            let seconds = MonotonicClock.seconds() - started
+            let seconds = started.duration(to: .now).inSeconds
             say("  include fan-out: \(error.problems.count) problems, the first \(error.problems[0]) (\(KernelTestRunner.formatted(seconds)) s)")
             try expect(seconds < 1 && error.problems.allSatisfy { $0.contains("would include itself") }, "\(error.problems)")
         }

@@ -26,7 +26,7 @@ func soak(_ name: String, transmit: Bool = true, _ configure: @escaping @Sendabl
         var nextTX = 0, seenTX = 0, sentRX = 0, seenRX = 0
         var problems: [String] = []
         var otherRX = 0
-        let start = MonotonicClock.seconds()
+        let start = ContinuousClock.now
         // A stall, not a long run, fails the soak: the full 10,000,000 frames take hours under
         // emulation, so the bound is on progress (no frame checked either way for 60 s).
         var lastProgress = start, lastSeen = 0
@@ -53,20 +53,20 @@ func soak(_ name: String, transmit: Bool = true, _ configure: @escaping @Sendabl
                 guard s == seenRX else { problems.append("RX: frame \(s) where \(seenRX) was due"); return }
                 seenRX += 1
             }
-            let now = MonotonicClock.seconds()
+            let now = ContinuousClock.now
             if seenTX + seenRX != lastSeen {
                 // A full soak by hand runs for hours: a line per million frames shows it moving.
                 if soakFrames >= 1_000_000 && (seenTX + seenRX) / 1_000_000 != lastSeen / 1_000_000 {
-                    say("  … TX \(seenTX) and RX \(seenRX) frames checked after \(KernelTestRunner.formatted(now - start)) s")
+                    say("  … TX \(seenTX) and RX \(seenRX) frames checked after \(KernelTestRunner.formatted(start.duration(to: now).inSeconds)) s")
                 }
                 lastSeen = seenTX + seenRX; lastProgress = now
             }
-            if now - lastProgress > 60 { problems.append("stalled for 60 s: TX \(seenTX)/\(txFrames), RX \(seenRX)/\(soakFrames)") }
+            if lastProgress.duration(to: now) > .seconds(60) { problems.append("stalled for 60 s: TX \(seenTX)/\(txFrames), RX \(seenRX)/\(soakFrames)") }
         }
         try p.drainTransmit(milliseconds: 5000)
         let inFlight = p.withTransmitDriver { $0.inFlight }
         let rxFree = p.receiveQueue.driver.freeCount
-        let elapsed = MonotonicClock.seconds() - start
+        let elapsed = start.duration(to: .now).inSeconds
         let txIndex = p.withTransmitDriver { $0.availIndexShadow }
         say("  TX \(seenTX) and RX \(seenRX) frames checked in \(KernelTestRunner.formatted(elapsed)) s (indices wrapped from \(soakRingBase): TX \((Int(soakRingBase) + seenTX) / 65536)×, RX \((Int(soakRingBase) + seenRX) / 65536)×; TX avail idx now \(txIndex)); \(otherRX) host-stack frames ignored; ring errors \(p.transmitCounters.ringErrors + p.receiveCounters.ringErrors), RX drops \(p.receiveCounters.drops)")
         try expect(problems.isEmpty, problems.joined(separator: "; "))

@@ -147,8 +147,8 @@ let scriptTests: [KernelTest] = [
         // first time only a kick runs it again.
         let socket = try PacketSocket(interfaceIndex: try NetworkInterface(name: "vht-remap").index())
         let kick = try Script(parsing: KernelTierScripts.kickReceive.text, name: KernelTierScripts.kickReceive.name)
-        let deadline = MonotonicClock.seconds() + 5
-        while oldRing.availEvent.pointee.load(ordering: .acquiring) != 7 && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while oldRing.availEvent.pointee.load(ordering: .acquiring) != 7 && ContinuousClock.now < deadline {
             try socket.send(TestFrame.bytes(1))
             try runner.run(kick)
             usleep(20_000)

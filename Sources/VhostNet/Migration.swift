@@ -67,7 +67,7 @@ extension VirtioNetQueuePair where Backend: ~Copyable, Port: ~Copyable {
             if dirty.count < convergedBelow { break }
         }
         // Stop-and-copy.
-        let stopped = MonotonicClock.seconds()
+        let stopped = ContinuousClock.now
         try stop()
         guard let bases = session.savedBases else { throw VhostError.invalidState("the pair was not running") }
         let last = log.sync()
@@ -84,7 +84,7 @@ extension VirtioNetQueuePair where Backend: ~Copyable, Port: ~Copyable {
         try transmitQueue.queue.move(to: target)
         try session.migrate(to: device, memory: copy, receive: receiveQueue.queue, transmit: transmitQueue.queue)
         try resume()
-        let downtime = MonotonicClock.seconds() - stopped
+        let downtime = stopped.duration(to: .now).inSeconds
         return MigrationReport(pagesPerRound: rounds, finalPages: last.count, downtime: downtime, identical: identical,
                                bases: .init(receive: bases.receive, transmit: bases.transmit), logSignals: signals)
     }

@@ -289,13 +289,13 @@ struct Attach: ParsableCommand {
             print("replayed \(replayFrames.count) frames from \(replay!)")
         }
 
-        let start = MonotonicClock.seconds()
-        var nextStats = start + (stats > 0 ? stats : .infinity)
+        let start = ContinuousClock.now
+        var nextStats: ContinuousClock.Instant? = stats > 0 ? start + .clampedSeconds(stats) : nil
         var reportedRisk: String? = nil
         while !stopRequested {
             try endpoint.service(milliseconds: 200)
-            let now = MonotonicClock.seconds()
-            if now >= nextStats {
+            let now = ContinuousClock.now
+            if let due = nextStats, now >= due {
                 let risk = endpoint.pairs[0].receiveTruncationRisk()
                 if let risk, risk != reportedRisk { printDiagnostic("vhostctl: warning: \(risk)") }
                 reportedRisk = risk
@@ -303,9 +303,9 @@ struct Attach: ParsableCommand {
                 if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: now - start, counters: AttachEvent.Counters(endpoint))) }
                 fflush(nil)
                 try writer?.flush()
-                nextStats = now + stats
+                nextStats = now + .clampedSeconds(stats)
             }
-            if duration > 0 && now - start >= duration { break }
+            if duration > 0 && start.duration(to: now).inSeconds >= duration { break }
         }
         endpoint.frameObserver = nil
         try endpoint.stop()

@@ -155,16 +155,16 @@ struct BenchEcho: ParsableCommand {
         if let workerCPU { for worker in workers { try worker.pin(to: workerCPU) } }
         let load = try Load(tap: tap, pktgen: pktgen, frameSize: frameSize, destination: config.mac, rate: rate)
         try load.start()
-        let warmupEnd = MonotonicClock.seconds() + warmup
-        while MonotonicClock.seconds() < warmupEnd { try endpoint.service(milliseconds: 5) }
+        let warmupEnd = ContinuousClock.now + .clampedSeconds(warmup)
+        while ContinuousClock.now < warmupEnd { try endpoint.service(milliseconds: 5) }
         let repliesBefore = KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0
         let requestsBefore = endpoint.receiveCounters.frames
         let txBefore = endpoint.transmitCounters
         let sentBefore = load.sent
         let meter = CPUCost.Meter(workers: workers)
-        let start = MonotonicClock.seconds()
-        while MonotonicClock.seconds() - start < seconds { try endpoint.service(milliseconds: 5) }
-        let elapsed = MonotonicClock.seconds() - start
+        let start = ContinuousClock.now
+        while start.duration(to: .now).inSeconds < seconds { try endpoint.service(milliseconds: 5) }
+        let elapsed = start.duration(to: .now).inSeconds
         let cost = meter.read()
         let replies = (KernelInfo.interfaceStatistic(tap, "rx_packets") ?? 0) &- repliesBefore
         let requests = endpoint.receiveCounters.frames &- requestsBefore
@@ -215,10 +215,10 @@ struct BenchEcho: ParsableCommand {
             thread = WorkerThread {
                 guard let socket = try? PacketSocket(interfaceIndex: index) else { return }
                 socket.setBuffers(bytes: 8 << 20)
-                let start = MonotonicClock.seconds()
+                let start = ContinuousClock.now
                 var sent: UInt64 = 0
                 while !shared.stopping.load(ordering: .relaxed) {
-                    let due = UInt64((MonotonicClock.seconds() - start) * Double(rate))
+                    let due = UInt64(start.duration(to: .now).inSeconds * Double(rate))
                     while sent < due { if (try? socket.send(frame)) != nil { sent += 1 } else { break } }
                     shared.count.store(sent, ordering: .relaxed)
                     usleep(1000)

@@ -215,7 +215,7 @@ struct BenchReport {
                 } else {
                     fields += ["", "", "", "", ""]
                 }
-                rows.append(fields.joined(separator: ","))
+                rows.append(CSV.row(fields))
             }
         }
         return rows.joined(separator: "\n") + "\n"

@@ -104,13 +104,13 @@ struct Demo: ParsableCommand {
         let pings = 5
         for sequence in 0..<pings {
             let request = ICMPEcho.request(identifier: 0x5648, sequence: UInt16(sequence), payload: Array("swift-vhost ping".utf8))
-            let sent = MonotonicClock.seconds()
+            let sent = ContinuousClock.now
             try icmp.send(request, to: me)
-            let deadline = sent + 3
-            while MonotonicClock.seconds() < deadline {
+            let deadline = sent + .seconds(3)
+            while ContinuousClock.now < deadline {
                 try endpoint.service(milliseconds: 5, extraFDs: [icmp.fd])
                 if let reply = icmp.receive(milliseconds: 0), reply.from == me, isEchoReply(reply.bytes, sequence: UInt16(sequence)) {
-                    rtts.append((MonotonicClock.seconds() - sent) * 1000)
+                    rtts.append(sent.duration(to: .now).inSeconds * 1000)
                     break
                 }
             }
@@ -129,8 +129,8 @@ struct Demo: ParsableCommand {
         let message = Array("hello through vhost-net".utf8)
         try udp.send(message, to: me, port: udpPort)
         var echoed: [UInt8]? = nil
-        let udpDeadline = MonotonicClock.seconds() + 3
-        while echoed == nil && MonotonicClock.seconds() < udpDeadline {
+        let udpDeadline = ContinuousClock.now + .seconds(3)
+        while echoed == nil && ContinuousClock.now < udpDeadline {
             try endpoint.service(milliseconds: 5, extraFDs: [udp.fd])
             if let reply = udp.receive(milliseconds: 0), reply.from == me { echoed = reply.bytes }
         }

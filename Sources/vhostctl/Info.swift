@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import Vhost
 import HostNetwork
 import NetFormats
@@ -13,6 +14,10 @@ struct Info: ParsableCommand {
 
     /// `--json` is the global flag (GlobalOptions): one JSON object instead of text.
     var json: Bool { common.json }
+
+    @Option(help: ArgumentHelp("Also check this existing tap (kind, queues, owner, MTU), read from /sys/class/net without opening it.", valueName: "name"),
+            completion: CompletionHints.interfaceNames)
+    var tap: String?
 
     struct Report {
         var kernel = KernelInfo.release()
@@ -30,10 +35,17 @@ struct Info: ParsableCommand {
         var tapFeatures: UInt32? = nil
         var tapProblem: String? = nil
         var parameters = KernelInfo.moduleParameters()
+        /// The doctor's findings: every check, its status, the fact and the fix.
+        var checks: [Doctor.Finding] = []
     }
 
     func gather() -> Report {
         var report = Report()
+        let release = report.kernel
+        // Before the device is opened: the open may load vhost_net through its devname alias.
+        let vhostNetModule = DoctorFacts.moduleState("vhost_net", release: release)
+        let tunModule = DoctorFacts.moduleState("tun", release: release)
+        var deviceOpen = DoctorFacts.DeviceOpen.opened
         do {
             let device = try VhostNetDevice(path: common.device, observer: common.observer)
             report.features = try device.features()
@@ -52,12 +64,32 @@ struct Info: ParsableCommand {
         } catch {
             report.problem = "\(error)"
             report.status = reportStatus(error)
+            deviceOpen = report.status == ExitStatus.notPermitted ? .notPermitted("\(error)") : .failed("\(error)")
         }
         do {
             report.tapFeatures = try Tap.driverFeatures()
         } catch {
             report.tapProblem = "\(error)"
         }
+        var memlock = rlimit()
+        getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &memlock)
+        // RLIM_INFINITY is (rlim_t)-1 (bits/resource.h), which Swift does not import.
+        func limit(_ value: rlim_t) -> UInt64? { value == rlim_t.max ? nil : UInt64(value) }
+        let cgroup = KernelInfo.readFile("/proc/self/cgroup").flatMap(DoctorFacts.cgroupPath)
+        func cgroupValue(_ file: String) -> String? { cgroup.flatMap { KernelInfo.readFile("/sys/fs/cgroup\($0)/\(file)")?.trimmed() } }
+        let facts = DoctorFacts(
+            kernelVersion: KernelInfo.version, devicePath: common.device, vhostNetModule: vhostNetModule,
+            deviceNode: DoctorFacts.node(common.device), deviceOpen: deviceOpen,
+            tunModule: tunModule, tunNode: DoctorFacts.node("/dev/net/tun"), tunProblem: report.tapProblem,
+            userID: geteuid(), userName: DoctorFacts.userName(geteuid()), groupIDs: DoctorFacts.groups(),
+            hasNetAdmin: KernelInfo.hasEffectiveCapability(12 /* CAP_NET_ADMIN */),
+            hugePages: KernelInfo.readFile("/proc/meminfo").flatMap(DoctorFacts.hugePages(meminfo:)), hugePageSizesKiB: DoctorFacts.hugePageSizes(),
+            selectableWorkerMode: report.workerMode, forkFromOwnerDefault: KernelInfo.moduleParameter("vhost", "fork_from_owner_default"),
+            maxMemoryRegions: KernelInfo.maxMemoryRegions(), lockedMemoryLimit: (limit(memlock.rlim_cur), limit(memlock.rlim_max)),
+            cgroupPath: cgroup, cgroupPidsMax: cgroupValue("pids.max"), cgroupMemoryMax: cgroupValue("memory.max"),
+            networkNamespace: DoctorFacts.link("/proc/self/ns/net"), initialNetworkNamespace: DoctorFacts.link("/proc/1/ns/net"),
+            kvmPresent: access("/dev/kvm", F_OK) == 0, tap: tap.map { DoctorFacts.tapFacts($0) })
+        report.checks = Doctor.findings(facts)
         return report
     }
 
@@ -107,6 +139,12 @@ struct Info: ParsableCommand {
             print("module parameters:")
             if report.parameters.isEmpty { print("  (none: the vhost modules are not loaded)") }
             for (name, value) in report.parameters { print("  \(name) = \(value)") }
+            print("checks:")
+            for check in report.checks {
+                let status = check.status.rawValue
+                print("  \(status)\(String(repeating: " ", count: max(1, 9 - status.count)))\(check.name): \(check.fact)")
+                if let fix = check.fix { print("           fix: \(fix)") }
+            }
         }
         if report.status != 0 { throw ExitCode(report.status) }
     }
@@ -128,9 +166,11 @@ struct Info: ParsableCommand {
         var tapFeatures: Features?
         var tapProblem: String?
         var moduleParameters: [String: String]
+        /// The doctor's findings, in order: name, status (ok, warning, problem), fact, fix.
+        var checks: [Doctor.Finding]
 
         enum CodingKeys: String, CodingKey {
-            case kernel, device, usable, problem, features, workerMode, backendFeatures, tapFeatures, tapProblem, moduleParameters
+            case kernel, device, usable, problem, features, workerMode, backendFeatures, tapFeatures, tapProblem, moduleParameters, checks
             case featuresAbove63 = "features_above_63"
         }
     }
@@ -146,6 +186,6 @@ struct Info: ParsableCommand {
             workerMode: r.workerMode?.rawValue,
             backendFeatures: features(r.backendFeatures?.rawValue, r.backendFeatures?.featureNames),
             tapFeatures: features(r.tapFeatures.map(UInt64.init), r.tapFeatures.map(Tap.flagNames)),
-            tapProblem: r.tapProblem, moduleParameters: parameters))
+            tapProblem: r.tapProblem, moduleParameters: parameters, checks: r.checks))
     }
 }

@@ -84,8 +84,8 @@ struct MigrateTest: ParsableCommand {
             if let s = TestFrame.sequence(of: frame), frame == TestFrame.bytes(s) { tx.append(s) }
         }
         var rx: [Int] = []
-        let deadline = MonotonicClock.seconds() + 5
-        while rx.count < nextRX - 100_000 && MonotonicClock.seconds() < deadline {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rx.count < nextRX - 100_000 && ContinuousClock.now < deadline {
             try pair.receive(milliseconds: 200) { f in
                 if let s = TestFrame.sequence(of: f.frame), [UInt8](f.frame) == TestFrame.bytes(s) { rx.append(s) }
             }

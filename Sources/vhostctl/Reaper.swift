@@ -142,13 +142,13 @@ final class ReaperProcess {
     @discardableResult
     func finish(seconds: Double = 5) -> Int32? {
         if writeEnd >= 0 { close(writeEnd); writeEnd = -1 }
-        let deadline = MonotonicClock.seconds() + seconds
+        let deadline = ContinuousClock.now + .clampedSeconds(seconds)
         while true {
             var status: Int32 = 0
             let waited = waitpid(pid, &status, WNOHANG)
             if waited == pid { return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f) }
             if waited < 0 && errno != EINTR { return nil }
-            if MonotonicClock.seconds() >= deadline { return nil }
+            if ContinuousClock.now >= deadline { return nil }
             usleep(10_000)
         }
     }

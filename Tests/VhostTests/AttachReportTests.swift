@@ -14,8 +14,8 @@ struct AttachReportTests {
     func reports(_ endpoint: VirtioNetEndpoint<InProcessVhostNetDevice, FramePipeEnd>) throws -> [String] {
         var lines: [String] = []
         endpoint.ringErrorHandler = { _, event in lines.append(event.report) }
-        let deadline = MonotonicClock.seconds() + 5
-        while lines.isEmpty && MonotonicClock.seconds() < deadline { try endpoint.service(milliseconds: 50) }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while lines.isEmpty && ContinuousClock.now < deadline { try endpoint.service(milliseconds: 50) }
         endpoint.ringErrorHandler = nil
         return lines
     }

@@ -53,8 +53,8 @@ struct BurstEndpointTests {
     /// Sends `frames` from the host and waits until the device has put them all on the RX ring.
     func deliver(_ frames: [[UInt8]], to endpoint: VirtioNetEndpoint<InProcessVhostNetDevice, FramePipeEnd>, host: PipeHost) throws {
         for frame in frames { try host.send(frame) }
-        let deadline = MonotonicClock.seconds() + 5
-        while endpoint.pairs[0].withReceiveDriver({ $0.usedPending }) < frames.count && MonotonicClock.seconds() < deadline { usleep(1000) }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while endpoint.pairs[0].withReceiveDriver({ $0.usedPending }) < frames.count && ContinuousClock.now < deadline { usleep(1000) }
         try #require(endpoint.pairs[0].withReceiveDriver({ $0.usedPending }) == frames.count)
     }
 

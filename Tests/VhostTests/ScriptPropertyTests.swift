@@ -59,7 +59,7 @@ struct ScriptPropertyTests {
         await propertyCheck(count: 300, input: Gen.bool, Gen.int(in: 0...Int(Int32.max)).array(of: 1...24)) { prelude, choices in
             var writer = ScriptWriter(seed: choices)
             let text = (prelude ? Self.prelude : "") + writer.lines(choices.count)
-            let start = MonotonicClock.milliseconds()
+            let start = ContinuousClock.now
             let script: Script
             do throws(Script.ParseError) {
                 script = try Script(parsing: text, name: "random.vhost", limits: Self.limits)
@@ -80,7 +80,7 @@ struct ScriptPropertyTests {
             #expect(runner.mappedBytes <= Self.limits.memoryBytes + Self.limits.logBytes, "\(runner.mappedBytes) bytes mapped after:\n\(text)")
             // Each statement waits at most 10 ms (a default of 2000 ms is cut to the limit), and at
             // most 32 iterations repeat at most 24 statements: about 8 s at the very worst.
-            let elapsed = MonotonicClock.milliseconds() - start
+            let elapsed = start.duration(to: .now).inMilliseconds
             #expect(elapsed < 10_000, "a run of \(elapsed) ms:\n\(text)")
         }
     }

@@ -60,6 +60,46 @@ fi
 vhostctl info --json >/tmp/info.json 2>&1
 ok=$(host python3 -c 'import json; d=json.load(open("/tmp/info.json")); print(d["usable"] and "F_VERSION_1" in d["features"]["names"] and "IFF_MULTI_QUEUE" in d["tap_features"]["names"] and d["module_parameters"]["vhost.max_mem_regions"].isdigit() and d["kernel"] != "")' 2>&1)
 if [ "$ok" = True ]; then pass "info --json parses and carries the same facts"; else fail "info --json" "$ok: $(head -c 400 /tmp/info.json)"; fi
+# ---- info as a doctor: every check, with a status, its fact and (when not ok) the fix ----------
+# Doctor.checkNames (Sources/vhostctl/Doctor.swift): every one is reported, in text and in JSON.
+doctor_checks="vhost-net-module vhost-net-device tun net-admin huge-pages worker-mode memory-regions locked-memory cgroup network-namespace kvm"
+missing=""
+for check in $doctor_checks; do grep -Eq "^  (ok|warning|problem) +$check: " /tmp/info.txt || missing="$missing $check"; done
+if [ -z "$missing" ] && grep -Eq "^  ok +vhost-net-module: vhost_net is (loaded|built into)" /tmp/info.txt && grep -Eq "^  ok +vhost-net-device: /dev/vhost-net .*opened" /tmp/info.txt \
+    && grep -Eq "^  ok +memory-regions: max_mem_regions=[0-9]+" /tmp/info.txt && grep -Eq "^  ok +kvm: " /tmp/info.txt; then
+    pass "info reports every doctor check (module, device, tun, huge pages, worker mode, regions, memlock, cgroup, netns, kvm)"
+else
+    fail "info doctor checks" "missing:$missing; $(sed -n '/^checks:/,$p' /tmp/info.txt | tr '\n' ' ' | head -c 600)"
+fi
+ok=$(host python3 -c '
+import json, sys
+d = json.load(open("/tmp/info.json"))
+names = sys.argv[1].split()
+checks = d["checks"]
+got = [c["name"] for c in checks]
+bad = [c for c in checks if c["status"] not in ("ok", "warning", "problem") or not c["fact"] or (c["status"] != "ok" and c["status"] != "warning" and not c.get("fix"))]
+worker = [c["fact"] for c in checks if c["name"] == "worker-mode"][0]
+major, minor = (int(x) for x in d["kernel"].split(".")[:2])
+want_worker = "thread of the owner" if (major, minor) >= (6, 4) else "kernel thread"
+selectable = "VHOST_SET_FORK_FROM_OWNER" in worker and (major, minor) >= (6, 12)
+print(got == names and not bad and (want_worker in worker or selectable) or "got %s, bad %s, worker %r" % (got, bad, worker))' "$doctor_checks" 2>&1)
+if [ "$ok" = True ]; then pass "info --json: a checks array with every check, status and fact, the worker mode this kernel has"; else fail "info --json checks" "$ok"; fi
+hostip tuntap add dev vhdoc0 mode tap multi_queue && hostip link set dev vhdoc0 mtu 1280
+vhostctl info --tap vhdoc0 >/tmp/info-tap.txt 2>&1
+if grep -Eq "^  warning +tap: vhdoc0: tap, multi-queue, .*MTU 1280" /tmp/info-tap.txt && grep -q "fix: ip link set dev vhdoc0 mtu 1500" /tmp/info-tap.txt; then
+    hostip link set dev vhdoc0 mtu 1500
+    vhostctl info --tap vhdoc0 >/tmp/info-tap.txt 2>&1
+    if grep -Eq "^  ok +tap: vhdoc0: tap, multi-queue, .*MTU 1500" /tmp/info-tap.txt; then
+        pass "info --tap: a tap with MTU 1280 is a warning with the fix; at 1500 it is ok"
+    else
+        fail "info --tap at MTU 1500" "$(grep ' tap: ' /tmp/info-tap.txt)"
+    fi
+else
+    fail "info --tap with MTU 1280" "$(grep -A1 ' tap: ' /tmp/info-tap.txt | tr '\n' ' ')"
+fi
+hostip link del vhdoc0
+vhostctl info --tap lo >/tmp/info-tap.txt 2>&1
+if grep -Eq "^  problem +tap: lo is not a tun/tap device" /tmp/info-tap.txt; then pass "info --tap lo: not a tap, a problem"; else fail "info --tap lo" "$(grep -A1 ' tap: ' /tmp/info-tap.txt | tr '\n' ' ')"; fi
 
 # ---- demo: the main job, end to end ------------------------------------------------------------
 if timeout 120 vhostctl demo --seconds 0.3 >/tmp/demo.txt 2>&1 && grep -q "^summary: all 5 checks passed" /tmp/demo.txt && ! ip link show vhdemo0 >/dev/null 2>&1; then
@@ -472,6 +512,26 @@ else
     fail "--existing-macvtap" "$(ip link show vhmvx0 2>&1 | head -n 1); $(cat /tmp/mvx.log | tr '\n' ' ')"
 fi
 hostip link del vhmvx0 2>/dev/null
+# Extended acknowledgements: a netlink request that fails carries the kernel's own words. With
+# the macvtap module unloaded and module autoloading pointed at nothing, RTM_NEWLINK of kind
+# "macvtap" fails in rtnl_newlink with NL_SET_ERR_MSG "Unknown device type" (EOPNOTSUPP).
+if [ -e /modules/macvtap.ko ]; then  # only in the VM: never unload a host's macvtap
+  if rmmod macvtap; then
+    modprobe_path=$(cat /proc/sys/kernel/modprobe)
+    echo /nonexistent-modprobe >/proc/sys/kernel/modprobe
+    timeout 30 vhostctl attach --tap vhext0 --macvtap vhdum1 --stats 0 >/tmp/out.txt 2>/tmp/err.txt; got=$?
+    echo "$modprobe_path" >/proc/sys/kernel/modprobe
+    insmod /modules/macvtap.ko
+    if [ "$got" != 0 ] && grep -q "RTM_NEWLINK create macvtap link vhext0 (kernel: Unknown device type" /tmp/err.txt && grep -q "EOPNOTSUPP" /tmp/err.txt && [ "$(wc -l </tmp/err.txt)" -le 1 ]; then
+        pass "a failed netlink request shows the kernel's extended-ack message ($(head -c 200 /tmp/err.txt))"
+    else
+        fail "netlink extended ack" "exit $got, stderr: $(head -c 300 /tmp/err.txt)"
+    fi
+    if ip link show vhext0 >/dev/null 2>&1; then fail "nothing left after the refused macvtap" "vhext0 exists"; hostip link del vhext0; fi
+  else
+    fail "netlink extended ack" "rmmod macvtap failed (a macvtap left by an earlier check?)"
+  fi
+fi
 hostip link del vhmvl1; hostip link del vhdum1
 hostip link add vhve0 type veth peer name vhve1 && ip link set vhve0 up && ip addr add 10.0.8.1/24 dev vhve1 && ip link set vhve1 up
 vhostctl attach --packet-socket vhve0 --ip 10.0.8.2/24 --stats 0 >/tmp/ps.log 2>&1 &
@@ -1086,6 +1146,11 @@ if ip link show vhe1 >/dev/null 2>&1; then fail "nothing half set up after a fai
 if [ -e /modules/vhost_net.ko ]; then  # only in the VM: never unload a host's vhost_net
     if rmmod vhost_net; then
         expect_error "vhost_net unloaded: info says why" 69 "modprobe vhost_net" vhostctl info
+        if grep -Eq "^  problem +vhost-net-module: the vhost_net module is not loaded" /tmp/out.txt && grep -q "^           fix: modprobe vhost_net" /tmp/out.txt; then
+            pass "vhost_net unloaded: the doctor's module check is a problem with the fix modprobe vhost_net"
+        else
+            fail "vhost_net unloaded: doctor check" "$(sed -n '/^checks:/,$p' /tmp/out.txt | head -n 6 | tr '\n' ' ')"
+        fi
         insmod /modules/vhost_net.ko
     else
         fail "vhost_net unloaded: info says why" "rmmod vhost_net failed"

@@ -312,9 +312,9 @@ struct DeviceExecutor {
     func iotlbMiss(timeout: Operand) throws(ScriptError) -> ScriptValue {
         let fd = try iotlbDescriptor()
         let milliseconds = try session.milliseconds(timeout)
-        let deadline = MonotonicClock.milliseconds() + Int(milliseconds)
+        let deadline = ContinuousClock.now + .milliseconds(milliseconds)
         while true {
-            let left = deadline - MonotonicClock.milliseconds()
+            let left = ContinuousClock.now.duration(to: deadline).inMilliseconds
             guard left > 0 else { throw .timeout("no VHOST_IOTLB_MISS from the kernel in \(milliseconds) ms") }
             do {
                 if let message = try IOTLBMessage.read(from: fd, milliseconds: Int32(clamping: left), observer: session.observer), message.kind == .miss {

@@ -110,9 +110,9 @@ struct FrameExecutor {
         let header = session.headerLength
         session.ledger.transmitShapes.append(.init(first: session.ledger.transmitSequence, count: count, size: size, pattern: pattern))
         var sent = 0
-        var deadline = MonotonicClock.milliseconds() + Int(timeout)
+        var deadline = ContinuousClock.now + .milliseconds(timeout)
         while sent < count || box.driver.inFlight > 0 {
-            if try reap(box, index) > 0 { deadline = MonotonicClock.milliseconds() + Int(timeout) }
+            if try reap(box, index) > 0 { deadline = ContinuousClock.now + .milliseconds(timeout) }
             var added = 0, addedBytes = 0
             while sent < count, let head = box.driver.nextFreeHead {
                 let sequence = session.ledger.transmitSequence
@@ -131,7 +131,7 @@ struct FrameExecutor {
             }
             if added > 0 { publish(box, index, frameBytes: addedBytes) }
             if sent == count && box.driver.inFlight == 0 { break }
-            let left = deadline - MonotonicClock.milliseconds()
+            let left = ContinuousClock.now.duration(to: deadline).inMilliseconds
             guard left > 0 else {
                 throw .timeout("the device used \(sent - box.driver.inFlight) of \(count) frames on vring \(index) and then nothing for \(timeout) ms (\(box.driver.inFlight) in flight); is a backend attached and the kick eventfd set?")
             }
@@ -163,7 +163,7 @@ struct FrameExecutor {
         let (ring, box) = try driver(index)
         let header = session.headerLength
         var received = 0, other = 0
-        var deadline = MonotonicClock.milliseconds() + Int(timeout)
+        var deadline = ContinuousClock.now + .milliseconds(timeout)
         while received < count {
             let reaped = try reap(box, index) { element throws(ScriptError) in
                 guard element.id < UInt32(ring.size), let buffer = ring.buffers[Int(element.id)] else { throw .brokenRing(index, .headWithoutBuffer(element.id)) }
@@ -187,8 +187,8 @@ struct FrameExecutor {
                 session.ledger.receiveSequence += 1
                 received += 1
             }
-            if reaped > 0 { deadline = MonotonicClock.milliseconds() + Int(timeout); continue }
-            let left = deadline - MonotonicClock.milliseconds()
+            if reaped > 0 { deadline = ContinuousClock.now + .milliseconds(timeout); continue }
+            let left = ContinuousClock.now.duration(to: deadline).inMilliseconds
             guard left > 0 else {
                 throw .timeout("vring \(index) received \(received) of \(count) host frames in \(timeout) ms (\(other) other frames); are buffers posted and the backend attached?")
             }

@@ -66,9 +66,9 @@ struct HostSideExecutor {
         let count = try session.int(count), timeout = try session.milliseconds(timeout)
         let header = session.hostHeaderLength
         var seen = 0
-        var deadline = MonotonicClock.milliseconds() + Int(timeout)
+        var deadline = ContinuousClock.now + .milliseconds(timeout)
         while seen < count {
-            let left = deadline - MonotonicClock.milliseconds()
+            let left = ContinuousClock.now.duration(to: deadline).inMilliseconds
             guard left > 0, let message = port.receive(milliseconds: Int32(clamping: left)) else {
                 let ledger = session.ledger
                 throw .timeout("the host side saw \(seen) of \(count) frames in \(timeout) ms (next expected: \(ledger.hostExpectedSequence), sent up to \(ledger.transmitSequence - 1))")
@@ -84,7 +84,7 @@ struct HostSideExecutor {
             }
             session.ledger.hostExpectedSequence += 1
             seen += 1
-            deadline = MonotonicClock.milliseconds() + Int(timeout)
+            deadline = ContinuousClock.now + .milliseconds(timeout)
         }
         return .number(UInt64(seen))
     }
