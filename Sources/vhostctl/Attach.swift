@@ -260,7 +260,7 @@ struct Attach: ParsableCommand {
             printDiagnostic("vhostctl: error: queue pair \(index): \(error); serving the other queue pairs until stopped")
         }
         fflush(nil)
-        let loopStart = MonotonicClock.seconds()
+        let loopStart = ContinuousClock.now
         do {
             try run(endpoint, replayFrames: replayFrames, writer: writer, data: data)
         } catch {
@@ -272,7 +272,7 @@ struct Attach: ParsableCommand {
         let signal = stopSignal.load(ordering: .relaxed)
         print(counterLine(endpoint))
         if data.json {
-            try data.emitLine(AttachEvent(event: "stopped", elapsedSeconds: MonotonicClock.seconds() - loopStart, counters: AttachEvent.Counters(endpoint),
+            try data.emitLine(AttachEvent(event: "stopped", elapsedSeconds: loopStart.duration(to: .now).inSeconds, counters: AttachEvent.Counters(endpoint),
                                           signal: signal != 0 ? signal : nil, pcapFrames: writer?.frames, pcapPath: writer?.path))
         }
         print("stopped\(signal != 0 ? " on signal \(signal)" : ""); backends detached")
@@ -300,7 +300,7 @@ struct Attach: ParsableCommand {
                 if let risk, risk != reportedRisk { printDiagnostic("vhostctl: warning: \(risk)") }
                 reportedRisk = risk
                 print(counterLine(endpoint))
-                if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: now - start, counters: AttachEvent.Counters(endpoint))) }
+                if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: start.duration(to: now).inSeconds, counters: AttachEvent.Counters(endpoint))) }
                 fflush(nil)
                 try writer?.flush()
                 nextStats = now + .clampedSeconds(stats)

@@ -43,6 +43,7 @@ struct VhostCtl: ParsableCommand {
         } catch {
             let code = exitCode(for: error)
             if code == .validationFailure {
+                fflush(nil)
                 var line = "vhostctl: error: \(message(for: error)) (see vhostctl --help)\n"
                 line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
                 Glibc.exit(code.rawValue)
@@ -165,6 +166,9 @@ func report(_ error: Error) -> ExitCode {
         status = ExitStatus.failure
     }
     var line = "vhostctl: error: \(message)\n"
+    // What was printed before the failure comes out first (with --json, standard output's
+    // buffer goes to standard error too): the error stays the last line.
+    fflush(nil)
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     return ExitCode(status)
 }

@@ -109,6 +109,7 @@ else
 fi
 
 # ---- a NIC endpoint: ARP, ping, UDP echo, pcap ------------------------------------------------
+: >/tmp/attach.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vht0 --create --ip 10.0.0.2/24 --udp-echo 7 --pcap /tmp/attach.pcap --stats 1 >/tmp/attach.log 2>&1 &
 pid=$!
 if wait_for_tap vht0; then pass "attach --create makes the tap"; else fail "attach --create makes the tap" "$(cat /tmp/attach.log)"; fi
@@ -168,6 +169,7 @@ fi
 ll6=fe80::5054:ff:fe12:3456
 # wait_for_ipv6 IFACE: the host's own IPv6 addresses on IFACE have finished DAD (none tentative).
 wait_for_ipv6() { i=0; while [ $i -lt 100 ]; do hostip -6 addr show dev "$1" 2>/dev/null | has "inet6 fe80" && ! hostip -6 addr show dev "$1" | has tentative && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
+: >/tmp/attach6.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vht6 --create --queue-pairs 2 --ip 10.0.6.2/24 --ip6 fd00:6::2/64 --udp-echo 7 --pcap /tmp/attach6.pcapng --stats 1 >/tmp/attach6.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/attach6.log
@@ -257,6 +259,7 @@ fi
 hostip link del vhrep6
 
 # ---- an L3 tun: vhost-net on a tun in IFF_TUN mode, IPv4 and IPv6 without ARP or ND ----------------
+: >/tmp/tun.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhtun0 --create --tun --ip 10.0.11.2/24 --ip6 fd00:11::2/64 --udp-echo 7 --pcap /tmp/tun.pcapng --stats 0 >/tmp/tun.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/tun.log
@@ -376,6 +379,7 @@ if [ $uso = no ]; then
 else
     features="VERSION_1 EVENT_IDX CSUM HOST_USO"
 fi
+: >/tmp/uso.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhuso0 --create --ip 10.0.12.2/24 --udp-echo 7 --features $features --pcap /tmp/uso.pcapng --stats 0 >/tmp/uso.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/uso.log
@@ -411,6 +415,7 @@ fi
 
 # ---- --user drops root after setup ----------------------------------------------------------
 hostip link del vhrep0
+: >/tmp/user.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhusr0 --create --ip 10.0.1.2/24 --user 65534:65534 --stats 0 >/tmp/user.log 2>&1 &
 pid=$!
 wait_for_tap vhusr0; ip addr add 10.0.1.1/24 dev vhusr0; ip link set vhusr0 up
@@ -477,6 +482,7 @@ else
 fi
 
 # ---- --worker-cpu: the vhost worker threads are found, reported and pinned ----------------------
+: >/tmp/pin.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhpin0 --create --queues 2 --worker-cpu 1 --stats 0 >/tmp/pin.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/pin.log
@@ -493,6 +499,7 @@ fi
 # ---- other backends: a macvtap on a dummy parent, a raw packet socket on a veth ----------------
 hostip link add vhdum1 type dummy && hostip link set vhdum1 up
 hostip link add vhmvl1 link vhdum1 type macvlan mode bridge && ip addr add 10.0.7.1/24 dev vhmvl1 && ip link set vhmvl1 up
+: >/tmp/mvt.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhmvt1 --macvtap vhdum1 --ip 10.0.7.2/24 --stats 0 >/tmp/mvt.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/mvt.log
@@ -534,6 +541,7 @@ if [ -e /modules/macvtap.ko ]; then  # only in the VM: never unload a host's mac
 fi
 hostip link del vhmvl1; hostip link del vhdum1
 hostip link add vhve0 type veth peer name vhve1 && ip link set vhve0 up && ip addr add 10.0.8.1/24 dev vhve1 && ip link set vhve1 up
+: >/tmp/ps.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --packet-socket vhve0 --ip 10.0.8.2/24 --stats 0 >/tmp/ps.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/ps.log
@@ -562,6 +570,7 @@ hostip link add vhdum2 type dummy && hostip link set vhdum2 up
 
 # (a) kill -9 of attach and its reaper together (their own process group): the macvtap stays,
 # marked; cleanup --dry-run lists it and removes nothing; cleanup removes it; nothing is left.
+: >/tmp/lb1.log  # a fresh log: wait_for_attached must not read the last run's
 setsid vhostctl attach --tap vhlb1 --macvtap vhdum2 --stats 0 >/tmp/lb1.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/lb1.log
@@ -592,6 +601,7 @@ else
 fi
 
 # (b) kill -9 of attach alone: its reaper deletes the macvtap within a second or two, then exits.
+: >/tmp/lb2.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhlb2 --macvtap vhdum2 --stats 0 >/tmp/lb2.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/lb2.log
@@ -609,6 +619,7 @@ fi
 # (c) SIGTERM with a macvtap, with and without --user: attach keeps no capability (the reaper
 # deletes the macvtap), the run ends with status 0, and nothing is left.
 for user in "" "--user 65534:65534"; do
+    : >/tmp/lb3.log  # a fresh log: wait_for_attached must not read the last run's
     vhostctl attach --tap vhlb3 --macvtap vhdum2 $user --stats 0 >/tmp/lb3.log 2>&1 &
     pid=$!
     wait_for_attached /tmp/lb3.log
@@ -628,6 +639,7 @@ done
 # carries the mark, and SIGTERM leaves no link, node or process.
 hostip link add vhve2 type veth peer name vhve3 && ip link set vhve2 up
 for backend in "--tap vhlb4 --create" "--tap vhlb5 --create --queues 2" "--packet-socket vhve2"; do
+    : >/tmp/lb4.log  # a fresh log: wait_for_attached must not read the last run's
     vhostctl attach $backend --stats 0 >/tmp/lb4.log 2>&1 &
     pid=$!
     wait_for_attached /tmp/lb4.log
@@ -658,6 +670,7 @@ else
 fi
 
 # (f) cleanup never removes a link whose creator runs, an unmarked macvtap, or a --keep tap.
+: >/tmp/lb7.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhlb7 --macvtap vhdum2 --stats 0 >/tmp/lb7.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/lb7.log
@@ -676,7 +689,7 @@ hostip link del vhlb8; hostip link del vhkeep1; hostip link del vhdum2
 expect_error "cleanup without root" 77 "cleanup needs root or CAP_NET_ADMIN" su -s /bin/sh nobody -c "vhostctl cleanup"
 # After every run above has ended, no reaper lives on (a zombie of a killed one aside).
 sleep 1
-lingering=$(host ps -eo pid,ppid,stat,args 2>/dev/null | awk '$3 !~ /^Z/' | grep "[_]reaper" | tr '\n' ';')
+lingering=$(host ps -eo pid,ppid,stat,args 2>/dev/null | awk '$3 !~ /^Z/' | grep "[v]hostctl _reaper" | tr '\n' ';')
 if [ -z "$lingering" ]; then pass "no reaper outlives the attach runs of this block"; else fail "a reaper outlived its attach" "$lingering"; fi
 
 # ---- teardown mid-traffic: SIGINT, SIGTERM, SIGHUP stop cleanly; after kill -9 the name is free --
@@ -687,6 +700,7 @@ for sig in INT TERM HUP KILL; do
     # A subnet of its own per signal: nothing the host kept from the run before (a neighbour
     # entry, a route on the interface that is going away) can stand in the way.
     net=$((net + 1))
+    : >/tmp/sig.log  # a fresh log: wait_for_attached must not read the last run's
     vhostctl attach --tap vhsig0 --create --ip 10.0.$net.2/24 --stats 0 --pcap /tmp/sig-$sig.pcap --record /tmp/sig-$sig.vhost >/tmp/sig.log 2>&1 &
     pid=$!
     wait_for_attached /tmp/sig.log
@@ -794,6 +808,7 @@ if timeout 30 vhostctl attach --tap vhown0 --take-over-tap --duration 0.5 --stat
 hostip link del vhown0
 
 # ---- --queues 4: a multi-queue tap, one vhost-net fd per queue pair -----------------------------
+: >/tmp/mq.log  # a fresh log: wait_for_attached must not read the last run's
 vhostctl attach --tap vhmq0 --create --queue-pairs 4 --ip 10.0.2.2/24 --stats 0 >/tmp/mq.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/mq.log
