@@ -145,6 +145,13 @@ public enum FuzzTargets {
     /// there joins the campaign with one line here.
     static let netlinkParsers: [@Sendable (UnsafeRawBufferPointer) -> Void] = [
         { bytes in _ = try? RouteNetlink.acknowledgement(in: bytes) },
+        // A link dump's datagram (RTM_NEWLINK messages with their attributes, NLMSG_DONE), as
+        // `cleanup` and the reaper read it; the sequence number is the one the first message carries.
+        { bytes in
+            let datagram = [UInt8](bytes)
+            let sequence = datagram.count >= 12 ? UInt32(datagram[8]) | UInt32(datagram[9]) << 8 | UInt32(datagram[10]) << 16 | UInt32(datagram[11]) << 24 : 0
+            _ = try? LinkDumpParser.parse(datagram, sequence: sequence)
+        },
     ]
 
     /// rtnetlink answers from the kernel, as the socket returns them: every parser of them.
