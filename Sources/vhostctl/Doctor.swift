@@ -200,7 +200,7 @@ enum Doctor {
             return Finding(name: name, status: .problem, fact: "\(t.name) belongs to owner \(t.owner ?? -1), group \(t.group ?? -1), and this process (user \(f.userID)) has no CAP_NET_ADMIN: TUNSETIFF gives EPERM",
                            fix: "ip link delete \(t.name) && ip tuntap add dev \(t.name) mode tap multi_queue user \(f.userName ?? "$USER")")
         }
-        let queues = flags & 0x0100 != 0 ? "multi-queue (attach --queues N)" : "single-queue (attach --queues 1 only; tun.c tun_set_iff refuses IFF_MULTI_QUEUE on it with EINVAL)"
+        let queues = flags & 0x0100 != 0 ? "multi-queue (attach --queue-pairs N)" : "single-queue (attach --queue-pairs 1 only; tun.c tun_set_iff refuses IFF_MULTI_QUEUE on it with EINVAL)"
         let header = flags & 0x4000 != 0 ? "IFF_VNET_HDR set by its last opener" : "no IFF_VNET_HDR from its last opener"
         let facts = "\(t.name): tap, \(queues), \(header) (vhostctl sets IFF_VNET_HDR and the offloads, TUNSETOFFLOAD, itself when it attaches)"
         guard let mtu = t.mtu else { return Finding(name: name, status: .warning, fact: "\(facts); MTU unreadable") }

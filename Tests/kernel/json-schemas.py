@@ -29,7 +29,8 @@ LATENCY = {"count": "int", "completed": "int", "p50": "int", "p99": "int", "p99_
 SCHEMAS = {
     "info": {"kernel": "string", "device": "string", "usable": "bool", "problem?": "string", "features?": FEATURES,
              "features_above_63?": FEATURES, "worker_mode?": "string", "backend_features?": FEATURES, "tap_features?": FEATURES,
-             "tap_problem?": "string", "module_parameters": {"*": "string"}},
+             "tap_problem?": "string", "module_parameters": {"*": "string"},
+             "checks": [{"name": "string", "status": "string", "fact": "string", "fix?": "string"}]},
     # JSON Lines, one schema per "event".
     "attach": {
         "attached": {"event": "string", "interface": "string", "backend": "string", "mac": "string", "queue_pairs": "int",
