@@ -1,4 +1,6 @@
+import Glibc
 import NetFormats
+import Synchronization
 import Vhost
 import VhostNet
 import VhostScript
@@ -8,7 +10,9 @@ import Virtio
 /// `Fuzz/corpus/<name>/`) and a function that feeds it any bytes. A target must return for
 /// every input; a crash, a trap or a hang is the bug the fuzzer looks for. Each function
 /// checks the promises its parser makes (an error names a place inside its input, a reply goes
-/// only to a request) with `FuzzTargets.require`, which traps so that libFuzzer reports it.
+/// only to a request) with `FuzzTargets.require`; `brokenPromises(_:)` returns those that did
+/// not hold, and the caller decides (the libFuzzer driver stops so that the input is kept, the
+/// unit tier records an issue). Nothing here traps.
 public struct FuzzTarget: Sendable {
     /// The target's name: `script`, `pcap`, `frames`, `netlink`.
     public let name: String
@@ -16,6 +20,13 @@ public struct FuzzTarget: Sendable {
     public let summary: String
     /// Feeds one input to the parser.
     public let run: @Sendable (UnsafeRawBufferPointer) -> Void
+
+    /// Feeds one input to the parser and returns the promises it broke (none: all held).
+    public func brokenPromises(_ bytes: UnsafeRawBufferPointer) -> [String] {
+        let log = FuzzTargets.PromiseLog()
+        FuzzTargets.$promiseLog.withValue(log) { run(bytes) }
+        return log.messages.withLock { $0 }
+    }
 
     public init(name: String, summary: String, run: @escaping @Sendable (UnsafeRawBufferPointer) -> Void) {
         self.name = name; self.summary = summary; self.run = run
@@ -31,9 +42,19 @@ public enum FuzzTargets {
     /// The target called `name`.
     public static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }
 
-    /// A promise of the parser did not hold: trap, so that the fuzzer keeps the input.
+    /// Where `require` records a promise that did not hold, for the run that `brokenPromises` binds.
+    final class PromiseLog: Sendable { let messages = Mutex<[String]>([]) }
+    @TaskLocal static var promiseLog: PromiseLog?
+
+    /// A promise of the parser did not hold: recorded for `brokenPromises` (outside it, on
+    /// standard error).
     static func require(_ condition: Bool, _ message: @autoclosure () -> String) {
-        if !condition { fatalError("fuzz target: \(message())") }
+        guard !condition else { return }
+        let text = "fuzz target: broken promise: \(message())"
+        if let log = promiseLog { log.messages.withLock { $0.append(text) } } else {
+            var line = text + "\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        }
     }
 
     // MARK: script

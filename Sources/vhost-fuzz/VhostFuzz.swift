@@ -36,7 +36,9 @@ public func fuzzerInitialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: Unsafe
 public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     // SAFETY: libFuzzer hands `size` readable bytes at `data`, valid for the call.
     let bytes = UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size)
-    selectedTarget?.run(bytes)
+    let broken = selectedTarget?.brokenPromises(bytes) ?? []
+    // A broken promise is a finding: stop the way a crash does, so that libFuzzer keeps the input.
+    if !broken.isEmpty { printError(broken.joined(separator: "\n")); abort() }
     return 0
 }
 #else
@@ -56,7 +58,11 @@ struct ReplayCorpus {
                     printError("vhost-fuzz: cannot read \(file)")
                     exit(66)
                 }
-                bytes.withUnsafeBytes { target.run($0) }
+                let broken = bytes.withUnsafeBytes { target.brokenPromises($0) }
+                if !broken.isEmpty {
+                    printError("vhost-fuzz: \(file): " + broken.joined(separator: "; "))
+                    exit(1)
+                }
                 count += 1
             }
         }
