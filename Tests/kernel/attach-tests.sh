@@ -3,52 +3,12 @@
 # endpoint runs on the real kernel's vhost-net, and real clients check it from the host side —
 # busybox ping, bash's /dev/udp, and the host's tshark (through chroot /host).
 # Prints PASS/FAIL per check and "attach tier: N passed, M failed".
-PATH=/opt/bin:$PATH
-# A pipeline fails when any of its commands fails, not only the last (busybox ash has pipefail too,
-# for the guest, where bash is only the host's).
-set -o pipefail
-# `CMD | has PATTERN` is `CMD | grep -q PATTERN` that reads all its input: under pipefail,
-# grep -q stops at the first match and CMD then dies of SIGPIPE, failing the pipeline.
-has() { grep -c "$@" >/dev/null; }
-passed=0; failed=0
-pass() { passed=$((passed + 1)); echo "PASS $1"; }
-fail() { failed=$((failed + 1)); echo "FAIL $1${2:+: $2}"; }
-# `host CMD` runs the host's own CMD (a script, so that `timeout` can run it too).
-mkdir -p /tmp/bin
-if [ -d /host/usr ]; then  # in Scripts/vm --host-root: the host's root is mounted at /host
-    printf '#!/bin/sh\nexec chroot /host /usr/bin/env HOME=/tmp PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"\n' >/tmp/bin/host
-else                      # on a host with vhost-net: its tools are right here
-    printf '#!/bin/sh\nexec "$@"\n' >/tmp/bin/host
-fi
-chmod +x /tmp/bin/host
-PATH=/tmp/bin:$PATH
-# The host's own tools for what busybox lacks (ip tuntap, tshark, bash's /dev/udp).
-hostip() { host ip "$@"; }
-wait_for_tap() { i=0; while [ $i -lt 100 ]; do ip link show "$1" >/dev/null 2>&1 && return 0; sleep 0.1; i=$((i + 1)); done; return 1; }
-wait_for_attached() { i=0; while [ $i -lt 300 ] && ! grep -q "^attached to" "$1"; do sleep 0.1; i=$((i + 1)); done; }
-wait_for_exit() { i=0; while [ $i -lt 100 ]; do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; i=$((i + 1)); done; kill -9 "$1"; return 1; }
-
-# expect_error NAME STATUS TEXT COMMAND...: COMMAND fails with STATUS and prints TEXT on stderr.
-expect_error() {
-    name=$1; want=$2; text=$3; shift 3
-    timeout 30 "$@" >/tmp/out.txt 2>/tmp/err.txt; got=$?
-    # grep reads the files itself: under pipefail, `cat | grep -q` fails when grep stops early.
-    if [ "$got" = "$want" ] && grep -q -- "$text" /tmp/out.txt /tmp/err.txt && [ "$(wc -l </tmp/err.txt)" -le 1 ]; then
-        pass "$name (exit $got: $(head -c 160 /tmp/err.txt | tr '\n' ' '))"
-    else
-        fail "$name" "exit $got (want $want), stderr: $(head -c 300 /tmp/err.txt | tr '\n' ' ')"
-    fi
-}
+# The tier's parts (attach-part-*.sh beside this file) are sourced at the end; attach-only.sh runs
+# parts alone.
+ATTACH_DIR=$(dirname "$0")
+. "$ATTACH_DIR/attach-lib.sh"
 
 echo "attach tests on $(uname -r)"
-# attach runs as nobody after set-up unless told otherwise: the user must exist (the VM's /etc is bare).
-grep -q '^nobody:' /etc/passwd 2>/dev/null || echo "nobody:x:65534:65534::/:/bin/sh" >>/etc/passwd
-# status_field PID FIELD: the value of FIELD in /proc/PID/status, white space squeezed to one space.
-status_field() { sed -n "s/^$2:[[:space:]]*//p" /proc/$1/status | tr -s '\t ' '  ' | sed 's/ *$//'; }
-# mode_owner FILE: "MODE UID" (e.g. "600 65534"), or "missing".
-mode_owner() { stat -c '%a %u' "$1" 2>/dev/null || echo missing; }
-# leftovers PATH: the temporary files an output at PATH could have left beside it.
-leftovers() { ls -a "$(dirname "$1")" | grep -c "^\.$(basename "$1")\.vhostctl-"; }
 
 # ---- info: usable, features and parameters by name, as text and JSON ---------------------------
 if vhostctl info >/tmp/info.txt 2>&1 && grep -q "vhost-net: usable" /tmp/info.txt && grep -q "F_VERSION_1" /tmp/info.txt \
@@ -1273,6 +1233,9 @@ expect_stderr "cleanup --json without root" 77 "needs root" su -s /bin/sh nobody
 # info is a report: without root it still prints its JSON (usable false, the problem named), exit 77.
 su -s /bin/sh nobody -c "vhostctl info --json" >/tmp/j-info2.json 2>/tmp/j-info2.err; status=$?
 if [ "$status" = 77 ]; then schema_ok "info --json without root: exit 77, usable false with the problem" info /tmp/j-info2.json 'not d["usable"] and d["problem"]'; else fail "info --json without root" "exit $status"; fi
+
+# ---- the parts: each a file beside this one, sharing pass/fail and the helpers ---------------
+for part in "$ATTACH_DIR"/attach-part-*.sh; do [ -f "$part" ] && . "$part"; done
 
 echo "attach tier: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
