@@ -401,9 +401,14 @@ public enum BackendComparison {
     /// worker pinning, buffers that hold the frame, and an MTU that lets RX frames through;
     /// returned with their worker threads.
     static func openPairs(_ settings: BenchSettings, tapName: String) throws -> ([VhostNetQueuePair], [VhostWorkerThread]) {
-        let config = configuration(settings, tapName: tapName)
+        var config = configuration(settings, tapName: tapName)
         var pairs: [VhostNetQueuePair] = []
-        for _ in 0..<settings.queuePairs { pairs.append(try VhostNetQueuePair(config)) }
+        for index in 0..<settings.queuePairs {
+            // The first pair makes the tap, never taking one someone else made (IFF_TUN_EXCL); the
+            // others open its further queues.
+            config.exclusiveTapCreation = index == 0
+            pairs.append(try VhostNetQueuePair(config))
+        }
         try raiseMTUForReceive(settings, on: pairs[0].tap)
         for pair in pairs where settings.busyloopMicroseconds > 0 {
             for index: UInt32 in [0, 1] { try pair.device.setVringBusyloopTimeout(index: index, microseconds: settings.busyloopMicroseconds) }
@@ -465,7 +470,7 @@ public enum BackendComparison {
             result.kicks = pair.transmitCounters.kicks + pair.receiveCounters.kicks - kicksBefore
             result.calls = pair.transmitCounters.calls + pair.receiveCounters.calls - callsBefore
         case .tap, .tapPoll:
-            let tap = try Tap(name: tapName)
+            let tap = try Tap(name: tapName, flags: [.tap, .noPacketInfo, .vnetHeader, .exclusive])
             try tap.setVnetHeaderSize(12)
             try tap.setLinkUp(true)
             try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
@@ -503,7 +508,7 @@ public enum BackendComparison {
 
     static func runUserspace(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
         let flags: Tap.Flags = settings.queuePairs > 1 ? [.tap, .noPacketInfo, .vnetHeader, .multiQueue] : [.tap, .noPacketInfo, .vnetHeader]
-        let tap = try Tap(name: tapName, flags: flags)
+        let tap = try Tap(name: tapName, flags: flags.union(.exclusive))  // the first queue makes it: never one someone else made
         try prepareUserspaceQueue(tap)
         // Every queue is attached before the source starts (pktgen picks among the queues the tap has then).
         let extraQueues = try (1..<settings.queuePairs).map { _ in

@@ -117,6 +117,7 @@ struct Bench: ParsableCommand {
 
     func makeEndpoint(_ variant: Variant, recorder: ScriptRecorder?) throws -> VhostNetEndpoint {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
+        config.datapath.exclusiveTapCreation = true  // the name was free at start; one made meanwhile is refused
         config.datapath.observer = RecordOptions.observer(common, recorder)
         config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
@@ -142,6 +143,7 @@ struct Bench: ParsableCommand {
     /// ICMP echo round trips: driver → vhost → tap → host stack → tap → vhost → driver.
     func measureLatency(_ variant: Variant) throws -> Histogram<UInt64> {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
+        config.datapath.exclusiveTapCreation = true  // the name was free at start; one made meanwhile is refused
         variant.apply(&config.datapath)
         let me = IPv4Address(10, 78, 0, 2), host = IPv4Interface(parsing: "10.78.0.1/24")!
         config.ipv4 = IPv4Interface(address: me, prefixLength: 24)

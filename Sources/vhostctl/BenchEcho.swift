@@ -146,6 +146,7 @@ struct BenchEcho: ParsableCommand {
     /// One trial: an endpoint with `path` under the offered load.
     func measure(_ path: ReplyPath, pktgen: Bool) throws -> Trial {
         var config = VhostNetEndpoint.Configuration(tapName: tap)
+        config.datapath.exclusiveTapCreation = true  // the name was free at start; one made meanwhile is refused
         config.ipv4 = IPv4Interface(address: IPv4Address(10, 79, 0, 2), prefixLength: 24)
         config.udpEchoPort = 9
         config.replyPath = path

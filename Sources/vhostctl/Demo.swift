@@ -83,6 +83,7 @@ struct Demo: ParsableCommand {
         step("kernel \(KernelInfo.release())")
 
         var config = VhostNetEndpoint.Configuration(tapName: tap)
+        config.datapath.exclusiveTapCreation = true  // the name was free above; one made meanwhile is refused
         config.ipv4 = IPv4Interface(address: me, prefixLength: host.prefixLength)
         config.udpEchoPort = udpPort
         config.datapath.observer = RecordOptions.observer(common, recorder)

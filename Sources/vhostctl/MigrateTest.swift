@@ -60,6 +60,7 @@ struct MigrateTest: ParsableCommand {
         let data = DataOutput(json: common.json)
         try requireFreeTapName(tap)
         var config = VhostNetQueuePair.Configuration(tapName: tap)
+        config.exclusiveTapCreation = true  // the name was free above; one made meanwhile is refused
         config.queueSize = 1024
         config.features = [.version1, .eventIndex]
         config.observer = common.observer
