@@ -153,6 +153,10 @@ public struct BenchResult: Sendable {
     public var kicksPerFrame: Double { frames > 0 ? Double(kicks) / Double(frames) : 0 }
     public var callsPerFrame: Double { frames > 0 ? Double(calls) / Double(frames) : 0 }
 
+    /// An empty result for `settings`; `BackendComparison.run` fills it in (reports and their
+    /// tests build them too).
+    public init(settings: BenchSettings) { self.settings = settings }
+
     mutating func record(_ outcomes: [BackendComparison.QueueOutcome]) {
         queueSent = outcomes.map(\.sent)
         queueReceived = outcomes.map(\.received)

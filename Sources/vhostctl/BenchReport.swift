@@ -225,6 +225,8 @@ struct BenchReport {
     /// driver's and, for vhost, the worker's).
     func svg() -> String {
         var charts: [any Chart] = []
+        // A series has one colour in every panel of the document.
+        var colours = SeriesColours()
         let sizes = Array(Set(combinations.map(\.frameSize))).sorted()
         for scenario in BenchScenario.allCases where combinations.contains(where: { $0.scenario == scenario }) {
             // One series per distinct backend setting, in the order they ran.
@@ -240,21 +242,23 @@ struct BenchReport {
             charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): \(unit)s per second by frame size", valueLabel: "\(unit)s/s (median, min–max)",
                                    categories: sizes.map { "\($0) B" },
                                    series: keys.map { key in
-                                       BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let p = pps($0); return (p.median, p.min, p.max) } })
+                                       BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let p = pps($0); return (p.median, p.min, p.max) } }, colour: colours.colour(for: key))
                                    }))
             if sizes.count > 1 && !scenario.isRoundTrip {
                 // Frames per second hide the big frames; bits per second compare every size.
                 charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): Gbit/s by frame size", valueLabel: "Gbit/s of frames (median, min–max)",
                                        categories: sizes.map { "\($0) B" },
                                        series: keys.map { key in
-                                           BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let g = Summary(results[$0].map(\.gigabitsPerSecond)); return (g.median, g.min, g.max) } })
+                                           BarChart.Series(name: key, values: sizes.map { size in index(key, size).map { let g = Summary(results[$0].map(\.gigabitsPerSecond)); return (g.median, g.min, g.max) } }, colour: colours.colour(for: key))
                                        }))
             }
             var cpuSeries: [BarChart.Series] = []
             for key in keys {
-                cpuSeries.append(BarChart.Series(name: "\(key): driver", values: sizes.map { size in index(key, size).map { let d = driverCost($0); return (d.median, d.min, d.max) } }))
+                // The driver in the backend's colour, its worker in a tint of it.
+                let colour = colours.colour(for: key)
+                cpuSeries.append(BarChart.Series(name: "\(key): driver", values: sizes.map { size in index(key, size).map { let d = driverCost($0); return (d.median, d.min, d.max) } }, colour: colour))
                 if sizes.contains(where: { size in index(key, size).flatMap(workerCost) != nil }) {
-                    cpuSeries.append(BarChart.Series(name: "\(key): worker", values: sizes.map { size in index(key, size).flatMap(workerCost).map { ($0.median, $0.min, $0.max) } }))
+                    cpuSeries.append(BarChart.Series(name: "\(key): worker", values: sizes.map { size in index(key, size).flatMap(workerCost).map { ($0.median, $0.min, $0.max) } }, colour: SeriesColours.tint(colour)))
                 }
             }
             charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): CPU per \(unit)", valueLabel: "ns of CPU per \(unit)", categories: sizes.map { "\($0) B" }, series: cpuSeries))
@@ -271,7 +275,7 @@ struct BenchReport {
                 }
                 charts.append(BarChart(title: "\(scenario.rawValue.uppercased()): scaling with queue pairs", valueLabel: "frames/s, all queues (median, min–max)",
                                        categories: pairCounts.map { "\($0) pair\($0 == 1 ? "" : "s")" },
-                                       series: scaling.map { entry in BarChart.Series(name: entry.name, values: entry.indices.map { $0.map { let p = pps($0); return (p.median, p.min, p.max) } }) }))
+                                       series: scaling.map { entry in BarChart.Series(name: entry.name, values: entry.indices.map { $0.map { let p = pps($0); return (p.median, p.min, p.max) } }, colour: colours.colour(for: entry.name)) }))
             }
             if scenario.isRoundTrip {
                 // The latency CDF, one line per backend setting and frame size, up to p99.9 (the
@@ -281,8 +285,9 @@ struct BenchReport {
                     for size in sizes {
                         guard let i = index(key, size), let l = latency(i), l.histogram.totalCount > 0 else { continue }
                         let percentiles = Array(stride(from: 0.0, through: 99.0, by: 1.0)) + [99.5, 99.9]
-                        lines.append(DistributionChart.Series(name: sizes.count > 1 ? "\(key), \(size) B" : key,
-                                                              points: percentiles.map { (Double(l.histogram.valueAtPercentile($0)) / 1000, $0) }))
+                        let name = sizes.count > 1 ? "\(key), \(size) B" : key
+                        lines.append(DistributionChart.Series(name: name, points: percentiles.map { (Double(l.histogram.valueAtPercentile($0)) / 1000, $0) },
+                                                              colour: colours.colour(for: name)))
                     }
                 }
                 charts.append(DistributionChart(title: "\(scenario.rawValue.uppercased()): round-trip latency, cumulative", valueLabel: "round trip (µs, logarithmic), up to p99.9", series: lines))

@@ -14,6 +14,9 @@ struct BarChart: Chart {
         var name: String
         /// Per category: (median, min, max), or nil where there is no value.
         var values: [(median: Double, min: Double, max: Double)?]
+        /// The series' colour (from a `SeriesColours` shared by every panel of a document); nil:
+        /// the palette by position.
+        var colour: String? = nil
     }
 
     var title: String
@@ -74,7 +77,7 @@ struct BarChart: Chart {
             for (s, entry) in series.enumerated() {
                 guard c < entry.values.count, let value = entry.values[c] else { continue }
                 let bx = groupX + barWidth * Double(s)
-                let colour = BarChart.palette[s % BarChart.palette.count]
+                let colour = entry.colour ?? BarChart.palette[s % BarChart.palette.count]
                 out += "<rect x=\"\(fixed(bx, places: 1))\" y=\"\(fixed(yPos(value.median), places: 1))\" width=\"\(fixed(barWidth * 0.92, places: 1))\" height=\"\(fixed(plotHeight * value.median / axisTop, places: 1))\" fill=\"\(colour)\"><title>\(BarChart.escape(entry.name)) \(BarChart.escape(category)): \(BarChart.label(value.median))</title></rect>\n"
                 let cx = bx + barWidth * 0.46
                 out += "<line x1=\"\(fixed(cx, places: 1))\" y1=\"\(fixed(yPos(value.min), places: 1))\" x2=\"\(fixed(cx, places: 1))\" y2=\"\(fixed(yPos(value.max), places: 1))\" stroke=\"#333\"/>\n"
@@ -84,7 +87,7 @@ struct BarChart: Chart {
         out += "<line x1=\"\(fixed(left, places: 1))\" y1=\"\(fixed(top + plotHeight, places: 1))\" x2=\"\(fixed(left + plotWidth, places: 1))\" y2=\"\(fixed(top + plotHeight, places: 1))\" stroke=\"#000\"/>\n"
         for (s, entry) in series.enumerated() {
             let ly = top + 10 + Double(s) * 18
-            out += "<rect x=\"\(fixed(left + plotWidth + 12, places: 1))\" y=\"\(fixed(ly - 9, places: 1))\" width=\"12\" height=\"12\" fill=\"\(BarChart.palette[s % BarChart.palette.count])\"/>\n"
+            out += "<rect x=\"\(fixed(left + plotWidth + 12, places: 1))\" y=\"\(fixed(ly - 9, places: 1))\" width=\"12\" height=\"12\" fill=\"\(entry.colour ?? BarChart.palette[s % BarChart.palette.count])\"/>\n"
             out += "<text x=\"\(fixed(left + plotWidth + 30, places: 1))\" y=\"\(fixed(ly + 1, places: 1))\" font-size=\"12\">\(BarChart.escape(entry.name))</text>\n"
         }
         return out + "</g>\n"
@@ -102,6 +105,34 @@ struct BarChart: Chart {
     }
 }
 
+/// One colour per series across every panel of a document: a series keeps the colour it got
+/// where it first appeared (the tap path is not orange in one panel and the vhost worker in the
+/// next). A series derived from another (a backend's worker CPU beside its driver CPU) takes a
+/// lighter tint of that series' colour, never another series' colour.
+struct SeriesColours {
+    private var keys: [String] = []
+
+    /// The colour of `key`, assigned in order of first request.
+    mutating func colour(for key: String) -> String {
+        if let index = keys.firstIndex(of: key) { return BarChart.palette[index % BarChart.palette.count] }
+        keys.append(key)
+        return BarChart.palette[(keys.count - 1) % BarChart.palette.count]
+    }
+
+    /// `colour` (#rrggbb) mixed halfway with white.
+    static func tint(_ colour: String) -> String {
+        let digits = Array(colour.dropFirst())
+        guard colour.first == "#", digits.count == 6 else { return colour }
+        var out = "#"
+        for i in stride(from: 0, to: 6, by: 2) {
+            guard let value = Int(String(digits[i..<i + 2]), radix: 16) else { return colour }
+            let mixed = (value + 255) / 2
+            out += (mixed < 16 ? "0" : "") + String(mixed, radix: 16)
+        }
+        return out
+    }
+}
+
 extension String {
     func replacingAll(_ target: String, _ replacement: String) -> String {
         split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
@@ -115,6 +146,8 @@ struct DistributionChart: Chart {
         var name: String
         /// (value, percentile 0–100) points in increasing order.
         var points: [(value: Double, percentile: Double)]
+        /// As `BarChart.Series.colour`.
+        var colour: String? = nil
     }
 
     var title: String
@@ -146,7 +179,7 @@ struct DistributionChart: Chart {
         out += "<text x=\"\(fixed(left + plotWidth / 2, places: 1))\" y=\"\(fixed(top + plotHeight + 34, places: 1))\" text-anchor=\"middle\" font-size=\"12\">\(BarChart.escape(valueLabel))</text>\n"
         out += "<text transform=\"translate(16,\(fixed(top + plotHeight / 2, places: 1))) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">share of round trips at or below</text>\n"
         for (s, entry) in series.enumerated() where !entry.points.isEmpty {
-            let colour = BarChart.palette[s % BarChart.palette.count]
+            let colour = entry.colour ?? BarChart.palette[s % BarChart.palette.count]
             // A step line: each value holds its percentile until the next value.
             var path = "M \(fixed(xPos(entry.points[0].value), places: 1)) \(fixed(yPos(0), places: 1))"
             for point in entry.points {
