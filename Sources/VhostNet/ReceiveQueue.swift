@@ -118,12 +118,15 @@ public struct ReceiveQueue: ~Copyable {
     @inline(__always)
     private func deliver(head: UInt16, length: Int, headerBytes: UnsafeMutableRawPointer, headerLength: Int, capacity: Int,
                          handler: (ReceivedFrame) -> Void) -> Int? {
-        guard length >= headerLength && length - headerLength <= capacity else { return nil }
+        guard length >= headerLength else { return nil }
+        // Cannot wrap: length ≥ headerLength was just checked (no overflow check on the hot path).
+        let frameLength = length &- headerLength
+        guard frameLength <= capacity else { return nil }
         // SAFETY: the device wrote this buffer before it published used->idx (release), which
         // nextUsed read with an acquire load; the chain is ours again until refilled.
-        handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: length - headerLength),
+        handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: frameLength),
                               headerBytes: UnsafeRawPointer(headerBytes), headerLength: headerLength))
-        return length - headerLength
+        return frameLength
     }
 
     /// A frame that may span several chains (MRG_RXBUF, IN_ORDER): reassembled, then handed to

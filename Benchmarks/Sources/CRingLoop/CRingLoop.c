@@ -9,6 +9,7 @@ struct used_elem { uint32_t id, len; };
 #define USED_IDX(p) ((uint16_t *)(p) + 1)
 #define USED_RING(p) ((struct used_elem *)((uint8_t *)(p) + 4))
 #define F_NEXT 1
+#define F_WRITE 2
 
 static inline int need_event(uint16_t event, uint16_t new_idx, uint16_t old) {
     return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old);
@@ -26,6 +27,20 @@ int cring_driver_add(cring_driver *d, uint64_t addr, uint32_t len) {
     uint16_t head = d->free_head;
     struct desc *t = (struct desc *)d->desc + head;
     t->addr = addr; t->len = len; t->flags = 0; t->next = 0;
+    d->free_head = d->next[head];
+    d->num_free--;
+    d->count[head] = 1;
+    *AVAIL_RING(d->avail, d->avail_idx_shadow & (d->num - 1)) = head;
+    d->avail_idx_shadow++;
+    d->added++;
+    return head;
+}
+
+int cring_driver_add_writable(cring_driver *d, uint64_t addr, uint32_t len) {
+    if (d->num_free < 1) return -1;
+    uint16_t head = d->free_head;
+    struct desc *t = (struct desc *)d->desc + head;
+    t->addr = addr; t->len = len; t->flags = F_WRITE; t->next = 0;
     d->free_head = d->next[head];
     d->num_free--;
     d->count[head] = 1;
@@ -107,4 +122,51 @@ uint64_t cring_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch
         if (head == -2) return reaped;
     }
     return reaped;
+}
+
+int cring_device_receive(cring_device *v, uint32_t frame_len, int max) {
+    uint16_t avail_idx = __atomic_load_n(AVAIL_IDX(v->avail), __ATOMIC_ACQUIRE);
+    if ((uint16_t)(avail_idx - v->last_avail_idx) > v->num) return -1;
+    int done = 0;
+    while (done < max && v->last_avail_idx != avail_idx) {
+        uint16_t head = *AVAIL_RING(v->avail, v->last_avail_idx & (v->num - 1));
+        if (head >= v->num) return -1;
+        struct desc t = ((struct desc *)v->desc)[head];
+        if (t.addr < v->base || t.addr - v->base + t.len > v->size || (t.flags & F_NEXT) || !(t.flags & F_WRITE) || t.len < frame_len) return -1;
+        struct used_elem *u = USED_RING(v->used) + (v->used_idx & (v->num - 1));
+        u->id = head; u->len = frame_len;
+        v->used_idx++;
+        v->last_avail_idx++;
+        done++;
+    }
+    __atomic_store_n(USED_IDX(v->used), v->used_idx, __ATOMIC_RELEASE);
+    if (v->event_idx)  // avail_event: kick me at the next entry
+        __atomic_store_n((uint16_t *)((uint8_t *)v->used + 4 + 8 * v->num), v->last_avail_idx, __ATOMIC_RELEASE);
+    return done;
+}
+
+uint64_t cring_rx_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch, uint64_t base, uint8_t *host_base, uint32_t buf_len,
+                       uint32_t header_len, uint32_t frame_len, int *kicks, uint64_t *bytes, uint64_t *touched) {
+    uint64_t delivered = 0, arrived = 0;
+    *kicks = 0; *bytes = 0; *touched = 0;
+    while (d->num_free > 0) cring_driver_add_writable(d, base + (uint64_t)d->free_head * buf_len, buf_len);
+    *kicks += cring_driver_publish(d);
+    while (arrived < frames) {
+        uint64_t left = frames - arrived;
+        int got = cring_device_receive(v, frame_len, left < (uint64_t)batch ? (int)left : batch);
+        if (got < 0) return delivered;
+        arrived += (uint64_t)got;
+        uint32_t len;
+        int head;
+        while ((head = cring_driver_reap(d, &len)) >= 0) {
+            if (len < header_len || len - header_len > buf_len - header_len) continue;  // dropped
+            *touched += host_base[(uint64_t)head * buf_len + header_len];
+            *bytes += len - header_len;
+            delivered++;
+        }
+        if (head == -2) return delivered;
+        while (d->num_free > 0) cring_driver_add_writable(d, base + (uint64_t)d->free_head * buf_len, buf_len);
+        *kicks += cring_driver_publish(d);
+    }
+    return delivered;
 }

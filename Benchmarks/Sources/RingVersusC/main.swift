@@ -4,7 +4,10 @@
 // interleaved trials) and the ratio. For instruction counts, which are repeatable where
 // timings are not, Benchmarks/ring-vs-c runs each loop alone under valgrind --tool=callgrind.
 //
-//   ring-vs-c [--frames N] [--trials N] [--batch N] [--queue-size N] [--flags] [--only swift|c]
+// With --rx, the receive side instead: device-writable buffers, one per head, reaped with their
+// length checked, the frame touched, every free head refilled (ReceiveQueue's fast path).
+//
+//   ring-vs-c [--rx] [--frames N] [--trials N] [--batch N] [--queue-size N] [--flags] [--only swift|c]
 import CRingLoop
 #if canImport(Glibc)
 import Glibc
@@ -18,8 +21,14 @@ struct Settings {
     var queueSize: UInt16 = 256
     var eventIndex = true
     var only: String?
+    /// The receive side (device-writable buffers) instead of the transmit side.
+    var receive = false
+    /// RX: bytes per buffer (header included), and per frame the device writes (header included).
+    static let receiveBufferSize = 2048
+    static let receiveFrameLength = 12 + 64
+    static let headerLength = 12
 
-    static let usage = "usage: ring-vs-c [--frames N] [--trials N] [--batch N] [--queue-size N] [--flags] [--only swift|c]"
+    static let usage = "usage: ring-vs-c [--rx] [--frames N] [--trials N] [--batch N] [--queue-size N] [--flags] [--only swift|c]"
 
     init(arguments: [String]) throws(UsageError) {
         var rest = arguments[...]
@@ -38,6 +47,7 @@ struct Settings {
                 guard SplitRingLayout.isValidQueueSize(n), n >= 2 else { throw UsageError("--queue-size \(n): want a power of 2 from 2 to 32768") }
                 queueSize = UInt16(n)
             case "--flags": eventIndex = false
+            case "--rx": receive = true
             case "--only":
                 guard let which = rest.popFirst(), which == "swift" || which == "c" else { throw UsageError("--only: want swift or c") }
                 only = which
@@ -53,7 +63,8 @@ struct UsageError: Error {
     init(_ message: String?) { self.message = message }
 }
 
-/// A ring and one frame buffer in one page-aligned block at a fake guest-physical base.
+/// A ring and its frame buffers (one for TX, one per head for RX) in one page-aligned block at a
+/// fake guest-physical base.
 final class RingMemory {
     static let guestBase: UInt64 = 0x4000_0000
     let queueSize: UInt16
@@ -66,12 +77,15 @@ final class RingMemory {
     let used: UnsafeMutableRawPointer
     let next: UnsafeMutablePointer<UInt16>
     let count: UnsafeMutablePointer<UInt16>
+    /// Bytes per buffer: RX buffers are `bufferSize` apart from `frameAddress` on.
+    let bufferSize: Int
 
-    init(queueSize: UInt16) {
+    init(queueSize: UInt16, buffers: Int = 1, bufferSize: Int = 4096) {
         self.queueSize = queueSize
+        self.bufferSize = bufferSize
         let layout = SplitRingLayout.offsets(queueSize: Int(queueSize))
         ringBytes = (layout.total + 4095) & ~4095
-        size = ringBytes + 4096
+        size = ringBytes + buffers * bufferSize
         block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
         descriptors = block + layout.descriptors
         avail = block + layout.avail
@@ -86,6 +100,8 @@ final class RingMemory {
 
     /// The frame's buffer, past the ring: inside the device's one region.
     var frameAddress: UInt64 { RingMemory.guestBase + UInt64(ringBytes) }
+    /// Where the buffers start in this process.
+    var frameHost: UnsafeMutableRawPointer { block + ringBytes }
 
     func device(eventIndex: Bool) -> cring_device {
         var device = cring_device()
@@ -100,10 +116,13 @@ final class RingMemory {
     }
 }
 
-/// Frames reaped and kicks asked for: both loops must agree on these.
+/// Frames reaped and kicks asked for (RX: also the frame bytes, and the sum of the bytes the
+/// handler read): both loops must agree on these.
 struct LoopOutcome: Equatable {
     var reaped = 0
     var kicks = 0
+    var bytes = 0
+    var touched: UInt64 = 0
 }
 
 /// The Swift loop, shaped exactly as cring_loop: add up to `batch`, publish, let the device
@@ -132,6 +151,65 @@ func swiftLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
         }
     }
     return outcome
+}
+
+/// The Swift RX loop, shaped exactly as cring_rx_loop, with the ring work of ReceiveQueue's fast
+/// path (neither MRG_RXBUF nor IN_ORDER) and NetQueue.fillWithReceiveBuffers: every free head
+/// gets its own buffer; the device receives up to `batch`; each used entry's length is checked
+/// against the buffer (virtio_net receive_buf), the frame's first byte read, every free head
+/// refilled and published.
+@inline(never)
+func swiftReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
+    memory.clear()
+    var driver = SplitVirtqueueDriver(queueSize: memory.queueSize, descriptors: memory.descriptors, avail: memory.avail, used: memory.used,
+                                      eventIndex: settings.eventIndex)
+    var device = memory.device(eventIndex: settings.eventIndex)
+    let bufferSize = memory.bufferSize, headerLength = Settings.headerLength, capacity = bufferSize - headerLength
+    let base = memory.frameAddress, host = memory.frameHost
+    var outcome = LoopOutcome()
+    while let head = driver.nextFreeHead {
+        _ = driver.add(BufferSegment(address: base &+ UInt64(head) &* UInt64(bufferSize), length: UInt32(bufferSize), deviceWritable: true))
+    }
+    if driver.publish() { outcome.kicks += 1 }
+    var arrived = 0
+    while arrived < settings.frames {
+        let got = cring_device_receive(&device, UInt32(Settings.receiveFrameLength), Int32(min(settings.batch, settings.frames - arrived)))
+        guard got >= 0 else { return outcome }
+        arrived += Int(got)
+        do {
+            while let used = try driver.nextUsed() {
+                let length = Int(used.length)
+                // As ReceiveQueue.deliver: `&-` once `length >= headerLength` holds.
+                guard length >= headerLength && length &- headerLength <= capacity else { continue }  // dropped
+                // SAFETY: nextUsed returned a head below the queue size, so its buffer lies inside
+                // the block; the device wrote it before publishing used->idx (acquire in nextUsed).
+                outcome.touched &+= UInt64(host.load(fromByteOffset: Int(used.id) &* bufferSize &+ headerLength, as: UInt8.self))
+                outcome.bytes &+= length &- headerLength
+                outcome.reaped &+= 1
+            }
+        } catch {
+            return outcome
+        }
+        while let head = driver.nextFreeHead {
+            _ = driver.add(BufferSegment(address: base &+ UInt64(head) &* UInt64(bufferSize), length: UInt32(bufferSize), deviceWritable: true))
+        }
+        if driver.publish() { outcome.kicks += 1 }
+    }
+    return outcome
+}
+
+@inline(never)
+func cReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
+    memory.clear()
+    var driver = cring_driver()
+    cring_driver_init(&driver, memory.queueSize, memory.descriptors, memory.avail, memory.used,
+                      settings.eventIndex ? 1 : 0, memory.next, memory.count)
+    var device = memory.device(eventIndex: settings.eventIndex)
+    var kicks: Int32 = 0
+    var bytes: UInt64 = 0, touched: UInt64 = 0
+    let reaped = cring_rx_loop(&driver, &device, UInt64(settings.frames), Int32(settings.batch), memory.frameAddress, memory.frameHost.assumingMemoryBound(to: UInt8.self),
+                               UInt32(memory.bufferSize), UInt32(Settings.headerLength), UInt32(Settings.receiveFrameLength), &kicks, &bytes, &touched)
+    return LoopOutcome(reaped: Int(reaped), kicks: Int(kicks), bytes: Int(bytes), touched: touched)
 }
 
 @inline(never)
@@ -179,11 +257,13 @@ do {
     exit(error.message == nil ? 0 : 64)
 }
 
-let memory = RingMemory(queueSize: settings.queueSize)
-let mode = "queue \(settings.queueSize), batch \(settings.batch), \(settings.eventIndex ? "EVENT_IDX" : "flags")"
+let memory = settings.receive ? RingMemory(queueSize: settings.queueSize, buffers: Int(settings.queueSize), bufferSize: Settings.receiveBufferSize)
+                              : RingMemory(queueSize: settings.queueSize)
+let mode = "\(settings.receive ? "RX" : "TX"), queue \(settings.queueSize), batch \(settings.batch), \(settings.eventIndex ? "EVENT_IDX" : "flags")"
+let (swiftRun, cRun) = settings.receive ? (swiftReceiveLoop, cReceiveLoop) : (swiftLoop, cLoop)
 if let only = settings.only {
     // One loop, once, for callgrind: the caller subtracts two runs of different lengths.
-    let outcome = only == "swift" ? swiftLoop(memory, settings) : cLoop(memory, settings)
+    let outcome = only == "swift" ? swiftRun(memory, settings) : cRun(memory, settings)
     print("\(only): \(outcome.reaped) frames reaped, \(outcome.kicks) kicks (\(mode))")
     exit(outcome.reaped == settings.frames ? 0 : 1)
 }
@@ -191,11 +271,11 @@ if let only = settings.only {
 print("ring driver against a C loop: \(settings.frames) one-descriptor chains per trial, \(mode), \(settings.trials) interleaved trials")
 var swiftTimes: [Double] = [], cTimes: [Double] = []
 var outcomes: (swift: LoopOutcome, c: LoopOutcome) = (LoopOutcome(), LoopOutcome())
-_ = swiftLoop(memory, settings)  // warm-up: page faults, caches, branch predictors
-_ = cLoop(memory, settings)
+_ = swiftRun(memory, settings)  // warm-up: page faults, caches, branch predictors
+_ = cRun(memory, settings)
 for _ in 0..<settings.trials {
-    let (s, so) = nanosecondsPerFrame({ swiftLoop(memory, settings) }, frames: settings.frames)
-    let (c, co) = nanosecondsPerFrame({ cLoop(memory, settings) }, frames: settings.frames)
+    let (s, so) = nanosecondsPerFrame({ swiftRun(memory, settings) }, frames: settings.frames)
+    let (c, co) = nanosecondsPerFrame({ cRun(memory, settings) }, frames: settings.frames)
     swiftTimes.append(s); cTimes.append(c)
     outcomes = (so, co)
 }

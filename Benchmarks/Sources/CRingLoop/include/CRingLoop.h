@@ -42,4 +42,24 @@ int cring_device_run(cring_device *v);
 /// counts in `kicks` the publishes after which the device asked for a kick.
 uint64_t cring_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch, uint64_t addr, uint32_t len, int *kicks);
 
+/// RX: adds a one-descriptor, device-writable chain (VRING_DESC_F_WRITE), as a driver posts a
+/// receive buffer; returns its head, or -1 when the ring is full.
+int cring_driver_add_writable(cring_driver *d, uint64_t addr, uint32_t len);
+
+/// RX: the device receives up to `max` frames of `frame_len` bytes (header included) into the
+/// available chains, each checked as vhost.c does in outline (head below num, device-writable,
+/// inside the region, long enough), and returns them used with that length. Returns how many,
+/// or -1 on a protocol violation.
+int cring_device_receive(cring_device *v, uint32_t frame_len, int max);
+
+/// The whole C RX loop, as the Swift driver's receive fast path (VhostNet ReceiveQueue with
+/// neither MRG_RXBUF nor IN_ORDER): every free head gets its own `buf_len`-byte buffer at
+/// `base + head * buf_len` (host `host_base + head * buf_len`); then until `frames` arrived: the
+/// device receives up to `batch`, the driver reaps each used entry, checks its length against
+/// the buffer (virtio_net receive_buf), reads the frame's first byte (the handler's touch),
+/// refills every free head and publishes. Returns the frames delivered; counts kicks, frame
+/// bytes and the sum of the bytes read.
+uint64_t cring_rx_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch, uint64_t base, uint8_t *host_base, uint32_t buf_len,
+                       uint32_t header_len, uint32_t frame_len, int *kicks, uint64_t *bytes, uint64_t *touched);
+
 #endif
