@@ -93,6 +93,14 @@ public struct BenchSettings: Sendable, Equatable {
     public var queuePairs: Int = 1
     /// RX interrupt coalescing on vhost (interrupt mode).
     public var receiveCoalescing: ReceiveCoalescingSetting = .off
+    /// How the vhost driver lays out a frame's descriptors (`indirect` negotiates INDIRECT_DESC).
+    public var descriptorLayout: DescriptorLayout = .inline
+    /// VIRTIO_NET_F_MRG_RXBUF on vhost.
+    public var mergeableReceiveBuffers = false
+    /// Guest memory on 2 MiB huge pages (memfd MFD_HUGETLB) for vhost.
+    public var hugePages = false
+    /// Round-trip scenarios: stop after this many requests (before `seconds` is up); nil: none.
+    public var roundTripLimit: Int? = nil
 
     /// The largest frame sent as one plain Ethernet frame (a jumbo frame; the tap's MTU is
     /// raised to carry it). Larger sizes are TCP superframes for TSO.
@@ -106,6 +114,18 @@ public struct BenchSettings: Sendable, Equatable {
 
     public init(backend: BenchBackend, scenario: BenchScenario, frameSize: Int) {
         self.backend = backend; self.scenario = scenario; self.frameSize = frameSize
+    }
+}
+
+/// What a vhost measurement reports to, beside its settings: the device node and the observers
+/// that `--record` and `--trace` hand in. Not part of `BenchSettings`, which is a value compared
+/// and swept; these only watch.
+public struct BenchHooks {
+    public var devicePath: String = VhostNetDevice.defaultPath
+    public var observer: IoctlObserver? = nil
+    public var ringObserver: RingObserver? = nil
+    public init(devicePath: String = VhostNetDevice.defaultPath, observer: IoctlObserver? = nil, ringObserver: RingObserver? = nil) {
+        self.devicePath = devicePath; self.observer = observer; self.ringObserver = ringObserver
     }
 }
 
@@ -214,12 +234,39 @@ public enum BackendComparison {
         if settings.scenario != .tx && settings.frameSize > 1514 { try tap.setMTU(settings.frameSize - 14) }
     }
 
-    public static func run(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
-        if settings.scenario.isRoundTrip { return try runRoundTrips(settings, tapName: tapName) }
+    public static func run(_ settings: BenchSettings, tapName: String, hooks: BenchHooks = BenchHooks()) throws -> BenchResult {
+        if settings.scenario.isRoundTrip { return try runRoundTrips(settings, tapName: tapName, hooks: hooks) }
         switch settings.backend {
-        case .vhost: return try runVhost(settings, tapName: tapName)
+        case .vhost: return try runVhost(settings, tapName: tapName, hooks: hooks)
         case .tap, .tapPoll: return try runUserspace(settings, tapName: tapName)
         }
+    }
+
+    /// The one benchmark engine behind `bench backends` and `bench configs`: a warm-up run of
+    /// each combination (discarded, when `warmup` > 0), then `trials` rounds that each run every
+    /// combination once, rotated one place per round so that none always runs first or last.
+    /// Returns the results per combination, in trial order. `progress` is told of each run.
+    public static func interleavedTrials(_ combinations: [BenchSettings], trials: Int, warmup: Double, tapName: String,
+                                         hooks: BenchHooks = BenchHooks(),
+                                         progress: (_ phase: String, _ index: Int, _ result: BenchResult?) -> Void = { _, _, _ in }) throws -> [[BenchResult]] {
+        if warmup > 0 {
+            for (i, combination) in combinations.enumerated() {
+                var warm = combination
+                warm.seconds = warmup
+                progress("warm-up \(i + 1)/\(combinations.count)", i, nil)
+                _ = try run(warm, tapName: tapName, hooks: hooks)
+            }
+        }
+        var results = [[BenchResult]](repeating: [], count: combinations.count)
+        for trial in 0..<trials {
+            for step in 0..<combinations.count {
+                let i = (step + trial) % combinations.count
+                let result = try run(combinations[i], tapName: tapName, hooks: hooks)
+                results[i].append(result)
+                progress("trial \(trial + 1)/\(trials), \(step + 1)/\(combinations.count)", i, result)
+            }
+        }
+        return results
     }
 
     // MARK: the RX source
@@ -292,8 +339,8 @@ public enum BackendComparison {
 
     // MARK: vhost
 
-    static func runVhost(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
-        let (pairs, workers) = try openPairs(settings, tapName: tapName)
+    static func runVhost(_ settings: BenchSettings, tapName: String, hooks: BenchHooks) throws -> BenchResult {
+        let (pairs, workers) = try openPairs(settings, tapName: tapName, hooks: hooks)
         var result = BenchResult(settings: settings)
         let (frame, header) = transmitFrame(settings)
         // As a guest's driver sends packets it built in place (DPDK's txonly builds each in its
@@ -404,8 +451,8 @@ public enum BackendComparison {
     /// one) with the settings' ring size, EVENT_IDX, notification mode, busyloop timeout and
     /// worker pinning, buffers that hold the frame, and an MTU that lets RX frames through;
     /// returned with their worker threads.
-    static func openPairs(_ settings: BenchSettings, tapName: String) throws -> ([VhostNetQueuePair], [VhostWorkerThread]) {
-        var config = configuration(settings, tapName: tapName)
+    static func openPairs(_ settings: BenchSettings, tapName: String, hooks: BenchHooks = BenchHooks()) throws -> ([VhostNetQueuePair], [VhostWorkerThread]) {
+        var config = configuration(settings, tapName: tapName, hooks: hooks)
         var pairs: [VhostNetQueuePair] = []
         for index in 0..<settings.queuePairs {
             // The first pair makes the tap, never taking one someone else made (IFF_TUN_EXCL); the
@@ -421,12 +468,20 @@ public enum BackendComparison {
     }
 
     /// The queue pair configuration of a vhost measurement: the settings' ring size, EVENT_IDX,
-    /// notification mode and RX coalescing, buffers that hold the frame, and a multiqueue tap
-    /// for several pairs. Its `validate()` is what `bench backends` checks its options against.
-    public static func configuration(_ settings: BenchSettings, tapName: String) -> VhostNetQueuePair.Configuration {
+    /// notification mode and RX coalescing, descriptor layout, MRG_RXBUF and huge pages, buffers
+    /// that hold the frame, and a multiqueue tap for several pairs. Its `validate()` is what
+    /// `bench backends` and `bench configs` check their options against.
+    public static func configuration(_ settings: BenchSettings, tapName: String, hooks: BenchHooks = BenchHooks()) -> VhostNetQueuePair.Configuration {
         var config = VhostNetQueuePair.Configuration(tapName: tapName)
         config.queueSize = settings.queueSize
         config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
+        if settings.descriptorLayout == .indirect { config.features.insert(.indirectDescriptors) }
+        if settings.mergeableReceiveBuffers { config.features.insert(.netMergeableRxBuffers) }
+        config.descriptorLayout = settings.descriptorLayout
+        if settings.hugePages { config.memoryBacking = .memfd(hugePages: true) }
+        config.devicePath = hooks.devicePath
+        config.observer = hooks.observer
+        config.ringObserver = hooks.ringObserver
         config.notificationMode = settings.mode
         config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
         config.multiQueueTap = settings.queuePairs > 1
@@ -435,10 +490,10 @@ public enum BackendComparison {
     }
 
     /// A vhost pair for one-at-a-time round trips (queue pair 1).
-    static func openPair(_ settings: BenchSettings, tapName: String) throws -> (VhostNetQueuePair, [VhostWorkerThread]) {
+    static func openPair(_ settings: BenchSettings, tapName: String, hooks: BenchHooks = BenchHooks()) throws -> (VhostNetQueuePair, [VhostWorkerThread]) {
         var single = settings
         single.queuePairs = 1
-        let (pairs, workers) = try openPairs(single, tapName: tapName)
+        let (pairs, workers) = try openPairs(single, tapName: tapName, hooks: hooks)
         return (pairs[0], workers)
     }
 
@@ -451,12 +506,12 @@ public enum BackendComparison {
 
     // MARK: round trips (latency)
 
-    static func runRoundTrips(_ settings: BenchSettings, tapName: String) throws -> BenchResult {
+    static func runRoundTrips(_ settings: BenchSettings, tapName: String, hooks: BenchHooks) throws -> BenchResult {
         let kind: RoundTrips.Kind = settings.scenario == .ping ? .icmp : .udp
         var result = BenchResult(settings: settings)
         switch settings.backend {
         case .vhost:
-            let (pair, workers) = try openPair(settings, tapName: tapName)
+            let (pair, workers) = try openPair(settings, tapName: tapName, hooks: hooks)
             try HostNetwork.setAddress(RoundTrips.hostInterface, on: tapName)
             let echo = kind == .udp ? try RoundTrips.Echo() : nil
             defer { echo?.stop() }
@@ -466,7 +521,7 @@ public enum BackendComparison {
             let callsBefore = pair.transmitCounters.calls + pair.receiveCounters.calls
             let meter = CPUCost.Meter(workers: workers)
             let start = ContinuousClock.now
-            result.roundTrips = try trips.run(seconds: settings.seconds, send: { try pair.transmit(frame: $0) }, receive: { milliseconds, handler in
+            result.roundTrips = try trips.run(seconds: settings.seconds, limit: settings.roundTripLimit, send: { try pair.transmit(frame: $0) }, receive: { milliseconds, handler in
                 try pair.receive(limit: 64, milliseconds: milliseconds) { handler(Array($0.frame)) }
             })
             result.seconds = start.duration(to: .now).inSeconds
@@ -489,7 +544,7 @@ public enum BackendComparison {
             var poller = pollfd(fd: tap.fd, events: Int16(POLLIN), revents: 0)
             let meter = CPUCost.Meter(workers: [])
             let start = ContinuousClock.now
-            result.roundTrips = try trips.run(seconds: settings.seconds, send: { frame in
+            result.roundTrips = try trips.run(seconds: settings.seconds, limit: settings.roundTripLimit, send: { frame in
                 // The same bytes the vhost path sends: a zeroed 12-byte virtio-net header, then the frame.
                 let packet = [UInt8](repeating: 0, count: 12) + frame
                 let n = packet.withUnsafeBytes { write(tap.fd, $0.baseAddress, $0.count) }

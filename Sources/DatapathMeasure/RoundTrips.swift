@@ -91,15 +91,15 @@ public struct RoundTrips {
         return ARPPacket(operation: .reply, senderMAC: ourMAC, senderIP: RoundTrips.ourAddress, targetMAC: arp.senderMAC, targetIP: arp.senderIP).frame()
     }
 
-    /// Runs round trips for `seconds`. `send` hands a frame to the backend; `receive(ms, handler)`
-    /// waits up to `ms` for frames and passes each to `handler`.
-    public func run(seconds: Double, send: ([UInt8]) throws -> Void,
+    /// Runs round trips for `seconds`, or until `limit` requests were sent. `send` hands a frame
+    /// to the backend; `receive(ms, handler)` waits up to `ms` for frames and passes each to `handler`.
+    public func run(seconds: Double, limit: Int? = nil, send: ([UInt8]) throws -> Void,
                     receive: (Int32, ([UInt8]) -> Void) throws -> Void) throws -> Outcome {
         var outcome = Outcome()
         let end = ContinuousClock.now + .clampedSeconds(seconds)
         var sequence: UInt16 = 0
         var index = 0
-        while ContinuousClock.now < end {
+        while ContinuousClock.now < end && index < limit ?? Int.max {
             sequence &+= 1
             let frame = request(sequence)
             let sent = ContinuousClock.now

@@ -56,23 +56,33 @@ struct Bench: ParsableCommand {
     /// `--json` is the global flag (GlobalOptions): one JSON object instead of a table.
     var json: Bool { common.json }
 
+    /// A driver configuration: what it changes in the settings of the one benchmark engine
+    /// (`BackendComparison`, the engine of `bench backends` too).
     struct Variant: Sendable {
         var name: String
         var summary: String
-        var apply: @Sendable (inout VhostNetQueuePair.Configuration) -> Void
+        var apply: @Sendable (inout BenchSettings) -> Void
 
         static let all: [Variant] = [
-            Variant(name: "event-idx", summary: "EVENT_IDX, interrupts (epoll)") { $0.features = [.version1, .eventIndex] },
-            Variant(name: "flags", summary: "NO_NOTIFY/NO_INTERRUPT flags, no EVENT_IDX") { $0.features = [.version1] },
-            Variant(name: "poll", summary: "EVENT_IDX, busy-polling the used ring") { $0.features = [.version1, .eventIndex]; $0.notificationMode = .poll },
-            Variant(name: "indirect", summary: "indirect tables (header + frame)") {
-                $0.features = [.version1, .eventIndex, .indirectDescriptors]; $0.descriptorLayout = .indirect
-            },
-            Variant(name: "chained", summary: "header in its own descriptor") { $0.features = [.version1, .eventIndex]; $0.descriptorLayout = .separateHeader },
-            Variant(name: "mergeable", summary: "MRG_RXBUF") { $0.features = [.version1, .eventIndex, .netMergeableRxBuffers] },
-            Variant(name: "ring-1024", summary: "1024-entry rings") { $0.features = [.version1, .eventIndex]; $0.queueSize = 1024 },
-            Variant(name: "hugepages", summary: "guest memory on 2 MiB huge pages") { $0.features = [.version1, .eventIndex]; $0.memoryBacking = .memfd(hugePages: true) },
+            Variant(name: "event-idx", summary: "EVENT_IDX, interrupts (epoll)") { $0.eventIndex = true },
+            Variant(name: "flags", summary: "NO_NOTIFY/NO_INTERRUPT flags, no EVENT_IDX") { $0.eventIndex = false },
+            Variant(name: "poll", summary: "EVENT_IDX, busy-polling the used ring") { $0.mode = .poll },
+            Variant(name: "indirect", summary: "indirect tables (header + frame)") { $0.descriptorLayout = .indirect },
+            Variant(name: "chained", summary: "header in its own descriptor") { $0.descriptorLayout = .separateHeader },
+            Variant(name: "mergeable", summary: "MRG_RXBUF") { $0.mergeableReceiveBuffers = true },
+            Variant(name: "ring-1024", summary: "1024-entry rings") { $0.queueSize = 1024 },
+            Variant(name: "hugepages", summary: "guest memory on 2 MiB huge pages") { $0.hugePages = true },
         ]
+    }
+
+    /// The engine's settings of `variant` in `scenario`: vhost, with `bench backends`' defaults
+    /// (EVENT_IDX, interrupts, ring 256, batch 64, adaptive RX coalescing) changed by the variant.
+    func settings(_ variant: Variant, _ scenario: BenchScenario) -> BenchSettings {
+        var settings = BenchSettings(backend: .vhost, scenario: scenario, frameSize: frameSize)
+        settings.seconds = seconds
+        settings.receiveCoalescing = .adaptive
+        variant.apply(&settings)
+        return settings
     }
 
     func validate() throws {
@@ -85,6 +95,11 @@ struct Bench: ParsableCommand {
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard latency >= 0 && latency <= 1_000_000 else { throw ValidationError("--latency takes 0 to 1000000 round trips") }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
+        // Each configuration against the queue pair's own rules, so a bad one fails now.
+        for name in configs {
+            guard let variant = Variant.all.first(where: { $0.name == name }) else { continue }
+            do { try BackendComparison.configuration(settings(variant, .rx), tapName: tap).validate() } catch { throw ValidationError("--configs \(name): \(error)") }
+        }
     }
 
     func run() throws {
@@ -94,89 +109,29 @@ struct Bench: ParsableCommand {
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench")
         try requireFreeTapName(tap)
-        let variants = configs.map { name in Variant.all.first { $0.name == name }! }
+        let variants = configs.compactMap { name in Variant.all.first { $0.name == name } }
         let recordFile = try recording.openFile()
         let recorder = recording.makeRecorder()
         defer { recording.save(recorder, to: recordFile, command: "bench") }
-        var tx = [[Double]](repeating: [], count: variants.count)
-        var rx = [[Double]](repeating: [], count: variants.count)
+        let hooks = BenchHooks(devicePath: common.device, observer: RecordOptions.observer(common, recorder), ringObserver: recorder?.ringObserver)
         if !json { print("vhostctl bench: \(frameSize)-byte frames, \(trials) interleaved trials of \(seconds) s per direction, kernel \(KernelInfo.release())") }
-        for trial in 1...trials {
-            for (i, variant) in variants.enumerated() {
-                let endpoint = try makeEndpoint(variant, recorder: recorder)
-                tx[i].append(try measureTransmit(endpoint.pairs[0]))
-                rx[i].append(try measureReceive(endpoint.pairs[0]))
-                try endpoint.stop()
-            }
-            if !json { print("  trial \(trial)/\(trials) done"); fflush(nil) }
+        // TX and RX of every configuration: the combinations of the one engine, interleaved.
+        let combinations = variants.flatMap { [settings($0, .tx), settings($0, .rx)] }
+        let results = try BackendComparison.interleavedTrials(combinations, trials: trials, warmup: 0, tapName: tap, hooks: hooks) { phase, _, _ in
+            if !json && phase.hasSuffix("\(combinations.count)/\(combinations.count)") { print("  \(phase.prefix { $0 != "," }) done"); fflush(nil) }
         }
+        let tx = variants.indices.map { results[2 * $0].map(\.framesPerSecond) }
+        let rx = variants.indices.map { results[2 * $0 + 1].map(\.framesPerSecond) }
         var rtt: Histogram<UInt64>? = nil
-        if latency > 0 { rtt = try measureLatency(variants[0]) }
+        if latency > 0 {
+            // ICMP echo round trips through the host stack, of the first configuration: `latency`
+            // of them recorded, after the engine's unrecorded first ones.
+            var trips = settings(variants[0], .ping)
+            trips.seconds = 60
+            trips.roundTripLimit = latency + RoundTrips.unrecorded
+            rtt = try BackendComparison.run(trips, tapName: tap, hooks: hooks).roundTrips?.histogram
+        }
         try report(variants: variants, tx: tx, rx: rx, rtt: rtt)
-    }
-
-    func makeEndpoint(_ variant: Variant, recorder: ScriptRecorder?) throws -> VhostNetEndpoint {
-        var config = VhostNetEndpoint.Configuration(tapName: tap)
-        config.datapath.exclusiveTapCreation = true  // the name was free at start; one made meanwhile is refused
-        config.datapath.observer = RecordOptions.observer(common, recorder)
-        config.datapath.ringObserver = recorder?.ringObserver
-        config.datapath.devicePath = common.device
-        variant.apply(&config.datapath)
-        return try VhostNetEndpoint(config, logger: common.makeLogger())
-    }
-
-    func testFrame() -> [UInt8] {
-        EthernetFrame.build(destination: .broadcast, source: MACAddress(0x52, 0x54, 0, 0x12, 0x34, 0x56),
-                            etherType: EthernetFrame.experimentalType, payload: [UInt8](repeating: 0x5a, count: frameSize - 14))
-    }
-
-    /// TX: frames per second the tap counted while the driver kept the ring full.
-    func measureTransmit(_ pair: VhostNetQueuePair) throws -> Double {
-        try DatapathRate.transmit(pair, frame: testFrame(), seconds: seconds, chunk: 2048).framesPerSecond
-    }
-
-    /// RX: frames per second the driver received from a host packet socket's bursts.
-    func measureReceive(_ pair: VhostNetQueuePair) throws -> Double {
-        try DatapathRate.receive(pair, frame: testFrame(), seconds: seconds, burst: min(128, Int(pair.configuration.queueSize)), burstWait: 1).framesPerSecond
-    }
-
-    /// ICMP echo round trips: driver → vhost → tap → host stack → tap → vhost → driver.
-    func measureLatency(_ variant: Variant) throws -> Histogram<UInt64> {
-        var config = VhostNetEndpoint.Configuration(tapName: tap)
-        config.datapath.exclusiveTapCreation = true  // the name was free at start; one made meanwhile is refused
-        variant.apply(&config.datapath)
-        let me = IPv4Address(10, 78, 0, 2), host = IPv4Interface(parsing: "10.78.0.1/24")!
-        config.ipv4 = IPv4Interface(address: me, prefixLength: 24)
-        config.datapath.devicePath = common.device
-        let endpoint = try VhostNetEndpoint(config, logger: common.makeLogger())
-        try HostNetwork.setAddress(host, on: tap, observer: common.observer)
-        let hostMAC = MACAddress(try endpoint.pairs[0].tap.macAddress())!
-        var histogram = Histogram<UInt64>(highestTrackableValue: 10_000_000, numberOfSignificantValueDigits: .three)
-        var awaited: UInt16 = 0
-        var replied = false
-        endpoint.frameObserver = { observed in
-            guard observed.direction == .received else { return }
-            let frame = [UInt8](observed.bytes)
-            guard let ip = IPv4Packet(frame: frame), ip.protocolNumber == IPv4Packet.protocolICMP,
-                  ip.source == host.address, ICMPEcho.reply(in: frame[ip.payload])?.sequence == awaited else { return }
-            replied = true
-        }
-        for sequence in 0..<(latency + 10) {
-            awaited = UInt16(truncatingIfNeeded: sequence)
-            replied = false
-            let icmp = ICMPEcho.request(identifier: 0x7668, sequence: awaited, payload: [UInt8](repeating: 0x42, count: 32))
-            let request = IPv4Packet.frame(destinationMAC: hostMAC, sourceMAC: config.mac, source: me, destination: host.address,
-                                           protocolNumber: IPv4Packet.protocolICMP, identification: awaited, payload: icmp)
-            let start = ContinuousClock.now
-            try endpoint.send(request)
-            // A reply later than 5 s is lost (under emulation on a loaded 2-core machine one took over 2 s).
-            while !replied && start.duration(to: .now).inSeconds < 5 { try endpoint.service(milliseconds: 2) }
-            // The first round trips warm up ARP and caches; they are not recorded.
-            if replied && sequence >= 10 { _ = histogram.record(start.duration(to: .now).inNanoseconds) }
-        }
-        endpoint.frameObserver = nil
-        try endpoint.stop()
-        return histogram
     }
 
     static func median(_ values: [Double]) -> Double {

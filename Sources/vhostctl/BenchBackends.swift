@@ -212,23 +212,9 @@ struct BenchBackends: ParsableCommand {
         let environment = BenchEnvironment.current()
         print("vhostctl bench backends: \(combos.count) combinations × \(trials) interleaved trials of \(fixed(seconds, places: 2)) s, after \(fixed(warmup, places: 2)) s warm-up each")
         print(environment.summary)
-        if warmup > 0 {
-            for (i, combo) in combos.enumerated() {
-                var warm = combo
-                warm.seconds = warmup
-                progress.show("warm-up \(i + 1)/\(combos.count): \(BenchBackends.describe(combo))")
-                _ = try BackendComparison.run(warm, tapName: tap)
-            }
-        }
-        var results = [[BenchResult]](repeating: [], count: combos.count)
-        for trial in 0..<trials {
-            // Rotate the order each round, so no combination always runs first or last.
-            for step in 0..<combos.count {
-                let i = (step + trial) % combos.count
-                let result = try BackendComparison.run(combos[i], tapName: tap)
-                results[i].append(result)
-                progress.show("trial \(trial + 1)/\(trials), \(step + 1)/\(combos.count): \(BenchBackends.describe(combos[i])): \(Int(result.framesPerSecond)) pps")
-            }
+        let hooks = BenchHooks(devicePath: common.device, observer: common.observer)
+        let results = try BackendComparison.interleavedTrials(combos, trials: trials, warmup: warmup, tapName: tap, hooks: hooks) { phase, i, result in
+            progress.show("\(phase): \(BenchBackends.describe(combos[i]))" + (result.map { ": \(Int($0.framesPerSecond)) pps" } ?? ""))
         }
         progress.done()
         let report = BenchReport(combinations: combos, results: results, baseline: baseline.flatMap(BenchBackend.init(rawValue:)) ?? backends[0],
