@@ -228,7 +228,7 @@ struct Attach: ParsableCommand {
         let ip6Text = endpoint.responder.ipv6Enabled ? endpoint.responder.ipv6Addresses.map { address in
             config.ipv6.first { $0.address == address }?.description ?? "\(address)/64"
         }.joined(separator: " ") : "none"
-        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queuePairs) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notify) mode, \(replyPath) replies")
+        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queuePairs) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notificationMode) mode\(datapath.effectiveBusyloopTimeout.map { ", vhost busyloop \($0) µs" } ?? ""), \(replyPath) replies")
         print("negotiated: \(pair.negotiatedFeatures)")
         if !pair.negotiatedOffloads.isEmpty {
             let rx = pair.configuration.effectiveReceiveOffloads

@@ -61,6 +61,9 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
     var busyloopTimeout = SweepList<UInt32>([0])
 
+    @Flag(name: .customLong("low-latency"), help: "Measure vhost in attach --low-latency's configuration: the driver polling (--notify poll) and the worker busy-polling (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop), unless --busyloop-timeout is given).")
+    var lowLatency = false
+
     @Option(help: "Interleaved trials per combination (the median is reported; at least 5 for numbers to cite).")
     var trials = 5
 
@@ -102,10 +105,10 @@ struct BenchBackends: ParsableCommand {
     var frameSizes: [Int] { frameSize.values.map(\.bytes) }
     var queuePairCounts: [Int] { queuePairs.values }
     var queueSizes: [UInt16] { queueSize.values }
-    var modes: [NotificationMode] { mode.values }
+    var modes: [NotificationMode] { lowLatency ? [.poll] : mode.values }
     var eventIndexes: [Bool] { eventIndex.values.map(\.isOn) }
     var batches: [Int] { batch.values }
-    var busyloops: [UInt32] { busyloopTimeout.values }
+    var busyloops: [UInt32] { lowLatency && busyloopTimeout.values == [0] ? [DatapathOptions.lowLatencyBusyloop] : busyloopTimeout.values }
     var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
     /// nil: not pinned.
     var workerCPUs: [Int?] { workerCPU.values.map(\.number) }

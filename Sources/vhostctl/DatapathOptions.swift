@@ -37,6 +37,18 @@ struct DatapathOptions: ParsableArguments {
     @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
     var busyloopTimeout: UInt32?
 
+    @Flag(name: .customLong("low-latency"), help: "The lowest-latency configuration vhost-net allows: the driver busy-polls its used rings (as --notify poll) and the vhost worker busy-polls too (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop) unless given). Each side spins on a CPU while idle. docs/benchmarks.md has the round trips per kernel.")
+    var lowLatency = false
+
+    /// The busy-loop timeout of `--low-latency`, in µs: the lowest p50 among those measured
+    /// (docs/benchmarks.md, "Latency").
+    static let lowLatencyBusyloop: UInt32 = 50
+
+    /// How the driver waits: `--notify`, or poll with `--low-latency`.
+    var notificationMode: NotificationMode { lowLatency ? .poll : notify }
+    /// `--busyloop-timeout`, or with `--low-latency` its default.
+    var effectiveBusyloopTimeout: UInt32? { busyloopTimeout ?? (lowLatency ? DatapathOptions.lowLatencyBusyloop : nil) }
+
     @Option(parsing: .upToNextOption, help: "RX offloads the driver accepts (TUNSETOFFLOAD): csum tso4 tso6 ecn ufo uso4 uso6, or none. Without it they follow the GUEST_ offload features (GUEST_CSUM, GUEST_TSO4, …), as QEMU derives them from the guest's.",
             completion: .list(DatapathOptions.offloadNames.keys.sorted()))
     var offloads: [String] = []
@@ -78,7 +90,7 @@ struct DatapathOptions: ParsableArguments {
         config.descriptorLayout = descriptors
         config.memoryPlacement = memory
         config.memoryBacking = hugepages ? .memfd(hugePages: true) : .anonymous
-        config.notificationMode = notify
+        config.notificationMode = notificationMode
         // --offloads overrides what the GUEST_ features give (nil: derived from them).
         config.receiveOffloads = offloads.isEmpty ? nil : offloads.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()]!) }
     }
@@ -86,9 +98,9 @@ struct DatapathOptions: ParsableArguments {
     /// What `apply` cannot set before start: busy-loop timeout and dirty logging.
     func finishSetup<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>) throws {
         for pair in endpoint.pairs {
-            if let busyloopTimeout {
-                try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.receiveQueueIndex, microseconds: busyloopTimeout)
-                try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.transmitQueueIndex, microseconds: busyloopTimeout)
+            if let busyloop = effectiveBusyloopTimeout {
+                try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.receiveQueueIndex, microseconds: busyloop)
+                try pair.device.setVringBusyloopTimeout(index: VhostNetDevice.transmitQueueIndex, microseconds: busyloop)
             }
             if dirtyLog { try pair.enableDirtyLog() }
         }
