@@ -10,8 +10,10 @@ set -o pipefail
 # grep -q stops at the first match and CMD then dies of SIGPIPE, failing the pipeline.
 has() { grep -c "$@" >/dev/null; }
 passed=0; failed=0
-pass() { passed=$((passed + 1)); echo "PASS $1"; }
-fail() { failed=$((failed + 1)); echo "FAIL $1${2:+: $2}"; }
+# With ATTACH_TIMES=1 each line starts with the guest's uptime, to find where the tier's time goes.
+stamp() { [ -n "$ATTACH_TIMES" ] && printf '[%s] ' "$(cut -d' ' -f1 /proc/uptime)"; }
+pass() { passed=$((passed + 1)); echo "$(stamp)PASS $1"; }
+fail() { failed=$((failed + 1)); echo "$(stamp)FAIL $1${2:+: $2}"; }
 # `host CMD` runs the host's own CMD (a script, so that `timeout` can run it too).
 mkdir -p /tmp/bin
 if [ -d /host/usr ]; then  # in Scripts/vm --host-root: the host's root is mounted at /host
