@@ -62,7 +62,9 @@ public struct VhostWorkerThread: Sendable, Equatable, CustomStringConvertible {
         return fields.count > 36 ? Int(fields[36]) ?? -1 : -1
     }
 
-    static func affinity(_ tid: Int32) -> UInt64 {
+    /// The CPUs thread `tid` may run on (sched_getaffinity(2)) as a mask of CPUs 0 to 63 (bit n:
+    /// CPU n); 0 when it cannot be read.
+    public static func affinity(_ tid: Int32) -> UInt64 {
         let mask = cvhost_thread_affinity(tid)
         return mask < 0 ? 0 : UInt64(mask)
     }

@@ -61,7 +61,7 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
     var busyloopTimeout = SweepList<UInt32>([0])
 
-    @Flag(name: .customLong("low-latency"), help: "Measure vhost in attach --low-latency's configuration: the driver polling (--notify poll) and the worker busy-polling (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop), unless --busyloop-timeout is given).")
+    @Flag(name: .customLong("low-latency"), help: "Measure vhost in attach --low-latency's configuration: the driver polling (--notify poll), the worker busy-polling (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop), unless --busyloop-timeout is given), and unless --driver-cpu or --worker-cpu is given, the two pinned to different CPUs.")
     var lowLatency = false
 
     @Option(help: "Interleaved trials per combination (the median is reported; at least 5 for numbers to cite).")
@@ -110,8 +110,13 @@ struct BenchBackends: ParsableCommand {
     var batches: [Int] { batch.values }
     var busyloops: [UInt32] { lowLatency && busyloopTimeout.values == [0] ? [DatapathOptions.lowLatencyBusyloop] : busyloopTimeout.values }
     var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
-    /// nil: not pinned.
-    var workerCPUs: [Int?] { workerCPU.values.map(\.number) }
+    /// nil: not pinned. With --low-latency and neither CPU option: apart from the driver.
+    var workerCPUs: [Int?] { lowLatencyPlacement.map { [$0.workerCPUs[0]] } ?? workerCPU.values.map(\.number) }
+    /// --low-latency's placement where neither --driver-cpu nor --worker-cpu is given.
+    var lowLatencyPlacement: LowLatencyPlacement? {
+        guard lowLatency, driverCPU == nil, workerCPU.values.allSatisfy({ $0.number == nil }) else { return nil }
+        return LowLatencyPlacement.choose(allowed: LowLatencyPlacement.allowedCPUs(), workers: 1)
+    }
 
     func validate() throws {
         for count in queuePairCounts where !(1...16).contains(count) { throw ValidationError("--queue-pairs \(count): use 1 to 16") }
@@ -206,7 +211,7 @@ struct BenchBackends: ParsableCommand {
         try requireNetworkAdministration("vhostctl bench backends")
         try requireFreeTapName(tap)
         let data = DataOutput(json: common.json)
-        if let driverCPU { try CurrentThread.pin(to: driverCPU) }
+        if let driverCPU = driverCPU ?? lowLatencyPlacement?.driverCPU { try CurrentThread.pin(to: driverCPU) }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }
@@ -222,7 +227,7 @@ struct BenchBackends: ParsableCommand {
         progress.done()
         let report = BenchReport(combinations: combos, results: results, baseline: baseline.flatMap(BenchBackend.init(rawValue:)) ?? backends[0],
                                  environment: environment, trials: trials, seconds: seconds, warmup: warmup, xdpDrop: xdpDrop,
-                                 driverCPU: driverCPU)
+                                 driverCPU: driverCPU ?? lowLatencyPlacement?.driverCPU)
         print(report.table())
         if statsBlocks { print(report.statisticsBlocks()) }
         if let jsonFile { try write(JSONOutput.text(report.jsonDocument()) + "\n", to: jsonFile, option: "--json-file") }
