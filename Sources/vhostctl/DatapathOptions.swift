@@ -37,7 +37,7 @@ struct DatapathOptions: ParsableArguments {
     @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
     var busyloopTimeout: UInt32?
 
-    @Flag(name: .customLong("low-latency"), help: "The lowest-latency configuration vhost-net allows: the driver busy-polls its used rings (as --notify poll) and the vhost worker busy-polls too (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop) unless given). Each side spins on a CPU while idle. docs/benchmarks.md has the round trips per kernel.")
+    @Flag(name: .customLong("low-latency"), help: "The lowest-latency configuration vhost-net allows: the driver busy-polls its used rings (as --notify poll), the vhost worker busy-polls too (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop) unless given), and unless --worker-cpu is given the driver's thread and the workers run on different CPUs. Each side spins on a CPU while idle. docs/benchmarks.md has the round trips per kernel.")
     var lowLatency = false
 
     /// The busy-loop timeout of `--low-latency`, in µs: the lowest p50 among those measured
