@@ -22,11 +22,12 @@ void cring_driver_init(cring_driver *d, uint16_t num, void *desc, void *avail, v
     for (uint16_t i = 0; i < num; i++) { next[i] = (uint16_t)((i + 1) % num); count[i] = 0; }
 }
 
-int cring_driver_add(cring_driver *d, uint64_t addr, uint32_t len) {
+// One one-descriptor chain with `flags` (0 for TX, F_WRITE for RX); inlined into both callers.
+static inline __attribute__((always_inline)) int driver_add(cring_driver *d, uint64_t addr, uint32_t len, uint16_t flags) {
     if (d->num_free < 1) return -1;
     uint16_t head = d->free_head;
     struct desc *t = (struct desc *)d->desc + head;
-    t->addr = addr; t->len = len; t->flags = 0; t->next = 0;
+    t->addr = addr; t->len = len; t->flags = flags; t->next = 0;
     d->free_head = d->next[head];
     d->num_free--;
     d->count[head] = 1;
@@ -36,19 +37,8 @@ int cring_driver_add(cring_driver *d, uint64_t addr, uint32_t len) {
     return head;
 }
 
-int cring_driver_add_writable(cring_driver *d, uint64_t addr, uint32_t len) {
-    if (d->num_free < 1) return -1;
-    uint16_t head = d->free_head;
-    struct desc *t = (struct desc *)d->desc + head;
-    t->addr = addr; t->len = len; t->flags = F_WRITE; t->next = 0;
-    d->free_head = d->next[head];
-    d->num_free--;
-    d->count[head] = 1;
-    *AVAIL_RING(d->avail, d->avail_idx_shadow & (d->num - 1)) = head;
-    d->avail_idx_shadow++;
-    d->added++;
-    return head;
-}
+int cring_driver_add(cring_driver *d, uint64_t addr, uint32_t len) { return driver_add(d, addr, len, 0); }
+int cring_driver_add_writable(cring_driver *d, uint64_t addr, uint32_t len) { return driver_add(d, addr, len, F_WRITE); }
 
 int cring_driver_publish(cring_driver *d) {
     uint16_t new_idx = d->avail_idx_shadow, old = (uint16_t)(new_idx - d->added);
@@ -87,17 +77,21 @@ void cring_device_init(cring_device *v, uint16_t num, void *desc, void *avail, v
     v->num = num; v->desc = desc; v->avail = avail; v->used = used; v->base = base; v->size = size; v->event_idx = event_idx;
 }
 
-int cring_device_run(cring_device *v) {
+// Uses up to `max` available chains. TX (`receive` 0): each is read, used with length 0. RX
+// (`receive` 1): each must be device-writable and hold `frame_len`, used with that length.
+// Inlined into both callers, so the TX loop pays nothing for the RX checks.
+static inline __attribute__((always_inline)) int device_use(cring_device *v, int receive, uint32_t frame_len, int max) {
     uint16_t avail_idx = __atomic_load_n(AVAIL_IDX(v->avail), __ATOMIC_ACQUIRE);
     if ((uint16_t)(avail_idx - v->last_avail_idx) > v->num) return -1;
     int done = 0;
-    while (v->last_avail_idx != avail_idx) {
+    while (done < max && v->last_avail_idx != avail_idx) {
         uint16_t head = *AVAIL_RING(v->avail, v->last_avail_idx & (v->num - 1));
         if (head >= v->num) return -1;
         struct desc t = ((struct desc *)v->desc)[head];
         if (t.addr < v->base || t.addr - v->base + t.len > v->size || (t.flags & F_NEXT)) return -1;
+        if (receive && (!(t.flags & F_WRITE) || t.len < frame_len)) return -1;
         struct used_elem *u = USED_RING(v->used) + (v->used_idx & (v->num - 1));
-        u->id = head; u->len = 0;
+        u->id = head; u->len = receive ? frame_len : 0;
         v->used_idx++;
         v->last_avail_idx++;
         done++;
@@ -107,6 +101,8 @@ int cring_device_run(cring_device *v) {
         __atomic_store_n((uint16_t *)((uint8_t *)v->used + 4 + 8 * v->num), v->last_avail_idx, __ATOMIC_RELEASE);
     return done;
 }
+
+int cring_device_run(cring_device *v) { return device_use(v, 0, 0, v->num); }
 
 uint64_t cring_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch, uint64_t addr, uint32_t len, int *kicks) {
     uint64_t added = 0, reaped = 0;
@@ -124,26 +120,7 @@ uint64_t cring_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch
     return reaped;
 }
 
-int cring_device_receive(cring_device *v, uint32_t frame_len, int max) {
-    uint16_t avail_idx = __atomic_load_n(AVAIL_IDX(v->avail), __ATOMIC_ACQUIRE);
-    if ((uint16_t)(avail_idx - v->last_avail_idx) > v->num) return -1;
-    int done = 0;
-    while (done < max && v->last_avail_idx != avail_idx) {
-        uint16_t head = *AVAIL_RING(v->avail, v->last_avail_idx & (v->num - 1));
-        if (head >= v->num) return -1;
-        struct desc t = ((struct desc *)v->desc)[head];
-        if (t.addr < v->base || t.addr - v->base + t.len > v->size || (t.flags & F_NEXT) || !(t.flags & F_WRITE) || t.len < frame_len) return -1;
-        struct used_elem *u = USED_RING(v->used) + (v->used_idx & (v->num - 1));
-        u->id = head; u->len = frame_len;
-        v->used_idx++;
-        v->last_avail_idx++;
-        done++;
-    }
-    __atomic_store_n(USED_IDX(v->used), v->used_idx, __ATOMIC_RELEASE);
-    if (v->event_idx)  // avail_event: kick me at the next entry
-        __atomic_store_n((uint16_t *)((uint8_t *)v->used + 4 + 8 * v->num), v->last_avail_idx, __ATOMIC_RELEASE);
-    return done;
-}
+int cring_device_receive(cring_device *v, uint32_t frame_len, int max) { return device_use(v, 1, frame_len, max); }
 
 uint64_t cring_rx_loop(cring_driver *d, cring_device *v, uint64_t frames, int batch, uint64_t base, uint8_t *host_base, uint32_t buf_len,
                        uint32_t header_len, uint32_t frame_len, int *kicks, uint64_t *bytes, uint64_t *touched) {

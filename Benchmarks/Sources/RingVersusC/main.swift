@@ -153,6 +153,15 @@ func swiftLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
     return outcome
 }
 
+/// Gives every free head its own device-writable buffer, `bufferSize` bytes at
+/// `base + head × bufferSize`, as NetQueue.fillWithReceiveBuffers does.
+@inline(__always)
+func refill(_ driver: inout SplitVirtqueueDriver, base: UInt64, bufferSize: Int) {
+    while let head = driver.nextFreeHead {
+        _ = driver.add(BufferSegment(address: base &+ UInt64(head) &* UInt64(bufferSize), length: UInt32(bufferSize), deviceWritable: true))
+    }
+}
+
 /// The Swift RX loop, shaped exactly as cring_rx_loop, with the ring work of ReceiveQueue's fast
 /// path (neither MRG_RXBUF nor IN_ORDER) and NetQueue.fillWithReceiveBuffers: every free head
 /// gets its own buffer; the device receives up to `batch`; each used entry's length is checked
@@ -167,9 +176,7 @@ func swiftReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome
     let bufferSize = memory.bufferSize, headerLength = Settings.headerLength, capacity = bufferSize - headerLength
     let base = memory.frameAddress, host = memory.frameHost
     var outcome = LoopOutcome()
-    while let head = driver.nextFreeHead {
-        _ = driver.add(BufferSegment(address: base &+ UInt64(head) &* UInt64(bufferSize), length: UInt32(bufferSize), deviceWritable: true))
-    }
+    refill(&driver, base: base, bufferSize: bufferSize)
     if driver.publish() { outcome.kicks += 1 }
     var arrived = 0
     while arrived < settings.frames {
@@ -190,9 +197,7 @@ func swiftReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome
         } catch {
             return outcome
         }
-        while let head = driver.nextFreeHead {
-            _ = driver.add(BufferSegment(address: base &+ UInt64(head) &* UInt64(bufferSize), length: UInt32(bufferSize), deviceWritable: true))
-        }
+        refill(&driver, base: base, bufferSize: bufferSize)
         if driver.publish() { outcome.kicks += 1 }
     }
     return outcome
