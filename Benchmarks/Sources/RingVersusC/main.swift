@@ -103,6 +103,14 @@ final class RingMemory {
     /// Where the buffers start in this process.
     var frameHost: UnsafeMutableRawPointer { block + ringBytes }
 
+    /// The C driver over the ring, cleared first so that driver and device start from index 0.
+    func cDriver(eventIndex: Bool) -> cring_driver {
+        clear()
+        var driver = cring_driver()
+        cring_driver_init(&driver, queueSize, descriptors, avail, used, eventIndex ? 1 : 0, next, count)
+        return driver
+    }
+
     func device(eventIndex: Bool) -> cring_device {
         var device = cring_device()
         cring_device_init(&device, queueSize, descriptors, avail, used, RingMemory.guestBase, UInt64(size), eventIndex ? 1 : 0)
@@ -205,10 +213,7 @@ func swiftReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome
 
 @inline(never)
 func cReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
-    memory.clear()
-    var driver = cring_driver()
-    cring_driver_init(&driver, memory.queueSize, memory.descriptors, memory.avail, memory.used,
-                      settings.eventIndex ? 1 : 0, memory.next, memory.count)
+    var driver = memory.cDriver(eventIndex: settings.eventIndex)
     var device = memory.device(eventIndex: settings.eventIndex)
     var kicks: Int32 = 0
     var bytes: UInt64 = 0, touched: UInt64 = 0
@@ -219,10 +224,7 @@ func cReceiveLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
 
 @inline(never)
 func cLoop(_ memory: RingMemory, _ settings: Settings) -> LoopOutcome {
-    memory.clear()
-    var driver = cring_driver()
-    cring_driver_init(&driver, memory.queueSize, memory.descriptors, memory.avail, memory.used,
-                      settings.eventIndex ? 1 : 0, memory.next, memory.count)
+    var driver = memory.cDriver(eventIndex: settings.eventIndex)
     var device = memory.device(eventIndex: settings.eventIndex)
     var kicks: Int32 = 0
     let reaped = cring_loop(&driver, &device, UInt64(settings.frames), Int32(settings.batch), memory.frameAddress, 64, &kicks)
