@@ -61,6 +61,9 @@ public struct QueuePairConfiguration: Sendable {
     /// With VIRTIO_F_ACCESS_PLATFORM: the IOVA offset of the emulated IOMMU (IOVA = GPA + offset),
     /// which answers the device's IOTLB misses page by page. Nil: no IOMMU.
     public var iovaOffset: UInt64? = nil
+    /// Told of every IOTLB message the emulated IOMMU reads and writes, from the IOMMU's own
+    /// thread (`--trace`); apart from `observer`, which a script recording shares.
+    public var iotlbObserver: IoctlObserver? = nil
     /// For comparison only: kick after every publish, ignoring the device's avail_event and
     /// NO_NOTIFY, as a driver without notification suppression would.
     public var kickEveryPublish: Bool = false
@@ -228,7 +231,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
                               addressOffset: configuration.iovaOffset ?? 0)
         if let offset = configuration.iovaOffset {
-            let iommu = EmulatedIOMMU(offset: offset)
+            let iommu = EmulatedIOMMU(offset: offset, observer: configuration.iotlbObserver)
             iommu.map(rx.memory, deviceWrites: true)
             iommu.map(tx.memory, deviceWrites: false)
             pendingIOMMU = iommu

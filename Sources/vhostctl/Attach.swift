@@ -170,7 +170,7 @@ struct Attach: ParsableCommand {
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queuePairs
         datapath.apply(to: &config.datapath)
-        tuning.apply(to: &config.datapath)
+        tuning.apply(to: &config.datapath, trace: common.observer)
         config.datapath.tunMode = tun
         config.datapath.exclusiveTapCreation = create
         if packetSocket != nil { config.datapath.features.insert(.vhostNetVirtioNetHeader) }

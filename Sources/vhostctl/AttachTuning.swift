@@ -34,10 +34,12 @@ struct TuningOptions: ParsableArguments {
     }
 
     /// What is set on the configuration before the endpoint is made: the IOMMU.
-    func apply(to config: inout VhostNetQueuePair.Configuration) {
+    func apply(to config: inout VhostNetQueuePair.Configuration, trace: IoctlObserver?) {
         if iommu {
             config.features.insert(.accessPlatform)
             config.iovaOffset = TuningOptions.iovaOffset
+            // The IOTLB messages go to --trace only (a --record script issues no IOTLB traffic of its own).
+            config.iotlbObserver = trace
         }
     }
 
@@ -45,8 +47,14 @@ struct TuningOptions: ParsableArguments {
     /// program (loading BPF needs root) and the send buffer. Prints what it did.
     func finishSetup(_ endpoint: VhostNetEndpoint, queuePairs: Int) throws {
         if let sndbuf {
-            for pair in endpoint.pairs { try pair.tap.setSendBuffer(sndbuf) }
-            print("sndbuf: \(sndbuf) bytes on \(queuePairs) queue(s)\(sndbuf == Int32.max ? "" : " (vhost-net's batched TX is off below INT_MAX)")")
+            // tun.c TUNSETSNDBUF sets the tap's sndbuf on every attached queue (tun_set_sndbuf);
+            // set on each anyway, as QEMU does per queue, and read back what the kernel keeps.
+            var kept: Set<UInt64> = []
+            for pair in endpoint.pairs {
+                try pair.tap.setSendBuffer(sndbuf)
+                kept.insert(try pair.tap.perform(.getSendBuffer).value)
+            }
+            print("sndbuf: \(sndbuf) bytes set on \(queuePairs) queue(s); TUNGETSNDBUF reads \(kept.sorted().map(String.init).joined(separator: ", "))\(sndbuf == Int32.max ? "" : " (vhost-net's batched TX is off below INT_MAX)")")
         }
         if rss {
             let program = try SteeringProgram.load()
