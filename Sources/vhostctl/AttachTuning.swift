@@ -13,6 +13,12 @@ struct TuningOptions: ParsableArguments {
     @Option(help: "The tap's send buffer in bytes, on every queue (TUNSETSNDBUF). Default 2147483647 (INT_MAX), which turns on vhost-net's batched TX; a smaller one turns it off.")
     var sndbuf: Int32?
 
+    @Option(name: .customLong("rx-queue-size"), help: "Descriptors in the RX ring (vring 0), a power of 2 from 2 to 32768. Default: --queue-size.")
+    var rxQueueSize: Int?
+
+    @Option(name: .customLong("tx-queue-size"), help: "Descriptors in the TX ring (vring 1), a power of 2 from 2 to 32768. Default: --queue-size.")
+    var txQueueSize: Int?
+
     @Flag(help: "Negotiate VIRTIO_F_ACCESS_PLATFORM: the device reaches guest memory through the library's emulated IOMMU (IOVA = GPA + 1 TiB), answering its IOTLB misses; --trace shows them.")
     var iommu = false
 
@@ -21,6 +27,14 @@ struct TuningOptions: ParsableArguments {
 
     /// Checks against `attach`'s other options; `backend` is nil for a tap, else the option
     /// that named the backend (`--macvtap`, `--packet-socket`).
+    func validate() throws {
+        for (option, size) in [("--rx-queue-size", rxQueueSize), ("--tx-queue-size", txQueueSize)] {
+            if let size, size < 2 || !SplitRingLayout.isValidQueueSize(size) {
+                throw ValidationError("\(option) \(size): it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
+            }
+        }
+    }
+
     func check(queuePairs: Int, backend: String?) throws {
         if rss {
             if let backend { throw ValidationError("--rss steers a tap's queues (TUNSETSTEERINGEBPF); \(backend) has none: use --tap") }
@@ -35,6 +49,13 @@ struct TuningOptions: ParsableArguments {
 
     /// What is set on the configuration before the endpoint is made: the IOMMU.
     func apply(to config: inout VhostNetQueuePair.Configuration, trace: IoctlObserver?) {
+        // validate() has checked both sizes: powers of 2 up to 32768 fit a UInt16.
+        if let rxQueueSize, let size = UInt16(exactly: rxQueueSize) {
+            // The TX ring keeps --queue-size when only RX is given.
+            if config.transmitQueueSize == nil { config.transmitQueueSize = config.queueSize }
+            config.queueSize = size
+        }
+        if let txQueueSize, let size = UInt16(exactly: txQueueSize) { config.transmitQueueSize = size }
         if iommu {
             config.features.insert(.accessPlatform)
             config.iovaOffset = TuningOptions.iovaOffset
@@ -46,6 +67,9 @@ struct TuningOptions: ParsableArguments {
     /// What is set once a tap endpoint exists, while attach still runs as root: the steering
     /// program (loading BPF needs root) and the send buffer. Prints what it did.
     func finishSetup(_ endpoint: VhostNetEndpoint, queuePairs: Int) throws {
+        if rxQueueSize != nil || txQueueSize != nil, let pair = endpoint.pairs.first {
+            print("rings: RX \(pair.configuration.queueSize), TX \(pair.configuration.transmitQueueSize ?? pair.configuration.queueSize) descriptors")
+        }
         if let sndbuf {
             // tun.c TUNSETSNDBUF sets the tap's sndbuf on every attached queue (tun_set_sndbuf);
             // set on each anyway, as QEMU does per queue, and read back what the kernel keeps.

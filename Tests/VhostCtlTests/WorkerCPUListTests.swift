@@ -1,6 +1,7 @@
 import ArgumentParser
 import Testing
 @testable import vhostctl
+import VhostNet
 
 /// `--worker-cpu LIST`: the kernel's list format, one CPU for all queue pairs or one per pair,
 /// each online; and `attach`'s cross-checks of --rss and --sndbuf.
@@ -29,7 +30,7 @@ import Testing
         (["--tap", "t0", "--rss"], "add --queue-pairs 2 or more"),
         (["--tap", "t0", "--rss", "--queue-pairs", "1"], "add --queue-pairs 2 or more"),
         (["--tap", "t0", "--sndbuf", "0"], "--sndbuf 0: use 1 to 2147483647"),
-        (["--tap", "t0", "--sndbuf", "-5"], "--sndbuf -5: use 1 to 2147483647"),
+        (["--tap", "t0", "--sndbuf=-5"], "--sndbuf -5: use 1 to 2147483647"),
         (["--tap", "t0", "--queue-pairs", "2", "--worker-cpu", "0,0,0"], "3 CPUs for 2 queue pair(s)"),
     ])
     func attachRefuses(arguments: [String], message: String) {
@@ -44,5 +45,31 @@ import Testing
     @Test func attachAcceptsTheTuning() throws {
         let attach = try Attach.parse(["--tap", "t0", "--queue-pairs", "4", "--rss", "--sndbuf", "1048576", "--iommu", "--worker-cpu", "0"])
         #expect(attach.tuning.rss && attach.tuning.iommu && attach.tuning.sndbuf == 1_048_576 && attach.workerCPU?.cpus == [0])
+    }
+}
+
+/// `--rx-queue-size` and `--tx-queue-size` size the rings apart; `--queue-size` stays the default of both.
+@Suite struct RingSizeOptionTests {
+    @Test func sizesApart() throws {
+        var config = VhostNetQueuePair.Configuration(tapName: "t0")
+        let attach = try Attach.parse(["--tap", "t0", "--queue-size", "512", "--rx-queue-size", "1024", "--tx-queue-size", "256"])
+        attach.datapath.apply(to: &config)
+        attach.tuning.apply(to: &config, trace: nil)
+        #expect(config.queueSize == 1024 && config.transmitQueueSize == 256)
+        let plan = config.memoryPlan
+        #expect(plan.queueSize == 1024 && plan.transmitQueueSize == 256)
+    }
+
+    @Test func onlyRXKeepsTXAtQueueSize() throws {
+        var config = VhostNetQueuePair.Configuration(tapName: "t0")
+        let attach = try Attach.parse(["--tap", "t0", "--queue-size", "512", "--rx-queue-size", "64"])
+        attach.datapath.apply(to: &config)
+        attach.tuning.apply(to: &config, trace: nil)
+        #expect(config.queueSize == 64 && config.transmitQueueSize == 512)
+    }
+
+    @Test(arguments: [["--rx-queue-size", "100"], ["--tx-queue-size", "65536"], ["--tx-queue-size", "1"], ["--rx-queue-size", "0"]])
+    func refusesBadSizes(arguments: [String]) {
+        #expect(throws: (any Error).self) { try Attach.parse(["--tap", "t0"] + arguments) }
     }
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import Vhost
+@testable import VhostNet
 
 /// The RSS steering program, run without a kernel: a small interpreter of the eBPF subset it uses
 /// (with the kernel's LD_ABS/LD_IND semantics) runs the encoded words on frames, and every answer
@@ -145,5 +146,20 @@ import Testing
         #expect(SteeringProgram.queue(of: Self.ipv4(), queues: 0) == 0)
         // The ports count: two flows that differ only in a port usually differ in hash.
         #expect(SteeringProgram.hash(of: Self.ipv4(ports: (1, 7))) != SteeringProgram.hash(of: Self.ipv4(ports: (2, 7))))
+    }
+}
+
+/// RX and TX rings sized apart: each queue's memory is carved at its own size, inside the regions.
+@Suite struct RingSizesApartTests {
+    @Test(arguments: [(1024, 256), (256, 1024), (2, 32768)])
+    func eachQueueHasItsSize(receive: Int, transmit: Int) throws {
+        let plan = GuestMemoryPlan(queueSize: receive, transmitQueueSize: transmit, bufferSize: 2048, headerLength: 12, layout: .indirect, placement: .belowAndAbove4GiB,
+                                   largeTransmitBuffer: 65_550)
+        var memory = try GuestMemory(layout: plan.regions, backing: .anonymous)
+        let rx = try plan.carveQueue(from: &memory)
+        let tx = try plan.carveQueue(from: &memory, transmit: true, largeBuffer: true)
+        #expect(rx.buffers.count == receive && tx.buffers.count == transmit && tx.tables.count == transmit)
+        #expect(rx.ring.queueSize == UInt16(receive) && tx.ring.queueSize == UInt16(transmit))
+        #expect(tx.descriptors.length == 16 * transmit)
     }
 }

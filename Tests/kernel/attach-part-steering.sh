@@ -135,6 +135,32 @@ for want in 1048576 2147483647; do
     fi
 done
 
+# ---- --rx-queue-size / --tx-queue-size: the rings sized apart ----------------------------------
+: >/tmp/rings.log
+vhostctl attach --tap vhring0 --create --ip 10.0.0.2/24 --udp-echo 7 --stats 0 --trace --rx-queue-size 1024 --tx-queue-size 256 >/tmp/rings.log 2>&1 &
+pid=$!
+wait_for_attached /tmp/rings.log
+ip addr add 10.0.0.1/24 dev vhring0; ip link set vhring0 up
+if ping -c 3 -W 3 10.0.0.2 >/tmp/rings-ping.txt 2>&1; then pinged=1; else pinged=0; fi
+# 300 datagrams echoed: more than the TX ring holds, so its 256 heads are reused.
+echoed=$(host python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); n = 0
+for i in range(300):
+    s.sendto(b"ring %d" % i, ("10.0.0.2", 7))
+    try:
+        s.recvfrom(2048); n += 1
+    except socket.timeout:
+        pass
+print(n)' 2>&1)
+kill -INT $pid; wait_for_exit $pid
+nums=$(grep -o "VHOST_SET_VRING_NUM(index: [01], num: [0-9]*) = 0" /tmp/rings.log | sort -u | tr '\n' ' ')
+if [ $pinged = 1 ] && [ "$echoed" = 300 ] && [ "$nums" = "VHOST_SET_VRING_NUM(index: 0, num: 1024) = 0 VHOST_SET_VRING_NUM(index: 1, num: 256) = 0 " ]; then
+    pass "--rx-queue-size 1024 --tx-queue-size 256: the kernel took $nums; ping answered, 300 of 300 UDP datagrams echoed"
+else
+    fail "--rx-queue-size 1024 --tx-queue-size 256" "ping $pinged, echoed $echoed; nums: $nums; $(grep -i 'rings\|error' /tmp/rings.log | head -3 | tr '\n' ' ')"
+fi
+
 # ---- --worker-cpu LIST: each queue pair's worker on its own CPU ---------------------------------
 if [ "$(grep -c ^processor /proc/cpuinfo)" -ge 2 ]; then
     : >/tmp/workers.log
