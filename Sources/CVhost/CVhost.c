@@ -71,6 +71,9 @@ const unsigned long CVHOST_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 const unsigned long CVHOST_TUNSETQUEUE = TUNSETQUEUE;
 const unsigned long CVHOST_TUNSETCARRIER = TUNSETCARRIER;
 _Static_assert(TUNSETCARRIER == 0x400454e2, "TUNSETCARRIER");
+// tun.c __tun_chr_ioctl TUNSETSTEERINGEBPF (Linux 4.16): an int fd of a BPF_PROG_TYPE_SOCKET_FILTER program, -1 detaches.
+const unsigned long CVHOST_TUNSETSTEERINGEBPF = TUNSETSTEERINGEBPF;
+_Static_assert(TUNSETSTEERINGEBPF == 0x800454e0, "TUNSETSTEERINGEBPF");
 const unsigned long CVHOST_TUNSETVNETLE = TUNSETVNETLE;
 const unsigned long CVHOST_TUNGETVNETLE = TUNGETVNETLE;
 
@@ -311,6 +314,7 @@ int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms) {
 
 const uint32_t CVHOST_BPF_PROG_TYPE_XDP = BPF_PROG_TYPE_XDP;
 const uint32_t CVHOST_BPF_XDP = BPF_XDP;
+const uint32_t CVHOST_BPF_PROG_TYPE_SOCKET_FILTER = BPF_PROG_TYPE_SOCKET_FILTER;
 _Static_assert(sizeof(struct bpf_insn) == 8, "struct bpf_insn is 8 bytes");
 
 int cvhost_bpf_prog_load(uint32_t type, const uint64_t *instructions, uint32_t count, const char *license, char *log, uint32_t log_size) {

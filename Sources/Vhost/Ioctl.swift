@@ -44,6 +44,7 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     case tunGetSendBuffer = "TUNGETSNDBUF"
     case tunSetQueue = "TUNSETQUEUE"
     case tunSetCarrier = "TUNSETCARRIER"
+    case tunSetSteeringProgram = "TUNSETSTEERINGEBPF"
     case tunGetVnetHeaderSize = "TUNGETVNETHDRSZ"
     case tunSetVnetHeaderSize = "TUNSETVNETHDRSZ"
     // linux/sockios.h, on an AF_INET datagram socket
@@ -97,6 +98,7 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
         case .tunGetSendBuffer: CVHOST_TUNGETSNDBUF
         case .tunSetQueue: CVHOST_TUNSETQUEUE
         case .tunSetCarrier: CVHOST_TUNSETCARRIER
+        case .tunSetSteeringProgram: CVHOST_TUNSETSTEERINGEBPF
         case .tunGetVnetHeaderSize: CVHOST_TUNGETVNETHDRSZ
         case .tunSetVnetHeaderSize: CVHOST_TUNSETVNETHDRSZ
         case .getInterfaceFlags: CVHOST_SIOCGIFFLAGS
@@ -142,6 +144,8 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
             return "tun.c tun_set_queue: only a queue of a multiqueue tap detaches, and only a detached one re-attaches"
         case (.tunSetSendBuffer, .invalidArgument):
             return "tun.c: the send buffer must be above 0"
+        case (.tunSetSteeringProgram, .invalidArgument):
+            return "tun.c tun_set_ebpf: the fd must be a BPF_PROG_TYPE_SOCKET_FILTER program (or -1)"
         case (.netSetBackend, .noBufferSpace):
             return "vhost-net has two vrings: 0 (RX) and 1 (TX)"
         case (.netSetBackend, .badAddress):

@@ -180,6 +180,11 @@ public struct Tap: ~Copyable {
             var value: Int32 = on ? 1 : 0
             try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }
             return .none
+        case .setSteeringProgram(let program):
+            // tun.c tun_set_ebpf copies an int fd from the pointer.
+            var value = program
+            try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }
+            return .none
         case .setSendBuffer(let bytes), .setVnetHeaderSize(let bytes):
             var value = bytes
             try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ptr(fd, $0, &value) }

@@ -216,6 +216,10 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
     case setQueue(attach: Bool)
     /// `TUNSETCARRIER`: the link's carrier on or off (tun.c tun_net_change_carrier).
     case setCarrier(Bool)
+    /// `TUNSETSTEERINGEBPF`: the queue of each frame the host sends is the return value of this
+    /// `BPF_PROG_TYPE_SOCKET_FILTER` program (by fd; -1 detaches), as a u16, modulo the number of
+    /// queues (tun.c tun_ebpf_select_queue). The tap keeps its own reference to the program.
+    case setSteeringProgram(fd: Int32)
     /// `TUNGETVNETHDRSZ`: answers `.value`.
     case getVnetHeaderSize
     /// `TUNSETVNETHDRSZ`.
@@ -233,6 +237,7 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
         case .getSendBuffer: .tunGetSendBuffer
         case .setQueue: .tunSetQueue
         case .setCarrier: .tunSetCarrier
+        case .setSteeringProgram: .tunSetSteeringProgram
         case .getVnetHeaderSize: .tunGetVnetHeaderSize
         case .setVnetHeaderSize: .tunSetVnetHeaderSize
         }
@@ -247,6 +252,7 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
         case .getFeatures, .getVnetHeaderSize, .getSendBuffer: ""
         case .setQueue(let attach): attach ? "flags: IFF_ATTACH_QUEUE" : "flags: IFF_DETACH_QUEUE"
         case .setCarrier(let on): on ? "1" : "0"
+        case .setSteeringProgram(let fd): "fd: \(fd)"
         case .setOffload(let bits): hex(bits)
         case .setSendBuffer(let bytes), .setVnetHeaderSize(let bytes): "\(bytes)"
         }

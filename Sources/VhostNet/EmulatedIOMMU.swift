@@ -31,7 +31,11 @@ public final class EmulatedIOMMU: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private var thread: WorkerThread?
 
-    public init(offset: UInt64) { self.offset = offset }
+    /// Told of every IOTLB message the IOMMU reads and writes (`--trace`), on the IOMMU's own
+    /// thread: set it before the device starts.
+    public let observer: IoctlObserver?
+
+    public init(offset: UInt64, observer: IoctlObserver? = nil) { self.offset = offset; self.observer = observer }
 
     deinit { stop() }
 

@@ -26,7 +26,10 @@ public enum DescriptorLayout: String, Sendable, CaseIterable {
 /// indirect table). The queues take their memory from `carveQueue`; nothing else repeats this
 /// arithmetic.
 public struct GuestMemoryPlan: Sendable, Equatable {
+    /// The RX ring's size (and the TX ring's, unless `transmitQueueSize` differs).
     public var queueSize: Int
+    /// The TX ring's size.
+    public var transmitQueueSize: Int
     /// Bytes per frame buffer (with the header inline for `.inline`).
     public var bufferSize: Int
     /// The virtio-net header length (10 or 12).
@@ -37,24 +40,29 @@ public struct GuestMemoryPlan: Sendable, Equatable {
     /// Bytes of the one large TX buffer (frames bigger than a buffer), 0 for none.
     public var largeTransmitBuffer: Int
 
-    public init(queueSize: Int, bufferSize: Int, headerLength: Int, layout: DescriptorLayout, placement: MemoryPlacement, extraMemory: Int = 0,
+    /// `transmitQueueSize` nil: the TX ring is `queueSize` too.
+    public init(queueSize: Int, transmitQueueSize: Int? = nil, bufferSize: Int, headerLength: Int, layout: DescriptorLayout, placement: MemoryPlacement, extraMemory: Int = 0,
                 largeTransmitBuffer: Int = 0) {
-        self.queueSize = queueSize; self.bufferSize = bufferSize; self.headerLength = headerLength
+        self.queueSize = queueSize; self.transmitQueueSize = transmitQueueSize ?? queueSize
+        self.bufferSize = bufferSize; self.headerLength = headerLength
         self.layout = layout; self.placement = placement; self.extraMemory = extraMemory
         self.largeTransmitBuffer = largeTransmitBuffer
     }
 
     /// One queue's ring block: descriptors, avail and used rings, in whole pages so that no
     /// buffer shares a page with a ring (the dirty log marks 4 KiB pages: vhost.c log_write).
-    public var ringBlockSize: Int { (SplitRingLayout.offsets(queueSize: queueSize).total + 4095) & ~4095 }
+    public var ringBlockSize: Int { ringBlockSize(queueSize: queueSize) }
+
+    /// The ring block of a ring of `queueSize` descriptors, in whole pages.
+    public func ringBlockSize(queueSize: Int) -> Int { (SplitRingLayout.offsets(queueSize: queueSize).total + 4095) & ~4095 }
 
     /// Bytes one head needs at most: its frame buffer, header buffer and table, with alignment.
     var perHead: Int { ((bufferSize + 63) & ~63) + 16 + 32 }
 
     /// The guest memory regions: sizes rounded to 2 MiB so that huge pages can back them.
     public var regions: [GuestMemory.Layout] {
-        let rings = 2 * (ringBlockSize + 4096)
-        let buffers = 2 * queueSize * perHead
+        let rings = ringBlockSize(queueSize: queueSize) + ringBlockSize(queueSize: transmitQueueSize) + 2 * 4096
+        let buffers = (queueSize + transmitQueueSize) * perHead
         let large = largeTransmitBuffer > 0 ? (largeTransmitBuffer + 63) & ~63 : 0
         func rounded(_ n: Int) -> Int { (n + GuestMemory.hugePageSize - 1) & ~(GuestMemory.hugePageSize - 1) }
         switch placement {
@@ -69,8 +77,10 @@ public struct GuestMemoryPlan: Sendable, Equatable {
 
     /// Carves one queue's ring block and per-head buffers out of `memory` (made from `regions`).
     /// With several regions, heads alternate between them. With `largeBuffer` (the TX queue) the
-    /// plan's large buffer is carved too, in the first region.
-    public func carveQueue(from memory: inout GuestMemory, largeBuffer: Bool = false) throws(VhostError) -> QueueMemory {
+    /// plan's large buffer is carved too, in the first region. `transmit` takes the TX ring's size.
+    public func carveQueue(from memory: inout GuestMemory, transmit: Bool = false, largeBuffer: Bool = false) throws(VhostError) -> QueueMemory {
+        let queueSize = transmit ? transmitQueueSize : queueSize
+        let ringBlockSize = ringBlockSize(queueSize: queueSize)
         let ringBlock = try memory.allocate(ringBlockSize, alignment: 4096)
         let offsets = SplitRingLayout.offsets(queueSize: queueSize)
         let regionCount = memory.map.regions.count

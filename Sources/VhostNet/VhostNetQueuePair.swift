@@ -29,8 +29,11 @@ public struct ReceiveCoalescing: Sendable, Equatable {
 public struct QueuePairConfiguration: Sendable {
     /// The tap to create, or to attach to when it exists (for the in-process device: the pipe's name).
     public var tapName: String
-    /// Ring size: a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num).
+    /// Ring size: a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num). The RX ring's,
+    /// and the TX ring's unless `transmitQueueSize` is set.
     public var queueSize: UInt16 = 256
+    /// The TX ring's size when it differs from `queueSize` (nil: the same), the same rule.
+    public var transmitQueueSize: UInt16? = nil
     /// Features to negotiate. Every one must be offered by the device.
     public var features: VirtioFeatures = [.version1]
     /// Features above bit 63 to negotiate (VHOST_SET_FEATURES_ARRAY, Linux 6.17), e.g. UDP-tunnel GSO.
@@ -61,6 +64,9 @@ public struct QueuePairConfiguration: Sendable {
     /// With VIRTIO_F_ACCESS_PLATFORM: the IOVA offset of the emulated IOMMU (IOVA = GPA + offset),
     /// which answers the device's IOTLB misses page by page. Nil: no IOMMU.
     public var iovaOffset: UInt64? = nil
+    /// Told of every IOTLB message the emulated IOMMU reads and writes, from the IOMMU's own
+    /// thread (`--trace`); apart from `observer`, which a script recording shares.
+    public var iotlbObserver: IoctlObserver? = nil
     /// For comparison only: kick after every publish, ignoring the device's avail_event and
     /// NO_NOTIFY, as a driver without notification suppression would.
     public var kickEveryPublish: Bool = false
@@ -112,6 +118,9 @@ public struct QueuePairConfiguration: Sendable {
         guard SplitRingLayout.isValidQueueSize(Int(queueSize)), queueSize >= 2 else {
             throw .invalidConfiguration("queue size \(queueSize) is invalid: it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
         }
+        if let transmitQueueSize, !SplitRingLayout.isValidQueueSize(Int(transmitQueueSize)) || transmitQueueSize < 2 {
+            throw .invalidConfiguration("TX queue size \(transmitQueueSize) is invalid: it must be a power of 2 from 2 to 32768 (vhost.c vhost_vring_set_num)")
+        }
         guard bufferSize >= headerLength + EthernetFrame.headerLength, bufferSize <= 1 << 20 else {
             throw .invalidConfiguration("buffer size \(bufferSize) must hold at least a \(headerLength)-byte virtio-net header and an Ethernet header, and be at most 1 MiB")
         }
@@ -158,7 +167,7 @@ public struct QueuePairConfiguration: Sendable {
 
     /// The guest memory plan these settings give.
     public var memoryPlan: GuestMemoryPlan {
-        GuestMemoryPlan(queueSize: Int(queueSize), bufferSize: bufferSize, headerLength: headerLength,
+        GuestMemoryPlan(queueSize: Int(queueSize), transmitQueueSize: transmitQueueSize.map(Int.init), bufferSize: bufferSize, headerLength: headerLength,
                         layout: descriptorLayout, placement: memoryPlacement, extraMemory: extraMemory, largeTransmitBuffer: largeTransmitBuffer)
     }
 
@@ -224,11 +233,11 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         let rx = try NetQueue(index: VhostNetDevice.receiveQueueIndex, memory: try plan.carveQueue(from: &memory), layout: configuration.descriptorLayout,
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
                               addressOffset: configuration.iovaOffset ?? 0)
-        let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory, largeBuffer: true), layout: configuration.descriptorLayout,
+        let tx = try NetQueue(index: VhostNetDevice.transmitQueueIndex, memory: try plan.carveQueue(from: &memory, transmit: true, largeBuffer: true), layout: configuration.descriptorLayout,
                               headerLength: headerLength, eventIndex: eventIndex, inOrder: inOrder, startIndex: configuration.ringBase,
                               addressOffset: configuration.iovaOffset ?? 0)
         if let offset = configuration.iovaOffset {
-            let iommu = EmulatedIOMMU(offset: offset)
+            let iommu = EmulatedIOMMU(offset: offset, observer: configuration.iotlbObserver)
             iommu.map(rx.memory, deviceWrites: true)
             iommu.map(tx.memory, deviceWrites: false)
             pendingIOMMU = iommu
@@ -245,7 +254,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
                           receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: configuration.bringLinkUp)
-        logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) in \(session.memory.map.regions.count) guest memory region(s), \(session.netHeaderLength)-byte headers, \(configuration.descriptorLayout) descriptors")
+        logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) (RX) and \(configuration.transmitQueueSize ?? configuration.queueSize) (TX) in \(session.memory.map.regions.count) guest memory region(s), \(session.netHeaderLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         // TX completions are reaped when the ring fills, never waited for one by one; in poll mode
         // RX is spun on too, so neither asks the device for interrupts (virtqueue_disable_cb).
         transmitQueue.queue.driver.disableInterrupts()

@@ -124,9 +124,9 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
             guard let fd = device.iotlbDescriptor else {
                 throw .unsupportedByKernel("\(device.backendName) has no device IOTLB for VIRTIO_F_ACCESS_PLATFORM")
             }
-            try iommu.preload(receive.memory.ringBlock, fd: fd, observer: nil)
-            try iommu.preload(transmit.memory.ringBlock, fd: fd, observer: nil)
-            iommu.start(fd: fd, observer: nil)
+            try iommu.preload(receive.memory.ringBlock, fd: fd, observer: iommu.observer)
+            try iommu.preload(transmit.memory.ringBlock, fd: fd, observer: iommu.observer)
+            iommu.start(fd: fd, observer: iommu.observer)
         }
         try configureVring(receive, base: bases.receive)
         try configureVring(transmit, base: bases.transmit)

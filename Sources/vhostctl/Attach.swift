@@ -84,8 +84,11 @@ struct Attach: ParsableCommand {
     @Flag(name: .customLong("existing-macvtap"), help: "With --macvtap: attach to a macvtap named by --tap that already exists (one this run did not create, perhaps another guest's NIC); refused otherwise.")
     var existingMacvtap = false
 
-    @Option(name: .customLong("worker-cpu"), help: "Pin each queue pair's vhost worker thread (vhost-<pid>) to this CPU.", completion: CompletionHints.cpus)
-    var workerCPU: Int?
+    @Option(name: .customLong("worker-cpu"), help: "Pin the queue pairs' vhost worker threads (vhost-<pid>): one CPU for all, or a list with one CPU per queue pair (0,1 or 0-1).", completion: CompletionHints.cpus)
+    var workerCPU: WorkerCPUList?
+
+    @OptionGroup(title: "Tuning")
+    var tuning: TuningOptions
 
     @Option(help: "Seconds between counter lines (0: only at the end).")
     var stats = 5.0
@@ -124,10 +127,8 @@ struct Attach: ParsableCommand {
         if existingMacvtap && macvtap == nil { throw ValidationError("--existing-macvtap applies to --macvtap only") }
         if let pcap { try recording.output.check(pcap, option: "--pcap") }
         guard stats >= 0, duration >= 0 else { throw ValidationError("--stats and --duration take seconds ≥ 0") }
-        if let workerCPU {
-            let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-            guard (0..<online).contains(workerCPU) else { throw ValidationError("--worker-cpu \(workerCPU): this machine has CPUs 0 to \(online - 1)") }
-        }
+        if let workerCPU, let problem = workerCPU.problem(queuePairs: queuePairs, online: WorkerCPUList.onlineCPUs() ?? [0]) { throw ValidationError(problem) }
+        try tuning.check(queuePairs: queuePairs, backend: macvtap != nil ? "--macvtap" : packetSocket != nil ? "--packet-socket" : nil)
     }
 
     func run() throws {
@@ -169,6 +170,7 @@ struct Attach: ParsableCommand {
         var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
         config.queues = queuePairs
         datapath.apply(to: &config.datapath)
+        tuning.apply(to: &config.datapath, trace: common.observer)
         config.datapath.tunMode = tun
         config.datapath.exclusiveTapCreation = create
         if packetSocket != nil { config.datapath.features.insert(.vhostNetVirtioNetHeader) }
@@ -187,25 +189,27 @@ struct Attach: ParsableCommand {
             try PcapWriter(file: try recording.output.create(path, option: "--pcap", creatingAs: plan.fileCreator),
                            linkType: tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet, interfaces: (0..<queuePairs).map { "\(interfaceName) queue \($0)" })
         }
-        config.datapath.observer = RecordOptions.observer(common, recorder)
+        let workerTracker = WorkerTracker()
+        config.datapath.observer = workerTracker.observer(wrapping: RecordOptions.observer(common, recorder))
         config.datapath.ringObserver = recorder?.ringObserver
         config.datapath.devicePath = common.device
         if let parent = macvtap {
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, MacvtapPort>(config, macvtapOn: parent, logger: logger)
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, workerTracker: workerTracker, backend: "macvtap \(endpoint.interfaceName) on \(parent)")
         } else if let interface = packetSocket {
             // A packet socket carries no virtio-net header: vhost adds and strips it (above).
             let endpoint = try VirtioNetEndpoint<VhostNetDevice, PacketSocketPort>(config, packetSocketOn: interface, logger: logger)
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, backend: "a packet socket on \(interface)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, workerTracker: workerTracker, backend: "a packet socket on \(interface)")
         } else {
             let endpoint = try VhostNetEndpoint(config, logger: logger)
+            try tuning.finishSetup(endpoint, queuePairs: queuePairs)
             // The user --user names may open the tap again; the default user (shared by many
             // daemons) is given nothing.
             if create, plan.chosenByUser, let owner = plan.user { try endpoint.pairs[0].tap.setOwner(uid: owner.uid) }
             if create && keep { try endpoint.pairs[0].tap.setPersistent(true) }
             // A tap it made and does not keep carries its mark (a --keep tap is deliberately left: unmarked).
             if create && !keep { try RouteNetlink.setAlias(index: try endpoint.pairs[0].tap.interfaceIndex(), InterfaceMark.current().description) }
-            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, backend: "tap \(endpoint.tapName)")
+            try serve(endpoint, replayFrames: replayFrames, writer: writer, plan: plan, data: data, workerTracker: workerTracker, backend: "tap \(endpoint.tapName)")
             if create && !keep { print("tap \(tap!) removed") }
         }
         // The endpoint, its taps and fds go away here: a created, non-persistent tap disappears.
@@ -214,11 +218,11 @@ struct Attach: ParsableCommand {
     /// Runs the endpoint until stopped: workers pinned, privileges dropped, replay, the event
     /// loop with counter lines, then the stop.
     func serve<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
-                                                                      writer: PcapWriter?, plan: RunAsPlan, data: DataOutput, backend: String) throws {
+                                                                      writer: PcapWriter?, plan: RunAsPlan, data: DataOutput, workerTracker: WorkerTracker, backend: String) throws {
         let config = endpoint.configuration
         try datapath.finishSetup(endpoint)
         // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
-        if let workerCPU { for worker in VhostWorkerThread.findAll() { try worker.pin(to: workerCPU) } }
+        if let workerCPU { try workerTracker.pin(workerCPU, queuePairs: queuePairs) }
         let workers = VhostWorkerThread.findAll()
         // Everything that needs root is done: the fds are open, the outputs created. A macvtap this
         // run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.

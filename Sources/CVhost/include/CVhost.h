@@ -64,6 +64,7 @@ extern const unsigned long CVHOST_TUNGETVNETHDRSZ;
 extern const unsigned long CVHOST_TUNSETVNETHDRSZ;
 extern const unsigned long CVHOST_TUNSETQUEUE;
 extern const unsigned long CVHOST_TUNSETCARRIER;  // _IOW('T', 226, int), Linux 4.16
+extern const unsigned long CVHOST_TUNSETSTEERINGEBPF; // _IOR('T', 224, int), Linux 4.16
 extern const unsigned long CVHOST_TUNSETVNETLE;
 extern const unsigned long CVHOST_TUNGETVNETLE;
 
@@ -170,6 +171,7 @@ int cvhost_bpf_prog_load(uint32_t type, const uint64_t *instructions, uint32_t c
 int cvhost_bpf_link_create(int prog_fd, int ifindex, uint32_t attach_type, uint32_t flags);
 extern const uint32_t CVHOST_BPF_PROG_TYPE_XDP;
 extern const uint32_t CVHOST_BPF_XDP;
+extern const uint32_t CVHOST_BPF_PROG_TYPE_SOCKET_FILTER;  // tun's steering programs (tun.c tun_set_ebpf)
 
 // IFF_* interface flags, for Swift.
 extern const short CVHOST_IFF_UP;

@@ -153,6 +153,8 @@ final class PipeTunModel {
         // tun.c tun_set_queue: a single-queue tap neither detaches nor re-attaches (EINVAL).
         case .setQueue: failure = .invalidArgument
         case .setCarrier: break
+        // A script cannot load a program; the model takes any fd, as tun does a valid one.
+        case .setSteeringProgram: break
         case .getVnetHeaderSize: answer = .value(UInt64(UInt32(bitPattern: headerSize)))
         case .setVnetHeaderSize(let size): if size < 10 { failure = .invalidArgument } else { headerSize = size }
         }
