@@ -223,6 +223,17 @@ struct Attach: ParsableCommand {
         try datapath.finishSetup(endpoint)
         // The vhost workers (vhost-<pid>), pinned while we still may (a kernel thread needs root).
         if let workerCPU { try workerTracker.pin(workerCPU, queuePairs: queuePairs) }
+        // --low-latency without --worker-cpu: the polling driver (this thread) and the busy-polling
+        // workers on different CPUs (LowLatencyPlacement says why).
+        if datapath.lowLatency && workerCPU == nil {
+            if let placement = LowLatencyPlacement.choose(allowed: LowLatencyPlacement.allowedCPUs(), workers: queuePairs) {
+                try CurrentThread.pin(to: placement.driverCPU)
+                print("low latency: the driver's thread pinned to CPU \(placement.driverCPU)")
+                try workerTracker.pin(WorkerCPUList(cpus: placement.workerCPUs), queuePairs: queuePairs)
+            } else {
+                printDiagnostic("vhostctl: warning: --low-latency on one CPU: the polling driver and the busy-polling worker share it, which is slower than polling alone; give attach two CPUs, or leave out --low-latency")
+            }
+        }
         let workers = VhostWorkerThread.findAll()
         // Everything that needs root is done: the fds are open, the outputs created. A macvtap this
         // run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.
