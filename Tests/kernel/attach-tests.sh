@@ -246,7 +246,7 @@ reply=$(host bash -c 'exec 3<>/dev/udp/fd00:11::2/7; printf "tun-udp6" >&3; IFS=
 if [ "$reply" = "tun-udp6" ]; then pass "attach --tun echoes UDP over IPv6"; else fail "attach --tun echoes UDP over IPv6" "got '$reply'"; fi
 kill -TERM $pid; wait_for_exit $pid
 # One pass of tshark: 1 direction, 2 icmp.type, 3 icmpv6.type, 4 protocols, 5 comment.
-host tshark -r /tmp/tun.pcapng -T fields -e frame.packet_flags_direction -e icmp.type -e icmpv6.type -e frame.protocols -e frame.comment >/tmp/tun.fields 2>&1
+host tshark -r /tmp/tun.pcapng -T fields -e frame.packet_flags_direction -e icmp.type -e icmpv6.type -e frame.protocols -e frame.comment >/tmp/tun.fields 2>/tmp/tun.tshark.err
 tunframes=$(awk -F'\t' '$1 == "0x00000002" && ($2 == "0" || $3 == "129")' /tmp/tun.fields | wc -l)
 nd=$(awk -F'\t' '$1 == "0x00000002" && $3 >= 133 && $3 <= 137 && $3 != ""' /tmp/tun.fields | wc -l)
 if [ "$tunframes" -ge 6 ] && [ "$nd" = 0 ] && head -n 1 /tmp/tun.fields | cut -f4 | has "^raw:ip"; then
