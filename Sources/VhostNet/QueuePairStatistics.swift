@@ -22,6 +22,8 @@ public struct TapStatistics: Sendable, Equatable {
     /// Reads the counters of `interface` from sysfs; nil when the interface has none (gone, or
     /// no sysfs). A counter that does not parse reads as 0.
     public static func read(interface: String) -> TapStatistics? {
+        // An interface name is one path component (dev_valid_name refuses '/', "." and "..").
+        guard !interface.isEmpty, !interface.contains("/"), interface != ".", interface != ".." else { return nil }
         func counter(_ name: String) -> UInt64? {
             guard let text = KernelInfo.readFile("/sys/class/net/\(interface)/statistics/\(name)") else { return nil }
             return UInt64(text.filter { !$0.isWhitespace }) ?? 0

@@ -48,7 +48,7 @@ control_raw() { host python3 -c 'import socket, sys; s = socket.socket(socket.AF
 csock=/tmp/vhctl.sock
 rm -f $csock
 : >/tmp/ctl.log
-vhostctl attach --tap vhctl0 --create --ip 10.0.21.2/24 --udp-echo 7 --stats 0 --control $csock >/tmp/ctl.log 2>&1 &
+vhostctl attach --tap vhctl0 --create --ip 10.0.21.2/24 --udp-echo 7 --stats 1 --control $csock >/tmp/ctl.log 2>&1 &
 cpid=$!
 wait_for_tap vhctl0 && ip addr add 10.0.21.1/24 dev vhctl0 && ip link set vhctl0 up
 wait_for_attached /tmp/ctl.log
@@ -91,6 +91,8 @@ control_udp 10.0.21.2 8 50 go >/dev/null 2>&1
 sleep 0.3
 vhostctl ctl $csock stats --json >/tmp/ctl-stats.json 2>&1
 tap_tx=$(cat /sys/class/net/vhctl0/statistics/tx_packets)
+cp "${JSON_SCHEMAS:-/opt/bin/json-schemas.py}" /tmp/ctl-schemas.py 2>/dev/null
+if problem=$(host python3 /tmp/ctl-schemas.py ctl /tmp/ctl-stats.json 2>&1); then pass "control: ctl stats --json matches its schema ($problem)"; else fail "control: ctl stats --json schema" "$problem: $(head -c 300 /tmp/ctl-stats.json)"; fi
 ours=$(control_field /tmp/ctl-stats.json 'r["queues"][0]["rx"]["frames"] + r["queues"][0]["rx"]["drops"]')
 tapj=$(control_field /tmp/ctl-stats.json 'r["tap"]["tx_packets_toward_us"]')
 if [ "$(control_field /tmp/ctl-stats.json 'r["ok"]')" = True ] && [ "$ours" -gt 400 ] 2>/dev/null && [ $((100 * (tap_tx - ours))) -le "$tap_tx" ] && [ $((100 * (ours - tap_tx))) -le "$tap_tx" ] && [ "$tapj" = "$tap_tx" ]; then
@@ -128,11 +130,16 @@ fi
 kill -TERM $cpid
 if wait_for_exit $cpid; then wait $cpid; cst=$?; else cst=timeout; fi
 if [ "$cst" = 0 ] && [ ! -e $csock ]; then pass "control: attach stops cleanly and removes its socket"; else fail "control: socket removed at exit" "status $cst; $(ls -l $csock 2>&1); $(tail -n 3 /tmp/ctl.log)"; fi
+if grep -Eq "^rx [0-9]+ frames" /tmp/ctl.log && grep -Eq "^queue 0: rx [0-9]+ frames .* frames/s .*\| tx " /tmp/ctl.log && grep -Eq "^tap vhctl0: host sent toward us [1-9][0-9]* \(tx_packets\), dropped before our ring [0-9]+ \(tx_dropped\)" /tmp/ctl.log; then
+    pass "control: --stats prints the counter line, a line per queue pair with rates, and the tap's counters ($(grep '^queue 0' /tmp/ctl.log | tail -n 1 | head -c 100))"
+else
+    fail "control: --stats per-queue lines" "$(grep -E '^(rx|queue|tap) ' /tmp/ctl.log | tail -n 3)"
+fi
 
 # ---- two queue pairs: queue 1 disable steers every flow to queue 0; enable spreads them again ----
 csock2=/tmp/vhctl2.sock
 : >/tmp/ctl2.log
-vhostctl attach --tap vhctl1 --create --queue-pairs 2 --ip 10.0.22.2/24 --udp-echo 7 --stats 0 --control $csock2 >/tmp/ctl2.log 2>&1 &
+vhostctl attach --tap vhctl1 --create --queue-pairs 2 --ip 10.0.22.2/24 --udp-echo 7 --stats 0.5 --json --control $csock2 >/tmp/ctl2.json 2>/tmp/ctl2.log &
 cpid=$!
 wait_for_tap vhctl1 && ip addr add 10.0.22.1/24 dev vhctl1 && ip link set vhctl1 up
 wait_for_attached /tmp/ctl2.log
@@ -161,3 +168,12 @@ else
 fi
 kill -TERM $cpid
 wait_for_exit $cpid
+# --stats with --json: every stats object carries both queue pairs and the tap's counters.
+if problem=$(host python3 /tmp/ctl-schemas.py attach /tmp/ctl2.json 2>&1) && ok=$(host python3 -c 'import json, sys
+d = [json.loads(l) for l in open(sys.argv[1])]
+s = [x for x in d if x["event"] == "stats"]
+print(len(s) >= 1 and all([q["queue_pair"] for q in x["queues"]] == [0, 1] and "tx_packets_toward_us" in x["tap"] for x in s) and s[-1]["queues"][0]["rx"]["frames"] > 0)' /tmp/ctl2.json 2>&1) && [ "$ok" = True ]; then
+    pass "control: attach --stats --json: each stats object has both queue pairs and the tap's counters, matching the schema"
+else
+    fail "control: attach --stats --json per-queue" "$problem $ok: $(tail -n 2 /tmp/ctl2.json | head -c 400)"
+fi
