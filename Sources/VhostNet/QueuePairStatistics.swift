@@ -111,8 +111,9 @@ extension VirtioNetEndpoint where Backend: ~Copyable, Port: ~Copyable {
     }
 
     /// Resumes every queue pair after `stop` (each from the vring bases its stop read back, so no
-    /// chain in flight is lost or used twice: VirtioNetQueuePair.resume).
-    public func resume() throws(VhostError) {
-        for pair in pairs { try pair.resume() }
+    /// chain in flight is lost or used twice: VirtioNetQueuePair.resume). `bringingLinkUp` as
+    /// VirtioNetQueuePair.resume has it.
+    public func resume(bringingLinkUp: Bool? = nil) throws(VhostError) {
+        for pair in pairs { try pair.resume(bringingLinkUp: bringingLinkUp) }
     }
 }

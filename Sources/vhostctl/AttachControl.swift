@@ -80,8 +80,9 @@ final class AttachControl {
             return .done("stopped: the backends are detached; frames wait in the tap's queue until resume")
         case .resume:
             guard stopped else { return .done("already running") }
-            for (index, pair) in endpoint.pairs.enumerated() where !disabled.contains(index) { try pair.resume() }
+            for (index, pair) in endpoint.pairs.enumerated() where !disabled.contains(index) { try pair.resume(bringingLinkUp: false) }
             stopped = false
+            // The link is left as it is: SIOCSIFFLAGS needs CAP_NET_ADMIN, dropped after set-up.
             return .done("resumed from the saved vring bases")
         case .link(let up):
             // tun.c __tun_chr_ioctl: TUNSETCARRIER calls tun_net_change_carrier (netif_carrier_on/off).
@@ -122,7 +123,7 @@ final class AttachControl {
             // tun.c tun_set_queue: IFF_ATTACH_QUEUE re-attaches the detached tfile.
             try Tap.perform(.setQueue(attach: true), on: pair.port.fd, observer: nil)
             disabled.remove(index)
-            if !stopped { try pair.resume() }
+            if !stopped { try pair.resume(bringingLinkUp: false) }
             return .done("queue \(index) enabled")
         }
         guard !disabled.contains(index) else { return .done("queue \(index) is disabled already") }
@@ -132,7 +133,7 @@ final class AttachControl {
             // tun.c tun_set_queue: IFF_DETACH_QUEUE takes the queue out of the tap's steering.
             try Tap.perform(.setQueue(attach: false), on: pair.port.fd, observer: nil)
         } catch {
-            if !stopped { try? pair.resume() }
+            if !stopped { try? pair.resume(bringingLinkUp: false) }
             throw error
         }
         disabled.insert(index)
