@@ -23,7 +23,7 @@ import Vhost
         (#"{"command":"pcap","args":["stop"]}"#, .pcapStop),
         (#"{"command":"dirty-log","args":["on"]}"#, .dirtyLog(on: true)),
     ])
-    func parses(text: String, expected: ControlCommand) {
+    func parses(text: String, expected: ControlCommand) throws {
         #expect(try parse(text).get() == expected)
     }
 
