@@ -93,7 +93,7 @@ struct Attach: ParsableCommand {
     @Option(help: "Stop after this many seconds (0: run until SIGINT/SIGTERM).")
     var duration = 0.0
 
-    @Option(help: "Serve a control socket here (a Unix stream socket speaking JSON lines, mode 0600, owned by the user attach runs as): `vhostctl ctl PATH stats|stop|resume|link up|down|queue N enable|disable|offloads NAME…|dirty-log on`. An existing path is refused unless it is a stale socket; removed at exit.", completion: .file())
+    @Option(help: "Serve a control socket here (a Unix stream socket speaking JSON lines, mode 0600, owned by the user attach runs as): `vhostctl ctl PATH stats|stop|resume|link up|down|queue N enable|disable|offloads NAME…|pcap start FILE|pcap stop|dirty-log on`. An existing path is refused unless it is a stale socket; removed at exit.", completion: .file())
     var control: String?
 
     func validate() throws {
@@ -225,7 +225,7 @@ struct Attach: ParsableCommand {
         let workers = VhostWorkerThread.findAll()
         // Everything that needs root is done: the fds are open, the outputs created. A macvtap this
         // run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.
-        let control = try control.map { AttachControl(server: try ControlServer(path: $0, owner: plan.fileCreator), configuredOffloads: endpoint.pairs[0].configuration.effectiveReceiveOffloads) }
+        let control = try control.map { try makeControl(path: $0, endpoint: endpoint, plan: plan) }
         defer { control?.close() }
         let credentials = try plan.drop()
 

@@ -1,4 +1,5 @@
 import Glibc
+import NetFormats
 import Vhost
 import VhostNet
 
@@ -50,9 +51,15 @@ final class AttachControl {
     /// The RX offloads set up (from --offloads or the GUEST_ features): `offloads` may narrow them.
     private let configuredOffloads: Tap.Offloads
 
-    init(server: ControlServer, configuredOffloads: Tap.Offloads) {
+    /// How `pcap start FILE` creates its capture (nil: attach's --pcap is capturing already).
+    private let startCapture: ((String) throws -> PcapWriter)?
+    /// The capture `pcap start` began, until `pcap stop` (or attach stops).
+    private var capture: PcapWriter?
+
+    init(server: ControlServer, configuredOffloads: Tap.Offloads, startCapture: ((String) throws -> PcapWriter)?) {
         self.server = server
         self.configuredOffloads = configuredOffloads
+        self.startCapture = startCapture
     }
 
     /// Answers every waiting request (never blocks).
@@ -97,8 +104,24 @@ final class AttachControl {
             // tun.c set_offload; a resume sets the configured offloads again (Tap.prepare).
             for pair in endpoint.pairs { try Tap.perform(.setOffload(offloads.rawValue), on: pair.port.fd, observer: nil) }
             return .done("RX offloads (TUNSETOFFLOAD) 0x\(String(offloads.rawValue, radix: 16))")
-        case .pcapStart, .pcapStop:
-            return .failure("pcap start/stop is not available on the control socket yet: use attach --pcap")
+        case .pcapStart(let path):
+            guard let startCapture else { return .failure("pcap: attach --pcap is capturing already") }
+            guard capture == nil else { return .failure("pcap: a capture is running already (\(capture!.path)); pcap stop first") }
+            let writer: PcapWriter
+            do { writer = try startCapture(path) } catch let error as CLIError { return .failure(error.message) }
+            let headerLength = endpoint.pairs[0].headerLength
+            endpoint.frameObserver = { observed in
+                writer.write(observed.bytes, direction: observed.direction == .received ? .inbound : .outbound, queue: observed.queue,
+                             header: observed.header, headerLength: headerLength)
+            }
+            capture = writer
+            return .done("capturing to \(path)")
+        case .pcapStop:
+            guard let writer = capture else { return .failure("pcap: no capture started with pcap start") }
+            endpoint.frameObserver = nil
+            capture = nil
+            try writer.finish()
+            return .done("wrote \(writer.frames) frames to \(writer.path)")
         case .dirtyLog(let on):
             guard on else { return .failure("dirty-log off: the library cannot turn the dirty log off once on (VHOST_F_LOG_ALL stays set until the device is closed)") }
             var pages = 0
@@ -140,7 +163,12 @@ final class AttachControl {
         return .done("queue \(index) disabled")
     }
 
-    func close() { server.close() }
+    /// Closes the socket and completes a capture `pcap start` began (the frame observer is off by now).
+    func close() {
+        server.close()
+        if let capture { do { try capture.finish() } catch { printDiagnostic("vhostctl: warning: pcap \(capture.path): \(error)") } }
+        capture = nil
+    }
 }
 
 extension ControlCommand {
@@ -156,5 +184,20 @@ extension ControlCommand {
         case .pcapStart, .pcapStop: "pcap"
         case .dirtyLog: "dirty-log"
         }
+    }
+}
+
+extension Attach {
+    /// `--control PATH`'s socket (made now, before the drop) and the commands' state.
+    func makeControl<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(path: String, endpoint: VirtioNetEndpoint<B, P>, plan: RunAsPlan) throws -> AttachControl {
+        let server = try ControlServer(path: path, owner: plan.fileCreator)
+        let interfaces = (0..<queuePairs).map { "\(endpoint.interfaceName) queue \($0)" }
+        let linkType = tun ? Pcap.linkTypeRaw : Pcap.linkTypeEthernet
+        let output = recording.output
+        // After the drop the capture is created as the user attach runs as, like --pcap's.
+        let startCapture: ((String) throws -> PcapWriter)? = pcap != nil ? nil : { file in
+            try PcapWriter(file: try output.create(file, option: "pcap start"), linkType: linkType, interfaces: interfaces)
+        }
+        return AttachControl(server: server, configuredOffloads: endpoint.pairs[0].configuration.effectiveReceiveOffloads, startCapture: startCapture)
     }
 }

@@ -152,6 +152,9 @@ e1=$(control_udp 10.0.22.2 32 2 go | tail -n 1)
 set -- $(control_rx /tmp/ctl2-b.json)
 b0=$1 b1=$2
 vhostctl ctl $csock2 queue 1 disable >/tmp/ctl2-q.txt 2>&1; qd=$?
+# Counted from after the disable: the host's own frames (ARP, ND) may reach queue 1 before it.
+set -- $(control_rx /tmp/ctl2-bd.json)
+bd0=$1 bd1=$2
 e2=$(control_udp 10.0.22.2 32 2 go | tail -n 1)
 set -- $(control_rx /tmp/ctl2-c.json)
 c0=$1 c1=$2
@@ -161,10 +164,10 @@ e3=$(control_udp 10.0.22.2 32 2 go | tail -n 1)
 set -- $(control_rx /tmp/ctl2-d.json)
 d0=$1 d1=$2
 if [ "$e1 $e2 $e3" = "echoes 64 echoes 64 echoes 64" ] && [ $qd = 0 ] && [ $qe = 0 ] && [ $last != 0 ] && grep -q "last enabled" /tmp/ctl2-q.txt \
-    && [ $((b0 - a0)) -gt 0 ] && [ $((b1 - a1)) -gt 0 ] && [ "$c1" = "$b1" ] && [ $((c0 - b0)) -ge 64 ] && [ $((d0 - c0)) -gt 0 ] && [ $((d1 - c1)) -gt 0 ]; then
-    pass "control: 32 flows spread over both queues ($((b0 - a0))/$((b1 - a1))); queue 1 disabled: all on queue 0 ($((c0 - b0))/$((c1 - b1))); the last queue is kept; enabled: both again ($((d0 - c0))/$((d1 - c1)))"
+    && [ $((b0 - a0)) -gt 0 ] && [ $((b1 - a1)) -gt 0 ] && [ "$c1" = "$bd1" ] && [ $((c0 - bd0)) -ge 64 ] && [ $((d0 - c0)) -gt 0 ] && [ $((d1 - c1)) -gt 0 ]; then
+    pass "control: 32 flows spread over both queues ($((b0 - a0))/$((b1 - a1))); queue 1 disabled: all on queue 0 ($((c0 - bd0))/$((c1 - bd1))); the last queue is kept; enabled: both again ($((d0 - c0))/$((d1 - c1)))"
 else
-    fail "control: queue disable/enable" "echoes: $e1/$e2/$e3; disable $qd enable $qe last $last; rx a $a0 $a1 b $b0 $b1 c $c0 $c1 d $d0 $d1; $(tr '\n' ' ' </tmp/ctl2-q.txt)"
+    fail "control: queue disable/enable" "echoes: $e1/$e2/$e3; disable $qd enable $qe last $last; rx a $a0 $a1 b $b0 $b1 bd $bd0 $bd1 c $c0 $c1 d $d0 $d1; $(tr '\n' ' ' </tmp/ctl2-q.txt)"
 fi
 kill -TERM $cpid
 wait_for_exit $cpid
@@ -177,3 +180,52 @@ print(len(s) >= 1 and all([q["queue_pair"] for q in x["queues"]] == [0, 1] and "
 else
     fail "control: attach --stats --json per-queue" "$problem $ok: $(tail -n 2 /tmp/ctl2.json | head -c 400)"
 fi
+
+# ---- offloads and dirty-log after the privilege drop, as the kernel reports them ----------------
+# control_txcsum IFACE: the interface's tx-checksumming (ETHTOOL_GTXCSUM through SIOCETHTOOL):
+# TUNSETOFFLOAD's TUN_F_CSUM sets NETIF_F_HW_CSUM on the tap (tun.c set_offload).
+control_txcsum() { host python3 -c 'import array, fcntl, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+value = array.array("I", [0x16, 0])
+request = struct.pack("16sP", sys.argv[1].encode(), value.buffer_info()[0]) + bytes(16)
+fcntl.ioctl(s, 0x8946, request)
+print(value[1])' "$1" 2>&1; }
+csock3=/tmp/vhctl3.sock
+: >/tmp/ctl3.log
+vhostctl attach --tap vhctl2 --create --ip 10.0.23.2/24 --features VERSION_1 EVENT_IDX GUEST_CSUM --stats 0 --control $csock3 >/tmp/ctl3.log 2>&1 &
+cpid=$!
+wait_for_tap vhctl2 && ip addr add 10.0.23.1/24 dev vhctl2 && ip link set vhctl2 up
+wait_for_attached /tmp/ctl3.log
+x0=$(control_txcsum vhctl2)
+vhostctl ctl $csock3 offloads none >/tmp/ctl3-o.txt 2>&1; o1=$?
+x1=$(control_txcsum vhctl2)
+vhostctl ctl $csock3 offloads csum >>/tmp/ctl3-o.txt 2>&1; o2=$?
+x2=$(control_txcsum vhctl2)
+vhostctl ctl $csock3 offloads tso4 >>/tmp/ctl3-o.txt 2>&1; o3=$?
+if [ "$x0 $x1 $x2" = "1 0 1" ] && [ $o1 = 0 ] && [ $o2 = 0 ] && [ $o3 != 0 ] && grep -q "only the RX offloads set up at start" /tmp/ctl3-o.txt; then
+    pass "control: offloads none → the tap's tx-checksumming off, csum → on again (TUNSETOFFLOAD as nobody); tso4, never negotiated, is refused"
+else
+    fail "control: offloads" "tx-csum $x0 $x1 $x2; exits $o1 $o2 $o3: $(tr '\n' ' ' </tmp/ctl3-o.txt)"
+fi
+vhostctl ctl --json $csock3 dirty-log on >/tmp/ctl3-d1.json 2>&1; d1=$?
+ping -c 3 -W 3 10.0.23.2 >/dev/null 2>&1; pg=$?
+vhostctl ctl --json $csock3 dirty-log on >/tmp/ctl3-d2.json 2>&1; d2=$?
+p2=$(control_field /tmp/ctl3-d2.json 'r["dirty_pages"]')
+if [ $d1 = 0 ] && [ $d2 = 0 ] && [ $pg = 0 ] && [ "$p2" -gt 0 ] 2>/dev/null; then
+    pass "control: dirty-log on as nobody; after a ping the kernel has marked $p2 dirty pages, and ping still answers"
+else
+    fail "control: dirty-log" "exits $d1 $d2 ping $pg: $(cat /tmp/ctl3-d1.json /tmp/ctl3-d2.json | tr '\n' ' ')"
+fi
+# pcap start/stop: a capture made as nobody, mode 0600, holding the ping's frames (read by tshark).
+rm -f /tmp/ctl-cap.pcapng
+vhostctl ctl $csock3 pcap start /tmp/ctl-cap.pcapng >/tmp/ctl3-p.txt 2>&1; c1=$?
+ping -c 2 -W 3 10.0.23.2 >/dev/null 2>&1
+vhostctl ctl $csock3 pcap stop >>/tmp/ctl3-p.txt 2>&1; c2=$?
+replies=$(host tshark -r /tmp/ctl-cap.pcapng -Y 'icmp.type == 0 && ip.src == 10.0.23.2' 2>/dev/null | wc -l)
+if [ $c1 = 0 ] && [ $c2 = 0 ] && [ "$(mode_owner /tmp/ctl-cap.pcapng)" = "600 65534" ] && [ "$replies" -ge 2 ]; then
+    pass "control: pcap start/stop writes a capture as nobody (mode 0600) that tshark reads: $replies echo replies"
+else
+    fail "control: pcap start/stop" "exits $c1 $c2, $(mode_owner /tmp/ctl-cap.pcapng), replies $replies: $(tr '\n' ' ' </tmp/ctl3-p.txt)"
+fi
+kill -TERM $cpid
+wait_for_exit $cpid
