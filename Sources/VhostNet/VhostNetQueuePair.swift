@@ -291,11 +291,16 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
 
     /// Resumes after `stop` on the same device: vhost_dev_start again with each vring's base
     /// where the device left off, so no chain in flight is lost or used twice.
-    public func resume() throws(VhostError) {
+    public func resume() throws(VhostError) { try resume(bringingLinkUp: nil) }
+
+    /// `resume`, with `bringingLinkUp` false leaving the interface's flags alone (SIOCSIFFLAGS
+    /// needs CAP_NET_ADMIN, which a process that dropped its privileges after set-up no longer
+    /// has); nil: as configured.
+    public func resume(bringingLinkUp: Bool?) throws(VhostError) {
         guard !session.running else { return }
         guard let bases = session.savedBases else { throw .invalidState("resume needs a stop first: it restores the bases stop read back") }
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue, bases: bases,
-                          receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: configuration.bringLinkUp)
+                          receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: bringingLinkUp ?? configuration.bringLinkUp)
         receiveQueue.refill()
     }
 

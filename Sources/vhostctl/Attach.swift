@@ -96,6 +96,9 @@ struct Attach: ParsableCommand {
     @Option(help: "Stop after this many seconds (0: run until SIGINT/SIGTERM).")
     var duration = 0.0
 
+    @Option(help: "Serve a control socket here (a Unix stream socket speaking JSON lines, mode 0600, owned by the user attach runs as): `vhostctl ctl PATH stats|stop|resume|link up|down|queue N enable|disable|offloads NAME…|pcap start FILE|pcap stop|dirty-log on`. An existing path is refused unless it is a stale socket; removed at exit.", completion: .file())
+    var control: String?
+
     func validate() throws {
         guard MACAddress(parsing: mac) != nil else {
             throw ValidationError("--mac \(mac) is not a MAC address: write six hex pairs, e.g. 52:54:00:12:34:56")
@@ -237,6 +240,8 @@ struct Attach: ParsableCommand {
         let workers = VhostWorkerThread.findAll()
         // Everything that needs root is done: the fds are open, the outputs created. A macvtap this
         // run created is deleted by its reaper, which kept CAP_NET_ADMIN: none is kept here.
+        let control = try control.map { try makeControl(path: $0, endpoint: endpoint, plan: plan) }
+        defer { control?.close() }
         let credentials = try plan.drop()
 
         let pair = endpoint.pairs[0]
@@ -277,7 +282,7 @@ struct Attach: ParsableCommand {
         fflush(nil)
         let loopStart = ContinuousClock.now
         do {
-            try run(endpoint, replayFrames: replayFrames, writer: writer, data: data)
+            try run(endpoint, replayFrames: replayFrames, writer: writer, data: data, control: control)
         } catch {
             // An error mid-run: what was captured until then is complete, and kept.
             endpoint.frameObserver = nil
@@ -296,7 +301,7 @@ struct Attach: ParsableCommand {
 
     /// The event loop until a stop signal or --duration, then the stop and the capture completed.
     func run<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>, replayFrames: [(frame: [UInt8], header: VirtioNetHeader, queue: Int)],
-                                                                    writer: PcapWriter?, data: DataOutput) throws {
+                                                                    writer: PcapWriter?, data: DataOutput, control: AttachControl? = nil) throws {
         // Duplicate-address-detection probes for the IPv6 addresses, as a NIC coming up sends.
         try endpoint.announce()
         if !replayFrames.isEmpty {
@@ -307,15 +312,21 @@ struct Attach: ParsableCommand {
         let start = ContinuousClock.now
         var nextStats: ContinuousClock.Instant? = stats > 0 ? start + .clampedSeconds(stats) : nil
         var reportedRisk: String? = nil
+        var sampler = StatisticsSampler()
         while !stopRequested {
-            try endpoint.service(milliseconds: 200)
+            // While the control socket's `stop` holds, the datapath is not serviced.
+            if control?.stopped == true { control?.server.wait(milliseconds: 200) } else { try endpoint.service(milliseconds: 200, extraFDs: control?.server.descriptors ?? []) }
+            control?.serve(endpoint)
             let now = ContinuousClock.now
             if let due = nextStats, now >= due {
                 let risk = endpoint.pairs[0].receiveTruncationRisk()
                 if let risk, risk != reportedRisk { printDiagnostic("vhostctl: warning: \(risk)") }
                 reportedRisk = risk
                 print(counterLine(endpoint))
-                if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: start.duration(to: now).inSeconds, counters: AttachEvent.Counters(endpoint))) }
+                let (queues, tap) = sampler.sample(endpoint)
+                for line in StatisticsSampler.lines(queues, tap: tap, interface: endpoint.interfaceName) { print(line) }
+                if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: start.duration(to: now).inSeconds, counters: AttachEvent.Counters(endpoint),
+                                                             queues: queues, tap: tap.map(AttachEvent.TapCounters.init))) }
                 fflush(nil)
                 try writer?.flush()
                 nextStats = now + .clampedSeconds(stats)

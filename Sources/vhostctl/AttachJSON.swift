@@ -52,11 +52,62 @@ struct AttachEvent: Encodable {
         }
     }
 
+    /// One queue pair's counters and rates (`stats`: `queues`, one per queue pair).
+    struct QueuePair: Encodable {
+        struct Side: Encodable {
+            var frames: UInt64
+            var bytes: UInt64
+            /// Frames we dropped (ours, not the tap's: see `TapCounters`).
+            var drops: UInt64
+            var ringErrors: UInt64
+            var calls: UInt64
+            var kicks: UInt64
+            /// Since the previous snapshot (0 for the first).
+            var framesPerSecond: Double
+            var bytesPerSecond: Double
+        }
+        var queuePair: Int
+        /// False while the backends are detached (the control socket's `stop`, or a disabled queue).
+        var running: Bool
+        var rx: Side
+        var tx: Side
+
+        init(_ statistics: QueuePairStatistics, rates: QueuePairRates) {
+            queuePair = statistics.queuePair
+            running = statistics.running
+            let r = statistics.receive, t = statistics.transmit
+            rx = Side(frames: r.frames, bytes: r.bytes, drops: r.drops, ringErrors: r.ringErrors, calls: r.calls, kicks: r.kicks,
+                      framesPerSecond: rates.receiveFramesPerSecond, bytesPerSecond: rates.receiveBytesPerSecond)
+            tx = Side(frames: t.frames, bytes: t.bytes, drops: t.drops, ringErrors: t.ringErrors, calls: t.calls, kicks: t.kicks,
+                      framesPerSecond: rates.transmitFramesPerSecond, bytesPerSecond: rates.transmitBytesPerSecond)
+        }
+    }
+
+    /// The tap's own counters (/sys/class/net/TAP/statistics), named from our side: the tap's
+    /// tx is what the host sent toward us (our RX), its tx_dropped what never reached our ring.
+    struct TapCounters: Encodable {
+        var txPacketsTowardUs: UInt64
+        var txDroppedTowardUs: UInt64
+        var rxPacketsFromUs: UInt64
+        var rxDroppedFromUs: UInt64
+
+        init(_ statistics: TapStatistics) {
+            txPacketsTowardUs = statistics.towardUsPackets
+            txDroppedTowardUs = statistics.towardUsDropped
+            rxPacketsFromUs = statistics.fromUsPackets
+            rxDroppedFromUs = statistics.fromUsDropped
+        }
+    }
+
     /// "attached", "stats" or "stopped".
     var event: String
     /// Seconds since attach finished setting up (stats, stopped).
     var elapsedSeconds: Double?
     var counters: Counters?
+    /// stats: each queue pair's counters and rates.
+    var queues: [QueuePair]?
+    /// stats: the tap's own counters (absent for a backend without them).
+    var tap: TapCounters?
     // attached:
     var interface: String?
     var backend: String?

@@ -20,7 +20,7 @@ struct VhostCtl: ParsableCommand {
         root or CAP_NET_ADMIN).
         """,
         version: VhostCtlVersion.description,
-        subcommands: [Info.self, Attach.self, Cleanup.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self, Reaper.self]
+        subcommands: [Info.self, Attach.self, Ctl.self, Cleanup.self, Demo.self, BenchGroup.self, ScriptGroup.self, MigrateTest.self, Reaper.self]
     )
 
     /// `--verbose`, `--quiet`, `--trace` and `--json` before the subcommand (`vhostctl --trace info`). The

@@ -24,6 +24,10 @@ DIRECTION = {"frames": "int", "bytes": "int", "drops": "int"}
 COUNTERS = {"rx": DIRECTION, "tx": DIRECTION, "kicks": "int", "calls": "int", "arp": "int", "icmp": "int", "udp": "int",
             "nd_advertisements": "int", "nd_solicitations": "int", "dad": "int", "icmp6": "int", "udp6": "int",
             "reassembled": "int", "fragments_sent": "int", "uso": "int", "csum_errors": "int"}
+QUEUE_SIDE = {"frames": "int", "bytes": "int", "drops": "int", "ring_errors": "int", "calls": "int", "kicks": "int",
+              "frames_per_second": "number", "bytes_per_second": "number"}
+QUEUE_PAIR = {"queue_pair": "int", "running": "bool", "rx": QUEUE_SIDE, "tx": QUEUE_SIDE}
+TAP_COUNTERS = {"tx_packets_toward_us": "int", "tx_dropped_toward_us": "int", "rx_packets_from_us": "int", "rx_dropped_from_us": "int"}
 LATENCY = {"count": "int", "completed": "int", "p50": "int", "p99": "int", "p99_9": "int", "max": "int", "lost": "int"}
 
 SCHEMAS = {
@@ -35,7 +39,7 @@ SCHEMAS = {
     "attach": {
         "attached": {"event": "string", "interface": "string", "backend": "string", "mac": "string", "queue_pairs": "int",
                      "negotiated_features": ["string"]},
-        "stats": {"event": "string", "elapsed_seconds": "number", "counters": COUNTERS},
+        "stats": {"event": "string", "elapsed_seconds": "number", "counters": COUNTERS, "queues": [QUEUE_PAIR], "tap?": TAP_COUNTERS},
         "stopped": {"event": "string", "elapsed_seconds": "number", "counters": COUNTERS, "signal?": "int", "pcap_frames?": "int",
                     "pcap_path?": "string"},
     },
@@ -84,6 +88,9 @@ SCHEMAS = {
                      "downtime_ms": "number", "identical": "bool",
                      "tx": {"sent": "int", "received": "int", "each_once_in_order": "bool"},
                      "rx": {"sent": "int", "received": "int", "each_once_in_order": "bool"}, "passed": "bool"},
+    # One reply line of the control socket (attach --control; vhostctl ctl --json prints it).
+    "ctl": {"ok": "bool", "message?": "string", "error?": "string", "stopped?": "bool", "counters?": COUNTERS,
+            "queues?": [QUEUE_PAIR], "tap?": TAP_COUNTERS, "dirty_pages?": "int"},
     "cleanup": {"dry_run": "bool", "items": [{"action": "string", "kind": "string", "name": "string", "index?": "int", "reason": "string"}],
                 "removed": "int", "kept": "int", "failed": "int"},
 }
