@@ -101,7 +101,7 @@ let package = Package(
         ),
         .testTarget(name: "NetFormatsTests", dependencies: ["NetFormats"]),
         // The CLI's parsing: global options before and after the subcommand, --version.
-        .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", "Virtio", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "VhostCtlTests", dependencies: ["vhostctl", "Virtio", "Vhost", "VhostNet", "DatapathMeasure", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "VhostTests", dependencies: ["Vhost", "VhostNet", "VhostScript", "VhostModel", "VhostTestSupport", "DatapathSuite", "KernelTierScripts", "FuzzTargets", "Virtio", "NetFormats", "CVhost",
                                                        .product(name: "SystemPackage", package: "swift-system"),
                                                        .product(name: "PropertyBased", package: "swift-property-based")]),
