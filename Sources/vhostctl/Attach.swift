@@ -17,7 +17,7 @@ struct Attach: ParsableCommand {
         link-local address from the MAC, echoes UDP on --udp-echo over both, records frames with \
         --pcap (pcapng for a name ending in .pcapng) and sends the frames of --replay (pcap or pcapng). Prints counters every --stats seconds. SIGINT, \
         SIGTERM, SIGHUP or a closed standard output (SIGPIPE) stops it cleanly: the backends are detached, the capture is \
-        completed and a tap it created is removed (unless --keep). Needs root or CAP_NET_ADMIN for set-up; after it, attach \
+        completed and a tap it created is removed (unless --keep). Needs root or CAP_NET_ADMIN for set-up (nothing with --tap-fd: descriptors a privileged helper passed); after it, attach \
         runs as the user nobody (or --user) with no capabilities and no-new-privs. Output files are created with mode 0600, \
         never through a symbolic link, never over an existing file without --force, and appear under their name only once complete. \
         A macvtap it creates is removed by a small privileged helper process even when attach is killed; \
