@@ -28,7 +28,7 @@ import Testing
         (["--tap", "x", "--vhost-fd", "4"], "--vhost-fd applies with --tap-fd"),
         (["--tap-fd", "1"], "--tap-fd 1: descriptors 0, 1 and 2"),
         (["--tap-fd", "3", "--vhost-fd", "3"], "the same descriptor twice"),
-        (["--tap-fd", "-5"], "--tap-fd -5"),
+        (["--tap-fd=-5"], "--tap-fd -5"),
         (["--netns", "", "--tap", "x"], "--netns"),
         (["--netns", "a b", "--tap", "x"], "--netns a b"),
     ])
