@@ -57,6 +57,34 @@ else
     fail "attach --tap-fd stop" "$(tail -c 300 /tmp/fds.log)"
 fi
 
+# ---- a multiqueue tap: two queues (3, 5) and two vhost-net devices (4, 6), as nobody ---------------
+cat >/tmp/fds-helper-mq.py <<'EOF'
+import fcntl, os, struct, subprocess
+fds = []
+for _ in range(2):   # IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE: each TUNSETIFF adds a queue
+    t = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(t, 0x400454ca, struct.pack("16sH", b"vhfdmq0", 0x2 | 0x1000 | 0x4000 | 0x100))
+    fds += [t, os.open("/dev/vhost-net", os.O_RDWR)]
+subprocess.run(["ip", "addr", "add", "10.79.0.1/24", "dev", "vhfdmq0"], check=True)
+subprocess.run(["ip", "link", "set", "dev", "vhfdmq0", "up"], check=True)
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+for target, fd in zip((3, 4, 5, 6), high):
+    os.dup2(fd, target); os.set_inheritable(target, True)
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+os.execv("/tmp/fds-vhostctl", ["vhostctl", "attach", "--tap-fd", "3", "--vhost-fd", "4", "--tap-fd", "5", "--vhost-fd", "6",
+                               "--queue-pairs", "2", "--ip", "10.79.0.2/24", "--stats", "0"])
+EOF
+: >/tmp/fds-mq.log
+host python3 /tmp/fds-helper-mq.py >/tmp/fds-mq.log 2>&1 &
+mq_pid=$!
+wait_for_attached /tmp/fds-mq.log
+if grep -q "^attached to vhfdmq0 .* 2 queue pair(s)" /tmp/fds-mq.log && [ "$(status_field $mq_pid CapEff)" = 0000000000000000 ] && ping -c 3 -W 3 10.79.0.2 >/tmp/fds-mq-ping.txt 2>&1; then
+    pass "attach on two passed queues of a multiqueue tap as nobody: 2 queue pairs, ping answers ($(grep -o '[0-9]* packets received' /tmp/fds-mq-ping.txt))"
+else
+    fail "attach on two passed queues" "$(cat /tmp/fds-mq-ping.txt 2>/dev/null | tail -2) | $(head -c 400 /tmp/fds-mq.log)"
+fi
+kill -TERM $mq_pid 2>/dev/null; wait_for_exit $mq_pid
+
 # ---- wrong descriptors: refused with one line naming the option, the fd and what it is -----------
 echo regular >/tmp/fds-regular
 expect_error "--vhost-fd on a regular file is refused" 64 "vhost-fd 4 is a regular file (/tmp/fds-regular), not the vhost-net device" \
