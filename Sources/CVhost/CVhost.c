@@ -339,3 +339,13 @@ int cvhost_bpf_link_create(int prog_fd, int ifindex, uint32_t attach_type, uint3
     long fd = syscall(SYS_bpf, BPF_LINK_CREATE, &attr, sizeof attr);
     return fd < 0 ? -errno : (int)fd;
 }
+
+// ---- network namespaces, as `ip netns exec` enters one (iproute2 lib/namespace.c netns_switch) ----
+#include <sys/mount.h>
+int cvhost_setns_network(int fd) { return result(setns(fd, CLONE_NEWNET)); }
+int cvhost_unshare_mount_namespace(void) { return result(unshare(CLONE_NEWNS)); }
+int cvhost_mount_make_root_rslave(void) { return result(mount("", "/", "none", MS_SLAVE | MS_REC, NULL)); }
+int cvhost_umount_detach(const char *path) { return result(umount2(path, MNT_DETACH)); }
+int cvhost_mount_sysfs(const char *path) { return result(mount("sysfs", path, "sysfs", 0, NULL)); }
+int cvhost_descriptor_flags(int fd) { return result(fcntl(fd, F_GETFD)); }
+int cvhost_set_close_on_exec(int fd) { return result(fcntl(fd, F_SETFD, FD_CLOEXEC)); }

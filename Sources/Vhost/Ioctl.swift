@@ -36,6 +36,7 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
     case setFeaturesArray = "VHOST_SET_FEATURES_ARRAY"
     // linux/if_tun.h
     case tunSetInterface = "TUNSETIFF"
+    case tunGetInterface = "TUNGETIFF"
     case tunSetPersist = "TUNSETPERSIST"
     case tunSetOwner = "TUNSETOWNER"
     case tunGetFeatures = "TUNGETFEATURES"
@@ -90,6 +91,7 @@ public enum IoctlRequest: String, CaseIterable, Sendable {
         case .getFeaturesArray: CVHOST_VHOST_GET_FEATURES_ARRAY
         case .setFeaturesArray: CVHOST_VHOST_SET_FEATURES_ARRAY
         case .tunSetInterface: CVHOST_TUNSETIFF
+        case .tunGetInterface: CVHOST_TUNGETIFF
         case .tunSetPersist: CVHOST_TUNSETPERSIST
         case .tunSetOwner: CVHOST_TUNSETOWNER
         case .tunGetFeatures: CVHOST_TUNGETFEATURES

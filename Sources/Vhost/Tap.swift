@@ -149,6 +149,10 @@ public struct Tap: ~Copyable {
             var value = Int16(bitPattern: flags)
             try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ifreq_short(fd, $0, name, &value, nil) }
             return .none
+        case .getInterface:
+            var value: Int16 = 0
+            try performIoctl(.tun(request), observer: observer, answer: { .value(UInt64(UInt16(bitPattern: value))) }) { cvhost_ioctl_ifreq_short(fd, $0, "", &value, nil) }
+            return .value(UInt64(UInt16(bitPattern: value)))
         case .setPersist(let on):
             try performIoctl(.tun(request), observer: observer) { cvhost_ioctl_ulong(fd, $0, on ? 1 : 0) }
             return .none

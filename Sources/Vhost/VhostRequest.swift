@@ -199,6 +199,9 @@ public enum VhostAnswer: Sendable, Equatable, CustomStringConvertible {
 public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
     /// `TUNSETIFF`: create or attach the interface `name` with these `IFF_*` flags.
     case setInterface(name: String, flags: UInt16)
+    /// `TUNGETIFF`: answers `.value`, the `IFF_*` flags of the interface this fd is a queue of
+    /// (tun.c tun_get_iff; `Tap(adopting:)` reads the name too).
+    case getInterface
     /// `TUNSETPERSIST`.
     case setPersist(Bool)
     /// `TUNSETOWNER`: the uid that may open the tap later.
@@ -229,6 +232,7 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
     public var kind: IoctlRequest {
         switch self {
         case .setInterface: .tunSetInterface
+        case .getInterface: .tunGetInterface
         case .setPersist: .tunSetPersist
         case .setOwner: .tunSetOwner
         case .getFeatures: .tunGetFeatures
@@ -249,7 +253,7 @@ public enum TunRequest: Sendable, Equatable, CustomStringConvertible {
         case .setInterface(let name, let flags): "name: \(name), flags: \(hex(flags))"
         case .setPersist(let on): on ? "1" : "0"
         case .setOwner(let uid): "\(uid)"
-        case .getFeatures, .getVnetHeaderSize, .getSendBuffer: ""
+        case .getFeatures, .getVnetHeaderSize, .getSendBuffer, .getInterface: ""
         case .setQueue(let attach): attach ? "flags: IFF_ATTACH_QUEUE" : "flags: IFF_DETACH_QUEUE"
         case .setCarrier(let on): on ? "1" : "0"
         case .setSteeringProgram(let fd): "fd: \(fd)"

@@ -28,6 +28,10 @@ public struct EndpointConfiguration: Sendable {
     public var udpEchoPort: UInt16? = nil
     /// How replies are sent (batched by default).
     public var replyPath: ReplyPath = .burst
+    /// Descriptors another process opened, one entry per queue pair (empty: the tap named by
+    /// `datapath.tapName` and `/dev/vhost-net` are opened here). With them the tap's name comes
+    /// from the descriptor (TUNGETIFF), and nothing needs CAP_NET_ADMIN.
+    public var adopted: [AdoptedQueuePair] = []
     /// Frames on the port: Ethernet, or bare IP on an L3 tun (`datapath.tunMode`).
     public var linkLayer: LinkLayer { datapath.tunMode ? .none : .ethernet }
 
@@ -280,7 +284,19 @@ public typealias VhostNetEndpoint = VirtioNetEndpoint<VhostNetDevice, Tap>
 extension VirtioNetEndpoint where Backend == VhostNetDevice, Port == Tap {
     /// N queue pairs on the tap `configuration.datapath.tapName` (IFF_MULTI_QUEUE when N > 1).
     public convenience init(_ configuration: Configuration, logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
-        try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in try VhostNetQueuePair(config, logger: logger) }
+        guard !configuration.adopted.isEmpty else {
+            try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in try VhostNetQueuePair(config, logger: logger) }
+            return
+        }
+        // Descriptors passed by another process: one tap queue (and vhost fd) per pair.
+        guard configuration.adopted.count == configuration.queues else {
+            throw .invalidConfiguration("\(configuration.adopted.count) passed tap descriptor(s) for \(configuration.queues) queue pair(s): pass one per queue pair")
+        }
+        var next = 0
+        try self.init(configuration, logger: logger) { (config, logger) throws(VhostError) in
+            defer { next += 1 }
+            return try VhostNetQueuePair(config, adopting: configuration.adopted[next], logger: logger)
+        }
     }
 
     /// The tap's name.

@@ -17,7 +17,7 @@ struct Attach: ParsableCommand {
         link-local address from the MAC, echoes UDP on --udp-echo over both, records frames with \
         --pcap (pcapng for a name ending in .pcapng) and sends the frames of --replay (pcap or pcapng). Prints counters every --stats seconds. SIGINT, \
         SIGTERM, SIGHUP or a closed standard output (SIGPIPE) stops it cleanly: the backends are detached, the capture is \
-        completed and a tap it created is removed (unless --keep). Needs root or CAP_NET_ADMIN for set-up; after it, attach \
+        completed and a tap it created is removed (unless --keep). Needs root or CAP_NET_ADMIN for set-up (nothing with --tap-fd: descriptors a privileged helper passed); after it, attach \
         runs as the user nobody (or --user) with no capabilities and no-new-privs. Output files are created with mode 0600, \
         never through a symbolic link, never over an existing file without --force, and appear under their name only once complete. \
         A macvtap it creates is removed by a small privileged helper process even when attach is killed; \
@@ -35,6 +35,9 @@ struct Attach: ParsableCommand {
 
     @Option(name: .customLong("packet-socket"), help: "Use a raw packet socket bound to this interface as the backend (vhost adds the virtio-net header: VHOST_NET_F_VIRTIO_NET_HDR is negotiated).", completion: CompletionHints.interfaceNames)
     var packetSocket: String?
+
+    @OptionGroup(title: "Passed descriptors and namespaces")
+    var passed: PassedOptions
 
     @Flag(help: "Create the tap; it must not exist yet (TUNSETIFF with IFF_TUN_EXCL, so one made meanwhile by someone else is never attached). Without it, the tap must exist.")
     var create = false
@@ -113,7 +116,8 @@ struct Attach: ParsableCommand {
             throw ValidationError("--ip6 \(address) is not a unicast IPv6 address with prefix: write e.g. fd00::2/64")
         }
         if tun && (macvtap != nil || packetSocket != nil) { throw ValidationError("--tun makes --tap an L3 tun; it does not apply to --macvtap or --packet-socket") }
-        guard (tap == nil) != (packetSocket == nil) else {
+        try passed.check(queuePairs: queuePairs, tap: tap, create: create, macvtap: macvtap, packetSocket: packetSocket)
+        guard (tap == nil) != (packetSocket == nil) || !passed.tapFD.isEmpty else {
             throw ValidationError("give --tap NAME (a tap, or with --macvtap PARENT the macvtap's name), or --packet-socket IFACE")
         }
         if let tap { do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") } }
@@ -121,7 +125,7 @@ struct Attach: ParsableCommand {
             if create || keep { throw ValidationError("--create and --keep apply to taps; a macvtap is created when missing, a packet socket's interface must exist") }
         }
         if packetSocket != nil && queuePairs != 1 { throw ValidationError("--packet-socket carries one queue pair: every socket bound to an interface sees every frame") }
-        for name in [macvtap, packetSocket].compactMap({ $0 }) where !Tap.exists(name: name) {
+        for name in [macvtap, packetSocket].compactMap({ $0 }) where passed.netns == nil && !Tap.exists(name: name) {
             throw ValidationError("\(name): no such interface")
         }
         guard (1...256).contains(queuePairs) else { throw ValidationError("--queue-pairs \(queuePairs): use 1 to 256") }
@@ -141,10 +145,11 @@ struct Attach: ParsableCommand {
     func attach() throws {
         // Before anything is created: a signal from here on stops attach cleanly.
         installStopHandlers()
+        try passed.enterNamespace()
         let logger = common.makeLogger()
         // With --json the human lines below go to standard error; the events to standard output.
         let data = DataOutput(json: common.json)
-        try requireNetworkAdministration("vhostctl attach")
+        if !passed.needsNoPrivilege { try requireNetworkAdministration("vhostctl attach") }
         let plan = try RunAsPlan.resolve(user: user, keepCapabilities: keepCapabilities)
         // Outputs are created now, as the user attach runs as later, and written through these fds.
         let recordFile = try recording.openFile(creatingAs: plan.fileCreator)
@@ -170,11 +175,13 @@ struct Attach: ParsableCommand {
         // runReportingErrors reports an error, so a failed set-up has removed it by then.
         let reaper = try macvtap.map { _ in try ReaperProcess.spawn(links: [tap!]) }
         defer { reaper?.finish() }
-        var config = EndpointConfiguration(tapName: tap ?? packetSocket!)
+        var config = EndpointConfiguration(tapName: tap ?? packetSocket ?? "")
         config.queues = queuePairs
         datapath.apply(to: &config.datapath)
         tuning.apply(to: &config.datapath, trace: common.observer)
         config.datapath.tunMode = tun
+        let adopted = try passed.adopt(config.datapath, queuePairs: queuePairs)
+        if let adopted { config.datapath.tapName = adopted.name; config.adopted = adopted.pairs }
         config.datapath.exclusiveTapCreation = create
         if packetSocket != nil { config.datapath.features.insert(.vhostNetVirtioNetHeader) }
         config.mac = MACAddress(parsing: mac)!
@@ -186,7 +193,7 @@ struct Attach: ParsableCommand {
         let replayFrames = try replay.map { path throws(VhostError) in
             try Replay.frames(of: try readCaptureFile(path: path), path: path, linkLayer: config.linkLayer, features: config.datapath.features, queues: queuePairs)
         } ?? []
-        let interfaceName = tap ?? packetSocket!
+        let interfaceName = adopted?.name ?? tap ?? packetSocket!
         // Unfinished (a failed set-up, an error before serve), the writer removes its temporary file.
         let writer = try pcap.map { path in
             try PcapWriter(file: try recording.output.create(path, option: "--pcap", creatingAs: plan.fileCreator),
@@ -206,6 +213,7 @@ struct Attach: ParsableCommand {
         } else {
             let endpoint = try VhostNetEndpoint(config, logger: logger)
             try tuning.finishSetup(endpoint, queuePairs: queuePairs)
+            if adopted != nil, let warning = PassedOptions.linkWarning(endpoint.tapName) { printDiagnostic(warning) }
             // The user --user names may open the tap again; the default user (shared by many
             // daemons) is given nothing.
             if create, plan.chosenByUser, let owner = plan.user { try endpoint.pairs[0].tap.setOwner(uid: owner.uid) }

@@ -178,4 +178,15 @@ extern const short CVHOST_IFF_UP;
 extern const short CVHOST_IFF_RUNNING;
 extern const int CVHOST_IFNAMSIZ;
 
+// Network namespaces (each one call; -errno on failure): setns(fd, CLONE_NEWNET); unshare(CLONE_NEWNS);
+// mount("", "/", MS_SLAVE|MS_REC); umount2(path, MNT_DETACH); mount sysfs on path.
+int cvhost_setns_network(int fd);
+int cvhost_unshare_mount_namespace(void);
+int cvhost_mount_make_root_rslave(void);
+int cvhost_umount_detach(const char *path);
+int cvhost_mount_sysfs(const char *path);
+// fcntl(fd, F_GETFD) (EBADF for a descriptor that is not open); fcntl(fd, F_SETFD, FD_CLOEXEC).
+int cvhost_descriptor_flags(int fd);
+int cvhost_set_close_on_exec(int fd);
+
 #endif

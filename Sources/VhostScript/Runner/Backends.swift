@@ -147,6 +147,8 @@ final class PipeTunModel {
         switch request {
         case .setInterface, .setPersist, .setOwner: break
         case .getFeatures: answer = .value(PipeTunModel.features)
+        // The pipe plays a tap opened IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
+        case .getInterface: answer = .value(0x5002)
         case .setOffload(let bits): if !PipeTunModel.acceptsOffloads(bits) { failure = .invalidArgument }
         case .setSendBuffer(let bytes): if bytes <= 0 { failure = .invalidArgument } else { sendBuffer = bytes }
         case .getSendBuffer: answer = .value(UInt64(UInt32(bitPattern: sendBuffer)))
