@@ -331,7 +331,7 @@ struct Attach: ParsableCommand {
                 if let risk, risk != reportedRisk { printDiagnostic("vhostctl: warning: \(risk)") }
                 reportedRisk = risk
                 print(counterLine(endpoint))
-                let (queues, tap) = sampler.sample(endpoint)
+                let (queues, tap, _) = sampler.sample(endpoint)
                 for line in StatisticsSampler.lines(queues, tap: tap, interface: endpoint.interfaceName) { print(line) }
                 if data.json { try data.emitLine(AttachEvent(event: "stats", elapsedSeconds: start.duration(to: now).inSeconds, counters: AttachEvent.Counters(endpoint),
                                                              queues: queues, tap: tap.map(AttachEvent.TapCounters.init))) }

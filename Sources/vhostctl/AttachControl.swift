@@ -8,17 +8,19 @@ import VhostNet
 struct StatisticsSampler {
     private var previous: (time: ContinuousClock.Instant, queues: [QueuePairStatistics])?
 
-    /// Each queue pair's counters and rates, and the tap's counters (nil when the interface has none).
+    /// Each queue pair's counters and rates, the tap's counters (nil when the interface has none),
+    /// and the seconds the rates are over (nil for the first sample, which has no rates).
     mutating func sample<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ endpoint: VirtioNetEndpoint<B, P>)
-        -> (queues: [AttachEvent.QueuePair], tap: TapStatistics?) {
+        -> (queues: [AttachEvent.QueuePair], tap: TapStatistics?, seconds: Double?) {
         let now = ContinuousClock.now
         let queues = endpoint.queuePairStatistics
         let seconds = previous.map { $0.time.duration(to: now).inSeconds } ?? 0
         let result = queues.map { queue in
             AttachEvent.QueuePair(queue, rates: QueuePairRates(from: previous?.queues.first { $0.queuePair == queue.queuePair }, to: queue, seconds: seconds))
         }
+        let interval = previous == nil ? nil : seconds
         previous = (now, queues)
-        return (result, TapStatistics.read(interface: endpoint.interfaceName))
+        return (result, TapStatistics.read(interface: endpoint.interfaceName), interval)
     }
 
     /// One text line per queue pair, and one for the tap's own counters.
@@ -72,8 +74,9 @@ final class AttachControl {
     private func handle<B: VhostBackend & ~Copyable, P: NetworkPort & ~Copyable>(_ command: ControlCommand, _ endpoint: VirtioNetEndpoint<B, P>) throws -> ControlReply {
         switch command {
         case .stats:
-            let (queues, tap) = sampler.sample(endpoint)
+            let (queues, tap, interval) = sampler.sample(endpoint)
             var reply = ControlReply.done("statistics of \(endpoint.interfaceName)")
+            reply.intervalSeconds = interval
             reply.stopped = stopped
             reply.counters = AttachEvent.Counters(endpoint)
             reply.queues = queues

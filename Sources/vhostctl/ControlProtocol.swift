@@ -108,6 +108,8 @@ struct ControlReply: Encodable {
     var counters: AttachEvent.Counters?
     var queues: [AttachEvent.QueuePair]?
     var tap: AttachEvent.TapCounters?
+    /// `stats`: the seconds since the previous `stats`, which the rates are over (absent for the first).
+    var intervalSeconds: Double?
     /// `dirty-log on`: the pages the dirty log has marked so far.
     var dirtyPages: Int?
 

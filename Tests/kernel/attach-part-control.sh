@@ -100,6 +100,19 @@ if [ "$(control_field /tmp/ctl-stats.json 'r["ok"]')" = True ] && [ "$ours" -gt 
 else
     fail "control: stats match the tap's counters" "ours $ours, tap tx_packets $tap_tx, reply's $tapj: $(head -c 600 /tmp/ctl-stats.json)"
 fi
+# The rates: a flow between two stats (both taken with the link quiet), so that the second reply's
+# RX rate of every queue pair times its interval is what the tap passed toward us meanwhile.
+control_udp 10.0.21.2 8 40 go >/dev/null 2>&1
+sleep 0.3
+vhostctl ctl $csock stats --json >/tmp/ctl-stats2.json 2>&1
+tap_tx2=$(cat /sys/class/net/vhctl0/statistics/tx_packets)
+by_rate=$(control_field /tmp/ctl-stats2.json 'round(sum(q["rx"]["frames_per_second"] for q in r["queues"]) * r["interval_seconds"])')
+passed_on=$((tap_tx2 - tap_tx))
+if [ "$by_rate" -gt 300 ] 2>/dev/null && [ $((100 * (passed_on - by_rate))) -le "$passed_on" ] && [ $((100 * (by_rate - passed_on))) -le "$passed_on" ]; then
+    pass "control: stats' RX rates × their interval ($by_rate frames over $(control_field /tmp/ctl-stats2.json 'round(r["interval_seconds"], 2)') s) match the tap's tx_packets meanwhile ($passed_on) within 1%"
+else
+    fail "control: stats rates against the tap" "rates × interval $by_rate, tap passed $passed_on: $(head -c 600 /tmp/ctl-stats2.json)"
+fi
 # Bad requests get an error reply; the socket keeps serving.
 bad1=$(control_raw $csock 'this is not json')
 bad2=$(control_raw $csock '{"command":"queue","args":["99999999999999999999999","disable"]}')

@@ -90,7 +90,7 @@ SCHEMAS = {
                      "rx": {"sent": "int", "received": "int", "each_once_in_order": "bool"}, "passed": "bool"},
     # One reply line of the control socket (attach --control; vhostctl ctl --json prints it).
     "ctl": {"ok": "bool", "message?": "string", "error?": "string", "stopped?": "bool", "counters?": COUNTERS,
-            "queues?": [QUEUE_PAIR], "tap?": TAP_COUNTERS, "dirty_pages?": "int"},
+            "queues?": [QUEUE_PAIR], "tap?": TAP_COUNTERS, "interval_seconds?": "number", "dirty_pages?": "int"},
     "cleanup": {"dry_run": "bool", "items": [{"action": "string", "kind": "string", "name": "string", "index?": "int", "reason": "string"}],
                 "removed": "int", "kept": "int", "failed": "int"},
 }
