@@ -121,9 +121,13 @@ public struct BenchSettings: Sendable, Equatable {
 /// that `--record` and `--trace` hand in. Not part of `BenchSettings`, which is a value compared
 /// and swept; these only watch.
 public struct BenchHooks {
+    /// The vhost-net device node to open (`--device`).
     public var devicePath: String = VhostNetDevice.defaultPath
+    /// Told of every ioctl (`--trace`, `--record`).
     public var observer: IoctlObserver? = nil
+    /// Told of every publish and kick (`--record`).
     public var ringObserver: RingObserver? = nil
+    /// Hooks with the given device node and observers (by default: the default node, no observer).
     public init(devicePath: String = VhostNetDevice.defaultPath, observer: IoctlObserver? = nil, ringObserver: RingObserver? = nil) {
         self.devicePath = devicePath; self.observer = observer; self.ringObserver = ringObserver
     }

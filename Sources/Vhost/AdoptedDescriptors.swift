@@ -10,9 +10,13 @@ import SystemPackage
 public enum PassedDescriptor {
     /// Why a passed descriptor is not what it must be: one sentence, starting with "fd N".
     public struct Refusal: Error, Equatable, CustomStringConvertible {
+        /// The descriptor refused.
         public var fd: Int32
+        /// What it is instead, and what it must be (the rest of the sentence after "fd N").
         public var problem: String
+        /// A refusal of `fd` for `problem`.
         public init(fd: Int32, problem: String) { self.fd = fd; self.problem = problem }
+        /// "fd N" and the problem: the sentence a user reads.
         public var description: String { "fd \(fd) \(problem)" }
     }
 

@@ -17,12 +17,18 @@ public enum BPFRegister: UInt8, Sendable {
 /// One eBPF instruction, `struct bpf_insn` (linux/bpf.h): an opcode, the destination and source
 /// registers, a signed 16-bit offset and a signed 32-bit immediate.
 public struct BPFInstruction: Sendable, Equatable, CustomStringConvertible {
+    /// The opcode: class, size or operation, mode or source (the `BPF_*` constants below).
     public var code: UInt8
+    /// dst_reg.
     public var destination: BPFRegister
+    /// src_reg.
     public var source: BPFRegister
+    /// off: a jump's distance in instructions, or a memory offset.
     public var offset: Int16
+    /// imm: the constant operand.
     public var immediate: Int32
 
+    /// An instruction from its fields (the encoders below build the ones the program uses).
     public init(code: UInt8, destination: BPFRegister = .r0, source: BPFRegister = .r0, offset: Int16 = 0, immediate: Int32 = 0) {
         self.code = code
         self.destination = destination
@@ -32,11 +38,17 @@ public struct BPFInstruction: Sendable, Equatable, CustomStringConvertible {
     }
 
     // Opcode fields (linux/bpf_common.h and linux/bpf.h).
+    /// Instruction classes: BPF_LD, BPF_ALU, BPF_JMP, BPF_ALU64.
     public static let classLD: UInt8 = 0x00, classALU: UInt8 = 0x04, classJMP: UInt8 = 0x05, classALU64: UInt8 = 0x07
+    /// Load sizes: BPF_W (32 bits), BPF_H (16), BPF_B (8).
     public static let sizeW: UInt8 = 0x00, sizeH: UInt8 = 0x08, sizeB: UInt8 = 0x10
+    /// Load modes: BPF_ABS (at a constant offset of the packet), BPF_IND (at src_reg + imm).
     public static let modeABS: UInt8 = 0x20, modeIND: UInt8 = 0x40
+    /// Operand sources: BPF_K (the immediate), BPF_X (src_reg).
     public static let sourceK: UInt8 = 0x00, sourceX: UInt8 = 0x08
+    /// ALU operations: BPF_MUL, BPF_AND, BPF_LSH, BPF_RSH, BPF_XOR, BPF_MOV.
     public static let opMUL: UInt8 = 0x20, opAND: UInt8 = 0x50, opLSH: UInt8 = 0x60, opRSH: UInt8 = 0x70, opXOR: UInt8 = 0xa0, opMOV: UInt8 = 0xb0
+    /// Jumps: BPF_JA (always), BPF_JEQ, BPF_JNE, and BPF_EXIT (return r0).
     public static let jumpJA: UInt8 = 0x00, jumpJEQ: UInt8 = 0x10, jumpJNE: UInt8 = 0x50, jumpEXIT: UInt8 = 0x90
 
     /// The size field of a packet load.
@@ -90,6 +102,7 @@ public struct BPFInstruction: Sendable, Equatable, CustomStringConvertible {
                   offset: Int16(bitPattern: UInt16(truncatingIfNeeded: word >> 16)), immediate: Int32(bitPattern: UInt32(truncatingIfNeeded: word >> 32)))
     }
 
+    /// The fields in words, for failure messages.
     public var description: String {
         "code 0x\(String(code, radix: 16)) dst r\(destination.rawValue) src r\(source.rawValue) off \(offset) imm \(immediate)"
     }
@@ -104,9 +117,12 @@ public struct BPFAssembler: Sendable {
     }
     var lines: [Line] = []
 
+    /// An empty program.
     public init() {}
 
+    /// Appends `instruction`.
     public mutating func emit(_ instruction: BPFInstruction) { lines.append(.instruction(instruction)) }
+    /// Names the position of the next instruction, for `jump(_:_:_:to:)`.
     public mutating func label(_ name: String) { lines.append(.label(name)) }
     /// `if register OP immediate goto label` (`BPF_JA`: always).
     public mutating func jump(_ operation: UInt8, _ register: BPFRegister = .r0, _ immediate: Int32 = 0, to target: String) {
@@ -284,6 +300,7 @@ public enum SteeringProgram {
 /// A loaded BPF program's fd, closed when the value goes away (whatever holds the program, such
 /// as a tap it steers, keeps its own reference).
 public struct LoadedBPFProgram: ~Copyable {
+    /// The program's descriptor (closed when this value goes away).
     public let fd: Int32
     init(fd: Int32) { self.fd = fd }
     deinit { close(fd) }

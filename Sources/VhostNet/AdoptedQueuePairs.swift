@@ -10,6 +10,7 @@ public struct AdoptedQueuePair: Sendable, Equatable {
     public var tap: Int32
     /// A fresh `/dev/vhost-net` descriptor, or nil to open the device here.
     public var device: Int32?
+    /// A queue pair on the tap queue `tap` and, when given, the vhost-net descriptor `device`.
     public init(tap: Int32, device: Int32? = nil) { self.tap = tap; self.device = device }
 }
 

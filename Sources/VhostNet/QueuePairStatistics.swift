@@ -17,6 +17,7 @@ public struct TapStatistics: Sendable, Equatable {
     public var fromUsPackets: UInt64 = 0
     /// `rx_dropped`: frames from us that the host dropped.
     public var fromUsDropped: UInt64 = 0
+    /// All counters zero.
     public init() {}
 
     /// Reads the counters of `interface` from sysfs; nil when the interface has none (gone, or
@@ -50,6 +51,7 @@ public struct QueuePairStatistics: Sendable, Equatable {
     /// Whether the queue pair's backends are attached (false while stopped).
     public var running: Bool
 
+    /// A snapshot of queue pair `queuePair`'s counters.
     public init(queuePair: Int, receive: QueueCounters, transmit: QueueCounters, running: Bool) {
         self.queuePair = queuePair
         self.receive = receive
@@ -60,10 +62,15 @@ public struct QueuePairStatistics: Sendable, Equatable {
 
 /// Frames and bytes per second in each direction between two snapshots.
 public struct QueuePairRates: Sendable, Equatable {
+    /// RX frames per second (frames the device used on our receive ring).
     public var receiveFramesPerSecond: Double = 0
+    /// RX bytes of frame per second.
     public var receiveBytesPerSecond: Double = 0
+    /// TX frames per second (frames we published on the transmit ring).
     public var transmitFramesPerSecond: Double = 0
+    /// TX bytes of frame per second.
     public var transmitBytesPerSecond: Double = 0
+    /// All rates zero (the first snapshot has no interval).
     public init() {}
 
     /// The rates from `previous` to `current` over `seconds`. A counter that went backwards
