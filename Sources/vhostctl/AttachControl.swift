@@ -52,15 +52,24 @@ final class AttachControl {
     private var sampler = StatisticsSampler()
     /// The RX offloads set up (from --offloads or the GUEST_ features): `offloads` may narrow them.
     private let configuredOffloads: Tap.Offloads
+    /// The RX offloads now (`offloads` changes them).
+    private var offloads: Tap.Offloads
+    /// `--sndbuf`, when given.
+    private let sendBuffer: Int32?
+    /// `--trace`'s observer: the commands' ioctls are traced as the set-up's are.
+    private let observer: IoctlObserver?
 
     /// How `pcap start FILE` creates its capture (nil: attach's --pcap is capturing already).
     private let startCapture: ((String) throws -> PcapWriter)?
     /// The capture `pcap start` began, until `pcap stop` (or attach stops).
     private var capture: PcapWriter?
 
-    init(server: ControlServer, configuredOffloads: Tap.Offloads, startCapture: ((String) throws -> PcapWriter)?) {
+    init(server: ControlServer, configuredOffloads: Tap.Offloads, sendBuffer: Int32?, observer: IoctlObserver?, startCapture: ((String) throws -> PcapWriter)?) {
         self.server = server
+        self.observer = observer
         self.configuredOffloads = configuredOffloads
+        self.offloads = configuredOffloads
+        self.sendBuffer = sendBuffer
         self.startCapture = startCapture
     }
 
@@ -90,13 +99,16 @@ final class AttachControl {
             return .done("stopped: the backends are detached; frames wait in the tap's queue until resume")
         case .resume:
             guard stopped else { return .done("already running") }
-            for (index, pair) in endpoint.pairs.enumerated() where !disabled.contains(index) { try pair.resume(bringingLinkUp: false) }
+            for (index, pair) in endpoint.pairs.enumerated() where !disabled.contains(index) {
+                try pair.resume(bringingLinkUp: false)
+                try restoreTapSettings(pair.port.fd)
+            }
             stopped = false
             // The link is left as it is: SIOCSIFFLAGS needs CAP_NET_ADMIN, dropped after set-up.
             return .done("resumed from the saved vring bases")
         case .link(let up):
             // tun.c __tun_chr_ioctl: TUNSETCARRIER calls tun_net_change_carrier (netif_carrier_on/off).
-            for pair in endpoint.pairs { try Tap.perform(.setCarrier(up), on: pair.port.fd, observer: nil) }
+            for pair in endpoint.pairs { try Tap.perform(.setCarrier(up), on: pair.port.fd, observer: observer) }
             return .done("carrier \(up ? "on" : "off")")
         case .queue(let index, let enable):
             return try setQueue(index, enable: enable, endpoint)
@@ -104,8 +116,10 @@ final class AttachControl {
             guard configuredOffloads.isSuperset(of: offloads) else {
                 return .failure("offloads: only the RX offloads set up at start can be turned on (0x\(String(configuredOffloads.rawValue, radix: 16))): the driver negotiated no more")
             }
-            // tun.c set_offload; a resume sets the configured offloads again (Tap.prepare).
-            for pair in endpoint.pairs { try Tap.perform(.setOffload(offloads.rawValue), on: pair.port.fd, observer: nil) }
+            // tun.c set_offload. A resume sets the configured offloads again (Tap.prepare), so
+            // restoreTapSettings sets these after it.
+            for pair in endpoint.pairs { try Tap.perform(.setOffload(offloads.rawValue), on: pair.port.fd, observer: observer) }
+            self.offloads = offloads
             return .done("RX offloads (TUNSETOFFLOAD) 0x\(String(offloads.rawValue, radix: 16))")
         case .pcapStart(let path):
             guard let startCapture else { return .failure("pcap: attach --pcap is capturing already") }
@@ -138,6 +152,13 @@ final class AttachControl {
         }
     }
 
+    /// After a resume, which prepares the tap as at start (Tap.prepare: the configured offloads,
+    /// a send buffer of INT_MAX): what `offloads` and `--sndbuf` set instead, on queue `fd`.
+    private func restoreTapSettings(_ fd: Int32) throws {
+        if offloads != configuredOffloads { try Tap.perform(.setOffload(offloads.rawValue), on: fd, observer: observer) }
+        if let sendBuffer { try Tap.perform(.setSendBuffer(sendBuffer), on: fd, observer: observer) }
+    }
+
     /// TUNSETQUEUE on pair `index`'s tap fd. A disabled pair stays stopped: nothing arrives on a
     /// detached queue, and a send through it fails (tun.c tun_get returns NULL for a detached
     /// tfile: EBADFD).
@@ -147,9 +168,12 @@ final class AttachControl {
         if enable {
             guard disabled.contains(index) else { return .done("queue \(index) is enabled already") }
             // tun.c tun_set_queue: IFF_ATTACH_QUEUE re-attaches the detached tfile.
-            try Tap.perform(.setQueue(attach: true), on: pair.port.fd, observer: nil)
+            try Tap.perform(.setQueue(attach: true), on: pair.port.fd, observer: observer)
             disabled.remove(index)
-            if !stopped { try pair.resume(bringingLinkUp: false) }
+            if !stopped {
+                try pair.resume(bringingLinkUp: false)
+                try restoreTapSettings(pair.port.fd)
+            }
             return .done("queue \(index) enabled")
         }
         guard !disabled.contains(index) else { return .done("queue \(index) is disabled already") }
@@ -157,7 +181,7 @@ final class AttachControl {
         try pair.stop()
         do {
             // tun.c tun_set_queue: IFF_DETACH_QUEUE takes the queue out of the tap's steering.
-            try Tap.perform(.setQueue(attach: false), on: pair.port.fd, observer: nil)
+            try Tap.perform(.setQueue(attach: false), on: pair.port.fd, observer: observer)
         } catch {
             if !stopped { try? pair.resume(bringingLinkUp: false) }
             throw error
@@ -201,6 +225,7 @@ extension Attach {
         let startCapture: ((String) throws -> PcapWriter)? = pcap != nil ? nil : { file in
             try PcapWriter(file: try output.create(file, option: "pcap start"), linkType: linkType, interfaces: interfaces)
         }
-        return AttachControl(server: server, configuredOffloads: endpoint.pairs[0].configuration.effectiveReceiveOffloads, startCapture: startCapture)
+        return AttachControl(server: server, configuredOffloads: endpoint.pairs[0].configuration.effectiveReceiveOffloads, sendBuffer: tuning.sndbuf,
+                             observer: common.observer, startCapture: startCapture)
     }
 }

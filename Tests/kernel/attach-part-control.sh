@@ -205,13 +205,23 @@ fcntl.ioctl(s, 0x8946, request)
 print(value[1])' "$1" 2>&1; }
 csock3=/tmp/vhctl3.sock
 : >/tmp/ctl3.log
-vhostctl attach --tap vhctl2 --create --ip 10.0.23.2/24 --features VERSION_1 EVENT_IDX GUEST_CSUM --stats 0 --control $csock3 >/tmp/ctl3.log 2>&1 &
+vhostctl attach --tap vhctl2 --create --ip 10.0.23.2/24 --features VERSION_1 EVENT_IDX GUEST_CSUM --stats 0 --sndbuf 1048576 --trace --control $csock3 >/tmp/ctl3.log 2>&1 &
 cpid=$!
 wait_for_tap vhctl2 && ip addr add 10.0.23.1/24 dev vhctl2 && ip link set vhctl2 up
 wait_for_attached /tmp/ctl3.log
 x0=$(control_txcsum vhctl2)
 vhostctl ctl $csock3 offloads none >/tmp/ctl3-o.txt 2>&1; o1=$?
 x1=$(control_txcsum vhctl2)
+# A resume prepares the tap as at start (the configured offloads, a send buffer of INT_MAX): the
+# control socket sets what `offloads` and --sndbuf asked again after it.
+vhostctl ctl $csock3 stop >>/tmp/ctl3-o.txt 2>&1 && vhostctl ctl $csock3 resume >>/tmp/ctl3-o.txt 2>&1; sr=$?
+x1r=$(control_txcsum vhctl2)
+sndbuf_after=$(grep -o "TUNSETSNDBUF([0-9]*) = [0-9-]*" /tmp/ctl3.log | tail -n 1)
+if [ $sr = 0 ] && [ "$x1 $x1r" = "0 0" ] && [ "$sndbuf_after" = "TUNSETSNDBUF(1048576) = 0" ] && ping -c 1 -W 3 10.0.23.2 >/dev/null 2>&1; then
+    pass "control: after stop and resume the offloads set by ctl (tx-checksumming $x1r) and --sndbuf ($sndbuf_after, the last) hold; ping answers"
+else
+    fail "control: offloads and sndbuf across resume" "exit $sr, tx-csum $x1 then $x1r, last $sndbuf_after: $(tail -n 3 /tmp/ctl3-o.txt | tr '\n' ' ')"
+fi
 vhostctl ctl $csock3 offloads csum >>/tmp/ctl3-o.txt 2>&1; o2=$?
 x2=$(control_txcsum vhctl2)
 vhostctl ctl $csock3 offloads tso4 >>/tmp/ctl3-o.txt 2>&1; o3=$?
