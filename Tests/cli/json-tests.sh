@@ -120,5 +120,21 @@ for args in "bench backends --frame-size 64,x" "--verbose --quiet info" "attach 
     fi
 done
 
+# ---- info on a host without vhost-net: the doctor names the problem and the fix ----------------
+# (This tier runs on the host Scripts/test runs on; the attach tier checks info where vhost-net is.)
+if [[ -e /dev/vhost-net || -d /sys/module/vhost_net ]]; then
+    echo "PASS (does not apply: this host has vhost-net) info on a host without vhost-net names the fix; the attach tier checks info with it"
+    passed=$((passed + 1))
+else
+    "$CTL" info >"$work/info.txt" 2>&1; status=$?
+    if [[ $status -eq 69 ]] && grep -q "^vhost-net: NOT usable: .*modprobe vhost_net" "$work/info.txt" \
+        && grep -A1 "^  problem  vhost-net-module:" "$work/info.txt" | grep -q "fix: modprobe vhost_net" \
+        && grep -A1 "^  problem  vhost-net-device:" "$work/info.txt" | grep -q "fix: modprobe vhost_net"; then
+        pass "info on a host without vhost-net (exit 69): the module and the device are problems, each with the fix modprobe vhost_net"
+    else
+        fail "info on a host without vhost-net" "exit $status: $(head -c 600 "$work/info.txt")"
+    fi
+fi
+
 echo "json tier: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
