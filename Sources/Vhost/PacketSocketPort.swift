@@ -36,7 +36,8 @@ public struct PacketSocketPort: ~Copyable, NetworkPort {
     deinit { close(fd) }
 
     /// A packet socket has no virtio-net header: only `headerLength == nil` (vhost adds it) works.
-    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
+    /// Its send buffer stays the socket's own.
+    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, sendBuffer: Int32?, linkUp: Bool) throws(VhostError) {
         if headerLength != nil {
             throw .invalidConfiguration("a raw packet socket carries no virtio-net header: negotiate VHOST_NET_F_VIRTIO_NET_HDR so that vhost adds and strips it")
         }

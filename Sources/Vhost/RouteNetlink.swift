@@ -270,12 +270,12 @@ public struct MacvtapPort: ~Copyable, NetworkPort {
 
     /// The header length the features give (TUNSETVNETHDRSZ; macvtap starts at 10), the
     /// offloads (TUNSETOFFLOAD; macvtap takes no UDP-tunnel GSO), and the link.
-    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
+    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, sendBuffer: Int32?, linkUp: Bool) throws(VhostError) {
         guard let headerLength else {
             throw .invalidConfiguration("a macvtap carries a virtio-net header itself: do not negotiate VHOST_NET_F_VIRTIO_NET_HDR with it")
         }
         try Tap.perform(.setVnetHeaderSize(Int32(headerLength)), on: fd, observer: observer)
-        try Tap.perform(.setSendBuffer(Int32.max), on: fd, observer: observer)
+        try Tap.perform(.setSendBuffer(sendBuffer ?? Int32.max), on: fd, observer: observer)
         if !receiveOffloads.isEmpty { try Tap.perform(.setOffload(receiveOffloads.rawValue), on: fd, observer: observer) }
         if linkUp { try NetworkInterface(name: name, observer: observer).setLinkUp(true) }
     }

@@ -262,7 +262,7 @@ extension Tap: NetworkPort {
     /// give (net.c vhost_net_set_features), or none when vhost adds it (the tap was then opened
     /// without IFF_VNET_HDR). TUNSETSNDBUF INT_MAX enables vhost's batched TX path (QEMU's
     /// tap_fd_set_sndbuf), except on an L3 tun (see below); TUNSETOFFLOAD says what the driver accepts on RX.
-    public func prepare(headerLength: Int?, receiveOffloads: Offloads, linkUp: Bool) throws(VhostError) {
+    public func prepare(headerLength: Int?, receiveOffloads: Offloads, sendBuffer: Int32?, linkUp: Bool) throws(VhostError) {
         if let headerLength { try setVnetHeaderSize(Int32(headerLength)) }
         // An L3 tun must not have INT_MAX, which tun_chr_open gives every tun fd: with it
         // vhost-net batches TX through XDP (net.c vhost_net_build_xdp, taken when sk_sndbuf is
@@ -270,7 +270,7 @@ extension Tap: NetworkPort {
         // (eth_type_trans), so the tun drops each one. One byte less keeps the send buffer
         // unbounded in practice and sends packets through tun_sendmsg, which takes the protocol
         // from the IP version as an IFF_TUN tun should.
-        try setSendBuffer(flags.contains(.tun) ? Int32.max - 1 : Int32.max)
+        try setSendBuffer(sendBuffer ?? (flags.contains(.tun) ? Int32.max - 1 : Int32.max))
         if !receiveOffloads.isEmpty { try setOffloads(receiveOffloads) }
         if linkUp { try setLinkUp(true) }
     }

@@ -144,9 +144,10 @@ public protocol NetworkPort: ~Copyable {
     var fd: Int32 { get }
     /// The interface's name, for messages.
     var name: String { get }
-    /// Prepares the socket for the datapath before it is attached: the header length on the
-    /// socket side (nil: none, the device adds it), what the driver accepts on RX, and the link.
-    func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError)
+    /// Prepares the socket for the datapath before it is attached (at start and at every
+    /// resume): the header length on the socket side (nil: none, the device adds it), what the
+    /// driver accepts on RX, the send buffer (nil: the port's default), and the link.
+    func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, sendBuffer: Int32?, linkUp: Bool) throws(VhostError)
     /// The largest payload the host side may send (the interface's MTU), or nil when unbounded.
     func maximumTransmissionUnit() throws(VhostError) -> Int?
 }

@@ -42,7 +42,7 @@ public struct FramePipeEnd: ~Copyable, NetworkPort {
 
     /// Nothing to prepare: the in-process device derives the socket-side header length from the
     /// negotiated features, as net.c vhost_net_set_features does, and has no link or offloads.
-    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {}
+    public func prepare(headerLength: Int?, receiveOffloads: Tap.Offloads, sendBuffer: Int32?, linkUp: Bool) throws(VhostError) {}
 
     /// A pipe has no MTU: any frame up to 64 KiB fits one message.
     public func maximumTransmissionUnit() throws(VhostError) -> Int? { nil }

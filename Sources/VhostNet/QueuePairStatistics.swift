@@ -25,10 +25,7 @@ public struct TapStatistics: Sendable, Equatable {
     public static func read(interface: String) -> TapStatistics? {
         // An interface name is one path component (dev_valid_name refuses '/', "." and "..").
         guard !interface.isEmpty, !interface.contains("/"), interface != ".", interface != ".." else { return nil }
-        func counter(_ name: String) -> UInt64? {
-            guard let text = KernelInfo.readFile("/sys/class/net/\(interface)/statistics/\(name)") else { return nil }
-            return UInt64(text.filter { !$0.isWhitespace }) ?? 0
-        }
+        func counter(_ name: String) -> UInt64? { KernelInfo.interfaceStatistic(interface, name) }
         guard let towardUs = counter("tx_packets") else { return nil }
         var statistics = TapStatistics()
         statistics.towardUsPackets = towardUs

@@ -51,6 +51,9 @@ public struct QueuePairConfiguration: Sendable {
     /// Nil: derived from the GUEST_ offload features, as QEMU derives it from the guest's
     /// (see `effectiveReceiveOffloads`).
     public var receiveOffloads: Tap.Offloads? = nil
+    /// The tap's send buffer in bytes (TUNSETSNDBUF), set at start and at every resume. Nil:
+    /// INT_MAX, which turns on vhost-net's batched TX (INT_MAX - 1 on an L3 tun: see Tap.prepare).
+    public var sendBuffer: Int32? = nil
     /// Open the tap in `IFF_TUN` mode: bare IP packets, no Ethernet header (an L3 tun), still
     /// with the virtio-net header.
     public var tunMode: Bool = false
@@ -197,6 +200,9 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public typealias Configuration = QueuePairConfiguration
 
     public let configuration: Configuration
+    /// The RX offloads the port has (TUNSETOFFLOAD): `configuration.effectiveReceiveOffloads`
+    /// until `setReceiveOffloads` changes them. Start and every resume prepare the port with these.
+    public private(set) var receiveOffloads: Tap.Offloads
     /// Declared before the queues, whose buffers live in its memory.
     public let session: VhostNetSession<Backend, Port>
     public internal(set) var receiveQueue: ReceiveQueue
@@ -211,6 +217,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
                 logger: Logger = Logger(label: "swift-vhost")) throws(VhostError) {
         try configuration.validate()
         self.configuration = configuration
+        receiveOffloads = configuration.effectiveReceiveOffloads
         self.logger = logger
         // vhost gets the ring and transport features; the offloads stay with us and the tap.
         let features = configuration.vhostFeatures
@@ -253,7 +260,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         receiveQueue.queue.ringObserver = configuration.ringObserver
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue,
                           bases: .init(receive: configuration.ringBase, transmit: configuration.ringBase),
-                          receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: configuration.bringLinkUp)
+                          receiveOffloads: receiveOffloads, sendBuffer: configuration.sendBuffer, linkUp: configuration.bringLinkUp)
         logger.debug("\(session.port.name): attached; rings of \(configuration.queueSize) (RX) and \(configuration.transmitQueueSize ?? configuration.queueSize) (TX) in \(session.memory.map.regions.count) guest memory region(s), \(session.netHeaderLength)-byte headers, \(configuration.descriptorLayout) descriptors")
         // TX completions are reaped when the ring fills, never waited for one by one; in poll mode
         // RX is spun on too, so neither asks the device for interrupts (virtqueue_disable_cb).
@@ -289,6 +296,14 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         return (UInt32(bases.receive), UInt32(bases.transmit))
     }
 
+    /// Changes the RX offloads the port accepts (TUNSETOFFLOAD, tun.c set_offload) now, and for
+    /// every resume after. Only offloads the driver can take make sense: a subset of
+    /// `configuration.effectiveReceiveOffloads`.
+    public func setReceiveOffloads(_ offloads: Tap.Offloads) throws(VhostError) {
+        try Tap.perform(.setOffload(offloads.rawValue), on: port.fd, observer: configuration.observer)
+        receiveOffloads = offloads
+    }
+
     /// Resumes after `stop` on the same device: vhost_dev_start again with each vring's base
     /// where the device left off, so no chain in flight is lost or used twice.
     public func resume() throws(VhostError) { try resume(bringingLinkUp: nil) }
@@ -300,7 +315,7 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
         guard !session.running else { return }
         guard let bases = session.savedBases else { throw .invalidState("resume needs a stop first: it restores the bases stop read back") }
         try session.start(receive: receiveQueue.queue, transmit: transmitQueue.queue, bases: bases,
-                          receiveOffloads: configuration.effectiveReceiveOffloads, linkUp: bringingLinkUp ?? configuration.bringLinkUp)
+                          receiveOffloads: receiveOffloads, sendBuffer: configuration.sendBuffer, linkUp: bringingLinkUp ?? configuration.bringLinkUp)
         receiveQueue.refill()
     }
 

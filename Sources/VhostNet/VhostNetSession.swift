@@ -104,7 +104,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
     /// where the device starts reading each avail ring (the driver's start index at first, what
     /// `stop` read back on a resume); with a dirty log, logging is set up again first.
     func start(receive: borrowing NetQueue, transmit: borrowing NetQueue, bases: VringBases,
-               receiveOffloads: Tap.Offloads, linkUp: Bool) throws(VhostError) {
+               receiveOffloads: Tap.Offloads, sendBuffer: Int32?, linkUp: Bool) throws(VhostError) {
         if let dirtyLog {
             // SAFETY: as in enableDirtyLog: the session keeps the log until the device is closed.
             try device.setLogBase(dirtyLog.hostAddress)
@@ -132,7 +132,7 @@ public final class VhostNetSession<Backend: VhostBackend & ~Copyable, Port: Netw
         try configureVring(transmit, base: bases.transmit)
         // vhost-net's sock_hlen: the socket side carries the header unless vhost adds it
         // (VHOST_NET_F_VIRTIO_NET_HDR: net.c vhost_net_set_features).
-        try port.prepare(headerLength: socketHeaderLength, receiveOffloads: receiveOffloads, linkUp: linkUp)
+        try port.prepare(headerLength: socketHeaderLength, receiveOffloads: receiveOffloads, sendBuffer: sendBuffer, linkUp: linkUp)
         // The device reads used->idx when a backend is attached (vhost.c vhost_vq_init_access),
         // so the rings were initialised when the queues were made.
         try device.setBackend(index: receive.index, port)

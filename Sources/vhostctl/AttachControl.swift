@@ -52,10 +52,6 @@ final class AttachControl {
     private var sampler = StatisticsSampler()
     /// The RX offloads set up (from --offloads or the GUEST_ features): `offloads` may narrow them.
     private let configuredOffloads: Tap.Offloads
-    /// The RX offloads now (`offloads` changes them).
-    private var offloads: Tap.Offloads
-    /// `--sndbuf`, when given.
-    private let sendBuffer: Int32?
     /// `--trace`'s observer: the commands' ioctls are traced as the set-up's are.
     private let observer: IoctlObserver?
 
@@ -64,12 +60,10 @@ final class AttachControl {
     /// The capture `pcap start` began, until `pcap stop` (or attach stops).
     private var capture: PcapWriter?
 
-    init(server: ControlServer, configuredOffloads: Tap.Offloads, sendBuffer: Int32?, observer: IoctlObserver?, startCapture: ((String) throws -> PcapWriter)?) {
+    init(server: ControlServer, configuredOffloads: Tap.Offloads, observer: IoctlObserver?, startCapture: ((String) throws -> PcapWriter)?) {
         self.server = server
         self.observer = observer
         self.configuredOffloads = configuredOffloads
-        self.offloads = configuredOffloads
-        self.sendBuffer = sendBuffer
         self.startCapture = startCapture
     }
 
@@ -99,10 +93,8 @@ final class AttachControl {
             return .done("stopped: the backends are detached; frames wait in the tap's queue until resume")
         case .resume:
             guard stopped else { return .done("already running") }
-            for (index, pair) in endpoint.pairs.enumerated() where !disabled.contains(index) {
-                try pair.resume(bringingLinkUp: false)
-                try restoreTapSettings(pair.port.fd)
-            }
+            // The pairs prepare the tap as they have it now (offloads, send buffer: Tap.prepare).
+            for (index, pair) in endpoint.pairs.enumerated() where !disabled.contains(index) { try pair.resume(bringingLinkUp: false) }
             stopped = false
             // The link is left as it is: SIOCSIFFLAGS needs CAP_NET_ADMIN, dropped after set-up.
             return .done("resumed from the saved vring bases")
@@ -116,10 +108,8 @@ final class AttachControl {
             guard configuredOffloads.isSuperset(of: offloads) else {
                 return .failure("offloads: only the RX offloads set up at start can be turned on (0x\(String(configuredOffloads.rawValue, radix: 16))): the driver negotiated no more")
             }
-            // tun.c set_offload. A resume sets the configured offloads again (Tap.prepare), so
-            // restoreTapSettings sets these after it.
-            for pair in endpoint.pairs { try Tap.perform(.setOffload(offloads.rawValue), on: pair.port.fd, observer: observer) }
-            self.offloads = offloads
+            // tun.c set_offload; the pairs keep them for every resume.
+            for pair in endpoint.pairs { try pair.setReceiveOffloads(offloads) }
             return .done("RX offloads (TUNSETOFFLOAD) 0x\(String(offloads.rawValue, radix: 16))")
         case .pcapStart(let path):
             guard let startCapture else { return .failure("pcap: attach --pcap is capturing already") }
@@ -152,13 +142,6 @@ final class AttachControl {
         }
     }
 
-    /// After a resume, which prepares the tap as at start (Tap.prepare: the configured offloads,
-    /// a send buffer of INT_MAX): what `offloads` and `--sndbuf` set instead, on queue `fd`.
-    private func restoreTapSettings(_ fd: Int32) throws {
-        if offloads != configuredOffloads { try Tap.perform(.setOffload(offloads.rawValue), on: fd, observer: observer) }
-        if let sendBuffer { try Tap.perform(.setSendBuffer(sendBuffer), on: fd, observer: observer) }
-    }
-
     /// TUNSETQUEUE on pair `index`'s tap fd. A disabled pair stays stopped: nothing arrives on a
     /// detached queue, and a send through it fails (tun.c tun_get returns NULL for a detached
     /// tfile: EBADFD).
@@ -170,10 +153,7 @@ final class AttachControl {
             // tun.c tun_set_queue: IFF_ATTACH_QUEUE re-attaches the detached tfile.
             try Tap.perform(.setQueue(attach: true), on: pair.port.fd, observer: observer)
             disabled.remove(index)
-            if !stopped {
-                try pair.resume(bringingLinkUp: false)
-                try restoreTapSettings(pair.port.fd)
-            }
+            if !stopped { try pair.resume(bringingLinkUp: false) }
             return .done("queue \(index) enabled")
         }
         guard !disabled.contains(index) else { return .done("queue \(index) is disabled already") }
@@ -225,7 +205,7 @@ extension Attach {
         let startCapture: ((String) throws -> PcapWriter)? = pcap != nil ? nil : { file in
             try PcapWriter(file: try output.create(file, option: "pcap start"), linkType: linkType, interfaces: interfaces)
         }
-        return AttachControl(server: server, configuredOffloads: endpoint.pairs[0].configuration.effectiveReceiveOffloads, sendBuffer: tuning.sndbuf,
-                             observer: common.observer, startCapture: startCapture)
+        return AttachControl(server: server, configuredOffloads: endpoint.pairs[0].configuration.effectiveReceiveOffloads, observer: common.observer,
+                             startCapture: startCapture)
     }
 }

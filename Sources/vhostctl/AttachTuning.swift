@@ -56,6 +56,8 @@ struct TuningOptions: ParsableArguments {
             config.queueSize = size
         }
         if let txQueueSize, let size = UInt16(exactly: txQueueSize) { config.transmitQueueSize = size }
+        // Set by Tap.prepare at start and at every resume (tun.c TUNSETSNDBUF, on each queue).
+        config.sendBuffer = sndbuf
         if iommu {
             config.features.insert(.accessPlatform)
             config.iovaOffset = TuningOptions.iovaOffset
@@ -71,13 +73,10 @@ struct TuningOptions: ParsableArguments {
             print("rings: RX \(pair.configuration.queueSize), TX \(pair.configuration.transmitQueueSize ?? pair.configuration.queueSize) descriptors")
         }
         if let sndbuf {
-            // tun.c TUNSETSNDBUF sets the tap's sndbuf on every attached queue (tun_set_sndbuf);
-            // set on each anyway, as QEMU does per queue, and read back what the kernel keeps.
+            // Tap.prepare set it on every queue (config.sendBuffer, as QEMU sets it per queue):
+            // read back what the kernel keeps.
             var kept: Set<UInt64> = []
-            for pair in endpoint.pairs {
-                try pair.tap.setSendBuffer(sndbuf)
-                kept.insert(try pair.tap.perform(.getSendBuffer).value)
-            }
+            for pair in endpoint.pairs { kept.insert(try pair.tap.perform(.getSendBuffer).value) }
             print("sndbuf: \(sndbuf) bytes set on \(queuePairs) queue(s); TUNGETSNDBUF reads \(kept.sorted().map(String.init).joined(separator: ", "))\(sndbuf == Int32.max ? "" : " (vhost-net's batched TX is off below INT_MAX)")")
         }
         if rss {

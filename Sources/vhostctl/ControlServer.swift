@@ -116,9 +116,21 @@ final class ControlServer {
         _ = poll(&entries, nfds_t(entries.count), milliseconds)
     }
 
+    /// When the next `serve` looks at the sockets (the coarse monotonic clock, in seconds).
+    private var nextServe = 0.0
+    /// How often `serve` looks: attach's event loop calls it on every pass, and in poll mode a
+    /// pass is a spin of the datapath, which must not pay an accept and a recv per client each time.
+    static let serveInterval = 0.01
+    /// Where requests are read into, reused by every `serve`.
+    private var receiveBuffer = [UInt8](repeating: 0, count: ControlCommand.maximumRequestLength)
+
     /// Accepts waiting clients and answers every complete request, never blocking: `handle`
-    /// turns a parsed command into its reply.
+    /// turns a parsed command into its reply. Looks at the sockets at most every `serveInterval`.
     func serve(_ handle: (ControlCommand) -> ControlReply) {
+        // The coarse clock is read from the vDSO without a clock source read (MonotonicClock).
+        let now = MonotonicClock.coarseSeconds()
+        guard now >= nextServe else { return }
+        nextServe = now + ControlServer.serveInterval
         acceptClients()
         var index = 0
         while index < clients.count {
@@ -154,12 +166,11 @@ final class ControlServer {
 
     /// Reads what the client sent and answers its complete lines; false when it is to be closed.
     private func serveClient(_ client: inout Client, _ handle: (ControlCommand) -> ControlReply) -> Bool {
-        var chunk = [UInt8](repeating: 0, count: ControlCommand.maximumRequestLength)
         var open = true
         while true {
-            let n = chunk.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            let n = receiveBuffer.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
             if n > 0 {
-                client.buffer.append(contentsOf: chunk[0..<n])
+                client.buffer.append(contentsOf: receiveBuffer[0..<n])
                 // Answer every complete line; an over-long request is answered and the client closed.
                 while let newline = client.buffer.firstIndex(of: 10) {
                     let line = client.buffer[..<newline]
