@@ -11,7 +11,9 @@ public struct PacketSocket: ~Copyable {
 
     /// A raw socket for `etherType` (host order; ETH_P_ALL = 3 for everything) bound to the interface.
     public init(interfaceIndex: Int32, etherType: UInt16 = 3 /* ETH_P_ALL */) throws(VhostError) {
-        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, Int32(etherType.bigEndian))
+        // Protocol 0 until bind: opened for the EtherType, the socket would queue frames from
+        // every interface until bind names one (packet(7)), as PacketSocketPort says.
+        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, 0)
         guard rc >= 0 else { throw .system(call: "socket(AF_PACKET)", detail: "on ifindex \(interfaceIndex)", errno: Errno(rawValue: -rc)) }
         let bound = cvhost_bind_packet(rc, interfaceIndex, etherType)
         guard bound == 0 else {
@@ -46,11 +48,14 @@ public struct PacketSocket: ~Copyable {
 
     /// Receives one frame, waiting up to `milliseconds`; nil on timeout.
     public func receive(milliseconds: Int32, capacity: Int = 65536) -> [UInt8]? {
-        guard waitReadable(fd, milliseconds: milliseconds) else { return nil }
         // Into scratch space that is neither zero-filled nor kept: the frame is copied out at its
         // own length (a zeroed 64 KiB array per frame cost a soak's host side more than the frame).
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { scratch -> [UInt8]? in
-            let n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+        // A frame already queued costs one recv; poll only when there is none.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { scratch -> [UInt8]? in
+            var n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+            if n < 0 && milliseconds != 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && waitReadable(fd, milliseconds: milliseconds) {
+                n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+            }
             guard n >= 0 else { return nil }
             return Array(scratch.prefix(min(n, scratch.count)))
         }

@@ -17,7 +17,11 @@ public struct PacketSocketPort: ~Copyable, NetworkPort {
     /// itself sends out of the interface are not looped back into the RX ring (PACKET_IGNORE_OUTGOING).
     public init(interface: String, observer: IoctlObserver? = nil) throws(VhostError) {
         let index = try NetworkInterface(name: interface, observer: observer).index()
-        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, Int32(UInt16(3 /* ETH_P_ALL */).bigEndian))
+        // Protocol 0: the socket receives nothing until bind names the protocol and the
+        // interface together (packet(7); af_packet.c packet_create hooks no protocol for 0).
+        // Opened for ETH_P_ALL, it would take every interface's frames until bind, and those
+        // would reach the RX ring.
+        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, 0)
         guard rc >= 0 else {
             let errno = Errno(rawValue: -rc)
             throw .system(call: "socket(AF_PACKET, SOCK_RAW)", detail: errno == .notPermitted ? "needs CAP_NET_RAW (run as root)" : "", errno: errno)

@@ -1,5 +1,7 @@
 import DatapathSuite
 import Glibc
+import HostNetwork
+import Synchronization
 import NetFormats
 import Vhost
 import VhostNet
@@ -42,6 +44,52 @@ let backendTests: [KernelTest] = [
             try expect(got, "RX frame \(s) written on the wire never reached the ring")
         }
         say("  300 frames out through the packet socket, \(received) in; header added and stripped by vhost")
+    },
+    KernelTest(name: "backend: a packet socket bound to one interface never holds another interface's frames, even while it is opened (PacketSocketPort and the host side)") {
+        // A flood on one tap while packet sockets are opened and bound to another, idle one:
+        // a socket opened for ETH_P_ALL takes every interface's frames until bind names its
+        // interface; one opened with protocol 0 takes none until then (packet(7)).
+        let busy = try Tap(name: "vht-flood", flags: [.tap, .noPacketInfo])
+        try busy.setLinkUp(true)
+        let idle = try Tap(name: "vht-quiet", flags: [.tap, .noPacketInfo])
+        try idle.setLinkUp(true)
+        let quiet = try NetworkInterface(name: "vht-quiet").index()
+        let stop = Atomic<Bool>(false)
+        let written = Atomic<Int>(0)
+        let busyFD = busy.fd
+        let flood = WorkerThread {
+            var s = 0
+            while !stop.load(ordering: .acquiring) {
+                let frame = TestFrame.bytes(s)
+                guard frame.withUnsafeBytes({ write(busyFD, $0.baseAddress, $0.count) }) == frame.count else { break }
+                s += 1
+                written.store(s, ordering: .releasing)
+            }
+        }
+        func foreignFrames(_ fd: Int32) -> Int {
+            var foreign = 0
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 2048) { scratch in
+                while true {
+                    let n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+                    guard n > 0 else { break }
+                    if TestFrame.sequence(of: UnsafeRawBufferPointer(start: scratch.baseAddress, count: n)) != nil { foreign += 1 }
+                }
+            }
+            return foreign
+        }
+        var foreign = (host: 0, port: 0)
+        for _ in 0..<100 {
+            let host = try PacketSocket(interfaceIndex: quiet)
+            foreign.host += foreignFrames(host.fd)
+            let port = try PacketSocketPort(interface: "vht-quiet")
+            foreign.port += foreignFrames(port.fd)
+        }
+        stop.store(true, ordering: .releasing)
+        flood.join()
+        let flooded = written.load(ordering: .acquiring)
+        say("  \(flooded) frames written into vht-flood while 100 packet sockets of each kind were opened on vht-quiet: \(foreign.host) of them on the host side's sockets, \(foreign.port) on the backend's")
+        try expect(flooded > 1000, "the flood wrote only \(flooded) frames: nothing was tested")
+        try expect(foreign == (0, 0), "packet sockets bound to vht-quiet held \(foreign.host) (host side) and \(foreign.port) (PacketSocketPort) frames of vht-flood")
     },
     KernelTest(name: "backend: a macvtap on a dummy parent carries traffic both ways (its sibling macvlan is the far side)") {
         try RouteNetlink.createLink("vhdum0", kind: "dummy")
