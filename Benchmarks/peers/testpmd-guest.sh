@@ -14,12 +14,26 @@ mount -t hugetlbfs hugetlbfs /host/dev/hugepages || { echo "peer: cannot mount h
 
 # pin_worker PID: the vhost worker of the device PID owns ("vhost-PID": a kernel thread before
 # 6.4, a thread of PID from 6.4 on) to CPU 0.
+# Sets worker_tid to the worker's thread id.
 pin_worker() {
     for comm in /proc/[0-9]*/comm /proc/$1/task/[0-9]*/comm; do
         [ "$(cat "$comm" 2>/dev/null)" = "vhost-$1" ] || continue
-        tid=$(basename "$(dirname "$comm")"); host taskset -p -c 0 "$tid" >/dev/null && return 0
+        worker_tid=$(basename "$(dirname "$comm")"); host taskset -p -c 0 "$worker_tid" >/dev/null && return 0
     done
     return 1
+}
+# oncpu_ns TID: the nanoseconds thread TID has run (schedstat's first field), as vhostctl bench
+# reads its own worker's; 0 when the thread is gone.
+oncpu_ns() { awk '{print $1}' "/proc/$1/schedstat" 2>/dev/null || echo 0; }
+# testpmd_driver_ns PID WORKER: the CPU time of testpmd's threads (its forwarding lcore spins), the
+# vhost worker aside where it is one of them (6.4+).
+testpmd_driver_ns() {
+    sum=0
+    for t in /proc/$1/task/[0-9]*; do
+        [ "$(basename "$t")" = "$2" ] && continue
+        sum=$((sum + $(awk '{print $1}' "$t/schedstat" 2>/dev/null || echo 0)))
+    done
+    echo $sum
 }
 
 testpmd_pid() {
@@ -65,14 +79,16 @@ testpmd() {
     [ "$mode" = rxonly ] && pktgen_start $tap
     sleep 1  # warm-up
     if [ "$mode" = txonly ]; then counter=rx_packets; else counter=tx_packets; fi
-    a=$(stat $tap $counter) t0=$(uptime_cs)
+    a=$(stat $tap $counter) t0=$(uptime_cs) wa=$(oncpu_ns "$worker_tid") da=$(testpmd_driver_ns "$tpid" "$worker_tid")
     sleep "$seconds"
-    b=$(stat $tap $counter) t1=$(uptime_cs)
+    b=$(stat $tap $counter) t1=$(uptime_cs) wb=$(oncpu_ns "$worker_tid") db=$(testpmd_driver_ns "$tpid" "$worker_tid")
     [ "$mode" = rxonly ] && pktgen_stop
     kill -INT "$tpid" 2>/dev/null; wait "$pid" 2>/dev/null
     i=0; while [ $i -lt 100 ] && ip link show $tap >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
     if [ "$b" -gt "$a" ]; then
-        echo "testpmd-$mode $(( (b - a) * 100 / (t1 - t0) ))" >>"$results"
+        # The same columns as vhostctl's runs: pps, driver and worker ns per frame, calls per frame
+        # (testpmd polls: none).
+        echo "testpmd-$mode $(( (b - a) * 100 / (t1 - t0) )) $(( (db - da) / (b - a) )) $(( (wb - wa) / (b - a) )) 0" >>"$results"
     else
         echo "peer: testpmd $mode moved no frames:"; tail -20 /tmp/testpmd.log
         echo "testpmd-$mode 0" >>"$results"
@@ -123,14 +139,20 @@ for line in open(sys.argv[1]):
     runs.setdefault(f[0], []).append(int(f[1]))
     if len(f) >= 5: cpu.setdefault(f[0], []).append((float(f[2]), float(f[3]), float(f[4])))
 med = {k: statistics.median(v) for k, v in runs.items()}
-print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | driver/worker | calls/frame |")
-print("|---|---|---|---|---|---|---|---|")
+print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | worker vs testpmd | driver/worker | calls/frame |")
+print("|---|---|---|---|---|---|---|---|---|")
 for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+auto", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll"]:
     if k not in runs: continue
-    base = med["testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"]
-    d = w = c = "-"; share = "-"
+    peer = "testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"
+    base = med[peer]
+    d = w = c = "-"; share = "-"; against = "-"
     if k in cpu:
         dm = statistics.median(c[0] for c in cpu[k]); wm = statistics.median(c[1] for c in cpu[k])
-        d, w = "%.0f" % dm, "%.0f" % wm; share = "%.2f×" % (dm / wm) if wm > 0 else "-"
+        d, w = "%.0f" % dm, "%.0f" % wm
+        spins = k.startswith("testpmd") or k.endswith("poll")
+        share = ("%.2f× (spins)" if spins else "%.2f×") % (dm / wm) if wm > 0 else "-"
         c = "%.3f" % statistics.median(c[2] for c in cpu[k])
-    print("| %s | %d | %d–%d | %s | %s | %s | %s | %s |" % (k, med[k], min(runs[k]), max(runs[k]), "%.2f×" % (med[k] / base) if base else "-", d, w, share, c))' "$results"
+        # The worker CPU per frame driven by us, against the same worker driven by testpmd.
+        pw = statistics.median(c[1] for c in cpu.get(peer, [])) if cpu.get(peer) else 0
+        if pw > 0 and not k.startswith("testpmd"): against = "%.2f×" % (wm / pw)
+    print("| %s | %d | %d–%d | %s | %s | %s | %s | %s | %s |" % (k, med[k], min(runs[k]), max(runs[k]), "%.2f×" % (med[k] / base) if base else "-", d, w, against, share, c))' "$results"

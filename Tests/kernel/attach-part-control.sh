@@ -57,7 +57,7 @@ if [ "$(mode_owner $csock)" = "600 65534" ] && [ -S $csock ]; then
 else
     fail "control: the socket's mode and owner" "$(mode_owner $csock); $(cat /tmp/ctl.log)"
 fi
-ping -c 2 -W 3 10.0.21.2 >/dev/null 2>&1
+ping -A -c 2 -W 3 10.0.21.2 >/dev/null 2>&1
 # stop: the datapath is not serviced; the host's datagrams wait in the tap's queue; resume: all arrive.
 n=100
 vhostctl ctl $csock stop >/tmp/ctl-stop.txt 2>&1; st=$?
@@ -78,7 +78,7 @@ vhostctl ctl $csock link down >/tmp/ctl-link.txt 2>&1; lt=$?
 if [ $lt = 0 ] && control_wait_carrier vhctl0 0 && [ "$(cat /sys/class/net/vhctl0/operstate)" != up ]; then
     vhostctl ctl $csock link up >>/tmp/ctl-link.txt 2>&1; lt=$?
     if [ $lt = 0 ] && control_wait_carrier vhctl0 1 && i=0 && while [ $i -lt 30 ] && [ "$(cat /sys/class/net/vhctl0/operstate)" != up ]; do sleep 0.1; i=$((i + 1)); done \
-        && [ "$(cat /sys/class/net/vhctl0/operstate)" = up ] && ping -c 1 -W 3 10.0.21.2 >/dev/null 2>&1; then
+        && [ "$(cat /sys/class/net/vhctl0/operstate)" = up ] && ping -A -c 1 -W 3 10.0.21.2 >/dev/null 2>&1; then
         pass "control: link down → the host's carrier 0 and operstate $(cat /sys/class/net/vhctl0/operstate 2>/dev/null) after up; ping answers again"
     else
         fail "control: link up" "exit $lt carrier $(cat /sys/class/net/vhctl0/carrier) operstate $(cat /sys/class/net/vhctl0/operstate): $(tr '\n' ' ' </tmp/ctl-link.txt)"
@@ -161,7 +161,7 @@ vhostctl attach --tap vhctl1 --create --queue-pairs 2 --ip 10.0.22.2/24 --udp-ec
 cpid=$!
 wait_for_tap vhctl1 && ip addr add 10.0.22.1/24 dev vhctl1 && ip link set vhctl1 up
 wait_for_attached /tmp/ctl2.log
-ping -c 1 -W 3 10.0.22.2 >/dev/null 2>&1
+ping -A -c 1 -W 3 10.0.22.2 >/dev/null 2>&1
 # control_rx FILE: "q0 q1", the RX frames of each queue pair in a stats reply.
 control_rx() { vhostctl ctl $csock2 stats --json >"$1" 2>&1; control_field "$1" '" ".join(str(q["rx"]["frames"]) for q in r["queues"])'; }
 set -- $(control_rx /tmp/ctl2-a.json)
@@ -222,7 +222,7 @@ x1=$(control_txcsum vhctl2)
 vhostctl ctl $csock3 stop >>/tmp/ctl3-o.txt 2>&1 && vhostctl ctl $csock3 resume >>/tmp/ctl3-o.txt 2>&1; sr=$?
 x1r=$(control_txcsum vhctl2)
 sndbuf_after=$(grep -o "TUNSETSNDBUF([0-9]*) = [0-9-]*" /tmp/ctl3.log | tail -n 1)
-if [ $sr = 0 ] && [ "$x1 $x1r" = "0 0" ] && [ "$sndbuf_after" = "TUNSETSNDBUF(1048576) = 0" ] && ping -c 1 -W 3 10.0.23.2 >/dev/null 2>&1; then
+if [ $sr = 0 ] && [ "$x1 $x1r" = "0 0" ] && [ "$sndbuf_after" = "TUNSETSNDBUF(1048576) = 0" ] && ping -A -c 1 -W 3 10.0.23.2 >/dev/null 2>&1; then
     pass "control: after stop and resume the offloads set by ctl (tx-checksumming $x1r) and --sndbuf ($sndbuf_after, the last) hold; ping answers"
 else
     fail "control: offloads and sndbuf across resume" "exit $sr, tx-csum $x1 then $x1r, last $sndbuf_after: $(tail -n 3 /tmp/ctl3-o.txt | tr '\n' ' ')"
@@ -236,7 +236,7 @@ else
     fail "control: offloads" "tx-csum $x0 $x1 $x2; exits $o1 $o2 $o3: $(tr '\n' ' ' </tmp/ctl3-o.txt)"
 fi
 vhostctl ctl --json $csock3 dirty-log on >/tmp/ctl3-d1.json 2>&1; d1=$?
-ping -c 3 -W 3 10.0.23.2 >/dev/null 2>&1; pg=$?
+ping -A -c 3 -W 3 10.0.23.2 >/dev/null 2>&1; pg=$?
 vhostctl ctl --json $csock3 dirty-log on >/tmp/ctl3-d2.json 2>&1; d2=$?
 p2=$(control_field /tmp/ctl3-d2.json 'r["dirty_pages"]')
 if [ $d1 = 0 ] && [ $d2 = 0 ] && [ $pg = 0 ] && [ "$p2" -gt 0 ] 2>/dev/null; then
@@ -247,7 +247,7 @@ fi
 # pcap start/stop: a capture made as nobody, mode 0600, holding the ping's frames (read by tshark).
 rm -f /tmp/ctl-cap.pcapng
 vhostctl ctl $csock3 pcap start /tmp/ctl-cap.pcapng >/tmp/ctl3-p.txt 2>&1; c1=$?
-ping -c 2 -W 3 10.0.23.2 >/dev/null 2>&1
+ping -A -c 2 -W 3 10.0.23.2 >/dev/null 2>&1
 vhostctl ctl $csock3 pcap stop >>/tmp/ctl3-p.txt 2>&1; c2=$?
 replies=$(host tshark -r /tmp/ctl-cap.pcapng -Y 'icmp.type == 0 && ip.src == 10.0.23.2' 2>/dev/null | wc -l)
 if [ $c1 = 0 ] && [ $c2 = 0 ] && [ "$(mode_owner /tmp/ctl-cap.pcapng)" = "600 65534" ] && [ "$replies" -ge 2 ]; then

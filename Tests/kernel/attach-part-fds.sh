@@ -44,7 +44,7 @@ else
     fail "attach --tap-fd as nobody" "uid '$fds_uid' CapEff '$fds_cap': $(head -c 400 /tmp/fds.log)"
 fi
 rx_before=$(cat /sys/class/net/vhfd0/statistics/rx_packets 2>/dev/null || echo 0)
-if ping -c 3 -W 3 10.78.0.2 >/tmp/fds-ping.txt 2>&1; then
+if ping -A -c 3 -W 3 10.78.0.2 >/tmp/fds-ping.txt 2>&1; then
     rx_after=$(cat /sys/class/net/vhfd0/statistics/rx_packets)
     pass "ping through the passed descriptors answers ($(grep -o '[0-9]* packets received' /tmp/fds-ping.txt); the tap received $((rx_after - rx_before)) frames)"
 else
@@ -78,7 +78,7 @@ EOF
 host python3 /tmp/fds-helper-mq.py >/tmp/fds-mq.log 2>&1 &
 mq_pid=$!
 wait_for_attached /tmp/fds-mq.log
-if grep -q "^attached to vhfdmq0 .* 2 queue pair(s)" /tmp/fds-mq.log && [ "$(status_field $mq_pid CapEff)" = 0000000000000000 ] && ping -c 3 -W 3 10.79.0.2 >/tmp/fds-mq-ping.txt 2>&1; then
+if grep -q "^attached to vhfdmq0 .* 2 queue pair(s)" /tmp/fds-mq.log && [ "$(status_field $mq_pid CapEff)" = 0000000000000000 ] && ping -A -c 3 -W 3 10.79.0.2 >/tmp/fds-mq-ping.txt 2>&1; then
     pass "attach on two passed queues of a multiqueue tap as nobody: 2 queue pairs, ping answers ($(grep -o '[0-9]* packets received' /tmp/fds-mq-ping.txt))"
 else
     fail "attach on two passed queues" "$(cat /tmp/fds-mq-ping.txt 2>/dev/null | tail -2) | $(head -c 400 /tmp/fds-mq.log)"

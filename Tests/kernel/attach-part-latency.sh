@@ -16,7 +16,7 @@ latency_attach() {
     wait_for_attached /tmp/$name.log
 }
 latency_attach vhll0 10.0.31 --low-latency
-ll_pinged=no; ping -c 3 -W 3 10.0.31.2 >/dev/null 2>&1 && ll_pinged=yes
+ll_pinged=no; ping -A -c 3 -W 3 10.0.31.2 >/dev/null 2>&1 && ll_pinged=yes
 ll_ticks=$(latency_cpu_ticks $latency_pid)
 ll_busyloops=$(grep -c '^trace: VHOST_SET_VRING_BUSYLOOP_TIMEOUT(.*50.*) = 0' /tmp/vhll0.trace)
 # The spinners apart: this (main) thread on the first CPU, the worker on the second (the VM has two).

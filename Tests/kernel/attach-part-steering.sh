@@ -123,7 +123,7 @@ for want in 1048576 2147483647; do
     pid=$!
     wait_for_attached /tmp/sndbuf.log
     ip addr add 10.0.0.1/24 dev vhsnd0; ip link set vhsnd0 up
-    if ping -c 1 -W 3 10.0.0.2 >/dev/null 2>&1; then pinged=1; else pinged=0; fi
+    if ping -A -c 1 -W 3 10.0.0.2 >/dev/null 2>&1; then pinged=1; else pinged=0; fi
     kill -INT $pid; wait_for_exit $pid
     # The last TUNSETSNDBUF on each of the two queues (in order) must be $want, accepted.
     last=$(grep -o "TUNSETSNDBUF([0-9]*) = [0-9-]*" /tmp/sndbuf.log | tail -2 | tr '\n' ' ')
@@ -141,7 +141,7 @@ vhostctl attach --tap vhring0 --create --ip 10.0.0.2/24 --udp-echo 7 --stats 0 -
 pid=$!
 wait_for_attached /tmp/rings.log
 ip addr add 10.0.0.1/24 dev vhring0; ip link set vhring0 up
-if ping -c 3 -W 3 10.0.0.2 >/tmp/rings-ping.txt 2>&1; then pinged=1; else pinged=0; fi
+if ping -A -c 3 -W 3 10.0.0.2 >/tmp/rings-ping.txt 2>&1; then pinged=1; else pinged=0; fi
 # 300 datagrams echoed: more than the TX ring holds, so its 256 heads are reused.
 echoed=$(host python3 -c '
 import socket
@@ -195,7 +195,7 @@ vhostctl attach --tap vhmmu0 --create --ip 10.0.0.2/24 --stats 0 --iommu --trace
 pid=$!
 wait_for_attached /tmp/iommu.log
 ip addr add 10.0.0.1/24 dev vhmmu0; ip link set vhmmu0 up
-if ping -c 3 -W 3 10.0.0.2 >/tmp/iommu-ping.txt 2>&1; then pinged=1; else pinged=0; fi
+if ping -A -c 3 -W 3 10.0.0.2 >/tmp/iommu-ping.txt 2>&1; then pinged=1; else pinged=0; fi
 kill -INT $pid; wait_for_exit $pid
 # The memory table's guest-physical ranges, and the IOVAs of the misses and updates.
 iommu=$(host python3 -c '

@@ -75,7 +75,7 @@ pid=$!
 if wait_for_tap vht0; then pass "attach --create makes the tap"; else fail "attach --create makes the tap" "$(cat /tmp/attach.log)"; fi
 ip addr add 10.0.0.1/24 dev vht0
 ip link set vht0 up
-if ping -c 3 -W 3 10.0.0.2 >/tmp/ping.txt 2>&1; then
+if ping -A -c 3 -W 3 10.0.0.2 >/tmp/ping.txt 2>&1; then
     pass "ping from the host stack gets replies ($(grep -o '[0-9]* packets received' /tmp/ping.txt))"
 else
     fail "ping from the host stack gets replies" "$(cat /tmp/ping.txt)"
@@ -140,12 +140,12 @@ wait_for_attached /tmp/attach6.log
 hostip -6 addr add fd00:6::1/64 dev vht6 nodad
 wait_for_ipv6 vht6
 if grep -q "^attached to vht6 .*ip6 $ll6/64 fd00:6::2/64" /tmp/attach6.log; then pass "attach --ip6: the link-local address from the MAC (EUI-64) and the given one"; else fail "attach --ip6 addresses" "$(head -n 3 /tmp/attach6.log)"; fi
-if ping -6 -c 3 -W 3 -I vht6 "$ll6%vht6" >/tmp/ping6.txt 2>&1; then
+if ping -6 -A -c 3 -W 3 -I vht6 "$ll6%vht6" >/tmp/ping6.txt 2>&1; then
     pass "ping -6 to the endpoint's link-local address gets replies ($(grep -o '[0-9]* packets received' /tmp/ping6.txt))"
 else
     fail "ping -6 to the endpoint's link-local address" "$(cat /tmp/ping6.txt)"
 fi
-if ping -6 -c 3 -W 3 fd00:6::2 >/tmp/ping6g.txt 2>&1; then
+if ping -6 -A -c 3 -W 3 fd00:6::2 >/tmp/ping6g.txt 2>&1; then
     pass "ping -6 to the endpoint's global address gets replies ($(grep -o '[0-9]* packets received' /tmp/ping6g.txt))"
 else
     fail "ping -6 to the endpoint's global address" "$(cat /tmp/ping6g.txt)"
@@ -232,12 +232,12 @@ wait_for_attached /tmp/tun.log
 ip addr add 10.0.11.1/24 dev vhtun0
 hostip -6 addr add fd00:11::1/64 dev vhtun0
 type=$(cat /sys/class/net/vhtun0/type 2>/dev/null)
-if [ "$type" = 65534 ] && ping -c 3 -W 3 10.0.11.2 >/tmp/pingtun.txt 2>&1; then
+if [ "$type" = 65534 ] && ping -A -c 3 -W 3 10.0.11.2 >/tmp/pingtun.txt 2>&1; then
     pass "attach --tun answers ping through vhost-net on an L3 tun (ARPHRD_NONE, no Ethernet header, virtio-net header on)"
 else
     fail "attach --tun answers ping" "type '$type'; $(cat /tmp/pingtun.txt) $(cat /tmp/tun.log | tr '\n' ' ')"
 fi
-if ping -6 -c 3 -W 3 fd00:11::2 >/tmp/pingtun6.txt 2>&1; then
+if ping -6 -A -c 3 -W 3 fd00:11::2 >/tmp/pingtun6.txt 2>&1; then
     pass "attach --tun answers ping -6 on the L3 tun"
 else
     fail "attach --tun answers ping -6" "$(cat /tmp/pingtun6.txt)"
@@ -353,7 +353,7 @@ pid=$!
 wait_for_attached /tmp/uso.log
 ip addr add 10.0.12.1/24 dev vhuso0
 forwarding=$(cat /proc/sys/net/ipv4/ip_forward); echo 1 >/proc/sys/net/ipv4/ip_forward
-ping -c 1 -W 3 10.0.12.2 >/dev/null 2>&1   # ARP resolved now, so the count below holds replies only
+ping -A -c 1 -W 3 10.0.12.2 >/dev/null 2>&1   # ARP resolved now, so the count below holds replies only
 before=$(cat /sys/class/net/vhuso0/statistics/rx_packets)
 far=$(timeout 60 host python3 /tmp/far.py vhfar0 10.0.12.2 20000 2>&1)
 after=$(cat /sys/class/net/vhuso0/statistics/rx_packets)
@@ -391,7 +391,7 @@ sleep 0.5
 uids=$(grep '^Uid:' /proc/$pid/status | tr -s '\t ' ' ')
 owner=$(cat /sys/class/net/vhusr0/owner 2>/dev/null)
 printf '%s\n' "$uids" >/tmp/uids.txt
-if grep -q "^Uid: 65534 65534 65534 65534" /tmp/uids.txt && [ "$owner" = 65534 ] && ping -c 2 -W 3 10.0.1.2 >/dev/null 2>&1; then
+if grep -q "^Uid: 65534 65534 65534 65534" /tmp/uids.txt && [ "$owner" = 65534 ] && ping -A -c 2 -W 3 10.0.1.2 >/dev/null 2>&1; then
     pass "--user drops to uid 65534 after setup, owns the tap, and still answers ping"
 else
     fail "--user drops root" "status '$uids', tap owner '$owner', $(cat /tmp/user.log)"
@@ -471,7 +471,7 @@ hostip link add vhmvl1 link vhdum1 type macvlan mode bridge && ip addr add 10.0.
 vhostctl attach --tap vhmvt1 --macvtap vhdum1 --ip 10.0.7.2/24 --stats 0 >/tmp/mvt.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/mvt.log
-if ping -c 3 -W 3 10.0.7.2 >/dev/null 2>&1 && grep -q "^attached to vhmvt1 (macvtap vhmvt1 on vhdum1)" /tmp/mvt.log; then
+if ping -A -c 3 -W 3 10.0.7.2 >/dev/null 2>&1 && grep -q "^attached to vhmvt1 (macvtap vhmvt1 on vhdum1)" /tmp/mvt.log; then
     pass "--macvtap: attach on a macvtap of a dummy parent answers ping from its sibling macvlan"
 else
     fail "--macvtap" "$(cat /tmp/mvt.log | tr '\n' ' ')"
@@ -513,7 +513,7 @@ hostip link add vhve0 type veth peer name vhve1 && ip link set vhve0 up && ip ad
 vhostctl attach --packet-socket vhve0 --ip 10.0.8.2/24 --stats 0 >/tmp/ps.log 2>&1 &
 pid=$!
 wait_for_attached /tmp/ps.log
-if ping -c 3 -W 3 10.0.8.2 >/dev/null 2>&1 && grep -q "VHOST_NET_F_VIRTIO_NET_HDR" /tmp/ps.log; then
+if ping -A -c 3 -W 3 10.0.8.2 >/dev/null 2>&1 && grep -q "VHOST_NET_F_VIRTIO_NET_HDR" /tmp/ps.log; then
     pass "--packet-socket: attach through a raw packet socket on a veth answers ping from its peer"
 else
     fail "--packet-socket" "$(cat /tmp/ps.log | tr '\n' ' ')"
@@ -743,7 +743,7 @@ ip addr add 10.0.9.1/24 dev vhcap0; ip link set vhcap0 up
 uids=$(status_field $pid Uid); capeff=$(status_field $pid CapEff); capprm=$(status_field $pid CapPrm); capinh=$(status_field $pid CapInh)
 capbnd=$(status_field $pid CapBnd); capamb=$(status_field $pid CapAmb); nnp=$(status_field $pid NoNewPrivs)
 if [ "$uids" = "65534 65534 65534 65534" ] && [ "$capeff$capprm$capinh$capamb" = 0000000000000000000000000000000000000000000000000000000000000000 ] \
-    && [ "$capbnd" = 0000000000000000 ] && [ "$nnp" = 1 ] && ping -c 3 -W 3 10.0.9.2 >/dev/null 2>&1 \
+    && [ "$capbnd" = 0000000000000000 ] && [ "$nnp" = 1 ] && ping -A -c 3 -W 3 10.0.9.2 >/dev/null 2>&1 \
     && grep -q "^running as nobody (uid 65534, gid 65534): dropped every capability" /tmp/cap.log \
     && grep -q "^credentials: uid 65534/65534/65534/65534 gid 65534/65534/65534/65534 .*CapEff 0000000000000000 CapBnd 0000000000000000 CapAmb 0000000000000000 NoNewPrivs 1$" /tmp/cap.log; then
     pass "attach without options runs as nobody (Uid $uids), CapEff/CapPrm/CapInh/CapAmb/CapBnd 0, NoNewPrivs 1, says so (--verbose: $(grep '^credentials:' /tmp/cap.log | cut -c1-60)…), and answers ping"
@@ -782,7 +782,7 @@ pid=$!
 wait_for_attached /tmp/mq.log
 ip addr add 10.0.2.1/24 dev vhmq0; ip link set vhmq0 up
 fds=$(ls -l /proc/$pid/fd 2>/dev/null | grep -c vhost-net)
-if ping -c 3 -W 3 10.0.2.2 >/dev/null 2>&1 && [ "$fds" = 4 ] && [ -d /sys/class/net/vhmq0/queues/tx-3 ]; then
+if ping -A -c 3 -W 3 10.0.2.2 >/dev/null 2>&1 && [ "$fds" = 4 ] && [ -d /sys/class/net/vhmq0/queues/tx-3 ]; then
     pass "--queues 4 opens 4 vhost-net fds on a 4-queue tap and answers ping"
 else
     fail "--queues 4" "vhost-net fds $fds; $(ls /sys/class/net/vhmq0/queues 2>&1 | tr '\n' ' '); $(cat /tmp/mq.log)"
@@ -798,7 +798,7 @@ pid=$!
 wait_for_attached /tmp/full.log
 ip addr add 10.0.3.1/24 dev vhfull0; ip link set vhfull0 up
 reply=$(host bash -c 'exec 3<>/dev/udp/10.0.3.2/7; printf "all-options" >&3; IFS= read -r -t 5 -N 11 r <&3; printf "%s" "$r"' 2>&1)
-if ping -c 2 -W 3 10.0.3.2 >/dev/null 2>&1 && [ "$reply" = "all-options" ]; then
+if ping -A -c 2 -W 3 10.0.3.2 >/dev/null 2>&1 && [ "$reply" = "all-options" ]; then
     pass "attach with indirect descriptors, memory around a hole, hugepages, poll mode, busyloop, dirty log, offloads answers ping and UDP"
 else
     fail "attach with every datapath option" "udp '$reply'; $(cat /tmp/full.log)"
