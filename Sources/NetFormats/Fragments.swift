@@ -83,41 +83,41 @@ public struct FragmentReassembler: Sendable {
             pending[key] = nil
             return .discarded("a fragment of \(data.count) bytes with more to follow is not a multiple of 8")
         }
-        if pending[key] == nil {
+        // The entry is taken out of the table while it changes and put back at the end: a copy
+        // left in the table would make every fragment copy the datagram's bytes (copy-on-write),
+        // up to 64 KiB per fragment for a sender who sends small ones.
+        var entry: Pending
+        if let existing = pending.removeValue(forKey: key) {
+            entry = existing
+        } else {
             if pending.count >= maximumPending, let oldest = pending.min(by: { $0.value.age < $1.value.age })?.key {
                 pending[oldest] = nil
                 evicted &+= 1
             }
             clock &+= 1
-            pending[key] = Pending(age: clock)
+            entry = Pending(age: clock)
         }
-        var entry = pending[key]!
         let range = offset..<end
         if !more {
             if let total = entry.total, total != end {
-                pending[key] = nil
                 return .discarded("two last fragments end at \(total) and \(end)")
             }
             if let last = entry.ranges.last, last.upperBound > end {
-                pending[key] = nil
                 return .discarded("the last fragment ends at \(end), before bytes already received")
             }
             entry.total = end
         } else if let total = entry.total, end > total {
-            pending[key] = nil
             return .discarded("a fragment runs to \(end), past the datagram's end \(total)")
         }
-        if let same = entry.ranges.firstIndex(of: range) {
+        if entry.ranges.contains(range) {
             // The same fragment again (a retransmission): nothing new.
-            _ = same
             pending[key] = entry
             return .incomplete
         }
         if entry.ranges.contains(where: { $0.overlaps(range) }) {
-            pending[key] = nil
             return .discarded("fragments overlap at \(range)")
         }
-        if entry.data.count < end { entry.data.append(contentsOf: repeatElement(0, count: end &- entry.data.count)) }
+        if entry.data.count < end { entry.data.append(contentsOf: [UInt8](repeating: 0, count: end &- entry.data.count)) }
         entry.data.withUnsafeMutableBytes { buffer in
             guard let base = buffer.baseAddress, let from = data.baseAddress, !data.isEmpty else { return }
             (base + offset).copyMemory(from: from, byteCount: data.count)
@@ -125,7 +125,6 @@ public struct FragmentReassembler: Sendable {
         let insertAt = entry.ranges.firstIndex { $0.lowerBound > range.lowerBound } ?? entry.ranges.count
         entry.ranges.insert(range, at: insertAt)
         if let total = entry.total, covers(entry.ranges, total) {
-            pending[key] = nil
             return .complete(Array(entry.data.prefix(total)))
         }
         pending[key] = entry

@@ -31,16 +31,13 @@ public enum TestFrame {
     public static func matches(_ sequence: Int, _ frame: UnsafeRawBufferPointer) -> Bool {
         let n = length(sequence)
         guard frame.count == n else { return false }
-        var expected: (UInt32, UInt8) = (0, 0)
+        var expectedSequence = UInt32(truncatingIfNeeded: sequence).bigEndian
         // SAFETY: frame.count == n ≥ 60 ≥ 18; the compared ranges stay inside `frame`,
-        // `header` (14 bytes), `expected` (4 bytes) and `pattern` (as in write).
-        return withUnsafeMutableBytes(of: &expected) { seq in
-            storeSequence(sequence, at: seq.baseAddress!)
-            let f = frame.baseAddress!
-            return header.withUnsafeBytes { memcmp(f, $0.baseAddress!, 14) } == 0
-                && memcmp(f + 14, seq.baseAddress!, 4) == 0
-                && pattern.withUnsafeBytes { memcmp(f + minimumLength, $0.baseAddress! + minimumLength + patternOffset(sequence), n - minimumLength) } == 0
-        }
+        // `header` (14 bytes), `expectedSequence` (4 bytes) and `pattern` (as in write).
+        let f = frame.baseAddress!
+        return header.withUnsafeBytes { memcmp(f, $0.baseAddress!, 14) } == 0
+            && withUnsafeBytes(of: &expectedSequence) { memcmp(f + 14, $0.baseAddress!, 4) } == 0
+            && pattern.withUnsafeBytes { memcmp(f + minimumLength, $0.baseAddress! + minimumLength + patternOffset(sequence), n - minimumLength) } == 0
     }
 
     /// Whether `frame` is test frame `sequence`, byte for byte.
