@@ -157,31 +157,6 @@ let featureTests: [KernelTest] = [
         try expect(spinning >= 10_000_000, "with a 200 ms busyloop the worker ran at most \(spinning / 1_000_000) ms after each of \(spins.count) kicks")
         try expect(spinning > 5 * max(idle, idleAgain, 1_000_000), "busyloop changed nothing: \(idle / 1_000_000) ms, \(spinning / 1_000_000) ms, \(idleAgain / 1_000_000) ms")
     },
-    KernelTest(name: "notifications: in poll mode a full TX ring is refilled in large batches, so the worker is woken about as rarely as in interrupt mode (its own context switches)") {
-        /// Frames the tap counted and the worker's wake-ups (voluntary context switches: it
-        /// sleeps when it finds the ring empty and a kick wakes it) over 20,000 frames.
-        func wakeups(_ mode: NotificationMode) throws -> (frames: UInt64, wakeups: UInt64, kicks: UInt64) {
-            let p = try pair("vht-batch") { $0.notificationMode = mode }
-            let host = try KernelHostSide(p)
-            guard let worker = VhostWorkerThread.find() else { throw KernelTestFailure("no vhost worker found for this thread") }
-            func switches() -> UInt64 {
-                let status = KernelInfo.readFile("/proc/\(worker.tid)/status") ?? ""
-                return status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
-                    .flatMap { UInt64($0.dropFirst("voluntary_ctxt_switches:".count).filter { $0 != " " && $0 != "\t" }) } ?? 0
-            }
-            let before = switches(), kicksBefore = p.transmitCounters.kicks
-            try p.transmit(count: 20_000) { _, buffer in TestFrame.write(7, into: buffer) }
-            let frames = try host.transmittedCount(waitingFor: 20_000, milliseconds: 2000)
-            return (frames, switches() &- before, p.transmitCounters.kicks &- kicksBefore)
-        }
-        let interrupt = try wakeups(.interrupt), poll = try wakeups(.poll)
-        func perThousand(_ n: UInt64, _ frames: UInt64) -> String { KernelTestRunner.formatted(Double(n) * 1000 / Double(max(frames, 1))) }
-        say("  per 1,000 frames: interrupt mode \(perThousand(interrupt.wakeups, interrupt.frames)) worker wake-ups, \(perThousand(interrupt.kicks, interrupt.frames)) kicks; poll mode \(perThousand(poll.wakeups, poll.frames)) wake-ups, \(perThousand(poll.kicks, poll.frames)) kicks")
-        try expect(interrupt.frames == 20_000 && poll.frames == 20_000, "the tap counted \(interrupt.frames) and \(poll.frames) of 20,000 frames")
-        // A chain-by-chain refill lets the worker find the ring empty after nearly every chain;
-        // batches of 3/4 of the ring keep it busy between wake-ups.
-        try expect(poll.wakeups <= 2 * interrupt.wakeups + 20, "poll mode woke the worker \(poll.wakeups) times for 20,000 frames, interrupt mode \(interrupt.wakeups): the full ring is refilled chain by chain")
-    },
     KernelTest(name: "receive: buffers too small for a frame without MRG_RXBUF are refused before any ioctl") {
         do {
             _ = try pair("vht-small") { $0.bufferSize = 512 }
