@@ -238,8 +238,8 @@ public struct NetQueue: ~Copyable {
         waitForUsed(mode: mode, milliseconds: milliseconds, wanted: 1, maxDelayMilliseconds: nil)
     }
 
-    /// Waits until `wanted` entries are used, at most `milliseconds`, or `maxDelayMilliseconds`
-    /// when that is shorter (interrupt mode); true when any is used.
+    /// Waits until `wanted` entries are used (in interrupt mode; one in poll mode), at most
+    /// `milliseconds`, or `maxDelayMilliseconds` when that is shorter; true when any is used.
     mutating func waitForUsed(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> Bool {
         switch wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: maxDelayMilliseconds) {
         case .ready, .signalled: true
@@ -261,6 +261,7 @@ public struct NetQueue: ~Copyable {
     /// counted (`counters.ringErrors`): in interrupt mode the error eventfd is watched in the
     /// same poll(2) as the call eventfd.
     mutating func wait(mode: NotificationMode, milliseconds: Int32, wanted: UInt16, maxDelayMilliseconds: Int32?) -> WaitOutcome {
+        let wanted = mode == .interrupt ? wanted : 1
         if driver.isBroken || driver.usedPending >= wanted { return .ready }
         switch mode {
         case .interrupt:
@@ -274,14 +275,10 @@ public struct NetQueue: ~Copyable {
             return .signalled
         case .poll:
             // Spinning costs the whole CPU by design; one read(2) of the error eventfd per wait is
-            // nothing beside it. It spins for `wanted` as interrupt mode sleeps for it: a full TX
-            // ring waits for most of what is in flight, so that the worker keeps a quarter of the
-            // ring while the driver refills the rest in one batch, instead of refilling chain by
-            // chain and kicking a worker that found the ring empty each time. The coalescing
-            // delay is interrupt mode's: RX in poll mode asks for one frame.
+            // nothing beside it.
             collectRingErrors()
             let deadline = MonotonicClock.coarseMilliseconds() + Int(milliseconds)
-            while !driver.isBroken && driver.usedPending < wanted {
+            while !driver.hasUsed() {
                 if MonotonicClock.coarseMilliseconds() >= deadline { return .timedOut }
             }
             return .signalled

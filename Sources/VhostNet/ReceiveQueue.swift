@@ -60,8 +60,7 @@ public struct ReceiveQueue: ~Copyable {
         // again when it used its whole budget, rather than wait for a coalescing threshold
         // counted past frames that are already there.
         if !backlog {
-            // Coalescing is for interrupt mode; polling takes each frame as it comes.
-            let wanted = mode == .interrupt ? coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1 : 1
+            let wanted = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
             let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: coalescing?.maxDelayMilliseconds)
             if let coalescing, coalescing.adaptive, mode == .interrupt {
                 adapt(to: outcome, wanted: wanted, upTo: coalescing.frames, delayPassed: milliseconds >= coalescing.maxDelayMilliseconds)
