@@ -57,7 +57,7 @@ pktgen_stop() { echo stop >/proc/net/pktgen/pgctrl; wait "$pktgen_writer"; echo 
 
 # testpmd MODE (txonly|rxonly): one run; appends "testpmd-MODE PPS" to the results.
 testpmd() {
-    mode=$1 tap=vhpeer0
+    mode=$1 tap=vhpeer0 worker_tid=
     # Non-interactive with --stats-period it forwards until SIGINT.
     host dpdk-testpmd -l 0,1 -n 1 --no-pci --file-prefix=peer --huge-dir=/dev/hugepages -m 256 \
         --vdev="net_virtio_user0,path=/dev/vhost-net,iface=$tap,queue_size=256,queues=1" \
