@@ -11,16 +11,7 @@ public struct PacketSocket: ~Copyable {
 
     /// A raw socket for `etherType` (host order; ETH_P_ALL = 3 for everything) bound to the interface.
     public init(interfaceIndex: Int32, etherType: UInt16 = 3 /* ETH_P_ALL */) throws(VhostError) {
-        // Protocol 0 until bind: opened for the EtherType, the socket would queue frames from
-        // every interface until bind names one (packet(7)), as PacketSocketPort says.
-        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, 0)
-        guard rc >= 0 else { throw .system(call: "socket(AF_PACKET)", detail: "on ifindex \(interfaceIndex)", errno: Errno(rawValue: -rc)) }
-        let bound = cvhost_bind_packet(rc, interfaceIndex, etherType)
-        guard bound == 0 else {
-            close(rc)
-            throw .system(call: "bind(AF_PACKET)", detail: "to ifindex \(interfaceIndex)", errno: Errno(rawValue: -bound))
-        }
-        fd = rc
+        fd = try PacketSocketPort.openBound(interfaceIndex: interfaceIndex, etherType: etherType, interface: "ifindex \(interfaceIndex)")
     }
 
     deinit { close(fd) }

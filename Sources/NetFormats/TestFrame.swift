@@ -107,8 +107,6 @@ extension TestFrame {
 
     /// The sequence number of a test frame, or nil for any other frame.
     public static func sequence(of frame: some Collection<UInt8>) -> Int? {
-        let bytes = Array(frame.prefix(18))
-        guard bytes.count == 18, EthernetFrame.etherType(of: bytes) == EthernetFrame.experimentalType else { return nil }
-        return Int(bytes[14]) << 24 | Int(bytes[15]) << 16 | Int(bytes[16]) << 8 | Int(bytes[17])
+        Array(frame.prefix(minimumLength)).withUnsafeBytes { sequence(of: $0) }
     }
 }

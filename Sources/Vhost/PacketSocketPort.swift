@@ -17,20 +17,7 @@ public struct PacketSocketPort: ~Copyable, NetworkPort {
     /// itself sends out of the interface are not looped back into the RX ring (PACKET_IGNORE_OUTGOING).
     public init(interface: String, observer: IoctlObserver? = nil) throws(VhostError) {
         let index = try NetworkInterface(name: interface, observer: observer).index()
-        // Protocol 0: the socket receives nothing until bind names the protocol and the
-        // interface together (packet(7); af_packet.c packet_create hooks no protocol for 0).
-        // Opened for ETH_P_ALL, it would take every interface's frames until bind, and those
-        // would reach the RX ring.
-        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, 0)
-        guard rc >= 0 else {
-            let errno = Errno(rawValue: -rc)
-            throw .system(call: "socket(AF_PACKET, SOCK_RAW)", detail: errno == .notPermitted ? "needs CAP_NET_RAW (run as root)" : "", errno: errno)
-        }
-        let bound = cvhost_bind_packet(rc, index, 3)
-        guard bound == 0 else {
-            close(rc)
-            throw .system(call: "bind(AF_PACKET)", detail: "to \(interface)", errno: Errno(rawValue: -bound))
-        }
+        let rc = try Self.openBound(interfaceIndex: index, etherType: 3 /* ETH_P_ALL */, interface: interface)
         _ = cvhost_setsockopt_int(rc, CVHOST_SOL_PACKET, CVHOST_PACKET_IGNORE_OUTGOING, 1)
         fd = rc
         name = interface
@@ -38,6 +25,25 @@ public struct PacketSocketPort: ~Copyable, NetworkPort {
     }
 
     deinit { close(fd) }
+
+    /// A raw `AF_PACKET` socket bound to interface `interfaceIndex` for `etherType` (host order;
+    /// ETH_P_ALL = 3 for everything): the descriptor, closed by the caller. Opened with protocol
+    /// 0, so it receives nothing until bind names the protocol and the interface together
+    /// (packet(7); af_packet.c packet_create hooks no protocol for 0). Opened for the EtherType,
+    /// it would take every interface's frames until bind, and a backend's would reach the RX ring.
+    public static func openBound(interfaceIndex: Int32, etherType: UInt16, interface: String) throws(VhostError) -> Int32 {
+        let rc = cvhost_socket(CVHOST_AF_PACKET, CVHOST_SOCK_RAW, 0)
+        guard rc >= 0 else {
+            let errno = Errno(rawValue: -rc)
+            throw .system(call: "socket(AF_PACKET, SOCK_RAW)", detail: errno == .notPermitted ? "needs CAP_NET_RAW (run as root)" : "", errno: errno)
+        }
+        let bound = cvhost_bind_packet(rc, interfaceIndex, etherType)
+        guard bound == 0 else {
+            close(rc)
+            throw .system(call: "bind(AF_PACKET)", detail: "to \(interface)", errno: Errno(rawValue: -bound))
+        }
+        return rc
+    }
 
     /// A packet socket has no virtio-net header: only `headerLength == nil` (vhost adds it) works.
     /// Its send buffer stays the socket's own.
