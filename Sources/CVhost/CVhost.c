@@ -294,10 +294,12 @@ int cvhost_gettid(void) { return (int)syscall(SYS_gettid); }
 int cvhost_pipe_cloexec(int fds[2]) { return result(pipe2(fds, O_CLOEXEC)); }
 
 // ---- epoll ----
+const uint32_t CVHOST_EPOLLIN = EPOLLIN;
+const uint32_t CVHOST_EPOLLET = EPOLLET;
 int cvhost_epoll_create(void) { return result(epoll_create1(EPOLL_CLOEXEC)); }
 
-int cvhost_epoll_add(int epfd, int fd, uint64_t token) {
-    struct epoll_event event = { .events = EPOLLIN, .data.u64 = token };
+int cvhost_epoll_add(int epfd, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event = { .events = events, .data.u64 = token };
     return result(epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event));
 }
 

@@ -200,6 +200,9 @@ public enum DatapathSuite {
             DatapathCase(name: "notifications: adaptive RX coalescing — a lone frame is signalled at once, a stream is signalled far less often than once per frame, and a lone frame after it at once again") {
                 try checkAdaptiveCoalescing(harness)
             },
+            DatapathCase(name: "notifications: adaptive RX coalescing's steps — frames found waiting set the threshold to twice their count, a delay that brought 8 or more sets it to the limit, and at threshold 1 an idle queue sleeps the caller's whole wait") {
+                try checkAdaptiveThresholdSteps(harness)
+            },
             DatapathCase(name: "descriptors: the header in its own descriptor (2-descriptor chains)") {
                 let (p, host) = try harness.pair("vhd-chain") { $0.descriptorLayout = .separateHeader; $0.queueSize = 64 }
                 try transmitAndCompare(p, host: host, frames: 500)
@@ -458,4 +461,50 @@ func checkAdaptiveCoalescing(_ harness: some DatapathHarness) throws {
     try expect(adaptive * 2 <= first, "adaptive coalescing was signalled \(adaptive) times against \(first) without it: not half or less")
     let signalledAfter = try loneFrameSignalled(p, host, sequence: 910)
     try expect(signalledAfter, "a lone frame after the stream was found by the coalescing delay, not signalled by the device: the threshold did not fall back to 1")
+}
+
+/// The adaptive threshold's steps on `harness` (`ReceiveQueue`'s adapt), each set up so that one
+/// outcome alone is possible: the frames are used before the driver looks, or the delay passes
+/// with fewer than the threshold used, or nothing arrives.
+func checkAdaptiveThresholdSteps(_ harness: some DatapathHarness) throws {
+    let (p, host) = try harness.pair("vhd-steps") {
+        $0.features = [.version1, .eventIndex]
+        $0.receiveCoalescing = ReceiveCoalescing(frames: 64, maxDelayMilliseconds: 1, adaptive: true)
+    }
+    quietHostStack(interface: "vhd-steps")
+    // Until the device has signalled once, vhost signals whatever used_event says.
+    try receiveAndCompare(p, host: host, frames: 4)
+    while try p.receive(limit: 256, milliseconds: 20, handler: { _ in }) > 0 {}
+    try expect(p.receiveAdaptiveThreshold == 1, "after an idle wait the threshold is \(p.receiveAdaptiveThreshold), not 1")
+    func sendUsed(_ count: Int, from first: Int) throws {
+        for s in first..<(first + count) { try host.send(TestFrame.bytes(s)) }
+        let deadline = now() + 5
+        while p.withReceiveDriver({ $0.usedPending }) < UInt16(count) && now() < deadline { usleep(1000) }
+        try expect(p.withReceiveDriver({ $0.usedPending }) >= UInt16(count), "the device did not use \(count) RX buffers within 5 s")
+    }
+    // 1. Frames found waiting: the stream is at least that fast (a doubling from 1 gave 2).
+    try sendUsed(10, from: 3000)
+    let found = try p.receive(limit: 256, milliseconds: 20) { _ in }
+    try expect(found >= 10 && found <= 32, "received \(found) frames where 10 were sent")
+    try expect(p.receiveAdaptiveThreshold == UInt16(2 * found), "\(found) frames found waiting set the threshold to \(p.receiveAdaptiveThreshold), not \(2 * found)")
+    // 2. The delay passes with 9 of 20 used: a stream, so the limit (setting it to 9 made the
+    // next burst signal early: ReceiveQueue's adapt).
+    try sendUsed(9, from: 3100)
+    let brought = try p.receive(limit: 256, milliseconds: 20) { _ in }
+    try expect(brought >= 9, "received \(brought) frames where 9 were sent")
+    try expect(p.receiveAdaptiveThreshold == 64, "a delay that brought \(brought) frames set the threshold to \(p.receiveAdaptiveThreshold), not the limit 64")
+    // 3. Idle: the first wait ends at the delay with nothing and falls to 1; at 1 the next wait
+    // has no delay to bound and sleeps the caller's 300 ms (it had woken once per delay).
+    let early = try p.receive(limit: 256, milliseconds: 300, handler: { _ in })
+    try expect(early == 0, "\(early) frames arrived on the idle queue")
+    try expect(p.receiveAdaptiveThreshold == 1, "an idle delay left the threshold at \(p.receiveAdaptiveThreshold), not 1")
+    var slept = 0.0
+    for _ in 0..<3 {
+        let start = now()
+        let stray = try p.receive(limit: 256, milliseconds: 300, handler: { _ in })
+        slept = now() - start
+        if stray == 0 { break }
+    }
+    try expect(slept >= 0.2, "at threshold 1 an idle wait of 300 ms ended after \(Int(slept * 1000)) ms")
+    say("  10 waiting: threshold \(2 * found); a delay with \(brought): 64; idle at 1: slept \(Int(slept * 1000)) ms of 300")
 }

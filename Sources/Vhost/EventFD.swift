@@ -41,43 +41,6 @@ public struct EventFD: ~Copyable {
         return consume()
     }
 
-    /// What one wait on a vring's call eventfd and its error eventfd saw.
-    public struct Wakeup: Sendable, Equatable {
-        /// The call eventfd's count, nil when the wait ended without it (the time passed).
-        public var calls: UInt64?
-        /// The error eventfd's count over the whole wait, nil when it was not signalled.
-        public var errors: UInt64?
-    }
-
-    /// Waits, as `wait(milliseconds:)`, until this eventfd is signalled or `milliseconds` pass,
-    /// watching `errors` in the same poll(2) and clearing both. The driver sleeps on a vring's
-    /// call eventfd and learns of a ring error (vhost.c vq_err signals the error eventfd) in the
-    /// same wait, without a read(2) of the error eventfd, failing with EAGAIN, before each
-    /// sleep. A ring error alone does not end the wait: it is counted, and the wait goes on for
-    /// the time left. `calls` is nil when the time passed first.
-    public func wait(milliseconds: Int32, orErrorsOn errors: borrowing EventFD) -> Wakeup {
-        var entries = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: errors.fd, events: Int16(POLLIN), revents: 0))
-        var wakeup = Wakeup()
-        let start = Self.start(milliseconds)
-        var left = milliseconds
-        while true {
-            // SAFETY: a homogeneous tuple of two pollfds is laid out as an array of two.
-            let ready = withUnsafeMutableBytes(of: &entries) { bytes in
-                Self.poll(bytes.baseAddress!.assumingMemoryBound(to: pollfd.self), count: 2, left: left, total: milliseconds, start: start)
-            }
-            guard ready else { return wakeup }
-            if entries.1.revents != 0, let n = errors.consume() { wakeup.errors = (wakeup.errors ?? 0) + n }
-            if entries.0.revents != 0, let n = consume() {
-                wakeup.calls = n
-                return wakeup
-            }
-            left = Self.remaining(milliseconds, since: start)
-            if left == 0 { return wakeup }
-            entries.0.revents = 0
-            entries.1.revents = 0
-        }
-    }
-
     /// The clock at the start of a wait of `milliseconds`, read only when it has an end.
     ///
     /// The clock is the coarse one, read in the vDSO, once per wait; it is needed again only to

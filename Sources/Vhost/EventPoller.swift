@@ -16,8 +16,12 @@ public struct EventPoller: ~Copyable {
     deinit { close(fd) }
 
     /// Watches `watched` for readability; `token` comes back from `wait`.
-    public func add(_ watched: Int32, token: UInt64) throws(VhostError) {
-        let rc = cvhost_epoll_add(fd, watched, token)
+    ///
+    /// Edge-triggered (EPOLLET), a ready fd is reported once per wake-up of its wait queue, not
+    /// for as long as it stays readable: an eventfd is then reported once per write, and need not
+    /// be read to clear it (eventfd_signal wakes the queue on every signal, fs/eventfd.c).
+    public func add(_ watched: Int32, token: UInt64, edgeTriggered: Bool = false) throws(VhostError) {
+        let rc = cvhost_epoll_add(fd, watched, edgeTriggered ? CVHOST_EPOLLIN | CVHOST_EPOLLET : CVHOST_EPOLLIN, token)
         guard rc == 0 else { throw .system(call: "epoll_ctl(ADD)", detail: "fd \(watched)", errno: Errno(rawValue: -rc)) }
     }
 
@@ -37,5 +41,20 @@ public struct EventPoller: ~Copyable {
             return []
         }
         return Array(tokens.prefix(Int(n)))
+    }
+
+    /// Waits up to `milliseconds` (0: not at all, -1: for ever) for the fds with tokens 0 and 1,
+    /// without allocating: bit `token` is set in the result for each one ready, 0 when the time
+    /// passed, nil when a signal (EINTR) ended the wait first. For a set watching those two alone.
+    public func readyPair(milliseconds: Int32) -> UInt8? {
+        var tokens: (UInt64, UInt64) = (0, 0)
+        // SAFETY: a homogeneous tuple of two UInt64s is laid out as an array of two, and
+        // cvhost_epoll_wait writes at most `maximum` (2) tokens.
+        let n = withUnsafeMutableBytes(of: &tokens) { cvhost_epoll_wait(fd, $0.baseAddress!.assumingMemoryBound(to: UInt64.self), 2, milliseconds) }
+        if n < 0 { return nil }  // EINTR: the only errno a valid epoll fd and buffer can give
+        var ready: UInt8 = 0
+        if n > 0 { ready |= 1 << (tokens.0 & 1) }
+        if n > 1 { ready |= 1 << (tokens.1 & 1) }
+        return ready
     }
 }

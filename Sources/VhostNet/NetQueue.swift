@@ -55,6 +55,11 @@ public struct NetQueue: ~Copyable {
     public let kick: EventFD
     public let call: EventFD
     public let error: EventFD
+    /// What the interrupt-mode wait sleeps in: the call eventfd edge-triggered (token 0), so a
+    /// wake-up costs one epoll_wait(2) and no read(2) to clear the count, and the error eventfd
+    /// level-triggered (token 1). Kept for the queue's life: no wait-queue set-up per sleep, as
+    /// poll(2) does for each fd on each call.
+    let waiter: EventPoller
     public package(set) var counters = QueueCounters()
     /// Set when the device broke the protocol on this queue.
     public internal(set) var broken: RingViolation?
@@ -72,6 +77,10 @@ public struct NetQueue: ~Copyable {
 
     init(index: UInt32, memory: QueueMemory, layout: DescriptorLayout, headerLength: Int, eventIndex: Bool, inOrder: Bool, startIndex: UInt16 = 0, addressOffset: UInt64 = 0) throws(VhostError) {
         let kick = try EventFD(), call = try EventFD(), error = try EventFD()
+        let waiter = try EventPoller()
+        try waiter.add(call.fd, token: Self.callToken, edgeTriggered: true)
+        try waiter.add(error.fd, token: Self.errorToken)
+        self.waiter = waiter
         self.index = index
         self.memory = memory
         self.layout = layout
@@ -267,12 +276,7 @@ public struct NetQueue: ~Copyable {
         case .interrupt:
             defer { driver.disableInterrupts() }
             if driver.enableInterrupts(after: wanted) { return .ready }
-            // A ring error alone does not end the wait (EventFD.wait goes on for the time left).
-            let wakeup = call.wait(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds), orErrorsOn: error)
-            if let errors = wakeup.errors { noteRingErrors(errors) }
-            guard wakeup.calls != nil else { return .timedOut }
-            counters.calls += 1
-            return .signalled
+            return sleep(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds))
         case .poll:
             // Spinning costs the whole CPU by design; one read(2) of the error eventfd per wait is
             // nothing beside it.
@@ -282,6 +286,35 @@ public struct NetQueue: ~Copyable {
                 if MonotonicClock.coarseMilliseconds() >= deadline { return .timedOut }
             }
             return .signalled
+        }
+    }
+
+    static let callToken: UInt64 = 0, errorToken: UInt64 = 1
+
+    /// Sleeps in `waiter` until the device signals the call eventfd or `milliseconds` pass (0:
+    /// only looks, -1: for ever). A ring error the device signals meanwhile is read and counted,
+    /// and the wait goes on for the time left, as after EINTR. The call eventfd's count is not
+    /// read: each signal is one edge, so the calls counted are the wake-ups it caused.
+    private mutating func sleep(milliseconds: Int32) -> WaitOutcome {
+        // The coarse clock (vDSO) and only for a wait that ends: read again only to go on after
+        // EINTR or a ring error, when the wait may then end up to a tick early or late.
+        let start = milliseconds > 0 ? MonotonicClock.coarseMilliseconds() : 0
+        var left = milliseconds
+        while true {
+            if let ready = waiter.readyPair(milliseconds: left) {
+                if ready & (1 << Self.errorToken) != 0, let n = error.consume() { noteRingErrors(n) }
+                if ready & (1 << Self.callToken) != 0 {
+                    counters.calls += 1
+                    return .signalled
+                }
+                if ready == 0 { return .timedOut }
+            }
+            guard milliseconds > 0 else {
+                if milliseconds == 0 { return .timedOut }
+                continue
+            }
+            left = Int32(clamping: max(0, start + Int(milliseconds) - MonotonicClock.coarseMilliseconds()))
+            if left == 0 { return .timedOut }
         }
     }
 

@@ -8,8 +8,9 @@ import Virtio
 /// sleeps at most `maxDelayMilliseconds` for them, so a sparse stream waits that long at worst.
 ///
 /// Adaptive (`ethtool -C adaptive-rx on`): the threshold follows the rate, between 1 and
-/// `frames`. It doubles when that many frames were used within the delay, falls to what one
-/// delay brought when the delay passed first, and to 1 when a delay brought none. A frame after
+/// `frames`. It doubles when that many frames were used within the delay. When the delay
+/// passed first it goes to `frames` if the delay brought a stream (`streamFrames` or more), falls
+/// to what the delay brought when that was fewer, and to 1 when a delay brought none. A frame after
 /// a delay's silence therefore wakes the driver at once, and a stream wakes it about once per
 /// delay (or per `frames` frames). A frame inside a stream waits the delay at most, so round
 /// trips one at a time, with replies closer together than the delay, should not use it.
@@ -18,6 +19,10 @@ public struct ReceiveCoalescing: Sendable, Equatable {
     public var maxDelayMilliseconds: Int32
     /// Adapt the threshold to the traffic, up to `frames`.
     public var adaptive: Bool
+    /// Adaptive: frames one delay must bring to count as a stream, which then wakes the driver
+    /// once per delay (or per `frames`); fewer, as request-and-reply traffic brings, set the
+    /// threshold to their count.
+    public static let streamFrames: UInt16 = 8
     public init(frames: UInt16, maxDelayMilliseconds: Int32 = 1, adaptive: Bool = false) {
         self.frames = frames
         self.maxDelayMilliseconds = maxDelayMilliseconds

@@ -158,7 +158,9 @@ int cvhost_pipe_cloexec(int fds[2]);
 
 // epoll (struct epoll_event is packed on x86_64, so Swift sees only tokens).
 int cvhost_epoll_create(void);
-int cvhost_epoll_add(int epfd, int fd, uint64_t token);
+extern const uint32_t CVHOST_EPOLLIN;
+extern const uint32_t CVHOST_EPOLLET;
+int cvhost_epoll_add(int epfd, int fd, uint32_t events, uint64_t token);
 int cvhost_epoll_del(int epfd, int fd);
 // Fills up to `maximum` (at most 64) tokens of ready fds; returns their count or -errno (EINTR included).
 int cvhost_epoll_wait(int epfd, uint64_t *tokens, int maximum, int timeout_ms);
