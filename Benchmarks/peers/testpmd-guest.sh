@@ -60,7 +60,7 @@ testpmd() {
     mode=$1 tap=vhpeer0 worker_tid=
     # Non-interactive with --stats-period it forwards until SIGINT.
     host dpdk-testpmd -l 0,1 -n 1 --no-pci --file-prefix=peer --huge-dir=/dev/hugepages -m 256 \
-        --vdev="net_virtio_user0,path=/dev/vhost-net,iface=$tap,queue_size=256,queues=1" \
+        --vdev="net_virtio_user0,path=/dev/vhost-net,iface=$tap,queue_size=512,queues=1" \
         -- --forward-mode="$mode" --txpkts="$size" --nb-cores=1 --stats-period=1 >/tmp/testpmd.log 2>&1 &
     pid=$!
     i=0; while [ $i -lt 600 ] && ! ip link show $tap >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done

@@ -75,7 +75,10 @@ public struct BenchSettings: Sendable, Equatable {
     public var backend: BenchBackend
     public var scenario: BenchScenario
     public var frameSize: Int
-    public var queueSize: UInt16 = 256
+    /// 512, not QEMU's 256: half of it is adaptive RX coalescing's limit, which the worker's
+    /// bursts then seldom reach within the delay, and TX sleeps for 3/4 of it (docs/benchmarks.md,
+    /// "Why the rings hold 512": the driver's CPU per frame against the worker's, per kernel).
+    public var queueSize: UInt16 = 512
     public var mode: NotificationMode = .interrupt
     public var eventIndex = true
     public var seconds: Double = 1

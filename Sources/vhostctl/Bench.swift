@@ -76,7 +76,7 @@ struct Bench: ParsableCommand {
     }
 
     /// The engine's settings of `variant` in `scenario`: vhost, with `bench backends`' defaults
-    /// (EVENT_IDX, interrupts, ring 256, batch 64, adaptive RX coalescing) changed by the variant.
+    /// (EVENT_IDX, interrupts, ring 512, batch 64, adaptive RX coalescing) changed by the variant.
     func settings(_ variant: Variant, _ scenario: BenchScenario) -> BenchSettings {
         var settings = BenchSettings(backend: .vhost, scenario: scenario, frameSize: frameSize)
         settings.seconds = seconds

@@ -42,8 +42,8 @@ struct BenchBackends: ParsableCommand {
     @Option(name: [.customLong("queue-pairs"), .customLong("queues")], help: "Queue pairs, each on its own queue of a multiqueue tap and driven by its own thread (1,2,4 sweeps the scaling). --queues is an alias.")
     var queuePairs = SweepList<Int>([1])
 
-    @Option(name: .customLong("queue-size"), help: "vhost ring sizes (powers of 2 from 64 to 32768).")
-    var queueSize = SweepList<UInt16>([256])
+    @Option(name: .customLong("queue-size"), help: "vhost ring sizes (powers of 2 from 64 to 32768). Default 512: see docs/benchmarks.md, \"Why the rings hold 512\".")
+    var queueSize = SweepList<UInt16>([512])
 
     @Option(name: [.customLong("notify"), .customLong("mode")], help: "How the vhost driver waits: interrupt, poll. --mode is an alias.", completion: .list(["interrupt", "poll"]))
     var mode = SweepList<NotificationMode>([.interrupt])
