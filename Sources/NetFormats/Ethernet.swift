@@ -6,10 +6,28 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
         bytes = (b0, b1, b2, b3, b4, b5)
     }
 
+    /// The six bytes of `array`, or nil when it holds another count. Inlinable, and without an
+    /// array of its own: a receive path calls it per frame (unspecialized across modules it was
+    /// most of `vhostctl attach`'s time as a sink, in Swift's generic metadata lookups).
+    @inlinable
     public init?(_ array: some Collection<UInt8>) {
         guard array.count == 6 else { return nil }
-        let a = Array(array)
-        self.init(a[0], a[1], a[2], a[3], a[4], a[5])
+        var i = array.startIndex
+        var b: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0)
+        b.0 = array[i]; i = array.index(after: i)
+        b.1 = array[i]; i = array.index(after: i)
+        b.2 = array[i]; i = array.index(after: i)
+        b.3 = array[i]; i = array.index(after: i)
+        b.4 = array[i]; i = array.index(after: i)
+        b.5 = array[i]
+        bytes = b
+    }
+
+    /// The six bytes at `offset` in `buffer`, or nil when they do not fit.
+    @inlinable
+    public init?(_ buffer: UnsafeRawBufferPointer, at offset: Int) {
+        guard offset >= 0, offset <= buffer.count &- 6 else { return nil }
+        bytes = (buffer[offset], buffer[offset &+ 1], buffer[offset &+ 2], buffer[offset &+ 3], buffer[offset &+ 4], buffer[offset &+ 5])
     }
 
     /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`).
@@ -33,8 +51,15 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
         array.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
     }
 
-    public static func == (a: MACAddress, b: MACAddress) -> Bool { a.array == b.array }
-    public func hash(into hasher: inout Hasher) { hasher.combine(array) }
+    /// The six bytes as the low 48 bits of one integer (for comparing and hashing without an array).
+    @inlinable
+    public var value: UInt64 {
+        UInt64(bytes.0) << 40 | UInt64(bytes.1) << 32 | UInt64(bytes.2) << 24 | UInt64(bytes.3) << 16 | UInt64(bytes.4) << 8 | UInt64(bytes.5)
+    }
+
+    @inlinable
+    public static func == (a: MACAddress, b: MACAddress) -> Bool { a.value == b.value }
+    public func hash(into hasher: inout Hasher) { hasher.combine(value) }
 }
 
 /// Ethernet II framing: destination, source, EtherType, payload.

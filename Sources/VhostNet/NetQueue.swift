@@ -274,6 +274,10 @@ public struct NetQueue: ~Copyable {
         if driver.isBroken || driver.usedPending >= wanted { return .ready }
         switch mode {
         case .interrupt:
+            // A look without waiting: used->idx was just read above, so arming interrupts and an
+            // epoll_wait(2) with no time would only add a system call per look (an endpoint that
+            // looks between frames of a stream paid several per frame).
+            if milliseconds == 0 { return .timedOut }
             defer { driver.disableInterrupts() }
             if driver.enableInterrupts(after: wanted) { return .ready }
             return sleep(milliseconds: min(milliseconds, maxDelayMilliseconds ?? milliseconds))

@@ -134,7 +134,7 @@ public struct NetworkResponder: Sendable {
         let trusted = !header.flags.isDisjoint(with: [.needsChecksum, .dataValid])
         switch linkLayer {
         case .ethernet:
-            guard frame.count >= EthernetFrame.headerLength, let destination = MACAddress(frame[0..<6]), let peer = MACAddress(frame[6..<12]),
+            guard frame.count >= EthernetFrame.headerLength, let destination = MACAddress(frame, at: 0), let peer = MACAddress(frame, at: 6),
                   let etherType = frame.be16(at: 12), acceptsFrame(to: destination) else { counters.ignored += 1; return }
             switch etherType {
             case EthernetFrame.arpType: respondToARP(frame, emit: emit)
