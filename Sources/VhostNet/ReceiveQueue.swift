@@ -101,11 +101,11 @@ public struct ReceiveQueue: ~Copyable {
     }
 
     /// Moves the adaptive threshold after a wait for `wanted` frames (see `ReceiveCoalescing`):
-    /// doubles when they were used within the delay (the stream is at least that fast). When the
-    /// delay passed first, it goes to `limit` if the delay brought a stream (at least
-    /// `ReceiveCoalescing.streamFrames`), so the next wake-up is the delay's or the limit's,
-    /// falls to what the delay brought when that was a few frames (request and reply), and to 1
-    /// when it brought none. A wake-up with fewer used (vhost's first signal after set-up, a
+    /// becomes twice what was used when they were used within the delay (the stream is at least
+    /// that fast). When the delay passed first, it goes to `limit` if the delay brought a stream
+    /// (at least `ReceiveCoalescing.streamFrames`), so the next wake-up is the delay's or the
+    /// limit's, falls to what the delay brought when that was a few frames (request and reply),
+    /// and to 1 when it brought none. A wake-up with fewer used (vhost's first signal after set-up, a
     /// stale count) or a caller's timeout shorter than the delay says nothing about the rate,
     /// and moves nothing.
     ///

@@ -8,7 +8,7 @@ import Virtio
 /// sleeps at most `maxDelayMilliseconds` for them, so a sparse stream waits that long at worst.
 ///
 /// Adaptive (`ethtool -C adaptive-rx on`): the threshold follows the rate, between 1 and
-/// `frames`. It doubles when that many frames were used within the delay. When the delay
+/// `frames`. It becomes twice what was used when that many were used within the delay. When the delay
 /// passed first it goes to `frames` if the delay brought a stream (`streamFrames` or more), falls
 /// to what the delay brought when that was fewer, and to 1 when a delay brought none. A frame after
 /// a delay's silence therefore wakes the driver at once, and a stream wakes it about once per
