@@ -114,7 +114,34 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
         "$scenario" "$name" >>"$results"
 }
 
-runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+auto vhostctl:rx:interrupt+64 vhostctl:rx:poll"
+# attach_sink: `vhostctl attach` (its defaults) as the sink of pktgen's frames, addressed to its MAC
+# and IPv4 address (UDP to port 9, which it ignores); appends "vhostctl-rx-attach PPS DRIVER WORKER 0"
+# counted by the tap as for testpmd, the driver being attach's threads but the worker.
+attach_sink() {
+    tap=vhpeer1 worker_tid=
+    vhostctl attach --tap $tap --create --ip 10.79.0.2/24 --mac 52:54:00:be:4c:01 --user 0:0 --stats 0 >/tmp/attach-sink.log 2>&1 &
+    apid=$!
+    i=0; while [ $i -lt 300 ] && ! { grep -q "^attached to" /tmp/attach-sink.log && [ "$(cat /sys/class/net/$tap/carrier 2>/dev/null)" = 1 ]; }; do sleep 0.1; i=$((i + 1)); done
+    if [ $i -ge 300 ] || ! pin_worker "$apid"; then
+        echo "peer: attach did not come up on $tap:"; tail -5 /tmp/attach-sink.log; kill -INT "$apid" 2>/dev/null; wait "$apid"
+        echo "vhostctl-rx-attach 0" >>"$results"; return
+    fi
+    host taskset -p -c 1 "$apid" >/dev/null  # attach's own thread (not -a: from 6.4 the worker is a thread of it)
+    pktgen_start $tap
+    sleep 1  # warm-up
+    a=$(stat $tap tx_packets) t0=$(uptime_cs) wa=$(oncpu_ns "$worker_tid") da=$(testpmd_driver_ns "$apid" "$worker_tid")
+    sleep "$seconds"
+    b=$(stat $tap tx_packets) t1=$(uptime_cs) wb=$(oncpu_ns "$worker_tid") db=$(testpmd_driver_ns "$apid" "$worker_tid")
+    pktgen_stop
+    kill -INT "$apid"; wait "$apid"
+    if [ "$b" -gt "$a" ]; then
+        echo "vhostctl-rx-attach $(( (b - a) * 100 / (t1 - t0) )) $(( (db - da) / (b - a) )) $(( (wb - wa) / (b - a) )) 0" >>"$results"
+    else
+        echo "peer: attach received nothing:"; tail -5 /tmp/attach-sink.log; echo "vhostctl-rx-attach 0" >>"$results"
+    fi
+}
+
+runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+auto vhostctl:rx:interrupt+64 vhostctl:rx:poll attach:sink"
 count=$(echo $runs | wc -w)
 echo "peer: kernel $(uname -r), $trials interleaved trials of $seconds s, $size-byte frames; worker on CPU 0, driver on CPU 1"
 t=0
@@ -125,6 +152,7 @@ while [ $t -lt "$trials" ]; do
         case $run in
             testpmd:*) testpmd "${run#testpmd:}" ;;
             vhostctl:*) r=${run#vhostctl:}; vhostctl_run "${r%%:*}" "${r#*:}" ;;
+            attach:sink) attach_sink ;;
         esac
         tail -1 "$results" | sed "s/^/trial $((t + 1)): /"
     done
@@ -141,7 +169,7 @@ for line in open(sys.argv[1]):
 med = {k: statistics.median(v) for k, v in runs.items()}
 print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | worker vs testpmd | driver/worker | calls/frame |")
 print("|---|---|---|---|---|---|---|---|---|")
-for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+auto", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll"]:
+for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+auto", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll", "vhostctl-rx-attach"]:
     if k not in runs: continue
     peer = "testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"
     base = med[peer]
@@ -151,7 +179,8 @@ for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpm
         d, w = "%.0f" % dm, "%.0f" % wm
         spins = k.startswith("testpmd") or k.endswith("poll")
         share = ("%.2f× (spins)" if spins else "%.2f×") % (dm / wm) if wm > 0 else "-"
-        c = "%.3f" % statistics.median(c[2] for c in cpu[k])
+        # attach counts its wake-ups but does not report them per run: no calls column.
+        c = "-" if k.endswith("attach") else "%.3f" % statistics.median(c[2] for c in cpu[k])
         # The worker CPU per frame driven by us, against the same worker driven by testpmd.
         pw = statistics.median(c[1] for c in cpu.get(peer, [])) if cpu.get(peer) else 0
         if pw > 0 and not k.startswith("testpmd"): against = "%.2f×" % (wm / pw)
