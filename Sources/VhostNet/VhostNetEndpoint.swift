@@ -157,10 +157,11 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         reportRingErrors()
         var received = 0
         let duplicatesBefore = responder.counters.duplicateAddressesDetected
-        // Indices, not enumerated(): this generic class's methods run unspecialized, and an
-        // (index, pair) tuple costs a metadata lookup per step (attach as a sink spent more time
-        // in Swift's metadata caches than in its frames).
-        for index in pairs.indices where !brokenPairs.contains(index) {
+        // A range of Int, not enumerated() or indices: this generic class's methods run
+        // unspecialized, where an (index, pair) tuple or Collection.indices costs metadata
+        // lookups per step (attach as a sink spent more time in Swift's metadata caches than in
+        // its frames).
+        for index in 0..<pairs.count where !brokenPairs.contains(index) {
             let pair = pairs[index]
             do {
                 switch configuration.replyPath {
@@ -180,7 +181,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         if pollsReceive { return received }
         // Interrupt mode: re-enable RX interrupts on every queue (returning at once when one
         // has work already), then sleep in epoll on all call eventfds.
-        for index in pairs.indices where !brokenPairs.contains(index) && pairs[index].armReceiveNotification() == nil { return received }
+        for index in 0..<pairs.count where !brokenPairs.contains(index) && pairs[index].armReceiveNotification() == nil { return received }
         for fd in extraFDs where !watchedExtras.contains(fd) {
             try poller.add(fd, token: UInt64.max)
             watchedExtras.insert(fd)

@@ -318,15 +318,20 @@ struct Attach: ParsableCommand {
         }
 
         let start = ContinuousClock.now
-        var nextStats: ContinuousClock.Instant? = stats > 0 ? start + .clampedSeconds(stats) : nil
+        // The loop reads the coarse clock (vDSO, no clocksource read) every turn: a busy endpoint
+        // turns about once per frame, and under TCG a precise read can be a system call into an
+        // emulated HPET (6.1's clocksource there). The stats' elapsed time uses the precise one.
+        let startSeconds = MonotonicClock.coarseSeconds()
+        var nextStats: Double? = stats > 0 ? startSeconds + stats : nil
         var reportedRisk: String? = nil
         var sampler = StatisticsSampler()
         while !stopRequested {
             // While the control socket's `stop` holds, the datapath is not serviced.
             if control?.stopped == true { control?.server.wait(milliseconds: 200) } else { try endpoint.service(milliseconds: 200, extraFDs: control?.server.descriptors ?? []) }
             control?.serve(endpoint)
-            let now = ContinuousClock.now
-            if let due = nextStats, now >= due {
+            let nowSeconds = MonotonicClock.coarseSeconds()
+            if let due = nextStats, nowSeconds >= due {
+                let now = ContinuousClock.now
                 let risk = endpoint.pairs[0].receiveTruncationRisk()
                 if let risk, risk != reportedRisk { printDiagnostic("vhostctl: warning: \(risk)") }
                 reportedRisk = risk
@@ -337,9 +342,9 @@ struct Attach: ParsableCommand {
                                                              queues: queues, tap: tap.map(AttachEvent.TapCounters.init))) }
                 fflush(nil)
                 try writer?.flush()
-                nextStats = now + .clampedSeconds(stats)
+                nextStats = nowSeconds + stats
             }
-            if duration > 0 && start.duration(to: now).inSeconds >= duration { break }
+            if duration > 0 && nowSeconds - startSeconds >= duration { break }
         }
         endpoint.frameObserver = nil
         try endpoint.stop()
