@@ -298,7 +298,9 @@ public struct NetQueue: ~Copyable {
     /// Sleeps in `waiter` until the device signals the call eventfd or `milliseconds` pass (0:
     /// only looks, -1: for ever). A ring error the device signals meanwhile is read and counted,
     /// and the wait goes on for the time left, as after EINTR. The call eventfd's count is not
-    /// read: each signal is one edge, so the calls counted are the wake-ups it caused.
+    /// read: each signal is one edge, so the calls counted are the wake-ups it caused. A signal
+    /// left from before the wait (an edge the last wake-up did not take) ends it at once, as a
+    /// readable eventfd ended poll(2) before.
     private mutating func sleep(milliseconds: Int32) -> WaitOutcome {
         // The coarse clock (vDSO) and only for a wait that ends: read again only to go on after
         // EINTR or a ring error, when the wait may then end up to a tick early or late.
