@@ -36,33 +36,20 @@ public struct EventFD: ~Copyable {
     /// the time left (a signal arriving while a TX drain waited once read as a 5 s timeout).
     public func wait(milliseconds: Int32) -> UInt64? {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let start = Self.start(milliseconds)
-        guard Self.poll(&entry, count: 1, left: milliseconds, total: milliseconds, start: start) else { return nil }
+        guard Self.poll(&entry, count: 1, wait: CoarseWait(milliseconds: milliseconds)) else { return nil }
         return consume()
     }
 
-    /// The clock at the start of a wait of `milliseconds`, read only when it has an end.
-    ///
-    /// The clock is the coarse one, read in the vDSO, once per wait; it is needed again only to
-    /// go on after EINTR or a ring error (then the wait may end up to a tick early or late).
-    /// Every RX wake-up pays for what is here (docs/benchmarks.md, the profile).
-    private static func start(_ milliseconds: Int32) -> Int { milliseconds > 0 ? MonotonicClock.coarseMilliseconds() : 0 }
-
-    /// What is left of a wait of `total` milliseconds begun at `start` (0 and -1 stay as they are).
-    private static func remaining(_ total: Int32, since start: Int) -> Int32 {
-        total > 0 ? Int32(clamping: max(0, start + Int(total) - MonotonicClock.coarseMilliseconds())) : total
-    }
-
-    /// poll(2) for up to `left` milliseconds of a wait of `total` begun at `start`: true when an
-    /// entry is ready, false when the time passed. poll(2) comes first: a signalled eventfd is
-    /// readable at once, so there is no read(2) that fails with EAGAIN before it.
-    private static func poll(_ entries: UnsafeMutablePointer<pollfd>, count: Int, left: Int32, total: Int32, start: Int) -> Bool {
-        var left = left
+    /// poll(2) for what is left of `wait`: true when an entry is ready, false when the time
+    /// passed. poll(2) comes first: a signalled eventfd is readable at once, so there is no
+    /// read(2) that fails with EAGAIN before it.
+    private static func poll(_ entries: UnsafeMutablePointer<pollfd>, count: Int, wait: CoarseWait) -> Bool {
+        var left = wait.total
         while true {
             let rc = Glibc.poll(entries, nfds_t(count), left)
             if rc > 0 { return true }
             guard rc < 0 && errno == EINTR && left != 0 else { return false }
-            left = remaining(total, since: start)
+            left = wait.left
         }
     }
 }

@@ -1,5 +1,26 @@
 import Glibc
 
+/// A wait of `total` milliseconds (0: one look, -1: for ever) timed by the coarse clock, which is
+/// read at the start only when the wait has an end, and again only to go on after EINTR or a
+/// ring error (then the wait may end up to a tick early or late). The event-fd and ring waits
+/// share it: every RX wake-up pays for what is here (docs/benchmarks.md, the profile).
+public struct CoarseWait: Sendable {
+    /// The whole wait in milliseconds, as given.
+    public let total: Int32
+    let start: Int
+
+    /// A wait of `milliseconds` starting now.
+    public init(milliseconds: Int32) {
+        total = milliseconds
+        start = milliseconds > 0 ? MonotonicClock.coarseMilliseconds() : 0
+    }
+
+    /// What is left of the wait (0 and -1 stay as they are).
+    public var left: Int32 {
+        total > 0 ? Int32(clamping: max(0, start + Int(total) - MonotonicClock.coarseMilliseconds())) : total
+    }
+}
+
 /// The coarse monotonic clock, for the ring loops only. Everything else measures time with the
 /// standard library's `ContinuousClock` and `Duration` (see the extension below).
 ///

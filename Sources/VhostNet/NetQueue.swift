@@ -302,9 +302,7 @@ public struct NetQueue: ~Copyable {
     /// left from before the wait (an edge the last wake-up did not take) ends it at once, as a
     /// readable eventfd ended poll(2) before.
     private mutating func sleep(milliseconds: Int32) -> WaitOutcome {
-        // The coarse clock (vDSO) and only for a wait that ends: read again only to go on after
-        // EINTR or a ring error, when the wait may then end up to a tick early or late.
-        let start = milliseconds > 0 ? MonotonicClock.coarseMilliseconds() : 0
+        let wait = CoarseWait(milliseconds: milliseconds)
         var left = milliseconds
         while true {
             if let ready = waiter.readyPair(milliseconds: left) {
@@ -319,7 +317,7 @@ public struct NetQueue: ~Copyable {
                 if milliseconds == 0 { return .timedOut }
                 continue
             }
-            left = Int32(clamping: max(0, start + Int(milliseconds) - MonotonicClock.coarseMilliseconds()))
+            left = wait.left
             if left == 0 { return .timedOut }
         }
     }

@@ -202,8 +202,8 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         guard ringErrorsSignalled || now &- ringErrorsReadAt >= Self.ringErrorReadInterval else { return }
         ringErrorsSignalled = false
         ringErrorsReadAt = now
-        for (index, pair) in pairs.enumerated() {
-            for var event in pair.takeRingErrors() {
+        for index in 0..<pairs.count {
+            for var event in pairs[index].takeRingErrors() {
                 event.queue.pair = index
                 logger.warning("\(event)")
                 ringErrorHandler?(index, event)
