@@ -102,6 +102,12 @@ public struct BenchSettings: Sendable, Equatable {
     public var mergeableReceiveBuffers = false
     /// Guest memory on 2 MiB huge pages (memfd MFD_HUGETLB) for vhost.
     public var hugePages = false
+    /// VIRTIO_F_IN_ORDER on vhost (offered by vhost-net from Linux 6.17: `GET_FEATURES` bit 35):
+    /// the worker may write one used entry for a batch of chains.
+    public var inOrder = false
+    /// Bytes per vhost frame buffer, the virtio-net header inline; nil: 2,048, or the header and
+    /// the frame where that is more. A smaller buffer packs the ring's frames into fewer pages.
+    public var bufferSize: Int? = nil
     /// Round-trip scenarios: stop after this many requests (before `seconds` is up); nil: none.
     public var roundTripLimit: Int? = nil
 
@@ -484,13 +490,14 @@ public enum BackendComparison {
         config.features = settings.eventIndex ? [.version1, .eventIndex] : [.version1]
         if settings.descriptorLayout == .indirect { config.features.insert(.indirectDescriptors) }
         if settings.mergeableReceiveBuffers { config.features.insert(.netMergeableRxBuffers) }
+        if settings.inOrder { config.features.insert(.inOrder) }
         config.descriptorLayout = settings.descriptorLayout
         if settings.hugePages { config.memoryBacking = .memfd(hugePages: true) }
         config.devicePath = hooks.devicePath
         config.observer = hooks.observer
         config.ringObserver = hooks.ringObserver
         config.notificationMode = settings.mode
-        config.bufferSize = max(config.bufferSize, config.headerLength + settings.frameSize)
+        config.bufferSize = settings.bufferSize ?? max(config.bufferSize, config.headerLength + settings.frameSize)
         config.multiQueueTap = settings.queuePairs > 1
         config.receiveCoalescing = settings.receiveCoalescing.coalescing(queueSize: settings.queueSize, eventIndex: settings.eventIndex, mode: settings.mode)
         return config

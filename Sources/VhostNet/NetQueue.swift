@@ -17,6 +17,10 @@ public struct QueueCounters: Sendable, Equatable {
     public var ringErrors: UInt64 = 0
     /// RX frames that spanned several buffers (MRG_RXBUF) and were reassembled.
     public var mergedFrames: UInt64 = 0
+    /// Sleeps for used entries (interrupt mode) that ran their whole time, or RX coalescing's
+    /// delay, without a signal. On TX, where nothing coalesces, each is a wait the device could
+    /// not end: it was asked to signal at a used index it never reached.
+    public var timedOutSleeps: UInt64 = 0
     public init() {}
 
     public static func + (a: QueueCounters, b: QueueCounters) -> QueueCounters {
@@ -29,6 +33,7 @@ public struct QueueCounters: Sendable, Equatable {
         c.drops = a.drops + b.drops
         c.ringErrors = a.ringErrors + b.ringErrors
         c.mergedFrames = a.mergedFrames + b.mergedFrames
+        c.timedOutSleeps = a.timedOutSleeps + b.timedOutSleeps
         return c
     }
 }
@@ -120,6 +125,11 @@ public struct NetQueue: ~Copyable {
 
     /// Whether a whole chain fits now: the next head is free (and for a two-descriptor chain, two are).
     package var canAddChain: Bool { driver.nextFreeHead != nil && (layout != .separateHeader || driver.freeCount >= 2) }
+
+    /// Chains the device holds. The driver counts descriptors; a chain with the header in its own
+    /// descriptor takes two (an indirect chain one ring slot), and the device returns each chain
+    /// as one used entry (vhost.c vhost_get_vq_desc walks a whole chain per head).
+    package var chainsInFlight: Int { layout == .separateHeader ? driver.inFlight / 2 : driver.inFlight }
 
     /// Puts one frame's chain on the ring at the next free head, by layout: the header then
     /// `frameLength` bytes of frame (TX), or room for them (RX). Returns the head it used, or nil
@@ -311,15 +321,21 @@ public struct NetQueue: ~Copyable {
                     counters.calls += 1
                     return .signalled
                 }
-                if ready == 0 { return .timedOut }
+                if ready == 0 { return timedOut() }
             }
             guard milliseconds > 0 else {
                 if milliseconds == 0 { return .timedOut }
                 continue
             }
             left = wait.left
-            if left == 0 { return .timedOut }
+            if left == 0 { return timedOut() }
         }
+    }
+
+    /// A sleep that ran its time without a signal, counted.
+    private mutating func timedOut() -> WaitOutcome {
+        counters.timedOutSleeps += 1
+        return .timedOut
     }
 
     mutating func collectRingErrors() {

@@ -102,6 +102,7 @@ extension QueueCounters {
         c.drops = add(drops, other.drops)
         c.ringErrors = add(ringErrors, other.ringErrors)
         c.mergedFrames = add(mergedFrames, other.mergedFrames)
+        c.timedOutSleeps = add(timedOutSleeps, other.timedOutSleeps)
         return c
     }
 }

@@ -595,6 +595,8 @@ public protocol QueuePairDatapath: AnyObject {
     func resetOwnerAndRestart() throws(VhostError)
     /// Adds up to `count` frames to the TX ring and publishes them without waiting for the device.
     func post(count: Int, fill: (Int, UnsafeMutableRawBufferPointer) -> Int) throws(VhostError) -> Int
+    /// Waits until the TX ring has room for a frame (reaping); false when `milliseconds` passed first.
+    func waitForTransmitRoom(milliseconds: Int32) throws(VhostError) -> Bool
     /// Runs `body` with the RX ring driver (indices, entries the device used and we have not reaped).
     func withReceiveDriver<R>(_ body: (borrowing SplitVirtqueueDriver) -> R) -> R
     /// Re-enables RX interrupts for when `count` more frames are used (coalescing; 1: the next

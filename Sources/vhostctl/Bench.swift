@@ -53,6 +53,12 @@ struct Bench: ParsableCommand {
     @Option(help: "Round trips to time with ICMP echo through the host stack (0: skip).")
     var latency = 1000
 
+    @Option(name: .customLong("worker-cpu"), help: "Pin the vhost worker to this CPU.", completion: CompletionHints.cpus)
+    var workerCPU: Int?
+
+    @Option(name: .customLong("driver-cpu"), help: "Pin this process's thread (the driver) to this CPU.", completion: CompletionHints.cpus)
+    var driverCPU: Int?
+
     /// `--json` is the global flag (GlobalOptions): one JSON object instead of a table.
     var json: Bool { common.json }
 
@@ -72,6 +78,14 @@ struct Bench: ParsableCommand {
             Variant(name: "mergeable", summary: "MRG_RXBUF") { $0.mergeableReceiveBuffers = true },
             Variant(name: "ring-1024", summary: "1024-entry rings") { $0.queueSize = 1024 },
             Variant(name: "hugepages", summary: "guest memory on 2 MiB huge pages") { $0.hugePages = true },
+            Variant(name: "in-order", summary: "IN_ORDER (vhost-net offers it from Linux 6.17)") { $0.inOrder = true },
+            Variant(name: "small-buffers", summary: "buffers of the header and the frame rounded up to 64 bytes, not 2,048, with MRG_RXBUF (RX frames larger than a buffer span several)") {
+                $0.mergeableReceiveBuffers = true
+                $0.bufferSize = (BackendComparison.configuration($0, tapName: "").headerLength + $0.frameSize + 63) & ~63
+            },
+            Variant(name: "busyloop", summary: "the worker busy-polls \(DatapathOptions.lowLatencyBusyloop) µs before it sleeps (VHOST_SET_VRING_BUSYLOOP_TIMEOUT)") {
+                $0.busyloopMicroseconds = DatapathOptions.lowLatencyBusyloop
+            },
         ]
     }
 
@@ -81,6 +95,7 @@ struct Bench: ParsableCommand {
         var settings = BenchSettings(backend: .vhost, scenario: scenario, frameSize: frameSize)
         settings.seconds = seconds
         settings.receiveCoalescing = .adaptive
+        settings.workerCPU = workerCPU
         variant.apply(&settings)
         return settings
     }
@@ -94,6 +109,10 @@ struct Bench: ParsableCommand {
         guard seconds > 0 && seconds <= 60 else { throw ValidationError("--seconds takes more than 0 and at most 60") }
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard latency >= 0 && latency <= 1_000_000 else { throw ValidationError("--latency takes 0 to 1000000 round trips") }
+        let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        for (name, cpu) in [("worker-cpu", workerCPU), ("driver-cpu", driverCPU)] {
+            if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
+        }
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
         // Each configuration against the queue pair's own rules, so a bad one fails now.
         for name in configs {
@@ -109,7 +128,14 @@ struct Bench: ParsableCommand {
     func bench() throws {
         try requireNetworkAdministration("vhostctl bench")
         try requireFreeTapName(tap)
-        let variants = configs.compactMap { name in Variant.all.first { $0.name == name } }
+        if let driverCPU { try CurrentThread.pin(to: driverCPU) }
+        var variants = configs.compactMap { name in Variant.all.first { $0.name == name } }
+        if variants.contains(where: { settings($0, .tx).inOrder }), try !BenchBackends.offersInOrder(common) {
+            let left = variants.filter { settings($0, .tx).inOrder }.map(\.name)
+            variants.removeAll { settings($0, .tx).inOrder }
+            print("--configs \(left.joined(separator: " ")): this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17); left out")
+            guard !variants.isEmpty else { throw CLIError(message: "--configs: no configuration is left that this device can run; add one without IN_ORDER", status: ExitStatus.usage) }
+        }
         let recordFile = try recording.openFile()
         let recorder = recording.makeRecorder()
         defer { recording.save(recorder, to: recordFile, command: "bench") }
@@ -124,8 +150,8 @@ struct Bench: ParsableCommand {
             // Every combination once is a trial.
             if !json && measured % combinations.count == 0 { print("  trial \(measured / combinations.count)/\(trials) done"); fflush(nil) }
         }
-        let tx = variants.indices.map { results[2 * $0].map(\.framesPerSecond) }
-        let rx = variants.indices.map { results[2 * $0 + 1].map(\.framesPerSecond) }
+        let tx = variants.indices.map { results[2 * $0] }
+        let rx = variants.indices.map { results[2 * $0 + 1] }
         var rtt: Histogram<UInt64>? = nil
         if latency > 0 {
             // ICMP echo round trips through the host stack, of the first configuration: `latency`
@@ -149,6 +175,8 @@ struct Bench: ParsableCommand {
             var name: String
             var txPpsMedian: UInt64, txPps: [UInt64], txRatio: String
             var rxPpsMedian: UInt64, rxPps: [UInt64], rxRatio: String
+            /// Medians of the driver thread's and the vhost worker's CPU time per frame.
+            var txDriverNsPerFrame: Double, txWorkerNsPerFrame: Double?, rxDriverNsPerFrame: Double, rxWorkerNsPerFrame: Double?
         }
         struct RoundTrips: Encodable { var count, p50, p90, p99, max: UInt64 }
         var kernel: String
@@ -159,14 +187,23 @@ struct Bench: ParsableCommand {
         var rttNs: RoundTrips?
     }
 
-    func report(variants: [Variant], tx: [[Double]], rx: [[Double]], rtt: Histogram<UInt64>?) throws {
+    func report(variants: [Variant], tx txResults: [[BenchResult]], rx rxResults: [[BenchResult]], rtt: Histogram<UInt64>?) throws {
+        let tx = txResults.map { $0.map(\.framesPerSecond) }, rx = rxResults.map { $0.map(\.framesPerSecond) }
         let txMedians = tx.map(Bench.median), rxMedians = rx.map(Bench.median)
+        // CPU per frame: the driver's always, the worker's where its schedstat was read.
+        func driverCost(_ r: [BenchResult]) -> Double { Bench.median(r.map(\.driverNanosecondsPerFrame)) }
+        func workerCost(_ r: [BenchResult]) -> Double? {
+            let costs = r.compactMap(\.workerNanosecondsPerFrame)
+            return costs.isEmpty ? nil : Bench.median(costs)
+        }
         func ratio(_ value: Double, _ base: Double) -> Double { base > 0 ? value / base : 0 }
         if json {
             let configs = variants.indices.map { i in
                 ConfigsJSON.Config(name: variants[i].name, txPpsMedian: UInt64(txMedians[i]), txPps: tx[i].map { UInt64($0) },
                                    txRatio: format3(ratio(txMedians[i], txMedians[0])), rxPpsMedian: UInt64(rxMedians[i]),
-                                   rxPps: rx[i].map { UInt64($0) }, rxRatio: format3(ratio(rxMedians[i], rxMedians[0])))
+                                   rxPps: rx[i].map { UInt64($0) }, rxRatio: format3(ratio(rxMedians[i], rxMedians[0])),
+                                   txDriverNsPerFrame: driverCost(txResults[i]), txWorkerNsPerFrame: workerCost(txResults[i]),
+                                   rxDriverNsPerFrame: driverCost(rxResults[i]), rxWorkerNsPerFrame: workerCost(rxResults[i]))
             }
             let round = rtt.map { ConfigsJSON.RoundTrips(count: $0.totalCount, p50: $0.valueAtPercentile(50), p90: $0.valueAtPercentile(90),
                                                          p99: $0.valueAtPercentile(99), max: $0.maxRecorded) }
@@ -181,6 +218,13 @@ struct Bench: ParsableCommand {
                   + pad(format3(ratio(txMedians[i], txMedians[0])), 8)
                   + pad(String(Int(rxMedians[i])), 15) + pad("(\(Int(rx[i].min()!))–\(Int(rx[i].max()!)))", 21)
                   + format3(ratio(rxMedians[i], rxMedians[0])))
+        }
+        print("")
+        print(pad("config", 15) + pad("TX driver ns/f", 16) + pad("TX worker ns/f", 16) + pad("RX driver ns/f", 16) + "RX worker ns/f")
+        for i in variants.indices {
+            let worker = { (r: [BenchResult]) in workerCost(r).map { String(Int($0)) } ?? "-" }
+            print(pad(variants[i].name, 15) + pad(String(Int(driverCost(txResults[i]))), 16) + pad(worker(txResults[i]), 16)
+                  + pad(String(Int(driverCost(rxResults[i]))), 16) + worker(rxResults[i]))
         }
         for variant in variants { print("  \(variant.name): \(variant.summary)") }
         print("ratios are against \(variants[0].name), measured side by side in this run; absolute numbers do not carry across runs or machines")

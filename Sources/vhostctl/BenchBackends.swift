@@ -61,6 +61,23 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
     var busyloopTimeout = SweepList<UInt32>([0])
 
+    @Option(help: "vhost descriptor layouts: inline (the header before the frame in one descriptor), separateHeader (a chain of two), indirect (a two-entry table; negotiates INDIRECT_DESC).",
+            completion: .list(DescriptorLayout.allCases.map(\.rawValue)))
+    var layout = SweepList<DescriptorLayout>([.inline])
+
+    @Option(name: .customLong("mrg-rxbuf"), help: "VIRTIO_NET_F_MRG_RXBUF for vhost: on, off.", completion: .list(["on", "off"]))
+    var mergeable = SweepList<Switch>([.off])
+
+    @Option(name: .customLong("in-order"), help: "VIRTIO_F_IN_ORDER for vhost: on, off (vhost-net offers it from Linux 6.17; where the device does not, the on runs are left out with a line that says so).",
+            completion: .list(["on", "off"]))
+    var inOrder = SweepList<Switch>([.off])
+
+    @Option(name: .customLong("huge-pages"), help: "Guest memory on 2 MiB huge pages for vhost: on, off.", completion: .list(["on", "off"]))
+    var hugePages = SweepList<Switch>([.off])
+
+    @Option(name: .customLong("buffer-size"), help: "Bytes per vhost frame buffer, the virtio-net header inline (64 to 1048576; default: 2048, or the header and the frame where that is more). A buffer must hold the header and the frame, except for RX with --mrg-rxbuf on.")
+    var bufferSize = SweepList<Int>([])
+
     @Flag(name: .customLong("low-latency"), help: "Measure vhost in attach --low-latency's configuration: the driver polling (--notify poll), the worker busy-polling (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop), unless --busyloop-timeout is given), and unless --driver-cpu or --worker-cpu is given, the two pinned to different CPUs.")
     var lowLatency = false
 
@@ -110,6 +127,8 @@ struct BenchBackends: ParsableCommand {
     var batches: [Int] { batch.values }
     var busyloops: [UInt32] { lowLatency && busyloopTimeout.values == [0] ? [DatapathOptions.lowLatencyBusyloop] : busyloopTimeout.values }
     var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
+    /// nil: the engine's default buffer size.
+    var bufferSizes: [Int?] { bufferSize.values.isEmpty ? [nil] : bufferSize.values }
     /// nil: not pinned. With --low-latency and neither CPU option: apart from the driver.
     var workerCPUs: [Int?] { lowLatencyPlacement.map { [$0.workerCPUs[0]] } ?? workerCPU.values.map(\.number) }
     /// --low-latency's placement where neither --driver-cpu nor --worker-cpu is given.
@@ -141,6 +160,14 @@ struct BenchBackends: ParsableCommand {
         for c in combinations() where c.backend == .vhost {
             let config = BackendComparison.configuration(c, tapName: tap)
             do { try config.validate() } catch { throw ValidationError("\(BenchBackends.describe(c)): \(error)") }
+            if let size = c.bufferSize {
+                guard (64...(1 << 20)).contains(size) else { throw ValidationError("--buffer-size \(size): use 64 to 1048576") }
+                // Without MRG_RXBUF a frame must fit one buffer (net.c get_rx_bufs), and a TX frame is written into one.
+                let needed = config.headerLength + c.frameSize
+                if size < needed && (c.scenario != .rx || !c.mergeableReceiveBuffers) {
+                    throw ValidationError("--buffer-size \(size) with \(c.frameSize)-byte frames: a buffer must hold the \(config.headerLength)-byte header and the frame (\(needed) bytes), except for rx with --mrg-rxbuf on")
+                }
+            }
             let memory = 2 * Int(c.queueSize) * config.bufferSize * c.queuePairs
             guard memory <= 2 << 30 else {
                 throw ValidationError("--queue-size \(c.queueSize) with \(c.frameSize)-byte frames and \(c.queuePairs) queue pairs needs \(memory >> 20) MiB of guest memory; use a smaller ring, frame or pair count (at most 2 GiB)")
@@ -179,6 +206,11 @@ struct BenchBackends: ParsableCommand {
                     sweep(eventIndexes, appliesHere: vhost) { $0.eventIndex = $1 }
                     sweep(batches, appliesHere: !scenario.isRoundTrip) { $0.batch = $1 }
                     sweep(busyloops, appliesHere: vhost) { $0.busyloopMicroseconds = $1 }
+                    sweep(layout.values, appliesHere: vhost) { $0.descriptorLayout = $1 }
+                    sweep(mergeable.values.map(\.isOn), appliesHere: vhost) { $0.mergeableReceiveBuffers = $1 }
+                    sweep(inOrder.values.map(\.isOn), appliesHere: vhost) { $0.inOrder = $1 }
+                    sweep(hugePages.values.map(\.isOn), appliesHere: vhost) { $0.hugePages = $1 }
+                    sweep(bufferSizes, appliesHere: vhost) { $0.bufferSize = $1 }
                     sweep(coalescings, appliesHere: BenchBackends.coalescingApplies(backend, scenario)) { $0.receiveCoalescing = $1 }
                     sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
                     sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
@@ -215,7 +247,7 @@ struct BenchBackends: ParsableCommand {
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }
-        let combos = combinations()
+        let combos = try offeredCombinations(combinations())
         let progress = Progress()
         let environment = BenchEnvironment.current()
         print("vhostctl bench backends: \(combos.count) combinations × \(trials) interleaved trials of \(fixed(seconds, places: 2)) s, after \(fixed(warmup, places: 2)) s warm-up each")
@@ -236,11 +268,34 @@ struct BenchBackends: ParsableCommand {
         if let svg { try write(report.svg(), to: svg, option: "--svg") }
     }
 
+    /// The combinations the device can run: without IN_ORDER offered (before Linux 6.17), the
+    /// runs that ask for it are left out, each with a line, instead of failing the whole run.
+    func offeredCombinations(_ all: [BenchSettings]) throws -> [BenchSettings] {
+        guard all.contains(where: { $0.backend == .vhost && $0.inOrder }) else { return all }
+        guard try !BenchBackends.offersInOrder(common) else { return all }
+        let kept = all.filter { !($0.backend == .vhost && $0.inOrder) }
+        print("--in-order on: this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17); \(all.count - kept.count) combinations left out")
+        guard !kept.isEmpty else { throw CLIError(message: "--in-order on: this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17), and no other combination is left; add off", status: ExitStatus.usage) }
+        return kept
+    }
+
+    /// Whether the device at `--device` offers VIRTIO_F_IN_ORDER (`VHOST_GET_FEATURES`).
+    static func offersInOrder(_ common: CommonOptions) throws -> Bool {
+        try VhostNetDevice(path: common.device, observer: common.observer).features().contains(.inOrder)
+    }
+
     static func describe(_ s: BenchSettings) -> String {
         "\(s.scenario.rawValue) \(s.backend.rawValue) \(s.frameSize) B" + (s.backend == .vhost ? " ring \(s.queueSize) \(s.mode.rawValue) event-idx \(s.eventIndex ? "on" : "off")" : "")
             + (s.scenario.isRoundTrip ? "" : " batch \(s.batch)") + (s.busyloopMicroseconds > 0 ? " busyloop \(s.busyloopMicroseconds) µs" : "")
             + (s.workerCPU.map { " worker on CPU \($0)" } ?? "") + (s.queuePairs > 1 ? " \(s.queuePairs) queue pairs" : "")
-            + BenchBackends.coalescingLabel(s)
+            + BenchBackends.coalescingLabel(s) + (s.backend == .vhost ? BenchBackends.driverLabel(s) : "")
+    }
+
+    /// The driver choices that differ from the defaults: " layout indirect mrg-rxbuf in-order
+    /// huge-pages buffer 128", or "".
+    static func driverLabel(_ s: BenchSettings) -> String {
+        (s.descriptorLayout != .inline ? " layout \(s.descriptorLayout.rawValue)" : "") + (s.mergeableReceiveBuffers ? " mrg-rxbuf" : "")
+            + (s.inOrder ? " in-order" : "") + (s.hugePages ? " huge-pages" : "") + (s.bufferSize.map { " buffer \($0)" } ?? "")
     }
 
     /// Whether `--rx-coalesce` means anything for a run: vhost receiving, not in round trips.

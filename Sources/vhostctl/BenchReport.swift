@@ -158,6 +158,8 @@ struct BenchReport {
         struct Result: Encodable {
             var scenario: String, backend: String, frameSize: Int, tso: Bool, queuePairs: Int
             var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?, rxCoalesce: String
+            /// The vhost driver's choices (vhost runs; the userspace path has none).
+            var layout: String?, mrgRxbuf: Bool?, inOrder: Bool?, hugePages: Bool?, bufferSize: Int?
             var latencyNs: Latency?
             var pps: Spread, gbpsMedian: Double, ratioToBaseline: Double?
             var driverNsPerFrameMedian: Double, workerNsPerFrameMedian: Double?
@@ -182,7 +184,9 @@ struct BenchReport {
         return JSONDocument.Result(
             scenario: c.scenario.rawValue, backend: c.backend.rawValue, frameSize: c.frameSize, tso: c.segmentationOffload, queuePairs: c.queuePairs,
             queueSize: Int(c.queueSize), mode: c.mode.rawValue, eventIdx: c.eventIndex, batch: c.batch, busyloopUs: c.busyloopMicroseconds,
-            workerCpu: c.workerCPU, rxCoalesce: BenchBackends.coalescingLabel(c).isEmpty ? "0" : c.receiveCoalescing.description, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
+            workerCpu: c.workerCPU, rxCoalesce: BenchBackends.coalescingLabel(c).isEmpty ? "0" : c.receiveCoalescing.description,
+            layout: vhost ? c.descriptorLayout.rawValue : nil, mrgRxbuf: vhost ? c.mergeableReceiveBuffers : nil, inOrder: vhost ? c.inOrder : nil,
+            hugePages: vhost ? c.hugePages : nil, bufferSize: vhost ? BackendComparison.configuration(c, tapName: "").bufferSize : nil, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
             pps: JSONDocument.Spread(median: p.median, min: p.min, max: p.max), gbpsMedian: Summary(r.map(\.gigabitsPerSecond)).median,
             ratioToBaseline: ratio(i), driverNsPerFrameMedian: driverCost(i).median, workerNsPerFrameMedian: workerCost(i)?.median,
             kicksPerFrameMedian: vhost ? Summary(r.map(\.kicksPerFrame)).median : nil, callsPerFrameMedian: vhost ? Summary(r.map(\.callsPerFrame)).median : nil,
@@ -198,7 +202,7 @@ struct BenchReport {
     }
 
     func csv() -> String {
-        var rows = ["scenario,backend,frame_size,queue_pairs,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost"]
+        var rows = ["scenario,backend,frame_size,queue_pairs,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost,layout,mrg_rxbuf,in_order,huge_pages,buffer_size"]
         for i in combinations.indices {
             let c = combinations[i]
             for (t, r) in results[i].enumerated() {
@@ -212,6 +216,12 @@ struct BenchReport {
                 if let trips = r.roundTrips {
                     fields += BenchReport.reportedPercentiles.map { String(trips.histogram.valueAtPercentile($0.percentile)) }
                     fields += [String(trips.histogram.maxRecorded), String(trips.lost)]
+                } else {
+                    fields += ["", "", "", "", ""]
+                }
+                if c.backend == .vhost {
+                    fields += [c.descriptorLayout.rawValue, c.mergeableReceiveBuffers ? "on" : "off", c.inOrder ? "on" : "off", c.hugePages ? "on" : "off",
+                               String(BackendComparison.configuration(c, tapName: "").bufferSize)]
                 } else {
                     fields += ["", "", "", "", ""]
                 }
@@ -315,6 +325,6 @@ struct BenchReport {
     /// The vhost settings that are not table columns, when not at their defaults.
     static func variation(_ c: BenchSettings) -> String {
         (c.busyloopMicroseconds > 0 ? " busyloop \(c.busyloopMicroseconds) µs" : "") + (c.workerCPU.map { " worker CPU \($0)" } ?? "")
-            + BenchBackends.coalescingLabel(c)
+            + BenchBackends.coalescingLabel(c) + BenchBackends.driverLabel(c)
     }
 }
