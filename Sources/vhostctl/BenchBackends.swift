@@ -75,7 +75,7 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("huge-pages"), help: "Guest memory on 2 MiB huge pages for vhost: on, off.", completion: .list(["on", "off"]))
     var hugePages = SweepList<Switch>([.off])
 
-    @Option(name: .customLong("buffer-size"), help: "Bytes per vhost frame buffer, the virtio-net header inline (64 to 1048576; default: 2048, or the header and the frame where that is more). A buffer must hold the header and the frame, except for RX with --mrg-rxbuf on.")
+    @Option(name: .customLong("buffer-size"), help: "Bytes per vhost frame buffer, the virtio-net header inline (64 to 1048576; default: 2048, or the header and the frame where that is more). A TX buffer must hold the header and the frame; RX buffers smaller than the header and 1514 bytes need --mrg-rxbuf on.")
     var bufferSize = SweepList<Int>([])
 
     @Flag(name: .customLong("low-latency"), help: "Measure vhost in attach --low-latency's configuration: the driver polling (--notify poll), the worker busy-polling (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop), unless --busyloop-timeout is given), and unless --driver-cpu or --worker-cpu is given, the two pinned to different CPUs.")
@@ -162,10 +162,10 @@ struct BenchBackends: ParsableCommand {
             do { try config.validate() } catch { throw ValidationError("\(BenchBackends.describe(c)): \(error)") }
             if let size = c.bufferSize {
                 guard (64...(1 << 20)).contains(size) else { throw ValidationError("--buffer-size \(size): use 64 to 1048576") }
-                // Without MRG_RXBUF a frame must fit one buffer (net.c get_rx_bufs), and a TX frame is written into one.
+                // A TX frame is written into one buffer.
                 let needed = config.headerLength + c.frameSize
-                if size < needed && (c.scenario != .rx || !c.mergeableReceiveBuffers) {
-                    throw ValidationError("--buffer-size \(size) with \(c.frameSize)-byte frames: a buffer must hold the \(config.headerLength)-byte header and the frame (\(needed) bytes), except for rx with --mrg-rxbuf on")
+                if size < needed && c.scenario != .rx {
+                    throw ValidationError("--buffer-size \(size) with \(c.frameSize)-byte frames: a TX buffer must hold the \(config.headerLength)-byte header and the frame (\(needed) bytes)")
                 }
             }
             let memory = 2 * Int(c.queueSize) * config.bufferSize * c.queuePairs

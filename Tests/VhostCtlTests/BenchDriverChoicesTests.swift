@@ -1,0 +1,57 @@
+import ArgumentParser
+import DatapathMeasure
+import Testing
+import VhostNet
+@testable import vhostctl
+
+/// The driver's choices are dimensions of the one engine: `bench backends` sweeps them, and
+/// `bench configs` names them as variants.
+@Suite struct BenchDriverChoicesTests {
+    private func backends(_ arguments: [String]) throws -> BenchBackends {
+        try #require(try VhostCtl.parseAsRoot(["bench", "backends"] + arguments) as? BenchBackends)
+    }
+
+    @Test func eachChoiceMultipliesTheVhostCombinations() throws {
+        let bench = try backends(["--backend", "vhost,tap", "--scenario", "tx", "--frame-size", "64", "--layout", "inline,indirect",
+                                  "--in-order", "on,off", "--mrg-rxbuf", "on", "--huge-pages", "off,on", "--buffer-size", "128,2048"])
+        let all = bench.combinations()
+        let vhost = all.filter { $0.backend == .vhost }
+        #expect(vhost.count == 2 * 2 * 2 * 2)
+        #expect(Set(vhost.map { BenchBackends.describe($0) }).count == vhost.count, "two combinations were the same run")
+        #expect(vhost.contains { $0.descriptorLayout == .indirect && $0.inOrder && $0.hugePages && $0.bufferSize == 128 })
+        // The userspace path has no ring: it runs once, with the first values.
+        #expect(all.filter { $0.backend == .tap }.count == 1)
+        // What the engine configures: IN_ORDER and INDIRECT_DESC asked of vhost, the buffer size given.
+        let config = BackendComparison.configuration(try #require(vhost.first { $0.descriptorLayout == .indirect && $0.inOrder && $0.bufferSize == 128 }), tapName: "t")
+        #expect(config.features.contains(.inOrder) && config.features.contains(.indirectDescriptors))
+        #expect(config.bufferSize == 128)
+        // Without --buffer-size: 2,048, or the header and the frame where that is more.
+        #expect(BackendComparison.configuration(BenchSettings(backend: .vhost, scenario: .tx, frameSize: 64), tapName: "t").bufferSize == 2048)
+        #expect(BackendComparison.configuration(BenchSettings(backend: .vhost, scenario: .tx, frameSize: 9000), tapName: "t").bufferSize == 9012)
+    }
+
+    @Test func aBufferMustHoldTheFrameUnlessRXMerges() throws {
+        // TX writes a frame into one buffer; an RX buffer without MRG_RXBUF must take any frame
+        // the tap passes whole (net.c get_rx_bufs), whatever the scenario.
+        #expect(throws: (any Error).self) { try backends(["--backend", "vhost", "--scenario", "tx", "--frame-size", "64", "--mrg-rxbuf", "on", "--buffer-size", "64"]) }
+        #expect(throws: (any Error).self) { try backends(["--backend", "vhost", "--scenario", "rx", "--frame-size", "64", "--buffer-size", "128"]) }
+        #expect(throws: (any Error).self) { try backends(["--backend", "vhost", "--scenario", "tx", "--frame-size", "64", "--buffer-size", "128"]) }
+        #expect(throws: (any Error).self) { try backends(["--backend", "vhost", "--scenario", "tx", "--frame-size", "64", "--mrg-rxbuf", "on", "--buffer-size", "32"]) }
+        // RX with MRG_RXBUF takes frames across several small buffers.
+        let merged = try backends(["--backend", "vhost", "--scenario", "rx", "--frame-size", "1500", "--mrg-rxbuf", "on", "--buffer-size", "512"])
+        #expect(merged.combinations().allSatisfy { $0.mergeableReceiveBuffers && $0.bufferSize == 512 })
+        #expect(try backends(["--backend", "vhost", "--scenario", "tx", "--frame-size", "64", "--mrg-rxbuf", "on", "--buffer-size", "128"]).combinations().count == 1)
+    }
+
+    @Test func configsNamesTheNewVariants() throws {
+        let bench = try #require(try VhostCtl.parseAsRoot(["bench", "configs", "--configs", "event-idx", "in-order", "small-buffers", "busyloop"]) as? Bench)
+        let variants = Bench.Variant.all
+        func settings(_ name: String) throws -> BenchSettings { bench.settings(try #require(variants.first { $0.name == name }), .rx) }
+        #expect(try settings("in-order").inOrder)
+        // Header (12) and a 64-byte frame, rounded up to 64; MRG_RXBUF so RX takes larger frames.
+        #expect(try settings("small-buffers").bufferSize == 128)
+        #expect(try settings("small-buffers").mergeableReceiveBuffers)
+        #expect(try settings("busyloop").busyloopMicroseconds == DatapathOptions.lowLatencyBusyloop)
+        #expect(try !settings("event-idx").inOrder && settings("event-idx").bufferSize == nil)
+    }
+}
