@@ -1,8 +1,8 @@
 #!/bin/sh
 # The guest half of Benchmarks/peers/testpmd (run inside Scripts/vm --host-root as root).
-# Arguments: TRIALS SECONDS FRAME_SIZE.
+# Arguments: TRIALS SECONDS FRAME_SIZE [RUNS] (RUNS: the runs to interleave, as the host's --runs).
 PATH=/opt/bin:$PATH
-trials=$1 seconds=$2 size=$3
+trials=$1 seconds=$2 size=$3 runs=${4:-}
 host() { chroot /host /usr/bin/env HOME=/tmp PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"; }
 stat() { cat "/sys/class/net/$1/statistics/$2"; }
 uptime_cs() { awk '{ split($1, t, "."); print t[1] * 100 + t[2] }' /proc/uptime; }  # centiseconds
@@ -34,6 +34,18 @@ testpmd_driver_ns() {
         sum=$((sum + $(awk '{print $1}' "$t/schedstat" 2>/dev/null || echo 0)))
     done
     echo $sum
+}
+
+# measure_window TAP COUNTER PID: the tap's COUNTER, the worker's and PID's other threads' CPU
+# time over $seconds; sets window to "PPS DRIVER_NS WORKER_NS 0" per frame (the columns of
+# vhostctl's runs; no calls counted), or to nothing when the counter did not move.
+measure_window() {
+    a=$(stat "$1" "$2") t0=$(uptime_cs) wa=$(oncpu_ns "$worker_tid") da=$(testpmd_driver_ns "$3" "$worker_tid")
+    sleep "$seconds"
+    b=$(stat "$1" "$2") t1=$(uptime_cs) wb=$(oncpu_ns "$worker_tid") db=$(testpmd_driver_ns "$3" "$worker_tid")
+    window=
+    [ "$b" -gt "$a" ] && window="$(( (b - a) * 100 / (t1 - t0) )) $(( (db - da) / (b - a) )) $(( (wb - wa) / (b - a) )) 0"
+    return 0
 }
 
 testpmd_pid() {
@@ -79,16 +91,14 @@ testpmd() {
     [ "$mode" = rxonly ] && pktgen_start $tap
     sleep 1  # warm-up
     if [ "$mode" = txonly ]; then counter=rx_packets; else counter=tx_packets; fi
-    a=$(stat $tap $counter) t0=$(uptime_cs) wa=$(oncpu_ns "$worker_tid") da=$(testpmd_driver_ns "$tpid" "$worker_tid")
-    sleep "$seconds"
-    b=$(stat $tap $counter) t1=$(uptime_cs) wb=$(oncpu_ns "$worker_tid") db=$(testpmd_driver_ns "$tpid" "$worker_tid")
+    measure_window $tap $counter "$tpid"
     [ "$mode" = rxonly ] && pktgen_stop
     kill -INT "$tpid" 2>/dev/null; wait "$pid" 2>/dev/null
     i=0; while [ $i -lt 100 ] && ip link show $tap >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
-    if [ "$b" -gt "$a" ]; then
+    if [ -n "$window" ]; then
         # The same columns as vhostctl's runs: pps, driver and worker ns per frame, calls per frame
         # (testpmd polls: none).
-        echo "testpmd-$mode $(( (b - a) * 100 / (t1 - t0) )) $(( (db - da) / (b - a) )) $(( (wb - wa) / (b - a) )) 0" >>"$results"
+        echo "testpmd-$mode $window" >>"$results"
     else
         echo "peer: testpmd $mode moved no frames:"; tail -20 /tmp/testpmd.log
         echo "testpmd-$mode 0" >>"$results"
@@ -98,10 +108,13 @@ testpmd() {
 # vhostctl SCENARIO MODE: one run of vhostctl bench backends; appends "vhostctl-SCENARIO-MODE PPS"
 # (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
 vhostctl_run() {
-    scenario=$1 mode=${2%%+*} coalesce=0 name=$1-$2
-    # MODE+N: RX interrupt coalescing of N frames, or adaptive (auto) (--rx-coalesce; without it, 0: off).
-    case $2 in *+*) coalesce=${2#*+} ;; esac
-    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" --frame-size "$size" --trials 1 \
+    scenario=$1 spec=${2%%@*} busyloop=0 coalesce=0 name=$1-$2
+    # MODE[+N][@US]: +N RX interrupt coalescing of N frames, or adaptive (auto) (--rx-coalesce;
+    # without it, 0: off); @US the worker's busy-loop of US µs (--busyloop-timeout; without it, 0).
+    case $2 in *@*) busyloop=${2#*@} ;; esac
+    mode=${spec%%+*}
+    case $spec in *+*) coalesce=${spec#*+} ;; esac
+    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" --busyloop-timeout "$busyloop" --frame-size "$size" --trials 1 \
             --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json-file /tmp/v.json --force >/tmp/v.log 2>&1; then
         echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$name 0" >>"$results"; return
     fi
@@ -117,31 +130,30 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
 # attach_sink: `vhostctl attach` (its defaults) as the sink of pktgen's frames, addressed to its MAC
 # and IPv4 address (UDP to port 9, which it ignores); appends "vhostctl-rx-attach PPS DRIVER WORKER 0"
 # counted by the tap as for testpmd, the driver being attach's threads but the worker.
+# attach_sink [US]: with US, the worker's busy-loop of US µs (--busyloop-timeout), named "vhostctl-rx-attach@US".
 attach_sink() {
-    tap=vhpeer1 worker_tid=
-    vhostctl attach --tap $tap --create --ip 10.79.0.2/24 --mac 52:54:00:be:4c:01 --user 0:0 --stats 0 >/tmp/attach-sink.log 2>&1 &
+    tap=vhpeer1 worker_tid= name=vhostctl-rx-attach${1:+@$1}
+    vhostctl attach --tap $tap --create --ip 10.79.0.2/24 --mac 52:54:00:be:4c:01 --user 0:0 --stats 0 ${1:+--busyloop-timeout $1} >/tmp/attach-sink.log 2>&1 &
     apid=$!
     i=0; while [ $i -lt 300 ] && ! { grep -q "^attached to" /tmp/attach-sink.log && [ "$(cat /sys/class/net/$tap/carrier 2>/dev/null)" = 1 ]; }; do sleep 0.1; i=$((i + 1)); done
     if [ $i -ge 300 ] || ! pin_worker "$apid"; then
         echo "peer: attach did not come up on $tap:"; tail -5 /tmp/attach-sink.log; kill -INT "$apid" 2>/dev/null; wait "$apid"
-        echo "vhostctl-rx-attach 0" >>"$results"; return
+        echo "$name 0" >>"$results"; return
     fi
     host taskset -p -c 1 "$apid" >/dev/null  # attach's own thread (not -a: from 6.4 the worker is a thread of it)
     pktgen_start $tap
     sleep 1  # warm-up
-    a=$(stat $tap tx_packets) t0=$(uptime_cs) wa=$(oncpu_ns "$worker_tid") da=$(testpmd_driver_ns "$apid" "$worker_tid")
-    sleep "$seconds"
-    b=$(stat $tap tx_packets) t1=$(uptime_cs) wb=$(oncpu_ns "$worker_tid") db=$(testpmd_driver_ns "$apid" "$worker_tid")
+    measure_window $tap tx_packets "$apid"
     pktgen_stop
     kill -INT "$apid"; wait "$apid"
-    if [ "$b" -gt "$a" ]; then
-        echo "vhostctl-rx-attach $(( (b - a) * 100 / (t1 - t0) )) $(( (db - da) / (b - a) )) $(( (wb - wa) / (b - a) )) 0" >>"$results"
+    if [ -n "$window" ]; then
+        echo "$name $window" >>"$results"
     else
-        echo "peer: attach received nothing:"; tail -5 /tmp/attach-sink.log; echo "vhostctl-rx-attach 0" >>"$results"
+        echo "peer: attach received nothing:"; tail -5 /tmp/attach-sink.log; echo "$name 0" >>"$results"
     fi
 }
 
-runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+auto vhostctl:rx:interrupt+64 vhostctl:rx:poll attach:sink"
+[ -n "$runs" ] || runs="testpmd:txonly vhostctl:tx:interrupt vhostctl:tx:poll testpmd:rxonly vhostctl:rx:interrupt vhostctl:rx:interrupt+auto vhostctl:rx:interrupt+64 vhostctl:rx:poll attach:sink"
 count=$(echo $runs | wc -w)
 echo "peer: kernel $(uname -r), $trials interleaved trials of $seconds s, $size-byte frames; worker on CPU 0, driver on CPU 1"
 t=0
@@ -153,6 +165,7 @@ while [ $t -lt "$trials" ]; do
             testpmd:*) testpmd "${run#testpmd:}" ;;
             vhostctl:*) r=${run#vhostctl:}; vhostctl_run "${r%%:*}" "${r#*:}" ;;
             attach:sink) attach_sink ;;
+            attach:sink@*) attach_sink "${run#attach:sink@}" ;;
         esac
         tail -1 "$results" | sed "s/^/trial $((t + 1)): /"
     done
@@ -169,18 +182,18 @@ for line in open(sys.argv[1]):
 med = {k: statistics.median(v) for k, v in runs.items()}
 print("| run | median pps | min–max | ratio to testpmd | driver ns/frame | worker ns/frame | worker vs testpmd | driver/worker | calls/frame |")
 print("|---|---|---|---|---|---|---|---|---|")
-for k in ["testpmd-txonly", "vhostctl-tx-interrupt", "vhostctl-tx-poll", "testpmd-rxonly", "vhostctl-rx-interrupt", "vhostctl-rx-interrupt+auto", "vhostctl-rx-interrupt+64", "vhostctl-rx-poll", "vhostctl-rx-attach"]:
-    if k not in runs: continue
+# TX runs first, then RX, each in the order the runs were named.
+for k in sorted(runs, key=lambda k: (k.split("-")[1] not in ("txonly", "tx"), list(runs).index(k))):
     peer = "testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"
     base = med[peer]
     d = w = c = "-"; share = "-"; against = "-"
     if k in cpu:
         dm = statistics.median(c[0] for c in cpu[k]); wm = statistics.median(c[1] for c in cpu[k])
         d, w = "%.0f" % dm, "%.0f" % wm
-        spins = k.startswith("testpmd") or k.endswith("poll")
+        spins = k.startswith("testpmd") or k.split("@")[0].endswith("poll")
         share = ("%.2f× (spins)" if spins else "%.2f×") % (dm / wm) if wm > 0 else "-"
         # attach counts its wake-ups but does not report them per run: no calls column.
-        c = "-" if k.endswith("attach") else "%.3f" % statistics.median(c[2] for c in cpu[k])
+        c = "-" if "attach" in k else "%.3f" % statistics.median(c[2] for c in cpu[k])
         # The worker CPU per frame driven by us, against the same worker driven by testpmd.
         pw = statistics.median(c[1] for c in cpu.get(peer, [])) if cpu.get(peer) else 0
         if pw > 0 and not k.startswith("testpmd"): against = "%.2f×" % (wm / pw)

@@ -221,18 +221,20 @@ public enum DatapathSuite {
                 let total = 20_000
                 let before = try bhost.transmittedCount(waitingFor: 0, milliseconds: 0)
                 var posted = 0
-                while posted < total {
+                // A wait the device ends takes microseconds; one that runs its 2 s is the bug (the
+                // loop stops at the first, so that a broken build fails in seconds, not minutes).
+                while posted < total && b.transmitCounters.timedOutSleeps == 0 {
                     let first = posted
                     let added = try b.post(count: min(64, total - posted)) { i, buffer in TestFrame.write(first + i, length: 60, into: buffer) }
                     posted += added
-                    if added == 0 { _ = try b.waitForTransmitRoom(milliseconds: 300) }
+                    if added == 0 { _ = try b.waitForTransmitRoom(milliseconds: 2000) }
                 }
+                try expect(b.transmitCounters.timedOutSleeps == 0, "a wait for room ran its whole 2 s after \(posted) frames: the device was asked to signal at a used index it never reached")
                 try b.drainTransmit(milliseconds: 5000)
                 let counted = try bhost.transmittedCount(waitingFor: before + UInt64(total), milliseconds: 5000) - before
                 let full = b.transmitCounters
                 say("  TX kept full: \(counted) of \(total) frames counted by the host side, \(full.calls) wake-ups, \(full.timedOutSleeps) sleeps that ran their time")
                 try expect(counted == UInt64(total), "the host side counted \(counted) of \(total) frames")
-                try expect(full.timedOutSleeps == 0, "\(full.timedOutSleeps) waits for room ran their whole 300 ms: the device was asked to signal at a used index it never reached")
                 try receiveAndCompare(p, host: host, frames: 256, batch: 16)
             },
             DatapathCase(name: "descriptors: indirect tables in guest memory") {

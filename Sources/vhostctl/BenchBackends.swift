@@ -61,7 +61,7 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
     var busyloopTimeout = SweepList<UInt32>([0])
 
-    @Option(help: "vhost descriptor layouts: inline (the header before the frame in one descriptor), separateHeader (a chain of two), indirect (a two-entry table; negotiates INDIRECT_DESC).",
+    @Option(name: .customLong("descriptors"), help: "vhost descriptor layouts: inline (the header before the frame in one descriptor), separateHeader (a chain of two), indirect (a two-entry table; negotiates INDIRECT_DESC).",
             completion: .list(DescriptorLayout.allCases.map(\.rawValue)))
     var layout = SweepList<DescriptorLayout>([.inline])
 

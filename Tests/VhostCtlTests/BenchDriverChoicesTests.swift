@@ -12,7 +12,7 @@ import VhostNet
     }
 
     @Test func eachChoiceMultipliesTheVhostCombinations() throws {
-        let bench = try backends(["--backend", "vhost,tap", "--scenario", "tx", "--frame-size", "64", "--layout", "inline,indirect",
+        let bench = try backends(["--backend", "vhost,tap", "--scenario", "tx", "--frame-size", "64", "--descriptors", "inline,indirect",
                                   "--in-order", "on,off", "--mrg-rxbuf", "on", "--huge-pages", "off,on", "--buffer-size", "128,2048"])
         let all = bench.combinations()
         let vhost = all.filter { $0.backend == .vhost }
