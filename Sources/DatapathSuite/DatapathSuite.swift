@@ -371,8 +371,9 @@ public enum DatapathSuite {
     /// Runs every case (or those whose name contains `filter`), printing `PASS`/`FAIL` per case and
     /// `datapath suite (NAME): N passed, M failed` last. Returns the counts.
     @discardableResult
-    public static func run<H: DatapathHarness>(_ harness: H, filter: String? = nil) -> (passed: Int, failed: Int) {
+    public static func run<H: DatapathHarness>(_ harness: H, filter: String? = nil) -> (passed: Int, failed: Int, failures: [String]) {
         var passed = 0, failed = 0, refusals = 0
+        var failures: [String] = []
         for test in cases(harness) where filter == nil || test.name.contains(filter!) {
             let start = now()
             _ = takeRefusalMark()
@@ -384,12 +385,13 @@ public enum DatapathSuite {
                 say("PASS\(refusal ? " (refusal checked)" : "") datapath: \(test.name) (\(seconds(now() - start)) s)")
             } catch {
                 failed += 1
+                failures.append("\(test.name): \(error)")
                 say("FAIL datapath: \(test.name) (\(seconds(now() - start)) s): \(error)")
             }
         }
         sayDetail("datapath suite (\(harness.name))", exercised: passed - refusals, refusals: refusals)
         say("datapath suite (\(harness.name)): \(passed) passed, \(failed) failed")
-        return (passed, failed)
+        return (passed, failed, failures)
     }
 
     static func seconds(_ value: Double) -> String {

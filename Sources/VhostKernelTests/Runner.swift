@@ -41,7 +41,7 @@ enum KernelTestRunner {
                 say("FAIL \(test.name) (\(formatted(start.duration(to: .now).inSeconds)) s): \(error)")
             }
         }
-        let suite = args.contains("--no-datapath-suite") ? (passed: 0, failed: 0) : DatapathSuite.run(KernelHarness(), filter: filter)
+        let suite = args.contains("--no-datapath-suite") ? (passed: 0, failed: 0, failures: []) : DatapathSuite.run(KernelHarness(), filter: filter)
         if !failures.isEmpty { say("failed: \(failures.joined(separator: ", "))") }
         sayDetail("kernel tier", exercised: passed - refusals, refusals: refusals)
         say("kernel tier: \(passed) passed, \(failed) failed")

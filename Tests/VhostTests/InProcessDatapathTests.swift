@@ -12,7 +12,7 @@ struct InProcessDatapathTests {
     @Test("the datapath suite passes against the in-process device (the kernel tier runs the same cases per kernel)")
     func datapathSuite() {
         let result = DatapathSuite.run(InProcessHarness())
-        #expect(result.failed == 0, "\(result.failed) datapath cases failed against the in-process device")
+        #expect(result.failed == 0, "\(result.failed) datapath cases failed against the in-process device: \(result.failures.joined(separator: "; "))")
         #expect(result.passed == DatapathSuite.cases(InProcessHarness()).count)
     }
 
