@@ -108,13 +108,14 @@ testpmd() {
 # vhostctl SCENARIO MODE: one run of vhostctl bench backends; appends "vhostctl-SCENARIO-MODE PPS"
 # (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
 vhostctl_run() {
-    scenario=$1 spec=${2%%@*} busyloop=0 coalesce=0 name=$1-$2
+    scenario=$1 spec=${2%%@*} busyloop= coalesce=0 name=$1-$2
     # MODE[+N][@US]: +N RX interrupt coalescing of N frames, or adaptive (auto) (--rx-coalesce;
-    # without it, 0: off); @US the worker's busy-loop of US µs (--busyloop-timeout; without it, 0).
-    case $2 in *@*) busyloop=${2#*@} ;; esac
+    # without it, 0: off); @US the worker's busy-loop of US µs (--busyloop-timeout; without it,
+    # bench's default for the kernel).
+    case $2 in *@*) busyloop="--busyloop-timeout ${2#*@}" ;; esac
     mode=${spec%%+*}
     case $spec in *+*) coalesce=${spec#*+} ;; esac
-    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" --busyloop-timeout "$busyloop" --frame-size "$size" --trials 1 \
+    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" $busyloop --frame-size "$size" --trials 1 \
             --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json-file /tmp/v.json --force >/tmp/v.log 2>&1; then
         echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$name 0" >>"$results"; return
     fi

@@ -89,8 +89,16 @@ public struct BenchSettings: Sendable, Equatable {
     /// Frames handed over per burst: added to the ring before one publish (vhost), or written
     /// and read per loop (the userspace path).
     public var batch: Int = 64
-    /// `VHOST_SET_VRING_BUSYLOOP_TIMEOUT` on both vrings, in microseconds (0: off).
+    /// `VHOST_SET_VRING_BUSYLOOP_TIMEOUT` on both vrings, in microseconds (0: off). `bench`
+    /// starts from `defaultBusyloopMicroseconds`.
     public var busyloopMicroseconds: UInt32 = 0
+
+    /// `bench`'s busy-loop where none is asked for: 50 µs before Linux 6.4, where the vhost worker
+    /// is a kernel thread, 0 from 6.4 (a task of the owner). In two boots of 6.1 (TCG, the worker
+    /// beside pktgen) the loop took the worker's CPU per RX frame to 0.78× and 0.86–0.90×, and
+    /// the RX rate to 1.16–1.27×, TX 1.02–1.05×; in one boot each of 6.12 and 7.2 it raised the
+    /// worker's RX cost to 1.20× and 1.09× (docs/benchmarks.md, "The driver's choices").
+    public static var defaultBusyloopMicroseconds: UInt32 { KernelInfo.version < (6, 4) ? 50 : 0 }
     /// Queue pairs, each on its own queue of an IFF_MULTI_QUEUE tap and driven by its own
     /// thread: a vhost device (and worker) per pair, or a tap fd per pair on the userspace path.
     public var queuePairs: Int = 1

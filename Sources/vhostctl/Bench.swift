@@ -83,8 +83,11 @@ struct Bench: ParsableCommand {
                 $0.mergeableReceiveBuffers = true
                 $0.bufferSize = (BackendComparison.configuration($0, tapName: "").headerLength + $0.frameSize + 63) & ~63
             },
-            Variant(name: "busyloop", summary: "the worker busy-polls \(DatapathOptions.lowLatencyBusyloop) µs before it sleeps (VHOST_SET_VRING_BUSYLOOP_TIMEOUT)") {
+            Variant(name: "busyloop", summary: "the worker busy-polls \(DatapathOptions.lowLatencyBusyloop) µs before it sleeps (VHOST_SET_VRING_BUSYLOOP_TIMEOUT; the default before Linux 6.4)") {
                 $0.busyloopMicroseconds = DatapathOptions.lowLatencyBusyloop
+            },
+            Variant(name: "no-busyloop", summary: "the worker sleeps at once when its queue is empty (the default from Linux 6.4)") {
+                $0.busyloopMicroseconds = 0
             },
         ]
     }
@@ -95,6 +98,7 @@ struct Bench: ParsableCommand {
         var settings = BenchSettings(backend: .vhost, scenario: scenario, frameSize: frameSize)
         settings.seconds = seconds
         settings.receiveCoalescing = .adaptive
+        settings.busyloopMicroseconds = BenchSettings.defaultBusyloopMicroseconds
         settings.workerCPU = workerCPU
         variant.apply(&settings)
         return settings

@@ -58,8 +58,8 @@ struct BenchBackends: ParsableCommand {
             completion: .list(["auto", "0"]))
     var receiveCoalesce = SweepList<ReceiveCoalescingSetting>([.adaptive])
 
-    @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off).")
-    var busyloopTimeout = SweepList<UInt32>([0])
+    @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off). Default: 50 before Linux 6.4, where the worker is a kernel thread and the loop cut its CPU per RX frame; 0 from 6.4 (docs/benchmarks.md).")
+    var busyloopTimeout: SweepList<UInt32>?
 
     @Option(name: .customLong("descriptors"), help: "vhost descriptor layouts: inline (the header before the frame in one descriptor), separateHeader (a chain of two), indirect (a two-entry table; negotiates INDIRECT_DESC).",
             completion: .list(DescriptorLayout.allCases.map(\.rawValue)))
@@ -76,7 +76,7 @@ struct BenchBackends: ParsableCommand {
     var hugePages = SweepList<Switch>([.off])
 
     @Option(name: .customLong("buffer-size"), help: "Bytes per vhost frame buffer, the virtio-net header inline (64 to 1048576; default: 2048, or the header and the frame where that is more). A TX buffer must hold the header and the frame; RX buffers smaller than the header and 1514 bytes need --mrg-rxbuf on.")
-    var bufferSize = SweepList<Int>([])
+    var bufferSize: SweepList<Int>?
 
     @Flag(name: .customLong("low-latency"), help: "Measure vhost in attach --low-latency's configuration: the driver polling (--notify poll), the worker busy-polling (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop), unless --busyloop-timeout is given), and unless --driver-cpu or --worker-cpu is given, the two pinned to different CPUs.")
     var lowLatency = false
@@ -125,10 +125,13 @@ struct BenchBackends: ParsableCommand {
     var modes: [NotificationMode] { lowLatency ? [.poll] : mode.values }
     var eventIndexes: [Bool] { eventIndex.values.map(\.isOn) }
     var batches: [Int] { batch.values }
-    var busyloops: [UInt32] { lowLatency && busyloopTimeout.values == [0] ? [DatapathOptions.lowLatencyBusyloop] : busyloopTimeout.values }
+    /// --busyloop-timeout; without it, --low-latency's, else the kernel's default.
+    var busyloops: [UInt32] {
+        busyloopTimeout?.values ?? [lowLatency ? DatapathOptions.lowLatencyBusyloop : BenchSettings.defaultBusyloopMicroseconds]
+    }
     var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
     /// nil: the engine's default buffer size.
-    var bufferSizes: [Int?] { bufferSize.values.isEmpty ? [nil] : bufferSize.values }
+    var bufferSizes: [Int?] { bufferSize?.values ?? [nil] }
     /// nil: not pinned. With --low-latency and neither CPU option: apart from the driver.
     var workerCPUs: [Int?] { lowLatencyPlacement.map { [$0.workerCPUs[0]] } ?? workerCPU.values.map(\.number) }
     /// --low-latency's placement where neither --driver-cpu nor --worker-cpu is given.

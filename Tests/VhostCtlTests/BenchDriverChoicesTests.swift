@@ -1,6 +1,7 @@
 import ArgumentParser
 import DatapathMeasure
 import Testing
+import Vhost
 import VhostNet
 @testable import vhostctl
 
@@ -53,5 +54,17 @@ import VhostNet
         #expect(try settings("small-buffers").mergeableReceiveBuffers)
         #expect(try settings("busyloop").busyloopMicroseconds == DatapathOptions.lowLatencyBusyloop)
         #expect(try !settings("event-idx").inOrder && settings("event-idx").bufferSize == nil)
+        #expect(try settings("event-idx").busyloopMicroseconds == BenchSettings.defaultBusyloopMicroseconds)
+        #expect(try settings("no-busyloop").busyloopMicroseconds == 0)
+    }
+
+    /// The worker's busy-loop: the kernel's default unless asked (50 µs before 6.4, where it cut
+    /// the worker's RX cost; 0 after), --low-latency's, or the list given.
+    @Test func busyLoopFollowsTheKernelUnlessGiven() throws {
+        #expect(BenchSettings.defaultBusyloopMicroseconds == (KernelInfo.version < (6, 4) ? 50 : 0))
+        #expect(try backends([]).busyloops == [BenchSettings.defaultBusyloopMicroseconds])
+        #expect(try backends(["--low-latency"]).busyloops == [DatapathOptions.lowLatencyBusyloop])
+        #expect(try backends(["--busyloop-timeout", "0,50"]).busyloops == [0, 50])
+        #expect(try backends(["--low-latency", "--busyloop-timeout", "0"]).busyloops == [0])
     }
 }
