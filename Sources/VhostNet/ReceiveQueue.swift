@@ -88,19 +88,6 @@ public struct ReceiveQueue: ~Copyable {
                 received += 1
                 continue
             }
-            // One chain after all, the common case with MRG_RXBUF (num_buffers 1) and IN_ORDER (a
-            // batch of one: net.c writes one used entry per packet): delivered as on the fast
-            // path, without the reassembly path's header parse and batch copy.
-            if length >= headerLength && queue.driver.lastBatchCount <= 1 {
-                let headerBytes = queue.headerPointer(head)
-                if !mergeable || headerLength < 12 || ReceiveQueue.numBuffers(headerBytes) <= 1 {
-                    guard let frameBytes = deliver(head: head, length: length, headerBytes: headerBytes, headerLength: headerLength,
-                                                   capacity: capacity, handler: handler) else { drops += 1; continue }
-                    bytes += frameBytes
-                    received += 1
-                    continue
-                }
-            }
             guard let frameBytes = try receiveSpanning(head: head, length: length, headerLength: headerLength, capacity: capacity, handler: handler) else {
                 drops += 1
                 continue
@@ -157,14 +144,6 @@ public struct ReceiveQueue: ~Copyable {
         handler(ReceivedFrame(frame: UnsafeRawBufferPointer(start: queue.framePointer(head), count: frameLength),
                               headerBytes: UnsafeRawPointer(headerBytes), headerLength: headerLength))
         return frameLength
-    }
-
-    /// `num_buffers`, the little-endian UInt16 at offset 10 of a 12-byte or longer header.
-    @inline(__always)
-    private static func numBuffers(_ header: UnsafeMutableRawPointer) -> UInt16 {
-        // SAFETY: the caller checked that the header is at least 12 bytes and that the device
-        // wrote it (the used length covers it, read after used->idx's acquire load).
-        UInt16(littleEndian: header.loadUnaligned(fromByteOffset: 10, as: UInt16.self))
     }
 
     /// A frame that may span several chains (MRG_RXBUF, IN_ORDER): reassembled, then handed to

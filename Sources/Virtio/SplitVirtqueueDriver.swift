@@ -427,10 +427,6 @@ public struct SplitVirtqueueDriver: ~Copyable, Sendable {
     /// With IN_ORDER: the heads the last `nextUsed` completed, oldest first.
     public private(set) var lastBatch: [UInt16] = []
 
-    /// How many heads the last `nextUsed` completed with IN_ORDER (0 without IN_ORDER): read
-    /// without copying `lastBatch`.
-    public var lastBatchCount: Int { lastBatch.count }
-
     /// Whether `head` was added since the last `publish()`: its avail slot lies in
     /// [published avail->idx, availIndexShadow), which only the driver writes. Out of line:
     /// `nextUsed` calls it only when chains were added after the last publish.
