@@ -1,5 +1,6 @@
 import ArgumentParser
 import DatapathMeasure
+import Glibc
 import Virtio
 
 /// A comma-separated list of the values `bench backends` sweeps (`--frame-size 64,1500`). The
@@ -100,4 +101,13 @@ extension BenchBackend: ExpressibleByArgument {}
 
 extension ReceiveCoalescingSetting: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
+}
+
+/// Refuses a CPU this machine does not have: each `(option name, CPU or nil)`, as
+/// "--worker-cpu 9: this machine has CPUs 0 to 1".
+func validateOnlineCPUs(_ options: [(name: String, cpu: Int?)]) throws {
+    let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    for (name, cpu) in options {
+        if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
+    }
 }

@@ -113,10 +113,7 @@ struct Bench: ParsableCommand {
         guard seconds > 0 && seconds <= 60 else { throw ValidationError("--seconds takes more than 0 and at most 60") }
         guard (1...99).contains(trials) else { throw ValidationError("--trials takes 1 to 99") }
         guard latency >= 0 && latency <= 1_000_000 else { throw ValidationError("--latency takes 0 to 1000000 round trips") }
-        let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        for (name, cpu) in [("worker-cpu", workerCPU), ("driver-cpu", driverCPU)] {
-            if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
-        }
+        try validateOnlineCPUs([(name: "worker-cpu", cpu: workerCPU), (name: "driver-cpu", cpu: driverCPU)])
         do { try Tap.validate(name: tap) } catch { throw ValidationError("--tap: \(error)") }
         // Each configuration against the queue pair's own rules, so a bad one fails now.
         for name in configs {

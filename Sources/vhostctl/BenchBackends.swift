@@ -181,10 +181,7 @@ struct BenchBackends: ParsableCommand {
         if let baseline, BenchBackend(rawValue: baseline).map(backends.contains) != true {
             throw ValidationError("--baseline \(baseline): name one of the backends being run (\(backend.defaultValueDescription))")
         }
-        let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        for (name, cpu) in workerCPUs.map({ ("worker-cpu", $0) }) + [("driver-cpu", driverCPU)] {
-            if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
-        }
+        try validateOnlineCPUs(workerCPUs.map { (name: "worker-cpu", cpu: $0) } + [(name: "driver-cpu", cpu: driverCPU)])
         for (option, path) in [("--json-file", jsonFile), ("--csv", csv), ("--svg", svg)] {
             if let path { try output.check(path, option: option) }
         }

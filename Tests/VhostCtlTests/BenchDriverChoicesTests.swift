@@ -67,4 +67,17 @@ import VhostNet
         #expect(try backends(["--busyloop-timeout", "0,50"]).busyloops == [0, 50])
         #expect(try backends(["--low-latency", "--busyloop-timeout", "0"]).busyloops == [0])
     }
+
+    /// Both bench commands refuse a CPU the machine does not have, by option name.
+    @Test func absentCPUsAreRefused() throws {
+        for arguments in [["bench", "configs", "--worker-cpu", "4096"], ["bench", "configs", "--driver-cpu", "4096"],
+                          ["bench", "backends", "--worker-cpu", "4096"], ["bench", "backends", "--driver-cpu", "4096"]] {
+            #expect {
+                _ = try VhostCtl.parseAsRoot(arguments)
+            } throws: { error in
+                VhostCtl.fullMessage(for: error).contains("\(arguments[2]) 4096: this machine has CPUs 0 to")
+            }
+        }
+        #expect(try VhostCtl.parseAsRoot(["bench", "configs", "--worker-cpu", "0", "--driver-cpu", "0"]) is Bench)
+    }
 }
