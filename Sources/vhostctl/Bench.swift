@@ -130,11 +130,10 @@ struct Bench: ParsableCommand {
         try requireNetworkAdministration("vhostctl bench")
         try requireFreeTapName(tap)
         if let driverCPU { try CurrentThread.pin(to: driverCPU) }
-        var variants = configs.compactMap { name in Variant.all.first { $0.name == name } }
-        if variants.contains(where: { settings($0, .tx).inOrder }), try !BenchBackends.offersInOrder(common) {
-            let left = variants.filter { settings($0, .tx).inOrder }.map(\.name)
-            variants.removeAll { settings($0, .tx).inOrder }
-            print("--configs \(left.joined(separator: " ")): this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17); left out")
+        let named = configs.compactMap { name in Variant.all.first { $0.name == name } }
+        let (variants, leftOut) = try BenchBackends.withoutUnofferedInOrder(named, common: common) { settings($0, .tx).inOrder }
+        if !leftOut.isEmpty {
+            print("--configs \(leftOut.map(\.name).joined(separator: " ")): this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17); left out")
             guard !variants.isEmpty else { throw CLIError(message: "--configs: no configuration is left that this device can run; add one without IN_ORDER", status: ExitStatus.usage) }
         }
         let recordFile = try recording.openFile()

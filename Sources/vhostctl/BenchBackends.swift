@@ -271,17 +271,20 @@ struct BenchBackends: ParsableCommand {
     /// The combinations the device can run: without IN_ORDER offered (before Linux 6.17), the
     /// runs that ask for it are left out, each with a line, instead of failing the whole run.
     func offeredCombinations(_ all: [BenchSettings]) throws -> [BenchSettings] {
-        guard all.contains(where: { $0.backend == .vhost && $0.inOrder }) else { return all }
-        guard try !BenchBackends.offersInOrder(common) else { return all }
-        let kept = all.filter { !($0.backend == .vhost && $0.inOrder) }
-        print("--in-order on: this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17); \(all.count - kept.count) combinations left out")
+        let (kept, leftOut) = try BenchBackends.withoutUnofferedInOrder(all, common: common) { $0.backend == .vhost && $0.inOrder }
+        guard !leftOut.isEmpty else { return all }
+        print("--in-order on: this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17); \(leftOut.count) combinations left out")
         guard !kept.isEmpty else { throw CLIError(message: "--in-order on: this device does not offer IN_ORDER (vhost-net offers it from Linux 6.17), and no other combination is left; add off", status: ExitStatus.usage) }
         return kept
     }
 
-    /// Whether the device at `--device` offers VIRTIO_F_IN_ORDER (`VHOST_GET_FEATURES`).
-    static func offersInOrder(_ common: CommonOptions) throws -> Bool {
-        try VhostNetDevice(path: common.device, observer: common.observer).features().contains(.inOrder)
+    /// `items` split into those the device at `--device` can run and those that need IN_ORDER it
+    /// does not offer (`VHOST_GET_FEATURES`, asked only when some item needs it). Both bench
+    /// commands leave the second out with a line of their own.
+    static func withoutUnofferedInOrder<T>(_ items: [T], common: CommonOptions, needsInOrder: (T) -> Bool) throws -> (kept: [T], leftOut: [T]) {
+        guard items.contains(where: needsInOrder),
+              try !VhostNetDevice(path: common.device, observer: common.observer).features().contains(.inOrder) else { return (items, []) }
+        return (items.filter { !needsInOrder($0) }, items.filter(needsInOrder))
     }
 
     static func describe(_ s: BenchSettings) -> String {
