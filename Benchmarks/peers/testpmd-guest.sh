@@ -3,28 +3,13 @@
 # Arguments: TRIALS SECONDS FRAME_SIZE [RUNS] (RUNS: the runs to interleave, as the host's --runs).
 PATH=/opt/bin:$PATH
 trials=$1 seconds=$2 size=$3 runs=${4:-}
-host() { chroot /host /usr/bin/env HOME=/tmp PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"; }
-stat() { cat "/sys/class/net/$1/statistics/$2"; }
-uptime_cs() { awk '{ split($1, t, "."); print t[1] * 100 + t[2] }' /proc/uptime; }  # centiseconds
+. /opt/bin/guest-lib.sh
 results=/tmp/peer-results.txt; : >"$results"
 
 # testpmd's memory: 2 MiB huge pages, mounted where the chrooted testpmd looks.
 echo 256 >/proc/sys/vm/nr_hugepages
 mount -t hugetlbfs hugetlbfs /host/dev/hugepages || { echo "peer: cannot mount hugetlbfs for testpmd"; exit 1; }
 
-# pin_worker PID: the vhost worker of the device PID owns ("vhost-PID": a kernel thread before
-# 6.4, a thread of PID from 6.4 on) to CPU 0.
-# Sets worker_tid to the worker's thread id.
-pin_worker() {
-    for comm in /proc/[0-9]*/comm /proc/$1/task/[0-9]*/comm; do
-        [ "$(cat "$comm" 2>/dev/null)" = "vhost-$1" ] || continue
-        worker_tid=$(basename "$(dirname "$comm")"); host taskset -p -c 0 "$worker_tid" >/dev/null && return 0
-    done
-    return 1
-}
-# oncpu_ns TID: the nanoseconds thread TID has run (schedstat's first field), as vhostctl bench
-# reads its own worker's; 0 when the thread is gone.
-oncpu_ns() { awk '{print $1}' "/proc/$1/schedstat" 2>/dev/null || echo 0; }
 # testpmd_driver_ns PID WORKER: the CPU time of testpmd's threads (its forwarding lcore spins), the
 # vhost worker aside where it is one of them (6.4+).
 testpmd_driver_ns() {
@@ -53,19 +38,6 @@ testpmd_pid() {
         case $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) in *dpdk-testpmd*iface=vhpeer0*) basename "$p"; return ;; esac
     done
 }
-
-pktgen_start() {  # TAP: pktgen floods TAP with SIZE-byte UDP frames, as vhostctl bench's rx source does
-    echo rem_device_all >/proc/net/pktgen/kpktgend_0
-    echo "add_device $1" >/proc/net/pktgen/kpktgend_0
-    for c in "count 0" "clone_skb 0" "delay 0" "pkt_size $size" "dst_mac 52:54:00:be:4c:01" "src_min 10.79.0.1" "src_max 10.79.0.1" \
-             "dst_min 10.79.0.2" "dst_max 10.79.0.2" "udp_dst_min 9" "udp_dst_max 9"; do
-        echo "$c" >"/proc/net/pktgen/$1"
-    done
-    # pktgen's "start" blocks its writer until "stop".
-    echo start >/proc/net/pktgen/pgctrl &
-    pktgen_writer=$!
-}
-pktgen_stop() { echo stop >/proc/net/pktgen/pgctrl; wait "$pktgen_writer"; echo rem_device_all >/proc/net/pktgen/kpktgend_0; }
 
 # testpmd MODE (txonly|rxonly): one run; appends "testpmd-MODE PPS" to the results.
 testpmd() {
@@ -129,26 +101,20 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
 }
 
 # attach_sink: `vhostctl attach` (its defaults) as the sink of pktgen's frames, addressed to its MAC
-# and IPv4 address (UDP to port 9, which it ignores); appends "vhostctl-rx-attach PPS DRIVER WORKER 0"
-# counted by the tap as for testpmd, the driver being attach's threads but the worker.
+# and IPv4 address (UDP to port 9, which it ignores); appends "vhostctl-rx-attach PPS DRIVER WORKER CALLS"
+# counted by the tap as for testpmd, the driver being attach's threads but the worker, and CALLS its
+# wake-ups per frame.
 # attach_sink [US]: with US, the worker's busy-loop of US µs (--busyloop-timeout), named "vhostctl-rx-attach@US".
 attach_sink() {
-    tap=vhpeer1 worker_tid= name=vhostctl-rx-attach${1:+@$1}
-    vhostctl attach --tap $tap --create --ip 10.79.0.2/24 --mac 52:54:00:be:4c:01 --user 0:0 --stats 0 ${1:+--busyloop-timeout $1} >/tmp/attach-sink.log 2>&1 &
-    apid=$!
-    i=0; while [ $i -lt 300 ] && ! { grep -q "^attached to" /tmp/attach-sink.log && [ "$(cat /sys/class/net/$tap/carrier 2>/dev/null)" = 1 ]; }; do sleep 0.1; i=$((i + 1)); done
-    if [ $i -ge 300 ] || ! pin_worker "$apid"; then
-        echo "peer: attach did not come up on $tap:"; tail -5 /tmp/attach-sink.log; kill -INT "$apid" 2>/dev/null; wait "$apid"
-        echo "$name 0" >>"$results"; return
-    fi
-    host taskset -p -c 1 "$apid" >/dev/null  # attach's own thread (not -a: from 6.4 the worker is a thread of it)
-    pktgen_start $tap
+    worker_tid= name=vhostctl-rx-attach${1:+@$1}
+    if ! attach_start vhpeer1 ${1:+--busyloop-timeout $1}; then echo "$name 0" >>"$results"; return; fi
+    pktgen_start vhpeer1
     sleep 1  # warm-up
-    measure_window $tap tx_packets "$apid"
+    measure_window vhpeer1 tx_packets "$apid"
     pktgen_stop
-    kill -INT "$apid"; wait "$apid"
+    attach_stop
     if [ -n "$window" ]; then
-        echo "$name $window" >>"$results"
+        echo "$name ${window% 0} $attach_calls" >>"$results"
     else
         echo "peer: attach received nothing:"; tail -5 /tmp/attach-sink.log; echo "$name 0" >>"$results"
     fi
@@ -193,8 +159,7 @@ for k in sorted(runs, key=lambda k: (k.split("-")[1] not in ("txonly", "tx"), li
         d, w = "%.0f" % dm, "%.0f" % wm
         spins = k.startswith("testpmd") or k.split("@")[0].endswith("poll")
         share = ("%.2f× (spins)" if spins else "%.2f×") % (dm / wm) if wm > 0 else "-"
-        # attach counts its wake-ups but does not report them per run: no calls column.
-        c = "-" if "attach" in k else "%.3f" % statistics.median(c[2] for c in cpu[k])
+        c = "%.3f" % statistics.median(c[2] for c in cpu[k])
         # The worker CPU per frame driven by us, against the same worker driven by testpmd.
         pw = statistics.median(c[1] for c in cpu.get(peer, [])) if cpu.get(peer) else 0
         if pw > 0 and not k.startswith("testpmd"): against = "%.2f×" % (wm / pw)

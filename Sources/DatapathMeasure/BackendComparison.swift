@@ -35,41 +35,6 @@ public enum BenchScenario: String, CaseIterable, Sendable {
     public var isRoundTrip: Bool { self == .ping || self == .udpRR }
 }
 
-/// `vhostctl bench backends --rx-coalesce`: how the vhost driver waits for RX frames.
-public enum ReceiveCoalescingSetting: Sendable, Equatable, CustomStringConvertible {
-    /// Wake on the first used frame.
-    case off
-    /// Wake when this many frames are used, or after 1 ms (EVENT_IDX, interrupt mode).
-    case frames(UInt16)
-    /// Adaptive (`ReceiveCoalescing.adaptive`), up to half the ring, where it applies:
-    /// interrupt mode with EVENT_IDX. Elsewhere the driver wakes on the first frame.
-    case adaptive
-
-    /// "0" (off), a frame count, or "auto".
-    public init?(_ text: String) {
-        if text == "auto" { self = .adaptive; return }
-        guard let frames = UInt16(text) else { return nil }
-        self = frames == 0 ? .off : .frames(frames)
-    }
-
-    public var description: String {
-        switch self {
-        case .off: "0"
-        case .frames(let n): "\(n)"
-        case .adaptive: "auto"
-        }
-    }
-
-    /// The queue pair's setting for a ring of `queueSize` in `mode`.
-    public func coalescing(queueSize: UInt16, eventIndex: Bool, mode: NotificationMode) -> ReceiveCoalescing? {
-        switch self {
-        case .off: nil
-        case .frames(let n): ReceiveCoalescing(frames: n, maxDelayMilliseconds: 1)
-        case .adaptive: eventIndex && mode == .interrupt ? ReceiveCoalescing(frames: max(1, queueSize / 2), maxDelayMilliseconds: 1, adaptive: true) : nil
-        }
-    }
-}
-
 /// One measurement's settings.
 public struct BenchSettings: Sendable, Equatable {
     public var backend: BenchBackend

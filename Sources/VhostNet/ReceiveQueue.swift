@@ -60,15 +60,51 @@ public struct ReceiveQueue: ~Copyable {
         // again when it used its whole budget, rather than wait for a coalescing threshold
         // counted past frames that are already there.
         if !backlog {
-            let wanted = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
-            // A threshold of 1 is signalled by the first frame: no delay to bound, so an idle
-            // queue sleeps the caller's whole time instead of waking once per delay for nothing.
-            let delay = wanted > 1 ? coalescing?.maxDelayMilliseconds : nil
-            let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wanted, maxDelayMilliseconds: delay)
+            let wake = wakeCondition(coalescing)
+            let outcome = queue.wait(mode: mode, milliseconds: milliseconds, wanted: wake.frames, maxDelayMilliseconds: wake.delayMilliseconds)
             if let coalescing, coalescing.adaptive, mode == .interrupt {
-                adapt(to: outcome, wanted: wanted, upTo: coalescing.frames, delayPassed: milliseconds >= coalescing.maxDelayMilliseconds)
+                adapt(to: outcome, wanted: wake.frames, upTo: coalescing.frames, delayPassed: milliseconds >= coalescing.maxDelayMilliseconds)
             }
         }
+        return try receiveUsed(limit: limit, handler: handler)
+    }
+
+    /// What a sleep for RX work waits for: `coalescing`'s frames (adaptive: `adaptiveThreshold`),
+    /// 1 without it, and the delay that bounds the sleep. A threshold of 1 is signalled by the
+    /// first frame: no delay to bound, so an idle queue sleeps the caller's whole time instead of
+    /// waking once per delay for nothing.
+    func wakeCondition(_ coalescing: ReceiveCoalescing?) -> ReceiveSleep {
+        let frames = coalescing.map { $0.adaptive ? adaptiveThreshold : $0.frames } ?? 1
+        return ReceiveSleep(frames: frames, delayMilliseconds: frames > 1 ? coalescing?.maxDelayMilliseconds : nil, adapts: coalescing?.adaptive == true)
+    }
+
+    /// Arms RX interrupts for a sleep in the caller's own poller (`VirtioNetEndpoint`, which
+    /// waits on every queue's call eventfd at once): for `coalescing`'s threshold, or for the
+    /// next frame when `immediate`. Returns what the sleep waits for, or nil when that many frames
+    /// are used already (which moves the adaptive threshold as a wake-up would).
+    mutating func armSleep(coalescing: ReceiveCoalescing?, immediate: Bool) -> ReceiveSleep? {
+        let wake = immediate ? ReceiveSleep(frames: 1, delayMilliseconds: nil, adapts: false) : wakeCondition(coalescing)
+        if queue.driver.enableInterrupts(after: wake.frames) {
+            queue.driver.disableInterrupts()
+            if wake.adapts, let coalescing { adapt(to: .ready, wanted: wake.frames, upTo: coalescing.frames, delayPassed: false) }
+            return nil
+        }
+        return wake
+    }
+
+    /// Ends a sleep `armSleep` armed: interrupts off until the next one (an event index left
+    /// ahead would signal a wake-up the loop does not need), the call eventfd cleared when it
+    /// was `signalled`, and what the sleep brought moves the adaptive threshold. `delayPassed`:
+    /// the poller timed out after the sleep's delay.
+    mutating func endSleep(_ sleep: ReceiveSleep, signalled: Bool, delayPassed: Bool, coalescing: ReceiveCoalescing?) {
+        queue.driver.disableInterrupts()
+        if signalled { acknowledgeNotification() } else if delayPassed { queue.counters.timedOutSleeps += 1 }
+        guard sleep.adapts, let coalescing else { return }
+        adapt(to: signalled ? .signalled : .timedOut, wanted: sleep.frames, upTo: coalescing.frames, delayPassed: delayPassed)
+    }
+
+    /// Receives up to `limit` frames that are used already, without waiting, and refills.
+    mutating func receiveUsed(limit: Int, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         let headerLength = queue.headerLength
         let capacity = queue.frameCapacity
         // Counted here and added once: the counters are not touched per frame.
@@ -189,10 +225,22 @@ public struct ReceiveQueue: ~Copyable {
     /// ring (race-free). Returns false when work is already pending.
     mutating func armNotification(after count: UInt16 = 1) -> Bool { !queue.driver.enableInterrupts(after: count) }
 
-    /// Clears the call eventfd after a wake-up, counting the call.
+    /// Clears the call eventfd after a wake-up, counting the call. The error eventfd is not
+    /// read: the caller's poller watches it (a read(2) failing with EAGAIN per wake-up cost a
+    /// system call for nothing).
     mutating func acknowledgeNotification() {
         if queue.call.consume() != nil { queue.counters.calls += 1 }
-        queue.collectRingErrors()
     }
+}
+
+/// What one sleep for RX work waits for (`VirtioNetQueuePair.armReceiveSleep`): `frames` used
+/// frames, and at most `delayMilliseconds` when that is more than one (coalescing).
+public struct ReceiveSleep: Sendable, Equatable {
+    /// Used frames that end the sleep (the device signals once that many are used: EVENT_IDX).
+    public var frames: UInt16
+    /// The coalescing delay that bounds the sleep; nil when the first frame ends it.
+    public var delayMilliseconds: Int32?
+    /// What the sleep brings moves the adaptive threshold.
+    var adapts: Bool
 }
 

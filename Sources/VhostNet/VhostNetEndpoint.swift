@@ -94,6 +94,11 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// Every pair runs in poll mode: the idle turn spins instead of sleeping (fixed at set-up).
     private let pollsReceive: Bool
     private var watchedExtras: Set<Int32> = []
+    /// What each queue pair's current sleep waits for (nil: not armed), kept to end it.
+    private var sleeps: [ReceiveSleep?]
+    /// The endpoint sent something since its last sleep (a reply, a frame of the caller's): the
+    /// next sleep wakes on the first frame, not after coalescing (see `sleep`).
+    private var answeredSinceSleep = false
     /// The last sleep saw an error eventfd signalled: read them at the next turn.
     private var ringErrorsSignalled = false
     /// When the error eventfds were last read (`MonotonicClock.coarseMilliseconds`; 0: never).
@@ -118,6 +123,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             pairs.append(try makePair(pairConfiguration, logger))
         }
         self.pairs = pairs
+        sleeps = Array(repeating: nil, count: pairs.count)
         pollsReceive = pairs.allSatisfy { $0.configuration.notificationMode == .poll }
         poller = try EventPoller()
         for (index, pair) in pairs.enumerated() {
@@ -179,17 +185,51 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         // Poll mode (as DPDK's drivers run): RX interrupts stay off and nothing sleeps; the
         // caller's loop comes straight back and looks again.
         if pollsReceive { return received }
-        // Interrupt mode: re-enable RX interrupts on every queue (returning at once when one
-        // has work already), then sleep in epoll on all call eventfds.
-        for index in 0..<pairs.count where !brokenPairs.contains(index) && pairs[index].armReceiveNotification() == nil { return received }
         for fd in extraFDs where !watchedExtras.contains(fd) {
             try poller.add(fd, token: UInt64.max)
             watchedExtras.insert(fd)
         }
-        for token in poller.wait(milliseconds: milliseconds) {
-            if token == Self.ringErrorToken { ringErrorsSignalled = true } else if token < UInt64(pairs.count) { pairs[Int(token)].acknowledgeReceiveNotification() }
-        }
+        try sleep(milliseconds: milliseconds)
         return received
+    }
+
+    /// Interrupt mode's sleep: re-enables RX interrupts on every queue (returning at once when
+    /// one has work already), then sleeps in epoll on all call eventfds, at most `milliseconds`
+    /// (-1: until something happens).
+    ///
+    /// With RX coalescing (`QueuePairConfiguration.receiveCoalescing`) a queue wakes the endpoint
+    /// once its threshold of frames is used, or after the delay, so that a stream of frames costs
+    /// a wake-up per many frames instead of one per few. Unless the endpoint answered something
+    /// since its last sleep: then the peer is waiting for us (a ping, an ARP request, an echo), and
+    /// its next frame must not wait for the delay, so every queue wakes on its next frame, as
+    /// without coalescing. A sink (frames nobody answers) coalesces; request and response do not.
+    private func sleep(milliseconds: Int32) throws(VhostError) {
+        let immediate = answeredSinceSleep
+        answeredSinceSleep = false
+        var timeout = milliseconds
+        for index in 0..<pairs.count {
+            sleeps[index] = nil
+            guard !brokenPairs.contains(index) else { continue }
+            guard let sleep = pairs[index].armReceiveSleep(immediate: immediate) else {
+                for armed in 0..<index { if let s = sleeps[armed] { pairs[armed].endReceiveSleep(s, signalled: false, delayPassed: false); sleeps[armed] = nil } }
+                return
+            }
+            sleeps[index] = sleep
+            if let delay = sleep.delayMilliseconds, timeout < 0 || delay < timeout { timeout = delay }
+        }
+        let tokens = poller.wait(milliseconds: timeout)
+        var signalled = UInt64(0)  // a bit per queue pair among the first 64; the rest by search
+        for token in tokens {
+            if token == Self.ringErrorToken { ringErrorsSignalled = true } else if token < 64 { signalled |= 1 << token }
+        }
+        for index in 0..<pairs.count {
+            guard let sleep = sleeps[index] else { continue }
+            sleeps[index] = nil
+            let woke = index < 64 ? signalled & (1 << UInt64(index)) != 0 : tokens.contains(UInt64(index))
+            // The delay passed only when nothing at all ended the wait before it.
+            let delayPassed = tokens.isEmpty && sleep.delayMilliseconds.map { $0 <= timeout } == true
+            pairs[index].endReceiveSleep(sleep, signalled: woke, delayPassed: delayPassed)
+        }
     }
 
     /// Reads the error eventfds (a read(2) each) and reports what the device signalled, when the
@@ -219,7 +259,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     private func serviceBurst(_ pair: Pair, index: Int) throws(VhostError) -> Int {
         var failure: VhostError? = nil
         let observer = frameObserver
-        let received = try pair.receive(limit: 256, milliseconds: 0) { frame in
+        let received = try pair.receiveUsed(limit: 256) { frame in
             let header = frame.header
             observer?(ObservedFrame(direction: .received, queue: index, header: header, bytes: frame.frame))
             responder.respond(to: frame.frame, header: header) { length, header, write in
@@ -235,10 +275,11 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// One batch on one pair the way it was done before batching (`ReplyPath.single`).
     private func serviceSingle(_ pair: Pair, index: Int) throws(VhostError) -> Int {
         var frames: [(VirtioNetHeader, [UInt8])] = []
-        let received = try pair.receive(limit: 256, milliseconds: 0) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
+        let received = try pair.receiveUsed(limit: 256) { frame in frames.append((frame.header, [UInt8](frame.frame))) }
         for (header, frame) in frames {
             if let frameObserver { frame.withUnsafeBytes { frameObserver(ObservedFrame(direction: .received, queue: index, header: header, bytes: $0)) } }
             for reply in responder.replies(to: frame, header: header) {
+                answeredSinceSleep = true
                 try pair.transmit(frame: reply.frame, header: reply.header)
                 if let frameObserver { reply.frame.withUnsafeBytes { frameObserver(ObservedFrame(direction: .transmitted, queue: index, header: reply.header, bytes: $0)) } }
             }
@@ -251,6 +292,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// published: see `flush`.
     private func enqueue(length: Int, header: VirtioNetHeader, queue: Int, write: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) {
         let observer = frameObserver
+        answeredSinceSleep = true
         _ = try pairs[queue].enqueueTransmit(length: length, header: header, milliseconds: Self.transmitWaitMilliseconds) { buffer in
             write(buffer)
             observer?(ObservedFrame(direction: .transmitted, queue: queue, header: header, bytes: UnsafeRawBufferPointer(buffer)))

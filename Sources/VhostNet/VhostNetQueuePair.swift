@@ -30,6 +30,44 @@ public struct ReceiveCoalescing: Sendable, Equatable {
     }
 }
 
+/// How a driver waits for RX frames, as `--rx-coalesce` says it (`vhostctl bench backends`,
+/// `vhostctl attach`): off, a fixed frame count, or adaptive.
+public enum ReceiveCoalescingSetting: Sendable, Equatable, CustomStringConvertible {
+    /// Wake on the first used frame.
+    case off
+    /// Wake when this many frames are used, or after the delay (EVENT_IDX, interrupt mode).
+    case frames(UInt16)
+    /// Adaptive (`ReceiveCoalescing.adaptive`), up to half the ring, where it applies:
+    /// interrupt mode with EVENT_IDX. Elsewhere the driver wakes on the first frame.
+    case adaptive
+
+    /// "0" (off), a frame count, or "auto".
+    public init?(_ text: String) {
+        if text == "auto" { self = .adaptive; return }
+        guard let frames = UInt16(text) else { return nil }
+        self = frames == 0 ? .off : .frames(frames)
+    }
+
+    public var description: String {
+        switch self {
+        case .off: "0"
+        case .frames(let n): "\(n)"
+        case .adaptive: "auto"
+        }
+    }
+
+    /// The queue pair's setting for a ring of `queueSize` in `mode`, each sleep bounded by
+    /// `delayMilliseconds`.
+    public func coalescing(queueSize: UInt16, eventIndex: Bool, mode: NotificationMode, delayMilliseconds: Int32 = 1) -> ReceiveCoalescing? {
+        switch self {
+        case .off: nil
+        case .frames(let n): ReceiveCoalescing(frames: n, maxDelayMilliseconds: delayMilliseconds)
+        case .adaptive:
+            eventIndex && mode == .interrupt ? ReceiveCoalescing(frames: max(1, queueSize / 2), maxDelayMilliseconds: delayMilliseconds, adaptive: true) : nil
+        }
+    }
+}
+
 /// How a queue pair is set up: everything `VirtioNetQueuePair` needs, checked before any ioctl.
 public struct QueuePairConfiguration: Sendable {
     /// The tap to create, or to attach to when it exists (for the in-process device: the pipe's name).
@@ -449,6 +487,30 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
 
     /// Clears the RX call eventfd after a wake-up, counting the call.
     public func acknowledgeReceiveNotification() { receiveQueue.acknowledgeNotification() }
+
+    /// Arms RX interrupts for a sleep in the caller's own poller, on `receiveCall` with the
+    /// others it watches: for the configuration's coalescing threshold (`receiveCoalescing`), or
+    /// for the next frame when `immediate`. Returns what the sleep waits for (its delay bounds
+    /// the poller's timeout), or nil when that many frames are used already: do not sleep.
+    /// Interrupt mode; end the sleep with `endReceiveSleep`.
+    public func armReceiveSleep(immediate: Bool = false) -> ReceiveSleep? {
+        receiveQueue.armSleep(coalescing: configuration.receiveCoalescing, immediate: immediate)
+    }
+
+    /// Ends a sleep `armReceiveSleep` armed: `signalled` when the poller reported the call
+    /// eventfd (it is read and cleared), `delayPassed` when the poller timed out after the
+    /// sleep's delay. What it brought moves adaptive coalescing's threshold.
+    public func endReceiveSleep(_ sleep: ReceiveSleep, signalled: Bool, delayPassed: Bool) {
+        receiveQueue.endSleep(sleep, signalled: signalled, delayPassed: delayPassed, coalescing: configuration.receiveCoalescing)
+    }
+
+    /// Receives up to `limit` frames that are used already, without waiting, and re-posts the
+    /// buffers (for a loop that sleeps with `armReceiveSleep`). A device that breaks the protocol
+    /// marks the queue broken and throws `VhostError.brokenQueue`.
+    @discardableResult
+    public func receiveUsed(limit: Int = Int.max, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
+        try receiveQueue.receiveUsed(limit: limit, handler: handler)
+    }
 
     /// Receives up to `limit` frames, waiting up to `milliseconds` for the first one, and
     /// re-posts the buffers. Returns the number of frames received; a device that breaks the

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DatapathMeasure
 import Glibc
+import VhostNet
 import Virtio
 
 /// A comma-separated list of the values `bench backends` sweeps (`--frame-size 64,1500`). The

@@ -180,6 +180,7 @@ struct Attach: ParsableCommand {
         datapath.apply(to: &config.datapath)
         tuning.apply(to: &config.datapath, trace: common.observer)
         config.datapath.tunMode = tun
+        datapath.applyCoalescing(to: &config.datapath)
         let adopted = try passed.adopt(config.datapath, queuePairs: queuePairs)
         if let adopted { config.datapath.tapName = adopted.name; config.adopted = adopted.pairs }
         config.datapath.exclusiveTapCreation = create
@@ -256,7 +257,7 @@ struct Attach: ParsableCommand {
         let ip6Text = endpoint.responder.ipv6Enabled ? endpoint.responder.ipv6Addresses.map { address in
             config.ipv6.first { $0.address == address }?.description ?? "\(address)/64"
         }.joined(separator: " ") : "none"
-        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queuePairs) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notificationMode) mode\(datapath.effectiveBusyloopTimeout.map { ", vhost busyloop \($0) µs" } ?? ""), \(replyPath) replies")
+        print("attached to \(endpoint.interfaceName) (\(backend)\(tun ? ", L3 tun" : "")): mac \(config.mac), ip \(config.ipv4?.description ?? "none"), ip6 \(ip6Text), udp echo \(udpEcho.map(String.init) ?? "off"), \(queuePairs) queue pair(s) of \(datapath.queueSize), \(datapath.descriptors) descriptors, \(datapath.notificationMode) mode\(datapath.effectiveBusyloopTimeout.map { ", vhost busyloop \($0) µs" } ?? ""), \(DatapathOptions.coalescingDescription(config.datapath.receiveCoalescing)), \(replyPath) replies")
         print("negotiated: \(pair.negotiatedFeatures)")
         if !pair.negotiatedOffloads.isEmpty {
             let rx = pair.configuration.effectiveReceiveOffloads
@@ -325,9 +326,13 @@ struct Attach: ParsableCommand {
         var nextStats: Double? = stats > 0 ? startSeconds + stats : nil
         var reportedRisk: String? = nil
         var sampler = StatisticsSampler()
+        // A turn sleeps 200 ms at most (a stop signal that lands just before the sleep is seen
+        // then), or the coalescing delay when that is longer, so that a held frame waits the whole
+        // delay --rx-coalesce-delay gives, not part of it.
+        let sleep = max(200, endpoint.pairs[0].configuration.receiveCoalescing?.maxDelayMilliseconds ?? 0)
         while !stopRequested {
             // While the control socket's `stop` holds, the datapath is not serviced.
-            if control?.stopped == true { control?.server.wait(milliseconds: 200) } else { try endpoint.service(milliseconds: 200, extraFDs: control?.server.descriptors ?? []) }
+            if control?.stopped == true { control?.server.wait(milliseconds: 200) } else { try endpoint.service(milliseconds: sleep, extraFDs: control?.server.descriptors ?? []) }
             control?.serve(endpoint)
             let nowSeconds = MonotonicClock.coarseSeconds()
             if let due = nextStats, nowSeconds >= due {

@@ -37,6 +37,12 @@ struct DatapathOptions: ParsableArguments {
     @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
     var busyloopTimeout: UInt32?
 
+    @Option(name: .customLong("rx-coalesce"), help: "RX interrupt coalescing, as ethtool -C rx-frames sets on a NIC: auto (adaptive, up to half the RX ring; the default), a frame count, or 0 (wake on every signal). It needs interrupt mode and EVENT_IDX (auto is off without them). Frames that get an answer (ARP, ping, echo) are never held: after a reply the next frame wakes the endpoint at once.")
+    var rxCoalesce: ReceiveCoalescingSetting = .adaptive
+
+    @Option(name: .customLong("rx-coalesce-delay"), help: "The longest --rx-coalesce holds a frame, in milliseconds (1 to 1000; as ethtool -C rx-usecs).")
+    var rxCoalesceDelay: Int32 = 1
+
     @Flag(name: .customLong("low-latency"), help: "The lowest-latency configuration vhost-net allows: the driver busy-polls its used rings (as --notify poll), the vhost worker busy-polls too (--busyloop-timeout \(DatapathOptions.lowLatencyBusyloop) unless given), and unless --worker-cpu is given the driver's thread and the workers run on different CPUs. Each side spins on a CPU while idle. docs/benchmarks.md has the round trips per kernel.")
     var lowLatency = false
 
@@ -71,6 +77,20 @@ struct DatapathOptions: ParsableArguments {
             throw ValidationError("--offloads: unknown offload \(name); known: \(DatapathOptions.offloadNames.keys.sorted().joined(separator: " "))")
         }
         guard bufferSize >= 64 && bufferSize <= 1 << 20 else { throw ValidationError("--buffer-size \(bufferSize): use 64 to 1048576") }
+        guard (1...1000).contains(rxCoalesceDelay) else { throw ValidationError("--rx-coalesce-delay \(rxCoalesceDelay): use 1 to 1000 milliseconds") }
+    }
+
+    /// RX coalescing for the RX ring `config` ends up with (after --rx-queue-size), its
+    /// features and its mode: call it after every other option is applied.
+    func applyCoalescing(to config: inout VhostNetQueuePair.Configuration) {
+        config.receiveCoalescing = rxCoalesce.coalescing(queueSize: config.queueSize, eventIndex: config.features.contains(.eventIndex),
+                                                         mode: config.notificationMode, delayMilliseconds: rxCoalesceDelay)
+    }
+
+    /// How attach's start line names the coalescing in effect.
+    static func coalescingDescription(_ coalescing: ReceiveCoalescing?) -> String {
+        guard let coalescing else { return "rx coalescing off" }
+        return "rx coalescing \(coalescing.adaptive ? "adaptive up to \(coalescing.frames)" : "\(coalescing.frames)") frames or \(coalescing.maxDelayMilliseconds) ms"
     }
 
     var negotiatedFeatures: VirtioFeatures {

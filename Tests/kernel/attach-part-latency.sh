@@ -37,3 +37,53 @@ if [ "$ll_pinged" = yes ] && grep -q "^attached to vhll0 .* poll mode, vhost bus
 else
     fail "attach --low-latency" "ping $ll_pinged, busyloop ioctls $ll_busyloops (without: $ll_plain_busyloops), CPU ticks in 1 s idle $ll_ticks (without: $ll_idle_ticks), driver CPUs '$ll_driver_cpus', worker '$ll_worker_tid' CPUs '$ll_worker_cpus'; $(grep '^attached to\|^worker\|^low latency' /tmp/vhll0.log | tr '\n' ' ')"
 fi
+
+# ---- attach --rx-coalesce: a sink's stream wakes attach seldom; what gets an answer is not held --
+# coalesce_sink NAME SUBNET OPTIONS...: attach on a new tap NAME takes 20,000 64-byte frames from
+# pktgen (UDP to port 9 of its address, which it ignores); sets sink_frames (what attach received,
+# from its counter line at stop), sink_taken (what the worker took off the tap: its tx_packets)
+# and sink_calls (attach's wake-ups by the call eventfd).
+coalesce_sink() {
+    name=$1; subnet=$2; shift 2
+    latency_attach $name $subnet --mac 52:54:00:c0:a1:35 "$@"
+    taken_before=$(cat /sys/class/net/$name/statistics/tx_packets)
+    echo rem_device_all >/proc/net/pktgen/kpktgend_0
+    echo "add_device $name" >/proc/net/pktgen/kpktgend_0
+    for c in "count 20000" "clone_skb 0" "delay 0" "pkt_size 64" "dst_mac 52:54:00:c0:a1:35" "dst_min $subnet.2" "dst_max $subnet.2" \
+             "src_min $subnet.1" "src_max $subnet.1" "udp_dst_min 9" "udp_dst_max 9"; do
+        echo "$c" >/proc/net/pktgen/$name
+    done
+    echo start >/proc/net/pktgen/pgctrl  # returns when pktgen has sent its count
+    echo rem_device_all >/proc/net/pktgen/kpktgend_0
+    sleep 0.3  # at most the coalescing delay, and the worker's last batch
+    sink_taken=$(( $(cat /sys/class/net/$name/statistics/tx_packets) - taken_before ))
+    kill -TERM $latency_pid; wait_for_exit $latency_pid
+    sink_frames=$(sed -n 's/^rx \([0-9]*\) frames.*/\1/p' /tmp/$name.log | tail -1)
+    sink_calls=$(sed -n 's/^rx .* calls \([0-9]*\) .*/\1/p' /tmp/$name.log | tail -1)
+}
+coalesce_sink vhco0 10.0.33
+auto_frames=$sink_frames auto_taken=$sink_taken auto_calls=$sink_calls
+auto_line=$(grep '^attached to' /tmp/vhco0.log | sed 's/.*\(rx coalescing[^,]*\).*/\1/')
+coalesce_sink vhco1 10.0.34 --rx-coalesce 0
+off_frames=$sink_frames off_taken=$sink_taken off_calls=$sink_calls
+# Answers are not held: with 32 frames or a whole second of coalescing, each ping is answered at
+# once, since after a reply the next frame wakes attach.
+latency_attach vhco2 10.0.35 --rx-coalesce 32 --rx-coalesce-delay 1000
+# The first exchange may wait (attach slept for 32 frames before it had answered anything: the ARP
+# request waits the delay); every request after a reply must not: held, it would wait the second.
+ping -c 1 -W 3 10.0.35.2 >/dev/null 2>&1
+ping -c 4 -i 0.3 -W 3 10.0.35.2 >/tmp/vhco2.ping 2>&1
+ping_slowest=$(sed -n 's/.*time=\([0-9]*\).*/\1/p' /tmp/vhco2.ping | sort -n | tail -1)
+ping_times=$(sed -n 's/.*time=\([0-9.]*\).*/\1/p' /tmp/vhco2.ping | tr '\n' ' ')
+ping_replies=$(grep -c 'time=' /tmp/vhco2.ping)
+kill -TERM $latency_pid; wait_for_exit $latency_pid
+# Without coalescing attach wakes about once per batch the worker publishes; with it, once per
+# delay or half a ring. Both take every frame (the tap's count is the worker's, the rx count attach's).
+# (attach's count also holds what came before pktgen: an IPv6 router solicitation, say.)
+if [ "${auto_taken:-0}" -ge 20000 ] && [ "${auto_frames:-0}" -ge "$auto_taken" ] && [ "${off_taken:-0}" -ge 20000 ] && [ "${off_frames:-0}" -ge "$off_taken" ] \
+    && [ -n "$auto_calls" ] && [ -n "$off_calls" ] && [ $((auto_calls * 4)) -le "$off_calls" ] && [ $((auto_calls * 50)) -le "$auto_frames" ] \
+    && [ "$auto_line" = "rx coalescing adaptive up to 128 frames or 1 ms" ] && [ "$ping_replies" = 4 ] && [ "${ping_slowest:-9999}" -lt 100 ]; then
+    pass "attach --rx-coalesce: 20,000 frames from pktgen woke attach $auto_calls times with its default ($auto_line) against $off_calls with --rx-coalesce 0, every frame taken (tap $auto_taken/$off_taken, attach $auto_frames/$off_frames); with 32 frames or 1 s of coalescing, 4 pings after a first exchange answered at once (ms: $ping_times)"
+else
+    fail "attach --rx-coalesce" "auto: $auto_frames frames (tap $auto_taken) $auto_calls calls ('$auto_line'); off: $off_frames frames (tap $off_taken) $off_calls calls; ping: $ping_replies replies, ms: $ping_times"
+fi
