@@ -83,6 +83,8 @@ public struct ReceiveQueue: ~Copyable {
     /// next frame when `immediate`. Returns what the sleep waits for, or nil when that many frames
     /// are used already (which moves the adaptive threshold as a wake-up would).
     mutating func armSleep(coalescing: ReceiveCoalescing?, immediate: Bool) -> ReceiveSleep? {
+        // The last receive stopped at its limit with frames left: take them first.
+        guard !backlog else { return nil }
         let wake = immediate ? ReceiveSleep(frames: 1, delayMilliseconds: nil, adapts: false) : wakeCondition(coalescing)
         if queue.driver.enableInterrupts(after: wake.frames) {
             queue.driver.disableInterrupts()

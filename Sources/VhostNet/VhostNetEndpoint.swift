@@ -94,11 +94,31 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// Every pair runs in poll mode: the idle turn spins instead of sleeping (fixed at set-up).
     private let pollsReceive: Bool
     private var watchedExtras: Set<Int32> = []
+    /// Some queue pair coalesces RX interrupts (fixed at set-up).
+    private let coalesces: Bool
     /// What each queue pair's current sleep waits for (nil: not armed), kept to end it.
     private var sleeps: [ReceiveSleep?]
-    /// The endpoint sent something since its last sleep (a reply, a frame of the caller's): the
-    /// next sleep wakes on the first frame, not after coalescing (see `sleep`).
+    /// The endpoint sent something since `answeredRecently` last looked (a reply, a frame of the
+    /// caller's).
     private var answeredSinceSleep = false
+    /// When it last did (`MonotonicClock.coarseMilliseconds`), or nil.
+    private var lastAnswerAt: Int? = nil
+
+    /// How long after sending anything the endpoint keeps waking on every frame: a peer waiting
+    /// for our answers (ping's default interval is a second) gets its next request through at once.
+    static var answerWindowMilliseconds: Int { 1000 }
+
+    /// Whether the endpoint sent something within `answerWindowMilliseconds` (one read of the
+    /// coarse clock, in the vDSO).
+    private func answeredRecently() -> Bool {
+        let now = MonotonicClock.coarseMilliseconds()
+        if answeredSinceSleep {
+            answeredSinceSleep = false
+            lastAnswerAt = now
+        }
+        guard let lastAnswerAt else { return false }
+        return now &- lastAnswerAt < Self.answerWindowMilliseconds
+    }
     /// The last sleep saw an error eventfd signalled: read them at the next turn.
     private var ringErrorsSignalled = false
     /// When the error eventfds were last read (`MonotonicClock.coarseMilliseconds`; 0: never).
@@ -125,6 +145,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         self.pairs = pairs
         sleeps = Array(repeating: nil, count: pairs.count)
         pollsReceive = pairs.allSatisfy { $0.configuration.notificationMode == .poll }
+        coalesces = pairs.contains { $0.configuration.receiveCoalescing != nil }
         poller = try EventPoller()
         for (index, pair) in pairs.enumerated() {
             try poller.add(pair.receiveQueue.queue.call.fd, token: UInt64(index))
@@ -155,7 +176,8 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
 
     /// Runs one turn: receives on every queue, answers what the responder answers, and when
     /// nothing arrived sleeps up to `milliseconds` on the RX call eventfds (plus `extraFDs`);
-    /// in poll mode it returns at once instead, so that the caller's loop spins. With the burst
+    /// with RX coalescing also after frames that got no answer (see `sleep`). In poll mode it
+    /// returns at once instead, so that the caller's loop spins. With the burst
     /// path a queue's replies go out with one publish (and at most one kick) per batch of
     /// received frames. Returns the number of frames received.
     @discardableResult
@@ -181,10 +203,14 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         if responder.counters.duplicateAddressesDetected != duplicatesBefore, let handler = duplicateAddressHandler {
             for (address, link) in responder.duplicates { handler(address, link) }
         }
-        guard received == 0, milliseconds != 0 else { return received }
         // Poll mode (as DPDK's drivers run): RX interrupts stay off and nothing sleeps; the
         // caller's loop comes straight back and looks again.
-        if pollsReceive { return received }
+        guard milliseconds != 0, !pollsReceive else { return received }
+        // A turn that took frames in returns for the next look, except a sink's with RX
+        // coalescing (nothing answered, nothing left): it sleeps for the next batch now, as NAPI
+        // re-enables interrupts when a poll ends under its budget, instead of in a turn of its own
+        // that would only find the ring empty (a wake-up then cost two turns).
+        guard received == 0 || (coalesces && !answeredRecently()) else { return received }
         for fd in extraFDs where !watchedExtras.contains(fd) {
             try poller.add(fd, token: UInt64.max)
             watchedExtras.insert(fd)
@@ -200,12 +226,13 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// With RX coalescing (`QueuePairConfiguration.receiveCoalescing`) a queue wakes the endpoint
     /// once its threshold of frames is used, or after the delay, so that a stream of frames costs
     /// a wake-up per many frames instead of one per few. Unless the endpoint answered something
-    /// since its last sleep: then the peer is waiting for us (a ping, an ARP request, an echo), and
-    /// its next frame must not wait for the delay, so every queue wakes on its next frame, as
-    /// without coalescing. A sink (frames nobody answers) coalesces; request and response do not.
+    /// within the last `answerWindowMilliseconds`: then a peer is waiting for us (a ping, an ARP
+    /// request, an echo), and its next frame must not wait for the delay, so every queue wakes on
+    /// its next frame, as without coalescing. A sink (frames nobody answers) coalesces; request
+    /// and response do not, even with unanswered frames (the host's IPv6 router solicitations and
+    /// listener reports) between them.
     private func sleep(milliseconds: Int32) throws(VhostError) {
-        let immediate = answeredSinceSleep
-        answeredSinceSleep = false
+        let immediate = answeredRecently()
         var timeout = milliseconds
         for index in 0..<pairs.count {
             sleeps[index] = nil

@@ -67,7 +67,8 @@ auto_line=$(grep '^attached to' /tmp/vhco0.log | sed 's/.*\(rx coalescing[^,]*\)
 coalesce_sink vhco1 10.0.34 --rx-coalesce 0
 off_frames=$sink_frames off_taken=$sink_taken off_calls=$sink_calls
 # Answers are not held: with 32 frames or a whole second of coalescing, each ping is answered at
-# once, since after a reply the next frame wakes attach.
+# once, since within a second of a reply every frame wakes attach (the host's IPv6 solicitations
+# and reports between the pings too).
 latency_attach vhco2 10.0.35 --rx-coalesce 32 --rx-coalesce-delay 1000
 # The first exchange may wait (attach slept for 32 frames before it had answered anything: the ARP
 # request waits the delay); every request after a reply must not: held, it would wait the second.
