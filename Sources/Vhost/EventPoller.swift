@@ -43,6 +43,17 @@ public struct EventPoller: ~Copyable {
         return Array(tokens.prefix(Int(n)))
     }
 
+    /// `wait` into the caller's buffer, without allocating: fills the first tokens of `tokens`
+    /// (at most its count) and returns how many are ready; 0 when the time passed or a signal
+    /// (EINTR) ended the wait first. For an event loop that waits once per wake-up.
+    public func wait(milliseconds: Int32, tokens: inout [UInt64]) -> Int {
+        guard !tokens.isEmpty else { return 0 }
+        let capacity = Int32(clamping: tokens.count)
+        let n = tokens.withUnsafeMutableBufferPointer { cvhost_epoll_wait(fd, $0.baseAddress!, capacity, milliseconds) }
+        // EINTR is the only errno a valid epoll fd and buffer can give here.
+        return n < 0 ? 0 : Int(n)
+    }
+
     /// Waits up to `milliseconds` (0: not at all, -1: for ever) for the fds with tokens 0 and 1,
     /// without allocating: bit `token` is set in the result for each one ready, 0 when the time
     /// passed, nil when a signal (EINTR) ended the wait first. For a set watching those two alone.

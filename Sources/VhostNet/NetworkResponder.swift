@@ -131,7 +131,12 @@ public struct NetworkResponder: Sendable {
     /// field holds only the pseudo-header sum (the host offloaded it), and with DATA_VALID the
     /// host already checked it, so neither is verified here.
     public mutating func respond(to frame: UnsafeRawBufferPointer, header: VirtioNetHeader = VirtioNetHeader(), emit: Emit) {
-        let trusted = !header.flags.isDisjoint(with: [.needsChecksum, .dataValid])
+        respond(to: frame, headerFlags: header.flags, emit: emit)
+    }
+
+    /// `respond`, given only the header's flags (all it reads of the header).
+    public mutating func respond(to frame: UnsafeRawBufferPointer, headerFlags: VirtioNetHeader.Flags, emit: Emit) {
+        let trusted = !headerFlags.isDisjoint(with: [.needsChecksum, .dataValid])
         switch linkLayer {
         case .ethernet:
             guard frame.count >= EthernetFrame.headerLength, let destination = MACAddress(frame, at: 0), let peer = MACAddress(frame, at: 6),

@@ -7,6 +7,8 @@ public struct ReceivedFrame {
     /// The header as the device wrote it, read when asked for: a handler that never looks at it
     /// (a counting benchmark) pays nothing for it.
     public var header: VirtioNetHeader { VirtioNetHeader(reading: headerBytes, length: headerLength) }
+    /// The header's flags alone (NEEDS_CSUM, DATA_VALID), one byte read.
+    public var headerFlags: VirtioNetHeader.Flags { VirtioNetHeader.Flags(rawValue: headerBytes.load(as: UInt8.self)) }
     /// The Ethernet frame, without the virtio-net header.
     public var frame: UnsafeRawBufferPointer
     let headerBytes: UnsafeRawPointer

@@ -75,7 +75,9 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
 
     public let configuration: Configuration
     public let pairs: [Pair]
-    public var responder: NetworkResponder
+    /// Touched once per frame from the endpoint's thread alone (the endpoint is not Sendable):
+    /// not checked for exclusive access at run time, a TLS lookup per frame otherwise.
+    @exclusivity(unchecked) public var responder: NetworkResponder
     /// Sees every frame received from and transmitted to the backend (for pcap), in place.
     public var frameObserver: ((ObservedFrame) -> Void)?
     /// Told once when a queue pair's device breaks the virtio protocol (`VhostError.brokenQueue`).
@@ -96,6 +98,9 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     private var watchedExtras: Set<Int32> = []
     /// Some queue pair coalesces RX interrupts (fixed at set-up).
     private let coalesces: Bool
+    /// Where the poller writes the ready tokens, allocated once (every queue's call and error
+    /// eventfds and the extras can be ready at once; more wait for the next turn).
+    private var readyTokens = [UInt64](repeating: 0, count: 64)
     /// What each queue pair's current sleep waits for (nil: not armed), kept to end it.
     private var sleeps: [ReceiveSleep?]
     /// The endpoint sent something since `answeredRecently` last looked (a reply, a frame of the
@@ -244,17 +249,17 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             sleeps[index] = sleep
             if let delay = sleep.delayMilliseconds, timeout < 0 || delay < timeout { timeout = delay }
         }
-        let tokens = poller.wait(milliseconds: timeout)
+        let ready = poller.wait(milliseconds: timeout, tokens: &readyTokens)
         var signalled = UInt64(0)  // a bit per queue pair among the first 64; the rest by search
-        for token in tokens {
+        for token in readyTokens[0..<ready] {
             if token == Self.ringErrorToken { ringErrorsSignalled = true } else if token < 64 { signalled |= 1 << token }
         }
         for index in 0..<pairs.count {
             guard let sleep = sleeps[index] else { continue }
             sleeps[index] = nil
-            let woke = index < 64 ? signalled & (1 << UInt64(index)) != 0 : tokens.contains(UInt64(index))
+            let woke = index < 64 ? signalled & (1 << UInt64(index)) != 0 : readyTokens[0..<ready].contains(UInt64(index))
             // The delay passed only when nothing at all ended the wait before it.
-            let delayPassed = tokens.isEmpty && sleep.delayMilliseconds.map { $0 <= timeout } == true
+            let delayPassed = ready == 0 && sleep.delayMilliseconds.map { $0 <= timeout } == true
             pairs[index].endReceiveSleep(sleep, signalled: woke, delayPassed: delayPassed)
         }
     }
@@ -287,9 +292,9 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         var failure: VhostError? = nil
         let observer = frameObserver
         let received = try pair.receiveUsed(limit: 256) { frame in
-            let header = frame.header
-            observer?(ObservedFrame(direction: .received, queue: index, header: header, bytes: frame.frame))
-            responder.respond(to: frame.frame, header: header) { length, header, write in
+            // The whole header is read only for an observer; the responder needs its flags.
+            if let observer { observer(ObservedFrame(direction: .received, queue: index, header: frame.header, bytes: frame.frame)) }
+            responder.respond(to: frame.frame, headerFlags: frame.headerFlags) { length, header, write in
                 guard failure == nil else { return }
                 do throws(VhostError) { try enqueue(length: length, header: header, queue: index, write: write) } catch { failure = error }
             }
