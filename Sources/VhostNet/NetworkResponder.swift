@@ -187,6 +187,9 @@ public struct NetworkResponder: Sendable {
     }
 
     private mutating func respondToIPv4(_ frame: UnsafeRawBufferPointer, at offset: Int, peer: MACAddress?, trusted: Bool, emit: Emit) {
+        // A whole UDP datagram to a port nothing serves gets no answer, whatever else it holds:
+        // a sink's stream is dropped here, before the header is parsed and checked.
+        if isUnservedDatagram(frame, at: offset) { counters.ignored += 1; return }
         guard let me = ipv4?.address, let ip = IPv4Packet(frame, at: offset), ip.destination == me else { counters.ignored += 1; return }
         let datagram = IPDatagram(version: 4, source: IPv6Address(high: 0, low: UInt64(ip.source.value)),
                                   destination: IPv6Address(high: 0, low: UInt64(ip.destination.value)), upperLayer: ip.protocolNumber)
@@ -203,6 +206,18 @@ public struct NetworkResponder: Sendable {
         }
         guard let upper = frame.bytes(ip.payload) else { counters.ignored += 1; return }
         answer(datagram, upper: upper, peer: peer, trusted: trusted, emit: emit)
+    }
+
+    /// Whether the IPv4 packet at `offset` is a whole UDP datagram (not a fragment) to a port other
+    /// than the echo port (any port when echo is off): a few byte reads, and false for anything
+    /// the full parse should see (too short, another protocol, a fragment).
+    private func isUnservedDatagram(_ frame: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+        guard let first = frame.byte(at: offset), first >> 4 == 4, frame.byte(at: offset &+ 9) == IPv4Packet.protocolUDP,
+              let fragment = frame.be16(at: offset &+ 6), fragment & 0x3fff == 0 else { return false }
+        guard let udpEchoPort else { return true }
+        // Cannot overflow: offset is at most the frame's length, the header at most 60 bytes.
+        guard let port = frame.be16(at: offset &+ Int(first & 0x0f) &* 4 &+ 2) else { return false }
+        return port != udpEchoPort
     }
 
     // MARK: IPv6
