@@ -104,10 +104,13 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
 # and IPv4 address (UDP to port 9, which it ignores); appends "vhostctl-rx-attach PPS DRIVER WORKER CALLS"
 # counted by the tap as for testpmd, the driver being attach's threads but the worker, and CALLS its
 # wake-ups per frame.
-# attach_sink [US]: with US, the worker's busy-loop of US µs (--busyloop-timeout), named "vhostctl-rx-attach@US".
+# attach_sink SPEC: SPEC is [+auto|+N][@US]: +N attach's --rx-coalesce N (without it, its default),
+# @US the worker's busy-loop of US µs (--busyloop-timeout); the run is named "vhostctl-rx-attachSPEC".
 attach_sink() {
-    worker_tid= name=vhostctl-rx-attach${1:+@$1}
-    if ! attach_start vhpeer1 ${1:+--busyloop-timeout $1}; then echo "$name 0" >>"$results"; return; fi
+    worker_tid= name=vhostctl-rx-attach$1 options=
+    case ${1%%@*} in +*) spec=${1%%@*}; options="--rx-coalesce ${spec#+}" ;; esac
+    case $1 in *@*) options="$options --busyloop-timeout ${1#*@}" ;; esac
+    if ! attach_start vhpeer1 $options; then echo "$name 0" >>"$results"; return; fi
     pktgen_start vhpeer1
     sleep 1  # warm-up
     measure_window vhpeer1 tx_packets "$apid"
@@ -131,8 +134,7 @@ while [ $t -lt "$trials" ]; do
         case $run in
             testpmd:*) testpmd "${run#testpmd:}" ;;
             vhostctl:*) r=${run#vhostctl:}; vhostctl_run "${r%%:*}" "${r#*:}" ;;
-            attach:sink) attach_sink ;;
-            attach:sink@*) attach_sink "${run#attach:sink@}" ;;
+            attach:sink*) attach_sink "${run#attach:sink}" ;;
         esac
         tail -1 "$results" | sed "s/^/trial $((t + 1)): /"
     done
