@@ -154,7 +154,7 @@ print("|---|---|---|---|---|---|---|---|---|")
 # TX runs first, then RX, each in the order the runs were named.
 for k in sorted(runs, key=lambda k: (k.split("-")[1] not in ("txonly", "tx"), list(runs).index(k))):
     peer = "testpmd-txonly" if "tx" in k.split("-")[1] else "testpmd-rxonly"
-    base = med[peer]
+    base = med.get(peer)  # none when the runs named no testpmd run of that direction
     d = w = c = "-"; share = "-"; against = "-"
     if k in cpu:
         dm = statistics.median(c[0] for c in cpu[k]); wm = statistics.median(c[1] for c in cpu[k])

@@ -134,9 +134,14 @@ public struct NetworkResponder: Sendable {
         respond(to: frame, headerFlags: header.flags, emit: emit)
     }
 
+    /// The header flags by which the host vouches for a frame's L4 checksum: NEEDS_CSUM, DATA_VALID.
+    private static let checksumVouched = VirtioNetHeader.Flags.needsChecksum.rawValue | VirtioNetHeader.Flags.dataValid.rawValue
+
     /// `respond`, given only the header's flags (all it reads of the header).
     public mutating func respond(to frame: UnsafeRawBufferPointer, headerFlags: VirtioNetHeader.Flags, emit: Emit) {
-        let trusted = !headerFlags.isDisjoint(with: [.needsChecksum, .dataValid])
+        // NEEDS_CSUM or DATA_VALID: the host vouched for the L4 checksum (a mask, not an option
+        // set built from a literal per frame).
+        let trusted = headerFlags.rawValue & Self.checksumVouched != 0
         switch linkLayer {
         case .ethernet:
             guard frame.count >= EthernetFrame.headerLength, let destination = MACAddress(frame, at: 0), let peer = MACAddress(frame, at: 6),
