@@ -145,7 +145,10 @@ public struct NetworkResponder: Sendable {
         switch linkLayer {
         case .ethernet:
             guard frame.count >= EthernetFrame.headerLength, let destination = MACAddress(frame, at: 0), let peer = MACAddress(frame, at: 6),
-                  let etherType = frame.be16(at: 12), acceptsFrame(to: destination) else { counters.ignored += 1; return }
+                  let etherType = frame.be16(at: 12),
+                  // Our own MAC and broadcast first, read from the fields: a call of the method
+                  // copied the whole responder (256 bytes) per frame.
+                  destination == mac || destination == .broadcast || acceptsFrame(to: destination) else { counters.ignored += 1; return }
             switch etherType {
             case EthernetFrame.arpType: respondToARP(frame, emit: emit)
             case EthernetFrame.ipv4Type: respondToIPv4(frame, at: EthernetFrame.headerLength, peer: peer, trusted: trusted, emit: emit)
@@ -194,7 +197,7 @@ public struct NetworkResponder: Sendable {
     private mutating func respondToIPv4(_ frame: UnsafeRawBufferPointer, at offset: Int, peer: MACAddress?, trusted: Bool, emit: Emit) {
         // A whole UDP datagram to a port nothing serves gets no answer, whatever else it holds:
         // a sink's stream is dropped here, before the header is parsed and checked.
-        if isUnservedDatagram(frame, at: offset) { counters.ignored += 1; return }
+        if Self.isUnservedDatagram(frame, at: offset, echoPort: udpEchoPort) { counters.ignored += 1; return }
         guard let me = ipv4?.address, let ip = IPv4Packet(frame, at: offset), ip.destination == me else { counters.ignored += 1; return }
         let datagram = IPDatagram(version: 4, source: IPv6Address(high: 0, low: UInt64(ip.source.value)),
                                   destination: IPv6Address(high: 0, low: UInt64(ip.destination.value)), upperLayer: ip.protocolNumber)
@@ -216,7 +219,8 @@ public struct NetworkResponder: Sendable {
     /// Whether the IPv4 packet at `offset` is a whole UDP datagram (not a fragment) to a port other
     /// than the echo port (any port when echo is off): a few byte reads, and false for anything
     /// the full parse should see (too short, another protocol, a fragment).
-    private func isUnservedDatagram(_ frame: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+    /// Static, given the echo port: a method of the responder copied it whole per frame.
+    private static func isUnservedDatagram(_ frame: UnsafeRawBufferPointer, at offset: Int, echoPort udpEchoPort: UInt16?) -> Bool {
         guard let first = frame.byte(at: offset), first >> 4 == 4, frame.byte(at: offset &+ 9) == IPv4Packet.protocolUDP,
               let fragment = frame.be16(at: offset &+ 6), fragment & 0x3fff == 0 else { return false }
         guard let udpEchoPort else { return true }
