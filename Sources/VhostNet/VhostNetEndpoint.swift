@@ -108,22 +108,6 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     private var answeredSinceSleep = false
     /// When it last did (`MonotonicClock.coarseMilliseconds`), or nil.
     private var lastAnswerAt: Int? = nil
-
-    /// How long after sending anything the endpoint keeps waking on every frame: a peer waiting
-    /// for our answers (ping's default interval is a second) gets its next request through at once.
-    static var answerWindowMilliseconds: Int { 1000 }
-
-    /// Whether the endpoint sent something within `answerWindowMilliseconds` (one read of the
-    /// coarse clock, in the vDSO).
-    private func answeredRecently() -> Bool {
-        let now = MonotonicClock.coarseMilliseconds()
-        if answeredSinceSleep {
-            answeredSinceSleep = false
-            lastAnswerAt = now
-        }
-        guard let lastAnswerAt else { return false }
-        return now &- lastAnswerAt < Self.answerWindowMilliseconds
-    }
     /// The last sleep saw an error eventfd signalled: read them at the next turn.
     private var ringErrorsSignalled = false
     /// When the error eventfds were last read (`MonotonicClock.coarseMilliseconds`; 0: never).
@@ -220,7 +204,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             try poller.add(fd, token: UInt64.max)
             watchedExtras.insert(fd)
         }
-        try sleep(milliseconds: milliseconds)
+        sleep(milliseconds: milliseconds)
         return received
     }
 
@@ -236,7 +220,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// its next frame, as without coalescing. A sink (frames nobody answers) coalesces; request
     /// and response do not, even with unanswered frames (the host's IPv6 router solicitations and
     /// listener reports) between them.
-    private func sleep(milliseconds: Int32) throws(VhostError) {
+    private func sleep(milliseconds: Int32) {
         let immediate = answeredRecently()
         var timeout = milliseconds
         for index in 0..<pairs.count {
@@ -262,6 +246,22 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             let delayPassed = ready == 0 && sleep.delayMilliseconds.map { $0 <= timeout } == true
             pairs[index].endReceiveSleep(sleep, signalled: woke, delayPassed: delayPassed)
         }
+    }
+
+    /// How long after sending anything the endpoint keeps waking on every frame: a peer waiting
+    /// for our answers (ping's default interval is a second) gets its next request through at once.
+    static var answerWindowMilliseconds: Int { 1000 }
+
+    /// Whether the endpoint sent something within `answerWindowMilliseconds` (one read of the
+    /// coarse clock, in the vDSO).
+    private func answeredRecently() -> Bool {
+        let now = MonotonicClock.coarseMilliseconds()
+        if answeredSinceSleep {
+            answeredSinceSleep = false
+            lastAnswerAt = now
+        }
+        guard let lastAnswerAt else { return false }
+        return now &- lastAnswerAt < Self.answerWindowMilliseconds
     }
 
     /// Reads the error eventfds (a read(2) each) and reports what the device signalled, when the

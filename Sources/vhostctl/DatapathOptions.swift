@@ -37,7 +37,7 @@ struct DatapathOptions: ParsableArguments {
     @Option(name: .customLong("busyloop-timeout"), help: "VHOST_SET_VRING_BUSYLOOP_TIMEOUT for both vrings, in microseconds.")
     var busyloopTimeout: UInt32?
 
-    @Option(name: .customLong("rx-coalesce"), help: "RX interrupt coalescing, as ethtool -C rx-frames sets on a NIC: auto (adaptive, up to half the RX ring; the default), a frame count, or 0 (wake on every signal). It needs interrupt mode and EVENT_IDX (auto is off without them). Frames that get an answer (ARP, ping, echo) are never held: after a reply the next frame wakes the endpoint at once.")
+    @Option(name: .customLong("rx-coalesce"), help: "RX interrupt coalescing, as ethtool -C rx-frames sets on a NIC: auto (adaptive, up to half the RX ring; the default), a frame count, or 0 (wake on every signal). It needs interrupt mode and EVENT_IDX (auto is off without them). Frames that get an answer (ARP, ping, echo) are never held: for a second after a reply every frame wakes the endpoint at once.")
     var rxCoalesce: ReceiveCoalescingSetting = .adaptive
 
     @Option(name: .customLong("rx-coalesce-delay"), help: "The longest --rx-coalesce holds a frame, in milliseconds (1 to 1000; as ethtool -C rx-usecs).")
