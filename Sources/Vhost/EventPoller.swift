@@ -35,12 +35,8 @@ public struct EventPoller: ~Copyable {
     /// the wait early with no tokens, so the caller sees a stop request at once.
     public func wait(milliseconds: Int32) -> [UInt64] {
         var tokens = [UInt64](repeating: 0, count: 64)
-        let n = cvhost_epoll_wait(fd, &tokens, 64, milliseconds)
-        if n < 0 {
-            // EINTR is the only errno a valid epoll fd and buffer can give here.
-            return []
-        }
-        return Array(tokens.prefix(Int(n)))
+        let n = wait(milliseconds: milliseconds, tokens: &tokens)
+        return Array(tokens.prefix(n))
     }
 
     /// `wait` into the caller's buffer, without allocating: fills the first tokens of `tokens`

@@ -199,18 +199,20 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         // coalescing (nothing answered, nothing left): it sleeps for the next batch now, as NAPI
         // re-enables interrupts when a poll ends under its budget, instead of in a turn of its own
         // that would only find the ring empty (a wake-up then cost two turns).
-        guard received == 0 || (coalesces && !answeredRecently()) else { return received }
+        // Looked at once per turn: it also moves what the endpoint sent this turn into the window.
+        let immediate = answeredRecently()
+        guard received == 0 || (coalesces && !immediate) else { return received }
         for fd in extraFDs where !watchedExtras.contains(fd) {
             try poller.add(fd, token: UInt64.max)
             watchedExtras.insert(fd)
         }
-        sleep(milliseconds: milliseconds)
+        sleep(milliseconds: milliseconds, immediate: immediate)
         return received
     }
 
     /// Interrupt mode's sleep: re-enables RX interrupts on every queue (returning at once when
     /// one has work already), then sleeps in epoll on all call eventfds, at most `milliseconds`
-    /// (-1: until something happens).
+    /// (-1: until something happens); `immediate`: every queue wakes on its next frame.
     ///
     /// With RX coalescing (`QueuePairConfiguration.receiveCoalescing`) a queue wakes the endpoint
     /// once its threshold of frames is used, or after the delay, so that a stream of frames costs
@@ -220,8 +222,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// its next frame, as without coalescing. A sink (frames nobody answers) coalesces; request
     /// and response do not, even with unanswered frames (the host's IPv6 router solicitations and
     /// listener reports) between them.
-    private func sleep(milliseconds: Int32) {
-        let immediate = answeredRecently()
+    private func sleep(milliseconds: Int32, immediate: Bool) {
         var timeout = milliseconds
         for index in 0..<pairs.count {
             sleeps[index] = nil

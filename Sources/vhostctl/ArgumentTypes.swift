@@ -104,11 +104,14 @@ extension ReceiveCoalescingSetting: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
 
-/// Refuses a CPU this machine does not have: each `(option name, CPU or nil)`, as
-/// "--worker-cpu 9: this machine has CPUs 0 to 1".
+/// Refuses a CPU that is not online: each `(option name, CPU or nil)`, as "--worker-cpu 9:
+/// this machine has CPUs 0 to 1". The online list is attach's (`WorkerCPUList.onlineCPUs`); where
+/// it cannot be read, CPUs 0 to the count online.
 func validateOnlineCPUs(_ options: [(name: String, cpu: Int?)]) throws {
-    let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    let online = WorkerCPUList.onlineCPUs() ?? Array(0..<max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+    let described = online == Array(online[0]...online[online.count - 1]) ? "\(online[0]) to \(online[online.count - 1])"
+                                                                          : online.map(String.init).joined(separator: ",")
     for (name, cpu) in options {
-        if let cpu, !(0..<online).contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs 0 to \(online - 1)") }
+        if let cpu, !online.contains(cpu) { throw ValidationError("--\(name) \(cpu): this machine has CPUs \(described)") }
     }
 }

@@ -105,7 +105,8 @@ struct WorkerCPUList: ExpressibleByArgument, CustomStringConvertible {
 
     /// The online CPUs (/sys/devices/system/cpu/online), nil when unreadable.
     static func onlineCPUs() -> [Int]? {
-        KernelInfo.readFile("/sys/devices/system/cpu/online").flatMap { CompletionHints.parseCPUList($0) }
+        let online = CompletionHints.onlineCPUs()
+        return online.isEmpty ? nil : online
     }
 
     /// Why this list does not fit `queuePairs` queue pairs on a machine with `online` CPUs online,

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Vhost
 import Virtio
 
 /// Completion hints for option values: the shell asks `vhostctl` (through the completion
@@ -69,12 +70,7 @@ enum CompletionHints {
 
     /// The CPUs in /sys/devices/system/cpu/online; none when it cannot be read or parsed.
     static func onlineCPUs(path: String = "/sys/devices/system/cpu/online") -> [Int] {
-        guard let file = fopen(path, "r") else { return [] }
-        defer { fclose(file) }
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard fgets(&buffer, Int32(buffer.count), file) != nil else { return [] }
-        let text = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return parseCPUList(text) ?? []
+        KernelInfo.readFile(path).flatMap { parseCPUList($0) } ?? []
     }
 
     /// The most CPUs a list may name (the kernel's largest NR_CPUS, arch/x86/Kconfig: 8192).
