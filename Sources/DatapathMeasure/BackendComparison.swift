@@ -35,6 +35,17 @@ public enum BenchScenario: String, CaseIterable, Sendable {
     public var isRoundTrip: Bool { self == .ping || self == .udpRR }
 }
 
+/// Who adds and strips the virtio-net header on a vhost queue pair.
+public enum NetHeaderOwner: String, CaseIterable, Sendable {
+    /// The vhost worker (VHOST_NET_F_VIRTIO_NET_HDR): the tap is opened without IFF_VNET_HDR,
+    /// so tun neither fills nor parses a header per frame (net.c vhost_net_set_features:
+    /// `vhost_hlen` is the header, `sock_hlen` 0). No offloads: the tap has no header to carry them.
+    case vhost
+    /// The tap (IFF_VNET_HDR), as QEMU with a vnet-header tap and DPDK's virtio-user use it;
+    /// the header carries checksum and GSO offloads.
+    case tap
+}
+
 /// One measurement's settings.
 public struct BenchSettings: Sendable, Equatable {
     public var backend: BenchBackend
@@ -75,6 +86,13 @@ public struct BenchSettings: Sendable, Equatable {
     public var mergeableReceiveBuffers = false
     /// Guest memory on 2 MiB huge pages (memfd MFD_HUGETLB) for vhost.
     public var hugePages = false
+    /// Who adds and strips the virtio-net header of a vhost run; nil: `effectiveNetHeader`.
+    public var netHeader: NetHeaderOwner? = nil
+    /// The header's owner in effect: as asked, or vhost unless the frames are TSO superframes,
+    /// whose GSO fields only the tap's header carries. With vhost's header the worker costs less
+    /// per 64-byte frame on every kernel measured (0.90–0.95× on TX, 0.88–0.98× on RX;
+    /// docs/benchmarks.md, "Whose virtio-net header").
+    public var effectiveNetHeader: NetHeaderOwner { netHeader ?? (segmentationOffload ? .tap : .vhost) }
     /// VIRTIO_F_IN_ORDER on vhost (offered by vhost-net from Linux 6.17: `GET_FEATURES` bit 35):
     /// the worker may write one used entry for a batch of chains.
     public var inOrder = false
@@ -464,6 +482,7 @@ public enum BackendComparison {
         if settings.descriptorLayout == .indirect { config.features.insert(.indirectDescriptors) }
         if settings.mergeableReceiveBuffers { config.features.insert(.netMergeableRxBuffers) }
         if settings.inOrder { config.features.insert(.inOrder) }
+        if settings.effectiveNetHeader == .vhost { config.features.insert(.vhostNetVirtioNetHeader) }
         config.descriptorLayout = settings.descriptorLayout
         if settings.hugePages { config.memoryBacking = .memfd(hugePages: true) }
         config.devicePath = hooks.devicePath

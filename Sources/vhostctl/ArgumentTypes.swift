@@ -99,6 +99,7 @@ enum CPUChoice: ExpressibleByArgument, CustomStringConvertible {
 }
 
 extension BenchBackend: ExpressibleByArgument {}
+extension NetHeaderOwner: ExpressibleByArgument {}
 
 extension ReceiveCoalescingSetting: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }

@@ -78,6 +78,7 @@ struct Bench: ParsableCommand {
             Variant(name: "mergeable", summary: "MRG_RXBUF") { $0.mergeableReceiveBuffers = true },
             Variant(name: "ring-1024", summary: "1024-entry rings") { $0.queueSize = 1024 },
             Variant(name: "hugepages", summary: "guest memory on 2 MiB huge pages") { $0.hugePages = true },
+            Variant(name: "tap-header", summary: "the virtio-net header on the tap (IFF_VNET_HDR), as QEMU and DPDK have it; the others have vhost add it (VHOST_NET_F_VIRTIO_NET_HDR)") { $0.netHeader = .tap },
             Variant(name: "in-order", summary: "IN_ORDER (vhost-net offers it from Linux 6.17)") { $0.inOrder = true },
             Variant(name: "small-buffers", summary: "buffers of the header and the frame rounded up to 64 bytes, not 2,048, with MRG_RXBUF (RX frames larger than a buffer span several)") {
                 $0.mergeableReceiveBuffers = true
@@ -93,7 +94,8 @@ struct Bench: ParsableCommand {
     }
 
     /// The engine's settings of `variant` in `scenario`: vhost, with `bench backends`' defaults
-    /// (EVENT_IDX, interrupts, ring 512, batch 64, adaptive RX coalescing) changed by the variant.
+    /// (EVENT_IDX, interrupts, ring 512, batch 64, adaptive RX coalescing, the virtio-net header
+    /// from vhost) changed by the variant.
     func settings(_ variant: Variant, _ scenario: BenchScenario) -> BenchSettings {
         var settings = BenchSettings(backend: .vhost, scenario: scenario, frameSize: frameSize)
         settings.seconds = seconds
@@ -211,19 +213,21 @@ struct Bench: ParsableCommand {
                                                         configs: configs, rttNs: round))
             return
         }
+        // The name column as wide as the longest name, so every row lines up.
+        let nameWidth = max(6, variants.map(\.name.count).max() ?? 0) + 2
         print("")
-        print(pad("config", 11) + pad("TX median pps", 15) + pad("(min–max)", 21) + pad("ratio", 8) + pad("RX median pps", 15) + pad("(min–max)", 21) + "ratio")
+        print(pad("config", nameWidth) + pad("TX median pps", 15) + pad("(min–max)", 21) + pad("ratio", 8) + pad("RX median pps", 15) + pad("(min–max)", 21) + "ratio")
         for i in variants.indices {
-            print(pad(variants[i].name, 11) + pad(String(Int(txMedians[i])), 15) + pad("(\(Int(tx[i].min()!))–\(Int(tx[i].max()!)))", 21)
+            print(pad(variants[i].name, nameWidth) + pad(String(Int(txMedians[i])), 15) + pad("(\(Int(tx[i].min()!))–\(Int(tx[i].max()!)))", 21)
                   + pad(format3(ratio(txMedians[i], txMedians[0])), 8)
                   + pad(String(Int(rxMedians[i])), 15) + pad("(\(Int(rx[i].min()!))–\(Int(rx[i].max()!)))", 21)
                   + format3(ratio(rxMedians[i], rxMedians[0])))
         }
         print("")
-        print(pad("config", 15) + pad("TX driver ns/f", 16) + pad("TX worker ns/f", 16) + pad("RX driver ns/f", 16) + "RX worker ns/f")
+        print(pad("config", nameWidth) + pad("TX driver ns/f", 16) + pad("TX worker ns/f", 16) + pad("RX driver ns/f", 16) + "RX worker ns/f")
         for i in variants.indices {
             let worker = { (r: [BenchResult]) in workerCost(r).map { String(Int($0)) } ?? "-" }
-            print(pad(variants[i].name, 15) + pad(String(Int(driverCost(txResults[i]))), 16) + pad(worker(txResults[i]), 16)
+            print(pad(variants[i].name, nameWidth) + pad(String(Int(driverCost(txResults[i]))), 16) + pad(worker(txResults[i]), 16)
                   + pad(String(Int(driverCost(rxResults[i]))), 16) + worker(rxResults[i]))
         }
         for variant in variants { print("  \(variant.name): \(variant.summary)") }

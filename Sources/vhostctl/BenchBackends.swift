@@ -75,6 +75,10 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("huge-pages"), help: "Guest memory on 2 MiB huge pages for vhost: on, off.", completion: .list(["on", "off"]))
     var hugePages = SweepList<Switch>([.off])
 
+    @Option(name: .customLong("net-header"), help: "Who adds and strips the virtio-net header on vhost: vhost (VHOST_NET_F_VIRTIO_NET_HDR, the tap without IFF_VNET_HDR: the worker costs less per frame) or tap (IFF_VNET_HDR, as QEMU and DPDK have it). Default: vhost, and tap for TSO superframes, whose GSO fields only the tap's header carries.",
+            completion: .list(NetHeaderOwner.allCases.map(\.rawValue)))
+    var netHeader: SweepList<NetHeaderOwner>?
+
     @Option(name: .customLong("buffer-size"), help: "Bytes per vhost frame buffer, the virtio-net header inline (64 to 1048576; default: 2048, or the header and the frame where that is more). A TX buffer must hold the header and the frame; RX buffers smaller than the header and 1514 bytes need --mrg-rxbuf on.")
     var bufferSize: SweepList<Int>?
 
@@ -132,6 +136,7 @@ struct BenchBackends: ParsableCommand {
     var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
     /// nil: the engine's default buffer size.
     var bufferSizes: [Int?] { bufferSize?.values ?? [nil] }
+    var netHeaders: [NetHeaderOwner?] { netHeader?.values ?? [nil] }
     /// nil: not pinned. With --low-latency and neither CPU option: apart from the driver.
     var workerCPUs: [Int?] { lowLatencyPlacement.map { [$0.workerCPUs[0]] } ?? workerCPU.values.map(\.number) }
     /// --low-latency's placement where neither --driver-cpu nor --worker-cpu is given.
@@ -149,6 +154,9 @@ struct BenchBackends: ParsableCommand {
         if xdpDrop, let size = frameSizes.first(where: { $0 > BenchSettings.largestPlainFrame }) {
             // Seen on 6.1: tun hands GSO frames to generic XDP, whose drop no tap counter records.
             throw ValidationError("--frame-size \(size) with --xdp-drop: the tap drops TSO superframes in generic XDP without counting them anywhere (rx_packets and rx_dropped stay still), so no frame could be counted; leave out --xdp-drop for sizes above \(BenchSettings.largestPlainFrame)")
+        }
+        if netHeaders.contains(.vhost), let size = frameSizes.first(where: { $0 > BenchSettings.largestPlainFrame }) {
+            throw ValidationError("--net-header vhost with --frame-size \(size): a TSO superframe's GSO fields travel in the tap's virtio-net header, which vhost strips; use --net-header tap, or leave it out (tap is the default for such sizes)")
         }
         if let size = frameSizes.first(where: { $0 > BenchSettings.largestPlainFrame }), scenarios.contains(where: { $0 != .tx }) {
             throw ValidationError("--frame-size \(size): sizes above \(BenchSettings.largestPlainFrame) are TCP superframes for TSO, which only the tx scenario sends; run them with --scenario tx")
@@ -211,6 +219,7 @@ struct BenchBackends: ParsableCommand {
                     sweep(inOrder.values.map(\.isOn), appliesHere: vhost) { $0.inOrder = $1 }
                     sweep(hugePages.values.map(\.isOn), appliesHere: vhost) { $0.hugePages = $1 }
                     sweep(bufferSizes, appliesHere: vhost) { $0.bufferSize = $1 }
+                    sweep(netHeaders, appliesHere: vhost) { $0.netHeader = $1 }
                     sweep(coalescings, appliesHere: BenchBackends.coalescingApplies(backend, scenario)) { $0.receiveCoalescing = $1 }
                     sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
                     sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
@@ -295,10 +304,11 @@ struct BenchBackends: ParsableCommand {
     }
 
     /// The driver choices that differ from the defaults: " layout indirect mrg-rxbuf in-order
-    /// huge-pages buffer 128", or "".
+    /// huge-pages buffer 128 tap-header", or "".
     static func driverLabel(_ s: BenchSettings) -> String {
         (s.descriptorLayout != .inline ? " layout \(s.descriptorLayout.rawValue)" : "") + (s.mergeableReceiveBuffers ? " mrg-rxbuf" : "")
             + (s.inOrder ? " in-order" : "") + (s.hugePages ? " huge-pages" : "") + (s.bufferSize.map { " buffer \($0)" } ?? "")
+            + (s.netHeader.map { " \($0.rawValue)-header" } ?? "")
     }
 
     /// Whether `--rx-coalesce` means anything for a run: vhost receiving, not in round trips.

@@ -159,7 +159,7 @@ struct BenchReport {
             var scenario: String, backend: String, frameSize: Int, tso: Bool, queuePairs: Int
             var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?, rxCoalesce: String
             /// The vhost driver's choices (vhost runs; the userspace path has none).
-            var layout: String?, mrgRxbuf: Bool?, inOrder: Bool?, hugePages: Bool?, bufferSize: Int?
+            var layout: String?, mrgRxbuf: Bool?, inOrder: Bool?, hugePages: Bool?, bufferSize: Int?, netHeader: String?
             var latencyNs: Latency?
             var pps: Spread, gbpsMedian: Double, ratioToBaseline: Double?
             var driverNsPerFrameMedian: Double, workerNsPerFrameMedian: Double?
@@ -186,7 +186,8 @@ struct BenchReport {
             queueSize: Int(c.queueSize), mode: c.mode.rawValue, eventIdx: c.eventIndex, batch: c.batch, busyloopUs: c.busyloopMicroseconds,
             workerCpu: c.workerCPU, rxCoalesce: BenchBackends.coalescingLabel(c).isEmpty ? "0" : c.receiveCoalescing.description,
             layout: vhost ? c.descriptorLayout.rawValue : nil, mrgRxbuf: vhost ? c.mergeableReceiveBuffers : nil, inOrder: vhost ? c.inOrder : nil,
-            hugePages: vhost ? c.hugePages : nil, bufferSize: vhost ? BackendComparison.configuration(c, tapName: "").bufferSize : nil, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
+            hugePages: vhost ? c.hugePages : nil, bufferSize: vhost ? BackendComparison.configuration(c, tapName: "").bufferSize : nil,
+            netHeader: vhost ? c.effectiveNetHeader.rawValue : nil, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },
             pps: JSONDocument.Spread(median: p.median, min: p.min, max: p.max), gbpsMedian: Summary(r.map(\.gigabitsPerSecond)).median,
             ratioToBaseline: ratio(i), driverNsPerFrameMedian: driverCost(i).median, workerNsPerFrameMedian: workerCost(i)?.median,
             kicksPerFrameMedian: vhost ? Summary(r.map(\.kicksPerFrame)).median : nil, callsPerFrameMedian: vhost ? Summary(r.map(\.callsPerFrame)).median : nil,
@@ -202,7 +203,7 @@ struct BenchReport {
     }
 
     func csv() -> String {
-        var rows = ["scenario,backend,frame_size,queue_pairs,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost,layout,mrg_rxbuf,in_order,huge_pages,buffer_size"]
+        var rows = ["scenario,backend,frame_size,queue_pairs,queue_size,mode,event_idx,trial,seconds,frames,pps,gbps,tx_sent,tx_counted_by_tap,rx_received,rx_tap_passed,rx_tap_dropped,rx_source,driver_cpu_ns,worker_cpu_ns,driver_ns_per_frame,worker_ns_per_frame,kicks,calls,batch,busyloop_us,worker_cpu,p50_ns,p99_ns,p99_9_ns,max_ns,round_trips_lost,layout,mrg_rxbuf,in_order,huge_pages,buffer_size,net_header"]
         for i in combinations.indices {
             let c = combinations[i]
             for (t, r) in results[i].enumerated() {
@@ -221,9 +222,9 @@ struct BenchReport {
                 }
                 if c.backend == .vhost {
                     fields += [c.descriptorLayout.rawValue, c.mergeableReceiveBuffers ? "on" : "off", c.inOrder ? "on" : "off", c.hugePages ? "on" : "off",
-                               String(BackendComparison.configuration(c, tapName: "").bufferSize)]
+                               String(BackendComparison.configuration(c, tapName: "").bufferSize), c.effectiveNetHeader.rawValue]
                 } else {
-                    fields += ["", "", "", "", ""]
+                    fields += ["", "", "", "", "", ""]
                 }
                 rows.append(CSV.row(fields))
             }

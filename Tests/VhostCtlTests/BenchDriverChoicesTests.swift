@@ -3,6 +3,7 @@ import DatapathMeasure
 import Testing
 import Vhost
 import VhostNet
+import Virtio
 @testable import vhostctl
 
 /// The driver's choices are dimensions of the one engine: `bench backends` sweeps them, and
@@ -56,6 +57,30 @@ import VhostNet
         #expect(try !settings("event-idx").inOrder && settings("event-idx").bufferSize == nil)
         #expect(try settings("event-idx").busyloopMicroseconds == BenchSettings.defaultBusyloopMicroseconds)
         #expect(try settings("no-busyloop").busyloopMicroseconds == 0)
+    }
+
+    /// The virtio-net header comes from vhost (the tap without IFF_VNET_HDR) unless the frames are
+    /// TSO superframes, whose GSO fields only the tap's header carries; --net-header sweeps it.
+    @Test func netHeaderIsVhostsUnlessTheFramesNeedTheTaps() throws {
+        func features(_ s: BenchSettings) -> VirtioFeatures { BackendComparison.configuration(s, tapName: "t").features }
+        let small = BenchSettings(backend: .vhost, scenario: .tx, frameSize: 64)
+        #expect(small.effectiveNetHeader == .vhost && features(small).contains(.vhostNetVirtioNetHeader))
+        let jumbo = BenchSettings(backend: .vhost, scenario: .rx, frameSize: 9000)
+        #expect(features(jumbo).contains(.vhostNetVirtioNetHeader))
+        let superframe = BenchSettings(backend: .vhost, scenario: .tx, frameSize: 65549)
+        #expect(superframe.effectiveNetHeader == .tap && !features(superframe).contains(.vhostNetVirtioNetHeader))
+        let swept = try backends(["--backend", "vhost", "--scenario", "tx", "--frame-size", "64", "--net-header", "vhost,tap"]).combinations()
+        #expect(swept.map(\.effectiveNetHeader) == [.vhost, .tap])
+        #expect(!features(swept[1]).contains(.vhostNetVirtioNetHeader))
+        #expect(Set(swept.map { BenchBackends.describe($0) }).count == 2, "the two runs were described alike")
+        #expect {
+            _ = try VhostCtl.parseAsRoot(["bench", "backends", "--scenario", "tx", "--frame-size", "65549", "--net-header", "vhost"])
+        } throws: { error in
+            VhostCtl.fullMessage(for: error).contains("--net-header vhost with --frame-size 65549")
+        }
+        let configs = try #require(try VhostCtl.parseAsRoot(["bench", "configs", "--configs", "event-idx", "tap-header"]) as? Bench)
+        #expect(configs.settings(try #require(Bench.Variant.all.first { $0.name == "tap-header" }), .tx).effectiveNetHeader == .tap)
+        #expect(configs.settings(try #require(Bench.Variant.all.first { $0.name == "event-idx" }), .tx).effectiveNetHeader == .vhost)
     }
 
     /// The worker's busy-loop: the kernel's default unless asked (50 µs before 6.4, where it cut

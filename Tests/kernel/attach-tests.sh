@@ -867,6 +867,33 @@ print(d["environment"]["rx_source"] == "pktgen" and all(x["pps"]["median"] > 0 a
 else
     fail "bench backends rx runs" "$(tail -20 /tmp/br.txt)"
 fi
+# Whose virtio-net header (--net-header): by default vhost adds it (VHOST_NET_F_VIRTIO_NET_HDR) and
+# the tap is opened without IFF_VNET_HDR (0x4000); --net-header tap opens it with one. The tap's
+# flags are the kernel's (/sys/class/net/TAP/tun_flags), sampled while the runs go; each run must
+# still move every TX frame through the tap and receive pktgen's frames.
+vhostctl bench backends --scenario tx,rx --backend vhost --net-header vhost,tap --frame-size 64 --trials 1 --seconds 0.6 --warmup 0 \
+    --json-file /tmp/nh.json >/tmp/bnh.txt 2>&1 &
+bench_pid=$!
+: >/tmp/nh-flags
+while kill -0 $bench_pid 2>/dev/null; do cat /sys/class/net/vhbench0/tun_flags >>/tmp/nh-flags 2>/dev/null; sleep 0.05; done
+if wait $bench_pid; then
+    flags=$(sort -u /tmp/nh-flags | tr '\n' ' ')
+    with=0 without=0
+    for f in $flags; do if [ $((f & 0x4000)) -ne 0 ]; then with=1; else without=1; fi; done
+    ok=$(host python3 -c '
+import json
+r = json.load(open("/tmp/nh.json"))["results"]
+print(sorted((x["scenario"], x["net_header"]) for x in r) == [("rx", "tap"), ("rx", "vhost"), ("tx", "tap"), ("tx", "vhost")]
+      and all(t["tx_sent"] > 0 and t["tx_counted_by_tap"] == t["tx_sent"] for x in r if x["scenario"] == "tx" for t in x["trials"])
+      and all(t["rx_received"] >= 1000 and t["rx_tap_passed"] >= t["rx_received"] for x in r if x["scenario"] == "rx" for t in x["trials"]))' 2>&1)
+    if [ "$ok" = True ] && [ $with = 1 ] && [ $without = 1 ]; then
+        pass "bench backends --net-header vhost,tap: the tap without IFF_VNET_HDR and with it (tun_flags $flags), every TX frame counted by the tap and pktgen's frames received either way"
+    else
+        fail "bench backends --net-header" "$ok; tun_flags seen: $flags; $(tail -8 /tmp/bnh.txt)"
+    fi
+else
+    fail "bench backends --net-header runs" "$(tail -20 /tmp/bnh.txt)"
+fi
 if timeout 300 vhostctl bench backends --scenario tx --backend vhost,tap --frame-size 64 --trials 1 --seconds 0.3 --warmup 0 --xdp-drop --json-file /tmp/x.json >/tmp/bx.txt 2>&1; then
     ok=$(host python3 -c '
 import json
