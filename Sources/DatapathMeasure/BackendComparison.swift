@@ -80,6 +80,15 @@ public struct BenchSettings: Sendable, Equatable {
     public var queuePairs: Int = 1
     /// RX interrupt coalescing on vhost (interrupt mode).
     public var receiveCoalescing: ReceiveCoalescingSetting = .off
+    /// The longest RX coalescing holds a frame, in milliseconds (`ReceiveCoalescing.maxDelayMilliseconds`).
+    public var receiveCoalescingDelayMilliseconds: Int32 = BenchSettings.defaultReceiveCoalescingDelay
+    /// `bench`'s coalescing delay: 4 ms, where `attach` holds a frame 1 ms at most. A stream that
+    /// brings fewer than half the ring per delay wakes the driver once per delay, and under
+    /// emulation the worker's RX rate is that slow: in one boot each, 4 ms instead of 1 took the
+    /// driver's CPU per frame from 0.21× the worker's to 0.09× on 6.1 and from 0.23× to 0.16× on
+    /// 7.2, the rate unchanged (docs/benchmarks.md, "The coalescing delay"). A throughput
+    /// measurement holds no frame that anyone waits for; round trips do not coalesce.
+    public static let defaultReceiveCoalescingDelay: Int32 = 4
     /// How the vhost driver lays out a frame's descriptors (`indirect` negotiates INDIRECT_DESC).
     public var descriptorLayout: DescriptorLayout = .inline
     /// VIRTIO_NET_F_MRG_RXBUF on vhost.
@@ -491,7 +500,8 @@ public enum BackendComparison {
         config.notificationMode = settings.mode
         config.bufferSize = settings.bufferSize ?? max(config.bufferSize, config.headerLength + settings.frameSize)
         config.multiQueueTap = settings.queuePairs > 1
-        config.receiveCoalescing = settings.receiveCoalescing.coalescing(queueSize: settings.queueSize, eventIndex: settings.eventIndex, mode: settings.mode)
+        config.receiveCoalescing = settings.receiveCoalescing.coalescing(queueSize: settings.queueSize, eventIndex: settings.eventIndex, mode: settings.mode,
+                                                                          delayMilliseconds: settings.receiveCoalescingDelayMilliseconds)
         return config
     }
 

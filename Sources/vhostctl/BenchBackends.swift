@@ -54,9 +54,12 @@ struct BenchBackends: ParsableCommand {
     @Option(help: "Frames per burst: added to the ring before one publish (vhost), or written and read per loop (tap).")
     var batch = SweepList<Int>([64])
 
-    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to half the ring: a lone frame wakes the driver at once, a stream about once per 1 ms; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or 1 ms passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).",
+    @Option(name: .customLong("rx-coalesce"), help: "vhost RX interrupt coalescing: auto (adaptive, up to half the ring: a lone frame wakes the driver at once, a stream about once per --rx-coalesce-delay; interrupt mode with --event-idx on, else off), a frame count (sleep until that many are used or the delay passed; needs --event-idx on and interrupt mode; at most half the ring), or 0 (wake on the first frame).",
             completion: .list(["auto", "0"]))
     var receiveCoalesce = SweepList<ReceiveCoalescingSetting>([.adaptive])
+
+    @Option(name: .customLong("rx-coalesce-delay"), help: "The longest --rx-coalesce holds a frame, in milliseconds (1 to 1000; as ethtool -C rx-usecs). Default: \(BenchSettings.defaultReceiveCoalescingDelay).")
+    var receiveCoalesceDelay = SweepList<Int32>([BenchSettings.defaultReceiveCoalescingDelay])
 
     @Option(name: .customLong("busyloop-timeout"), help: "vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT in µs (0: off). Default: 50 before Linux 6.4, where the worker is a kernel thread and the loop cut its CPU per RX frame; 0 from 6.4 (docs/benchmarks.md).")
     var busyloopTimeout: SweepList<UInt32>?
@@ -134,6 +137,7 @@ struct BenchBackends: ParsableCommand {
         busyloopTimeout?.values ?? [lowLatency ? DatapathOptions.lowLatencyBusyloop : BenchSettings.defaultBusyloopMicroseconds]
     }
     var coalescings: [ReceiveCoalescingSetting] { receiveCoalesce.values }
+    var coalescingDelays: [Int32] { receiveCoalesceDelay.values }
     /// nil: the engine's default buffer size.
     var bufferSizes: [Int?] { bufferSize?.values ?? [nil] }
     var netHeaders: [NetHeaderOwner?] { netHeader?.values ?? [nil] }
@@ -160,6 +164,9 @@ struct BenchBackends: ParsableCommand {
         }
         if let size = frameSizes.first(where: { $0 > BenchSettings.largestPlainFrame }), scenarios.contains(where: { $0 != .tx }) {
             throw ValidationError("--frame-size \(size): sizes above \(BenchSettings.largestPlainFrame) are TCP superframes for TSO, which only the tx scenario sends; run them with --scenario tx")
+        }
+        for delay in coalescingDelays where !(1...1000).contains(delay) {
+            throw ValidationError("--rx-coalesce-delay \(delay): use 1 to 1000 milliseconds")
         }
         for size in queueSizes where !(64...32768).contains(size) || size & (size - 1) != 0 {
             throw ValidationError("--queue-size \(size): a power of 2 from 64 to 32768 (vhost.c vhost_vring_set_num)")
@@ -221,6 +228,7 @@ struct BenchBackends: ParsableCommand {
                     sweep(bufferSizes, appliesHere: vhost) { $0.bufferSize = $1 }
                     sweep(netHeaders, appliesHere: vhost) { $0.netHeader = $1 }
                     sweep(coalescings, appliesHere: BenchBackends.coalescingApplies(backend, scenario)) { $0.receiveCoalescing = $1 }
+                    sweep(coalescingDelays, appliesHere: BenchBackends.coalescingApplies(backend, scenario)) { $0.receiveCoalescingDelayMilliseconds = $1 }
                     sweep(workerCPUs, appliesHere: vhost) { $0.workerCPU = $1 }
                     sweep(queuePairCounts, appliesHere: !scenario.isRoundTrip) { $0.queuePairs = $1 }
                     for i in partial.indices {
@@ -321,6 +329,7 @@ struct BenchBackends: ParsableCommand {
         guard coalescingApplies(s.backend, s.scenario),
               s.receiveCoalescing.coalescing(queueSize: s.queueSize, eventIndex: s.eventIndex, mode: s.mode) != nil else { return "" }
         return " rx-coalesce \(s.receiveCoalescing)"
+            + (s.receiveCoalescingDelayMilliseconds != BenchSettings.defaultReceiveCoalescingDelay ? " delay \(s.receiveCoalescingDelayMilliseconds) ms" : "")
     }
 
     func write(_ text: String, to path: String, option: String) throws {

@@ -157,7 +157,7 @@ struct BenchReport {
         }
         struct Result: Encodable {
             var scenario: String, backend: String, frameSize: Int, tso: Bool, queuePairs: Int
-            var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?, rxCoalesce: String
+            var queueSize: Int, mode: String, eventIdx: Bool, batch: Int, busyloopUs: UInt32, workerCpu: Int?, rxCoalesce: String, rxCoalesceDelayMs: Int32?
             /// The vhost driver's choices (vhost runs; the userspace path has none).
             var layout: String?, mrgRxbuf: Bool?, inOrder: Bool?, hugePages: Bool?, bufferSize: Int?, netHeader: String?
             var latencyNs: Latency?
@@ -185,6 +185,7 @@ struct BenchReport {
             scenario: c.scenario.rawValue, backend: c.backend.rawValue, frameSize: c.frameSize, tso: c.segmentationOffload, queuePairs: c.queuePairs,
             queueSize: Int(c.queueSize), mode: c.mode.rawValue, eventIdx: c.eventIndex, batch: c.batch, busyloopUs: c.busyloopMicroseconds,
             workerCpu: c.workerCPU, rxCoalesce: BenchBackends.coalescingLabel(c).isEmpty ? "0" : c.receiveCoalescing.description,
+            rxCoalesceDelayMs: BenchBackends.coalescingLabel(c).isEmpty ? nil : c.receiveCoalescingDelayMilliseconds,
             layout: vhost ? c.descriptorLayout.rawValue : nil, mrgRxbuf: vhost ? c.mergeableReceiveBuffers : nil, inOrder: vhost ? c.inOrder : nil,
             hugePages: vhost ? c.hugePages : nil, bufferSize: vhost ? BackendComparison.configuration(c, tapName: "").bufferSize : nil,
             netHeader: vhost ? c.effectiveNetHeader.rawValue : nil, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },

@@ -83,6 +83,27 @@ import Virtio
         #expect(configs.settings(try #require(Bench.Variant.all.first { $0.name == "event-idx" }), .tx).effectiveNetHeader == .vhost)
     }
 
+    /// bench holds RX frames up to 4 ms by default (attach 1 ms); --rx-coalesce-delay sweeps it
+    /// where coalescing applies, and refuses what attach refuses.
+    @Test func coalescingDelayIsFourMillisecondsUnlessGiven() throws {
+        let rx = BenchSettings(backend: .vhost, scenario: .rx, frameSize: 64)
+        var adaptive = rx
+        adaptive.receiveCoalescing = .adaptive
+        #expect(BackendComparison.configuration(adaptive, tapName: "t").receiveCoalescing?.maxDelayMilliseconds == 4)
+        let swept = try backends(["--backend", "vhost", "--scenario", "tx,rx", "--frame-size", "64", "--rx-coalesce-delay", "1,16"]).combinations()
+        #expect(swept.filter { $0.scenario == .rx }.map(\.receiveCoalescingDelayMilliseconds) == [1, 16])
+        #expect(swept.filter { $0.scenario == .tx }.count == 1, "TX does not coalesce: the delay is not a dimension there")
+        #expect(BackendComparison.configuration(try #require(swept.last), tapName: "t").receiveCoalescing?.maxDelayMilliseconds == 16)
+        #expect(BenchBackends.describe(try #require(swept.last)).contains("delay 16 ms"))
+        for bad in ["0", "1001"] {
+            #expect {
+                _ = try VhostCtl.parseAsRoot(["bench", "backends", "--rx-coalesce-delay", bad])
+            } throws: { error in
+                VhostCtl.fullMessage(for: error).contains("--rx-coalesce-delay \(bad): use 1 to 1000 milliseconds")
+            }
+        }
+    }
+
     /// The worker's busy-loop: the kernel's default unless asked (50 µs before 6.4, where it cut
     /// the worker's RX cost; 0 after), --low-latency's, or the list given.
     @Test func busyLoopFollowsTheKernelUnlessGiven() throws {

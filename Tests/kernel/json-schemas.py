@@ -60,7 +60,7 @@ SCHEMAS = {
                    "xdp_drop": "bool", "driver_cpu?": "int"},
         "results": [{"scenario": "string", "backend": "string", "frame_size": "int", "tso": "bool", "queue_pairs": "int",
                      "queue_size": "int", "mode": "string", "event_idx": "bool", "batch": "int", "busyloop_us": "int",
-                     "worker_cpu?": "int", "rx_coalesce": "string", "layout?": "string", "mrg_rxbuf?": "bool",
+                     "worker_cpu?": "int", "rx_coalesce": "string", "rx_coalesce_delay_ms?": "int", "layout?": "string", "mrg_rxbuf?": "bool",
                      "in_order?": "bool", "huge_pages?": "bool", "buffer_size?": "int", "net_header?": "string", "latency_ns?": LATENCY,
                      "pps": {"median": "number", "min": "number", "max": "number"}, "gbps_median": "number",
                      "ratio_to_baseline?": "number", "driver_ns_per_frame_median": "number", "worker_ns_per_frame_median?": "number",
