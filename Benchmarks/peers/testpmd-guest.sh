@@ -80,14 +80,17 @@ testpmd() {
 # vhostctl SCENARIO MODE: one run of vhostctl bench backends; appends "vhostctl-SCENARIO-MODE PPS"
 # (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
 vhostctl_run() {
-    scenario=$1 spec=${2%%@*} busyloop= coalesce=0 name=$1-$2
-    # MODE[+N][@US]: +N RX interrupt coalescing of N frames, or adaptive (auto) (--rx-coalesce;
-    # without it, 0: off); @US the worker's busy-loop of US µs (--busyloop-timeout; without it,
-    # bench's default for the kernel).
+    scenario=$1 header= name=$1-$2
+    # MODE[+N][@US][/vhost|/tap]: +N RX interrupt coalescing of N frames, or adaptive (auto)
+    # (--rx-coalesce; without it, 0: off); @US the worker's busy-loop of US µs (--busyloop-timeout;
+    # without it, bench's default for the kernel); /H who adds the virtio-net header (--net-header;
+    # without it, bench's default: vhost).
+    set -- "$1" "${2%%/*}"; case $name in */*) header="--net-header ${name##*/}" ;; esac
+    spec=${2%%@*} busyloop= coalesce=0
     case $2 in *@*) busyloop="--busyloop-timeout ${2#*@}" ;; esac
     mode=${spec%%+*}
     case $spec in *+*) coalesce=${spec#*+} ;; esac
-    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" $busyloop --frame-size "$size" --trials 1 \
+    if ! vhostctl bench backends --scenario "$scenario" --backend vhost --mode "$mode" --rx-coalesce "$coalesce" $busyloop $header --frame-size "$size" --trials 1 \
             --seconds "$seconds" --warmup 1 --worker-cpu 0 --driver-cpu 1 --json-file /tmp/v.json --force >/tmp/v.log 2>&1; then
         echo "peer: vhostctl bench failed:"; tail -20 /tmp/v.log; echo "vhostctl-$name 0" >>"$results"; return
     fi
@@ -104,11 +107,14 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
 # and IPv4 address (UDP to port 9, which it ignores); appends "vhostctl-rx-attach PPS DRIVER WORKER CALLS"
 # counted by the tap as for testpmd, the driver being attach's threads but the worker, and CALLS its
 # wake-ups per frame.
-# attach_sink SPEC: SPEC is [+auto|+N][@US]: +N attach's --rx-coalesce N (without it, its default),
-# @US the worker's busy-loop of US µs (--busyloop-timeout); the run is named "vhostctl-rx-attachSPEC".
+# attach_sink SPEC: SPEC is [+auto|+N][@US][/vhost|/tap]: +N attach's --rx-coalesce N (without it,
+# its default), @US the worker's busy-loop of US µs (--busyloop-timeout), /H attach's --net-header H;
+# the run is named "vhostctl-rx-attachSPEC".
 attach_sink() {
     worker_tid= name=vhostctl-rx-attach$1 options=
-    case ${1%%@*} in +*) spec=${1%%@*}; options="--rx-coalesce ${spec#+}" ;; esac
+    case $1 in */*) options="--net-header ${1##*/}" ;; esac
+    set -- "${1%%/*}"
+    case ${1%%@*} in +*) spec=${1%%@*}; options="$options --rx-coalesce ${spec#+}" ;; esac
     case $1 in *@*) options="$options --busyloop-timeout ${1#*@}" ;; esac
     if ! attach_start vhpeer1 $options; then echo "$name 0" >>"$results"; return; fi
     pktgen_start vhpeer1

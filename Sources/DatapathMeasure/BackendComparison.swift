@@ -35,17 +35,6 @@ public enum BenchScenario: String, CaseIterable, Sendable {
     public var isRoundTrip: Bool { self == .ping || self == .udpRR }
 }
 
-/// Who adds and strips the virtio-net header on a vhost queue pair.
-public enum NetHeaderOwner: String, CaseIterable, Sendable {
-    /// The vhost worker (VHOST_NET_F_VIRTIO_NET_HDR): the tap is opened without IFF_VNET_HDR,
-    /// so tun neither fills nor parses a header per frame (net.c vhost_net_set_features:
-    /// `vhost_hlen` is the header, `sock_hlen` 0). No offloads: the tap has no header to carry them.
-    case vhost
-    /// The tap (IFF_VNET_HDR), as QEMU with a vnet-header tap and DPDK's virtio-user use it;
-    /// the header carries checksum and GSO offloads.
-    case tap
-}
-
 /// One measurement's settings.
 public struct BenchSettings: Sendable, Equatable {
     public var backend: BenchBackend

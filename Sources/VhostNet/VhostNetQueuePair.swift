@@ -68,6 +68,17 @@ public enum ReceiveCoalescingSetting: Sendable, Equatable, CustomStringConvertib
     }
 }
 
+/// Who adds and strips the virtio-net header on a vhost queue pair.
+public enum NetHeaderOwner: String, CaseIterable, Sendable {
+    /// The vhost worker (VHOST_NET_F_VIRTIO_NET_HDR): the tap is opened without IFF_VNET_HDR,
+    /// so tun neither fills nor parses a header per frame (net.c vhost_net_set_features:
+    /// `vhost_hlen` is the header, `sock_hlen` 0). No offloads: the tap has no header to carry them.
+    case vhost
+    /// The tap (IFF_VNET_HDR), as QEMU with a vnet-header tap and DPDK's virtio-user use it;
+    /// the header carries checksum and GSO offloads.
+    case tap
+}
+
 /// How a queue pair is set up: everything `VirtioNetQueuePair` needs, checked before any ioctl.
 public struct QueuePairConfiguration: Sendable {
     /// The tap to create, or to attach to when it exists (for the in-process device: the pipe's name).

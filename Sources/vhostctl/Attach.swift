@@ -116,6 +116,7 @@ struct Attach: ParsableCommand {
             throw ValidationError("--ip6 \(address) is not a unicast IPv6 address with prefix: write e.g. fd00::2/64")
         }
         if tun && (macvtap != nil || packetSocket != nil) { throw ValidationError("--tun makes --tap an L3 tun; it does not apply to --macvtap or --packet-socket") }
+        _ = try datapath.resolvedNetHeader(features: datapath.negotiatedFeatures, packetSocket: packetSocket != nil)
         try passed.check(queuePairs: queuePairs, tap: tap, create: create, macvtap: macvtap, packetSocket: packetSocket)
         guard (tap == nil) != (packetSocket == nil) || !passed.tapFD.isEmpty else {
             throw ValidationError("give --tap NAME (a tap, or with --macvtap PARENT the macvtap's name), or --packet-socket IFACE")
@@ -181,10 +182,12 @@ struct Attach: ParsableCommand {
         tuning.apply(to: &config.datapath, trace: common.observer)
         config.datapath.tunMode = tun
         datapath.applyCoalescing(to: &config.datapath)
+        if try datapath.resolvedNetHeader(features: config.datapath.features, packetSocket: packetSocket != nil) == .vhost {
+            config.datapath.features.insert(.vhostNetVirtioNetHeader)
+        }
         let adopted = try passed.adopt(config.datapath, queuePairs: queuePairs)
         if let adopted { config.datapath.tapName = adopted.name; config.adopted = adopted.pairs }
         config.datapath.exclusiveTapCreation = create
-        if packetSocket != nil { config.datapath.features.insert(.vhostNetVirtioNetHeader) }
         config.mac = MACAddress(parsing: mac)!
         config.ipv4 = ip.flatMap(IPv4Interface.init(parsing:))
         config.ipv6 = ip6.compactMap(IPv6Interface.init(parsing:))

@@ -59,6 +59,10 @@ struct DatapathOptions: ParsableArguments {
             completion: .list(DatapathOptions.offloadNames.keys.sorted()))
     var offloads: [String] = []
 
+    @Option(name: .customLong("net-header"), help: "Who adds and strips the virtio-net header: vhost (VHOST_NET_F_VIRTIO_NET_HDR; the tap is opened without IFF_VNET_HDR and the vhost worker spends less per frame) or tap (IFF_VNET_HDR, as QEMU and DPDK have it; needed for offloads). Default: tap.",
+            completion: .list(NetHeaderOwner.allCases.map(\.rawValue)))
+    var netHeader: NetHeaderOwner?
+
     @Flag(name: .customLong("dirty-log"), help: "Turn on VHOST_F_LOG_ALL dirty logging after start.")
     var dirtyLog = false
 
@@ -113,6 +117,26 @@ struct DatapathOptions: ParsableArguments {
         config.notificationMode = notificationMode
         // --offloads overrides what the GUEST_ features give (nil: derived from them).
         config.receiveOffloads = offloads.isEmpty ? nil : offloads.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()]!) }
+    }
+
+    /// Who adds the virtio-net header on a pair `attach` starts: `--net-header`, or the tap.
+    /// Throws, naming the option, where the backend or the features need the other.
+    func resolvedNetHeader(features: VirtioFeatures, packetSocket: Bool) throws -> NetHeaderOwner {
+        if packetSocket {
+            // A packet socket has no header of its own (kernel-findings: backends).
+            if netHeader == .tap { throw ValidationError("--net-header tap: a packet socket carries no virtio-net header; leave out --net-header (vhost adds it)") }
+            return .vhost
+        }
+        guard let netHeader else { return .tap }
+        let offloads = features.intersection(.deviceOffloads)
+        if netHeader == .vhost && (!offloads.isEmpty || !namedOffloads(self.offloads).isEmpty) {
+            throw ValidationError("--net-header vhost: offloads (\(offloads.isEmpty ? "--offloads \(self.offloads.joined(separator: " "))" : offloads.featureNames.joined(separator: ", "))) travel in the tap's virtio-net header, which vhost strips; use --net-header tap or drop the offloads")
+        }
+        return netHeader
+    }
+
+    private func namedOffloads(_ names: [String]) -> Tap.Offloads {
+        names.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()] ?? []) }
     }
 
     /// What `apply` cannot set before start: busy-loop timeout and dirty logging.

@@ -17,6 +17,8 @@ import Testing
         #expect(refusal(["--tap-fd", "3"]) == nil)
         #expect(refusal(["--netns", "vhns1", "--tap", "x", "--create"]) == nil)
         #expect(refusal(["--netns", "/proc/1/ns/net", "--tap", "x"]) == nil)
+        #expect(refusal(["--tap", "x", "--net-header", "vhost"]) == nil)
+        #expect(refusal(["--tap", "x", "--net-header", "vhost", "--offloads", "none"]) == nil)
     }
 
     @Test(arguments: [
@@ -31,6 +33,10 @@ import Testing
         (["--tap-fd=-5"], "--tap-fd -5"),
         (["--netns", "", "--tap", "x"], "--netns"),
         (["--netns", "a b", "--tap", "x"], "--netns a b"),
+        // Who adds the virtio-net header: offloads need the tap's; a packet socket has none.
+        (["--tap", "x", "--net-header", "vhost", "--features", "VERSION_1", "GUEST_CSUM"], "--net-header vhost: offloads (NET_F_GUEST_CSUM)"),
+        (["--tap", "x", "--net-header", "vhost", "--offloads", "csum"], "--net-header vhost: offloads (--offloads csum)"),
+        (["--packet-socket", "lo", "--net-header", "tap"], "--net-header tap: a packet socket carries no virtio-net header"),
     ])
     func refused(arguments: [String], text: String) {
         let message = refusal(arguments)
