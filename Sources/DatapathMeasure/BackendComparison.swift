@@ -86,11 +86,16 @@ public struct BenchSettings: Sendable, Equatable {
     public var hugePages = false
     /// Who adds and strips the virtio-net header of a vhost run; nil: `effectiveNetHeader`.
     public var netHeader: NetHeaderOwner? = nil
-    /// The header's owner in effect: as asked, or vhost unless the frames are TSO superframes,
-    /// whose GSO fields only the tap's header carries. With vhost's header the worker costs less
-    /// per 64-byte frame on every kernel measured (0.90–0.95× on TX, 0.88–0.98× on RX;
+    /// The header's owner in effect: as asked, or vhost, except for TSO superframes (whose GSO
+    /// fields only the tap's header carries) and for anything that transmits on a kernel before
+    /// 6.9 (`NetHeaderOwner.vhostHeaderTransmitsCleanly`). With vhost's header the worker costs
+    /// less per 64-byte frame on every kernel measured (0.90–0.95× on TX, 0.88–0.98× on RX;
     /// docs/benchmarks.md, "Whose virtio-net header").
-    public var effectiveNetHeader: NetHeaderOwner { netHeader ?? (segmentationOffload ? .tap : .vhost) }
+    public var effectiveNetHeader: NetHeaderOwner {
+        if let netHeader { return netHeader }
+        if segmentationOffload || (scenario != .rx && !NetHeaderOwner.vhostHeaderTransmitsCleanly) { return .tap }
+        return .vhost
+    }
     /// VIRTIO_F_IN_ORDER on vhost (offered by vhost-net from Linux 6.17: `GET_FEATURES` bit 35):
     /// the worker may write one used entry for a batch of chains.
     public var inOrder = false

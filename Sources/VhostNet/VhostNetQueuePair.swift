@@ -77,6 +77,16 @@ public enum NetHeaderOwner: String, CaseIterable, Sendable {
     /// The tap (IFF_VNET_HDR), as QEMU with a vnet-header tap and DPDK's virtio-user use it;
     /// the header carries checksum and GSO offloads.
     case tap
+
+    /// Whether this kernel transmits cleanly with vhost's header. net.c vhost_net_build_xdp (the
+    /// batched TX path) copies `sock_hlen` bytes of header into the XDP buffer, none when vhost
+    /// owns the header, and before Linux 6.9 left the buffer's header area as the page held it:
+    /// tun then reads stale bytes as the frame's GSO and checksum fields, which can drop frames
+    /// or stall the queue (upstream f6baca2d32ea, "vhost: Added pad cleanup if vnet_hdr is not
+    /// present", which zeroes it). 6.1.0-57's vhost_net.ko has no such memset in
+    /// handle_tx_copy; 6.12.117's has (docs/kernel-findings.md). RX is not affected: vhost
+    /// writes its own header there.
+    public static var vhostHeaderTransmitsCleanly: Bool { KernelInfo.version >= (6, 9) }
 }
 
 /// How a queue pair is set up: everything `VirtioNetQueuePair` needs, checked before any ioctl.

@@ -184,6 +184,8 @@ struct Attach: ParsableCommand {
         datapath.applyCoalescing(to: &config.datapath)
         if try datapath.resolvedNetHeader(features: config.datapath.features, packetSocket: packetSocket != nil) == .vhost {
             config.datapath.features.insert(.vhostNetVirtioNetHeader)
+            // A packet socket's send buffer is not INT_MAX, so its TX never takes the batched path.
+            if packetSocket == nil && !NetHeaderOwner.vhostHeaderTransmitsCleanly { printDiagnostic(DatapathOptions.staleTransmitHeaderWarning) }
         }
         let adopted = try passed.adopt(config.datapath, queuePairs: queuePairs)
         if let adopted { config.datapath.tapName = adopted.name; config.adopted = adopted.pairs }

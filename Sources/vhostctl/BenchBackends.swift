@@ -78,7 +78,7 @@ struct BenchBackends: ParsableCommand {
     @Option(name: .customLong("huge-pages"), help: "Guest memory on 2 MiB huge pages for vhost: on, off.", completion: .list(["on", "off"]))
     var hugePages = SweepList<Switch>([.off])
 
-    @Option(name: .customLong("net-header"), help: "Who adds and strips the virtio-net header on vhost: vhost (VHOST_NET_F_VIRTIO_NET_HDR, the tap without IFF_VNET_HDR: the worker costs less per frame) or tap (IFF_VNET_HDR, as QEMU and DPDK have it). Default: vhost, and tap for TSO superframes, whose GSO fields only the tap's header carries.",
+    @Option(name: .customLong("net-header"), help: "Who adds and strips the virtio-net header on vhost: vhost (VHOST_NET_F_VIRTIO_NET_HDR, the tap without IFF_VNET_HDR: the worker costs less per frame) or tap (IFF_VNET_HDR, as QEMU and DPDK have it). Default: vhost, and tap for TSO superframes (whose GSO fields only the tap's header carries) and, before Linux 6.9, for what transmits (vhost's batched TX path reads a stale header there: docs/kernel-findings.md).",
             completion: .list(NetHeaderOwner.allCases.map(\.rawValue)))
     var netHeader: SweepList<NetHeaderOwner>?
 
@@ -261,6 +261,9 @@ struct BenchBackends: ParsableCommand {
         try requireFreeTapName(tap)
         let data = DataOutput(json: common.json)
         if let driverCPU = driverCPU ?? lowLatencyPlacement?.driverCPU { try CurrentThread.pin(to: driverCPU) }
+        if !NetHeaderOwner.vhostHeaderTransmitsCleanly && combinations().contains(where: { $0.netHeader == .vhost && $0.scenario != .rx }) {
+            printDiagnostic(DatapathOptions.staleTransmitHeaderWarning)
+        }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }

@@ -59,7 +59,7 @@ struct DatapathOptions: ParsableArguments {
             completion: .list(DatapathOptions.offloadNames.keys.sorted()))
     var offloads: [String] = []
 
-    @Option(name: .customLong("net-header"), help: "Who adds and strips the virtio-net header: vhost (VHOST_NET_F_VIRTIO_NET_HDR; the tap is opened without IFF_VNET_HDR and the vhost worker spends less per frame) or tap (IFF_VNET_HDR, as QEMU and DPDK have it; needed for offloads). Default: tap.",
+    @Option(name: .customLong("net-header"), help: "Who adds and strips the virtio-net header: vhost (VHOST_NET_F_VIRTIO_NET_HDR; the tap is opened without IFF_VNET_HDR and the vhost worker spends less per frame) or tap (IFF_VNET_HDR, as QEMU and DPDK have it; needed for offloads). Default: tap. Before Linux 6.9 vhost's TX path reads a stale header with it (a warning says so).",
             completion: .list(NetHeaderOwner.allCases.map(\.rawValue)))
     var netHeader: NetHeaderOwner?
 
@@ -134,6 +134,10 @@ struct DatapathOptions: ParsableArguments {
         }
         return netHeader
     }
+
+    /// Said where vhost's header is asked for frames a tap transmits on a kernel whose batched
+    /// TX path reads a stale header (`NetHeaderOwner.vhostHeaderTransmitsCleanly`).
+    static let staleTransmitHeaderWarning = "vhostctl: warning: --net-header vhost on Linux before 6.9: vhost's batched TX path reads stale bytes as each frame's virtio-net header (fixed upstream by f6baca2d32ea), so the tap may drop frames or the TX queue stall; see docs/kernel-findings.md"
 
     private func namedOffloads(_ names: [String]) -> Tap.Offloads {
         names.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()] ?? []) }
