@@ -116,7 +116,7 @@ struct DatapathOptions: ParsableArguments {
         config.memoryBacking = hugepages ? .memfd(hugePages: true) : .anonymous
         config.notificationMode = notificationMode
         // --offloads overrides what the GUEST_ features give (nil: derived from them).
-        config.receiveOffloads = offloads.isEmpty ? nil : offloads.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()]!) }
+        config.receiveOffloads = offloads.isEmpty ? nil : namedOffloads(offloads)
     }
 
     /// Who adds the virtio-net header on a pair `attach` starts: `--net-header`, or the tap.
@@ -137,8 +137,9 @@ struct DatapathOptions: ParsableArguments {
 
     /// Said where vhost's header is asked for frames a tap transmits on a kernel whose batched
     /// TX path reads a stale header (`NetHeaderOwner.vhostHeaderTransmitsCleanly`).
-    static let staleTransmitHeaderWarning = "vhostctl: warning: --net-header vhost on Linux before 6.9: vhost's batched TX path reads stale bytes as each frame's virtio-net header (fixed upstream by f6baca2d32ea), so the tap may drop frames or the TX queue stall; see docs/kernel-findings.md"
+    static let staleTransmitHeaderWarning = "vhostctl: warning: --net-header vhost on Linux before 6.9: vhost's batched TX path reads stale bytes as each frame's virtio-net header (fixed upstream by f6baca2d32ea), so the tap may drop frames or the TX queue stall (a tap send buffer below 2147483647, attach's --sndbuf, keeps TX off that path); see docs/kernel-findings.md"
 
+    /// The RX offloads `--offloads` names (validate() refused unknown names).
     private func namedOffloads(_ names: [String]) -> Tap.Offloads {
         names.reduce(into: Tap.Offloads()) { $0.formUnion(DatapathOptions.offloadNames[$1.lowercased()] ?? []) }
     }
