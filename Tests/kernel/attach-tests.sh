@@ -867,12 +867,14 @@ print(d["environment"]["rx_source"] == "pktgen" and all(x["pps"]["median"] > 0 a
 else
     fail "bench backends rx runs" "$(tail -20 /tmp/br.txt)"
 fi
-# Whose virtio-net header (--net-header): by default vhost adds it (VHOST_NET_F_VIRTIO_NET_HDR) and
-# the tap is opened without IFF_VNET_HDR (0x4000); --net-header tap opens it with one. The tap's
-# flags are the kernel's (/sys/class/net/TAP/tun_flags), sampled while the runs go; each run must
-# still move every TX frame through the tap and receive pktgen's frames.
-vhostctl bench backends --scenario tx,rx --backend vhost --net-header vhost,tap --frame-size 64 --trials 1 --seconds 0.6 --warmup 0 \
-    --json-file /tmp/nh.json >/tmp/bnh.txt 2>&1 &
+# Whose virtio-net header (--net-header): vhost adds it (VHOST_NET_F_VIRTIO_NET_HDR) and the tap is
+# opened without IFF_VNET_HDR (0x4000), or the tap carries it. RX sweeps both; TX takes the default,
+# which is vhost's only from Linux 6.9 (before it the batched TX path reads a stale header:
+# docs/kernel-findings.md). The tap's flags are the kernel's (/sys/class/net/TAP/tun_flags),
+# sampled while the runs go; every TX frame must be counted by the tap and pktgen's frames arrive.
+nh_tx=vhost; case $(uname -r) in [1-5].*|6.[0-8].*) nh_tx=tap ;; esac
+{ vhostctl bench backends --scenario rx --backend vhost --net-header vhost,tap --frame-size 64 --trials 1 --seconds 0.6 --warmup 0 --json-file /tmp/nh.json \
+    && vhostctl bench backends --scenario tx --backend vhost --frame-size 64 --trials 1 --seconds 0.6 --warmup 0 --json-file /tmp/nht.json; } >/tmp/bnh.txt 2>&1 &
 bench_pid=$!
 : >/tmp/nh-flags
 while kill -0 $bench_pid 2>/dev/null; do cat /sys/class/net/vhbench0/tun_flags >>/tmp/nh-flags 2>/dev/null; sleep 0.05; done
@@ -881,15 +883,15 @@ if wait $bench_pid; then
     with=0 without=0
     for f in $flags; do if [ $((f & 0x4000)) -ne 0 ]; then with=1; else without=1; fi; done
     ok=$(host python3 -c '
-import json
-r = json.load(open("/tmp/nh.json"))["results"]
-print(sorted((x["scenario"], x["net_header"]) for x in r) == [("rx", "tap"), ("rx", "vhost"), ("tx", "tap"), ("tx", "vhost")]
-      and all(t["tx_sent"] > 0 and t["tx_counted_by_tap"] == t["tx_sent"] for x in r if x["scenario"] == "tx" for t in x["trials"])
-      and all(t["rx_received"] >= 1000 and t["rx_tap_passed"] >= t["rx_received"] for x in r if x["scenario"] == "rx" for t in x["trials"]))' 2>&1)
+import json, sys
+r = json.load(open("/tmp/nh.json"))["results"]; t = json.load(open("/tmp/nht.json"))["results"]
+print(sorted(x["net_header"] for x in r) == ["tap", "vhost"] and [x["net_header"] for x in t] == [sys.argv[1]]
+      and all(y["rx_received"] >= 1000 and y["rx_tap_passed"] >= y["rx_received"] for x in r for y in x["trials"])
+      and all(y["tx_sent"] > 0 and y["tx_counted_by_tap"] == y["tx_sent"] for x in t for y in x["trials"]))' $nh_tx 2>&1)
     if [ "$ok" = True ] && [ $with = 1 ] && [ $without = 1 ]; then
-        pass "bench backends --net-header vhost,tap: the tap without IFF_VNET_HDR and with it (tun_flags $flags), every TX frame counted by the tap and pktgen's frames received either way"
+        pass "bench backends --net-header: RX with the tap without IFF_VNET_HDR and with it (tun_flags $flags), pktgen's frames received either way; TX by default with the header of the $nh_tx on $(uname -r), every frame counted by the tap"
     else
-        fail "bench backends --net-header" "$ok; tun_flags seen: $flags; $(tail -8 /tmp/bnh.txt)"
+        fail "bench backends --net-header" "$ok; tun_flags seen: $flags; TX expected the $nh_tx's header; $(tail -8 /tmp/bnh.txt)"
     fi
 else
     fail "bench backends --net-header runs" "$(tail -20 /tmp/bnh.txt)"
