@@ -80,10 +80,11 @@ struct DeviceExecutor {
             throw .invalidValue("set-features takes bits 0 to 63 (VHOST_SET_FEATURES is 64 bits): use set-features-array for higher ones")
         }
         // The tool's memory stays safe: no address the kernel could write through (the rings,
-        // the table's memory, the dirty log's bits) may lie outside memory mapped for it.
+        // the table's memory) may lie outside memory mapped for it, and the dirty log's bits
+        // must land in a log.
         let mapped = session.mappedRanges
         if let problem = request.writableRangeProblem(mapped: mapped, vringSizes: session.vringSizes, addresses: session.vringAddresses)
-            ?? session.logReach.applying(request).problem(mapped: mapped) {
+            ?? session.logReach.applying(request).problem(mapped: session.logRanges) {
             session.observer(IoctlEvent(.refused(.vhost(request), reason: problem), result: .failure(.invalidArgument)))
             throw .device(.refused(.vhost(request), reason: problem))
         }

@@ -14,7 +14,11 @@ final class GuestArena {
     let bytes: UInt64
     private var regions: [BumpRegion]
 
-    init(_ memory: consuming GuestMemory) {
+    /// A dirty log (`log SIZE`), not guest memory: the kernel's log bits must land in one.
+    let holdsLog: Bool
+
+    init(_ memory: consuming GuestMemory, holdsLog: Bool = false) {
+        self.holdsLog = holdsLog
         let regions = memory.map.regions.map { BumpRegion(start: $0.guestAddress.rawValue, length: UInt64($0.size)) }
         bytes = memory.map.regions.reduce(0) { $0 + UInt64($1.size) }
         self.memory = memory

@@ -75,7 +75,7 @@ struct MemoryExecutor {
         try checkTotal(adding: UInt64(bytes), replacing: session.log)
         // The log is not guest memory: the GPA of this mapping means nothing to the kernel.
         let mapped: GuestArena
-        do { mapped = GuestArena(try GuestMemory(size: bytes, guestAddress: 0)) } catch { throw .device(error) }
+        do { mapped = GuestArena(try GuestMemory(size: bytes, guestAddress: 0), holdsLog: true) } catch { throw .device(error) }
         if let old = session.log, session.device != nil { session.retired.append(old) }
         session.log = mapped
         return .number(mapped.hostRanges.first?.start ?? 0)

@@ -207,6 +207,13 @@ final class ScriptSession {
         MappedRanges(([memory, log].compactMap { $0 } + retired).flatMap(\.hostRanges))
     }
 
+    /// The dirty logs mapped, the current one and those kept for the device: where the kernel's
+    /// log bits must land. Guest memory mapped after a log too small does not count, or whether
+    /// a log is refused would follow where mmap happened to put the next mapping.
+    var logRanges: MappedRanges {
+        MappedRanges(([log].compactMap { $0 } + retired.filter(\.holdsLog)).flatMap(\.hostRanges))
+    }
+
     /// Guest memory and logs mapped now, in bytes.
     var mappedBytes: UInt64 { ([memory, log].compactMap { $0 } + retired).reduce(0) { $0 &+ $1.bytes } }
 
