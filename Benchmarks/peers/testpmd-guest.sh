@@ -77,15 +77,18 @@ testpmd() {
     fi
 }
 
+# net_header_option SPEC: "--net-header H" for a SPEC ending in /H (vhost or tap), else nothing.
+net_header_option() { case $1 in */*) echo "--net-header ${1##*/}" ;; esac; }
+
 # vhostctl SCENARIO MODE: one run of vhostctl bench backends; appends "vhostctl-SCENARIO-MODE PPS"
 # (the tap's count per second, as for testpmd) and the driver and worker CPU per frame.
 vhostctl_run() {
-    scenario=$1 header= name=$1-$2
+    scenario=$1 name=$1-$2
     # MODE[+N][@US][/vhost|/tap]: +N RX interrupt coalescing of N frames, or adaptive (auto)
     # (--rx-coalesce; without it, 0: off); @US the worker's busy-loop of US µs (--busyloop-timeout;
     # without it, bench's default for the kernel); /H who adds the virtio-net header (--net-header;
     # without it, bench's default: vhost).
-    set -- "$1" "${2%%/*}"; case $name in */*) header="--net-header ${name##*/}" ;; esac
+    header=$(net_header_option "$2"); set -- "$1" "${2%%/*}"
     spec=${2%%@*} busyloop= coalesce=0
     case $2 in *@*) busyloop="--busyloop-timeout ${2#*@}" ;; esac
     mode=${spec%%+*}
@@ -111,9 +114,8 @@ print("vhostctl-%s %d %.0f %.0f %.3f" % (sys.argv[2], far / t["seconds"], x["dri
 # its default), @US the worker's busy-loop of US µs (--busyloop-timeout), /H attach's --net-header H;
 # the run is named "vhostctl-rx-attachSPEC".
 attach_sink() {
-    worker_tid= name=vhostctl-rx-attach$1 options=
-    case $1 in */*) options="--net-header ${1##*/}" ;; esac
-    set -- "${1%%/*}"
+    worker_tid= name=vhostctl-rx-attach$1
+    options=$(net_header_option "$1"); set -- "${1%%/*}"
     case ${1%%@*} in +*) spec=${1%%@*}; options="$options --rx-coalesce ${spec#+}" ;; esac
     case $1 in *@*) options="$options --busyloop-timeout ${1#*@}" ;; esac
     if ! attach_start vhpeer1 $options; then echo "$name 0" >>"$results"; return; fi

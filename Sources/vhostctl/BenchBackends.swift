@@ -261,13 +261,13 @@ struct BenchBackends: ParsableCommand {
         try requireFreeTapName(tap)
         let data = DataOutput(json: common.json)
         if let driverCPU = driverCPU ?? lowLatencyPlacement?.driverCPU { try CurrentThread.pin(to: driverCPU) }
-        if !NetHeaderOwner.vhostHeaderTransmitsCleanly && combinations().contains(where: { $0.netHeader == .vhost && $0.scenario != .rx }) {
-            printDiagnostic(DatapathOptions.staleTransmitHeaderWarning)
-        }
         if xdpDrop && !scenarios.contains(where: { $0 == .tx || $0 == .bidir }) {
             throw CLIError(message: "--xdp-drop drops TX frames on the tap; it needs a tx or bidir scenario", status: ExitStatus.usage)
         }
         let combos = try offeredCombinations(combinations())
+        if !NetHeaderOwner.vhostHeaderTransmitsCleanly && combos.contains(where: { $0.backend == .vhost && $0.netHeader == .vhost && $0.scenario != .rx }) {
+            printDiagnostic(DatapathOptions.staleTransmitHeaderWarning)
+        }
         let progress = Progress()
         let environment = BenchEnvironment.current()
         print("vhostctl bench backends: \(combos.count) combinations × \(trials) interleaved trials of \(fixed(seconds, places: 2)) s, after \(fixed(warmup, places: 2)) s warm-up each")

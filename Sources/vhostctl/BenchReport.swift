@@ -181,11 +181,12 @@ struct BenchReport {
 
     func resultJSON(_ i: Int) -> JSONDocument.Result {
         let c = combinations[i], p = pps(i), r = results[i], vhost = c.backend == .vhost
+        let coalesces = !BenchBackends.coalescingLabel(c).isEmpty
         return JSONDocument.Result(
             scenario: c.scenario.rawValue, backend: c.backend.rawValue, frameSize: c.frameSize, tso: c.segmentationOffload, queuePairs: c.queuePairs,
             queueSize: Int(c.queueSize), mode: c.mode.rawValue, eventIdx: c.eventIndex, batch: c.batch, busyloopUs: c.busyloopMicroseconds,
-            workerCpu: c.workerCPU, rxCoalesce: BenchBackends.coalescingLabel(c).isEmpty ? "0" : c.receiveCoalescing.description,
-            rxCoalesceDelayMs: BenchBackends.coalescingLabel(c).isEmpty ? nil : c.receiveCoalescingDelayMilliseconds,
+            workerCpu: c.workerCPU, rxCoalesce: coalesces ? c.receiveCoalescing.description : "0",
+            rxCoalesceDelayMs: coalesces ? c.receiveCoalescingDelayMilliseconds : nil,
             layout: vhost ? c.descriptorLayout.rawValue : nil, mrgRxbuf: vhost ? c.mergeableReceiveBuffers : nil, inOrder: vhost ? c.inOrder : nil,
             hugePages: vhost ? c.hugePages : nil, bufferSize: vhost ? BackendComparison.configuration(c, tapName: "").bufferSize : nil,
             netHeader: vhost ? c.effectiveNetHeader.rawValue : nil, latencyNs: latency(i).map { JSONDocument.Latency($0.histogram, lost: $0.lost, completed: $0.completed) },

@@ -30,7 +30,8 @@ struct LogReach {
         return (start, end - first + 1)
     }
 
-    /// Why the kernel could set a log bit outside `mapped` in this state, or nil.
+    /// Why the kernel could set a log bit outside `mapped` in this state, or nil. The runner
+    /// passes the dirty logs it mapped (`ScriptSession.logRanges`), not all its memory.
     func problem(mapped: MappedRanges) -> String? {
         var reached: [(what: String, gpa: UInt64, length: UInt64)] = []
         if logAll {
