@@ -126,17 +126,13 @@ public struct VirtioFeatures: OptionSet, Hashable, Sendable, CustomStringConvert
     /// case-insensitive), or a bit number.
     public static func parse(_ text: String) -> VirtioFeatures? {
         if let bit = Int(text), (0..<64).contains(bit) { return Self(bit: bit) }
-        var key = text.uppercased()
-        if key.hasPrefix("VIRTIO_") { key.removeFirst("VIRTIO_".count) }
-        for (bit, name) in names {
-            let aliases = name.split(separator: "/").map(String.init)
-            if aliases.contains(key) || aliases.contains("F_" + key) || aliases.contains("NET_F_" + key)
-                || aliases.contains("VHOST_" + key) {
-                return Self(bit: bit)
-            }
-        }
-        return nil
+        return bitsBySpelling[featureSpellingKey(text)].map { Self(bit: $0) }
     }
+
+    /// Every spelling `parse` takes, to its bit (see `featureSpellings`). Built once, so that a
+    /// name is one lookup: a script line of 200,000 feature names took seconds when each name
+    /// walked the table and split every entry.
+    static let bitsBySpelling = featureSpellings(names)
 
     /// The length of the virtio-net header these features imply
     /// (vhost/net.c vhost_net_set_features: 12 with MRG_RXBUF or VERSION_1, else 10).
@@ -227,14 +223,37 @@ public struct HighFeatures: OptionSet, Hashable, Sendable, CustomStringConvertib
     /// Parses a name as `featureNames` prints it (with or without `VIRTIO_`), or a number 64...127.
     public static func parse(_ text: String) -> HighFeatures? {
         if let bit = Int(text), (64..<128).contains(bit) { return Self(bit: bit) }
-        var key = text.uppercased()
-        if key.hasPrefix("VIRTIO_") { key.removeFirst("VIRTIO_".count) }
-        return names.first { $0.value == key || $0.value == "NET_F_" + key }.map { Self(bit: $0.key) }
+        return bitsBySpelling[featureSpellingKey(text)].map { Self(bit: $0) }
     }
+
+    /// Every spelling `parse` takes, to its feature number (see `featureSpellings`).
+    static let bitsBySpelling = featureSpellings(names)
 
     /// With either UDP-tunnel GSO feature the header is `virtio_net_hdr_v1_hash_tunnel`, 24 bytes
     /// both ways (net.c vhost_net_set_features, 6.17); nil otherwise.
     public var netHeaderLength: Int? {
         isDisjoint(with: [.netGuestUDPTunnelGSO, .netHostUDPTunnelGSO]) ? nil : VirtioNetHeader.tunnelLength
     }
+}
+
+/// The key a feature name is looked up by: upper case, without a leading `VIRTIO_`.
+func featureSpellingKey(_ text: String) -> String {
+    let key = text.uppercased()
+    return key.hasPrefix("VIRTIO_") ? String(key.dropFirst("VIRTIO_".count)) : key
+}
+
+/// The spellings of `names` that `parse` takes, to their bits: each alias of a name (`A/B` names
+/// one bit twice) as printed, and without its `F_`, `NET_F_` or `VHOST_` prefix (`EVENT_IDX`,
+/// `MRG_RXBUF`, `NET_F_VIRTIO_NET_HDR`). Where two bits would share a spelling, the lower bit keeps it.
+func featureSpellings(_ names: [Int: String]) -> [String: Int] {
+    var bits: [String: Int] = [:]
+    for (bit, name) in names.sorted(by: { $0.key > $1.key }) {
+        for alias in name.split(separator: "/").map(String.init) {
+            bits[alias] = bit
+            for prefix in ["F_", "NET_F_", "VHOST_"] where alias.hasPrefix(prefix) {
+                bits[String(alias.dropFirst(prefix.count))] = bit
+            }
+        }
+    }
+    return bits
 }

@@ -53,6 +53,19 @@ struct WireFormatTests {
         #expect(VirtioFeatures.parse("mrg_rxbuf") == .netMergeableRxBuffers)
         #expect(VirtioFeatures.parse("VHOST_NET_F_VIRTIO_NET_HDR") == .vhostNetVirtioNetHeader)
         #expect(VirtioFeatures.parse("nonsense") == nil)
+        // Every printed name, each alias of a shared bit, and the short and VIRTIO_ spellings.
+        for (bit, name) in VirtioFeatures.names {
+            for alias in name.split(separator: "/") {
+                #expect(VirtioFeatures.parse(String(alias)) == VirtioFeatures(bit: bit), "\(alias)")
+                #expect(VirtioFeatures.parse("virtio_" + alias.lowercased()) == VirtioFeatures(bit: bit), "virtio_\(alias)")
+            }
+        }
+        #expect(VirtioFeatures.parse("F_ANY_LAYOUT") == VirtioFeatures(bit: 27))
+        #expect(VirtioFeatures.parse("ANY_LAYOUT") == VirtioFeatures(bit: 27))
+        #expect(VirtioFeatures.parse("F_LOG_ALL") == .logAll)
+        #expect(VirtioFeatures.parse("LOG_ALL") == nil)
+        #expect(VirtioFeatures.parse("29") == .eventIndex)
+        #expect(HighFeatures.parse("virtio_net_f_guest_udp_tunnel_gso") == .netGuestUDPTunnelGSO)
     }
 
     @Test("vring_need_event across the 16-bit wrap")
