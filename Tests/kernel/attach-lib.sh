@@ -49,3 +49,22 @@ status_field() { sed -n "s/^$2:[[:space:]]*//p" /proc/$1/status | tr -s '\t ' ' 
 mode_owner() { stat -c '%a %u' "$1" 2>/dev/null || echo missing; }
 # leftovers PATH: the temporary files an output at PATH could have left beside it.
 leftovers() { ls -a "$(dirname "$1")" | grep -c "^\.$(basename "$1")\.vhostctl-"; }
+# capture_fields OUT FILE... -- FIELD...: the FIELDs of every frame of several classic pcap files
+# from one tshark, which takes seconds to start under emulation (capinfos and mergecap do not).
+# Each line of OUT is a frame: the position of its file (0, 1, ...: mergecap -I none keeps each
+# file's interface apart), then the fields, tab-separated. capinfos reads each file to its end:
+# one cut short, damaged or missing is named in OUT.err, and the function fails.
+capture_fields() {
+    cf_out=$1; shift; cf_files=""
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do cf_files="$cf_files $1"; shift; done; shift
+    cf_fields=""; for cf_field in "$@"; do cf_fields="$cf_fields -e $cf_field"; done
+    : >"$cf_out.err"; cf_status=0
+    for cf_file in $cf_files; do host capinfos -c "$cf_file" >/dev/null 2>>"$cf_out.err" || cf_status=1; done
+    host mergecap -I none -a -w /tmp/capture-fields.pcapng $cf_files 2>>"$cf_out.err" || cf_status=1
+    host tshark -r /tmp/capture-fields.pcapng -T fields -e frame.interface_id $cf_fields >"$cf_out" 2>>"$cf_out.err" || cf_status=1
+    return $cf_status
+}
+# capture_count OUT FILE-POSITION AWK-CONDITION: how many of capture_fields' frames of one file
+# match (the fields are $2, $3, ...).
+capture_count() { awk -F'\t' -v file="$2" "\$1 == file && ($3)" "$1" | wc -l; }
+
