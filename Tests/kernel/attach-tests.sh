@@ -1221,15 +1221,20 @@ expect_error "bench: unknown configuration" 64 "unknown configuration" vhostctl 
 # (Tests/kernel/json-schemas.py, run with the host's python3). Short runs: a few seconds in all.
 cp "${JSON_SCHEMAS:-/opt/bin/json-schemas.py}" /tmp/json-schemas.py
 # schema_ok NAME COMMAND FILE [PYTHON-CONDITION]: FILE matches COMMAND's schema and, with a
-# condition, python's `d` (the document; for JSON Lines the list of objects) satisfies it.
+# condition, python's `d` (the document; for JSON Lines the list of objects) satisfies it. One
+# python3 for both (it takes most of a second to start under emulation).
 schema_ok() {
     name=$1; command=$2; file=$3; condition=${4:-True}
-    problem=$(host python3 /tmp/json-schemas.py "$command" "$file" 2>&1) || { fail "$name" "$problem: $(head -c 400 "$file")"; return; }
-    ok=$(host python3 -c 'import json,sys
-t=open(sys.argv[1]).read()
-try: d=json.loads(t)
-except ValueError: d=[json.loads(l) for l in t.splitlines()]
-print(bool(eval(sys.argv[2])))' "$file" "$condition" 2>&1)
+    ok=$(host python3 -c 'import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("json_schemas", "/tmp/json-schemas.py")
+schemas = importlib.util.module_from_spec(spec); spec.loader.exec_module(schemas)
+command, path, condition = sys.argv[1:4]
+t = open(path, encoding="utf-8").read()
+problem = schemas.validate(command, t)
+if problem: sys.exit(f"{command} JSON does not match docs/json.md: {problem}")
+try: d = json.loads(t)
+except ValueError: d = [json.loads(l) for l in t.splitlines()]
+print(bool(eval(condition)))' "$command" "$file" "$condition" 2>&1)
     if [ "$ok" = True ]; then pass "$name"; else fail "$name" "$ok: $(head -c 400 "$file")"; fi
 }
 vhostctl info --json >/tmp/j-info.json 2>/tmp/j-info.err
