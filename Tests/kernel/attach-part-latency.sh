@@ -108,5 +108,17 @@ if [ -n "$nh_flags" ] && [ $((nh_flags & 0x4000)) = 0 ] && [ "$nh_pinged" = yes 
 else
     fail "attach --net-header vhost" "tun_flags '$nh_flags', ping $nh_pinged, echo '$nh_echo'; $(grep -o 'TUNSETIFF([^)]*)' /tmp/vhnh0.trace | head -1)"
 fi
+# The same on an L3 tun (IFF_TUN): vhost's header before raw IP, the tun without IFF_VNET_HDR
+# (tun_flags IFF_TUN 0x1 and IFF_NO_PI 0x1000 only).
+latency_attach vhnh2 10.0.37 --tun --net-header vhost --udp-echo 7
+nt_flags=$(cat /sys/class/net/vhnh2/tun_flags 2>/dev/null)
+nt_pinged=no; ping -c 3 -i 0.2 -W 3 10.0.37.2 >/dev/null 2>&1 && nt_pinged=yes
+nt_echo=$(host bash -c 'exec 3<>/dev/udp/10.0.37.2/7; printf "tun-vhdr" >&3; IFS= read -r -t 5 -N 8 r <&3; printf "%s" "$r"' 2>&1)
+kill -TERM $latency_pid; wait_for_exit $latency_pid
+if [ "$nt_flags" = 0x1001 ] && [ "$nt_pinged" = yes ] && [ "$nt_echo" = tun-vhdr ] && ! grep -q TUNSETVNETHDRSZ /tmp/vhnh2.trace; then
+    pass "attach --tun --net-header vhost: the L3 tun without IFF_VNET_HDR (tun_flags $nt_flags), no TUNSETVNETHDRSZ; ping and UDP echo answered"
+else
+    fail "attach --tun --net-header vhost" "tun_flags '$nt_flags', ping $nt_pinged, echo '$nt_echo'; $(grep -o 'TUNSETIFF([^)]*)' /tmp/vhnh2.trace | head -1); $(tail -n 2 /tmp/vhnh2.log | tr '\n' ' ')"
+fi
 expect_error "attach --net-header vhost refuses an offload feature, naming it" 64 "--net-header vhost: offloads (.*GUEST_CSUM" \
     vhostctl attach --tap vhnh1 --create --net-header vhost --features VERSION_1 EVENT_IDX GUEST_CSUM
