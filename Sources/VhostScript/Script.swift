@@ -225,7 +225,7 @@ struct Parser {
     static let featureNames: [String] = (Array(VirtioFeatures.names.values) + Array(HighFeatures.names.values))
         .flatMap { $0.split(separator: "/") }
         .map { name in
-            for prefix in ["NET_F_", "F_", "VHOST_"] where name.hasPrefix(prefix) { return String(name.dropFirst(prefix.count)) }
+            for prefix in featureNamePrefixes where name.hasPrefix(prefix) { return String(name.dropFirst(prefix.count)) }
             return String(name)
         }
 

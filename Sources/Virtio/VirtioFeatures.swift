@@ -242,15 +242,20 @@ func featureSpellingKey(_ text: String) -> String {
     return key.hasPrefix("VIRTIO_") ? String(key.dropFirst("VIRTIO_".count)) : key
 }
 
+/// The prefixes a feature name may be written without (`EVENT_IDX` for `F_EVENT_IDX`, `MRG_RXBUF`
+/// for `NET_F_MRG_RXBUF`, `F_LOG_ALL` for `VHOST_F_LOG_ALL`): what `VirtioFeatures.parse` and
+/// `HighFeatures.parse` accept, and what the script parser's suggestions drop.
+public let featureNamePrefixes = ["F_", "NET_F_", "VHOST_"]
+
 /// The spellings of `names` that `parse` takes, to their bits: each alias of a name (`A/B` names
-/// one bit twice) as printed, and without its `F_`, `NET_F_` or `VHOST_` prefix (`EVENT_IDX`,
-/// `MRG_RXBUF`, `NET_F_VIRTIO_NET_HDR`). Where two bits would share a spelling, the lower bit keeps it.
+/// one bit twice) as printed, and without its prefix (`featureNamePrefixes`). Where two bits would
+/// share a spelling, the lower bit keeps it.
 func featureSpellings(_ names: [Int: String]) -> [String: Int] {
     var bits: [String: Int] = [:]
     for (bit, name) in names.sorted(by: { $0.key > $1.key }) {
         for alias in name.split(separator: "/").map(String.init) {
             bits[alias] = bit
-            for prefix in ["F_", "NET_F_", "VHOST_"] where alias.hasPrefix(prefix) {
+            for prefix in featureNamePrefixes where alias.hasPrefix(prefix) {
                 bits[String(alias.dropFirst(prefix.count))] = bit
             }
         }
