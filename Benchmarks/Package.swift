@@ -36,5 +36,16 @@ let package = Package(
             dependencies: ["CRingLoop", .product(name: "Virtio", package: rootPackage)],
             path: "Sources/RingVersusC"
         ),
+        // attach's receive path as a sink on the in-process device, for callgrind: ./endpoint-sink.
+        .executableTarget(
+            name: "endpoint-sink",
+            dependencies: [
+                .product(name: "VhostNet", package: rootPackage),
+                .product(name: "VhostModel", package: rootPackage),
+                .product(name: "Vhost", package: rootPackage),
+                .product(name: "NetFormats", package: rootPackage),
+            ],
+            path: "Sources/EndpointSink"
+        ),
     ]
 )

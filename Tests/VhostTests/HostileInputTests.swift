@@ -93,6 +93,57 @@ struct HostileInputTests {
         #expect(Self.seeds.allSatisfy { var responder = Self.responder(); return responder.respond(to: $0) != nil })
     }
 
+    /// A frame of pktgen's stream: UDP to our MAC and address, port 9 (nothing serves it).
+    static let sinkFrame = udpFrame(toPort: 9)
+
+    /// A UDP datagram of 18 zero bytes to our MAC and address, port `port`.
+    static func udpFrame(toPort port: UInt16) -> [UInt8] {
+        let peer = IPv4Address(10, 0, 0, 1)
+        let udp = UDPDatagram.build(source: peer, destination: me, sourcePort: 9, destinationPort: port, payload: [UInt8](repeating: 0, count: 18)[...])
+        return IPv4Packet.frame(destinationMAC: mac, sourceMAC: MACAddress(2, 0, 0, 0, 0, 1), source: peer, destination: me, protocolNumber: 17, payload: udp)
+    }
+
+    /// What `respond` and `respondParsing` (no fast path) send for `frame` and count.
+    static func outcome(_ frame: [UInt8], linkLayer: LinkLayer, parsing: Bool) -> (replies: [[UInt8]], counters: NetworkResponder.Counters) {
+        var responder = Self.responder(); responder.linkLayer = linkLayer
+        var replies: [[UInt8]] = []
+        frame.withUnsafeBytes { bytes in
+            let emit: NetworkResponder.Emit = { length, _, write in
+                var buffer = [UInt8](repeating: 0, count: length)
+                buffer.withUnsafeMutableBytes { write($0) }
+                replies.append(buffer)
+            }
+            if parsing { responder.respondParsing(to: bytes, headerFlags: [], emit: emit) } else { responder.respond(to: bytes, headerFlags: [], emit: emit) }
+        }
+        return (replies, responder.counters)
+    }
+
+    @Test("the sink's fast path answers and counts every frame as the full parse does: mutated sink frames, requests, both link layers")
+    func sinkFastPathIsTheParse() async {
+        let seeds = Self.seeds + [Self.sinkFrame]
+        await propertyCheck(count: 5000, input: Gen.int(in: 0...(seeds.count - 1)), Gen.int(in: 0...2000), Gen.int(in: 0...255).array(of: 0...4), Gen.bool) { seed, cut, flips, tun in
+            var frame = seeds[seed]
+            frame = Array(frame.prefix(cut % (frame.count + 1) + (cut % 3 == 0 ? frame.count : 0)))
+            // Flips land in the headers (the first 42 bytes), where the fast path decides.
+            for (i, value) in flips.enumerated() where !frame.isEmpty { frame[(value &* 7 &+ i) % min(frame.count, 42)] ^= UInt8(truncatingIfNeeded: value | 1) }
+            if tun { frame = Array(frame.dropFirst(min(14, frame.count))) }
+            let fast = Self.outcome(frame, linkLayer: tun ? .none : .ethernet, parsing: false)
+            let parsed = Self.outcome(frame, linkLayer: tun ? .none : .ethernet, parsing: true)
+            #expect(fast.replies == parsed.replies && fast.counters == parsed.counters, "\(frame)")
+        }
+        // The fast path is taken (the property must not pass by never taking it), and not for
+        // the echo port, a fragment, another MAC or broadcast.
+        #expect(Self.sinkFrame.withUnsafeBytes { Self.responder().isSinkFrame($0) })
+        var l3 = Self.responder(); l3.linkLayer = .none
+        #expect(Array(Self.sinkFrame.dropFirst(14)).withUnsafeBytes { l3.isSinkFrame($0) })
+        let toEcho = Self.udpFrame(toPort: 7)
+        var fragment = Self.sinkFrame; fragment[21] = 1
+        var broadcast = Self.sinkFrame; for i in 0..<6 { broadcast[i] = 0xff }
+        var otherMAC = Self.sinkFrame; otherMAC[5] ^= 1
+        for frame in [toEcho, fragment, broadcast, otherMAC] { #expect(!frame.withUnsafeBytes { Self.responder().isSinkFrame($0) }) }
+        #expect(Self.outcome(toEcho, linkLayer: .ethernet, parsing: false).replies.count == 1, "the echo port is answered")
+    }
+
     @Test("random and truncated pcap files: parsed or refused with a reason, never a crash")
     func randomPcap() async {
         let good = Pcap.globalHeader() + Pcap.recordHeader(seconds: 1, microseconds: 2, capturedLength: 60, originalLength: 60) + [UInt8](repeating: 7, count: 60)
