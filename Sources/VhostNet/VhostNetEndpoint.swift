@@ -75,8 +75,17 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
 
     public let configuration: Configuration
     public let pairs: [Pair]
+    /// `pairs` again, as plain references, for the loops of every turn (`pair(_:)`, and its
+    /// `count`): in this generic class's methods, which run unspecialized, `pairs[i]` and
+    /// `pairs.count` asked the runtime for `VirtioNetQueuePair<Backend, Port>`'s metadata (about
+    /// 320 instructions, twice a turn; Benchmarks/endpoint-sink --batch 1 --sleep).
+    private let pairReferences: [AnyObject]
     /// Touched once per frame from the endpoint's thread alone (the endpoint is not Sendable):
-    /// not checked for exclusive access at run time, a TLS lookup per frame otherwise.
+    /// not checked for exclusive access at run time, a TLS lookup per frame otherwise. The
+    /// same holds for the state every turn reads and writes below (`@exclusivity(unchecked)`):
+    /// about 80 instructions per checked access, a third of a sleeping turn's instructions
+    /// (Benchmarks/endpoint-sink --batch 1 --sleep). None of them is reached from a closure
+    /// that runs while another access to it is open.
     @exclusivity(unchecked) public var responder: NetworkResponder
     /// Sees every frame received from and transmitted to the backend (for pcap), in place.
     public var frameObserver: ((ObservedFrame) -> Void)?
@@ -89,29 +98,29 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// Told when another node advertises an IPv6 address of ours (duplicate address detection).
     public var duplicateAddressHandler: ((IPv6Address, MACAddress) -> Void)?
     /// The queue pairs whose device broke the protocol.
-    public private(set) var brokenPairs: Set<Int> = []
+    @exclusivity(unchecked) public private(set) var brokenPairs: Set<Int> = []
     let logger: Logger
     /// The RX call eventfds of every queue pair (token = pair index), plus extra fds.
     private let poller: EventPoller
     /// Every pair runs in poll mode: the idle turn spins instead of sleeping (fixed at set-up).
     private let pollsReceive: Bool
-    private var watchedExtras: Set<Int32> = []
+    @exclusivity(unchecked) private var watchedExtras: Set<Int32> = []
     /// Some queue pair coalesces RX interrupts (fixed at set-up).
     private let coalesces: Bool
     /// Where the poller writes the ready tokens, allocated once (every queue's call and error
     /// eventfds and the extras can be ready at once; more wait for the next turn).
-    private var readyTokens = [UInt64](repeating: 0, count: 64)
+    @exclusivity(unchecked) private var readyTokens = [UInt64](repeating: 0, count: 64)
     /// What each queue pair's current sleep waits for (nil: not armed), kept to end it.
-    private var sleeps: [ReceiveSleep?]
+    @exclusivity(unchecked) private var sleeps: [ReceiveSleep?]
     /// The endpoint sent something since `answeredRecently` last looked (a reply, a frame of the
     /// caller's).
-    private var answeredSinceSleep = false
+    @exclusivity(unchecked) private var answeredSinceSleep = false
     /// When it last did (`MonotonicClock.coarseMilliseconds`), or nil.
-    private var lastAnswerAt: Int? = nil
+    @exclusivity(unchecked) private var lastAnswerAt: Int? = nil
     /// The last sleep saw an error eventfd signalled: read them at the next turn.
-    private var ringErrorsSignalled = false
+    @exclusivity(unchecked) private var ringErrorsSignalled = false
     /// When the error eventfds were last read (`MonotonicClock.coarseMilliseconds`; 0: never).
-    private var ringErrorsReadAt = 0
+    @exclusivity(unchecked) private var ringErrorsReadAt = 0
     /// How long a reply waits for room in a full TX ring before it is dropped.
     static var transmitWaitMilliseconds: Int32 { 1000 }
 
@@ -132,6 +141,7 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
             pairs.append(try makePair(pairConfiguration, logger))
         }
         self.pairs = pairs
+        pairReferences = pairs
         sleeps = Array(repeating: nil, count: pairs.count)
         pollsReceive = pairs.allSatisfy { $0.configuration.notificationMode == .poll }
         coalesces = pairs.contains { $0.configuration.receiveCoalescing != nil }
@@ -178,8 +188,8 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         // unspecialized, where an (index, pair) tuple or Collection.indices costs metadata
         // lookups per step (attach as a sink spent more time in Swift's metadata caches than in
         // its frames).
-        for index in 0..<pairs.count where !brokenPairs.contains(index) {
-            let pair = pairs[index]
+        for index in 0..<pairReferences.count where !brokenPairs.contains(index) {
+            let pair = pair(index)
             do {
                 switch configuration.replyPath {
                 case .burst: received += try serviceBurst(pair, index: index)
@@ -224,11 +234,11 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// listener reports) between them.
     private func sleep(milliseconds: Int32, immediate: Bool) {
         var timeout = milliseconds
-        for index in 0..<pairs.count {
+        for index in 0..<pairReferences.count {
             sleeps[index] = nil
             guard !brokenPairs.contains(index) else { continue }
-            guard let sleep = pairs[index].armReceiveSleep(immediate: immediate) else {
-                for armed in 0..<index { if let s = sleeps[armed] { pairs[armed].endReceiveSleep(s, signalled: false, delayPassed: false); sleeps[armed] = nil } }
+            guard let sleep = pair(index).armReceiveSleep(immediate: immediate) else {
+                for armed in 0..<index { if let s = sleeps[armed] { pair(armed).endReceiveSleep(s, signalled: false, delayPassed: false); sleeps[armed] = nil } }
                 return
             }
             sleeps[index] = sleep
@@ -239,13 +249,13 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         for token in readyTokens[0..<ready] {
             if token == Self.ringErrorToken { ringErrorsSignalled = true } else if token < 64 { signalled |= 1 << token }
         }
-        for index in 0..<pairs.count {
+        for index in 0..<pairReferences.count {
             guard let sleep = sleeps[index] else { continue }
             sleeps[index] = nil
             let woke = index < 64 ? signalled & (1 << UInt64(index)) != 0 : readyTokens[0..<ready].contains(UInt64(index))
             // The delay passed only when nothing at all ended the wait before it.
             let delayPassed = ready == 0 && sleep.delayMilliseconds.map { $0 <= timeout } == true
-            pairs[index].endReceiveSleep(sleep, signalled: woke, delayPassed: delayPassed)
+            pair(index).endReceiveSleep(sleep, signalled: woke, delayPassed: delayPassed)
         }
     }
 
@@ -275,8 +285,8 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         guard ringErrorsSignalled || now &- ringErrorsReadAt >= Self.ringErrorReadInterval else { return }
         ringErrorsSignalled = false
         ringErrorsReadAt = now
-        for index in 0..<pairs.count {
-            for var event in pairs[index].takeRingErrors() {
+        for index in 0..<pairReferences.count {
+            for var event in pair(index).takeRingErrors() {
                 event.queue.pair = index
                 logger.warning("\(event)")
                 ringErrorHandler?(index, event)
@@ -326,11 +336,16 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     private func enqueue(length: Int, header: VirtioNetHeader, queue: Int, write: (UnsafeMutableRawBufferPointer) -> Void) throws(VhostError) {
         let observer = frameObserver
         answeredSinceSleep = true
-        _ = try pairs[queue].enqueueTransmit(length: length, header: header, milliseconds: Self.transmitWaitMilliseconds) { buffer in
+        _ = try pair(queue).enqueueTransmit(length: length, header: header, milliseconds: Self.transmitWaitMilliseconds) { buffer in
             write(buffer)
             observer?(ObservedFrame(direction: .transmitted, queue: queue, header: header, bytes: UnsafeRawBufferPointer(buffer)))
         }
     }
+
+    /// Queue pair `index` from `pairReferences`: the cast is a reinterpretation (no check, no
+    /// metadata in an optimized build), sound because `pairReferences` holds `pairs`, in order.
+    @inline(__always)
+    private func pair(_ index: Int) -> Pair { unsafeDowncast(pairReferences[index], to: Pair.self) }
 
     /// The epoll token of the error eventfds: a wake-up only, handled at the next turn.
     static var ringErrorToken: UInt64 { UInt64.max - 1 }

@@ -269,8 +269,11 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public private(set) var receiveOffloads: Tap.Offloads
     /// Declared before the queues, whose buffers live in its memory.
     public let session: VhostNetSession<Backend, Port>
-    public internal(set) var receiveQueue: ReceiveQueue
-    public internal(set) var transmitQueue: TransmitQueue
+    /// The queues are not checked for exclusive access at run time (`@exclusivity(unchecked)`):
+    /// the pair is used from one thread, and an endpoint's turn touched them several times, at
+    /// about 80 instructions a check (see `VirtioNetEndpoint.responder`).
+    @exclusivity(unchecked) public internal(set) var receiveQueue: ReceiveQueue
+    @exclusivity(unchecked) public internal(set) var transmitQueue: TransmitQueue
     /// The virtio-net header length on both rings (10, 12 or 24): the session's stored value.
     public var headerLength: Int { session.netHeaderLength }
     let logger: Logger

@@ -1,13 +1,16 @@
 // attach's receive path as pktgen's sink, without a kernel: a VirtioNetEndpoint (attach's
 // endpoint, its responder answering ARP, ping and UDP echo on port 7) on the in-process device,
 // fed 64-byte UDP frames to port 9 (which nothing serves) in batches of 256, one
-// `service(milliseconds: 0)` per batch once the device has put the whole batch on the RX ring.
+// `service` per batch once the device has put the whole batch on the RX ring. With `--sleep`
+// each turn is attach's whole turn: `service(milliseconds: 1)` with attach's adaptive RX
+// coalescing, which after taking the batch arms the queue and sleeps in epoll until the 1 ms
+// delay passes (no frame comes); without it `service(milliseconds: 0)`, the receive path alone.
 // Benchmarks/endpoint-sink counts the instructions inside `service` with callgrind
 // (--toggle-collect), for N and 2N frames, and prints the difference / N: what one received
 // frame costs attach's thread, repeatably (the profile of a real kernel under TCG samples too
 // few of them to compare two builds).
 //
-//   endpoint-sink [--frames N]
+//   endpoint-sink [--frames N] [--batch N] [--sleep]
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,7 +19,7 @@ import Vhost
 import VhostModel
 import VhostNet
 
-var frames = 51_200
+var frames = 51_200, batch = 256, sleeps = false
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     switch argument {
@@ -25,8 +28,14 @@ while let argument = arguments.popFirst() {
             print("endpoint-sink: --frames wants a positive multiple of 256"); exit(2)
         }
         frames = n
+    case "--batch":
+        guard let text = arguments.popFirst(), let n = Int(text), n > 0, 256 % n == 0 else {
+            print("endpoint-sink: --batch wants a power of 2 from 1 to 256 (frames per turn; the ring holds 256)"); exit(2)
+        }
+        batch = n
+    case "--sleep": sleeps = true
     default:
-        print("usage: endpoint-sink [--frames N]"); exit(2)
+        print("usage: endpoint-sink [--frames N] [--batch N] [--sleep]"); exit(2)
     }
 }
 
@@ -36,6 +45,8 @@ var config = EndpointConfiguration(tapName: "vhu-sink")
 config.ipv4 = IPv4Interface(address: endpointIP, prefixLength: 24)
 config.udpEchoPort = 7
 config.mac = endpointMAC
+// attach's default: adaptive coalescing up to half the ring, each sleep at most 1 ms.
+config.datapath.receiveCoalescing = ReceiveCoalescingSetting.adaptive.coalescing(queueSize: config.datapath.queueSize, eventIndex: true, mode: .interrupt)
 /// The host end of the endpoint's frame pipe (noncopyable: kept in its box).
 final class HostEnd { var end: FramePipeEnd? }
 let host = HostEnd()
@@ -60,15 +71,15 @@ let frame = IPv4Packet.frame(destinationMAC: endpointMAC, sourceMAC: MACAddress(
 let message = [UInt8](repeating: 0, count: 12) + frame
 
 var received = 0
-for _ in 0..<(frames / 256) {
+for _ in 0..<(frames / batch) {
     do {
-        for _ in 0..<256 { try host.end!.send(message) }
+        for _ in 0..<batch { try host.end!.send(message) }
         var waited = 0
-        while endpoint.pairs[0].withReceiveDriver({ $0.usedPending }) < 256 {
+        while endpoint.pairs[0].withReceiveDriver({ $0.usedPending }) < batch {
             usleep(200); waited += 1
-            if waited > 25_000 { print("endpoint-sink: the device put \(endpoint.pairs[0].withReceiveDriver { $0.usedPending }) of 256 frames on the ring in 5 s"); exit(1) }
+            if waited > 25_000 { print("endpoint-sink: the device put \(endpoint.pairs[0].withReceiveDriver { $0.usedPending }) of \(batch) frames on the ring in 5 s"); exit(1) }
         }
-        received += try endpoint.service(milliseconds: 0)
+        received += try endpoint.service(milliseconds: sleeps ? 1 : 0)
     } catch {
         print("endpoint-sink: \(error)"); exit(1)
     }
