@@ -85,10 +85,14 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
     /// same holds for the state every turn reads and writes below (`@exclusivity(unchecked)`):
     /// about 80 instructions per checked access, a third of a sleeping turn's instructions
     /// (Benchmarks/endpoint-sink --batch 1 --sleep). None of them is reached from a closure
-    /// that runs while another access to it is open.
+    /// that runs while another access to it is open (the frame observer may only `send`).
     @exclusivity(unchecked) public var responder: NetworkResponder
-    /// Sees every frame received from and transmitted to the backend (for pcap), in place.
+    /// Sees every frame received from and transmitted to the backend (for pcap), in place. It
+    /// runs inside a turn: it may `send`, but calling `service` from it stops the process (a
+    /// precondition: the queue's receive is open; see `VirtioNetQueuePair.receiveQueue`).
     public var frameObserver: ((ObservedFrame) -> Void)?
+    /// `service` is receiving on the pairs (a frame observer runs now).
+    @exclusivity(unchecked) private var receiving = false
     /// Told once when a queue pair's device breaks the virtio protocol (`VhostError.brokenQueue`).
     /// That pair is left alone from then on; the others go on, and so does the process.
     public var brokenQueueHandler: ((Int, VhostError) -> Void)?
@@ -188,15 +192,22 @@ public final class VirtioNetEndpoint<Backend: VhostBackend & ~Copyable, Port: Ne
         // unspecialized, where an (index, pair) tuple or Collection.indices costs metadata
         // lookups per step (attach as a sink spent more time in Swift's metadata caches than in
         // its frames).
-        for index in 0..<pairReferences.count where !brokenPairs.contains(index) {
-            let pair = pair(index)
-            do {
-                switch configuration.replyPath {
-                case .burst: received += try serviceBurst(pair, index: index)
-                case .single: received += try serviceSingle(pair, index: index)
+        // The RX queues are not checked for exclusive access at run time (see
+        // `VirtioNetQueuePair.receiveQueue`): a turn from inside a turn is refused here.
+        precondition(!receiving, "VirtioNetEndpoint.service was called from a frame observer, inside a turn")
+        do {
+            receiving = true
+            defer { receiving = false }
+            for index in 0..<pairReferences.count where !brokenPairs.contains(index) {
+                let pair = pair(index)
+                do {
+                    switch configuration.replyPath {
+                    case .burst: received += try serviceBurst(pair, index: index)
+                    case .single: received += try serviceSingle(pair, index: index)
+                    }
+                } catch .brokenQueue(let queue, let reason) {
+                    markBroken(index, .brokenQueue(queue: queue, reason: reason))
                 }
-            } catch .brokenQueue(let queue, let reason) {
-                markBroken(index, .brokenQueue(queue: queue, reason: reason))
             }
         }
         if responder.counters.duplicateAddressesDetected != duplicatesBefore, let handler = duplicateAddressHandler {

@@ -269,11 +269,16 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
     public private(set) var receiveOffloads: Tap.Offloads
     /// Declared before the queues, whose buffers live in its memory.
     public let session: VhostNetSession<Backend, Port>
-    /// The queues are not checked for exclusive access at run time (`@exclusivity(unchecked)`):
-    /// the pair is used from one thread, and an endpoint's turn touched them several times, at
-    /// about 80 instructions a check (see `VirtioNetEndpoint.responder`).
+    /// Not checked for exclusive access at run time (`@exclusivity(unchecked)`): the pair is
+    /// used from one thread, and an endpoint's turn touched it several times, at about 80
+    /// instructions a check (see `VirtioNetEndpoint.responder`). So a handler given to
+    /// `receive` or `receiveUsed` must not receive on this pair again (nothing traps; the
+    /// ring's state would be overwritten); `VirtioNetEndpoint.service` refuses it with a
+    /// precondition. Transmitting from a handler is fine.
     @exclusivity(unchecked) public internal(set) var receiveQueue: ReceiveQueue
-    @exclusivity(unchecked) public internal(set) var transmitQueue: TransmitQueue
+    /// Checked at run time: a frame observer or `write` closure that transmits on the pair while
+    /// an enqueue is open traps instead of taking the same buffer twice.
+    public internal(set) var transmitQueue: TransmitQueue
     /// The virtio-net header length on both rings (10, 12 or 24): the session's stored value.
     public var headerLength: Int { session.netHeaderLength }
     let logger: Logger
@@ -530,7 +535,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
 
     /// Receives up to `limit` frames that are used already, without waiting, and re-posts the
     /// buffers (for a loop that sleeps with `armReceiveSleep`). A device that breaks the protocol
-    /// marks the queue broken and throws `VhostError.brokenQueue`.
+    /// marks the queue broken and throws `VhostError.brokenQueue`. `handler` must not receive on
+    /// this pair (see `receiveQueue`).
     @discardableResult
     public func receiveUsed(limit: Int = Int.max, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         try receiveQueue.receiveUsed(limit: limit, handler: handler)
@@ -538,7 +544,8 @@ public final class VirtioNetQueuePair<Backend: VhostBackend & ~Copyable, Port: N
 
     /// Receives up to `limit` frames, waiting up to `milliseconds` for the first one, and
     /// re-posts the buffers. Returns the number of frames received; a device that breaks the
-    /// protocol marks the queue broken and throws `VhostError.brokenQueue`.
+    /// protocol marks the queue broken and throws `VhostError.brokenQueue`. `handler` must not
+    /// receive on this pair (see `receiveQueue`).
     @discardableResult
     public func receive(limit: Int = Int.max, milliseconds: Int32, handler: (ReceivedFrame) -> Void) throws(VhostError) -> Int {
         try receiveQueue.receive(limit: limit, milliseconds: milliseconds, mode: configuration.notificationMode,

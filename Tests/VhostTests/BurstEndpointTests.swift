@@ -88,6 +88,26 @@ struct BurstEndpointTests {
         try endpoint.stop()
     }
 
+    /// Runs one turn on an endpoint whose frame observer calls `service` when `reenter`, after a
+    /// ping reached the RX ring; returns normally when the turn took the frame.
+    static func turnWithObserver(reenter: Bool) throws {
+        let (endpoint, host) = try makeInProcessEndpoint { _ in }
+        endpoint.frameObserver = { _ in if reenter { _ = try? endpoint.service(milliseconds: 0) } }
+        try BurstEndpointTests().deliver(BurstEndpointTests().pings(1), to: endpoint, host: host)
+        guard try endpoint.service(milliseconds: 0) == 1 else { exit(3) }
+    }
+
+    @Test("a frame observer that runs a turn inside a turn stops the process with the precondition's message (the RX queue is not checked at run time); one that does not, runs")
+    func turnInsideATurnIsRefused() async {
+        let refused = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            try BurstEndpointTests.turnWithObserver(reenter: true)
+        }
+        #expect(refused.map { String(decoding: $0.standardErrorContent, as: UTF8.self).contains("called from a frame observer, inside a turn") } == true)
+        await #expect(processExitsWith: .success) {
+            try BurstEndpointTests.turnWithObserver(reenter: false)
+        }
+    }
+
     @Test("the single path, kept to measure against, publishes once per reply (and drains each)")
     func singlePath() throws {
         let (endpoint, host) = try makeInProcessEndpoint { $0.replyPath = .single }
