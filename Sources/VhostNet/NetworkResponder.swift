@@ -78,10 +78,10 @@ public struct NetworkResponder: Sendable {
     public typealias Emit = (_ length: Int, _ header: VirtioNetHeader, _ write: (UnsafeMutableRawBufferPointer) -> Void) -> Void
 
     /// The endpoint's MAC (and the source of its link-local address).
-    public var mac: MACAddress { didSet { macWord = Self.word(mac) } }
-    /// `mac` as a little-endian load of a frame's first eight bytes, masked to six, sees it:
-    /// the sink's fast path (`isSinkFrame`) compares one word. Kept in step with `mac`.
-    private var macWord: UInt64
+    public var mac: MACAddress { didSet { macValue = mac.value } }
+    /// `mac.value`, kept in step with `mac`: the sink's fast path (`isSinkFrame`) compares one
+    /// word per frame instead of assembling it from the six bytes.
+    private var macValue: UInt64
     /// The IPv4 address answered (ARP, ICMP echo, UDP), if any.
     public var ipv4: IPv4Interface?
     /// The IPv6 addresses given (with `ipv6Enabled`, the link-local address is added to them).
@@ -109,7 +109,7 @@ public struct NetworkResponder: Sendable {
     /// A responder for `mac`, `ipv4` and (with `ipv6Enabled`) the link-local address and `ipv6`.
     public init(mac: MACAddress, ipv4: IPv4Interface?, ipv6: [IPv6Interface] = [], ipv6Enabled: Bool? = nil, udpEchoPort: UInt16?,
                 linkLayer: LinkLayer = .ethernet, mtu: Int = 1500, offloads: TransmitOffloads = TransmitOffloads()) {
-        self.mac = mac; self.macWord = Self.word(mac); self.ipv4 = ipv4; self.ipv6 = ipv6; self.ipv6Enabled = ipv6Enabled ?? !ipv6.isEmpty
+        self.mac = mac; self.macValue = mac.value; self.ipv4 = ipv4; self.ipv6 = ipv6; self.ipv6Enabled = ipv6Enabled ?? !ipv6.isEmpty
         self.udpEchoPort = udpEchoPort; self.linkLayer = linkLayer; self.mtu = max(mtu, 1280); self.offloads = offloads
     }
 
@@ -151,12 +151,6 @@ public struct NetworkResponder: Sendable {
         respondParsing(to: frame, headerFlags: headerFlags, emit: emit)
     }
 
-    /// `mac`'s six bytes as `isSinkFrame` loads a destination address.
-    private static func word(_ mac: MACAddress) -> UInt64 {
-        let b = mac.bytes
-        return UInt64(b.0) | UInt64(b.1) << 8 | UInt64(b.2) << 16 | UInt64(b.3) << 24 | UInt64(b.4) << 32 | UInt64(b.5) << 40
-    }
-
     /// Whether `frame` is a whole IPv4 UDP datagram to our own MAC (on Ethernet) for a port
     /// nothing serves (`isUnservedDatagram`): what `respondParsing` counts as ignored without an
     /// answer, decided here in a few loads. False for everything else (broadcast and multicast,
@@ -169,8 +163,9 @@ public struct NetworkResponder: Sendable {
             guard frame.count >= EthernetFrame.headerLength &+ 28, let base = frame.baseAddress else { return false }
             // SAFETY: the frame holds at least 42 bytes (checked above): bytes 0..<8 and
             // 12..<14 are inside it; unaligned loads, as a frame starts anywhere.
-            let destination = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)) & 0xffff_ffff_ffff
-            guard destination == macWord,
+            // The first six bytes as `MACAddress.value` holds them (big-endian, the low 48 bits).
+            let destination = UInt64(bigEndian: base.loadUnaligned(as: UInt64.self)) >> 16
+            guard destination == macValue,
                   UInt16(bigEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt16.self)) == EthernetFrame.ipv4Type else { return false }
             return Self.isUnservedDatagram(frame, at: EthernetFrame.headerLength, echoPort: udpEchoPort)
         case .none:
